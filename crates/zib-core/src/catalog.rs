@@ -1,0 +1,111 @@
+//! Chain reconstruction from the bucket's manifests alone.
+//!
+//! A dataset's catalog is its list of manifests. A restore of snapshot X needs the manifest
+//! whose `to` is X, then the one whose `to` is its `from` (matched by GUID, as `zfs receive`
+//! does), and so on back to a full stream.
+
+use crate::manifest::Manifest;
+use crate::names::{DatasetName, SnapName};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("no backup of {dataset} in the catalog")]
+    Empty { dataset: DatasetName },
+    #[error("no backup of {dataset}@{snapshot} in the catalog (known: {known})")]
+    NoSuchSnapshot { dataset: DatasetName, snapshot: String, known: String },
+    #[error("broken chain for {dataset}: backup #{seq} ({snapshot}) is an incremental from {base} (guid {guid}), but no manifest for that snapshot exists")]
+    Broken { dataset: DatasetName, seq: u64, snapshot: SnapName, base: SnapName, guid: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub dataset: DatasetName,
+    /// Sorted by seq, then commit time.
+    pub manifests: Vec<Manifest>,
+}
+
+impl Catalog {
+    pub fn new(dataset: DatasetName, mut manifests: Vec<Manifest>) -> Self {
+        manifests.retain(|m| m.dataset == dataset);
+        manifests.sort_by(|a, b| (a.seq, a.committed_at).cmp(&(b.seq, b.committed_at)));
+        Self { dataset, manifests }
+    }
+
+    pub fn latest(&self) -> Option<&Manifest> {
+        self.manifests.last()
+    }
+
+    /// The manifests to apply, full first, to restore `snapshot` (the latest when None).
+    pub fn chain_to(&self, snapshot: Option<&SnapName>) -> Result<Vec<&Manifest>, ChainError> {
+        let target = match snapshot {
+            None => self.latest().ok_or_else(|| ChainError::Empty { dataset: self.dataset.clone() })?,
+            Some(s) => self.manifests.iter().rev().find(|m| &m.to.name == s).ok_or_else(|| ChainError::NoSuchSnapshot {
+                dataset: self.dataset.clone(),
+                snapshot: s.to_string(),
+                known: self.manifests.iter().map(|m| m.to.name.as_str()).collect::<Vec<_>>().join(", "),
+            })?,
+        };
+        let mut chain = vec![target];
+        let mut cur = target;
+        while let Some(base) = &cur.from {
+            let prev = self
+                .manifests
+                .iter()
+                .rev()
+                .find(|m| m.seq < cur.seq && m.to.guid == base.guid)
+                .ok_or_else(|| ChainError::Broken {
+                    dataset: self.dataset.clone(),
+                    seq: cur.seq,
+                    snapshot: cur.to.name.clone(),
+                    base: base.name.clone(),
+                    guid: base.guid.clone(),
+                })?;
+            chain.push(prev);
+            cur = prev;
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{SnapRef, sample};
+
+    fn m(seq: u64, from: Option<(&str, &str)>, to: (&str, &str)) -> Manifest {
+        let mut x = sample();
+        x.seq = seq;
+        x.from = from.map(|(n, g)| SnapRef { name: SnapName::new(n).unwrap(), guid: g.into() });
+        x.to = SnapRef { name: SnapName::new(to.0).unwrap(), guid: to.1.into() };
+        x
+    }
+
+    #[test]
+    fn chains_walk_back_to_a_full() {
+        let ds = DatasetName::new("tank/photos").unwrap();
+        let c = Catalog::new(ds, vec![
+            m(3, Some(("b", "2")), ("c", "3")),
+            m(1, None, ("a", "1")),
+            m(2, Some(("a", "1")), ("b", "2")),
+            m(4, None, ("d", "4")),
+            m(5, Some(("d", "4")), ("e", "5")),
+        ]);
+        let seqs = |v: Vec<&Manifest>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(c.chain_to(None).unwrap()), vec![4, 5]);
+        assert_eq!(seqs(c.chain_to(Some(&SnapName::new("c").unwrap())).unwrap()), vec![1, 2, 3]);
+        assert_eq!(seqs(c.chain_to(Some(&SnapName::new("a").unwrap())).unwrap()), vec![1]);
+        let e = c.chain_to(Some(&SnapName::new("zz").unwrap())).unwrap_err().to_string();
+        assert!(e.contains("zz") && e.contains("known: a, b, c, d, e"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_link_is_reported() {
+        let ds = DatasetName::new("tank/photos").unwrap();
+        let c = Catalog::new(ds, vec![m(1, None, ("a", "1")), m(3, Some(("b", "2")), ("c", "3"))]);
+        let e = c.chain_to(None).unwrap_err().to_string();
+        assert!(e.contains("#3") && e.contains("from b"), "{e}");
+        let empty = Catalog::new(DatasetName::new("x").unwrap(), vec![]);
+        assert!(matches!(empty.chain_to(None), Err(ChainError::Empty { .. })));
+    }
+}

@@ -1,0 +1,476 @@
+//! The TOML configuration: serde types that refuse unknown keys, validated into a `Config`.
+//!
+//! Field-level checks (names, cron expressions, sizes) run inside deserialisation, so the TOML
+//! parser reports them with the file's line, column and the offending key. Cross-field checks
+//! run afterwards and name the dataset they concern.
+
+use std::{collections::HashSet, fmt, path::{Path, PathBuf}, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{DatasetName, SnapPrefix, normalize_prefix};
+use crate::schedule::CronSchedule;
+
+/// Largest object a single PutObject may store: 5 GB.
+pub const MAX_CHUNK_SIZE: u64 = 5_000_000_000;
+/// Smallest chunk zib accepts; tiny archive objects are expensive (40 KB overhead each).
+pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    pub target: TargetConfig,
+    #[serde(default, rename = "dataset")]
+    pub datasets: Vec<DatasetConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Group whose members may use mutating zibctl commands (root always may).
+    pub socket_group: Option<String>,
+    /// Per-dataset state files and locks.
+    pub state_dir: PathBuf,
+    /// Where chunks are spooled before upload (at most `max_spooled_chunks` per running job).
+    pub spool_dir: PathBuf,
+    /// How long a shutdown may take before running jobs are abandoned at their next await.
+    pub shutdown_timeout_secs: u64,
+    /// How many backup jobs may run at once across all datasets.
+    pub max_concurrent_jobs: usize,
+    /// Time zone for cron schedules.
+    pub timezone: TimeZone,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/zibd/zibd.sock"),
+            socket_group: None,
+            state_dir: PathBuf::from("/var/lib/zib"),
+            spool_dir: PathBuf::from("/var/cache/zib"),
+            shutdown_timeout_secs: 30,
+            max_concurrent_jobs: 2,
+            timezone: TimeZone::Utc,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TimeZone {
+    #[default]
+    #[serde(rename = "UTC")]
+    Utc,
+    #[serde(rename = "local")]
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub bucket: BucketName,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// For S3-compatible stores; AWS when absent.
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+    /// Path-style addressing; defaults to true when an endpoint is set.
+    #[serde(default)]
+    pub force_path_style: Option<bool>,
+    /// Object prefix under which every dataset's backups live.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub storage_class: StorageClass,
+    #[serde(default)]
+    pub chunk_size: ChunkSize,
+    /// Chunks spooled and in flight per job (1 = read the next chunk only after the last PUT).
+    #[serde(default = "default_spooled")]
+    pub max_spooled_chunks: usize,
+    /// Attempts per S3 request before a job fails (throttling, 5xx, connection errors).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_prefix() -> String {
+    "zib/".into()
+}
+fn default_spooled() -> usize {
+    2
+}
+fn default_attempts() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    pub name: DatasetName,
+    /// Cron expression: 5 fields (min hour dom mon dow), or 6/7 with seconds (and year).
+    pub schedule: CronSchedule,
+    #[serde(default)]
+    pub snapshot_prefix: SnapPrefix,
+    /// Random delay of up to this many seconds added to each scheduled run.
+    #[serde(default)]
+    pub jitter_secs: u64,
+    /// How many zib-made snapshots to keep locally (the newest is always kept: it is the
+    /// base of the next incremental). Older ones are destroyed after their backup is committed.
+    #[serde(default = "default_keep")]
+    pub keep_snapshots: u32,
+    #[serde(default)]
+    pub storage_class: Option<StorageClass>,
+    #[serde(default)]
+    pub chunk_size: Option<ChunkSize>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+fn default_keep() -> u32 {
+    2
+}
+
+/// The target settings that apply to one dataset, overrides applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedTarget {
+    pub bucket: String,
+    pub prefix: String,
+    pub storage_class: StorageClass,
+    pub chunk_size: u64,
+    pub max_spooled_chunks: usize,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut seen = HashSet::new();
+        for (i, ds) in self.datasets.iter().enumerate() {
+            if !seen.insert(&ds.name) {
+                return Err(format!("dataset {} is listed twice ([[dataset]] #{})", ds.name, i + 1));
+            }
+            if ds.keep_snapshots == 0 {
+                return Err(format!("dataset {}: keep_snapshots must be at least 1 (the newest snapshot is the base of the next incremental)", ds.name));
+            }
+            if ds.jitter_secs > 86_400 {
+                return Err(format!("dataset {}: jitter_secs must be at most 86400", ds.name));
+            }
+        }
+        let d = &self.daemon;
+        if !(1..=3600).contains(&d.shutdown_timeout_secs) {
+            return Err("daemon.shutdown_timeout_secs must be between 1 and 3600".into());
+        }
+        if !(1..=64).contains(&d.max_concurrent_jobs) {
+            return Err("daemon.max_concurrent_jobs must be between 1 and 64".into());
+        }
+        for (key, p) in [("daemon.socket", &d.socket), ("daemon.state_dir", &d.state_dir), ("daemon.spool_dir", &d.spool_dir)] {
+            if !p.is_absolute() {
+                return Err(format!("{key} must be an absolute path, got {}", p.display()));
+            }
+        }
+        let t = &self.target;
+        if !(1..=8).contains(&t.max_spooled_chunks) {
+            return Err("target.max_spooled_chunks must be between 1 and 8".into());
+        }
+        if !(1..=100).contains(&t.max_attempts) {
+            return Err("target.max_attempts must be between 1 and 100".into());
+        }
+        if t.region.trim().is_empty() {
+            return Err("target.region must not be empty".into());
+        }
+        Ok(())
+    }
+
+    pub fn dataset(&self, name: &DatasetName) -> Option<&DatasetConfig> {
+        self.datasets.iter().find(|d| &d.name == name)
+    }
+
+    /// The target settings for `ds`, with its overrides applied.
+    pub fn resolve(&self, ds: &DatasetConfig) -> ResolvedTarget {
+        ResolvedTarget {
+            bucket: self.target.bucket.0.clone(),
+            prefix: normalize_prefix(ds.prefix.as_deref().unwrap_or(&self.target.prefix)),
+            storage_class: ds.storage_class.unwrap_or(self.target.storage_class),
+            chunk_size: ds.chunk_size.unwrap_or(self.target.chunk_size).0,
+            max_spooled_chunks: self.target.max_spooled_chunks,
+        }
+    }
+
+    pub fn force_path_style(&self) -> bool {
+        self.target.force_path_style.unwrap_or(self.target.endpoint.is_some())
+    }
+}
+
+/// An S3 bucket name, checked against the S3 naming rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BucketName(pub String);
+
+impl TryFrom<String> for BucketName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        let ok_ends = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+        if (3..=63).contains(&s.len()) && ok_chars && ok_ends && !s.contains("..") {
+            Ok(Self(s))
+        } else {
+            Err(format!("invalid bucket name {s:?}: 3 to 63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit"))
+        }
+    }
+}
+impl From<BucketName> for String {
+    fn from(b: BucketName) -> String {
+        b.0
+    }
+}
+
+/// An endpoint URL (http or https).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Endpoint(pub String);
+
+impl TryFrom<String> for Endpoint {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
+        match rest {
+            Some(host) if !host.is_empty() && !host.starts_with('/') && !host.contains('@') => Ok(Self(s)),
+            _ => Err(format!("invalid endpoint {s:?}: expected http://host[:port] or https://host[:port] (no credentials in the URL)")),
+        }
+    }
+}
+impl From<Endpoint> for String {
+    fn from(e: Endpoint) -> String {
+        e.0
+    }
+}
+
+/// S3 storage classes zib can write chunks in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(try_from = "String", into = "String")]
+pub enum StorageClass {
+    Standard,
+    StandardIa,
+    OnezoneIa,
+    IntelligentTiering,
+    GlacierIr,
+    Glacier,
+    #[default]
+    DeepArchive,
+}
+
+impl StorageClass {
+    pub const ALL: [StorageClass; 7] = [
+        Self::Standard,
+        Self::StandardIa,
+        Self::OnezoneIa,
+        Self::IntelligentTiering,
+        Self::GlacierIr,
+        Self::Glacier,
+        Self::DeepArchive,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standard => "STANDARD",
+            Self::StandardIa => "STANDARD_IA",
+            Self::OnezoneIa => "ONEZONE_IA",
+            Self::IntelligentTiering => "INTELLIGENT_TIERING",
+            Self::GlacierIr => "GLACIER_IR",
+            Self::Glacier => "GLACIER",
+            Self::DeepArchive => "DEEP_ARCHIVE",
+        }
+    }
+    /// Whether a GET needs a RestoreObject (thaw) first.
+    pub fn needs_thaw(self) -> bool {
+        matches!(self, Self::Glacier | Self::DeepArchive)
+    }
+}
+
+impl FromStr for StorageClass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|c| c.as_str()).collect();
+            format!("unknown storage class {s:?}: expected one of {}", names.join(", "))
+        })
+    }
+}
+impl TryFrom<String> for StorageClass {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+impl From<StorageClass> for String {
+    fn from(c: StorageClass) -> String {
+        c.as_str().into()
+    }
+}
+impl fmt::Display for StorageClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A chunk size in bytes: an integer, or a string with a unit ("64MiB", "5GB").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "u64")]
+pub struct ChunkSize(pub u64);
+
+impl Default for ChunkSize {
+    fn default() -> Self {
+        Self(MAX_CHUNK_SIZE)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Int(i64),
+    Text(String),
+}
+
+impl TryFrom<SizeRepr> for ChunkSize {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<Self, String> {
+        let n = match r {
+            SizeRepr::Int(i) => u64::try_from(i).map_err(|_| format!("chunk size {i} is negative"))?,
+            SizeRepr::Text(s) => parse_size(&s)?,
+        };
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) {
+            return Err(format!("chunk size {n} bytes is out of range: {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE} (5 GB, the largest single PutObject)"));
+        }
+        Ok(Self(n))
+    }
+}
+impl From<ChunkSize> for u64 {
+    fn from(c: ChunkSize) -> u64 {
+        c.0
+    }
+}
+
+/// Parses "123", "64KiB", "5GB", "1.5 GiB" into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        u => return Err(format!("unknown size unit {u:?} in {s:?} (use B, KB, MB, GB, KiB, MiB, GiB)")),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let bytes = v * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("invalid size {s:?}"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[target]\nbucket = \"my-backups\"\n\n[[dataset]]\nname = \"tank/photos\"\nschedule = \"0 3 * * *\"\n";
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("/etc/zib/zibd.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.target.storage_class, StorageClass::DeepArchive);
+        assert_eq!(c.target.chunk_size.0, 5_000_000_000);
+        assert_eq!(c.daemon.socket, PathBuf::from("/run/zibd/zibd.sock"));
+        let r = c.resolve(&c.datasets[0]);
+        assert_eq!(r.prefix, "zib/");
+        assert_eq!(c.datasets[0].snapshot_prefix.as_str(), "zib");
+        assert!(!c.force_path_style());
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../config.example.toml");
+        let c = parse(text).unwrap();
+        assert!(!c.datasets.is_empty());
+    }
+
+    fn err(t: &str) -> String {
+        parse(t).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = err(&MIN.replace("schedule = \"0 3 * * *\"", "schedule = \"61 3 * * *\""));
+        assert!(e.contains("/etc/zib/zibd.toml") && e.contains("line 6") && e.contains("schedule"), "{e}");
+        let e = err(&format!("{MIN}colour = 3\n"));
+        assert!(e.contains("unknown field `colour`") && e.contains("line 7"), "{e}");
+        let e = err(&MIN.replace("tank/photos", "tank/pho@tos"));
+        assert!(e.contains("line 5") && e.contains("tank/pho@tos"), "{e}");
+        let e = err(&MIN.replace("[target]", "[target]\nchunk_size = \"6GB\""));
+        assert!(e.contains("out of range") && e.contains("line 2"), "{e}");
+        let e = err(&MIN.replace("[target]", "[target]\nstorage_class = \"DEEP\""));
+        assert!(e.contains("unknown storage class") && e.contains("DEEP_ARCHIVE"), "{e}");
+        let e = err(&MIN.replace("my-backups", "My_Backups"));
+        assert!(e.contains("invalid bucket name"), "{e}");
+        let e = err(&format!("{MIN}[[dataset]]\nname = \"tank/photos\"\nschedule = \"@daily\"\n"));
+        assert!(e.contains("listed twice"), "{e}");
+        let e = err("[target]\n");
+        assert!(e.contains("missing field `bucket`"), "{e}");
+        let e = err(&MIN.replace("[target]", "[target]\nendpoint = \"ftp://x\""));
+        assert!(e.contains("invalid endpoint"), "{e}");
+        let e = err(&format!("[daemon]\nstate_dir = \"relative\"\n{MIN}"));
+        assert!(e.contains("daemon.state_dir must be an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("5GB").unwrap(), 5_000_000_000);
+        assert_eq!(parse_size("1.5 GiB").unwrap(), 3 << 29);
+        assert!(parse_size("5 parsecs").is_err());
+        let c = parse(&MIN.replace("[target]", "[target]\nchunk_size = 1048576")).unwrap();
+        assert_eq!(c.target.chunk_size.0, 1 << 20);
+    }
+
+    #[test]
+    fn dataset_overrides_apply() {
+        let t = format!("{MIN}storage_class = \"STANDARD\"\nchunk_size = \"1MiB\"\nprefix = \"other\"\n");
+        let c = parse(&t).unwrap();
+        let r = c.resolve(&c.datasets[0]);
+        assert_eq!((r.storage_class, r.chunk_size, r.prefix.as_str()), (StorageClass::Standard, 1 << 20, "other/"));
+    }
+}

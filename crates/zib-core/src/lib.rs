@@ -1,0 +1,15 @@
+//! zib-core: the pure logic of zib — configuration, names and object keys, the manifest
+//! (catalog) format, chain planning and the state record. No sockets, processes or AWS here, so
+//! everything is testable with plain unit tests; the daemon's I/O modules build on it.
+
+pub mod catalog;
+pub mod config;
+pub mod manifest;
+pub mod names;
+pub mod schedule;
+pub mod state;
+
+pub use config::{Config, DatasetConfig, StorageClass};
+pub use manifest::{ChunkRecord, Manifest, SnapRef};
+pub use names::{DatasetName, KeyLayout, SnapName, SnapPrefix};
+pub use state::DatasetState;

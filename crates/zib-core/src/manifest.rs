@@ -1,0 +1,206 @@
+//! The remote catalog: one small JSON manifest per backup, stored in STANDARD next to its chunks.
+//!
+//! The manifest is the commit point of a backup. It is written only after every chunk it lists
+//! is stored and verified; chunks without a manifest do not exist for restore. A manifest alone
+//! (plus the chunks it names) is enough to restore, so the catalog is the bucket's listing of
+//! manifests: no local state is needed.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::StorageClass;
+use crate::names::{DatasetName, SnapName};
+
+pub const FORMAT: &str = "zib-manifest";
+pub const VERSION: u32 = 1;
+
+/// A snapshot as recorded in a manifest: its short name and ZFS GUID (the identity that
+/// `zfs receive` checks when applying an incremental).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapRef {
+    pub name: SnapName,
+    /// ZFS guid, as a decimal string (u64 in ZFS; strings survive JSON tools that use f64).
+    pub guid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkRecord {
+    pub key: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the chunk's bytes.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub dataset: DatasetName,
+    /// Position in the chain, from 1 (the first full).
+    pub seq: u64,
+    /// None for a full stream; the base snapshot for an incremental.
+    pub from: Option<SnapRef>,
+    pub to: SnapRef,
+    /// Creation time of the `to` snapshot.
+    pub snapshot_created: DateTime<Utc>,
+    /// When the backup was committed.
+    pub committed_at: DateTime<Utc>,
+    /// The `zfs send` arguments, e.g. ["-w"] or ["-w", "-i", "#zib-..."].
+    pub send_args: Vec<String>,
+    /// Which upload attempt's chunks are the committed ones.
+    pub attempt: u32,
+    pub storage_class: StorageClass,
+    pub chunk_size: u64,
+    pub stream_size: u64,
+    /// SHA-256 of the whole stream (hex).
+    pub stream_sha256: String,
+    pub chunks: Vec<ChunkRecord>,
+    pub zib_version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest {key}: not valid JSON for a zib manifest: {source}")]
+    Json { key: String, source: serde_json::Error },
+    #[error("manifest {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl Manifest {
+    pub fn is_full(&self) -> bool {
+        self.from.is_none()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses and checks a manifest read from `key`.
+    pub fn from_json(key: &str, bytes: &[u8]) -> Result<Self, ManifestError> {
+        // Check the format/version first, so a newer format gets a clear message rather than an
+        // "unknown field" one.
+        #[derive(Deserialize)]
+        struct Head {
+            format: Option<String>,
+            version: Option<u32>,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { key: key.into(), source })?;
+        let invalid = |message: String| ManifestError::Invalid { key: key.into(), message };
+        if head.format.as_deref() != Some(FORMAT) {
+            return Err(invalid(format!("format is {:?}, expected {FORMAT:?}", head.format)));
+        }
+        match head.version {
+            Some(VERSION) => {}
+            Some(v) if v > VERSION => return Err(invalid(format!("format version {v} is newer than this zib understands ({VERSION}); upgrade zib"))),
+            v => return Err(invalid(format!("unsupported format version {v:?}"))),
+        }
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { key: key.into(), source })?;
+        m.check().map_err(invalid)?;
+        Ok(m)
+    }
+
+    /// Internal consistency: sizes add up, hashes look like hashes, chunk sizes fit the split.
+    pub fn check(&self) -> Result<(), String> {
+        let total: u64 = self.chunks.iter().map(|c| c.size).sum();
+        if total != self.stream_size {
+            return Err(format!("chunk sizes add up to {total}, but stream_size is {}", self.stream_size));
+        }
+        if self.chunks.is_empty() {
+            return Err("lists no chunks".into());
+        }
+        if self.seq == 0 {
+            return Err("seq must start at 1".into());
+        }
+        let last = self.chunks.len() - 1;
+        for (i, c) in self.chunks.iter().enumerate() {
+            if !is_sha256_hex(&c.sha256) {
+                return Err(format!("chunk {} has a malformed sha256 {:?}", c.key, c.sha256));
+            }
+            let bad_size = if i < last { c.size != self.chunk_size } else { c.size == 0 || c.size > self.chunk_size };
+            if bad_size {
+                return Err(format!("chunk {} has size {} that does not fit chunk_size {}", c.key, c.size, self.chunk_size));
+            }
+        }
+        if !is_sha256_hex(&self.stream_sha256) {
+            return Err("malformed stream_sha256".into());
+        }
+        Ok(())
+    }
+}
+
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+pub(crate) fn sample() -> Manifest {
+    let h = "ab".repeat(32);
+    Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        dataset: DatasetName::new("tank/photos").unwrap(),
+        seq: 2,
+        from: Some(SnapRef { name: SnapName::new("zib-20261125T000000Z").unwrap(), guid: "123".into() }),
+        to: SnapRef { name: SnapName::new("zib-20261126T000000Z").unwrap(), guid: "18446744073709551615".into() },
+        snapshot_created: DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z").unwrap().to_utc(),
+        committed_at: DateTime::parse_from_rfc3339("2026-11-26T00:10:00Z").unwrap().to_utc(),
+        send_args: vec!["-w".into(), "-i".into(), "#zib-20261125T000000Z".into()],
+        attempt: 0,
+        storage_class: StorageClass::DeepArchive,
+        chunk_size: 10,
+        stream_size: 25,
+        stream_sha256: h.clone(),
+        chunks: vec![
+            ChunkRecord { key: "k/0".into(), size: 10, sha256: h.clone() },
+            ChunkRecord { key: "k/1".into(), size: 10, sha256: h.clone() },
+            ChunkRecord { key: "k/2".into(), size: 5, sha256: h },
+        ],
+        zib_version: "0.1.0".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        let back = Manifest::from_json("k", &m.to_json()).unwrap();
+        assert_eq!(m, back);
+    }
+
+    #[test]
+    fn v1_fixture_still_parses() {
+        // Manifests written by released versions must stay readable: keep fixtures, never edit them.
+        let m = Manifest::from_json("fixture", include_bytes!("../tests/fixtures/manifest-v1.json")).unwrap();
+        assert_eq!(m.seq, 1);
+        assert!(m.is_full());
+        assert_eq!(m.chunks.len(), 2);
+    }
+
+    #[test]
+    fn rejects_inconsistent_manifests() {
+        let mut m = sample();
+        m.stream_size = 26;
+        assert!(Manifest::from_json("k", &m.to_json()).unwrap_err().to_string().contains("add up"));
+        let mut m = sample();
+        m.chunks[0].size = 9;
+        m.stream_size = 24;
+        assert!(Manifest::from_json("k", &m.to_json()).unwrap_err().to_string().contains("does not fit"));
+        let mut m = sample();
+        m.chunks[1].sha256 = "xyz".into();
+        assert!(Manifest::from_json("k", &m.to_json()).unwrap_err().to_string().contains("malformed sha256"));
+        let mut m = sample();
+        m.version = 7;
+        let e = Manifest::from_json("the/key", &m.to_json()).unwrap_err().to_string();
+        assert!(e.contains("the/key") && e.contains("newer"), "{e}");
+        assert!(Manifest::from_json("k", b"{not json").is_err());
+        assert!(Manifest::from_json("k", b"{\"format\":\"other\"}").unwrap_err().to_string().contains("format"));
+    }
+}

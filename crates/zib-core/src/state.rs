@@ -1,0 +1,133 @@
+//! The per-dataset local state record: a cache of progress, not the source of truth.
+//!
+//! Everything needed to restore lives in the bucket. This record lets a run resume where a
+//! crash left it (which snapshot it was sending, which chunks are already stored) and remembers
+//! the base of the next incremental. If it is lost, the next run rebuilds it from the catalog
+//! and `zfs list`. Versioned; older versions are kept as test fixtures.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::StorageClass;
+use crate::manifest::{ChunkRecord, SnapRef};
+use crate::names::{DatasetName, SnapName};
+
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetState {
+    pub version: u32,
+    pub dataset: DatasetName,
+    /// The newest committed backup (its manifest exists in the bucket).
+    pub last: Option<Committed>,
+    /// A backup that was started and not yet committed.
+    pub pending: Option<Pending>,
+    #[serde(default)]
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Committed {
+    pub seq: u64,
+    pub snapshot: SnapRef,
+    pub manifest_key: String,
+    pub committed_at: DateTime<Utc>,
+    pub stream_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub seq: u64,
+    /// Base of the incremental; None for a full.
+    pub from: Option<SnapRef>,
+    /// The snapshot being sent. Recorded before it is taken, so a crash adopts it.
+    pub to: SnapName,
+    /// Its GUID, once the snapshot exists.
+    pub to_guid: Option<String>,
+    pub attempt: u32,
+    pub chunk_size: u64,
+    pub storage_class: StorageClass,
+    pub started_at: DateTime<Utc>,
+    /// Chunks of this attempt already stored and verified, in order.
+    pub chunks: Vec<ChunkRecord>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub backups_committed: u64,
+    pub bytes_committed: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: not valid JSON: {source}")]
+    Json { path: String, source: serde_json::Error },
+    #[error("state file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl DatasetState {
+    pub fn new(dataset: DatasetName) -> Self {
+        Self { version: STATE_VERSION, dataset, last: None, pending: None, stats: Stats::default() }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("state serialises");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses a state file; `path` only names it in errors. Checks it belongs to `dataset`.
+    pub fn from_json(path: &str, bytes: &[u8], dataset: &DatasetName) -> Result<Self, StateError> {
+        #[derive(Deserialize)]
+        struct Head {
+            version: Option<u32>,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(|source| StateError::Json { path: path.into(), source })?;
+        let invalid = |message: String| StateError::Invalid { path: path.into(), message };
+        match head.version {
+            Some(STATE_VERSION) => {}
+            v => return Err(invalid(format!("unsupported state version {v:?} (this zib writes {STATE_VERSION}); move the file aside and zib rebuilds it from the bucket"))),
+        }
+        let s: DatasetState = serde_json::from_slice(bytes).map_err(|source| StateError::Json { path: path.into(), source })?;
+        if &s.dataset != dataset {
+            return Err(invalid(format!("belongs to dataset {}, not {dataset}", s.dataset)));
+        }
+        Ok(s)
+    }
+
+    /// The seq the next backup gets.
+    pub fn next_seq(&self) -> u64 {
+        self.last.as_ref().map_or(1, |c| c.seq + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_fixture() {
+        let ds = DatasetName::new("tank/photos").unwrap();
+        let fixture = include_bytes!("../tests/fixtures/state-v1.json");
+        let s = DatasetState::from_json("fixture", fixture, &ds).unwrap();
+        assert_eq!(s.next_seq(), 4);
+        let p = s.pending.as_ref().unwrap();
+        assert_eq!(p.chunks.len(), 1);
+        assert_eq!(DatasetState::from_json("x", &s.to_json(), &ds).unwrap(), s);
+    }
+
+    #[test]
+    fn refuses_foreign_or_future_state() {
+        let ds = DatasetName::new("tank/other").unwrap();
+        let fixture = include_bytes!("../tests/fixtures/state-v1.json");
+        let e = DatasetState::from_json("/var/lib/zib/x.json", fixture, &ds).unwrap_err().to_string();
+        assert!(e.contains("/var/lib/zib/x.json") && e.contains("belongs to dataset tank/photos"), "{e}");
+        let e = DatasetState::from_json("p", br#"{"version": 9}"#, &ds).unwrap_err().to_string();
+        assert!(e.contains("unsupported state version"), "{e}");
+        assert!(DatasetState::from_json("p", b"\0\0garbage", &ds).is_err());
+    }
+}
