@@ -1,0 +1,310 @@
+//! Round trip of every message, and the backward-compatibility fixtures.
+//!
+//! `tests/fixtures/v1/*.json` hold the JSON of protocol-v1 frames as v1 wrote them. They are kept
+//! forever: a later zibd must still read every request fixture and a later zibctl every response
+//! fixture (a newer daemon talks to an older zibctl and the other way round). Never edit or
+//! delete one; add new fixtures for new messages. To write the fixtures of new samples run
+//! `ZIB_BLESS_FIXTURES=1 cargo test -p zib-protocol --test messages` (existing files are never
+//! overwritten).
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, TimeZone, Utc};
+use zib_protocol::*;
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(secs, 0).unwrap()
+}
+
+fn progress() -> RunProgress {
+    RunProgress {
+        snapshot: "tank/photos@zib-20260101T030000Z".into(),
+        incremental: true,
+        started_at: Some(t(1_767_236_400)),
+        bytes_sent: 3 * 1024 * 1024 * 1024,
+        bytes_total_estimate: Some(10 * 1024 * 1024 * 1024),
+        chunks_done: 3,
+        chunks_total_estimate: Some(10),
+        rate_bytes_per_sec: Some(50 * 1024 * 1024),
+        eta_secs: Some(143),
+    }
+}
+
+/// One sample of every request variant, named as its fixture file.
+fn requests() -> Vec<(&'static str, Request)> {
+    vec![
+        ("request-status-all", Request::Status { dataset: None }),
+        ("request-status-one", Request::Status { dataset: Some("tank/photos".into()) }),
+        ("request-trigger", Request::Trigger { dataset: "tank/photos".into(), wait: false }),
+        ("request-trigger-wait", Request::Trigger { dataset: "tank/photos".into(), wait: true }),
+        ("request-pause-all", Request::Pause { dataset: None }),
+        ("request-pause-one", Request::Pause { dataset: Some("tank/photos".into()) }),
+        ("request-resume-all", Request::Resume { dataset: None }),
+        ("request-resume-one", Request::Resume { dataset: Some("tank/photos".into()) }),
+        ("request-cancel", Request::Cancel { dataset: "tank/photos".into() }),
+        ("request-reload", Request::Reload),
+        ("request-version", Request::Version),
+        (
+            "request-restore-start",
+            Request::RestoreStart(RestoreStart {
+                dataset: "tank/photos".into(),
+                snapshot: Some("zib-20260101T030000Z".into()),
+                to: "tank/restored".into(),
+                tier: RestoreTier::Bulk,
+                days: 7,
+                bucket: Some("other-bucket".into()),
+                prefix: Some("zib/".into()),
+            }),
+        ),
+        (
+            "request-restore-start-minimal",
+            Request::RestoreStart(RestoreStart {
+                dataset: "tank/photos".into(),
+                snapshot: None,
+                to: "tank/restored".into(),
+                tier: RestoreTier::Standard,
+                days: 1,
+                bucket: None,
+                prefix: None,
+            }),
+        ),
+        ("request-restore-status-all", Request::RestoreStatus { id: None }),
+        ("request-restore-status-one", Request::RestoreStatus { id: Some("r-1".into()) }),
+    ]
+}
+
+/// One sample of every response variant (and every error kind), named as its fixture file.
+fn responses() -> Vec<(&'static str, Response)> {
+    let mut v = vec![
+        ("response-ok", Response::Ok { message: None }),
+        ("response-ok-message", Response::ok("paused 2 datasets")),
+        (
+            "response-status",
+            Response::Status {
+                daemon: DaemonInfo {
+                    version: "0.1.0".into(),
+                    protocol_version: 1,
+                    started_at: t(1_767_225_600),
+                    uptime_secs: 10_800,
+                    jobs_running: 1,
+                    jobs_max: Some(2),
+                    restores_running: 0,
+                },
+                datasets: vec![
+                    DatasetStatus {
+                        dataset: "tank/photos".into(),
+                        state: JobState::Uploading,
+                        paused: false,
+                        schedule: Some("0 3 * * *".into()),
+                        progress: Some(progress()),
+                        last_success: Some(LastSuccess {
+                            at: t(1_767_150_000),
+                            snapshot: Some("tank/photos@zib-20251231T030000Z".into()),
+                            bytes: 123_456_789,
+                        }),
+                        last_error: Some(LastError { at: t(1_767_000_000), message: "S3 503 SlowDown".into() }),
+                        next_run: Some(t(1_767_322_800)),
+                        chain_length: 4,
+                        missed_ticks: 1,
+                    },
+                    DatasetStatus {
+                        dataset: "tank/docs".into(),
+                        state: JobState::Paused,
+                        paused: true,
+                        schedule: None,
+                        progress: None,
+                        last_success: None,
+                        last_error: None,
+                        next_run: None,
+                        chain_length: 0,
+                        missed_ticks: 0,
+                    },
+                ],
+            },
+        ),
+        ("response-version", Response::Version { daemon_version: "0.1.0".into(), protocol_version: 1 }),
+        (
+            "response-progress",
+            Response::Progress(ProgressUpdate {
+                dataset: "tank/photos".into(),
+                state: JobState::Uploading,
+                progress: Some(progress()),
+                message: None,
+            }),
+        ),
+        (
+            "response-progress-queued",
+            Response::Progress(ProgressUpdate {
+                dataset: "tank/photos".into(),
+                state: JobState::Queued,
+                progress: None,
+                message: Some("waiting for a job slot".into()),
+            }),
+        ),
+        (
+            "response-done-ok",
+            Response::Done {
+                ok: true,
+                message: "backed up tank/photos@zib-20260101T030000Z".into(),
+                snapshot: Some("tank/photos@zib-20260101T030000Z".into()),
+                bytes: Some(10_737_418_240),
+            },
+        ),
+        (
+            "response-done-failed",
+            Response::Done { ok: false, message: "zfs send failed: exit 1".into(), snapshot: None, bytes: None },
+        ),
+        ("response-restore-started", Response::RestoreStarted { id: "r-1".into() }),
+        (
+            "response-restore-status",
+            Response::RestoreStatus {
+                jobs: vec![RestoreJobStatus {
+                    id: "r-1".into(),
+                    dataset: "tank/photos".into(),
+                    snapshot: Some("zib-20260101T030000Z".into()),
+                    to: "tank/restored".into(),
+                    tier: RestoreTier::Bulk,
+                    state: RestoreState::Thawing,
+                    started_at: t(1_767_225_600),
+                    objects_total: 12,
+                    objects_ready: 5,
+                    bytes_received: 0,
+                    bytes_total: Some(10_737_418_240),
+                    thaw_expected_at: Some(t(1_767_398_400)),
+                    finished_at: None,
+                    error: None,
+                }],
+            },
+        ),
+    ];
+    for (name, kind) in [
+        ("response-error-permission-denied", ErrorKind::PermissionDenied),
+        ("response-error-not-found", ErrorKind::NotFound),
+        ("response-error-invalid-request", ErrorKind::InvalidRequest),
+        ("response-error-unsupported", ErrorKind::Unsupported),
+        ("response-error-frame-too-large", ErrorKind::FrameTooLarge),
+        ("response-error-busy", ErrorKind::Busy),
+        ("response-error-conflict", ErrorKind::Conflict),
+        ("response-error-shutting-down", ErrorKind::ShuttingDown),
+        ("response-error-internal", ErrorKind::Internal),
+    ] {
+        v.push((name, Response::error(kind, format!("sample {kind}"))));
+    }
+    v
+}
+
+#[test]
+fn every_request_round_trips() {
+    for (name, req) in requests() {
+        let body = encode_request(&req);
+        let back = decode_request(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(back.protocol, PROTOCOL_VERSION);
+        assert_eq!(back.request, req, "{name}");
+    }
+}
+
+#[test]
+fn every_response_round_trips() {
+    for (name, resp) in responses() {
+        let body = encode_response(&resp);
+        let back = decode_response(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(back.protocol, PROTOCOL_VERSION);
+        assert_eq!(back.response, resp, "{name}");
+    }
+}
+
+#[test]
+fn every_variant_has_a_sample() {
+    // Adding a variant without a sample (and a fixture) fails here.
+    let reqs: std::collections::BTreeSet<_> = requests().iter().map(|(_, r)| r.type_name()).collect();
+    assert_eq!(reqs.len(), Request::KNOWN_TYPES.len());
+    let resps: std::collections::BTreeSet<String> = responses()
+        .iter()
+        .map(|(_, r)| serde_json::to_value(r).unwrap()["type"].as_str().unwrap().to_owned())
+        .collect();
+    let expected = ["ok", "error", "status", "version", "progress", "done", "restore_started", "restore_status"];
+    assert_eq!(resps, expected.iter().map(|s| s.to_string()).collect());
+}
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+}
+
+fn bless(name: &str, json: &serde_json::Value) {
+    let path = fixture_dir().join(format!("{name}.json"));
+    if std::env::var_os("ZIB_BLESS_FIXTURES").is_some() && !path.exists() {
+        std::fs::create_dir_all(fixture_dir()).unwrap();
+        std::fs::write(&path, serde_json::to_string_pretty(json).unwrap() + "\n").unwrap();
+    }
+}
+
+fn read_fixture(name: &str) -> Vec<u8> {
+    let path = fixture_dir().join(format!("{name}.json"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("missing fixture {} ({e}); write it with ZIB_BLESS_FIXTURES=1", path.display())
+    })
+}
+
+/// Every v1 request fixture still decodes to the same request.
+#[test]
+fn v1_request_fixtures_still_parse() {
+    for (name, req) in requests() {
+        bless(name, &serde_json::to_value(RequestFrame { protocol: 1, request: req.clone() }).unwrap());
+        let frame = decode_request(&read_fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(frame.protocol, 1, "{name}");
+        assert_eq!(frame.request, req, "{name}");
+    }
+}
+
+/// Every v1 response fixture still decodes to the same response.
+#[test]
+fn v1_response_fixtures_still_parse() {
+    for (name, resp) in responses() {
+        bless(name, &serde_json::to_value(ResponseFrame { protocol: 1, response: resp.clone() }).unwrap());
+        let frame = decode_response(&read_fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(frame.protocol, 1, "{name}");
+        assert_eq!(frame.response, resp, "{name}");
+    }
+}
+
+/// Every fixture file on disk belongs to a sample (none was orphaned by a rename).
+#[test]
+fn no_orphan_fixtures() {
+    let names: std::collections::BTreeSet<String> = requests()
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .chain(responses().iter().map(|(n, _)| n.to_string()))
+        .collect();
+    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+        let file = entry.unwrap().file_name().into_string().unwrap();
+        let Some(stem) = file.strip_suffix(".json") else { continue };
+        if stem.starts_with("future-") {
+            continue;
+        }
+        assert!(names.contains(stem), "fixture {file} has no sample in tests/messages.rs");
+    }
+}
+
+/// What a newer daemon might send: unknown response types, states, error kinds and fields parse
+/// as `Unknown` / are ignored, so an older zibctl degrades instead of failing.
+#[test]
+fn newer_daemon_replies_still_parse() {
+    let f = decode_response(&read_fixture("future-response-unknown-type")).unwrap();
+    assert_eq!(f.response, Response::Unknown);
+    let f = decode_response(&read_fixture("future-response-unknown-values")).unwrap();
+    let Response::Status { datasets, .. } = f.response else { panic!("not a status: {f:?}") };
+    assert_eq!(datasets[0].state, JobState::Unknown);
+    assert_eq!(datasets[0].dataset, "tank/photos");
+    let f = decode_response(&read_fixture("future-response-unknown-error-kind")).unwrap();
+    assert_eq!(f.response, Response::error(ErrorKind::Unknown, "quota exceeded"));
+}
+
+/// What a newer zibctl might send: an unknown request type gets `unsupported`, an unknown field
+/// is ignored.
+#[test]
+fn newer_client_requests() {
+    let e = decode_request(&read_fixture("future-request-unknown-type")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unsupported);
+    let f = decode_request(&read_fixture("future-request-extra-field")).unwrap();
+    assert_eq!(f.request, Request::Trigger { dataset: "tank/photos".into(), wait: true });
+}
