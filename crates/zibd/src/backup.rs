@@ -1,0 +1,617 @@
+//! One backup of one dataset: snapshot, raw send, chunked single-PUT upload, manifest commit.
+//!
+//! Order of durable steps, each recorded in the locked state file before the next:
+//! 1. `pending` with the snapshot name (so a crash adopts that snapshot instead of taking another);
+//! 2. the snapshot's GUID once it exists;
+//! 3. each chunk after its PUT succeeded (a crash between PUT and save is met by a 412 and a
+//!    HEAD that must show the same size and SHA-256);
+//! 4. the manifest (the commit point), then `last`, then bookmark and pruning.
+//! On resume the send is re-run and the bytes of already stored chunks are re-hashed: they are
+//! skipped only if they match, because `zfs send -w` need not reproduce a stream byte for byte
+//! (openzfs#13778). Otherwise the upload starts again as a new attempt under a new key prefix.
+
+use std::{path::PathBuf, sync::Arc};
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
+};
+use tokio_util::sync::CancellationToken;
+use zib_core::{
+    ChunkRecord, DatasetConfig, KeyLayout, Manifest, SnapName, SnapRef,
+    config::{Config, ResolvedTarget},
+    manifest,
+    state::{Committed, Pending},
+};
+
+use crate::{
+    failpoint,
+    s3::{PutOutcome, S3Error, S3Store},
+    state_store::{LockedState, StateStoreError},
+    zfs::{SendStream, Zfs, ZfsError},
+};
+
+/// The outside systems a backup talks to.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub zfs: Zfs,
+    pub s3: S3Store,
+    pub spool_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    #[default]
+    Starting,
+    Snapshotting,
+    Uploading,
+    Committing,
+    Pruning,
+}
+
+/// Live progress of a running backup, published on a `watch` channel.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub phase: Phase,
+    pub snapshot: Option<String>,
+    pub bytes_done: u64,
+    pub bytes_estimate: Option<u64>,
+    pub chunks_done: u64,
+    pub chunk_size: u64,
+    pub attempt: u32,
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BackupOptions {
+    /// Start a new chain with a full stream even if an incremental is possible.
+    pub force_full: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    pub seq: u64,
+    pub snapshot: SnapName,
+    pub full: bool,
+    pub stream_size: u64,
+    pub chunks_uploaded: u64,
+    /// Chunks found stored already (resumed after a crash).
+    pub chunks_reused: u64,
+    pub attempt: u32,
+    pub manifest_key: String,
+    pub pruned: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    State(#[from] StateStoreError),
+    #[error(transparent)]
+    Zfs(#[from] ZfsError),
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error("spool file {path}: {source}")]
+    Spool { path: PathBuf, source: std::io::Error },
+    #[error("backup of {dataset} cancelled; it resumes from the last stored chunk on the next run")]
+    Cancelled { dataset: String },
+    #[error(
+        "the base of the next incremental, {dataset}@{base} (guid {guid}), is gone and has no bookmark, so the chain cannot continue; start a new chain with a full backup (`zibd backup --full` or `zibctl trigger --full`)"
+    )]
+    BaseMissing { dataset: String, base: String, guid: String },
+    #[error("zfs send of {0} produced no data")]
+    EmptyStream(String),
+    #[error("the catalog in the bucket is unreadable: {0}")]
+    Catalog(String),
+}
+
+enum Spooled {
+    /// A chunk stored by an earlier run whose bytes matched again.
+    Reused { size: u64 },
+    New { index: u64, path: PathBuf, size: u64, sha256: String, _permit: OwnedSemaphorePermit },
+}
+
+/// Why a streaming attempt ended without error.
+enum Streamed {
+    Done { size: u64, sha256: String },
+    /// The re-run send does not reproduce the stored chunks: start a new attempt.
+    Diverged { index: u64 },
+}
+
+/// Runs one backup of `ds` while holding its state lock. Failures are recorded in the state's
+/// stats (best effort) before they are returned.
+pub async fn run(
+    engine: &Engine,
+    cfg: &Config,
+    ds: &DatasetConfig,
+    locked: &mut LockedState,
+    opts: BackupOptions,
+    progress: &watch::Sender<Progress>,
+    cancel: &CancellationToken,
+) -> Result<BackupReport, BackupError> {
+    let res = Backup { engine, ds, target: cfg.resolve(ds), locked, progress, cancel }.run(opts).await;
+    if let Err(e) = &res {
+        locked.state.stats.last_error = Some(e.to_string());
+        locked.state.stats.last_error_at = Some(Utc::now());
+        if let Err(save) = locked.save_async().await {
+            tracing::error!(error = %save, "could not record the failure in the state file");
+        }
+    }
+    res
+}
+
+struct Backup<'a> {
+    engine: &'a Engine,
+    ds: &'a DatasetConfig,
+    target: ResolvedTarget,
+    locked: &'a mut LockedState,
+    progress: &'a watch::Sender<Progress>,
+    cancel: &'a CancellationToken,
+}
+
+impl Backup<'_> {
+    fn layout(&self) -> KeyLayout {
+        KeyLayout::new(&self.target.prefix, &self.ds.name)
+    }
+
+    fn set_progress(&self, f: impl FnOnce(&mut Progress)) {
+        self.progress.send_modify(f);
+    }
+
+    async fn save(&self) -> Result<(), BackupError> {
+        Ok(self.locked.save_async().await?)
+    }
+
+    async fn run(mut self, opts: BackupOptions) -> Result<BackupReport, BackupError> {
+        let name = self.ds.name.clone();
+        self.set_progress(|p| *p = Progress { started_at: Some(Utc::now()), chunk_size: self.target.chunk_size, ..Default::default() });
+        self.clean_spool().await;
+
+        // A pending backup whose snapshot vanished cannot be resumed: abandon it (its chunks have
+        // no manifest, so they are invisible to restore) and start afresh.
+        if let Some(p) = &self.locked.state.pending {
+            if let Some(guid) = &p.to_guid {
+                match self.engine.zfs.snapshot_info(&name, &p.to).await? {
+                    Some(info) if &info.guid == guid => {}
+                    _ => {
+                        tracing::warn!(dataset = %name, snapshot = %p.to, "the snapshot of the interrupted backup is gone; starting a new backup");
+                        self.locked.state.pending = None;
+                        self.save().await?;
+                    }
+                }
+            }
+        }
+        if self.locked.state.pending.is_none() {
+            self.plan_new(opts).await?;
+        } else if self.already_committed().await? {
+            return self.finish_commit(None, 0, 0).await;
+        }
+
+        self.ensure_snapshot().await?;
+        let mut restarted = false;
+        loop {
+            let args = self.send_args().await?;
+            if self.progress.borrow().bytes_estimate.is_none() {
+                match self.engine.zfs.send_estimate(&args).await {
+                    Ok(n) => self.set_progress(|p| p.bytes_estimate = Some(n)),
+                    Err(e) => tracing::warn!(error = %e, "could not estimate the stream size"),
+                }
+            }
+            let (streamed, uploaded, reused) = self.stream(&args).await?;
+            match streamed {
+                Streamed::Done { size, sha256 } => {
+                    let m = self.manifest(&args, size, sha256).await?;
+                    return self.finish_commit(Some(m), uploaded, reused).await;
+                }
+                Streamed::Diverged { index } if !restarted => {
+                    restarted = true;
+                    let p = self.locked.state.pending.as_mut().expect("pending");
+                    tracing::warn!(
+                        dataset = %name, chunk = index, old_attempt = p.attempt,
+                        "zfs send did not reproduce the bytes already stored (openzfs#13778); uploading the stream again as a new attempt under a new key prefix"
+                    );
+                    p.attempt += 1;
+                    p.chunks.clear();
+                    self.save().await?;
+                    self.set_progress(|pr| {
+                        pr.bytes_done = 0;
+                        pr.chunks_done = 0;
+                    });
+                }
+                Streamed::Diverged { index } => {
+                    return Err(BackupError::S3(S3Error::Conflict {
+                        bucket: self.engine.s3.bucket().into(),
+                        key: format!("chunk {index}"),
+                        detail: "the stream changed again within one run".into(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Decides the next backup (full or incremental from the newest committed one, found in the
+    /// state or, when the state is new or behind, in the bucket's catalog) and records it.
+    async fn plan_new(&mut self, opts: BackupOptions) -> Result<(), BackupError> {
+        let layout = self.layout();
+        let listing = self.engine.s3.list(layout.root()).await?;
+        let newest = listing.iter().filter_map(|o| layout.parse_manifest_key(&o.key).map(|(seq, _)| (seq, &o.key))).max_by_key(|(seq, _)| *seq);
+        let local_seq = self.locked.state.last.as_ref().map_or(0, |c| c.seq);
+        if let Some((seq, key)) = newest {
+            if seq > local_seq {
+                let bytes = self.engine.s3.get_bytes(key, 64 << 20).await?;
+                let m = Manifest::from_json(key, &bytes).map_err(|e| BackupError::Catalog(e.to_string()))?;
+                tracing::info!(dataset = %self.ds.name, seq, "local state is behind the catalog; continuing from {key}");
+                self.locked.state.last = Some(Committed { seq, snapshot: m.to.clone(), manifest_key: key.clone(), committed_at: m.committed_at, stream_size: m.stream_size });
+            }
+        }
+        let from = match (&self.locked.state.last, opts.force_full) {
+            (Some(c), false) => Some(c.snapshot.clone()),
+            _ => None,
+        };
+        let now = Utc::now();
+        let pending = Pending {
+            seq: self.locked.state.next_seq(),
+            from,
+            to: SnapName::for_backup(&self.ds.snapshot_prefix, now),
+            to_guid: None,
+            attempt: 0,
+            chunk_size: self.target.chunk_size,
+            storage_class: self.target.storage_class,
+            started_at: now,
+            chunks: Vec::new(),
+        };
+        tracing::info!(dataset = %self.ds.name, seq = pending.seq, snapshot = %pending.to, full = pending.from.is_none(), "starting backup");
+        self.locked.state.pending = Some(pending);
+        self.save().await
+    }
+
+    /// A crash after the manifest PUT but before the state save leaves a committed backup that
+    /// the state still calls pending.
+    async fn already_committed(&self) -> Result<bool, BackupError> {
+        let p = self.locked.state.pending.as_ref().expect("pending");
+        let key = self.layout().manifest_key(p.seq, &p.to);
+        match self.engine.s3.get_bytes(&key, 64 << 20).await {
+            Ok(bytes) => {
+                let m = Manifest::from_json(&key, &bytes).map_err(|e| BackupError::Catalog(e.to_string()))?;
+                Ok(Some(&m.to.guid) == p.to_guid.as_ref())
+            }
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes the pending snapshot, or adopts it if an earlier run already took it.
+    async fn ensure_snapshot(&mut self) -> Result<(), BackupError> {
+        let name = self.ds.name.clone();
+        let p = self.locked.state.pending.as_ref().expect("pending");
+        let to = p.to.clone();
+        self.set_progress(|pr| {
+            pr.phase = Phase::Snapshotting;
+            pr.snapshot = Some(name.snapshot(&to));
+            pr.attempt = p.attempt;
+        });
+        if p.to_guid.is_some() {
+            return Ok(());
+        }
+        let info = match self.engine.zfs.snapshot_info(&name, &to).await? {
+            Some(info) => {
+                tracing::info!(snapshot = %name.snapshot(&to), "adopting the snapshot an interrupted run took");
+                info
+            }
+            None => {
+                self.engine.zfs.snapshot(&name, &to).await?;
+                self.engine.zfs.snapshot_info(&name, &to).await?.ok_or_else(|| {
+                    BackupError::Zfs(ZfsError::Parse { cmd: format!("zfs list {}", name.snapshot(&to)), output: "snapshot missing right after creation".into() })
+                })?
+            }
+        };
+        self.locked.state.pending.as_mut().expect("pending").to_guid = Some(info.guid);
+        self.save().await
+    }
+
+    /// `zfs send` arguments: `-w [-i <base>] ds@to`, where the base is the snapshot if it still
+    /// exists with the recorded GUID, else its bookmark.
+    async fn send_args(&self) -> Result<Vec<String>, BackupError> {
+        let name = &self.ds.name;
+        let p = self.locked.state.pending.as_ref().expect("pending");
+        let mut args = vec!["-w".to_owned()];
+        if let Some(base) = &p.from {
+            let snap = self.engine.zfs.snapshot_info(name, &base.name).await?;
+            let base_ref = if snap.is_some_and(|s| s.guid == base.guid) {
+                name.snapshot(&base.name)
+            } else if self.engine.zfs.bookmark_info(name, &base.name).await?.is_some_and(|b| b.guid == base.guid) {
+                name.bookmark(&base.name)
+            } else {
+                return Err(BackupError::BaseMissing { dataset: name.to_string(), base: base.name.to_string(), guid: base.guid.clone() });
+            };
+            args.extend(["-i".to_owned(), base_ref]);
+        }
+        args.push(name.snapshot(&p.to));
+        Ok(args)
+    }
+
+    /// One pass over the send stream: re-hash stored chunks, spool and PUT the rest.
+    async fn stream(&mut self, args: &[String]) -> Result<(Streamed, u64, u64), BackupError> {
+        let send = self.engine.zfs.send(args)?;
+        let p = self.locked.state.pending.clone().expect("pending");
+        self.set_progress(|pr| pr.phase = Phase::Uploading);
+        let permits = Arc::new(Semaphore::new(self.target.max_spooled_chunks));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let spool = SpoolTarget { dir: self.engine.spool_dir.clone(), stem: format!("{}.{}.a{}", self.ds.name.file_stem(), p.seq, p.attempt) };
+        let cancel = self.cancel;
+        let reader = read_stream(send, p.chunk_size, &p.chunks, spool, permits, tx, cancel);
+        let uploader = self.upload(rx, &p);
+        let (streamed, (uploaded, reused)) = tokio::try_join!(reader, uploader)?;
+        Ok((streamed, uploaded, reused))
+    }
+
+    async fn upload(&mut self, mut rx: mpsc::UnboundedReceiver<Spooled>, p: &Pending) -> Result<(u64, u64), BackupError> {
+        let layout = self.layout();
+        let (mut uploaded, mut reused) = (0, 0);
+        while let Some(item) = rx.recv().await {
+            if self.cancel.is_cancelled() {
+                return Err(BackupError::Cancelled { dataset: self.ds.name.to_string() });
+            }
+            let size = match item {
+                Spooled::Reused { size } => {
+                    reused += 1;
+                    size
+                }
+                Spooled::New { index, path, size, sha256, _permit } => {
+                    let key = layout.chunk_key(p.seq, &p.to, p.attempt, index);
+                    let put = self.engine.s3.put_chunk(&key, &path, size, &sha256, p.storage_class);
+                    let outcome = tokio::select! {
+                        r = put => r?,
+                        () = self.cancel.cancelled() => return Err(BackupError::Cancelled { dataset: self.ds.name.to_string() }),
+                    };
+                    if outcome == PutOutcome::AlreadyPresent {
+                        tracing::info!(%key, "chunk was already stored with the same SHA-256 (a PUT before a crash)");
+                    }
+                    failpoint::hit("after-put");
+                    let _ = tokio::fs::remove_file(&path).await;
+                    uploaded += 1;
+                    self.record_chunk(ChunkRecord { key, size, sha256 }).await?;
+                    failpoint::hit("after-save");
+                    size
+                }
+            };
+            self.set_progress(|pr| {
+                pr.bytes_done += size;
+                pr.chunks_done += 1;
+            });
+        }
+        Ok((uploaded, reused))
+    }
+}
+
+impl Backup<'_> {
+    async fn record_chunk(&mut self, c: ChunkRecord) -> Result<(), BackupError> {
+        self.locked.state.pending.as_mut().expect("pending").chunks.push(c);
+        self.save().await
+    }
+
+    async fn manifest(&self, args: &[String], size: u64, sha256: String) -> Result<Manifest, BackupError> {
+        let p = self.locked.state.pending.as_ref().expect("pending");
+        let info = self.engine.zfs.snapshot_info(&self.ds.name, &p.to).await?;
+        let created = info.and_then(|i| DateTime::from_timestamp(i.creation, 0)).unwrap_or(p.started_at);
+        let m = Manifest {
+            format: manifest::FORMAT.into(),
+            version: manifest::VERSION,
+            dataset: self.ds.name.clone(),
+            seq: p.seq,
+            from: p.from.clone(),
+            to: SnapRef { name: p.to.clone(), guid: p.to_guid.clone().expect("snapshot taken") },
+            snapshot_created: created,
+            committed_at: Utc::now(),
+            send_args: args.to_vec(),
+            attempt: p.attempt,
+            storage_class: p.storage_class,
+            chunk_size: p.chunk_size,
+            stream_size: size,
+            stream_sha256: sha256,
+            chunks: p.chunks.clone(),
+            zib_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        m.check().map_err(|e| BackupError::Catalog(format!("refusing to commit an inconsistent manifest: {e}")))?;
+        Ok(m)
+    }
+
+    /// Writes the manifest (the commit point), then records the commit locally, bookmarks the
+    /// new snapshot and prunes old zib-made snapshots. `None` means the manifest is already
+    /// stored (found on resume).
+    async fn finish_commit(self, m: Option<Manifest>, uploaded: u64, reused: u64) -> Result<BackupReport, BackupError> {
+        self.set_progress(|pr| pr.phase = Phase::Committing);
+        let p = self.locked.state.pending.clone().expect("pending");
+        let key = self.layout().manifest_key(p.seq, &p.to);
+        let stream_size = match &m {
+            Some(m) => {
+                self.engine.s3.put_small_once(&key, m.to_json(), "application/json").await?;
+                m.stream_size
+            }
+            None => p.chunks.iter().map(|c| c.size).sum(),
+        };
+        failpoint::hit("after-manifest");
+        let to = SnapRef { name: p.to.clone(), guid: p.to_guid.clone().expect("snapshot taken") };
+        let now = Utc::now();
+        let st = &mut self.locked.state;
+        st.last = Some(Committed { seq: p.seq, snapshot: to, manifest_key: key.clone(), committed_at: now, stream_size });
+        st.pending = None;
+        st.stats.backups_committed += 1;
+        st.stats.bytes_committed += stream_size;
+        st.stats.last_success_at = Some(now);
+        st.stats.last_error = None;
+        st.stats.last_error_at = None;
+        self.save().await?;
+        tracing::info!(dataset = %self.ds.name, seq = p.seq, snapshot = %p.to, bytes = stream_size, chunks = p.chunks.len(), "backup committed: {key}");
+
+        self.set_progress(|pr| pr.phase = Phase::Pruning);
+        let pruned = self.bookmark_and_prune(&p.to).await;
+        Ok(BackupReport {
+            seq: p.seq,
+            snapshot: p.to,
+            full: p.from.is_none(),
+            stream_size,
+            chunks_uploaded: uploaded,
+            chunks_reused: reused,
+            attempt: p.attempt,
+            manifest_key: key,
+            pruned,
+        })
+    }
+
+    /// Bookmarks the new base (so the chain survives its snapshot being destroyed), then
+    /// destroys zib-made snapshots beyond `keep_snapshots`. Never touches snapshots zib did not
+    /// make, nor the newest one. Failures here are logged, not fatal: the backup is committed.
+    async fn bookmark_and_prune(&self, newest: &SnapName) -> Vec<String> {
+        let zfs = &self.engine.zfs;
+        let name = &self.ds.name;
+        match zfs.bookmark_info(name, newest).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Err(e) = zfs.bookmark(name, newest).await {
+                    tracing::warn!(error = %e, "could not bookmark the new base; not pruning");
+                    return Vec::new();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list bookmarks; not pruning");
+                return Vec::new();
+            }
+        }
+        let snaps = match zfs.list(name, "snapshot").await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list snapshots; not pruning");
+                return Vec::new();
+            }
+        };
+        let ours: Vec<SnapName> = snaps
+            .iter()
+            .filter_map(|s| SnapName::new(&s.name).ok())
+            .filter(|s| s.is_zib_made(&self.ds.snapshot_prefix))
+            .collect();
+        let keep = self.ds.keep_snapshots.max(1) as usize;
+        let mut pruned = Vec::new();
+        if ours.len() > keep {
+            for s in &ours[..ours.len() - keep] {
+                if s == newest {
+                    continue;
+                }
+                match zfs.destroy_snapshot(name, s).await {
+                    Ok(()) => pruned.push(name.snapshot(s)),
+                    Err(e) => tracing::warn!(error = %e, "could not prune {}", name.snapshot(s)),
+                }
+            }
+        }
+        pruned
+    }
+
+    /// Removes spool files a crashed run of this dataset left behind.
+    async fn clean_spool(&self) {
+        let stem = format!("{}.", self.ds.name.file_stem());
+        let Ok(mut dir) = tokio::fs::read_dir(&self.engine.spool_dir).await else { return };
+        while let Ok(Some(e)) = dir.next_entry().await {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&stem) && n.ends_with(".chunk") {
+                let _ = tokio::fs::remove_file(e.path()).await;
+            }
+        }
+    }
+}
+
+struct SpoolTarget {
+    dir: PathBuf,
+    stem: String,
+}
+
+/// Reads the send stream into chunks of `chunk_size`. Chunks already recorded are only hashed
+/// and compared; new ones are written to a spool file (at most `permits` at a time) and handed
+/// to the uploader. The final short chunk is handed over only after `zfs send` exited 0, so a
+/// stream that died early never has its truncated tail stored.
+async fn read_stream(
+    send: SendStream,
+    chunk_size: u64,
+    recorded: &[ChunkRecord],
+    spool: SpoolTarget,
+    permits: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Spooled>,
+    cancel: &CancellationToken,
+) -> Result<Streamed, BackupError> {
+    let mut send = Some(send);
+    tokio::fs::create_dir_all(&spool.dir).await.map_err(|source| BackupError::Spool { path: spool.dir.clone(), source })?;
+    let mut whole = Sha256::new();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut index = 0u64;
+    let mut finished = false;
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            () = cancel.cancelled() => return Err(BackupError::Cancelled { dataset: spool.stem.clone() }),
+        };
+        let reuse = recorded.get(index as usize);
+        let path = spool.dir.join(format!("{}.{index:08}.chunk", spool.stem));
+        let spool_err = |source| BackupError::Spool { path: path.clone(), source };
+        let mut file = match reuse {
+            Some(_) => None,
+            None => Some(tokio::fs::File::create(&path).await.map_err(spool_err)?),
+        };
+        let mut hasher = Sha256::new();
+        let mut n = 0u64;
+        while n < chunk_size {
+            let want = buf.len().min((chunk_size - n) as usize);
+            let r = send.as_mut().expect("running").stdout().read(&mut buf[..want]).await.map_err(|e| ZfsError::Spawn { cmd: "zfs send (reading its output)".into(), source: e })?;
+            if r == 0 {
+                finished = true;
+                break;
+            }
+            hasher.update(&buf[..r]);
+            whole.update(&buf[..r]);
+            if let Some(f) = file.as_mut() {
+                f.write_all(&buf[..r]).await.map_err(spool_err)?;
+            }
+            n += r as u64;
+        }
+        if let Some(mut f) = file {
+            f.flush().await.map_err(spool_err)?;
+        }
+        if finished {
+            // Only now is the stream known to be complete and good.
+            send.take().expect("finished once").finish().await?;
+            if n == 0 {
+                let _ = tokio::fs::remove_file(&path).await;
+                if (index as usize) < recorded.len() {
+                    return Ok(Streamed::Diverged { index });
+                }
+                if total == 0 {
+                    return Err(BackupError::EmptyStream(spool.stem.clone()));
+                }
+                break;
+            }
+        }
+        total += n;
+        let sha256 = hex::encode(hasher.finalize());
+        match reuse {
+            Some(rec) if rec.size == n && rec.sha256 == sha256 => {
+                let _ = tx.send(Spooled::Reused { size: n });
+            }
+            Some(_) => return Ok(Streamed::Diverged { index }),
+            None => {
+                if tx.send(Spooled::New { index, path, size: n, sha256, _permit: permit }).is_err() {
+                    // The uploader stopped; its error is what try_join reports.
+                    return Ok(Streamed::Done { size: total, sha256: String::new() });
+                }
+            }
+        }
+        index += 1;
+        if finished {
+            break;
+        }
+    }
+    if (index as usize) < recorded.len() {
+        return Ok(Streamed::Diverged { index });
+    }
+    drop(tx);
+    Ok(Streamed::Done { size: total, sha256: hex::encode(whole.finalize()) })
+}

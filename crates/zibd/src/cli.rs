@@ -1,0 +1,138 @@
+//! Command line of `zibd`: the daemon by default, plus foreground commands.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use zib_core::{Config, DatasetName};
+
+use crate::{
+    backup::{self, BackupOptions, Engine},
+    s3::S3Store,
+    state_store::StateStore,
+    zfs::Zfs,
+};
+
+/// sysexits.h EX_CONFIG: systemd and scripts can tell a bad config from a crash.
+pub const EXIT_CONFIG: u8 = 78;
+
+pub const DEFAULT_CONFIG: &str = "/etc/zib/zibd.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "zibd", version, about = "Back ZFS datasets up, incrementally, to S3 cold storage, and restore them.")]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, short, global = true, env = "ZIBD_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Check a config file; exit 78 if it is invalid.
+    CheckConfig {
+        /// The file to check (defaults to --config).
+        file: Option<PathBuf>,
+    },
+    /// Run one backup of DATASET in the foreground, then exit.
+    Backup {
+        dataset: String,
+        /// Start a new chain with a full stream.
+        #[arg(long)]
+        full: bool,
+    },
+}
+
+pub fn init_tracing() {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_env("ZIB_LOG").unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+    let _ = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("zibd: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig { file } => {
+            let path = file.unwrap_or(cli.config);
+            match load_config(&path) {
+                Ok(cfg) => {
+                    println!("{}: ok ({} datasets)", path.display(), cfg.datasets.len());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+        Command::Backup { dataset, full } => {
+            let cfg = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            report(runtime().block_on(backup_once(cfg, &dataset, BackupOptions { force_full: full })))
+        }
+        Command::Run => {
+            eprintln!("zibd: the daemon is not built yet");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+pub fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zibd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `zibd backup`: one backup in the foreground, Ctrl-C stops it at a safe point.
+async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow::Result<()> {
+    let name = DatasetName::new(dataset)?;
+    let ds = cfg.dataset(&name).with_context(|| format!("dataset {name} is not in the config"))?.clone();
+    let store = StateStore::new(&cfg.daemon.state_dir);
+    let mut locked = store.lock(&name)?;
+    let engine = Engine { zfs: Zfs::default(), s3: S3Store::from_config(&cfg).await, spool_dir: cfg.daemon.spool_dir.clone() };
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("interrupted: stopping at the next safe point");
+            c2.cancel();
+        }
+    });
+    let (progress, _rx) = tokio::sync::watch::channel(backup::Progress::default());
+    let r = backup::run(&engine, &cfg, &ds, &mut locked, opts, &progress, &cancel).await?;
+    println!(
+        "{} backup #{} of {}@{}: {} bytes, {} chunks uploaded, {} already stored (attempt {}), manifest {}",
+        if r.full { "full" } else { "incremental" },
+        r.seq,
+        name,
+        r.snapshot,
+        r.stream_size,
+        r.chunks_uploaded,
+        r.chunks_reused,
+        r.attempt,
+        r.manifest_key
+    );
+    for p in &r.pruned {
+        println!("pruned {p}");
+    }
+    Ok(())
+}

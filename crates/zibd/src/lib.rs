@@ -1,0 +1,10 @@
+//! zibd as a library: the daemon's I/O modules (zfs, S3, state store) and the jobs built on
+//! them. `main.rs` only calls [`cli::main`].
+
+pub mod backup;
+pub mod cli;
+pub mod control;
+pub mod failpoint;
+pub mod s3;
+pub mod state_store;
+pub mod zfs;

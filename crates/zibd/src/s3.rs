@@ -1,0 +1,383 @@
+//! The only place that talks to S3: chunk PUTs, manifests, listings, HEAD, thaw, GET.
+//!
+//! Every chunk is one plain PutObject (never multipart) with `If-None-Match: *`, so nothing
+//! already stored is ever overwritten, and with `x-amz-checksum-sha256`, so the server refuses
+//! bytes that were damaged on the way. Transient failures (throttling, 5xx, dropped
+//! connections) are retried by the SDK's standard retry strategy with exponential backoff, a
+//! bounded number of times.
+
+use std::{path::Path, time::Duration};
+
+use aws_sdk_s3::{
+    Client,
+    config::{Region, RequestChecksumCalculation, ResponseChecksumValidation, retry::RetryConfig, timeout::TimeoutConfig},
+    error::{ProvideErrorMetadata, SdkError},
+    primitives::ByteStream,
+    types::{ChecksumAlgorithm, ChecksumMode, GlacierJobParameters, RestoreRequest, Tier},
+};
+use base64::Engine as _;
+use zib_core::{StorageClass, config::Config};
+
+/// User metadata key carrying the chunk's SHA-256 (hex), readable by HEAD even on archived
+/// objects and on servers that do not keep additional checksums.
+pub const META_SHA256: &str = "zib-sha256";
+
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    #[error("S3 {op} s3://{bucket}/{key}: {message}")]
+    Request { op: &'static str, bucket: String, key: String, message: String, code: Option<String>, status: Option<u16> },
+    #[error("reading {path}: {source}")]
+    Local { path: String, source: std::io::Error },
+    #[error("s3://{bucket}/{key} already exists with different content ({detail}); zib never overwrites stored data")]
+    Conflict { bucket: String, key: String, detail: String },
+}
+
+impl S3Error {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Request { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Request { status, .. } => *status,
+            _ => None,
+        }
+    }
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.code(), Some("NoSuchKey" | "NotFound")) || self.status() == Some(404)
+    }
+}
+
+fn req_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(
+    op: &'static str,
+    bucket: &str,
+    key: &str,
+    e: SdkError<E, R>,
+) -> S3Error
+where
+    R: HttpStatus,
+{
+    let status = e.raw_response().map(|r| r.http_status());
+    let code = e.code().map(str::to_owned);
+    let message = match (&e, e.message()) {
+        (_, Some(m)) => format!("{} ({})", m, code.as_deref().unwrap_or("error")),
+        (SdkError::ServiceError(_), None) => format!("{} (HTTP {})", code.as_deref().unwrap_or("service error"), status.unwrap_or(0)),
+        _ => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&e)),
+    };
+    S3Error::Request { op, bucket: bucket.into(), key: key.into(), message, code, status }
+}
+
+/// Lets `req_err` read the HTTP status of the raw response type the SDK gives.
+pub trait HttpStatus {
+    fn http_status(&self) -> u16;
+}
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn http_status(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// What HEAD says about an object.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectHead {
+    pub size: u64,
+    pub storage_class: Option<String>,
+    /// Hex SHA-256, from the additional checksum or zib's metadata.
+    pub sha256: Option<String>,
+    /// The raw `x-amz-restore` header, if any.
+    pub restore: Option<String>,
+}
+
+/// Result of a conditional chunk PUT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Stored,
+    /// The key existed already with the same size and SHA-256 (a PUT that succeeded before a crash).
+    AlreadyPresent,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    pub storage_class: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+/// Thaw tier for archived objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThawTier {
+    Bulk,
+    Standard,
+    Expedited,
+}
+
+/// How the thaw of an object stands, from HEAD's `x-amz-restore`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThawState {
+    /// No archive class: read directly.
+    NotArchived,
+    NotRequested,
+    InProgress,
+    /// Restored copy available (until the given expiry, as S3 wrote it).
+    Ready { expiry: Option<String> },
+}
+
+pub fn thaw_state(head: &ObjectHead) -> ThawState {
+    let archived = head.storage_class.as_deref().is_some_and(|c| c == "GLACIER" || c == "DEEP_ARCHIVE");
+    if !archived {
+        return ThawState::NotArchived;
+    }
+    match head.restore.as_deref() {
+        None => ThawState::NotRequested,
+        Some(r) if r.contains("ongoing-request=\"true\"") => ThawState::InProgress,
+        Some(r) => ThawState::Ready {
+            expiry: r.split("expiry-date=\"").nth(1).and_then(|s| s.split('"').next()).map(str::to_owned),
+        },
+    }
+}
+
+impl S3Store {
+    /// Builds a client from the config's `[target]`; credentials come from the standard AWS
+    /// chain (environment, profile, instance role), never from the config file.
+    pub async fn from_config(cfg: &Config) -> Self {
+        let t = &cfg.target;
+        Self::connect(&t.region, t.endpoint.as_ref().map(|e| e.0.as_str()), cfg.force_path_style(), t.max_attempts, &t.bucket.0).await
+    }
+
+    pub async fn connect(region: &str, endpoint: Option<&str>, path_style: bool, max_attempts: u32, bucket: &str) -> Self {
+        let retry = RetryConfig::standard()
+            .with_max_attempts(max_attempts)
+            .with_initial_backoff(Duration::from_millis(200))
+            .with_max_backoff(Duration::from_secs(20));
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .retry_config(retry)
+            .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(10)).build())
+            .load()
+            .await;
+        let mut b = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(ep) = endpoint {
+            b = b.endpoint_url(ep);
+        }
+        Self { client: Client::from_conf(b.build()), bucket: bucket.to_owned() }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Stores a spooled chunk with `If-None-Match: *`. On 412 the existing object is accepted
+    /// only if its size and SHA-256 match; otherwise it is a [`S3Error::Conflict`].
+    pub async fn put_chunk(&self, key: &str, path: &Path, size: u64, sha256_hex: &str, class: StorageClass) -> Result<PutOutcome, S3Error> {
+        let body = ByteStream::from_path(path).await.map_err(|e| S3Error::Local { path: path.display().to_string(), source: std::io::Error::other(e) })?;
+        let res = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body)
+            .content_length(size as i64)
+            .storage_class(class.as_str().into())
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(hex_to_b64(sha256_hex))
+            .metadata(META_SHA256, sha256_hex)
+            .if_none_match("*")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(PutOutcome::Stored),
+            Err(e) => {
+                let e = req_err("PutObject", &self.bucket, key, e);
+                if e.code() == Some("PreconditionFailed") || e.status() == Some(412) {
+                    self.accept_existing(key, size, sha256_hex).await.map(|()| PutOutcome::AlreadyPresent)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn accept_existing(&self, key: &str, size: u64, sha256_hex: &str) -> Result<(), S3Error> {
+        let head = self.head(key).await?;
+        let conflict = |detail: String| S3Error::Conflict { bucket: self.bucket.clone(), key: key.into(), detail };
+        if head.size != size {
+            return Err(conflict(format!("stored size {} but this chunk is {size} bytes", head.size)));
+        }
+        match head.sha256.as_deref() {
+            Some(h) if h == sha256_hex => Ok(()),
+            Some(h) => Err(conflict(format!("stored SHA-256 {h}, this chunk's is {sha256_hex}"))),
+            None => Err(conflict("the stored object has no SHA-256 to compare".into())),
+        }
+    }
+
+    /// HEAD with checksum mode: size, storage class, SHA-256, restore status.
+    pub async fn head(&self, key: &str) -> Result<ObjectHead, S3Error> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| req_err("HeadObject", &self.bucket, key, e))?;
+        let from_checksum = out.checksum_sha256().and_then(|b| {
+            // A full-object checksum is plain base64; a composite one ends in "-N" and is not ours.
+            base64::engine::general_purpose::STANDARD.decode(b).ok().filter(|v| v.len() == 32).map(hex::encode)
+        });
+        let from_meta = out.metadata().and_then(|m| m.get(META_SHA256)).map(|s| s.to_ascii_lowercase());
+        Ok(ObjectHead {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            storage_class: out.storage_class().map(|c| c.as_str().to_owned()),
+            sha256: from_checksum.or(from_meta),
+            restore: out.restore().map(str::to_owned),
+        })
+    }
+
+    /// Writes a small object in STANDARD with `If-None-Match: *`. If the key exists with the
+    /// very same bytes (a commit that succeeded before a crash) that counts as success.
+    pub async fn put_small_once(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<PutOutcome, S3Error> {
+        let sha = sha256_hex(&bytes);
+        let res = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .storage_class(StorageClass::Standard.as_str().into())
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(hex_to_b64(&sha))
+            .metadata(META_SHA256, &sha)
+            .if_none_match("*")
+            .body(ByteStream::from(bytes.clone()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(PutOutcome::Stored),
+            Err(e) => {
+                let e = req_err("PutObject", &self.bucket, key, e);
+                if e.code() == Some("PreconditionFailed") || e.status() == Some(412) {
+                    let existing = self.get_bytes(key, 16 << 20).await?;
+                    if existing == bytes {
+                        Ok(PutOutcome::AlreadyPresent)
+                    } else {
+                        Err(S3Error::Conflict { bucket: self.bucket.clone(), key: key.into(), detail: "a different object is stored under this key".into() })
+                    }
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Reads a whole (small) object, refusing anything larger than `limit` bytes.
+    pub async fn get_bytes(&self, key: &str, limit: usize) -> Result<Vec<u8>, S3Error> {
+        let out = self.get(key).await?;
+        let mut body = out.into_async_read();
+        let mut buf = Vec::new();
+        use tokio::io::AsyncReadExt;
+        (&mut body).take(limit as u64 + 1).read_to_end(&mut buf).await.map_err(|e| S3Error::Request {
+            op: "GetObject",
+            bucket: self.bucket.clone(),
+            key: key.into(),
+            message: format!("reading body: {e}"),
+            code: None,
+            status: None,
+        })?;
+        if buf.len() > limit {
+            return Err(S3Error::Request { op: "GetObject", bucket: self.bucket.clone(), key: key.into(), message: format!("object larger than {limit} bytes"), code: None, status: None });
+        }
+        Ok(buf)
+    }
+
+    /// Starts a GET; the body streams.
+    pub async fn get(&self, key: &str) -> Result<ByteStream, S3Error> {
+        let out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| req_err("GetObject", &self.bucket, key, e))?;
+        Ok(out.body)
+    }
+
+    /// Every object under `prefix`, in key order (all pages).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>, S3Error> {
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| req_err("ListObjectsV2", &self.bucket, prefix, e))?;
+            for o in page.contents() {
+                out.push(ListedObject {
+                    key: o.key().unwrap_or_default().to_owned(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    storage_class: o.storage_class().map(|c| c.as_str().to_owned()),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Asks S3 to thaw an archived object for `days`. "Already in progress" counts as asked.
+    pub async fn request_thaw(&self, key: &str, tier: ThawTier, days: i32) -> Result<(), S3Error> {
+        let tier = match tier {
+            ThawTier::Bulk => Tier::Bulk,
+            ThawTier::Standard => Tier::Standard,
+            ThawTier::Expedited => Tier::Expedited,
+        };
+        let params = GlacierJobParameters::builder().tier(tier).build().expect("tier is set");
+        let req = RestoreRequest::builder().days(days).glacier_job_parameters(params).build();
+        match self.client.restore_object().bucket(&self.bucket).key(key).restore_request(req).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = req_err("RestoreObject", &self.bucket, key, e);
+                if e.code() == Some("RestoreAlreadyInProgress") { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+pub fn hex_to_b64(h: &str) -> String {
+    let raw = hex::decode(h).expect("sha256 hex computed by zib");
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thaw_states_from_headers() {
+        let mut h = ObjectHead { storage_class: Some("DEEP_ARCHIVE".into()), ..Default::default() };
+        assert_eq!(thaw_state(&h), ThawState::NotRequested);
+        h.restore = Some("ongoing-request=\"true\"".into());
+        assert_eq!(thaw_state(&h), ThawState::InProgress);
+        h.restore = Some("ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\"".into());
+        assert_eq!(thaw_state(&h), ThawState::Ready { expiry: Some("Fri, 21 Dec 2012 00:00:00 GMT".into()) });
+        h.storage_class = None;
+        assert_eq!(thaw_state(&h), ThawState::NotArchived);
+    }
+
+    #[test]
+    fn checksum_encoding() {
+        let h = sha256_hex(b"abc");
+        assert_eq!(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(hex_to_b64(&h), "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
+    }
+}

@@ -1,0 +1,155 @@
+//! Per-dataset state files: one writer per file, enforced by the kernel (flock), and atomic
+//! saves (temp file in the same directory, fsync, rename, fsync the directory).
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read, Seek, Write},
+    path::{Path, PathBuf},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+use zib_core::{DatasetName, DatasetState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateStoreError {
+    #[error("state for {dataset} is locked by another zib process (pid {pid}); lock file {path}")]
+    Locked { dataset: DatasetName, pid: String, path: PathBuf },
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Corrupt(#[from] zib_core::state::StateError),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateStoreError + 'a {
+    move |source| StateStoreError::Io { action, path: path.to_owned(), source }
+}
+
+/// The directory holding `<dataset>.json` state files and `<dataset>.lock` lock files.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+/// An exclusively locked dataset state. The lock is released when this is dropped.
+#[derive(Debug)]
+pub struct LockedState {
+    _lock: Flock<File>,
+    path: PathBuf,
+    pub state: DatasetState,
+}
+
+impl StateStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn state_path(&self, ds: &DatasetName) -> PathBuf {
+        self.dir.join(format!("{}.json", ds.file_stem()))
+    }
+
+    /// Takes the dataset's lock (without waiting) and loads its state (a fresh one if none).
+    pub fn lock(&self, ds: &DatasetName) -> Result<LockedState, StateStoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(io("cannot create state directory", &self.dir))?;
+        let lock_path = self.dir.join(format!("{}.lock", ds.file_stem()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io("cannot open lock file", &lock_path))?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = if pid.trim().is_empty() { "unknown".into() } else { pid.trim().to_owned() };
+                return Err(StateStoreError::Locked { dataset: ds.clone(), pid, path: lock_path });
+            }
+            Err((_, e)) => return Err(StateStoreError::Io { action: "cannot lock", path: lock_path, source: e.into() }),
+        };
+        // Record who holds it, for the "locked by pid N" message of the next one to try.
+        lock.set_len(0).map_err(io("cannot write lock file", &lock_path))?;
+        lock.rewind().map_err(io("cannot write lock file", &lock_path))?;
+        writeln!(lock, "{}", std::process::id()).map_err(io("cannot write lock file", &lock_path))?;
+
+        let path = self.state_path(ds);
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => DatasetState::from_json(&path.display().to_string(), &bytes, ds)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DatasetState::new(ds.clone()),
+            Err(e) => return Err(StateStoreError::Io { action: "cannot read state file", path, source: e }),
+        };
+        Ok(LockedState { _lock: lock, path, state })
+    }
+}
+
+impl LockedState {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the state atomically: temp file, fsync, rename over, fsync the directory.
+    /// Blocking; call from `spawn_blocking` or via [`LockedState::save_async`].
+    pub fn save(&self) -> Result<(), StateStoreError> {
+        write_atomic(&self.path, &self.state.to_json())
+    }
+
+    /// [`LockedState::save`] off the async runtime's worker threads.
+    pub async fn save_async(&self) -> Result<(), StateStoreError> {
+        let path = self.path.clone();
+        let bytes = self.state.to_json();
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await.expect("save task panicked")
+    }
+}
+
+/// Atomic replace of `path` with `bytes`. A stale temp file from a crash is simply overwritten.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateStoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("json.tmp");
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io("cannot create", &tmp))?;
+    f.write_all(bytes).map_err(io("cannot write", &tmp))?;
+    f.sync_all().map_err(io("cannot fsync", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io("cannot rename into place", path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("cannot fsync directory", dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_save_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("state"));
+        let ds = DatasetName::new("tank/photos").unwrap();
+        let mut s = store.lock(&ds).unwrap();
+        assert!(s.state.last.is_none());
+        // A second holder is refused with the first one's pid.
+        let e = store.lock(&ds).unwrap_err().to_string();
+        assert!(e.contains(&format!("pid {}", std::process::id())) && e.contains("tank/photos"), "{e}");
+        s.state.stats.backups_committed = 7;
+        // A stale temp file from a crash does not block saving.
+        std::fs::write(s.path().with_extension("json.tmp"), b"junk").unwrap();
+        s.save().unwrap();
+        drop(s);
+        let s = store.lock(&ds).unwrap();
+        assert_eq!(s.state.stats.backups_committed, 7);
+        assert!(s.path().ends_with("tank%2Fphotos.json"));
+    }
+
+    #[test]
+    fn corrupt_state_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let ds = DatasetName::new("tank/photos").unwrap();
+        std::fs::write(store.state_path(&ds), b"{\"version\":1, trunc").unwrap();
+        let e = store.lock(&ds).unwrap_err().to_string();
+        assert!(e.contains("tank%2Fphotos.json") && e.contains("not valid JSON"), "{e}");
+    }
+}

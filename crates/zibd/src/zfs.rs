@@ -1,0 +1,320 @@
+//! The only place that runs `zfs`. Every command is logged, its stderr kept, its exit status
+//! checked. A send stream is only good once the process has exited 0 (zrepl's rule): a stream
+//! that ends early is a failure, and nothing is committed from it.
+
+use std::{ffi::OsString, process::Stdio};
+
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use zib_core::{DatasetName, SnapName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZfsError {
+    #[error("cannot run `{cmd}`: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Failed { cmd: String, status: String, stderr: String },
+    #[error("`{cmd}` printed output zib cannot parse: {output:?}")]
+    Parse { cmd: String, output: String },
+}
+
+/// Facts about one snapshot or bookmark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapInfo {
+    /// Short name (after `@` or `#`).
+    pub name: String,
+    pub guid: String,
+    pub createtxg: u64,
+    /// Unix seconds.
+    pub creation: i64,
+}
+
+/// Runs `zfs` (the binary named by `ZIB_ZFS_BIN`, default `zfs` on PATH).
+#[derive(Debug, Clone)]
+pub struct Zfs {
+    bin: OsString,
+}
+
+impl Default for Zfs {
+    fn default() -> Self {
+        Self { bin: std::env::var_os("ZIB_ZFS_BIN").unwrap_or_else(|| "zfs".into()) }
+    }
+}
+
+fn render(args: &[&str]) -> String {
+    let mut s = String::from("zfs");
+    for a in args {
+        s.push(' ');
+        if a.contains(' ') { s.push_str(&format!("'{a}'")) } else { s.push_str(a) }
+    }
+    s
+}
+
+impl Zfs {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args).kill_on_drop(true).stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a short command to completion and returns its stdout.
+    async fn run(&self, args: &[&str]) -> Result<String, ZfsError> {
+        let cmd = render(args);
+        tracing::debug!(%cmd, "running");
+        let out = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|source| ZfsError::Spawn { cmd: cmd.clone(), source })?;
+        if !out.status.success() {
+            return Err(ZfsError::Failed {
+                cmd,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub async fn snapshot(&self, ds: &DatasetName, snap: &SnapName) -> Result<(), ZfsError> {
+        self.run(&["snapshot", &ds.snapshot(snap)]).await.map(drop)
+    }
+
+    pub async fn bookmark(&self, ds: &DatasetName, snap: &SnapName) -> Result<(), ZfsError> {
+        self.run(&["bookmark", &ds.snapshot(snap), &ds.bookmark(snap)]).await.map(drop)
+    }
+
+    pub async fn destroy_snapshot(&self, ds: &DatasetName, snap: &SnapName) -> Result<(), ZfsError> {
+        self.run(&["destroy", &ds.snapshot(snap)]).await.map(drop)
+    }
+
+    /// Whether the dataset exists.
+    pub async fn dataset_exists(&self, ds: &str) -> Result<bool, ZfsError> {
+        match self.run(&["list", "-H", "-o", "name", ds]).await {
+            Ok(_) => Ok(true),
+            Err(ZfsError::Failed { stderr, .. }) if stderr.contains("does not exist") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Snapshots (`kind = "snapshot"`) or bookmarks (`"bookmark"`) of exactly this dataset,
+    /// oldest first.
+    pub async fn list(&self, ds: &DatasetName, kind: &str) -> Result<Vec<SnapInfo>, ZfsError> {
+        let args = ["list", "-H", "-p", "-d", "1", "-t", kind, "-o", "name,guid,createtxg,creation", "-s", "createtxg", ds.as_str()];
+        let out = self.run(&args).await?;
+        let sep = if kind == "bookmark" { '#' } else { '@' };
+        parse_list(&out, sep).ok_or_else(|| ZfsError::Parse { cmd: render(&args), output: out.clone() })
+    }
+
+    /// The snapshot `ds@snap`, if it exists.
+    pub async fn snapshot_info(&self, ds: &DatasetName, snap: &SnapName) -> Result<Option<SnapInfo>, ZfsError> {
+        Ok(self.list(ds, "snapshot").await?.into_iter().find(|s| s.name == snap.as_str()))
+    }
+
+    /// The bookmark `ds#snap`, if it exists.
+    pub async fn bookmark_info(&self, ds: &DatasetName, snap: &SnapName) -> Result<Option<SnapInfo>, ZfsError> {
+        Ok(self.list(ds, "bookmark").await?.into_iter().find(|s| s.name == snap.as_str()))
+    }
+
+    /// `zfs send -nvP <args>`: the estimated stream size, for progress.
+    pub async fn send_estimate(&self, args: &[String]) -> Result<u64, ZfsError> {
+        let mut full: Vec<&str> = vec!["send", "-nvP"];
+        full.extend(args.iter().map(String::as_str));
+        let out = self.run(&full).await?;
+        out.lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("size\t").and_then(|n| n.trim().parse().ok()))
+            .ok_or_else(|| ZfsError::Parse { cmd: render(&full), output: out })
+    }
+
+    /// Starts `zfs send <args>` with stdout piped. Call [`SendStream::finish`] after reading
+    /// everything: only its Ok makes the stream good.
+    pub fn send(&self, args: &[String]) -> Result<SendStream, ZfsError> {
+        let mut full: Vec<&str> = vec!["send"];
+        full.extend(args.iter().map(String::as_str));
+        let cmd = render(&full);
+        tracing::info!(%cmd, "starting send");
+        let mut child = self
+            .command(&full)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| ZfsError::Spawn { cmd: cmd.clone(), source })?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = collect_stderr(&mut child);
+        Ok(SendStream { cmd, child, stdout: Some(stdout), stderr })
+    }
+
+    /// Starts `zfs receive <args>` with stdin piped.
+    pub fn receive(&self, args: &[String]) -> Result<ReceiveSink, ZfsError> {
+        let mut full: Vec<&str> = vec!["receive"];
+        full.extend(args.iter().map(String::as_str));
+        let cmd = render(&full);
+        tracing::info!(%cmd, "starting receive");
+        let mut child = self
+            .command(&full)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| ZfsError::Spawn { cmd: cmd.clone(), source })?;
+        let stdin = child.stdin.take().expect("piped");
+        let stderr = collect_stderr(&mut child);
+        Ok(ReceiveSink { cmd, child, stdin: Some(stdin), stderr })
+    }
+
+    /// Value of one property (`-H -p`), e.g. `receive_resume_token`; None when "-".
+    pub async fn get_property(&self, name: &str, prop: &str) -> Result<Option<String>, ZfsError> {
+        let out = self.run(&["get", "-H", "-p", "-o", "value", prop, name]).await?;
+        let v = out.trim();
+        Ok(if v.is_empty() || v == "-" { None } else { Some(v.to_owned()) })
+    }
+
+    /// Runs any other zfs subcommand (load-key, set, ...).
+    pub async fn raw(&self, args: &[&str]) -> Result<String, ZfsError> {
+        self.run(args).await
+    }
+}
+
+/// Reads a child's stderr in the background, keeping the last 64 KiB.
+fn collect_stderr(child: &mut Child) -> tokio::task::JoinHandle<String> {
+    let mut err = child.stderr.take().expect("piped");
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = err.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > 128 * 1024 {
+                buf.drain(..buf.len() - 64 * 1024);
+            }
+        }
+        String::from_utf8_lossy(&buf).trim().to_owned()
+    })
+}
+
+async fn finish_child(cmd: &str, child: &mut Child, stderr: &mut tokio::task::JoinHandle<String>) -> Result<(), ZfsError> {
+    let status = child.wait().await.map_err(|source| ZfsError::Spawn { cmd: cmd.to_owned(), source })?;
+    let stderr = (&mut *stderr).await.unwrap_or_default();
+    if status.success() {
+        if !stderr.is_empty() {
+            tracing::debug!(cmd, %stderr, "zfs stderr");
+        }
+        Ok(())
+    } else {
+        Err(ZfsError::Failed { cmd: cmd.to_owned(), status: status.to_string(), stderr })
+    }
+}
+
+/// A running `zfs send`. Dropping it kills the process.
+#[derive(Debug)]
+pub struct SendStream {
+    cmd: String,
+    child: Child,
+    stdout: Option<ChildStdout>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl SendStream {
+    pub fn stdout(&mut self) -> &mut ChildStdout {
+        self.stdout.as_mut().expect("stdout taken only by finish")
+    }
+    /// Waits for the process; Ok only if it exited 0. Call after reading to EOF.
+    pub async fn finish(mut self) -> Result<(), ZfsError> {
+        drop(self.stdout.take());
+        finish_child(&self.cmd, &mut self.child, &mut self.stderr).await
+    }
+}
+
+/// A running `zfs receive`. Dropping it kills the process.
+#[derive(Debug)]
+pub struct ReceiveSink {
+    cmd: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl ReceiveSink {
+    pub fn stdin(&mut self) -> &mut ChildStdin {
+        self.stdin.as_mut().expect("stdin taken only by finish")
+    }
+    /// Closes stdin and waits; Ok only if the receive exited 0.
+    pub async fn finish(mut self) -> Result<(), ZfsError> {
+        drop(self.stdin.take());
+        finish_child(&self.cmd, &mut self.child, &mut self.stderr).await
+    }
+}
+
+fn parse_list(out: &str, sep: char) -> Option<Vec<SnapInfo>> {
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut f = l.split('\t');
+            let name = f.next()?;
+            let short = name.rsplit_once(sep)?.1.to_owned();
+            let guid = f.next()?.to_owned();
+            let createtxg = f.next()?.parse().ok()?;
+            let creation = f.next()?.parse().ok()?;
+            guid.bytes().all(|b| b.is_ascii_digit()).then_some(SnapInfo { name: short, guid, createtxg, creation })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_zfs_list() {
+        let out = "tank/a@zib-1\t123\t10\t1700000000\ntank/a@x y\t456\t12\t1700000100\n";
+        let v = parse_list(out, '@').unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1], SnapInfo { name: "x y".into(), guid: "456".into(), createtxg: 12, creation: 1700000100 });
+        assert!(parse_list("tank/a@s\tnot-a-guid\t1\t2\n", '@').is_none());
+        assert!(parse_list("garbage\n", '@').is_none());
+        assert_eq!(parse_list("", '@').unwrap(), vec![]);
+    }
+
+    /// A stand-in `zfs` that runs `script` whatever its arguments: tests the wrapper, not ZFS.
+    fn fake(script: &str) -> (tempfile::TempDir, Zfs) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("zfs");
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir, Zfs { bin: p.into() })
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_keeps_stderr_and_status() {
+        let (_d, z) = fake("echo oops >&2; exit 3");
+        let e = z.run(&["list"]).await.unwrap_err().to_string();
+        assert!(e.contains("oops") && e.contains("exit status: 3") && e.contains("zfs list"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_send_that_dies_midway_is_a_failure() {
+        let (_d, z) = fake("printf abc; echo 'broken pipe' >&2; exit 1");
+        let mut s = z.send(&["-w".into(), "tank/a@s".into()]).unwrap();
+        let mut buf = Vec::new();
+        s.stdout().read_to_end(&mut buf).await.unwrap();
+        assert_eq!(buf, b"abc");
+        let e = s.finish().await.unwrap_err().to_string();
+        assert!(e.contains("broken pipe"), "{e}");
+        let (_d, z) = fake("printf abc");
+        let mut s = z.send(&["-w".into(), "tank/a@s".into()]).unwrap();
+        s.stdout().read_to_end(&mut buf).await.unwrap();
+        s.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn estimates_parse_the_size_line() {
+        let (_d, z) = fake("printf 'full\\ttank/a@s\\t1000\\nsize\\t123456\\n'");
+        assert_eq!(z.send_estimate(&["-w".into(), "tank/a@s".into()]).await.unwrap(), 123456);
+    }
+}
