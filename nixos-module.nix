@@ -90,7 +90,9 @@ let
 
   daemonSettings = cfg.settings.daemon;
   socketPath = if useSettings then daemonSettings.socket else defaultSocket;
-  shutdownTimeout = if useSettings then daemonSettings.shutdown_timeout_secs else 3600;
+  # With configFile the module cannot see shutdown_timeout_secs: zibd's default (30) is assumed;
+  # set systemd.services.zibd.serviceConfig.TimeoutStopSec above a larger one.
+  shutdownTimeout = if useSettings then daemonSettings.shutdown_timeout_secs else 30;
 
   # State and spool directories other than the defaults (which StateDirectory= and
   # CacheDirectory= manage) must be created and made writable explicitly.
@@ -259,8 +261,9 @@ in
       example = "/etc/zib/zibd.toml";
       description = ''
         An existing zibd config file, instead of `settings`. It is checked with
-        `zibd check-config` when the service starts (ExecStartPre), not at build time, and
-        zibd's defaults for the socket and directories must be kept (the unit is built for them).
+        `zibd check-config` when the service starts (ExecStartPre), not at build time. zibd's
+        defaults for the socket and directories must be kept (the unit is built for them), and
+        TimeoutStopSec assumes the default shutdown_timeout_secs (30).
       '';
     };
 
@@ -288,7 +291,6 @@ in
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
-      example = [ "--log-format=json" ];
       description = "Extra command-line arguments for `zibd`.";
     };
   };
@@ -390,7 +392,7 @@ in
         RestartPreventExitStatus = "78";
         WatchdogSec = lib.mkDefault "60s";
         # zibd stops its uploads within shutdown_timeout_secs; systemd only steps in after.
-        TimeoutStopSec = toString (shutdownTimeout + 30);
+        TimeoutStopSec = lib.mkDefault (toString (shutdownTimeout + 30));
         # SIGTERM to zibd alone: it stops its own `zfs send` children at a safe point.
         KillMode = "mixed";
         EnvironmentFile = mkIf (cfg.environmentFile != null) cfg.environmentFile;

@@ -123,6 +123,15 @@ in
     services.zib.settings = minimalSettings;
   };
 
+  # A user's plain definitions override the module's defaults for the watchdog and stop timeout.
+  overrides = enabled {
+    services.zib.settings = minimalSettings;
+    systemd.services.zibd.serviceConfig = {
+      WatchdogSec = "5min";
+      TimeoutStopSec = "10min";
+    };
+  };
+
   disabled = [
     module
     zfsHost

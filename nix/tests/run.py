@@ -468,7 +468,7 @@ def module_checks(s, lib=""):
 
     r = get("config-file")
     if r:
-        common_unit_checks(s, "config-file", r, config_path="/etc/zib/custom.toml", shutdown=3600, zfs=r["zfsPackage"])
+        common_unit_checks(s, "config-file", r, config_path="/etc/zib/custom.toml", shutdown=30, zfs=r["zfsPackage"])
         sc = r["unit"]["serviceConfig"]
         pkg = r["zibPackage"]
         s.check("config-file: ExecStartPre checks the file when the service starts",
@@ -482,6 +482,13 @@ def module_checks(s, lib=""):
         names = sorted(d["name"] for d in gen[0]["value"]["dataset"]) if gen else []
         s.check("merged: [[dataset]] lists from two modules are concatenated",
                 names == ["tank/home", "tank/photos"], names)
+
+    r = get("overrides")
+    if r and r.get("unit"):
+        sc = r["unit"]["serviceConfig"]
+        s.check("overrides: plain definitions override WatchdogSec and TimeoutStopSec",
+                (sc.get("WatchdogSec"), sc.get("TimeoutStopSec")) == ("5min", "10min"),
+                (sc.get("WatchdogSec"), sc.get("TimeoutStopSec")))
 
     r = get("disabled")
     if r:
