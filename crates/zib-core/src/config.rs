@@ -35,6 +35,9 @@ pub struct Config {
     pub target: TargetConfig,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
+    /// Optional `[pricing]` table: overrides of the restore price table (see `pricing.rs`).
+    #[serde(default)]
+    pub pricing: crate::pricing::Pricing,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

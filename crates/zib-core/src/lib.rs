@@ -6,6 +6,8 @@ pub mod catalog;
 pub mod config;
 pub mod manifest;
 pub mod names;
+pub mod pricing;
+pub mod restore_plan;
 pub mod schedule;
 pub mod state;
 

@@ -1,0 +1,383 @@
+//! The price table restore quotes use, and the quotes themselves.
+//!
+//! Defaults are the us-east-1 list prices collected in `COSTS.md` (S3 pricing page as quoted by
+//! public sources, 2025–2026). They change: check <https://aws.amazon.com/s3/pricing/> before
+//! relying on a quote, and override any of them in the config's optional `[pricing]` table:
+//!
+//! ```toml
+//! [pricing]
+//! bulk_retrieval_per_gb = 0.0025          # Deep Archive Bulk retrieval, $/GB
+//! bulk_requests_per_1000 = 0.025          # Deep Archive Bulk restore requests, $/1,000
+//! standard_retrieval_per_gb = 0.02        # Deep Archive Standard retrieval, $/GB
+//! standard_requests_per_1000 = 0.10       # Deep Archive Standard restore requests, $/1,000
+//! restored_copy_per_gb_month = 0.023      # the restored copy is billed at S3 STANDARD
+//! get_requests_per_1000 = 0.0004          # GET requests (S3 STANDARD price)
+//! egress_per_gb = 0.09                    # data transfer out to the internet
+//! egress_free_gb = 100.0                  # free transfer out per month
+//! bulk_hours = 48                         # Bulk: restored within 48 hours
+//! standard_hours = 12                     # Standard: restored within 12 hours
+//! currency = "USD"
+//! ```
+//!
+//! Units and assumptions of a quote:
+//! - "GB" is what AWS bills as a GB: 2^30 bytes.
+//! - Retrieval and restore-request charges apply to the objects in an archive class
+//!   (DEEP_ARCHIVE, GLACIER) only; objects in instant classes are read directly.
+//! - The restored copy of each archived object is billed at the S3 STANDARD storage price for
+//!   the `days` the restore asks for (a month is counted as 30 days).
+//! - Every object (archived or not) is read once with a GET, and every byte leaves AWS once
+//!   (egress), less the monthly free allowance (assumed unused).
+//! - Deep Archive has no Expedited tier, so there are only Bulk and Standard quotes. The table
+//!   is for DEEP_ARCHIVE; GLACIER (Flexible Retrieval) objects are quoted with the same table,
+//!   which over-estimates their retrieval time.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes in a billed GB.
+pub const GB: f64 = (1u64 << 30) as f64;
+/// Days in a billed month, for pro-rating the restored copy.
+pub const DAYS_PER_MONTH: f64 = 30.0;
+
+/// Restore (thaw) tiers that Deep Archive offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreTier {
+    /// Cheapest; within 48 hours for Deep Archive.
+    #[default]
+    Bulk,
+    /// Within 12 hours for Deep Archive.
+    Standard,
+}
+
+impl RestoreTier {
+    pub const ALL: [RestoreTier; 2] = [Self::Bulk, Self::Standard];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bulk => "bulk",
+            Self::Standard => "standard",
+        }
+    }
+}
+
+impl FromStr for RestoreTier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "bulk" => Ok(Self::Bulk),
+            "standard" => Ok(Self::Standard),
+            "expedited" => Err("the Expedited tier does not exist for DEEP_ARCHIVE: use bulk (within 48 h) or standard (within 12 h)".into()),
+            _ => Err(format!("unknown restore tier {s:?}: expected bulk or standard")),
+        }
+    }
+}
+
+impl fmt::Display for RestoreTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The price table. Every field may be overridden in the config's `[pricing]` table; the
+/// others keep these defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "PricingRepr")]
+pub struct Pricing {
+    pub currency: String,
+    pub bulk_retrieval_per_gb: f64,
+    pub bulk_requests_per_1000: f64,
+    pub standard_retrieval_per_gb: f64,
+    pub standard_requests_per_1000: f64,
+    pub restored_copy_per_gb_month: f64,
+    pub get_requests_per_1000: f64,
+    pub egress_per_gb: f64,
+    pub egress_free_gb: f64,
+    pub bulk_hours: u32,
+    pub standard_hours: u32,
+}
+
+impl Default for Pricing {
+    fn default() -> Self {
+        Self {
+            currency: "USD".into(),
+            bulk_retrieval_per_gb: 0.0025,
+            bulk_requests_per_1000: 0.025,
+            standard_retrieval_per_gb: 0.02,
+            standard_requests_per_1000: 0.10,
+            restored_copy_per_gb_month: 0.023,
+            get_requests_per_1000: 0.0004,
+            egress_per_gb: 0.09,
+            egress_free_gb: 100.0,
+            bulk_hours: 48,
+            standard_hours: 12,
+        }
+    }
+}
+
+/// The same fields, parsed before the checks (negative or non-finite prices are refused).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PricingRepr {
+    currency: String,
+    bulk_retrieval_per_gb: f64,
+    bulk_requests_per_1000: f64,
+    standard_retrieval_per_gb: f64,
+    standard_requests_per_1000: f64,
+    restored_copy_per_gb_month: f64,
+    get_requests_per_1000: f64,
+    egress_per_gb: f64,
+    egress_free_gb: f64,
+    bulk_hours: u32,
+    standard_hours: u32,
+}
+
+impl Default for PricingRepr {
+    fn default() -> Self {
+        let p = Pricing::default();
+        Self {
+            currency: p.currency,
+            bulk_retrieval_per_gb: p.bulk_retrieval_per_gb,
+            bulk_requests_per_1000: p.bulk_requests_per_1000,
+            standard_retrieval_per_gb: p.standard_retrieval_per_gb,
+            standard_requests_per_1000: p.standard_requests_per_1000,
+            restored_copy_per_gb_month: p.restored_copy_per_gb_month,
+            get_requests_per_1000: p.get_requests_per_1000,
+            egress_per_gb: p.egress_per_gb,
+            egress_free_gb: p.egress_free_gb,
+            bulk_hours: p.bulk_hours,
+            standard_hours: p.standard_hours,
+        }
+    }
+}
+
+impl TryFrom<PricingRepr> for Pricing {
+    type Error = String;
+    fn try_from(r: PricingRepr) -> Result<Self, String> {
+        let p = Pricing {
+            currency: r.currency,
+            bulk_retrieval_per_gb: r.bulk_retrieval_per_gb,
+            bulk_requests_per_1000: r.bulk_requests_per_1000,
+            standard_retrieval_per_gb: r.standard_retrieval_per_gb,
+            standard_requests_per_1000: r.standard_requests_per_1000,
+            restored_copy_per_gb_month: r.restored_copy_per_gb_month,
+            get_requests_per_1000: r.get_requests_per_1000,
+            egress_per_gb: r.egress_per_gb,
+            egress_free_gb: r.egress_free_gb,
+            bulk_hours: r.bulk_hours,
+            standard_hours: r.standard_hours,
+        };
+        p.check()?;
+        Ok(p)
+    }
+}
+
+/// What a restore reads, as far as prices are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RestoreVolume {
+    /// Every object the restore GETs, and their bytes.
+    pub objects: u64,
+    pub bytes: u64,
+    /// Of those, the ones in an archive class (need RestoreObject first).
+    pub archived_objects: u64,
+    pub archived_bytes: u64,
+}
+
+/// The cost and time of one tier, in the table's currency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TierQuote {
+    pub tier: RestoreTier,
+    /// Retrieval per GB of archived data.
+    pub retrieval: f64,
+    /// RestoreObject requests.
+    pub restore_requests: f64,
+    /// The restored copies, at STANDARD, for `days`.
+    pub restored_copy: f64,
+    /// GET requests.
+    pub get_requests: f64,
+    /// Transfer out beyond the free allowance.
+    pub egress: f64,
+    pub total: f64,
+    /// Restored objects are ready within this many hours.
+    pub ready_within_hours: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quote {
+    pub currency: String,
+    pub volume: RestoreVolume,
+    pub days: u32,
+    pub tiers: Vec<TierQuote>,
+}
+
+impl Quote {
+    pub fn tier(&self, tier: RestoreTier) -> &TierQuote {
+        self.tiers.iter().find(|t| t.tier == tier).expect("every tier is quoted")
+    }
+}
+
+impl Pricing {
+    /// Refuses negative or non-finite prices and a zero-hour tier.
+    pub fn check(&self) -> Result<(), String> {
+        let fields = [
+            ("bulk_retrieval_per_gb", self.bulk_retrieval_per_gb),
+            ("bulk_requests_per_1000", self.bulk_requests_per_1000),
+            ("standard_retrieval_per_gb", self.standard_retrieval_per_gb),
+            ("standard_requests_per_1000", self.standard_requests_per_1000),
+            ("restored_copy_per_gb_month", self.restored_copy_per_gb_month),
+            ("get_requests_per_1000", self.get_requests_per_1000),
+            ("egress_per_gb", self.egress_per_gb),
+            ("egress_free_gb", self.egress_free_gb),
+        ];
+        for (name, v) in fields {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("pricing.{name} must be a non-negative number, got {v}"));
+            }
+        }
+        if self.bulk_hours == 0 || self.standard_hours == 0 {
+            return Err("pricing.bulk_hours and pricing.standard_hours must be at least 1".into());
+        }
+        if self.currency.trim().is_empty() {
+            return Err("pricing.currency must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// (retrieval per GB, requests per 1,000, hours) of a tier.
+    pub fn tier_prices(&self, tier: RestoreTier) -> (f64, f64, u32) {
+        match tier {
+            RestoreTier::Bulk => (self.bulk_retrieval_per_gb, self.bulk_requests_per_1000, self.bulk_hours),
+            RestoreTier::Standard => (self.standard_retrieval_per_gb, self.standard_requests_per_1000, self.standard_hours),
+        }
+    }
+
+    /// The quote of one tier for a restore reading `v` and keeping restored copies `days` days.
+    pub fn quote_tier(&self, v: &RestoreVolume, tier: RestoreTier, days: u32) -> TierQuote {
+        let (per_gb, per_1000, hours) = self.tier_prices(tier);
+        let archived_gb = v.archived_bytes as f64 / GB;
+        let retrieval = archived_gb * per_gb;
+        let restore_requests = v.archived_objects as f64 / 1000.0 * per_1000;
+        let restored_copy = archived_gb * self.restored_copy_per_gb_month * f64::from(days) / DAYS_PER_MONTH;
+        let get_requests = v.objects as f64 / 1000.0 * self.get_requests_per_1000;
+        let egress = (v.bytes as f64 / GB - self.egress_free_gb).max(0.0) * self.egress_per_gb;
+        let total = retrieval + restore_requests + restored_copy + get_requests + egress;
+        TierQuote {
+            tier,
+            retrieval,
+            restore_requests,
+            restored_copy,
+            get_requests,
+            egress,
+            total,
+            ready_within_hours: if v.archived_objects == 0 { 0 } else { hours },
+        }
+    }
+
+    /// Quotes for every tier.
+    pub fn quote(&self, v: &RestoreVolume, days: u32) -> Quote {
+        Quote {
+            currency: self.currency.clone(),
+            volume: *v,
+            days,
+            tiers: RestoreTier::ALL.iter().map(|t| self.quote_tier(v, *t, days)).collect(),
+        }
+    }
+}
+
+/// Money with enough digits for small test restores (`$0.000123`) and readable large ones.
+pub fn format_money(v: f64, currency: &str) -> String {
+    let sym = if currency == "USD" { "$".to_owned() } else { format!("{currency} ") };
+    if v >= 100.0 {
+        format!("{sym}{v:.2}")
+    } else if v >= 0.01 || v == 0.0 {
+        format!("{sym}{v:.4}")
+    } else {
+        format!("{sym}{v:.6}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn one_tib_of_deep_archive_in_5gb_chunks() {
+        // 1 TiB = 1024 billed GB, in 220 objects, all archived; restored copy kept 7 days.
+        let v = RestoreVolume { objects: 220, bytes: 1 << 40, archived_objects: 220, archived_bytes: 1 << 40 };
+        let q = Pricing::default().quote(&v, 7);
+        let bulk = q.tier(RestoreTier::Bulk);
+        assert!(close(bulk.retrieval, 1024.0 * 0.0025), "{bulk:?}"); // $2.56
+        assert!(close(bulk.restore_requests, 0.22 * 0.025));
+        assert!(close(bulk.restored_copy, 1024.0 * 0.023 * 7.0 / 30.0)); // $5.4955
+        assert!(close(bulk.get_requests, 0.22 * 0.0004));
+        assert!(close(bulk.egress, (1024.0 - 100.0) * 0.09)); // $83.16
+        assert!(close(bulk.total, 2.56 + 0.0055 + 1024.0 * 0.023 * 7.0 / 30.0 + 0.000088 + 83.16));
+        assert_eq!(bulk.ready_within_hours, 48);
+        let std = q.tier(RestoreTier::Standard);
+        assert!(close(std.retrieval, 1024.0 * 0.02)); // $20.48
+        assert!(close(std.restore_requests, 0.22 * 0.10));
+        assert!(close(std.restored_copy, bulk.restored_copy));
+        assert_eq!(std.ready_within_hours, 12);
+        assert!(std.total > bulk.total);
+    }
+
+    #[test]
+    fn instant_objects_cost_no_retrieval_and_small_restores_no_egress() {
+        let v = RestoreVolume { objects: 3, bytes: 3 << 20, archived_objects: 0, archived_bytes: 0 };
+        let q = Pricing::default().quote(&v, 1);
+        for t in &q.tiers {
+            assert_eq!((t.retrieval, t.restore_requests, t.restored_copy, t.egress, t.ready_within_hours), (0.0, 0.0, 0.0, 0.0, 0));
+            assert!(close(t.total, 3.0 / 1000.0 * 0.0004));
+        }
+    }
+
+    #[test]
+    fn overrides_from_toml_keep_the_other_defaults() {
+        let p: Pricing = toml::from_str("bulk_retrieval_per_gb = 0.01\negress_free_gb = 0\n").unwrap();
+        assert_eq!(p.bulk_retrieval_per_gb, 0.01);
+        assert_eq!(p.egress_free_gb, 0.0);
+        assert_eq!(p.standard_retrieval_per_gb, 0.02);
+        let v = RestoreVolume { objects: 1, bytes: 1 << 30, archived_objects: 1, archived_bytes: 1 << 30 };
+        let b = p.quote_tier(&v, RestoreTier::Bulk, 0);
+        assert!(close(b.retrieval, 0.01) && close(b.egress, 0.09) && b.restored_copy == 0.0, "{b:?}");
+        let e = toml::from_str::<Pricing>("egress_per_gb = -1.0\n").unwrap_err().to_string();
+        assert!(e.contains("egress_per_gb") && e.contains("non-negative"), "{e}");
+        let e = toml::from_str::<Pricing>("expedited_per_gb = 1.0\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn tiers_parse_and_expedited_is_explained() {
+        assert_eq!("Bulk".parse::<RestoreTier>().unwrap(), RestoreTier::Bulk);
+        assert_eq!("standard".parse::<RestoreTier>().unwrap(), RestoreTier::Standard);
+        assert!("expedited".parse::<RestoreTier>().unwrap_err().contains("DEEP_ARCHIVE"));
+        assert!("fast".parse::<RestoreTier>().is_err());
+    }
+
+    #[test]
+    fn money_formatting() {
+        assert_eq!(format_money(83.16, "USD"), "$83.1600");
+        assert_eq!(format_money(1234.567, "USD"), "$1234.57");
+        assert_eq!(format_money(0.000123, "EUR"), "EUR 0.000123");
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::Config;
+
+    #[test]
+    fn the_config_takes_an_optional_pricing_table() {
+        let base = "[target]\nbucket = \"my-backups\"\n";
+        let c = Config::parse(base, std::path::Path::new("x.toml")).unwrap();
+        assert_eq!(c.pricing, super::Pricing::default());
+        let c = Config::parse(&format!("{base}[pricing]\nstandard_hours = 10\n"), std::path::Path::new("x.toml")).unwrap();
+        assert_eq!((c.pricing.standard_hours, c.pricing.bulk_hours), (10, 48));
+        let e = Config::parse(&format!("{base}[pricing]\nbulk_retrieval_per_gb = -2\n"), std::path::Path::new("x.toml")).unwrap_err().to_string();
+        assert!(e.contains("bulk_retrieval_per_gb"), "{e}");
+    }
+}

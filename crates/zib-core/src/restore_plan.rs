@@ -1,0 +1,179 @@
+//! Restore planning, pure: from a dataset's catalog and a target snapshot to the ordered list of
+//! streams (full first, then each incremental) and chunks to read, with the totals a cost quote
+//! needs and which objects must be thawed first.
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, ChainError};
+use crate::config::StorageClass;
+use crate::manifest::{ChunkRecord, Manifest, SnapRef};
+use crate::names::{DatasetName, KeyLayout, SnapName};
+use crate::pricing::{Pricing, Quote, RestoreVolume};
+
+/// One stream of the chain: a manifest and its chunks, applied with one `zfs receive`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub manifest_key: String,
+    pub seq: u64,
+    pub from: Option<SnapRef>,
+    pub to: SnapRef,
+    pub snapshot_created: chrono::DateTime<chrono::Utc>,
+    pub storage_class: StorageClass,
+    pub stream_size: u64,
+    pub stream_sha256: String,
+    pub chunks: Vec<ChunkRecord>,
+}
+
+impl PlanStep {
+    pub fn is_full(&self) -> bool {
+        self.from.is_none()
+    }
+    /// Whether this stream's chunks must be thawed before a GET.
+    pub fn needs_thaw(&self) -> bool {
+        self.storage_class.needs_thaw()
+    }
+}
+
+/// Everything a restore of `dataset@snapshot` reads, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePlan {
+    pub dataset: DatasetName,
+    pub prefix: String,
+    /// The snapshot the restore ends at.
+    pub snapshot: SnapRef,
+    pub steps: Vec<PlanStep>,
+}
+
+impl RestorePlan {
+    /// The chain to `snapshot` (the latest when None) of `catalog`, whose keys live under `prefix`.
+    pub fn new(prefix: &str, catalog: &Catalog, snapshot: Option<&SnapName>) -> Result<Self, ChainError> {
+        let chain = catalog.chain_to(snapshot)?;
+        let layout = KeyLayout::new(prefix, &catalog.dataset);
+        let steps: Vec<PlanStep> = chain.into_iter().map(|m| step(&layout, m)).collect();
+        let snapshot = steps.last().expect("a chain is never empty").to.clone();
+        Ok(Self { dataset: catalog.dataset.clone(), prefix: crate::names::normalize_prefix(prefix), snapshot, steps })
+    }
+
+    pub fn total_objects(&self) -> u64 {
+        self.steps.iter().map(|s| s.chunks.len() as u64).sum()
+    }
+    pub fn total_bytes(&self) -> u64 {
+        self.steps.iter().map(|s| s.stream_size).sum()
+    }
+    /// Chunks in an archive class: each needs a RestoreObject and a wait before its GET.
+    pub fn thaw_objects(&self) -> u64 {
+        self.steps.iter().filter(|s| s.needs_thaw()).map(|s| s.chunks.len() as u64).sum()
+    }
+    pub fn thaw_bytes(&self) -> u64 {
+        self.steps.iter().filter(|s| s.needs_thaw()).map(|s| s.stream_size).sum()
+    }
+    /// Every chunk in restore order, with its step index and whether it needs a thaw.
+    pub fn chunks(&self) -> impl Iterator<Item = (usize, &ChunkRecord, bool)> {
+        self.steps.iter().enumerate().flat_map(|(i, s)| s.chunks.iter().map(move |c| (i, c, s.needs_thaw())))
+    }
+
+    pub fn volume(&self) -> RestoreVolume {
+        RestoreVolume {
+            objects: self.total_objects(),
+            bytes: self.total_bytes(),
+            archived_objects: self.thaw_objects(),
+            archived_bytes: self.thaw_bytes(),
+        }
+    }
+
+    /// Cost and time per restore tier, keeping restored copies for `days`.
+    pub fn quote(&self, pricing: &Pricing, days: u32) -> Quote {
+        pricing.quote(&self.volume(), days)
+    }
+}
+
+fn step(layout: &KeyLayout, m: &Manifest) -> PlanStep {
+    PlanStep {
+        manifest_key: layout.manifest_key(m.seq, &m.to.name),
+        seq: m.seq,
+        from: m.from.clone(),
+        to: m.to.clone(),
+        snapshot_created: m.snapshot_created,
+        storage_class: m.storage_class,
+        stream_size: m.stream_size,
+        stream_sha256: m.stream_sha256.clone(),
+        chunks: m.chunks.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::sample;
+    use crate::pricing::RestoreTier;
+
+    fn m(seq: u64, from: Option<(&str, &str)>, to: (&str, &str), class: StorageClass, sizes: &[u64]) -> Manifest {
+        let mut x = sample();
+        x.seq = seq;
+        x.from = from.map(|(n, g)| SnapRef { name: SnapName::new(n).unwrap(), guid: g.into() });
+        x.to = SnapRef { name: SnapName::new(to.0).unwrap(), guid: to.1.into() };
+        x.storage_class = class;
+        x.chunk_size = 1 << 30;
+        x.chunks = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ChunkRecord { key: format!("k{seq}/{i}"), size: *s, sha256: "cd".repeat(32) })
+            .collect();
+        x.stream_size = sizes.iter().sum();
+        x
+    }
+
+    fn catalog() -> Catalog {
+        let g = 1u64 << 30;
+        Catalog::new(DatasetName::new("tank/photos").unwrap(), vec![
+            m(2, Some(("a", "1")), ("b", "2"), StorageClass::DeepArchive, &[g, 100]),
+            m(1, None, ("a", "1"), StorageClass::DeepArchive, &[g, g, 5]),
+            m(3, Some(("b", "2")), ("c", "3"), StorageClass::Standard, &[7]),
+        ])
+    }
+
+    #[test]
+    fn plans_walk_the_chain_in_order_with_totals() {
+        let p = RestorePlan::new("backups", &catalog(), None).unwrap();
+        assert_eq!(p.steps.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(p.snapshot.name.as_str(), "c");
+        assert_eq!(p.steps[0].manifest_key, "backups/tank/photos@zib/000001-a.manifest.json");
+        assert!(p.steps[0].is_full() && !p.steps[1].is_full());
+        assert_eq!(p.total_objects(), 6);
+        assert_eq!(p.total_bytes(), 3 * (1 << 30) + 5 + 100 + 7);
+        assert_eq!(p.thaw_objects(), 5);
+        assert_eq!(p.thaw_bytes(), 3 * (1 << 30) + 105);
+        let order: Vec<_> = p.chunks().map(|(i, c, thaw)| (i, c.key.clone(), thaw)).collect();
+        assert_eq!(order[0], (0, "k1/0".to_owned(), true));
+        assert_eq!(order[3], (1, "k2/0".to_owned(), true));
+        assert_eq!(order[5], (2, "k3/0".to_owned(), false));
+
+        let older = RestorePlan::new("backups", &catalog(), Some(&SnapName::new("a").unwrap())).unwrap();
+        assert_eq!(older.steps.len(), 1);
+        assert_eq!((older.total_objects(), older.thaw_objects()), (3, 3));
+    }
+
+    #[test]
+    fn plan_quotes_use_the_price_table() {
+        let p = RestorePlan::new("", &catalog(), Some(&SnapName::new("b").unwrap())).unwrap();
+        let q = p.quote(&Pricing::default(), 3);
+        let bulk = q.tier(RestoreTier::Bulk);
+        let gb = (3.0 * (1u64 << 30) as f64 + 105.0) / (1u64 << 30) as f64;
+        assert!((bulk.retrieval - gb * 0.0025).abs() < 1e-12, "{bulk:?}");
+        assert!((bulk.restore_requests - 5.0 / 1000.0 * 0.025).abs() < 1e-12);
+        assert!((bulk.restored_copy - gb * 0.023 * 3.0 / 30.0).abs() < 1e-12);
+        assert_eq!(bulk.egress, 0.0); // under the free 100 GB
+        let st = q.tier(RestoreTier::Standard);
+        assert!((st.retrieval - gb * 0.02).abs() < 1e-12);
+        assert!((st.restore_requests - 5.0 / 1000.0 * 0.10).abs() < 1e-12);
+        assert_eq!((bulk.ready_within_hours, st.ready_within_hours), (48, 12));
+    }
+
+    #[test]
+    fn plan_errors_are_chain_errors() {
+        let e = RestorePlan::new("", &catalog(), Some(&SnapName::new("zz").unwrap())).unwrap_err();
+        assert!(matches!(e, ChainError::NoSuchSnapshot { .. }));
+        let broken = Catalog::new(DatasetName::new("tank/photos").unwrap(), vec![m(2, Some(("a", "1")), ("b", "2"), StorageClass::DeepArchive, &[1])]);
+        assert!(matches!(RestorePlan::new("", &broken, None), Err(ChainError::Broken { .. })));
+    }
+}
