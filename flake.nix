@@ -40,40 +40,40 @@
 
       checks = forAllSystems (
         system: pkgs:
-        let
-          zib = self.packages.${system}.default;
-        in
-        {
-          package = zib;
+          let
+            zib = self.packages.${system}.default;
+          in
+          {
+            package = zib;
 
-          clippy = zib.overrideAttrs (old: {
-            pname = "zib-clippy";
-            nativeBuildInputs = (old.nativeBuildInputs or [ ]) ++ [ pkgs.clippy ];
-            buildPhase = ''
-              runHook preBuild
-              cargo clippy --offline --workspace --all-targets -- -D warnings
-              runHook postBuild
-            '';
-            installPhase = "touch $out";
-            doCheck = false;
-          });
+            clippy = zib.overrideAttrs (old: {
+              pname = "zib-clippy";
+              nativeBuildInputs = (old.nativeBuildInputs or [ ]) ++ [ pkgs.clippy ];
+              buildPhase = ''
+                runHook preBuild
+                cargo clippy --offline --workspace --all-targets -- -D warnings
+                runHook postBuild
+              '';
+              installPhase = "touch $out";
+              doCheck = false;
+            });
 
-          # Unit tests of every crate. The integration tests need a ZFS guest and S3 servers:
-          # scripts/test runs those, and vm-test covers the installed service.
-          tests = zib.overrideAttrs (_old: {
-            pname = "zib-tests";
-            doCheck = true;
-            cargoTestFlags = [
-              "--workspace"
-              "--lib"
-              "--bins"
-            ];
-          });
+            # Unit tests of every crate. The integration tests need a ZFS guest and S3 servers:
+            # scripts/test runs those, and vm-test covers the installed service.
+            tests = zib.overrideAttrs (_old: {
+              pname = "zib-tests";
+              doCheck = true;
+              cargoTestFlags = [
+                "--workspace"
+                "--lib"
+                "--bins"
+              ];
+            });
 
-          # Three machines: an S3 server (MinIO), a ZFS host backing up on a schedule, and a
-          # second ZFS host restoring from the bucket alone. Needs KVM.
-          vm-test = pkgs.testers.runNixOSTest (import ./nix/vm-test.nix { inherit self; });
-        }
+            # Three machines: an S3 server (MinIO), a ZFS host backing up on a schedule, and a
+            # second ZFS host restoring from the bucket alone. Needs KVM.
+            vm-test = pkgs.testers.runNixOSTest (import ./nix/vm-test.nix { inherit self; });
+          }
       );
 
       devShells = forAllSystems (

@@ -15,12 +15,11 @@
 # as-is, and zibd itself rejects unknown keys: the generated file is checked with
 # `zibd check-config` while the system is built, so a typo fails `nixos-rebuild`, not the
 # service.
-{
-  config,
-  lib,
-  options,
-  pkgs,
-  ...
+{ config
+, lib
+, options
+, pkgs
+, ...
 }:
 let
   inherit (lib)
@@ -120,9 +119,11 @@ let
       lib.concatMap keyNames v
     else
       [ ];
-  secretKeys = lib.filter (
-    n: lib.any (s: builtins.match ".*${s}.*" (lib.toLower n) != null) secretLike
-  ) (keyNames finalSettings);
+  secretKeys = lib.filter
+    (
+      n: lib.any (s: builtins.match ".*${s}.*" (lib.toLower n) != null) secretLike
+    )
+    (keyNames finalSettings);
 
   # systemd's command-line quoting (not the shell's): "..." with C escapes, %% and $$.
   escapeSystemdArg =
@@ -212,10 +213,11 @@ in
               description = "Time running uploads get on stop; the unit's TimeoutStopSec is 30 s more.";
             };
             max_concurrent_jobs = nullOrOption (types.ints.between 1 64) "Backup jobs that may run at once.";
-            timezone = nullOrOption (types.enum [
-              "UTC"
-              "local"
-            ]) "Time zone of the cron schedules.";
+            timezone = nullOrOption
+              (types.enum [
+                "UTC"
+                "local"
+              ]) "Time zone of the cron schedules.";
           });
         };
         target = mkOption {

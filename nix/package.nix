@@ -1,9 +1,9 @@
 # zibd and zibctl, built from this repository with nixpkgs' Rust tooling and Cargo.lock
 # (every dependency comes from crates.io, so no outputHashes are needed).
-{
-  lib,
-  rustPlatform,
-  cmake,
+{ lib
+, rustPlatform
+, cmake
+,
 }:
 let
   cargoToml = builtins.fromTOML (builtins.readFile ../Cargo.toml);

@@ -100,22 +100,26 @@ let
     filterAttrs =
       pred: set:
       listToAttrs (
-        concatMap (
-          name:
-          let
-            v = set.${name};
-          in
-          if pred name v then [ { inherit name; value = v; } ] else [ ]
-        ) (attrNames set)
+        concatMap
+          (
+            name:
+            let
+              v = set.${name};
+            in
+            if pred name v then [{ inherit name; value = v; }] else [ ]
+          )
+          (attrNames set)
       );
     mapAttrsToList = f: set: map (name: f name set.${name}) (attrNames set);
     genAttrs =
       names: f:
       listToAttrs (
-        map (name: {
-          inherit name;
-          value = f name;
-        }) names
+        map
+          (name: {
+            inherit name;
+            value = f name;
+          })
+          names
       );
     setAttrByPath =
       path: value:
@@ -123,9 +127,11 @@ let
     recursiveUpdate =
       lhs: rhs:
       lhs
-      // mapAttrs (
-        name: v: if isAttrs v && lhs ? ${name} && isAttrs lhs.${name} then recursiveUpdate lhs.${name} v else v
-      ) rhs;
+      // mapAttrs
+        (
+          name: v: if isAttrs v && lhs ? ${name} && isAttrs lhs.${name} then recursiveUpdate lhs.${name} v else v
+        )
+        rhs;
     hasPrefix = pref: str: builtins.substring 0 (builtins.stringLength pref) str == pref;
     hasSuffix =
       suf: str:
@@ -248,13 +254,17 @@ let
     mergeDefinitions =
       loc: type: defs:
       let
-        discharged = concatMap (
-          d:
-          map (value: {
-            inherit (d) file;
-            inherit value;
-          }) (dischargeProperties d.value)
-        ) defs;
+        discharged = concatMap
+          (
+            d:
+            map
+              (value: {
+                inherit (d) file;
+                inherit value;
+              })
+              (dischargeProperties d.value)
+          )
+          defs;
         fo = filterOverrides discharged;
         defsFinal = fo.values;
         isDefined = defsFinal != [ ];
@@ -304,18 +314,21 @@ let
       else if length defs == 1 then
         (head defs).value
       else
-        (foldl' (
-          first: def:
-          if def.value != first.value then
-            throw "The option `${showOption loc}' has conflicting definition values:${
+        (foldl'
+          (
+            first: def:
+            if def.value != first.value then
+              throw "The option `${showOption loc}' has conflicting definition values:${
               showDefs [
                 first
                 def
               ]
             }"
-          else
-            first
-        ) (head defs) (tail defs)).value;
+            else
+              first
+          )
+          (head defs)
+          (tail defs)).value;
 
     mergeOneOption =
       loc: defs:
@@ -348,12 +361,11 @@ let
 
     # ---- types ------------------------------------------------------------------------------------
     mkOptionType =
-      {
-        name,
-        description ? name,
-        check ? (_: true),
-        merge ? mergeDefaultOption,
-        ...
+      { name
+      , description ? name
+      , check ? (_: true)
+      , merge ? mergeDefaultOption
+      , ...
       }@args:
       args
       // {
@@ -501,18 +513,22 @@ let
             map (x: x.value) (
               filter (x: x ? value) (
                 concatLists (
-                  imap1 (
-                    n: def:
-                    imap1 (
-                      m: v:
-                      (mergeDefinitions (loc ++ [ "[definition ${toString n}-entry ${toString m}]" ]) elemType [
-                        {
-                          inherit (def) file;
-                          value = v;
-                        }
-                      ]).optionalValue
-                    ) def.value
-                  ) defs
+                  imap1
+                    (
+                      n: def:
+                      imap1
+                        (
+                          m: v:
+                          (mergeDefinitions (loc ++ [ "[definition ${toString n}-entry ${toString m}]" ]) elemType [
+                            {
+                              inherit (def) file;
+                              value = v;
+                            }
+                          ]).optionalValue
+                        )
+                        def.value
+                    )
+                    defs
                 )
               )
             );
@@ -528,13 +544,17 @@ let
             mapAttrs (_: v: v.value) (
               filterAttrs (_: v: v ? value) (
                 zipAttrsWith (name: ds: (mergeDefinitions (loc ++ [ name ]) elemType ds).optionalValue) (
-                  map (
-                    def:
-                    mapAttrs (_: v: {
-                      inherit (def) file;
-                      value = v;
-                    }) def.value
-                  ) defs
+                  map
+                    (
+                      def:
+                      mapAttrs
+                        (_: v: {
+                          inherit (def) file;
+                          value = v;
+                        })
+                        def.value
+                    )
+                    defs
                 )
               )
             );
@@ -562,11 +582,10 @@ let
         ts:
         if ts == [ ] then throw "types.oneOf needs at least one type" else foldl' either (head ts) (tail ts);
       submoduleWith =
-        {
-          modules,
-          specialArgs ? { },
-          shorthandOnlyDefinesConfig ? false,
-          ...
+        { modules
+        , specialArgs ? { }
+        , shorthandOnlyDefinesConfig ? false
+        , ...
         }:
         mkOptionType {
           name = "submodule";
@@ -580,19 +599,21 @@ let
               name = last loc;
               modules =
                 modules
-                ++ map (
-                  d:
-                  if isAttrs d.value && shorthandOnlyDefinesConfig then
-                    {
-                      _file = d.file;
-                      config = d.value;
-                    }
-                  else
-                    {
-                      _file = d.file;
-                      imports = [ d.value ];
-                    }
-                ) defs;
+                ++ map
+                  (
+                    d:
+                    if isAttrs d.value && shorthandOnlyDefinesConfig then
+                      {
+                        _file = d.file;
+                        config = d.value;
+                      }
+                    else
+                      {
+                        _file = d.file;
+                        imports = [ d.value ];
+                      }
+                  )
+                  defs;
             }).config;
         };
       submodule =
@@ -607,12 +628,11 @@ let
 
     # ---- the evaluator ----------------------------------------------------------------------------
     evalModules =
-      {
-        modules,
-        specialArgs ? { },
-        prefix ? [ ],
-        name ? "‹name›",
-        ...
+      { modules
+      , specialArgs ? { }
+      , prefix ? [ ]
+      , name ? "‹name›"
+      , ...
       }:
       let
         # Arguments every module function gets (nixpkgs passes only the ones it names, plus
@@ -682,44 +702,54 @@ let
               })."
           else
             zipAttrsWith (n: ds: mergeDecls (loc ++ [ n ]) ds) (
-              map (
-                d:
-                mapAttrs (_: v: {
-                  inherit (d) file;
-                  value = v;
-                }) d.value
-              ) decls
+              map
+                (
+                  d:
+                  mapAttrs
+                    (_: v: {
+                      inherit (d) file;
+                      value = v;
+                    })
+                    d.value
+                )
+                decls
             );
 
         declTree = mergeDecls prefix (
-          map (m: {
-            inherit (m) file;
-            value = m.options;
-          }) collected
+          map
+            (m: {
+              inherit (m) file;
+              value = m.options;
+            })
+            collected
         );
 
         # nixpkgs' lib merges definitions in the reverse of the modules' collected order (and
         # in written order within one module); list-typed options show it.
-        rootDefs = map (m: {
-          inherit (m) file;
-          value = m.config;
-        }) (reverseList collected);
+        rootDefs = map
+          (m: {
+            inherit (m) file;
+            value = m.config;
+          })
+          (reverseList collected);
 
         pushAll = defs: concatMap (d: map (v: d // { value = v; }) (pushDownProperties d.value)) defs;
         childDefs =
           pushed: n:
-          concatMap (
-            d:
-            if d.value ? ${n} then
-              [
-                {
-                  inherit (d) file;
-                  value = d.value.${n};
-                }
-              ]
-            else
-              [ ]
-          ) pushed;
+          concatMap
+            (
+              d:
+              if d.value ? ${n} then
+                [
+                  {
+                    inherit (d) file;
+                    value = d.value.${n};
+                  }
+                ]
+              else
+                [ ]
+            )
+            pushed;
 
         evalNode =
           loc: decl: defs:
@@ -745,27 +775,35 @@ let
               pushed = pushAll defs;
               names = unique (concatMap (d: attrNames d.value) pushed);
             in
-            concatMap (
-              n:
-              if decl ? ${n} then
-                unmatched (rel ++ [ n ]) decl.${n} (childDefs pushed n)
-              else
-                map (d: {
-                  inherit (d) file value;
-                  prefix = rel ++ [ n ];
-                }) (childDefs pushed n)
-            ) names;
+            concatMap
+              (
+                n:
+                if decl ? ${n} then
+                  unmatched (rel ++ [ n ]) decl.${n} (childDefs pushed n)
+                else
+                  map
+                    (d: {
+                      inherit (d) file value;
+                      prefix = rel ++ [ n ];
+                    })
+                    (childDefs pushed n)
+              )
+              names;
 
         unmatchedDefns = unmatched [ ] declTree rootDefs;
 
         config =
           if freeformType != null && unmatchedDefns != [ ] then
-            recursiveUpdate (freeformType.merge prefix (
-              map (d: {
-                inherit (d) file;
-                value = setAttrByPath d.prefix d.value;
-              }) unmatchedDefns
-            )) declaredConfig
+            recursiveUpdate
+              (freeformType.merge prefix (
+                map
+                  (d: {
+                    inherit (d) file;
+                    value = setAttrByPath d.prefix d.value;
+                  })
+                  unmatchedDefns
+              ))
+              declaredConfig
           else
             declaredConfig;
 

@@ -1,10 +1,9 @@
 # The configurations the offline checks evaluate. Each case is a list of NixOS modules (on top
 # of nix/tests/stubs.nix); what is expected of each is in nix/tests/run.py.
-{
-  pkgs,
-  flakeOutputs,
-  vmTest,
-  ...
+{ pkgs
+, flakeOutputs
+, vmTest
+, ...
 }:
 let
   module = ../../nixos-module.nix;

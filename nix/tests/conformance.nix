@@ -2,8 +2,8 @@
 # lib is given. nix/tests/conformance.golden.json holds the output of nixpkgs' real lib (written
 # by `scripts/test.d/nix --update-golden` with NIXPKGS_LIB set); CI checks that zib's minilib
 # gives the same, case by case. Errors are caught with tryEval (both libs `throw`).
-{
-  libPath ? "",
+{ libPath ? ""
+,
 }:
 let
   lib = if libPath == "" then import ../minilib else import libPath;
@@ -31,7 +31,7 @@ builtins.mapAttrs (_: try) {
     {
       imports = [
         {
-          imports = [ { l = [ "grandchild" ]; } ];
+          imports = [{ l = [ "grandchild" ]; }];
           l = [ "child" ];
         }
         { l = [ "child2" ]; }

@@ -7,9 +7,9 @@
 # libPath empty: zib's own evaluator (nix/minilib), as on CI. libPath set: nixpkgs' real lib.
 # Either way the module is evaluated by a module system against nix/tests/stubs.nix (strict
 # stand-ins of the NixOS options it writes), with `pkgs` stood in by nix/tests/stub-pkgs.nix.
-{
-  case,
-  libPath ? "",
+{ case
+, libPath ? ""
+,
 }:
 let
   lib = if libPath == "" then import ../minilib else import libPath;
@@ -52,7 +52,7 @@ let
   describe =
     v:
     if builtins.isAttrs v && v ? zibRunCommand then
-      # (not `outPath`: toJSON prints an attrset with one as that string)
+    # (not `outPath`: toJSON prints an attrset with one as that string)
       {
         path = v.outPath;
         runCommand = {
@@ -93,10 +93,12 @@ let
       unit = cfg.systemd.services.zibd or null;
       services = builtins.attrNames cfg.systemd.services;
       groups = cfg.users.groups;
-      etc = builtins.mapAttrs (_: e: {
-        inherit (e) mode text;
-        source = describe e.source;
-      }) cfg.environment.etc;
+      etc = builtins.mapAttrs
+        (_: e: {
+          inherit (e) mode text;
+          source = describe e.source;
+        })
+        cfg.environment.etc;
       systemPackages = map (p: p.outPath) cfg.environment.systemPackages;
       variables = cfg.environment.variables;
       tmpfiles = cfg.systemd.tmpfiles.rules;
@@ -137,17 +139,19 @@ let
         mainProgram = args.meta.mainProgram or null;
         dontUseCmakeConfigure = args.dontUseCmakeConfigure or false;
       };
-      checkPhases = builtins.mapAttrs (
-        _: a:
-        if a == null then
-          null
-        else
-          {
-            buildPhase = a.buildPhase or null;
-            doCheck = a.doCheck or true;
-            nativeBuildInputs = map (p: p.name) (a.nativeBuildInputs or [ ]);
-          }
-      ) checkArgs;
+      checkPhases = builtins.mapAttrs
+        (
+          _: a:
+            if a == null then
+              null
+            else
+              {
+                buildPhase = a.buildPhase or null;
+                doCheck = a.doCheck or true;
+                nativeBuildInputs = map (p: p.name) (a.nativeBuildInputs or [ ]);
+              }
+        )
+        checkArgs;
       devShell = map (p: p.name) (flakeOutputs.devShells.x86_64-linux.default.zibShell.packages or [ ]);
       vmTest = {
         inherit (vmTest) name testScript;

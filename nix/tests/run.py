@@ -667,11 +667,7 @@ def contrib_checks(s, minimal):
 
 
 def parse_checks(s):
-    files = []
-    for dp, dns, fns in os.walk(s.root):
-        dns[:] = [d for d in dns if d not in (".git", "target", "node_modules", ".testbed")]
-        files += [os.path.join(dp, f) for f in fns if f.endswith(".nix")]
-    files.sort()
+    files = nix_files(s.root)
     s.check("there are .nix files to parse", len(files) >= 8, files)
 
     def parse(f):
@@ -680,6 +676,26 @@ def parse_checks(s):
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as ex:
         for f, p in ex.map(parse, files):
             s.check(f"parses: {os.path.relpath(f, s.root)}", p.returncode == 0, p.stderr.strip()[-400:])
+
+
+def nix_files(root):
+    files = []
+    for dp, dns, fns in os.walk(root):
+        dns[:] = [d for d in dns if d not in (".git", "target", "node_modules", ".testbed")]
+        files += [os.path.join(dp, f) for f in fns if f.endswith(".nix")]
+    return sorted(files)
+
+
+def lint_checks(s):
+    tools = os.environ.get("ZIB_NIX_TOOLS", "/opt/zib-nix-tools")
+    files = nix_files(s.root)
+    for label, cmd in (("nixpkgs-fmt --check (the flake's formatter)", ["nixpkgs-fmt", "--check"]),
+                       ("deadnix --fail (no unused bindings or arguments)", ["deadnix", "--fail"])):
+        exe = os.path.join(tools, "bin", cmd[0])
+        if not s.check(f"lint: {cmd[0]} is installed", os.access(exe, os.X_OK), exe):
+            continue
+        p = subprocess.run([exe] + cmd[1:] + files, capture_output=True, text=True)
+        s.check(f"lint: {label}", p.returncode == 0, (p.stdout + p.stderr).strip()[-800:])
 
 
 def conformance_checks(s, lib):
@@ -707,6 +723,7 @@ def run_suite(root, lib, zibd, verbose=True):
 
     try:
         guarded("parse", parse_checks)
+        guarded("lint", lint_checks)
         guarded("conformance", conformance_checks, lib)
         res = guarded("module", module_checks, "") or {}
         minimal = res.get("minimal", (False, None))

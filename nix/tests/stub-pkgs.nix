@@ -2,9 +2,9 @@
 # nix/vm-test.nix and flake.nix without nixpkgs. Derivations are plain attrsets with
 # `type = "derivation"` and a made-up store path; builders record their arguments under
 # `zib*` attributes so that the harness can assert on them (and run the config check script).
-{
-  lib,
-  system ? "x86_64-linux",
+{ lib
+, system ? "x86_64-linux"
+,
 }:
 let
   storePath =
@@ -68,7 +68,7 @@ let
     python3 = simplePackage "python3" "3.13.0";
 
     formats.toml =
-      { }:
+      {}:
       {
         type =
           let

@@ -5,11 +5,10 @@
 # NixOS does not have) fails the evaluation with "The option `...' does not exist", exactly as
 # it would on a real NixOS system. Every option has a default so that a whole unit can be
 # printed as JSON.
-{
-  config,
-  lib,
-  pkgs,
-  ...
+{ config
+, lib
+, pkgs
+, ...
 }:
 let
   inherit (lib) mkOption types;
