@@ -79,7 +79,10 @@ pub(crate) fn http_request(
         .and_then(|r| r.get(2..5))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:.200}")))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -122,7 +125,11 @@ fn spawn_server(
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}: {INSTALL_HINT}", bin.display()));
-        let mut proc = ServerProcess { child, log, _dir: dir };
+        let mut proc = ServerProcess {
+            child,
+            log,
+            _dir: dir,
+        };
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -156,6 +163,48 @@ fn endpoint_from_env(var: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The methods both server handles share: `start()` (the env var's server or a private
+/// one), `endpoint()`, `is_private()`, `client()`, `create_bucket()`.
+macro_rules! server_handle_methods {
+    ($ty:ident) => {
+        impl $ty {
+            /// Uses the server named by [`Self::ENDPOINT_ENV`], or spawns a private one.
+            pub fn start() -> $ty {
+                match endpoint_from_env(Self::ENDPOINT_ENV) {
+                    Some(endpoint) => $ty {
+                        endpoint,
+                        process: None,
+                    },
+                    None => Self::spawn(),
+                }
+            }
+
+            /// `http://HOST:PORT`, without a trailing slash.
+            pub fn endpoint(&self) -> &str {
+                &self.endpoint
+            }
+
+            /// True if this handle spawned (and will kill) its own server.
+            pub fn is_private(&self) -> bool {
+                self.process.is_some()
+            }
+
+            /// An S3 client for this server with the test credentials.
+            pub fn client(&self) -> aws_sdk_s3::Client {
+                s3_client(&self.endpoint)
+            }
+
+            /// Creates a uniquely named bucket; returns its name.
+            pub async fn create_bucket(&self, prefix: &str) -> String {
+                crate::client::create_bucket(&self.client(), prefix).await
+            }
+        }
+    };
+}
+
+server_handle_methods!(MotoServer);
+server_handle_methods!(S3sFsServer);
+
 /// A moto S3 server (`moto_server`): DEEP_ARCHIVE objects, RestoreObject, conditional PUTs.
 ///
 /// [`MotoServer::start`] uses `ZIB_TEST_MOTO_ENDPOINT` when set (a server shared by the
@@ -171,14 +220,6 @@ impl MotoServer {
     /// Env var naming an already-running moto server (`http://HOST:PORT`).
     pub const ENDPOINT_ENV: &'static str = "ZIB_TEST_MOTO_ENDPOINT";
 
-    /// Uses the server from `ZIB_TEST_MOTO_ENDPOINT`, or spawns a private one.
-    pub fn start() -> MotoServer {
-        match endpoint_from_env(Self::ENDPOINT_ENV) {
-            Some(endpoint) => MotoServer { endpoint, process: None },
-            None => Self::spawn(),
-        }
-    }
-
     /// Always spawns a private server (for tests that change server-wide settings).
     pub fn spawn() -> MotoServer {
         let (endpoint, process) = spawn_server("moto server", "moto_server", |bin, port, _| {
@@ -186,27 +227,10 @@ impl MotoServer {
             c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
             c
         });
-        MotoServer { endpoint, process: Some(process) }
-    }
-
-    /// `http://HOST:PORT`, without a trailing slash.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    /// True if this handle spawned (and will kill) its own server.
-    pub fn is_private(&self) -> bool {
-        self.process.is_some()
-    }
-
-    /// An S3 client for this server with the test credentials.
-    pub fn client(&self) -> aws_sdk_s3::Client {
-        s3_client(&self.endpoint)
-    }
-
-    /// Creates a uniquely named bucket; returns its name.
-    pub async fn create_bucket(&self, prefix: &str) -> String {
-        crate::client::create_bucket(&self.client(), prefix).await
+        MotoServer {
+            endpoint,
+            process: Some(process),
+        }
     }
 
     /// Makes restores slow: every restore stays `ongoing-request="true"` for `times`
@@ -251,14 +275,6 @@ impl S3sFsServer {
     /// Env var naming an already-running s3s-fs server (`http://HOST:PORT`).
     pub const ENDPOINT_ENV: &'static str = "ZIB_TEST_S3SFS_ENDPOINT";
 
-    /// Uses the server from `ZIB_TEST_S3SFS_ENDPOINT`, or spawns a private one.
-    pub fn start() -> S3sFsServer {
-        match endpoint_from_env(Self::ENDPOINT_ENV) {
-            Some(endpoint) => S3sFsServer { endpoint, process: None },
-            None => Self::spawn(),
-        }
-    }
-
     /// Always spawns a private server.
     pub fn spawn() -> S3sFsServer {
         let (endpoint, process) = spawn_server("s3s-fs", "s3s-fs", |bin, port, dir| {
@@ -266,30 +282,18 @@ impl S3sFsServer {
             std::fs::create_dir_all(&data).expect("s3s-fs data dir");
             let mut c = Command::new(bin);
             c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", TEST_ACCESS_KEY_ID, "--secret-key", TEST_SECRET_ACCESS_KEY])
+                .args([
+                    "--access-key",
+                    TEST_ACCESS_KEY_ID,
+                    "--secret-key",
+                    TEST_SECRET_ACCESS_KEY,
+                ])
                 .arg(&data);
             c
         });
-        S3sFsServer { endpoint, process: Some(process) }
-    }
-
-    /// `http://HOST:PORT`, without a trailing slash.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    /// True if this handle spawned (and will kill) its own server.
-    pub fn is_private(&self) -> bool {
-        self.process.is_some()
-    }
-
-    /// An S3 client for this server with the test credentials.
-    pub fn client(&self) -> aws_sdk_s3::Client {
-        s3_client(&self.endpoint)
-    }
-
-    /// Creates a uniquely named bucket; returns its name.
-    pub async fn create_bucket(&self, prefix: &str) -> String {
-        crate::client::create_bucket(&self.client(), prefix).await
+        S3sFsServer {
+            endpoint,
+            process: Some(process),
+        }
     }
 }

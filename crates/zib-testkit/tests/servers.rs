@@ -1,31 +1,14 @@
 //! The testkit against the real local S3 servers (host): proves the helpers that the
 //! backup engine's tests rely on.
 
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, GlacierJobParameters, RestoreRequest, StorageClass, Tier};
-use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, S3sFsServer, Outcome};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, GlacierJobParameters, RestoreRequest, StorageClass, Tier,
+};
+use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, Outcome, S3sFsServer};
 
-async fn put(client: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &'static [u8]) {
-    client
-        .put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(ByteStream::from_static(data))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("PUT {key}: {}", DisplayErrorContext(&e)));
-}
-
-async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
-    let out = client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {key}: {}", DisplayErrorContext(&e)));
-    out.body.collect().await.expect("body").into_bytes().to_vec()
+async fn put(client: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) {
+    zib_testkit::put_bytes(client, bucket, key, data.to_vec()).await;
 }
 
 #[tokio::test]
@@ -55,29 +38,52 @@ async fn moto_deep_archive_needs_restore() {
 
     // Slow restores: ongoing for the next 2 requests on the key.
     moto.set_restore_transition_manual(2);
-    let params = GlacierJobParameters::builder().tier(Tier::Bulk).build().expect("params");
+    let params = GlacierJobParameters::builder()
+        .tier(Tier::Bulk)
+        .build()
+        .expect("params");
     client
         .restore_object()
         .bucket(&bucket)
         .key("cold")
-        .restore_request(RestoreRequest::builder().days(1).glacier_job_parameters(params).build())
+        .restore_request(
+            RestoreRequest::builder()
+                .days(1)
+                .glacier_job_parameters(params)
+                .build(),
+        )
         .send()
         .await
         .expect("RestoreObject");
     let mut ongoing = 0;
     for _ in 0..10 {
-        let head = client.head_object().bucket(&bucket).key("cold").send().await.expect("HEAD");
+        let head = client
+            .head_object()
+            .bucket(&bucket)
+            .key("cold")
+            .send()
+            .await
+            .expect("HEAD");
         let r = head.restore().unwrap_or_default().to_string();
         if r.contains("ongoing-request=\"true\"") {
             ongoing += 1;
         } else {
-            assert!(r.contains("ongoing-request=\"false\""), "x-amz-restore: {r}");
+            assert!(
+                r.contains("ongoing-request=\"false\""),
+                "x-amz-restore: {r}"
+            );
             break;
         }
     }
-    assert!(ongoing >= 1, "the manual transition kept the restore ongoing at least once");
+    assert!(
+        ongoing >= 1,
+        "the manual transition kept the restore ongoing at least once"
+    );
     moto.unset_restore_transition();
-    assert_eq!(get(&client, &bucket, "cold").await, b"frozen bytes");
+    assert_eq!(
+        zib_testkit::get_bytes(&client, &bucket, "cold").await,
+        b"frozen bytes"
+    );
 }
 
 #[tokio::test]
@@ -95,8 +101,11 @@ async fn moto_conditional_put() {
         .send()
         .await
         .expect_err("If-None-Match: * on an existing key");
-    assert_eq!(err.into_service_error().meta().code(), Some("PreconditionFailed"));
-    assert_eq!(get(&client, &bucket, "k").await, b"one");
+    assert_eq!(
+        err.into_service_error().meta().code(),
+        Some("PreconditionFailed")
+    );
+    assert_eq!(zib_testkit::get_bytes(&client, &bucket, "k").await, b"one");
 }
 
 #[tokio::test]
@@ -105,7 +114,10 @@ async fn s3sfs_round_trip_and_checksum_rejection() {
     let client = s3.client();
     let bucket = s3.create_bucket("fs").await;
     put(&client, &bucket, "dir/a b", b"hello").await;
-    assert_eq!(get(&client, &bucket, "dir/a b").await, b"hello");
+    assert_eq!(
+        zib_testkit::get_bytes(&client, &bucket, "dir/a b").await,
+        b"hello"
+    );
     // sha256("hello") is not this value: the server must refuse the object.
     let wrong = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
     let err = client
@@ -128,8 +140,11 @@ async fn proxy_counts_and_injects_slowdown() {
     let proxy = FaultProxy::start(moto.endpoint()).await;
     // The 2nd PUT under the bucket gets 503 SlowDown; the SDK's standard retry goes on.
     proxy.add_fault(
-        Fault::new(Matcher::put().path_prefix(&format!("/{bucket}/")), FaultAction::slow_down())
-            .nth(2),
+        Fault::new(
+            Matcher::put().path_prefix(&format!("/{bucket}/")),
+            FaultAction::slow_down(),
+        )
+        .nth(2),
     );
     let client = zib_testkit::s3_client(&proxy.endpoint());
     put(&client, &bucket, "a", b"1").await;
@@ -145,7 +160,7 @@ async fn proxy_counts_and_injects_slowdown() {
         .filter(|r| r.outcome == Some(Outcome::Injected(503)))
         .collect();
     assert_eq!(injected.len(), 1);
-    assert_eq!(get(&client, &bucket, "b").await, b"2");
+    assert_eq!(zib_testkit::get_bytes(&client, &bucket, "b").await, b"2");
     assert_eq!(proxy.count(&Matcher::get()), 1);
 }
 
@@ -166,8 +181,17 @@ async fn proxy_drops_connections_and_fails_without_retries() {
             .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
             .build(),
     );
-    let err = no_retry.get_object().bucket(&bucket).key("x").send().await.expect_err("500");
+    let err = no_retry
+        .get_object()
+        .bucket(&bucket)
+        .key("x")
+        .send()
+        .await
+        .expect_err("500");
     assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(500));
     proxy.clear_faults();
-    assert_eq!(get(&no_retry, &bucket, "x").await, b"survives a dropped connection");
+    assert_eq!(
+        zib_testkit::get_bytes(&no_retry, &bucket, "x").await,
+        b"survives a dropped connection"
+    );
 }
