@@ -130,7 +130,7 @@ pub async fn run(
     progress: &watch::Sender<Progress>,
     cancel: &CancellationToken,
 ) -> Result<BackupReport, BackupError> {
-    let res = Backup { engine, ds, target: cfg.resolve(ds), locked, progress, cancel }.run(opts).await;
+    let res = Backup { engine, ds, target: cfg.resolve(ds), locked, progress, cancel, resumed: false }.run(opts).await;
     if let Err(e) = &res {
         locked.state.stats.last_error = Some(e.to_string());
         locked.state.stats.last_error_at = Some(Utc::now());
@@ -148,6 +148,8 @@ struct Backup<'a> {
     locked: &'a mut LockedState,
     progress: &'a watch::Sender<Progress>,
     cancel: &'a CancellationToken,
+    /// This run continues a backup an earlier run started.
+    resumed: bool,
 }
 
 impl Backup<'_> {
@@ -182,7 +184,8 @@ impl Backup<'_> {
                 }
             }
         }
-        if self.locked.state.pending.is_none() {
+        self.resumed = self.locked.state.pending.is_some();
+        if !self.resumed {
             self.plan_new(opts).await?;
         } else if self.already_committed().await? {
             return self.finish_commit(None, 0, 0).await;
@@ -360,7 +363,16 @@ impl Backup<'_> {
                 }
                 Spooled::New { index, path, size, sha256, _permit } => {
                     let key = layout.chunk_key(p.seq, &p.to, p.attempt, index);
-                    let put = self.engine.s3.put_chunk(&key, &path, size, &sha256, p.storage_class);
+                    // The first new chunk after recorded ones may be stored already (a crash
+                    // between its PUT and the state save): probe it with a HEAD first.
+                    let probe = self.resumed && index as usize == p.chunks.len();
+                    let put = async {
+                        if probe {
+                            self.engine.s3.put_chunk_probing(&key, &path, size, &sha256, p.storage_class).await
+                        } else {
+                            self.engine.s3.put_chunk(&key, &path, size, &sha256, p.storage_class).await
+                        }
+                    };
                     let outcome = tokio::select! {
                         r = put => r?,
                         () = self.cancel.cancelled() => return Err(BackupError::Cancelled { dataset: self.ds.name.to_string() }),

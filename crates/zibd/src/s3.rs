@@ -173,6 +173,11 @@ impl S3Store {
         Self { client: Client::from_conf(b.build()), bucket: bucket.to_owned() }
     }
 
+    /// Wraps a client built elsewhere (tests, or callers with their own credential setup).
+    pub fn from_client(client: Client, bucket: &str) -> Self {
+        Self { client, bucket: bucket.to_owned() }
+    }
+
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
@@ -209,6 +214,16 @@ impl S3Store {
                     Err(e)
                 }
             }
+        }
+    }
+
+    /// On resume, the first chunk not yet recorded may have been stored just before a crash:
+    /// a HEAD (cheap) avoids sending up to 5 GB again. Falls back to [`S3Store::put_chunk`].
+    pub async fn put_chunk_probing(&self, key: &str, path: &Path, size: u64, sha256_hex: &str, class: StorageClass) -> Result<PutOutcome, S3Error> {
+        match self.accept_existing(key, size, sha256_hex).await {
+            Ok(()) => Ok(PutOutcome::AlreadyPresent),
+            Err(e) if e.is_not_found() => self.put_chunk(key, path, size, sha256_hex, class).await,
+            Err(e) => Err(e),
         }
     }
 
