@@ -1,1 +1,300 @@
-fn main() {}
+//! zibctl: the command-line client of zibd's control socket.
+
+mod client;
+mod format;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use client::{CliError, Client, exit, unexpected};
+use zib_protocol::{DEFAULT_SOCKET_PATH, PROTOCOL_VERSION, Request, Response, RestoreStart, RestoreTier};
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  zibd refused the request or the operation failed (trigger --wait: the run failed)
+  2  bad command line
+  3  zibd is not reachable (not running, stale socket, no answer in time, shutting down)
+  4  permission denied (mutating commands need root or the socket group)
+  5  zibd's reply was not understood (zibctl and zibd of different releases?)
+
+Anyone who can open the socket may use status, version and restore status; the other commands
+need root or membership in zibd's daemon.socket_group.";
+
+/// Control zibd, the ZFS-to-S3 backup daemon.
+#[derive(Debug, Parser)]
+#[command(name = "zibctl", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// The control socket of zibd.
+    #[arg(long, global = true, env = "ZIBCTL_SOCKET", default_value = DEFAULT_SOCKET_PATH, value_name = "PATH")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show each dataset's state, progress, last success and next run.
+    Status {
+        /// Only this dataset.
+        dataset: Option<String>,
+        /// Print the status as JSON (the protocol's `status` reply) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a backup of a dataset now.
+    Trigger {
+        dataset: String,
+        /// Show progress until the run ends; exit 1 if it fails. Ctrl-C stops watching, not the run.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Pause a dataset (or all): its schedule is skipped and a running job stops at a safe point.
+    Pause {
+        /// The dataset; all datasets when omitted.
+        dataset: Option<String>,
+    },
+    /// Undo pause for a dataset (or all).
+    Resume {
+        /// The dataset; all datasets when omitted.
+        dataset: Option<String>,
+    },
+    /// Stop a dataset's running job at its next safe point.
+    Cancel { dataset: String },
+    /// Make zibd re-read its configuration file (like SIGHUP).
+    Reload,
+    /// Show the versions of zibctl and zibd and their protocol.
+    Version,
+    /// Restore jobs run by zibd.
+    Restore {
+        #[command(subcommand)]
+        command: RestoreCommand,
+    },
+    /// Print a shell completion script (e.g. `zibctl completions bash > /etc/bash_completion.d/zibctl`).
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+enum RestoreCommand {
+    /// Start restoring a backed-up dataset into a new local dataset.
+    Start {
+        /// The backed-up dataset (as named in the backup catalog).
+        dataset: String,
+        /// The local dataset to receive into.
+        #[arg(long)]
+        to: String,
+        /// Restore up to this snapshot (default: the newest).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Retrieval tier for objects in cold storage.
+        #[arg(long, value_enum, default_value_t = Tier::Bulk)]
+        tier: Tier,
+        /// Days the thawed copies stay readable.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Read from this bucket instead of the configured one.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Read under this key prefix instead of the configured one.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Show restore jobs.
+    Status {
+        /// Only this job.
+        id: Option<String>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Tier {
+    /// Cheapest; up to 48 h from Deep Archive.
+    Bulk,
+    /// Up to 12 h from Deep Archive.
+    Standard,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "zibctl", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("zibctl: cannot start: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("zibctl: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn print_json(value: &Response) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Failed(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn ok_message(response: Response, request: &Request, default: String) -> Result<u8, CliError> {
+    match response {
+        Response::Ok { message } => {
+            println!("{}", message.unwrap_or(default));
+            Ok(exit::OK)
+        }
+        other => Err(unexpected(request, &other)),
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, CliError> {
+    let now = chrono::Utc::now();
+    if let Command::Version = cli.command {
+        println!("zibctl {} (protocol {PROTOCOL_VERSION})", env!("CARGO_PKG_VERSION"));
+    }
+    let mut client = Client::connect(&cli.socket).await?;
+    match cli.command {
+        Command::Status { dataset, json } => {
+            let request = Request::Status { dataset };
+            let response = client.call(&request).await?;
+            if json {
+                print_json(&response)?;
+                return Ok(exit::OK);
+            }
+            match response {
+                Response::Status { daemon, datasets } => print!("{}", format::status_table(&daemon, &datasets, now)),
+                other => return Err(unexpected(&request, &other)),
+            }
+            Ok(exit::OK)
+        }
+        Command::Trigger { dataset, wait: false } => {
+            let request = Request::Trigger { dataset: dataset.clone(), wait: false };
+            let response = client.call(&request).await?;
+            ok_message(response, &request, format!("triggered a backup of {dataset}"))
+        }
+        Command::Trigger { dataset, wait: true } => {
+            let request = Request::Trigger { dataset: dataset.clone(), wait: true };
+            client.send(&request).await?;
+            let mut stdout = std::io::stdout();
+            loop {
+                match client.recv(None).await? {
+                    Response::Progress(update) => {
+                        let _ = writeln!(stdout, "{}", format::progress_line(&update));
+                        let _ = stdout.flush();
+                    }
+                    Response::Done { ok: true, message, .. } => {
+                        println!("{dataset}: done: {message}");
+                        return Ok(exit::OK);
+                    }
+                    Response::Done { ok: false, message, .. } => {
+                        return Err(CliError::Failed(format!("backup of {dataset} failed: {message}")));
+                    }
+                    Response::Ok { message } => {
+                        println!("{}", message.unwrap_or_else(|| format!("triggered a backup of {dataset}")));
+                        return Ok(exit::OK);
+                    }
+                    other => return Err(unexpected(&request, &other)),
+                }
+            }
+        }
+        Command::Pause { dataset } => {
+            let default = format!("paused {}", dataset.as_deref().unwrap_or("all datasets"));
+            let request = Request::Pause { dataset };
+            let response = client.call(&request).await?;
+            ok_message(response, &request, default)
+        }
+        Command::Resume { dataset } => {
+            let default = format!("resumed {}", dataset.as_deref().unwrap_or("all datasets"));
+            let request = Request::Resume { dataset };
+            let response = client.call(&request).await?;
+            ok_message(response, &request, default)
+        }
+        Command::Cancel { dataset } => {
+            let default = format!("cancelling the run of {dataset}");
+            let request = Request::Cancel { dataset };
+            let response = client.call(&request).await?;
+            ok_message(response, &request, default)
+        }
+        Command::Reload => {
+            let response = client.call(&Request::Reload).await?;
+            ok_message(response, &Request::Reload, "configuration reloaded".into())
+        }
+        Command::Version => match client.call(&Request::Version).await? {
+            Response::Version { daemon_version, protocol_version } => {
+                println!("zibd {daemon_version} (protocol {protocol_version})");
+                Ok(exit::OK)
+            }
+            other => Err(unexpected(&Request::Version, &other)),
+        },
+        Command::Restore { command: RestoreCommand::Start { dataset, to, snapshot, tier, days, bucket, prefix } } => {
+            let tier = match tier {
+                Tier::Bulk => RestoreTier::Bulk,
+                Tier::Standard => RestoreTier::Standard,
+            };
+            let request = Request::RestoreStart(RestoreStart { dataset, snapshot, to, tier, days, bucket, prefix });
+            match client.call(&request).await? {
+                Response::RestoreStarted { id } => {
+                    println!("restore job {id} started; follow it with: zibctl restore status {id}");
+                    Ok(exit::OK)
+                }
+                other => Err(unexpected(&request, &other)),
+            }
+        }
+        Command::Restore { command: RestoreCommand::Status { id, json } } => {
+            let request = Request::RestoreStatus { id };
+            let response = client.call(&request).await?;
+            if json {
+                print_json(&response)?;
+                return Ok(exit::OK);
+            }
+            match response {
+                Response::RestoreStatus { jobs } => print!("{}", format::restore_table(&jobs, now)),
+                other => return Err(unexpected(&request, &other)),
+            }
+            Ok(exit::OK)
+        }
+        Command::Completions { .. } => unreachable!("handled before connecting"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_commands_and_socket() {
+        let cli = Cli::try_parse_from(["zibctl", "--socket", "/tmp/x.sock", "trigger", "tank/a", "--wait"]).unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+        assert!(matches!(cli.command, Command::Trigger { ref dataset, wait: true } if dataset == "tank/a"));
+        let cli = Cli::try_parse_from(["zibctl", "status", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Status { dataset: None, json: true }));
+        let cli = Cli::try_parse_from(["zibctl", "restore", "start", "tank/a", "--to", "tank/r", "--tier", "standard"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Restore { command: RestoreCommand::Start { tier: Tier::Standard, days: 7, .. } }
+        ));
+        assert!(Cli::try_parse_from(["zibctl", "cancel"]).is_err());
+    }
+
+    #[test]
+    fn help_documents_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:") && help.contains("3  zibd is not reachable"), "{help}");
+    }
+}

@@ -1,0 +1,488 @@
+//! Pure rendering of replies for people: sizes, durations, relative times, tables. No I/O; `now`
+//! is always a parameter so everything here is unit-tested.
+
+use chrono::{DateTime, Utc};
+use zib_protocol::{DaemonInfo, DatasetStatus, JobState, ProgressUpdate, RestoreJobStatus, RunProgress};
+
+/// Bytes in binary units with one decimal: `0 B`, `512 B`, `1.5 KiB`, `3.0 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1023.95 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A rate in bytes per second: `50.0 MiB/s`.
+pub fn human_rate(bytes_per_sec: u64) -> String {
+    format!("{}/s", human_size(bytes_per_sec))
+}
+
+/// A duration, at most two units: `45s`, `2m 23s`, `3h`, `3h 20m`, `2d 4h`.
+pub fn human_duration(secs: u64) -> String {
+    const MIN: u64 = 60;
+    const HOUR: u64 = 60 * MIN;
+    const DAY: u64 = 24 * HOUR;
+    let two = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
+        if small == 0 { format!("{big}{big_unit}") } else { format!("{big}{big_unit} {small}{small_unit}") }
+    };
+    match secs {
+        s if s < MIN => format!("{s}s"),
+        s if s < HOUR => two(s / MIN, "m", s % MIN, "s"),
+        s if s < DAY => two(s / HOUR, "h", s % HOUR / MIN, "m"),
+        s => two(s / DAY, "d", s % DAY / HOUR, "h"),
+    }
+}
+
+/// `t` relative to `now`: `in 3h`, `5m ago`, `now`.
+pub fn relative_time(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let delta = t.signed_duration_since(now).num_seconds();
+    match delta {
+        0 => "now".to_owned(),
+        d if d > 0 => format!("in {}", human_duration(d as u64)),
+        d => format!("{} ago", human_duration(d.unsigned_abs())),
+    }
+}
+
+/// Percentage of `part` in `total`, floored, capped at 100 (estimates can be exceeded).
+fn percent(part: u64, total: u64) -> u64 {
+    if total == 0 { 100 } else { (u128::from(part) * 100 / u128::from(total)).min(100) as u64 }
+}
+
+/// `3.0 GiB / 10.0 GiB (30%), chunk 4/10` (or `3.0 GiB sent, chunk 4` without estimates).
+pub fn progress_summary(p: &RunProgress) -> String {
+    let mut s = match p.bytes_total_estimate {
+        Some(total) => format!(
+            "{} / {} ({}%)",
+            human_size(p.bytes_sent),
+            human_size(total),
+            percent(p.bytes_sent, total)
+        ),
+        None => format!("{} sent", human_size(p.bytes_sent)),
+    };
+    let current = p.chunks_done + 1;
+    match p.chunks_total_estimate {
+        Some(total) => s.push_str(&format!(", chunk {}/{}", current.min(total.max(1)), total)),
+        None => s.push_str(&format!(", chunk {current}")),
+    }
+    s
+}
+
+/// The state as shown: `uploading`, or `uploading (pausing)` when a pause waits for a safe point.
+pub fn state_label(state: JobState, paused: bool) -> String {
+    if paused && state != JobState::Paused && state != JobState::Idle && state != JobState::Scheduled {
+        format!("{state} (pausing)")
+    } else if paused {
+        JobState::Paused.to_string()
+    } else {
+        state.to_string()
+    }
+}
+
+/// Lays out rows under a header, columns separated by two spaces, the last column not padded.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let cols = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate().take(cols) {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                l.push_str(cell);
+                l.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count() + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).take(cols).collect());
+    }
+    out
+}
+
+const DASH: &str = "-";
+
+/// The daemon line above the status table.
+pub fn daemon_line(d: &DaemonInfo) -> String {
+    let jobs = match d.jobs_max {
+        Some(max) => format!("{} of {max} jobs running", d.jobs_running),
+        None => format!("{} jobs running", d.jobs_running),
+    };
+    let mut s = format!(
+        "zibd {} (protocol {}), up {}, {jobs}",
+        d.version,
+        d.protocol_version,
+        human_duration(d.uptime_secs)
+    );
+    if d.restores_running > 0 {
+        s.push_str(&format!(", {} restores running", d.restores_running));
+    }
+    s
+}
+
+/// The `zibctl status` table, then one note line per dataset with an error or missed ticks.
+pub fn status_table(daemon: &DaemonInfo, datasets: &[DatasetStatus], now: DateTime<Utc>) -> String {
+    let header = ["DATASET", "STATE", "PROGRESS", "RATE", "ETA", "LAST SUCCESS", "NEXT RUN", "CHAIN"];
+    let rows: Vec<Vec<String>> = datasets
+        .iter()
+        .map(|d| {
+            let (progress, rate, eta) = match &d.progress {
+                Some(p) => (
+                    progress_summary(p),
+                    p.rate_bytes_per_sec.map(human_rate).unwrap_or_else(|| DASH.into()),
+                    p.eta_secs.map(human_duration).unwrap_or_else(|| DASH.into()),
+                ),
+                None => (DASH.into(), DASH.into(), DASH.into()),
+            };
+            let last = match &d.last_success {
+                Some(s) => format!("{} ({})", relative_time(s.at, now), human_size(s.bytes)),
+                None => "never".into(),
+            };
+            let next = match (d.next_run, d.paused) {
+                (_, true) => "paused".into(),
+                (Some(t), false) => relative_time(t, now),
+                (None, false) => DASH.into(),
+            };
+            vec![
+                d.dataset.clone(),
+                state_label(d.state, d.paused),
+                progress,
+                rate,
+                eta,
+                last,
+                next,
+                d.chain_length.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = daemon_line(daemon);
+    out.push('\n');
+    if datasets.is_empty() {
+        out.push_str("no datasets configured\n");
+        return out;
+    }
+    out.push('\n');
+    out.push_str(&render_table(&header, &rows));
+    let mut notes = String::new();
+    for d in datasets {
+        if let Some(e) = &d.last_error {
+            let newer_success = d.last_success.as_ref().is_some_and(|s| s.at > e.at);
+            if !newer_success {
+                notes.push_str(&format!("{}: failed {}: {}\n", d.dataset, relative_time(e.at, now), e.message));
+            }
+        }
+        if d.missed_ticks > 0 {
+            let s = if d.missed_ticks == 1 { "" } else { "s" };
+            notes.push_str(&format!(
+                "{}: {} scheduled run{s} skipped while a run was still going\n",
+                d.dataset, d.missed_ticks
+            ));
+        }
+    }
+    if !notes.is_empty() {
+        out.push('\n');
+        out.push_str(&notes);
+    }
+    out
+}
+
+/// One line per progress frame of `trigger --wait`.
+pub fn progress_line(u: &ProgressUpdate) -> String {
+    let mut s = format!("{}: {}", u.dataset, u.state);
+    if let Some(p) = &u.progress {
+        s.push_str(&format!(" {}", p.snapshot));
+        s.push_str(&format!(", {}", progress_summary(p)));
+        if let Some(rate) = p.rate_bytes_per_sec {
+            s.push_str(&format!(", {}", human_rate(rate)));
+        }
+        if let Some(eta) = p.eta_secs {
+            s.push_str(&format!(", ETA {}", human_duration(eta)));
+        }
+    }
+    if let Some(m) = &u.message {
+        s.push_str(&format!(" ({m})"));
+    }
+    s
+}
+
+/// The `zibctl restore status` table.
+pub fn restore_table(jobs: &[RestoreJobStatus], now: DateTime<Utc>) -> String {
+    if jobs.is_empty() {
+        return "no restore jobs\n".into();
+    }
+    let header = ["ID", "DATASET", "TO", "STATE", "THAWED", "RECEIVED", "STARTED", "NOTE"];
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let thawed =
+                if j.objects_total == 0 { DASH.into() } else { format!("{}/{}", j.objects_ready, j.objects_total) };
+            let received = match j.bytes_total {
+                Some(total) if total > 0 => format!(
+                    "{} / {} ({}%)",
+                    human_size(j.bytes_received),
+                    human_size(total),
+                    percent(j.bytes_received, total)
+                ),
+                _ => human_size(j.bytes_received),
+            };
+            let note = if let Some(e) = &j.error {
+                e.clone()
+            } else if let Some(f) = j.finished_at {
+                format!("finished {}", relative_time(f, now))
+            } else if let Some(t) = j.thaw_expected_at {
+                format!("ready {}", expected(t, now))
+            } else {
+                String::new()
+            };
+            vec![
+                j.id.clone(),
+                match &j.snapshot {
+                    Some(s) => format!("{}@{}", j.dataset, s.rsplit('@').next().unwrap_or(s)),
+                    None => j.dataset.clone(),
+                },
+                j.to.clone(),
+                j.state.as_str().into(),
+                thawed,
+                received,
+                relative_time(j.started_at, now),
+                note,
+            ]
+        })
+        .collect();
+    render_table(&header, &rows)
+}
+
+/// `in 3h` for a future expectation, `expected 2h ago` once it is overdue.
+fn expected(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    if t >= now { relative_time(t, now) } else { format!("expected {}", relative_time(t, now)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use zib_protocol::{LastError, LastSuccess, RestoreState, RestoreTier};
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(secs, 0).unwrap()
+    }
+
+    const NOW: i64 = 1_767_240_000;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1024), "1.0 KiB");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(1024 * 1024 - 1), "1.0 MiB");
+        assert_eq!(human_size(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(human_size(5_000_000_000), "4.7 GiB");
+        assert_eq!(human_size(u64::MAX), "16.0 EiB");
+        assert_eq!(human_rate(50 * 1024 * 1024), "50.0 MiB/s");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(60), "1m");
+        assert_eq!(human_duration(143), "2m 23s");
+        assert_eq!(human_duration(3 * 3600), "3h");
+        assert_eq!(human_duration(3 * 3600 + 20 * 60 + 59), "3h 20m");
+        assert_eq!(human_duration(86_400), "1d");
+        assert_eq!(human_duration(2 * 86_400 + 4 * 3600 + 7), "2d 4h");
+    }
+
+    #[test]
+    fn relative_times() {
+        let now = t(NOW);
+        assert_eq!(relative_time(t(NOW + 3 * 3600), now), "in 3h");
+        assert_eq!(relative_time(t(NOW - 300), now), "5m ago");
+        assert_eq!(relative_time(now, now), "now");
+        assert_eq!(relative_time(t(NOW - 3 * 86_400), now), "3d ago");
+        assert_eq!(relative_time(t(NOW + 30), now), "in 30s");
+    }
+
+    fn run() -> RunProgress {
+        RunProgress {
+            snapshot: "tank/photos@zib-20260101T030000Z".into(),
+            incremental: true,
+            started_at: Some(t(NOW - 600)),
+            bytes_sent: 3 * 1024 * 1024 * 1024,
+            bytes_total_estimate: Some(10 * 1024 * 1024 * 1024),
+            chunks_done: 3,
+            chunks_total_estimate: Some(10),
+            rate_bytes_per_sec: Some(50 * 1024 * 1024),
+            eta_secs: Some(143),
+        }
+    }
+
+    #[test]
+    fn progress_summaries() {
+        assert_eq!(progress_summary(&run()), "3.0 GiB / 10.0 GiB (30%), chunk 4/10");
+        let mut p = run();
+        p.bytes_total_estimate = None;
+        p.chunks_total_estimate = None;
+        assert_eq!(progress_summary(&p), "3.0 GiB sent, chunk 4");
+        // Estimates can be exceeded: never over 100% or past the last chunk.
+        let mut p = run();
+        p.bytes_sent = 11 * 1024 * 1024 * 1024;
+        p.chunks_done = 10;
+        assert_eq!(progress_summary(&p), "11.0 GiB / 10.0 GiB (100%), chunk 10/10");
+    }
+
+    #[test]
+    fn table_layout() {
+        let t = render_table(&["A", "LONG HEADER", "C"], &[
+            vec!["xxxx".into(), "y".into(), "z".into()],
+            vec!["".into(), "".into(), "".into()],
+        ]);
+        assert_eq!(t, "A     LONG HEADER  C\nxxxx  y            z\n\n");
+    }
+
+    fn daemon() -> DaemonInfo {
+        DaemonInfo {
+            version: "0.1.0".into(),
+            protocol_version: 1,
+            started_at: t(NOW - 10_800),
+            uptime_secs: 10_800,
+            jobs_running: 1,
+            jobs_max: Some(2),
+            restores_running: 0,
+        }
+    }
+
+    fn idle(name: &str) -> DatasetStatus {
+        DatasetStatus {
+            dataset: name.into(),
+            state: JobState::Scheduled,
+            paused: false,
+            schedule: Some("0 3 * * *".into()),
+            progress: None,
+            last_success: None,
+            last_error: None,
+            next_run: Some(t(NOW + 3 * 3600)),
+            chain_length: 0,
+            missed_ticks: 0,
+        }
+    }
+
+    #[test]
+    fn status_table_rendering() {
+        let uploading = DatasetStatus {
+            state: JobState::Uploading,
+            progress: Some(run()),
+            last_success: Some(LastSuccess { at: t(NOW - 86_400), snapshot: None, bytes: 123 * 1024 * 1024 }),
+            last_error: Some(LastError { at: t(NOW - 300), message: "S3 503 SlowDown after 8 attempts".into() }),
+            next_run: Some(t(NOW + 17 * 3600)),
+            chain_length: 4,
+            missed_ticks: 2,
+            ..idle("tank/photos")
+        };
+        let paused = DatasetStatus { state: JobState::Paused, paused: true, next_run: None, ..idle("tank/docs") };
+        let fixed_error = DatasetStatus {
+            last_success: Some(LastSuccess { at: t(NOW - 60), snapshot: None, bytes: 0 }),
+            last_error: Some(LastError { at: t(NOW - 7200), message: "old".into() }),
+            ..idle("tank/vm")
+        };
+        let out = status_table(&daemon(), &[uploading, paused, fixed_error], t(NOW));
+        let expected = "\
+zibd 0.1.0 (protocol 1), up 3h, 1 of 2 jobs running
+
+DATASET      STATE      PROGRESS                              RATE        ETA     LAST SUCCESS        NEXT RUN  CHAIN
+tank/photos  uploading  3.0 GiB / 10.0 GiB (30%), chunk 4/10  50.0 MiB/s  2m 23s  1d ago (123.0 MiB)  in 17h    4
+tank/docs    paused     -                                     -           -       never               paused    0
+tank/vm      scheduled  -                                     -           -       1m ago (0 B)        in 3h     0
+
+tank/photos: failed 5m ago: S3 503 SlowDown after 8 attempts
+tank/photos: 2 scheduled runs skipped while a run was still going
+";
+        assert_eq!(out, expected, "\n{out}");
+    }
+
+    #[test]
+    fn status_table_empty_and_pausing() {
+        assert_eq!(
+            status_table(&daemon(), &[], t(NOW)),
+            "zibd 0.1.0 (protocol 1), up 3h, 1 of 2 jobs running\nno datasets configured\n"
+        );
+        assert_eq!(state_label(JobState::Uploading, true), "uploading (pausing)");
+        assert_eq!(state_label(JobState::Scheduled, true), "paused");
+        assert_eq!(state_label(JobState::Failed, false), "failed");
+        assert_eq!(state_label(JobState::Unknown, false), "unknown");
+    }
+
+    #[test]
+    fn progress_lines() {
+        let u = ProgressUpdate {
+            dataset: "tank/photos".into(),
+            state: JobState::Uploading,
+            progress: Some(run()),
+            message: None,
+        };
+        assert_eq!(
+            progress_line(&u),
+            "tank/photos: uploading tank/photos@zib-20260101T030000Z, 3.0 GiB / 10.0 GiB (30%), chunk 4/10, 50.0 MiB/s, ETA 2m 23s"
+        );
+        let q = ProgressUpdate {
+            dataset: "tank/photos".into(),
+            state: JobState::Queued,
+            progress: None,
+            message: Some("waiting for a job slot".into()),
+        };
+        assert_eq!(progress_line(&q), "tank/photos: queued (waiting for a job slot)");
+    }
+
+    #[test]
+    fn restore_table_rendering() {
+        let job = RestoreJobStatus {
+            id: "r-1".into(),
+            dataset: "tank/photos".into(),
+            snapshot: Some("zib-20260101T030000Z".into()),
+            to: "tank/restored".into(),
+            tier: RestoreTier::Bulk,
+            state: RestoreState::Thawing,
+            started_at: t(NOW - 3600),
+            objects_total: 12,
+            objects_ready: 5,
+            bytes_received: 0,
+            bytes_total: Some(10 * 1024 * 1024 * 1024),
+            thaw_expected_at: Some(t(NOW + 47 * 3600)),
+            finished_at: None,
+            error: None,
+        };
+        let failed = RestoreJobStatus {
+            id: "r-2".into(),
+            snapshot: None,
+            state: RestoreState::Failed,
+            objects_total: 0,
+            bytes_total: None,
+            error: Some("zfs receive failed".into()),
+            ..job.clone()
+        };
+        let out = restore_table(&[job, failed], t(NOW));
+        let expected = "\
+ID   DATASET                           TO             STATE    THAWED  RECEIVED             STARTED  NOTE
+r-1  tank/photos@zib-20260101T030000Z  tank/restored  thawing  5/12    0 B / 10.0 GiB (0%)  1h ago   ready in 1d 23h
+r-2  tank/photos                       tank/restored  failed   -       0 B                  1h ago   zfs receive failed
+";
+        assert_eq!(out, expected, "\n{out}");
+        assert_eq!(restore_table(&[], t(NOW)), "no restore jobs\n");
+    }
+}
