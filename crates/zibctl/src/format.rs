@@ -40,13 +40,17 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
-/// `t` relative to `now`: `in 3h`, `5m ago`, `now`.
+/// `t` relative to `now`, coarsely: `in 3h`, `5m ago`, `in 30s`, `now` (seconds are shown only
+/// under a minute, minutes only under a day).
 pub fn relative_time(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    let delta = t.signed_duration_since(now).num_seconds();
-    match delta {
+    // Round to the nearest second so that "5 minutes ago" measured a moment later is not 4m 59s.
+    let ms = t.signed_duration_since(now).num_milliseconds();
+    let secs = (ms.unsigned_abs() + 500) / 1000;
+    let coarse = if (60..3600).contains(&secs) { secs / 60 * 60 } else { secs };
+    match secs {
         0 => "now".to_owned(),
-        d if d > 0 => format!("in {}", human_duration(d as u64)),
-        d => format!("{} ago", human_duration(d.unsigned_abs())),
+        _ if ms > 0 => format!("in {}", human_duration(coarse)),
+        _ => format!("{} ago", human_duration(coarse)),
     }
 }
 
@@ -317,6 +321,10 @@ mod tests {
         assert_eq!(relative_time(now, now), "now");
         assert_eq!(relative_time(t(NOW - 3 * 86_400), now), "3d ago");
         assert_eq!(relative_time(t(NOW + 30), now), "in 30s");
+        assert_eq!(relative_time(t(NOW - 299), now), "4m ago");
+        assert_eq!(relative_time(now - chrono::Duration::milliseconds(299_700), now), "5m ago");
+        assert_eq!(relative_time(now + chrono::Duration::milliseconds(400), now), "now");
+        assert_eq!(relative_time(t(NOW + 3 * 3600 + 20 * 60 + 5), now), "in 3h 20m");
     }
 
     fn run() -> RunProgress {

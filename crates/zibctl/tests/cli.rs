@@ -1,0 +1,254 @@
+//! The zibctl binary against a scripted fake daemon (built from zib-protocol alone): output,
+//! exit codes, streaming, errors, and the socket option / environment variable.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use chrono::{Duration, Utc};
+use tokio::net::UnixListener;
+use zib_protocol::{
+    DaemonInfo, DatasetStatus, ErrorKind, JobState, LastSuccess, ProgressUpdate, Request, Response, RunProgress,
+    decode_request, encode_response, read_frame, write_frame,
+};
+
+/// Serves one connection: each request is answered by `script`, which returns the frames to send.
+fn fake_daemon(
+    dir: &Path,
+    script: impl Fn(Request) -> Vec<Response> + Send + 'static,
+) -> (PathBuf, tokio::task::JoinHandle<Vec<Request>>) {
+    let path = dir.join("zibd.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let task = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        while let Ok(Some(body)) = read_frame(&mut stream).await {
+            let request = decode_request(&body).expect("zibctl sends valid requests").request;
+            seen.push(request.clone());
+            for response in script(request) {
+                write_frame(&mut stream, &encode_response(&response)).await.unwrap();
+            }
+        }
+        seen
+    });
+    (path, task)
+}
+
+async fn zibctl(socket: &Path, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_zibctl"));
+    cmd.arg("--socket").arg(socket).args(args).env_remove("ZIBCTL_SOCKET");
+    cmd.output().await.unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn status_reply() -> Response {
+    let now = Utc::now();
+    Response::Status {
+        daemon: DaemonInfo {
+            version: "0.1.0".into(),
+            protocol_version: 1,
+            started_at: now - Duration::hours(3),
+            uptime_secs: 3 * 3600,
+            jobs_running: 1,
+            jobs_max: Some(2),
+            restores_running: 0,
+        },
+        datasets: vec![DatasetStatus {
+            dataset: "tank/photos".into(),
+            state: JobState::Uploading,
+            paused: false,
+            schedule: Some("0 3 * * *".into()),
+            progress: Some(RunProgress {
+                snapshot: "tank/photos@zib-1".into(),
+                incremental: false,
+                started_at: None,
+                bytes_sent: 1024 * 1024 * 1024,
+                bytes_total_estimate: Some(4 * 1024 * 1024 * 1024),
+                chunks_done: 1,
+                chunks_total_estimate: Some(4),
+                rate_bytes_per_sec: Some(10 * 1024 * 1024),
+                eta_secs: Some(300),
+            }),
+            last_success: Some(LastSuccess { at: now - Duration::minutes(5), snapshot: None, bytes: 2048 }),
+            last_error: None,
+            next_run: Some(now + Duration::hours(3) + Duration::seconds(30)),
+            chain_length: 3,
+            missed_ticks: 0,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn status_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, task) = fake_daemon(dir.path(), |_| vec![status_reply()]);
+    let out = zibctl(&sock, &["status"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("zibd 0.1.0 (protocol 1), up 3h, 1 of 2 jobs running\n"), "{text}");
+    assert!(text.contains("tank/photos  uploading  1.0 GiB / 4.0 GiB (25%), chunk 2/4  10.0 MiB/s  5m"), "{text}");
+    assert!(text.contains("5m ago (2.0 KiB)") && text.contains("in 3h"), "{text}");
+    assert_eq!(task.await.unwrap(), [Request::Status { dataset: None }]);
+}
+
+#[tokio::test]
+async fn status_json_is_the_protocol_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, task) = fake_daemon(dir.path(), |_| vec![status_reply()]);
+    let out = zibctl(&sock, &["status", "tank/photos", "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["type"], "status");
+    assert_eq!(v["datasets"][0]["dataset"], "tank/photos");
+    assert_eq!(v["datasets"][0]["progress"]["bytes_sent"], 1024 * 1024 * 1024);
+    assert_eq!(task.await.unwrap(), [Request::Status { dataset: Some("tank/photos".into()) }]);
+}
+
+fn progress(n: u64) -> Response {
+    Response::Progress(ProgressUpdate {
+        dataset: "tank/a".into(),
+        state: JobState::Uploading,
+        progress: Some(RunProgress {
+            snapshot: "tank/a@zib-1".into(),
+            incremental: true,
+            started_at: None,
+            bytes_sent: n * 1024,
+            bytes_total_estimate: Some(3072),
+            chunks_done: n,
+            chunks_total_estimate: Some(3),
+            rate_bytes_per_sec: None,
+            eta_secs: None,
+        }),
+        message: None,
+    })
+}
+
+#[tokio::test]
+async fn trigger_wait_shows_progress_and_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, task) = fake_daemon(dir.path(), |_| {
+        vec![
+            progress(0),
+            progress(1),
+            Response::Done { ok: true, message: "backed up tank/a@zib-1".into(), snapshot: None, bytes: Some(3072) },
+        ]
+    });
+    let out = zibctl(&sock, &["trigger", "tank/a", "--wait"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "tank/a: uploading tank/a@zib-1, 0 B / 3.0 KiB (0%), chunk 1/3\n\
+         tank/a: uploading tank/a@zib-1, 1.0 KiB / 3.0 KiB (33%), chunk 2/3\n\
+         tank/a: done: backed up tank/a@zib-1\n"
+    );
+    assert_eq!(task.await.unwrap(), [Request::Trigger { dataset: "tank/a".into(), wait: true }]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, _task) = fake_daemon(dir.path(), |_| {
+        vec![progress(0), Response::Done { ok: false, message: "zfs send failed".into(), snapshot: None, bytes: None }]
+    });
+    let out = zibctl(&sock, &["trigger", "tank/a", "--wait"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("backup of tank/a failed: zfs send failed"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn mutating_commands_print_the_daemon_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, task) = fake_daemon(dir.path(), |r| match r {
+        Request::Pause { dataset: None } => vec![Response::ok("paused 2 datasets")],
+        _ => vec![Response::Ok { message: None }],
+    });
+    let out = zibctl(&sock, &["pause"]).await;
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "paused 2 datasets\n");
+    assert_eq!(task.await.unwrap(), [Request::Pause { dataset: None }]);
+
+    for (args, expected, request) in [
+        (&["resume", "tank/a"][..], "resumed tank/a\n", Request::Resume { dataset: Some("tank/a".into()) }),
+        (&["cancel", "tank/a"][..], "cancelling the run of tank/a\n", Request::Cancel { dataset: "tank/a".into() }),
+        (&["reload"][..], "configuration reloaded\n", Request::Reload),
+        (&["trigger", "tank/a"][..], "triggered a backup of tank/a\n", Request::Trigger { dataset: "tank/a".into(), wait: false }),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, task) = fake_daemon(dir.path(), |_| vec![Response::Ok { message: None }]);
+        let out = zibctl(&sock, args).await;
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out), expected);
+        assert_eq!(task.await.unwrap(), [request]);
+    }
+}
+
+#[tokio::test]
+async fn daemon_errors_map_to_exit_codes() {
+    for (kind, code) in [
+        (ErrorKind::PermissionDenied, 4),
+        (ErrorKind::NotFound, 1),
+        (ErrorKind::Busy, 1),
+        (ErrorKind::Unsupported, 5),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, _task) = fake_daemon(dir.path(), move |_| {
+            vec![Response::error(kind, "permission denied: 'reload' needs root or membership in group 'zib'")]
+        });
+        let out = zibctl(&sock, &["reload"]).await;
+        assert_eq!(out.status.code(), Some(code), "{kind:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("group 'zib'"), "{}", stderr(&out));
+    }
+}
+
+#[tokio::test]
+async fn not_running_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.sock");
+    let out = zibctl(&missing, &["status"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("is zibd running?"), "{}", stderr(&out));
+
+    // A stale socket file: nobody listens.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let out = zibctl(&stale, &["status"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("is zibd running?"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn socket_from_the_environment_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, task) = fake_daemon(dir.path(), |_| {
+        vec![Response::Version { daemon_version: "0.1.0".into(), protocol_version: 1 }]
+    });
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_zibctl"))
+        .arg("version")
+        .env("ZIBCTL_SOCKET", &sock)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("zibctl {} (protocol 1)\nzibd 0.1.0 (protocol 1)\n", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(task.await.unwrap(), [Request::Version]);
+}
+
+#[tokio::test]
+async fn usage_errors_and_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("unused.sock");
+    let out = zibctl(&sock, &["cancel"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = zibctl(&sock, &["completions", "bash"]).await;
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("zibctl"));
+    let out = zibctl(&sock, &["--help"]).await;
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("Exit codes:"));
+}
