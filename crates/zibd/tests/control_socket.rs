@@ -615,16 +615,20 @@ async fn a_real_stranger_is_refused_mutations() {
             std::fs::set_permissions(server.path.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
             std::fs::set_permissions(&server.path, std::fs::Permissions::from_mode(0o666)).unwrap();
         }
-        let child = {
+        let socket_path = server.path.clone();
+        // The server runs on this (current-thread) runtime: wait for the child off it.
+        let out = tokio::task::spawn_blocking(move || {
             use std::os::unix::process::CommandExt;
             std::process::Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", "stranger_client", "--ignored", "--nocapture", "--test-threads=1"])
-                .env("ZIB_TEST_STRANGER_SOCKET", &server.path)
+                .env("ZIB_TEST_STRANGER_SOCKET", socket_path)
                 .uid(65534)
                 .gid(65534)
                 .output()
-        };
-        let out = tokio::task::spawn_blocking(move || child).await.unwrap().unwrap();
+        })
+        .await
+        .unwrap()
+        .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains("RESULT status ok \"status\""), "{group:?}: {stdout}");
