@@ -45,6 +45,9 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Restore from the bucket alone: `list` the catalog, `plan` (with a cost quote), `run`.
+    #[command(subcommand)]
+    Restore(crate::restore::RestoreCommand),
 }
 
 pub fn init_tracing() {
@@ -81,6 +84,7 @@ pub fn main() -> ExitCode {
             };
             report(runtime().block_on(backup_once(cfg, &dataset, BackupOptions { force_full: full })))
         }
+        Command::Restore(cmd) => crate::restore::main(cmd, &cli.config),
         Command::Run => {
             eprintln!("zibd: the daemon is not built yet");
             ExitCode::FAILURE

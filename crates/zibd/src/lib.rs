@@ -5,6 +5,7 @@ pub mod backup;
 pub mod cli;
 pub mod control;
 pub mod failpoint;
+pub mod restore;
 pub mod s3;
 pub mod state_store;
 pub mod zfs;

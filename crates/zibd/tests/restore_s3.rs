@@ -1,0 +1,386 @@
+//! Host tests of `zibd restore` against moto (archive classes, RestoreObject, slow thaws), with
+//! a catalog written straight through the S3 API and a stand-in `zfs` (ZIB_ZFS_BIN) that
+//! writes what `zfs receive` gets to files. The real-ZFS proof is tests/guest/restore.rs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+};
+
+use aws_sdk_s3::{primitives::ByteStream, types::StorageClass as S3Class};
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use zib_core::{
+    ChunkRecord, DatasetName, KeyLayout, Manifest, SnapName, SnapRef, StorageClass, manifest,
+    pricing::{Pricing, RestoreTier},
+};
+use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, test_env};
+
+const PREFIX: &str = "backups";
+const CHUNK: u64 = 1000;
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Deterministic pseudo-random stream bytes.
+fn stream(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v
+}
+
+struct Backup {
+    snap: &'static str,
+    guid: &'static str,
+    data: Vec<u8>,
+}
+
+/// Writes a chain of backups of `ds` (full first) as zib would: chunks in `class`, manifests
+/// in STANDARD. Returns the manifests.
+async fn seed(client: &aws_sdk_s3::Client, bucket: &str, ds: &str, chain: &[Backup], class: StorageClass) -> Vec<Manifest> {
+    let ds = DatasetName::new(ds).unwrap();
+    let layout = KeyLayout::new(PREFIX, &ds);
+    let mut out = Vec::new();
+    for (i, b) in chain.iter().enumerate() {
+        let seq = i as u64 + 1;
+        let to = SnapName::new(b.snap).unwrap();
+        let mut chunks = Vec::new();
+        for (j, part) in b.data.chunks(CHUNK as usize).enumerate() {
+            let key = layout.chunk_key(seq, &to, 0, j as u64);
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(&key)
+                .storage_class(S3Class::from(class.as_str()))
+                .body(ByteStream::from(part.to_vec()))
+                .send()
+                .await
+                .unwrap();
+            chunks.push(ChunkRecord { key, size: part.len() as u64, sha256: sha(part) });
+        }
+        let from = (i > 0).then(|| SnapRef { name: SnapName::new(chain[i - 1].snap).unwrap(), guid: chain[i - 1].guid.into() });
+        let m = Manifest {
+            format: manifest::FORMAT.into(),
+            version: manifest::VERSION,
+            dataset: ds.clone(),
+            seq,
+            send_args: vec!["-w".into()],
+            from,
+            to: SnapRef { name: to.clone(), guid: b.guid.into() },
+            snapshot_created: Utc::now(),
+            committed_at: Utc::now(),
+            attempt: 0,
+            storage_class: class,
+            chunk_size: CHUNK,
+            stream_size: b.data.len() as u64,
+            stream_sha256: sha(&b.data),
+            chunks,
+            zib_version: "test".into(),
+        };
+        m.check().unwrap();
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(layout.manifest_key(seq, &to))
+            .body(ByteStream::from(m.to_json()))
+            .send()
+            .await
+            .unwrap();
+        out.push(m);
+    }
+    out
+}
+
+fn chain3() -> Vec<Backup> {
+    vec![
+        Backup { snap: "zib-20261101T000000Z", guid: "111", data: stream(1, 3500) },
+        Backup { snap: "zib-20261102T000000Z", guid: "222", data: stream(2, 1200) },
+        Backup { snap: "zib-20261103T000000Z", guid: "333", data: stream(3, 700) },
+    ]
+}
+
+/// A stand-in `zfs`: `receive` appends its stdin to `recv.N` (N = the receive's number) and
+/// marks the target as existing; `list` says "does not exist" until then; `get` prints "-".
+struct FakeZfs {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl FakeZfs {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let bin = d.join("zfs");
+        std::fs::write(
+            &bin,
+            format!(
+                r#"#!/bin/sh
+D='{d}'
+echo "$*" >> "$D/calls"
+case "$1" in
+receive)
+    if [ "$2" = "-A" ]; then exit 0; fi
+    n=$(ls "$D" | grep -c '^recv\.')
+    cat > "$D/recv.$((n + 1))"
+    touch "$D/exists"
+    exit 0 ;;
+list)
+    if [ -f "$D/exists" ]; then
+        case "$*" in *snapshot*) exit 0 ;; *) for a; do last=$a; done; echo "$last"; exit 0 ;; esac
+    fi
+    echo "cannot open 'x': dataset does not exist" >&2; exit 1 ;;
+get) echo "-" ;;
+*) exit 0 ;;
+esac
+"#,
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FakeZfs { _dir: dir, dir: d, bin }
+    }
+    fn received(&self) -> Vec<Vec<u8>> {
+        (1..).map(|n| self.dir.join(format!("recv.{n}"))).take_while(|p| p.exists()).map(|p| std::fs::read(p).unwrap()).collect()
+    }
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.dir.join("calls")).unwrap_or_default()
+    }
+}
+
+/// Runs `zibd restore ARGS` with no config file and the test credentials.
+fn zibd(endpoint: &str, zfs: &Path, args: &[&str]) -> Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
+    c.arg("--config").arg("/nonexistent/zibd.toml").arg("restore").args(args);
+    for (k, v) in test_env(endpoint) {
+        c.env(k, v);
+    }
+    c.env("ZIB_ZFS_BIN", zfs).env("ZIB_LOG", "info").env_remove("ZIB_FAILPOINT").env_remove("ZIBD_CONFIG");
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn bucket_args<'a>(bucket: &'a str, endpoint: &'a str) -> Vec<&'a str> {
+    vec!["--bucket", bucket, "--prefix", PREFIX, "--endpoint", endpoint, "--region", "us-east-1"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rlist").await;
+    let ms = seed(&client, &bucket, "tank/photos", &chain3(), StorageClass::DeepArchive).await;
+    seed(&client, &bucket, "tank/home", &[Backup { snap: "zib-20261105T000000Z", guid: "9", data: stream(9, 100) }], StorageClass::Standard).await;
+    let ep = moto.endpoint();
+    let zfs = FakeZfs::new();
+    let b = bucket_args(&bucket, ep);
+
+    let o = zibd(ep, &zfs.bin, &[&["list"], &b[..]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for s in ["tank/photos", "tank/home", "zib-20261101T000000Z", "zib-20261103T000000Z", "incremental from zib-20261102T000000Z", "DEEP_ARCHIVE", "STANDARD", "full"] {
+        assert!(out.contains(s), "{s} missing from:\n{out}");
+    }
+
+    // Several datasets: plan must be told which.
+    let o = zibd(ep, &zfs.bin, &[&["plan"], &b[..]].concat());
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("several datasets") && text(&o).1.contains("--dataset"), "{}", text(&o).1);
+
+    // The plan of an older snapshot: two streams, 5 chunks to thaw, quotes from the table.
+    let o = zibd(ep, &zfs.bin, &[&["plan", "--dataset", "tank/photos", "--snapshot", "zib-20261102T000000Z", "--days", "3", "--json"], &b[..]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total_objects"], 6);
+    assert_eq!(v["thaw_objects"], 6);
+    assert_eq!(v["total_bytes"], 4700);
+    assert_eq!(v["plan"]["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(v["plan"]["steps"][1]["manifest_key"], "backups/tank/photos@zib/000002-zib-20261102T000000Z.manifest.json");
+    let p = Pricing::default();
+    let gb = 4700.0 / (1u64 << 30) as f64;
+    let tiers = v["quote"]["tiers"].as_array().unwrap();
+    let bulk = tiers.iter().find(|t| t["tier"] == "bulk").unwrap();
+    let std = tiers.iter().find(|t| t["tier"] == "standard").unwrap();
+    let close = |a: &serde_json::Value, b: f64| (a.as_f64().unwrap() - b).abs() < 1e-15;
+    assert!(close(&bulk["retrieval"], gb * p.bulk_retrieval_per_gb), "{bulk}");
+    assert!(close(&bulk["restore_requests"], 6.0 / 1000.0 * 0.025), "{bulk}");
+    assert!(close(&bulk["restored_copy"], gb * 0.023 * 3.0 / 30.0), "{bulk}");
+    assert!(close(&std["retrieval"], gb * 0.02), "{std}");
+    assert!(close(&std["restore_requests"], 6.0 / 1000.0 * 0.10), "{std}");
+    assert_eq!((bulk["ready_within_hours"].as_u64(), std["ready_within_hours"].as_u64()), (Some(48), Some(12)));
+    assert_eq!(ms[1].chunks.len() + ms[0].chunks.len(), 6);
+
+    // Human output names the tiers and their times.
+    let o = zibd(ep, &zfs.bin, &[&["plan", "--dataset", "tank/photos"], &b[..]].concat());
+    let (out, _) = text(&o);
+    assert!(out.contains("3 streams") && out.contains("within 48 h") && out.contains("within 12 h") && out.contains("7 objects"), "{out}");
+
+    // No catalog under another prefix.
+    let o = zibd(ep, &zfs.bin, &["list", "--bucket", &bucket, "--prefix", "elsewhere", "--endpoint", ep]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("no zib catalog under s3://"), "{}", text(&o).1);
+    // No bucket and no config.
+    let o = zibd(ep, &zfs.bin, &["list"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("--bucket"), "{}", text(&o).1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_thaw_is_requested_once_per_chunk_polled_and_received_in_order() {
+    // A private moto: the slow-restore setting is server-wide.
+    let moto = MotoServer::spawn();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rthaw").await;
+    let chain = chain3();
+    seed(&client, &bucket, "tank/photos", &chain, StorageClass::DeepArchive).await;
+    moto.set_restore_transition_manual(4);
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let ep = proxy.endpoint();
+    let zfs = FakeZfs::new();
+    let work = tempfile::tempdir().unwrap();
+    let wd = work.path().to_str().unwrap();
+    let b = bucket_args(&bucket, &ep);
+    let o = zibd(
+        &ep,
+        &zfs.bin,
+        &[&["run", "--to", "pool/restored", "--work-dir", wd, "--poll-initial-secs", "0.05", "--poll-max-secs", "0.2", "--days", "2"], &b[..]].concat(),
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    // Every stream, in order, byte for byte, each into its own receive.
+    let got = zfs.received();
+    assert_eq!(got.len(), 3, "{}", zfs.calls());
+    for (g, b) in got.iter().zip(&chain) {
+        assert!(g == &b.data, "stream {} differs", b.snap);
+    }
+    let calls = zfs.calls();
+    assert_eq!(calls.lines().filter(|l| l.starts_with("receive -s -u pool/restored")).count(), 3, "{calls}");
+    // One RestoreObject per chunk (9 chunks), none twice; several HEAD polls per chunk.
+    let restores = proxy.count(&Matcher::post().query_contains("restore"));
+    assert_eq!(restores, 4 + 2 + 1);
+    assert!(out.contains("7 thaw requests sent"), "{out}");
+    let polls: u64 = out.split(" polls").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(polls > 7, "expected several polls per chunk, got {polls}: {out}");
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(work.path().join("restore-pool%2Frestored.json")).unwrap()).unwrap();
+    assert_eq!(rec["steps_received"], 3);
+    assert!(rec["finished_at"].is_string());
+    for c in rec["chunks"].as_array().unwrap().iter().flat_map(|s| s.as_array().unwrap()) {
+        assert_eq!((c["thaw_requests"].as_u64(), c["received"].as_bool()), (Some(1), Some(true)), "{c}");
+    }
+    // The restored copies exist for 2 days (moto reports the expiry).
+    let h = client.head_object().bucket(&bucket).key(rec["plan"]["steps"][0]["chunks"][0]["key"].as_str().unwrap()).send().await.unwrap();
+    assert!(h.restore().unwrap().contains("ongoing-request=\"false\""), "{:?}", h.restore());
+
+    // Running it again: the target exists now.
+    std::fs::remove_file(work.path().join("restore-pool%2Frestored.json")).unwrap();
+    let o = zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/restored", "--work-dir", wd], &b[..]].concat());
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("pool/restored already exists"), "{}", text(&o).1);
+    moto.unset_restore_transition();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_chunk_is_caught_before_zfs_receive_and_named() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rcorrupt").await;
+    let chain = chain3();
+    let ms = seed(&client, &bucket, "tank/photos", &chain, StorageClass::Standard).await;
+    // Replace chunk 2 of the full stream with wrong bytes of the same size.
+    let bad_key = ms[0].chunks[2].key.clone();
+    client.put_object().bucket(&bucket).key(&bad_key).body(ByteStream::from(vec![0x5a; CHUNK as usize])).send().await.unwrap();
+    let ep = moto.endpoint();
+    let zfs = FakeZfs::new();
+    let work = tempfile::tempdir().unwrap();
+    let b = bucket_args(&bucket, ep);
+    let o = zibd(ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", work.path().to_str().unwrap(), "--parallel", "3"], &b[..]].concat());
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(err.contains(&format!("chunk s3://{bucket}/{bad_key} is corrupt")) && err.contains("SHA-256"), "{err}");
+    // zfs receive got exactly the two good chunks before it, nothing of the bad one.
+    let got = zfs.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0], chain[0].data[..2 * CHUNK as usize]);
+    // No spool file is left with the bad bytes.
+    let spool: Vec<_> = std::fs::read_dir(work.path().join("restore-spool")).unwrap().collect();
+    assert!(spool.is_empty(), "{spool:?}");
+
+    // A missing chunk is named too.
+    client.delete_object().bucket(&bucket).key(&bad_key).send().await.unwrap();
+    let o = zibd(ep, &zfs.bin, &[&["run", "--to", "pool/r2", "--work-dir", work.path().to_str().unwrap()], &b[..]].concat());
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains(&format!("chunk s3://{bucket}/{bad_key} is missing")), "{}", text(&o).1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_errors_broken_chain_and_restore_object_denied() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rerrors").await;
+    let ms = seed(&client, &bucket, "tank/photos", &chain3(), StorageClass::DeepArchive).await;
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    proxy.add_fault(Fault::new(Matcher::post().query_contains("restore"), FaultAction::status(403, "AccessDenied", "Access Denied")).always());
+    let ep = proxy.endpoint();
+    let zfs = FakeZfs::new();
+    let work = tempfile::tempdir().unwrap();
+    let wd = work.path().to_str().unwrap();
+    let b = bucket_args(&bucket, &ep);
+    let o = zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", wd, "--tier", "standard"], &b[..]].concat());
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("may not thaw archived objects") && err.contains("s3:RestoreObject"), "{err}");
+    assert!(zfs.received().is_empty());
+    // The refused restore is recorded; running it again with another snapshot is refused clearly.
+    let o = zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", wd, "--snapshot", "zib-20261101T000000Z"], &b[..]].concat());
+    assert!(text(&o).1.contains("unfinished restore"), "{}", text(&o).1);
+    // Expedited does not exist for Deep Archive.
+    let o = zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/r3", "--tier", "expedited"], &b[..]].concat());
+    assert!(text(&o).1.contains("Expedited tier does not exist"), "{}", text(&o).1);
+
+    // Remove the middle manifest: the chain to the newest is broken, the full alone is fine.
+    let layout = KeyLayout::new(PREFIX, &DatasetName::new("tank/photos").unwrap());
+    client.delete_object().bucket(&bucket).key(layout.manifest_key(2, &ms[1].to.name)).send().await.unwrap();
+    let o = zibd(&ep, &zfs.bin, &[&["plan"], &b[..]].concat());
+    assert!(text(&o).1.contains("broken chain") && text(&o).1.contains("zib-20261102T000000Z"), "{}", text(&o).1);
+    let o = zibd(&ep, &zfs.bin, &[&["plan", "--snapshot", "zib-20261101T000000Z"], &b[..]].concat());
+    assert!(o.status.success(), "{}", text(&o).1);
+    let _ = RestoreTier::Bulk;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thaw_that_expired_before_the_download_is_requested_again() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rexpired").await;
+    let chain = vec![Backup { snap: "zib-20261101T000000Z", guid: "1", data: stream(7, 2500) }];
+    let ms = seed(&client, &bucket, "tank/photos", &chain, StorageClass::DeepArchive).await;
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    // The first GET of chunk 1 finds its restored copy gone, as after an expiry.
+    let path = format!("/{bucket}/{}", ms[0].chunks[1].key.replace('@', "%40"));
+    proxy.add_fault(
+        Fault::new(Matcher::get().path_contains(&path), FaultAction::status(403, "InvalidObjectState", "The operation is not valid for the object's storage class"))
+            .nth(1)
+            .times(1),
+    );
+    let ep = proxy.endpoint();
+    let zfs = FakeZfs::new();
+    let work = tempfile::tempdir().unwrap();
+    let b = bucket_args(&bucket, &ep);
+    let o = zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", work.path().to_str().unwrap(), "--poll-initial-secs", "0.05", "--parallel", "1"], &b[..]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(err.contains("expired"), "{err}");
+    assert_eq!(zfs.received(), vec![chain[0].data.clone()]);
+    // 3 chunks, one of them thawed twice.
+    assert_eq!(proxy.count(&Matcher::post().query_contains("restore")), 4, "{:?}", proxy.requests().iter().map(|r| format!("{} {}?{}", r.method, r.path, r.query)).collect::<Vec<_>>());
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(work.path().join("restore-pool%2Fr.json")).unwrap()).unwrap();
+    assert_eq!(rec["chunks"][0][1]["thaw_requests"], 2);
+}
