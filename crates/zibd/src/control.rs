@@ -36,7 +36,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use zib_protocol::{
-    ErrorKind, FrameError, MAX_FRAME_LEN, Request, Response, decode_request, encode_response, read_frame,
+    ErrorKind, FrameError, MAX_FRAME_LEN, Rejected, Request, Response, decode_request, encode_response, read_frame,
     write_frame,
 };
 
@@ -123,8 +123,8 @@ impl Access {
 
 /// The permission check: read-only requests (`status`, `version`, `restore_status`) are allowed
 /// for anyone who could connect; mutating ones need [`Access::may_mutate`]. `Err` is the
-/// `permission_denied` reply to send.
-pub fn authorize(request: &Request, peer: &Peer, access: &Access) -> Result<(), Response> {
+/// `permission_denied` error to send back (`Rejected::into_response`).
+pub fn authorize(request: &Request, peer: &Peer, access: &Access) -> Result<(), Rejected> {
     if !request.is_mutating() || access.may_mutate(peer) {
         return Ok(());
     }
@@ -132,10 +132,10 @@ pub fn authorize(request: &Request, peer: &Peer, access: &Access) -> Result<(), 
         Some((name, _)) => format!("root or membership in group '{name}'"),
         None => "root (no daemon.socket_group is configured)".to_owned(),
     };
-    Err(Response::error(
-        ErrorKind::PermissionDenied,
-        format!("permission denied: '{}' needs {needed}; you are uid {}", request.type_name(), peer.uid),
-    ))
+    Err(Rejected {
+        kind: ErrorKind::PermissionDenied,
+        message: format!("permission denied: '{}' needs {needed}; you are uid {}", request.type_name(), peer.uid),
+    })
 }
 
 /// How to bind and run the control socket.
@@ -436,7 +436,7 @@ impl<H: Handler> Connection<H> {
                 Ok(frame) => match authorize(&frame.request, &peer, &self.access) {
                     Err(denied) => {
                         tracing::info!(%peer, request = frame.request.type_name(), "control request refused");
-                        send(&mut wr, self.config.write_timeout, &denied).await
+                        send(&mut wr, self.config.write_timeout, &denied.into_response()).await
                     }
                     Ok(()) => {
                         tracing::debug!(%peer, request = ?frame.request, "control request");

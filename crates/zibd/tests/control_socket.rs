@@ -551,8 +551,7 @@ fn permission_decisions() {
         assert!(authorize(&req, &root, &access).is_ok(), "{req:?}");
         assert!(authorize(&req, &primary_member, &access).is_ok(), "{req:?}");
         assert!(authorize(&req, &supplementary_member, &access).is_ok(), "{req:?}");
-        let denied = authorize(&req, &stranger, &access).unwrap_err();
-        let Response::Error { kind, message } = denied else { panic!() };
+        let zib_protocol::Rejected { kind, message } = authorize(&req, &stranger, &access).unwrap_err();
         assert_eq!(kind, ErrorKind::PermissionDenied);
         assert!(message.contains("'zib'") && message.contains("1002"), "{message}");
         assert!(message.contains(req.type_name()), "{message}");
@@ -569,9 +568,8 @@ fn permission_without_a_group_and_for_the_daemon_user() {
     let access = Access { group: None, daemon_uid: 500 };
     assert!(authorize(&Request::Reload, &peer(0, 0, &[]), &access).is_ok());
     assert!(authorize(&Request::Reload, &peer(500, 500, &[]), &access).is_ok());
-    let Err(Response::Error { kind, message }) = authorize(&Request::Reload, &peer(1000, 0, &[0]), &access) else {
-        panic!("a stranger may not reload")
-    };
+    let zib_protocol::Rejected { kind, message } =
+        authorize(&Request::Reload, &peer(1000, 0, &[0]), &access).expect_err("a stranger may not reload");
     assert_eq!(kind, ErrorKind::PermissionDenied);
     assert!(message.contains("root"), "{message}");
     assert!(authorize(&Request::Version, &peer(1000, 1000, &[]), &access).is_ok());
