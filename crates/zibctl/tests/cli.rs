@@ -252,3 +252,32 @@ async fn usage_errors_and_completions() {
     assert!(out.status.success());
     assert!(stdout(&out).contains("Exit codes:"));
 }
+
+/// A user who may not open the socket is told which group it needs (exit 4). Needs root to run
+/// zibctl as nobody; skipped otherwise.
+#[tokio::test]
+async fn permission_denied_on_the_socket_names_the_group() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run zibctl as another user");
+        return;
+    }
+    let Some(group) = nix::unistd::Group::from_name("daemon").ok().flatten() else {
+        eprintln!("skipped: no group 'daemon'");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("zibd.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+    nix::unistd::chown(&path, None, Some(group.gid)).unwrap();
+    let out = {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zibctl"));
+        cmd.arg("--socket").arg(&path).arg("reload").uid(65534).gid(65534);
+        tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap()
+    };
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("group 'daemon'"), "{}", stderr(&out));
+}
