@@ -1,7 +1,8 @@
 //! The real-ZFS end-to-end suite. It runs inside a QEMU guest with the OpenZFS module
 //! loaded (the host kernel has none): `scripts/test` builds this binary on the host
-//! (`cargo test -p zibd --features guest-tests --no-run`), starts moto and s3s-fs on the
-//! host's loopback, boots ONE guest with `scripts/testbed/run-in-guest` and runs it there,
+//! (`cargo test --workspace --features zibd/guest-tests --test guest --no-run`), starts
+//! moto and s3s-fs on the host's loopback, boots ONE guest with
+//! `scripts/testbed/run-in-guest` and runs it there,
 //! with `ZIB_TEST_MOTO_ENDPOINT` / `ZIB_TEST_S3SFS_ENDPOINT` set to `http://10.0.2.2:PORT`.
 //! A plain `cargo test --workspace` never builds it (feature `guest-tests`).
 //!
@@ -18,5 +19,6 @@
 //! Running only some guest tests: `scripts/test --guest-only -- FILTER` (args after `--`
 //! go to this test binary).
 
+mod backup;
 mod bed;
 mod common;
