@@ -93,6 +93,8 @@ impl From<Response> for Reply {
 /// peer is allowed to make (see [`authorize`]); may be called concurrently from many connections.
 ///
 /// An implementation may use `async fn handle(&self, request: Request, peer: Peer) -> Reply`.
+/// It should return promptly (a connection does not watch for shutdown while `handle` runs):
+/// long work such as a waited-for backup goes into a [`Reply::Stream`] fed by another task.
 pub trait Handler: Send + Sync + 'static {
     /// Carries out `request` for `peer`.
     fn handle(&self, request: Request, peer: Peer) -> impl Future<Output = Reply> + Send;
