@@ -22,3 +22,4 @@
 mod backup;
 mod bed;
 mod common;
+mod restore;

@@ -1,0 +1,290 @@
+//! `zibd restore` against real OpenZFS and moto: backups made by the real `zibd backup`
+//! (DEEP_ARCHIVE, 64 KiB chunks), then the local state and the source dataset are wiped and
+//! everything comes back from the bucket alone, checked file by file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::StorageClass;
+use zib_core::pricing::Pricing;
+use zib_testkit::{FaultProxy, Matcher, MotoServer, test_env};
+
+use crate::common::*;
+
+const PASSPHRASE: &str = "zib restore test passphrase";
+const PREFIX: &str = "guest-restore";
+
+/// An encrypted source dataset backed up by the real zibd binary.
+struct Source {
+    _pool: TestPool,
+    ds: EncryptedDataset,
+    work: PathBuf,
+    config: PathBuf,
+    endpoint: String,
+    bucket: String,
+    /// (snapshot name, checksums of the files at that snapshot), oldest first.
+    snaps: Vec<(String, BTreeMap<String, String>)>,
+}
+
+fn zibd(endpoint: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_zibd"));
+    for (k, v) in test_env(endpoint) {
+        c.env(k, v);
+    }
+    c.env("ZIB_LOG", "info").env_remove("ZIB_FAILPOINT").env_remove("ZIBD_CONFIG");
+    c
+}
+
+fn out(o: &Output) -> String {
+    format!("status {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+impl Source {
+    fn new(endpoint: &str, bucket: &str, tag: &str) -> Source {
+        let pool = TestPool::create(&format!("zr{tag}"));
+        let ds = create_encrypted_dataset(&pool, "data", PASSPHRASE);
+        let work = work_dir(&format!("restore-{tag}"));
+        let config = work.join("zibd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\nstate_dir = \"{w}/state\"\nspool_dir = \"{w}/spool\"\nsocket = \"{w}/zibd.sock\"\n\n\
+                 [target]\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\nprefix = \"{PREFIX}\"\nstorage_class = \"DEEP_ARCHIVE\"\nchunk_size = \"64KiB\"\n\n\
+                 [[dataset]]\nname = \"{name}\"\nschedule = \"@daily\"\nkeep_snapshots = 5\n",
+                w = work.display(),
+                name = ds.name
+            ),
+        )
+        .unwrap();
+        Source { _pool: pool, ds, work, config, endpoint: endpoint.into(), bucket: bucket.into(), snaps: Vec::new() }
+    }
+
+    /// Changes some files, then runs `zibd backup`; records the snapshot and its files.
+    fn change_and_backup(&mut self, seed: u64, files: usize, max: usize) {
+        write_files(&self.ds.mountpoint, seed, files, max);
+        if seed > 1 {
+            let _ = std::fs::remove_file(self.ds.mountpoint.join(format!("d1/f1-{}.bin", seed * 4 + 1)));
+        }
+        let want = checksum_tree(&self.ds.mountpoint);
+        // Snapshot names have one-second resolution.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let o = zibd(&self.endpoint).arg("--config").arg(&self.config).args(["backup", &self.ds.name]).output().unwrap();
+        assert!(o.status.success(), "zibd backup: {}", out(&o));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let snap = stdout.split(&format!("{}@", self.ds.name)).nth(1).and_then(|r| r.split(':').next()).unwrap_or_else(|| panic!("no snapshot in {stdout}"));
+        self.snaps.push((snap.to_owned(), want));
+    }
+
+    /// Nothing local is left: no state, no spool, no source dataset.
+    fn wipe_local(&self) {
+        zfs(&["destroy", "-r", &self.ds.name]);
+        let _ = std::fs::remove_dir_all(self.work.join("state"));
+        let _ = std::fs::remove_dir_all(self.work.join("spool"));
+    }
+
+    /// `zibd restore ARGS` with no config file: bucket, prefix and endpoint as flags.
+    fn restore(&self, endpoint: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = zibd(endpoint);
+        c.args(["--config", "/nonexistent/zibd.toml", "restore"]).args(args);
+        c.args(["--bucket", &self.bucket, "--prefix", PREFIX, "--endpoint", endpoint]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+}
+
+/// The `zfs receive` of a killed zibd sees EOF and exits on its own (saving its partial
+/// state); wait for that before the next run, as a user would.
+fn wait_receive_gone(target: &str) {
+    for _ in 0..600 {
+        if try_run("pgrep", &["-f", &format!("zfs receive -s -u.* {target}$")]).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("zfs receive into {target} still running 60 s after zibd was killed");
+}
+
+fn snapshots(ds: &str) -> Vec<String> {
+    zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg", ds])
+        .lines()
+        .map(|l| l.rsplit_once('@').unwrap().1.to_owned())
+        .collect()
+}
+
+fn restore_args<'a>(target: &'a str, mp: &'a str, key: &'a str, work: &'a str) -> Vec<&'a str> {
+    vec!["run", "--to", target, "--mountpoint", mp, "--key-location", key, "--work-dir", work, "--poll-initial-secs", "0.2", "--poll-max-secs", "1"]
+}
+
+fn check_restored(target: &str, mp: &Path, src: &Source, upto: usize) {
+    assert_eq!(zfs_get(target, "encryption"), "aes-256-gcm");
+    assert_eq!(zfs_get(target, "keystatus"), "available");
+    assert_eq!(zfs_get(target, "mounted"), "yes");
+    let names: Vec<String> = src.snaps[..=upto].iter().map(|s| s.0.clone()).collect();
+    assert_eq!(snapshots(target), names);
+    assert_eq!(checksum_tree(mp), src.snaps[upto].1, "restored files differ from the source at {}", src.snaps[upto].0);
+    for (name, want) in &src.snaps[..upto] {
+        assert_eq!(&checksum_tree(&mp.join(".zfs/snapshot").join(name)), want, "restored @{name} differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_latest_and_older_from_the_bucket_alone_and_catch_a_corrupt_chunk() {
+    require_zfs();
+    let moto = MotoServer::start();
+    let bucket = moto.create_bucket("grestore").await;
+    let ep = moto.endpoint().to_owned();
+    let mut src = Source::new(&ep, &bucket, "a");
+    src.change_and_backup(1, 30, 120_000);
+    src.change_and_backup(2, 10, 90_000);
+    src.change_and_backup(3, 8, 60_000);
+    src.wipe_local();
+    let work = work_dir("rwork");
+    let w = work.to_str().unwrap();
+
+    // list and plan, with the quote checked against the price table.
+    let o = src.restore(&ep, &["list"], &[]);
+    assert!(o.status.success(), "{}", out(&o));
+    let listing = String::from_utf8_lossy(&o.stdout).into_owned();
+    for (s, _) in &src.snaps {
+        assert!(listing.contains(s.as_str()), "{s} missing: {listing}");
+    }
+    let o = src.restore(&ep, &["plan", "--json", "--days", "5"], &[]);
+    assert!(o.status.success(), "{}", out(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (objects, bytes) = (v["total_objects"].as_u64().unwrap(), v["total_bytes"].as_u64().unwrap());
+    assert_eq!(v["plan"]["steps"].as_array().unwrap().len(), 3);
+    assert_eq!((v["thaw_objects"].as_u64().unwrap(), v["thaw_bytes"].as_u64().unwrap()), (objects, bytes), "all chunks are DEEP_ARCHIVE");
+    let chunk_count: u64 = v["plan"]["steps"].as_array().unwrap().iter().map(|s| s["chunks"].as_array().unwrap().len() as u64).sum();
+    assert_eq!(objects, chunk_count);
+    assert!(objects > 20, "expected many 64 KiB chunks, got {objects}");
+    let p = Pricing::default();
+    let gb = bytes as f64 / (1u64 << 30) as f64;
+    for t in v["quote"]["tiers"].as_array().unwrap() {
+        let (per_gb, per_1000, hours) = if t["tier"] == "bulk" { (0.0025, 0.025, 48) } else { (0.02, 0.10, 12) };
+        let f = |k: &str| t[k].as_f64().unwrap();
+        assert!((f("retrieval") - gb * per_gb).abs() < 1e-15, "{t}");
+        assert!((f("restore_requests") - objects as f64 / 1000.0 * per_1000).abs() < 1e-15, "{t}");
+        assert!((f("restored_copy") - gb * p.restored_copy_per_gb_month * 5.0 / 30.0).abs() < 1e-15, "{t}");
+        assert_eq!(t["ready_within_hours"], hours);
+        assert_eq!(f("egress"), 0.0);
+    }
+
+    // The latest snapshot, into another pool, key loaded from its file, every file compared.
+    let dst = TestPool::create("zrdst");
+    let latest = dst.dataset("latest");
+    let mp = mountpoint("latest");
+    let key = src.ds.key_location();
+    let o = src.restore(&ep, &restore_args(&latest, mp.to_str().unwrap(), &key, w), &[]);
+    assert!(o.status.success(), "{}", out(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains(&format!("{objects} chunks")) && stdout.contains(&format!("{objects} thaw requests sent")), "{stdout}");
+    check_restored(&latest, &mp, &src, 2);
+
+    // An older snapshot: only the chain up to it.
+    let older = dst.dataset("older");
+    let mp2 = mountpoint("older");
+    let mut args = restore_args(&older, mp2.to_str().unwrap(), &key, w);
+    args.extend(["--snapshot", &src.snaps[1].0]);
+    let o = src.restore(&ep, &args, &[]);
+    assert!(o.status.success(), "{}", out(&o));
+    check_restored(&older, &mp2, &src, 1);
+
+    // The target exists now: refused.
+    let o = src.restore(&ep, &restore_args(&older, mp2.to_str().unwrap(), &key, &format!("{w}/other")), &[]);
+    assert!(!o.status.success());
+    assert!(out(&o).contains("already exists"), "{}", out(&o));
+
+    // Without a key location: restored but locked, and the user is told how to load the key.
+    let locked = dst.dataset("locked");
+    let o = src.restore(&ep, &["run", "--to", &locked, "--work-dir", w, "--snapshot", &src.snaps[0].0, "--poll-initial-secs", "0.2"], &[]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(zfs_get(&locked, "keystatus"), "unavailable");
+    assert!(out(&o).contains(&format!("zfs load-key -L file:///path/to/keyfile {locked}")), "{}", out(&o));
+
+    // A corrupt chunk in the last incremental: caught before zfs receive, named, nothing of it received.
+    let client = moto.client();
+    let last = &v["plan"]["steps"][2]["chunks"][0];
+    let bad_key = last["key"].as_str().unwrap();
+    let size = last["size"].as_u64().unwrap() as usize;
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key(bad_key)
+        .storage_class(StorageClass::DeepArchive)
+        .body(ByteStream::from(vec![0xa5u8; size]))
+        .send()
+        .await
+        .unwrap();
+    let bad = dst.dataset("bad");
+    let mp3 = mountpoint("bad");
+    let o = src.restore(&ep, &restore_args(&bad, mp3.to_str().unwrap(), &key, w), &[]);
+    assert!(!o.status.success());
+    let text = out(&o);
+    assert!(text.contains(&format!("chunk s3://{bucket}/{bad_key} is corrupt")) && text.contains("nothing of it was passed to zfs receive"), "{text}");
+    assert_eq!(snapshots(&bad), vec![src.snaps[0].0.clone(), src.snaps[1].0.clone()], "the corrupt stream must not be received");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_thaw_and_a_killed_restore_resume_without_asking_twice() {
+    require_zfs();
+    // A private moto in the guest: the slow-restore setting is server-wide.
+    let moto = MotoServer::spawn();
+    let bucket = moto.create_bucket("gresume").await;
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let ep = proxy.endpoint();
+    let mut src = Source::new(&ep, &bucket, "b");
+    src.change_and_backup(1, 24, 100_000);
+    src.change_and_backup(2, 10, 100_000);
+    src.wipe_local();
+    moto.set_restore_transition_manual(3);
+    proxy.reset_counts();
+
+    let o = src.restore(&ep, &["plan", "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out(&o)));
+    let full_chunks = v["plan"]["steps"][0]["chunks"].as_array().unwrap().len();
+    let incr_chunks = v["plan"]["steps"][1]["chunks"].as_array().unwrap().len();
+    assert!(full_chunks >= 4 && incr_chunks >= 2, "{full_chunks} {incr_chunks}");
+    let total = full_chunks + incr_chunks;
+
+    let dst = TestPool::create("zrres");
+    let target = dst.dataset("resumed");
+    let mp = mountpoint("resumed");
+    let key = src.ds.key_location();
+    let work = work_dir("rresume");
+    let w = work.to_str().unwrap();
+    let args = restore_args(&target, mp.to_str().unwrap(), &key, w);
+
+    // 1st run: killed in the middle of the full stream.
+    let fp1 = format!("restore-after-chunk:{}", full_chunks / 2);
+    let o = src.restore(&ep, &args, &[("ZIB_FAILPOINT", &fp1)]);
+    assert!(!o.status.success() && out(&o).contains("failpoint restore-after-chunk reached"), "{}", out(&o));
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(work.join(format!("restore-{}.json", target.replace('/', "%2F")))).unwrap()).unwrap();
+    assert_eq!(rec["steps_received"], 0);
+    assert_eq!(proxy.count(&Matcher::post().query_contains("restore")), total, "every chunk's thaw requested once, up front");
+    // The slow thaw: one HEAD before the request, then polls until done; an instant thaw
+    // would need 2 HEADs per key at most.
+    let most_heads = proxy.per_key("HEAD").values().copied().max().unwrap_or(0);
+    assert!(most_heads >= 3, "expected several polls of a slow thaw, at most {most_heads} HEADs per key");
+    wait_receive_gone(&target);
+
+    // 2nd run: aborts the partial receive, receives the full again, killed inside the incremental.
+    let fp2 = format!("restore-after-chunk:{}", full_chunks + 1);
+    let o = src.restore(&ep, &args, &[("ZIB_FAILPOINT", &fp2)]);
+    assert!(!o.status.success() && out(&o).contains("failpoint restore-after-chunk reached"), "{}", out(&o));
+    assert!(out(&o).contains("aborting the interrupted partial receive"), "{}", out(&o));
+    assert_eq!(snapshots(&target), vec![src.snaps[0].0.clone()]);
+    wait_receive_gone(&target);
+
+    // 3rd run: completes; no thaw was ever requested twice.
+    let o = src.restore(&ep, &args, &[]);
+    assert!(o.status.success(), "{}", out(&o));
+    let text = out(&o);
+    assert!(text.contains("(resumed)") && text.contains("0 thaw requests sent"), "{text}");
+    assert_eq!(proxy.count(&Matcher::post().query_contains("restore")), total);
+    check_restored(&target, &mp, &src, 1);
+    moto.unset_restore_transition();
+}
