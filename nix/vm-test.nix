@@ -194,7 +194,7 @@ in
         restorer.succeed("zpool create -O mountpoint=none backup /dev/vdb")
         restorer.succeed(
             "set -a && . /etc/zib/s3.env && set +a && "
-            "zibd restore --config /etc/zib/restore.toml --to backup/restored tank/data"
+            "zibd --config /etc/zib/restore.toml restore run --to backup/restored --dataset tank/data"
         )
         restorer.succeed("zfs set mountpoint=/restored backup/restored")
         restorer.succeed("zfs mount backup/restored || mountpoint -q /restored")

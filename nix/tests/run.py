@@ -584,7 +584,7 @@ def flake_checks(s, f):
     s.check("flake: vm-test has the machines s3, uploader and restorer",
             sorted(vm["nodes"]) == ["restorer", "s3", "uploader"], vm["nodes"])
     script = vm["testScript"]
-    for what in ("zibctl status", "zibctl trigger --wait", "zibd restore", "--to ", "sha256sum",
+    for what in ("zibctl status", "zibctl trigger --wait", "restore run", "--to ", "sha256sum",
                  "systemctl reload zibd", "CapBnd"):
         s.check(f"flake: vm-test script uses {what!r}", what in script)
 
