@@ -184,6 +184,12 @@ impl Backup<'_> {
                 }
             }
         }
+        // `--full` replaces an unfinished incremental (e.g. one whose base is gone).
+        if opts.force_full && self.locked.state.pending.as_ref().is_some_and(|p| p.from.is_some()) {
+            tracing::warn!(dataset = %name, "abandoning the unfinished incremental backup: a full backup was asked for");
+            self.locked.state.pending = None;
+            self.save().await?;
+        }
         self.resumed = self.locked.state.pending.is_some();
         if !self.resumed {
             self.plan_new(opts).await?;

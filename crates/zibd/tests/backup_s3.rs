@@ -334,11 +334,16 @@ async fn missing_base_is_explained_and_full_starts_a_new_chain() {
     }
     let err = failed(&bed.backup(&[]));
     assert!(err.contains("is gone and has no bookmark") && err.contains("--full"), "{err}");
-    // The snapshot it took for the failed attempt is adopted by the --full run? No: --full only
-    // applies to new backups; the pending one keeps its base. Clear by running --full after the
-    // pending one is abandoned.
-    let st = bed.state();
-    assert!(st["pending"]["from"].is_object());
+    assert!(bed.state()["pending"]["from"].is_object());
+    // `--full` abandons that incremental and starts a new chain, which restores on its own.
+    let out = bed.zibd(&["backup", "--full", "tank/photos"], &[]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("full backup #2"));
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 2);
+    assert!(ms[1].is_full() && ms[1].seq == 2);
+    let cat = zib_core::catalog::Catalog::new(DatasetName::new("tank/photos").unwrap(), ms);
+    assert_eq!(cat.chain_to(None).unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
