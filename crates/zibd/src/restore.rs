@@ -31,6 +31,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{Read, Seek, Write},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -124,6 +125,22 @@ impl RestoreOptions {
     }
 }
 
+impl RestoreOptions {
+    /// The options an unfinished record was started with (to resume it after a daemon restart).
+    pub fn from_record(r: &RestoreRecord) -> Self {
+        Self {
+            dataset: Some(r.plan.dataset.clone()),
+            snapshot: Some(r.plan.snapshot.name.clone()),
+            tier: r.tier,
+            days: r.days,
+            mountpoint: r.mountpoint.clone(),
+            no_mount: r.no_mount,
+            key_location: r.key_location.clone(),
+            ..Self::new(r.target.clone())
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error("no zib catalog under s3://{bucket}/{prefix}: no *.manifest.json objects there (check --bucket, --prefix and the region/endpoint)")]
@@ -210,18 +227,8 @@ pub async fn load_catalog(s3: &S3Store, prefix: &str, dataset: Option<&DatasetNa
     if keys.is_empty() {
         return Err(RestoreError::NoCatalog { bucket: s3.bucket().into(), prefix: list_prefix });
     }
-    let manifests: Vec<(DatasetName, Manifest)> = futures::stream::iter(keys)
-        .map(|(d, key)| async move {
-            let bytes = s3.get_bytes(&key, 64 << 20).await?;
-            let m = Manifest::from_json(&key, &bytes).map_err(|e| RestoreError::Manifest(e.to_string()))?;
-            if m.dataset != d {
-                return Err(RestoreError::Manifest(format!("{key} describes dataset {}, not {d}", m.dataset)));
-            }
-            Ok((d, m))
-        })
-        .buffered(8)
-        .try_collect()
-        .await?;
+    let futs: Vec<_> = keys.into_iter().map(|(d, key)| read_manifest(s3, d, key)).collect();
+    let manifests: Vec<(DatasetName, Manifest)> = futures::stream::iter(futs).buffered(8).try_collect().await?;
     let mut by_ds: std::collections::BTreeMap<DatasetName, Vec<Manifest>> = Default::default();
     for (d, m) in manifests {
         by_ds.entry(d).or_default().push(m);
@@ -231,6 +238,15 @@ pub async fn load_catalog(s3: &S3Store, prefix: &str, dataset: Option<&DatasetNa
         prefix,
         datasets: by_ds.into_iter().map(|(d, ms)| Catalog::new(d, ms)).collect(),
     })
+}
+
+async fn read_manifest(s3: &S3Store, d: DatasetName, key: String) -> Result<(DatasetName, Manifest), RestoreError> {
+    let bytes = s3.get_bytes(&key, 64 << 20).await?;
+    let m = Manifest::from_json(&key, &bytes).map_err(|e| RestoreError::Manifest(e.to_string()))?;
+    if m.dataset != d {
+        return Err(RestoreError::Manifest(format!("{key} describes dataset {}, not {d}", m.dataset)));
+    }
+    Ok((d, m))
 }
 
 /// The plan of a restore of `dataset@snapshot` from the bucket.
@@ -264,6 +280,11 @@ pub struct RestoreRecord {
     pub tier: RestoreTier,
     pub days: u32,
     pub mountpoint: Option<String>,
+    /// Where to load the key from at the end (a location, never the key itself).
+    #[serde(default)]
+    pub key_location: Option<String>,
+    #[serde(default)]
+    pub no_mount: bool,
     pub plan: RestorePlan,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -284,6 +305,8 @@ impl RestoreRecord {
             tier: opts.tier,
             days: opts.days,
             mountpoint: opts.mountpoint.clone(),
+            key_location: opts.key_location.clone(),
+            no_mount: opts.no_mount,
             chunks: plan.steps.iter().map(|s| vec![ChunkProgress::default(); s.chunks.len()]).collect(),
             plan,
             started_at: now,
@@ -473,7 +496,8 @@ pub async fn run(
             false
         }
     };
-    let mut run = Run { engine, opts, file, progress, cancel, parallel, thaw_sent: 0, polls: 0 };
+    let ready_ahead = AtomicU64::new(0);
+    let mut run = Run { engine, opts, file, progress, cancel, parallel, thaw_sent: 0, polls: 0, ready_ahead: &ready_ahead };
     run.publish(RestorePhase::Planning, None);
     clean_spool(&run.file.spool_dir, &opts.target).await;
 
@@ -498,6 +522,8 @@ struct Run<'a> {
     parallel: usize,
     thaw_sent: u64,
     polls: u64,
+    /// Chunks of the current stream seen thawed by a download but not yet recorded as ready.
+    ready_ahead: &'a AtomicU64,
 }
 
 fn thaw_tier(t: RestoreTier) -> ThawTier {
@@ -517,6 +543,7 @@ struct FetchCtx<'a> {
     cancel: &'a CancellationToken,
     progress: &'a watch::Sender<RestoreProgress>,
     target: &'a DatasetName,
+    ready_ahead: &'a std::sync::atomic::AtomicU64,
 }
 
 /// What a finished download reports back to the receiver.
@@ -544,6 +571,7 @@ impl<'a> Run<'a> {
                 .unwrap_or(0);
         let thaw_needed = rec.plan.thaw_objects();
         let polls = self.polls;
+        let ready_ahead = self.ready_ahead.load(Ordering::Relaxed);
         self.progress.send_modify(|p| {
             p.phase = phase;
             p.dataset = Some(rec.plan.dataset.to_string());
@@ -553,7 +581,7 @@ impl<'a> Run<'a> {
             p.chunks_total = rec.plan.total_objects();
             p.thaw_needed = thaw_needed;
             p.thaw_requested = rec.count(|c| c.thaw_requested_at.is_some());
-            p.thaw_ready = rec.count(|c| c.ready);
+            p.thaw_ready = rec.count(|c| c.ready) + ready_ahead;
             p.chunks_downloaded = rec.count(|c| c.downloaded);
             p.chunks_received = rec.count(|c| c.received);
             p.bytes_total = rec.plan.total_bytes();
@@ -573,7 +601,7 @@ impl<'a> Run<'a> {
     fn ctx(&self) -> FetchCtx<'a> {
         let rec = self.file.record.as_ref().expect("record");
         let (engine, opts): (&'a RestoreEngine, &'a RestoreOptions) = (self.engine, self.opts);
-        FetchCtx { s3: &engine.s3, tier: rec.tier, days: rec.days, poll: opts.poll, cancel: self.cancel, progress: self.progress, target: &opts.target }
+        FetchCtx { s3: &engine.s3, tier: rec.tier, days: rec.days, poll: opts.poll, cancel: self.cancel, progress: self.progress, target: &opts.target, ready_ahead: self.ready_ahead }
     }
 
     /// One RestoreObject per archived chunk of the streams still to receive, unless the record
@@ -668,11 +696,16 @@ impl<'a> Run<'a> {
         tokio::fs::create_dir_all(&spool_dir).await.map_err(io_err("cannot create spool directory", &spool_dir))?;
         let ctx = self.ctx();
         let stem = target.file_stem();
-        let mut fetches = futures::stream::iter(step.chunks.iter().enumerate().map(|(j, c)| {
-            let path = spool_dir.join(format!("{stem}.{i}.{j:08}.chunk"));
-            fetch_chunk(ctx, j, c, needs_thaw, path)
-        }))
-        .buffered(self.parallel);
+        let was_ready: Vec<bool> = self.file.rec().chunks[i].iter().map(|c| c.ready).collect();
+        self.ready_ahead.store(0, Ordering::Relaxed);
+        // Futures collected first (not mapped lazily): keeps the task's future provably Send.
+        let futs: Vec<_> = step
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(j, c)| fetch_chunk(ctx, j, c, needs_thaw && !was_ready[j], needs_thaw, spool_dir.join(format!("{stem}.{i}.{j:08}.chunk"))))
+            .collect();
+        let mut fetches = futures::stream::iter(futs).buffered(self.parallel);
 
         let mut whole = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -687,7 +720,10 @@ impl<'a> Run<'a> {
             self.thaw_sent += u64::from(thaw_requests);
             {
                 let c = &mut self.file.rec().chunks[i][index];
-                c.ready = true;
+                if needs_thaw && !c.ready {
+                    c.ready = true;
+                    let _ = self.ready_ahead.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                }
                 c.downloaded = true;
                 c.thaw_requests += thaw_requests;
             }
@@ -733,8 +769,9 @@ impl<'a> Run<'a> {
     async fn step_done(&mut self, i: usize) -> Result<(), RestoreError> {
         let rec = self.file.rec();
         rec.steps_received = i + 1;
+        let thawed = rec.plan.steps[i].needs_thaw();
         for c in &mut rec.chunks[i] {
-            c.ready = true;
+            c.ready |= thawed;
             c.downloaded = true;
             c.received = true;
         }
@@ -844,12 +881,18 @@ const MAX_THAW_EXPIRIES: u32 = 3;
 /// Waits until chunk `c` is readable (asking for a thaw again if an earlier one expired),
 /// downloads it to `path` while hashing, and checks size and SHA-256. The file exists on Ok
 /// only; nothing unverified is ever returned.
-async fn fetch_chunk(ctx: FetchCtx<'_>, index: usize, c: &ChunkRecord, needs_thaw: bool, path: PathBuf) -> Result<Fetched, RestoreError> {
+async fn fetch_chunk(ctx: FetchCtx<'_>, index: usize, c: &ChunkRecord, count_ready: bool, needs_thaw: bool, path: PathBuf) -> Result<Fetched, RestoreError> {
     let mut thaw_requests = 0u32;
     let mut polls = 0u64;
+    let mut counted = !count_ready;
     loop {
         if needs_thaw {
             wait_ready(ctx, &c.key, &mut thaw_requests, &mut polls).await?;
+            if !counted {
+                counted = true;
+                ctx.ready_ahead.fetch_add(1, Ordering::Relaxed);
+                ctx.progress.send_modify(|p| p.thaw_ready += 1);
+            }
         }
         match download(ctx, c, &path).await {
             Ok(()) => return Ok(Fetched { index, path, thaw_requests, polls }),
@@ -875,8 +918,15 @@ async fn wait_ready(ctx: FetchCtx<'_>, key: &str, thaw_requests: &mut u32, polls
         *polls += 1;
         ctx.progress.send_modify(|p| p.polls += 1);
         match thaw_state(&head) {
-            ThawState::NotArchived | ThawState::Ready { .. } => return Ok(()),
-            ThawState::InProgress => {}
+            ThawState::NotArchived | ThawState::Ready { .. } => {
+                ctx.progress.send_modify(|p| {
+                    if p.phase == RestorePhase::Thawing {
+                        p.phase = RestorePhase::Receiving;
+                    }
+                });
+                return Ok(());
+            }
+            ThawState::InProgress => ctx.progress.send_modify(|p| p.phase = RestorePhase::Thawing),
             ThawState::NotRequested => {
                 // Asked for earlier (the record says so), so the restored copy has expired.
                 if *thaw_requests >= MAX_THAW_EXPIRIES {
@@ -967,6 +1017,193 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
         }
         ctx.progress.send_modify(|p| p.chunks_downloaded += 1);
         return Ok(());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore jobs in the daemon
+
+/// Options from a control-socket [`zib_protocol::RestoreStart`] (bucket/prefix overrides are
+/// the caller's business: they choose the [`RestoreEngine`]).
+pub fn options_from_request(req: &zib_protocol::RestoreStart) -> Result<RestoreOptions, RestoreError> {
+    let bad = |e: zib_core::names::NameError| RestoreError::DatasetChoice(e.to_string());
+    let mut o = RestoreOptions::new(DatasetName::new(&req.to).map_err(bad)?);
+    o.dataset = Some(DatasetName::new(&req.dataset).map_err(bad)?);
+    o.snapshot = req.snapshot.as_deref().map(SnapName::new).transpose().map_err(bad)?;
+    o.tier = match req.tier {
+        zib_protocol::RestoreTier::Bulk => RestoreTier::Bulk,
+        zib_protocol::RestoreTier::Standard => RestoreTier::Standard,
+        zib_protocol::RestoreTier::Unknown => return Err(RestoreError::DatasetChoice("unknown restore tier: use bulk or standard".into())),
+    };
+    o.days = req.days;
+    Ok(o)
+}
+
+#[derive(Debug)]
+struct JobSlot {
+    dataset: String,
+    tier: RestoreTier,
+    started_at: DateTime<Utc>,
+    progress: watch::Receiver<RestoreProgress>,
+    cancel: CancellationToken,
+    /// None while running; the outcome once the task ended.
+    outcome: Arc<std::sync::Mutex<Option<JobOutcome>>>,
+}
+
+/// When a job ended, and how: Ok, or (cancelled?, message).
+type JobOutcome = (DateTime<Utc>, Result<(), (bool, String)>);
+
+/// The daemon's restore jobs: one per target dataset, whose name is the job id. Each runs
+/// [`run`] in its own task with its progress file under `work_dir`, so a daemon restart
+/// continues it ([`RestoreJobs::resume_unfinished`]) without asking for any thaw twice.
+#[derive(Debug, Clone)]
+pub struct RestoreJobs {
+    work_dir: PathBuf,
+    shutdown: CancellationToken,
+    /// Thaw polling of resumed jobs.
+    poll: PollBackoff,
+    jobs: Arc<std::sync::Mutex<std::collections::BTreeMap<String, JobSlot>>>,
+}
+
+use std::sync::Arc;
+
+impl RestoreJobs {
+    /// `shutdown` stops every job at its next safe point (their records stay for the restart).
+    pub fn new(work_dir: PathBuf, shutdown: CancellationToken) -> Self {
+        Self { work_dir, shutdown, poll: PollBackoff::default(), jobs: Default::default() }
+    }
+
+    /// How resumed jobs poll thaws (default [`PollBackoff::default`]).
+    pub fn with_poll(mut self, poll: PollBackoff) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, JobSlot>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts (or continues, if its record is unfinished) the restore into `opts.target`.
+    /// A restore already running into that target, or an unreadable record, is refused here.
+    pub fn start(&self, engine: RestoreEngine, opts: RestoreOptions) -> Result<String, RestoreError> {
+        let id = opts.target.to_string();
+        if self.lock().get(&id).is_some_and(|j| j.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_none()) {
+            return Err(RestoreError::Locked { target: id, path: self.work_dir.clone() });
+        }
+        let mut file = RestoreProgressFile::open(&self.work_dir, &opts.target)?;
+        let (tx, rx) = watch::channel(RestoreProgress::default());
+        let cancel = self.shutdown.child_token();
+        let outcome = Arc::new(std::sync::Mutex::new(None));
+        let slot = JobSlot {
+            dataset: opts.dataset.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+            tier: opts.tier,
+            started_at: Utc::now(),
+            progress: rx,
+            cancel: cancel.clone(),
+            outcome: outcome.clone(),
+        };
+        self.lock().insert(id.clone(), slot);
+        let job_id = id.clone();
+        tokio::spawn(async move {
+            let r = run(&engine, &opts, &mut file, &tx, &cancel).await;
+            let r = match r {
+                Ok(rep) => {
+                    tracing::info!(target = %rep.target, snapshot = %rep.snapshot, "restore job done; {}", rep.next_steps.join("; "));
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(job = %job_id, error = %e, "restore job stopped");
+                    Err((matches!(e, RestoreError::Cancelled { .. }), e.to_string()))
+                }
+            };
+            *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some((Utc::now(), r));
+        });
+        Ok(id)
+    }
+
+    /// Continues every unfinished restore recorded in the work dir (call once at daemon
+    /// start). `engine_for(bucket, prefix)` builds the S3 side for a record.
+    pub async fn resume_unfinished<F, Fut>(&self, engine_for: F) -> Vec<Result<String, RestoreError>>
+    where
+        F: Fn(String, String) -> Fut,
+        Fut: std::future::Future<Output = RestoreEngine>,
+    {
+        let mut out = Vec::new();
+        let Ok(mut dir) = tokio::fs::read_dir(&self.work_dir).await else { return out };
+        while let Ok(Some(e)) = dir.next_entry().await {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !(n.starts_with("restore-") && n.ends_with(".json")) {
+                continue;
+            }
+            let rec: Option<RestoreRecord> = std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            match rec {
+                Some(r) if r.finished_at.is_none() => {
+                    let engine = engine_for(r.bucket.clone(), r.plan.prefix.clone()).await;
+                    let opts = RestoreOptions { poll: self.poll, ..RestoreOptions::from_record(&r) };
+                    out.push(self.start(engine, opts));
+                }
+                Some(_) => {}
+                None => out.push(Err(RestoreError::Progress { path: e.path(), message: "unreadable restore record; not resumed".into() })),
+            }
+        }
+        out
+    }
+
+    /// Asks a running job to stop at its next safe point; false if there is no such job.
+    pub fn cancel(&self, id: &str) -> bool {
+        self.lock().get(id).map(|j| j.cancel.cancel()).is_some()
+    }
+
+    /// Jobs still running.
+    pub fn running(&self) -> usize {
+        self.lock().values().filter(|j| j.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_none()).count()
+    }
+
+    /// Status of one job or all, in the control protocol's shape.
+    pub fn status(&self, id: Option<&str>) -> Vec<zib_protocol::RestoreJobStatus> {
+        use zib_protocol::RestoreState as S;
+        self.lock()
+            .iter()
+            .filter(|(k, _)| id.is_none_or(|i| i == k.as_str()))
+            .map(|(k, j)| {
+                let p = j.progress.borrow().clone();
+                let outcome = j.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let (state, finished_at, error) = match outcome {
+                    None => (
+                        match p.phase {
+                            RestorePhase::Planning => S::Planning,
+                            RestorePhase::Thawing => S::Thawing,
+                            RestorePhase::Receiving | RestorePhase::Finishing => S::Receiving,
+                            RestorePhase::Done => S::Done,
+                        },
+                        None,
+                        None,
+                    ),
+                    Some((at, Ok(()))) => (S::Done, Some(at), None),
+                    Some((at, Err((true, m)))) => (S::Cancelled, Some(at), Some(m)),
+                    Some((at, Err((false, m)))) => (S::Failed, Some(at), Some(m)),
+                };
+                zib_protocol::RestoreJobStatus {
+                    id: k.clone(),
+                    dataset: p.dataset.clone().unwrap_or_else(|| j.dataset.clone()),
+                    snapshot: p.snapshot.clone(),
+                    to: k.clone(),
+                    tier: match j.tier {
+                        RestoreTier::Bulk => zib_protocol::RestoreTier::Bulk,
+                        RestoreTier::Standard => zib_protocol::RestoreTier::Standard,
+                    },
+                    state,
+                    started_at: p.started_at.unwrap_or(j.started_at),
+                    objects_total: p.thaw_needed,
+                    objects_ready: p.thaw_ready,
+                    bytes_received: p.bytes_received,
+                    bytes_total: (p.bytes_total > 0).then_some(p.bytes_total),
+                    thaw_expected_at: p.thaw_expected_at,
+                    finished_at,
+                    error,
+                }
+            })
+            .collect()
     }
 }
 

@@ -2,155 +2,15 @@
 //! a catalog written straight through the S3 API and a stand-in `zfs` (ZIB_ZFS_BIN) that
 //! writes what `zfs receive` gets to files. The real-ZFS proof is tests/guest/restore.rs.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Output,
-};
+use std::{path::Path, process::Output};
 
-use aws_sdk_s3::{primitives::ByteStream, types::StorageClass as S3Class};
-use chrono::Utc;
-use sha2::{Digest, Sha256};
-use zib_core::{
-    ChunkRecord, DatasetName, KeyLayout, Manifest, SnapName, SnapRef, StorageClass, manifest,
-    pricing::{Pricing, RestoreTier},
-};
+use aws_sdk_s3::primitives::ByteStream;
+use zib_core::{DatasetName, KeyLayout, StorageClass, pricing::Pricing};
 use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, test_env};
 
-const PREFIX: &str = "backups";
-const CHUNK: u64 = 1000;
-
-fn sha(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
-/// Deterministic pseudo-random stream bytes.
-fn stream(seed: u64, len: usize) -> Vec<u8> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut v = vec![0u8; len];
-    rng.fill(&mut v);
-    v
-}
-
-struct Backup {
-    snap: &'static str,
-    guid: &'static str,
-    data: Vec<u8>,
-}
-
-/// Writes a chain of backups of `ds` (full first) as zib would: chunks in `class`, manifests
-/// in STANDARD. Returns the manifests.
-async fn seed(client: &aws_sdk_s3::Client, bucket: &str, ds: &str, chain: &[Backup], class: StorageClass) -> Vec<Manifest> {
-    let ds = DatasetName::new(ds).unwrap();
-    let layout = KeyLayout::new(PREFIX, &ds);
-    let mut out = Vec::new();
-    for (i, b) in chain.iter().enumerate() {
-        let seq = i as u64 + 1;
-        let to = SnapName::new(b.snap).unwrap();
-        let mut chunks = Vec::new();
-        for (j, part) in b.data.chunks(CHUNK as usize).enumerate() {
-            let key = layout.chunk_key(seq, &to, 0, j as u64);
-            client
-                .put_object()
-                .bucket(bucket)
-                .key(&key)
-                .storage_class(S3Class::from(class.as_str()))
-                .body(ByteStream::from(part.to_vec()))
-                .send()
-                .await
-                .unwrap();
-            chunks.push(ChunkRecord { key, size: part.len() as u64, sha256: sha(part) });
-        }
-        let from = (i > 0).then(|| SnapRef { name: SnapName::new(chain[i - 1].snap).unwrap(), guid: chain[i - 1].guid.into() });
-        let m = Manifest {
-            format: manifest::FORMAT.into(),
-            version: manifest::VERSION,
-            dataset: ds.clone(),
-            seq,
-            send_args: vec!["-w".into()],
-            from,
-            to: SnapRef { name: to.clone(), guid: b.guid.into() },
-            snapshot_created: Utc::now(),
-            committed_at: Utc::now(),
-            attempt: 0,
-            storage_class: class,
-            chunk_size: CHUNK,
-            stream_size: b.data.len() as u64,
-            stream_sha256: sha(&b.data),
-            chunks,
-            zib_version: "test".into(),
-        };
-        m.check().unwrap();
-        client
-            .put_object()
-            .bucket(bucket)
-            .key(layout.manifest_key(seq, &to))
-            .body(ByteStream::from(m.to_json()))
-            .send()
-            .await
-            .unwrap();
-        out.push(m);
-    }
-    out
-}
-
-fn chain3() -> Vec<Backup> {
-    vec![
-        Backup { snap: "zib-20261101T000000Z", guid: "111", data: stream(1, 3500) },
-        Backup { snap: "zib-20261102T000000Z", guid: "222", data: stream(2, 1200) },
-        Backup { snap: "zib-20261103T000000Z", guid: "333", data: stream(3, 700) },
-    ]
-}
-
-/// A stand-in `zfs`: `receive` appends its stdin to `recv.N` (N = the receive's number) and
-/// marks the target as existing; `list` says "does not exist" until then; `get` prints "-".
-struct FakeZfs {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    bin: PathBuf,
-}
-
-impl FakeZfs {
-    fn new() -> Self {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_owned();
-        let bin = d.join("zfs");
-        std::fs::write(
-            &bin,
-            format!(
-                r#"#!/bin/sh
-D='{d}'
-echo "$*" >> "$D/calls"
-case "$1" in
-receive)
-    if [ "$2" = "-A" ]; then exit 0; fi
-    n=$(ls "$D" | grep -c '^recv\.')
-    cat > "$D/recv.$((n + 1))"
-    touch "$D/exists"
-    exit 0 ;;
-list)
-    if [ -f "$D/exists" ]; then
-        case "$*" in *snapshot*) exit 0 ;; *) for a; do last=$a; done; echo "$last"; exit 0 ;; esac
-    fi
-    echo "cannot open 'x': dataset does not exist" >&2; exit 1 ;;
-get) echo "-" ;;
-*) exit 0 ;;
-esac
-"#,
-                d = d.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        FakeZfs { _dir: dir, dir: d, bin }
-    }
-    fn received(&self) -> Vec<Vec<u8>> {
-        (1..).map(|n| self.dir.join(format!("recv.{n}"))).take_while(|p| p.exists()).map(|p| std::fs::read(p).unwrap()).collect()
-    }
-    fn calls(&self) -> String {
-        std::fs::read_to_string(self.dir.join("calls")).unwrap_or_default()
-    }
-}
+#[path = "support/restore_catalog.rs"]
+mod catalog;
+use catalog::*;
 
 /// Runs `zibd restore ARGS` with no config file and the test credentials.
 fn zibd(endpoint: &str, zfs: &Path, args: &[&str]) -> Output {
@@ -352,7 +212,6 @@ async fn clear_errors_broken_chain_and_restore_object_denied() {
     assert!(text(&o).1.contains("broken chain") && text(&o).1.contains("zib-20261102T000000Z"), "{}", text(&o).1);
     let o = zibd(&ep, &zfs.bin, &[&["plan", "--snapshot", "zib-20261101T000000Z"], &b[..]].concat());
     assert!(o.status.success(), "{}", text(&o).1);
-    let _ = RestoreTier::Bulk;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
