@@ -186,10 +186,9 @@ impl S3Store {
         &self.client
     }
 
-    /// Stores a spooled chunk with `If-None-Match: *`. On 412 the existing object is accepted
-    /// only if its size and SHA-256 match; otherwise it is a [`S3Error::Conflict`].
-    pub async fn put_chunk(&self, key: &str, path: &Path, size: u64, sha256_hex: &str, class: StorageClass) -> Result<PutOutcome, S3Error> {
-        let body = ByteStream::from_path(path).await.map_err(|e| S3Error::Local { path: path.display().to_string(), source: std::io::Error::other(e) })?;
+    /// One conditional PUT (`If-None-Match: *`) with the SHA-256 as additional checksum (which
+    /// the server verifies) and as metadata. `Ok(false)`: the key exists already (412).
+    async fn put_if_absent(&self, key: &str, body: ByteStream, size: u64, sha256_hex: &str, class: StorageClass, content_type: &str) -> Result<bool, S3Error> {
         let res = self
             .client
             .put_object()
@@ -197,6 +196,7 @@ impl S3Store {
             .key(key)
             .body(body)
             .content_length(size as i64)
+            .content_type(content_type)
             .storage_class(class.as_str().into())
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(hex_to_b64(sha256_hex))
@@ -205,15 +205,22 @@ impl S3Store {
             .send()
             .await;
         match res {
-            Ok(_) => Ok(PutOutcome::Stored),
+            Ok(_) => Ok(true),
             Err(e) => {
                 let e = req_err("PutObject", &self.bucket, key, e);
-                if e.code() == Some("PreconditionFailed") || e.status() == Some(412) {
-                    self.accept_existing(key, size, sha256_hex).await.map(|()| PutOutcome::AlreadyPresent)
-                } else {
-                    Err(e)
-                }
+                if e.code() == Some("PreconditionFailed") || e.status() == Some(412) { Ok(false) } else { Err(e) }
             }
+        }
+    }
+
+    /// Stores a spooled chunk with `If-None-Match: *`. On 412 the existing object is accepted
+    /// only if its size and SHA-256 match; otherwise it is a [`S3Error::Conflict`].
+    pub async fn put_chunk(&self, key: &str, path: &Path, size: u64, sha256_hex: &str, class: StorageClass) -> Result<PutOutcome, S3Error> {
+        let body = ByteStream::from_path(path).await.map_err(|e| S3Error::Local { path: path.display().to_string(), source: std::io::Error::other(e) })?;
+        if self.put_if_absent(key, body, size, sha256_hex, class, "application/octet-stream").await? {
+            Ok(PutOutcome::Stored)
+        } else {
+            self.accept_existing(key, size, sha256_hex).await.map(|()| PutOutcome::AlreadyPresent)
         }
     }
 
@@ -268,35 +275,14 @@ impl S3Store {
     /// very same bytes (a commit that succeeded before a crash) that counts as success.
     pub async fn put_small_once(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<PutOutcome, S3Error> {
         let sha = sha256_hex(&bytes);
-        let res = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .storage_class(StorageClass::Standard.as_str().into())
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .checksum_sha256(hex_to_b64(&sha))
-            .metadata(META_SHA256, &sha)
-            .if_none_match("*")
-            .body(ByteStream::from(bytes.clone()))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(PutOutcome::Stored),
-            Err(e) => {
-                let e = req_err("PutObject", &self.bucket, key, e);
-                if e.code() == Some("PreconditionFailed") || e.status() == Some(412) {
-                    let existing = self.get_bytes(key, 16 << 20).await?;
-                    if existing == bytes {
-                        Ok(PutOutcome::AlreadyPresent)
-                    } else {
-                        Err(S3Error::Conflict { bucket: self.bucket.clone(), key: key.into(), detail: "a different object is stored under this key".into() })
-                    }
-                } else {
-                    Err(e)
-                }
-            }
+        let size = bytes.len() as u64;
+        if self.put_if_absent(key, ByteStream::from(bytes.clone()), size, &sha, StorageClass::Standard, content_type).await? {
+            return Ok(PutOutcome::Stored);
+        }
+        if self.get_bytes(key, 16 << 20).await? == bytes {
+            Ok(PutOutcome::AlreadyPresent)
+        } else {
+            Err(S3Error::Conflict { bucket: self.bucket.clone(), key: key.into(), detail: "a different object is stored under this key".into() })
         }
     }
 
