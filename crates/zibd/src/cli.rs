@@ -85,10 +85,7 @@ pub fn main() -> ExitCode {
             report(runtime().block_on(backup_once(cfg, &dataset, BackupOptions { force_full: full })))
         }
         Command::Restore(cmd) => crate::restore::main(cmd, &cli.config),
-        Command::Run => {
-            eprintln!("zibd: the daemon is not built yet");
-            ExitCode::FAILURE
-        }
+        Command::Run => crate::daemon::main(cli.config),
     }
 }
 

@@ -4,8 +4,11 @@
 pub mod backup;
 pub mod cli;
 pub mod control;
+pub mod daemon;
 pub mod failpoint;
+pub mod job;
 pub mod restore;
 pub mod s3;
 pub mod state_store;
+pub mod systemd;
 pub mod zfs;

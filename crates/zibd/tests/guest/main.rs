@@ -22,4 +22,5 @@
 mod backup;
 mod bed;
 mod common;
+mod daemon;
 mod restore;

@@ -1,0 +1,595 @@
+//! The long-running daemon: `zibd` / `zibd run`.
+//!
+//! Start order (each step only after the one before succeeded):
+//! 1. load and validate the config (an invalid one exits 78, EX_CONFIG);
+//! 2. take the per-dataset state locks (a second zibd on the same state fails here, before it
+//!    could touch the control socket of the first);
+//! 3. create the state and spool directories;
+//! 4. bind the control socket (a stale socket file is replaced only now that we hold the
+//!    locks, and never one that still answers);
+//! 5. start one task per dataset ([`crate::job`]), then serve the socket;
+//! 6. check that the socket answers a request, then READY=1.
+//!
+//! Shutdown (SIGTERM/SIGINT): STOPPING=1, stop accepting requests, cancel every job
+//! cooperatively (the engine stops at its next safe point and saves its state), wait for them
+//! at most `daemon.shutdown_timeout_secs`, exit 0. SIGHUP and the `reload` request re-read the
+//! config: datasets are added and removed without disturbing running jobs; an invalid file is
+//! rejected with a logged error and the running config stays.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use tokio::{net::UnixStream, sync::Notify, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use zib_core::{Config, DatasetName, config::ConfigError};
+use zib_protocol::{
+    DaemonInfo, ErrorKind, JobState, PROTOCOL_VERSION, Request, Response, decode_response, encode_request,
+    read_frame, write_frame,
+};
+
+use crate::{
+    backup::Engine,
+    control::{self, ControlConfig, ControlError, ControlSocket, Handler, Peer, Reply},
+    job::{self, Clock, JobContext, JobHandle, JobSettings, SystemClock},
+    restore::{self, RestoreEngine, RestoreJobs},
+    s3::S3Store,
+    state_store::{StateStore, StateStoreError},
+    systemd::{Notifier, StatusSummary, status_line},
+    zfs::Zfs,
+};
+
+/// How a daemon is started.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub config_path: PathBuf,
+    /// Wall-clock time for schedules ([`SystemClock`] in production).
+    pub clock: Arc<dyn Clock>,
+    /// sd_notify target ([`Notifier::from_env`] in production).
+    pub notifier: Notifier,
+}
+
+impl DaemonOptions {
+    /// The production setup: system clock, systemd notifications if `NOTIFY_SOCKET` is set.
+    pub fn new(config_path: impl Into<PathBuf>) -> Self {
+        Self { config_path: config_path.into(), clock: Arc::new(SystemClock), notifier: Notifier::from_env() }
+    }
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateStoreError),
+    #[error("cannot create {what} {}: {source}", path.display())]
+    Dir { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("the control socket {} does not answer: {detail}", path.display())]
+    SelfCheck { path: PathBuf, detail: String },
+}
+
+impl StartError {
+    /// 78 (EX_CONFIG) for an invalid config, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => crate::cli::EXIT_CONFIG,
+            _ => 1,
+        }
+    }
+}
+
+/// The daemon's shared core: the jobs, the config in force, and the request handler.
+#[derive(Debug)]
+pub struct DaemonCore {
+    config_path: PathBuf,
+    started_at: DateTime<Utc>,
+    config: Mutex<Arc<Config>>,
+    engine: Mutex<Engine>,
+    jobs: Mutex<BTreeMap<DatasetName, JobHandle>>,
+    ctx: JobContext,
+    /// Permits the slot semaphore is meant to have (`max_concurrent_jobs`).
+    slots_max: Mutex<usize>,
+    /// One reload at a time.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// Restore jobs (`restore_start` / `restore_status`), records under `<state_dir>/restore`.
+    restores: RestoreJobs,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    core: Arc<DaemonCore>,
+    notifier: Notifier,
+    server: JoinHandle<()>,
+    socket_path: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon (see the module docs for the order) and returns once READY=1 is sent.
+    pub async fn start(opts: DaemonOptions) -> Result<Daemon, StartError> {
+        let cfg = Arc::new(Config::load(&opts.config_path)?);
+        let d = &cfg.daemon;
+
+        let store = StateStore::new(&d.state_dir);
+        let mut locks = Vec::with_capacity(cfg.datasets.len());
+        for ds in &cfg.datasets {
+            locks.push(store.lock(&ds.name)?);
+        }
+        std::fs::create_dir_all(&d.state_dir).map_err(|source| StartError::Dir { what: "state directory", path: d.state_dir.clone(), source })?;
+        std::fs::create_dir_all(&d.spool_dir).map_err(|source| StartError::Dir { what: "spool directory", path: d.spool_dir.clone(), source })?;
+
+        let socket = ControlSocket::bind(&ControlConfig {
+            // We hold the state locks: no other zibd runs with this config.
+            replace_stale: true,
+            ..ControlConfig::new(&d.socket, d.socket_group.clone())
+        })?;
+
+        let engine = Engine { zfs: Zfs::default(), s3: S3Store::from_config(&cfg).await, spool_dir: d.spool_dir.clone() };
+        let ctx = JobContext {
+            clock: opts.clock.clone(),
+            slots: Arc::new(tokio::sync::Semaphore::new(d.max_concurrent_jobs)),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            changed: Arc::new(Notify::new()),
+        };
+        let mut jobs = BTreeMap::new();
+        for (ds, lock) in cfg.datasets.iter().zip(locks) {
+            let settings = JobSettings { cfg: cfg.clone(), ds: ds.clone(), engine: engine.clone() };
+            jobs.insert(ds.name.clone(), job::spawn(ctx.clone(), settings, lock));
+        }
+        let core = Arc::new(DaemonCore {
+            config_path: opts.config_path.clone(),
+            started_at: Utc::now(),
+            slots_max: Mutex::new(d.max_concurrent_jobs),
+            config: Mutex::new(cfg.clone()),
+            engine: Mutex::new(engine),
+            jobs: Mutex::new(jobs),
+            ctx: ctx.clone(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            restores: RestoreJobs::new(d.state_dir.join("restore"), ctx.shutdown.clone()),
+        });
+        let socket_path = socket.path().to_owned();
+        let server = tokio::spawn(control::serve(socket, core.clone(), ctx.shutdown.clone().cancelled_owned()));
+        let daemon = Daemon { core, notifier: opts.notifier, server, socket_path };
+
+        if let Err(detail) = self_check(&daemon.socket_path).await {
+            let path = daemon.socket_path.clone();
+            daemon.stop().await;
+            return Err(StartError::SelfCheck { path, detail });
+        }
+        tracing::info!(
+            config = %opts.config_path.display(),
+            socket = %daemon.socket_path.display(),
+            datasets = cfg.datasets.len(),
+            "zibd {} ready",
+            env!("CARGO_PKG_VERSION")
+        );
+        daemon.core.resume_restores().await;
+        daemon.notifier.ready(&daemon.core.status_line());
+        daemon.spawn_notifier_tasks();
+        Ok(daemon)
+    }
+
+    /// The request handler (what the control socket calls).
+    pub fn core(&self) -> Arc<DaemonCore> {
+        self.core.clone()
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// Re-reads the config (as SIGHUP).
+    pub async fn reload(&self) -> Result<String, String> {
+        self.core.reload().await
+    }
+
+    /// Keeps STATUS= current and pings the watchdog (only with a service manager).
+    fn spawn_notifier_tasks(&self) {
+        if !self.notifier.is_enabled() {
+            return;
+        }
+        let (core, n, stop) = (self.core.clone(), self.notifier, self.core.ctx.shutdown.clone());
+        tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                let line = core.status_line();
+                if line != last {
+                    n.status(&line);
+                    last = line;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = core.ctx.changed.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+            }
+        });
+        if let Some(every) = self.notifier.watchdog_interval() {
+            let (n, stop) = (self.notifier, self.core.ctx.shutdown.clone());
+            tracing::info!(interval_ms = every.as_millis() as u64, "systemd watchdog enabled");
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = tick.tick() => n.watchdog(),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Shuts down: STOPPING=1, stop serving, cancel the jobs and wait for them to reach a safe
+    /// point, at most `daemon.shutdown_timeout_secs`. Returns true if all stopped in time.
+    pub async fn stop(self) -> bool {
+        let timeout = Duration::from_secs(self.core.config().daemon.shutdown_timeout_secs);
+        let running = self.core.jobs().iter().filter(|j| j.is_running()).count();
+        tracing::info!(running, timeout_secs = timeout.as_secs(), "shutting down: stopping jobs at their next safe point");
+        self.notifier.stopping(&format!("stopping: {running} running jobs finishing their current chunk"));
+        let ctx = &self.core.ctx;
+        ctx.shutdown.cancel();
+        ctx.tracker.close();
+        let in_time = tokio::time::timeout(timeout, ctx.tracker.wait()).await.is_ok();
+        if in_time {
+            tracing::info!("all jobs stopped");
+        } else {
+            tracing::warn!(timeout_secs = timeout.as_secs(), "jobs still running at the shutdown deadline; abandoning them (their state is saved after every stored chunk)");
+        }
+        // The server stops accepting at once and gives open connections a short grace.
+        let _ = tokio::time::timeout(Duration::from_secs(6), self.server).await;
+        in_time
+    }
+}
+
+/// Connects to our own socket and asks for the version: READY=1 only once this works.
+async fn self_check(path: &Path) -> Result<(), String> {
+    let attempt = async {
+        let mut s = UnixStream::connect(path).await.map_err(|e| format!("connect: {e}"))?;
+        write_frame(&mut s, &encode_request(&Request::Version)).await.map_err(|e| format!("write: {e}"))?;
+        let body = read_frame(&mut s).await.map_err(|e| format!("read: {e}"))?.ok_or("connection closed without a reply")?;
+        match decode_response(&body).map_err(|e| format!("reply: {e}"))?.response {
+            Response::Version { .. } => Ok(()),
+            other => Err(format!("unexpected reply {other:?}")),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt).await.unwrap_or_else(|_| Err("no reply within 10 s".into()))
+}
+
+impl DaemonCore {
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        locked(&self.config).clone()
+    }
+
+    fn jobs(&self) -> Vec<JobHandle> {
+        locked(&self.jobs).values().cloned().collect()
+    }
+
+    /// The job of dataset `name`, or the `not_found` reply naming the configured ones.
+    fn job(&self, name: &str) -> Result<JobHandle, Box<Response>> {
+        let jobs = locked(&self.jobs);
+        jobs.iter().find(|(n, _)| n.as_str() == name).map(|(_, j)| j.clone()).ok_or_else(|| {
+            let known: Vec<&str> = jobs.keys().map(DatasetName::as_str).collect();
+            let known = if known.is_empty() { "none".into() } else { known.join(", ") };
+            Box::new(Response::error(ErrorKind::NotFound, format!("dataset {name} is not in the config (configured: {known})")))
+        })
+    }
+
+    /// The jobs a request names: one, or all when `None`.
+    fn targets(&self, name: Option<&str>) -> Result<Vec<JobHandle>, Box<Response>> {
+        match name {
+            Some(n) => self.job(n).map(|j| vec![j]),
+            None => Ok(self.jobs()),
+        }
+    }
+
+    /// A status reply: all datasets or one.
+    pub fn status(&self, dataset: Option<&str>) -> Response {
+        let jobs = match self.targets(dataset) {
+            Ok(j) => j,
+            Err(e) => return *e,
+        };
+        let datasets: Vec<_> = jobs.iter().map(JobHandle::status).collect();
+        let all = self.jobs();
+        let running = all.iter().filter(|j| j.is_running()).count();
+        Response::Status {
+            daemon: DaemonInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                protocol_version: PROTOCOL_VERSION,
+                started_at: self.started_at,
+                uptime_secs: (Utc::now() - self.started_at).num_seconds().max(0) as u64,
+                jobs_running: running as u32,
+                jobs_max: Some(self.config().daemon.max_concurrent_jobs as u32),
+                restores_running: self.restores.running() as u32,
+            },
+            datasets,
+        }
+    }
+
+    /// The systemd STATUS= line.
+    pub fn status_line(&self) -> String {
+        let mut s = StatusSummary::default();
+        for st in self.jobs().iter().map(JobHandle::status) {
+            match st.state {
+                JobState::Snapshotting | JobState::Uploading | JobState::Finishing | JobState::Cancelling => s.running += 1,
+                JobState::Queued => s.queued += 1,
+                JobState::Paused => s.paused += 1,
+                JobState::Failed => s.failed += 1,
+                _ => s.idle += 1,
+            }
+            if let Some(t) = st.next_run
+                && s.next.as_ref().is_none_or(|(_, n)| t < *n)
+            {
+                s.next = Some((st.dataset.clone(), t));
+            }
+        }
+        status_line(&s, self.ctx.clock.now())
+    }
+
+    /// Re-reads the config file and applies it; on any problem the running config stays and
+    /// the error says why.
+    pub async fn reload(&self) -> Result<String, String> {
+        let _one = self.reload_lock.lock().await;
+        if self.ctx.shutdown.is_cancelled() {
+            return Err("zibd is shutting down".into());
+        }
+        let path = &self.config_path;
+        let mut new = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; keeping the running configuration");
+                return Err(format!("{e}; keeping the running configuration"));
+            }
+        };
+        let old = self.config();
+        // These are bound at start; a change needs a restart.
+        let mut notes = Vec::new();
+        let d = &mut new.daemon;
+        if d.socket != old.daemon.socket || d.socket_group != old.daemon.socket_group {
+            notes.push("daemon.socket/socket_group changes take effect after a restart");
+            d.socket = old.daemon.socket.clone();
+            d.socket_group = old.daemon.socket_group.clone();
+        }
+        if d.state_dir != old.daemon.state_dir || d.spool_dir != old.daemon.spool_dir {
+            notes.push("daemon.state_dir/spool_dir changes take effect after a restart");
+            d.state_dir = old.daemon.state_dir.clone();
+            d.spool_dir = old.daemon.spool_dir.clone();
+        }
+        let new = Arc::new(new);
+        let old_names: BTreeSet<DatasetName> = locked(&self.jobs).keys().cloned().collect();
+        let new_names: BTreeSet<DatasetName> = new.datasets.iter().map(|d| d.name.clone()).collect();
+        let added: Vec<&DatasetName> = new_names.difference(&old_names).collect();
+        let removed: Vec<&DatasetName> = old_names.difference(&new_names).collect();
+
+        // Take the new datasets' locks before changing anything.
+        let store = StateStore::new(&new.daemon.state_dir);
+        let mut locks = BTreeMap::new();
+        for name in &added {
+            match store.lock(name) {
+                Ok(l) => {
+                    locks.insert((*name).clone(), l);
+                }
+                Err(e) => {
+                    let msg = format!("cannot add dataset {name}: {e}; keeping the running configuration");
+                    tracing::error!("reload refused: {msg}");
+                    return Err(msg);
+                }
+            }
+        }
+
+        let engine = if new.target != old.target {
+            let e = Engine { zfs: Zfs::default(), s3: S3Store::from_config(&new).await, spool_dir: new.daemon.spool_dir.clone() };
+            *locked(&self.engine) = e.clone();
+            e
+        } else {
+            locked(&self.engine).clone()
+        };
+        self.resize_slots(new.daemon.max_concurrent_jobs);
+        *locked(&self.config) = new.clone();
+        {
+            let mut jobs = locked(&self.jobs);
+            for name in &removed {
+                if let Some(j) = jobs.remove(*name) {
+                    j.retire();
+                }
+            }
+            for ds in &new.datasets {
+                let settings = JobSettings { cfg: new.clone(), ds: ds.clone(), engine: engine.clone() };
+                match jobs.get(&ds.name) {
+                    Some(j) => j.update(settings),
+                    None => {
+                        let lock = locks.remove(&ds.name).expect("locked above");
+                        jobs.insert(ds.name.clone(), job::spawn(self.ctx.clone(), settings, lock));
+                    }
+                }
+            }
+        }
+        self.ctx.changed.notify_one();
+        let list = |v: &[&DatasetName]| if v.is_empty() { "none".to_owned() } else { v.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ") };
+        let mut msg = format!(
+            "reloaded {}: {} datasets; added {}; removed {}",
+            path.display(),
+            new.datasets.len(),
+            list(&added),
+            list(&removed)
+        );
+        if !removed.is_empty() {
+            msg.push_str(" (a running backup of a removed dataset finishes first)");
+        }
+        for n in notes {
+            msg.push_str("; ");
+            msg.push_str(n);
+        }
+        tracing::info!("{msg}");
+        Ok(msg)
+    }
+
+    /// The S3 side of a restore from `bucket` under `prefix` (the configured ones by default).
+    async fn restore_engine(&self, bucket: Option<&str>, prefix: Option<&str>) -> RestoreEngine {
+        let cfg = self.config();
+        let t = &cfg.target;
+        let s3 = match bucket.filter(|b| *b != t.bucket.0) {
+            None => locked(&self.engine).s3.clone(),
+            Some(b) => S3Store::connect(&t.region, t.endpoint.as_ref().map(|e| e.0.as_str()), cfg.force_path_style(), t.max_attempts, b).await,
+        };
+        RestoreEngine { zfs: Zfs::default(), s3, prefix: prefix.unwrap_or(&t.prefix).to_owned() }
+    }
+
+    async fn restore_start(&self, req: &zib_protocol::RestoreStart) -> Response {
+        if self.ctx.shutdown.is_cancelled() {
+            return Response::error(ErrorKind::ShuttingDown, "zibd is shutting down");
+        }
+        let opts = match restore::options_from_request(req) {
+            Ok(o) => o,
+            Err(e) => return Response::error(ErrorKind::InvalidRequest, e.to_string()),
+        };
+        let engine = self.restore_engine(req.bucket.as_deref(), req.prefix.as_deref()).await;
+        match self.restores.start(engine, opts) {
+            Ok(id) => {
+                tracing::info!(%id, dataset = %req.dataset, "restore job started");
+                Response::RestoreStarted { id }
+            }
+            Err(e) => Response::error(ErrorKind::Conflict, e.to_string()),
+        }
+    }
+
+    /// Continues the restores a previous zibd left unfinished.
+    async fn resume_restores(&self) {
+        let resumed = self.restores.resume_unfinished(|bucket, prefix| async move { self.restore_engine(Some(&bucket), Some(&prefix)).await }).await;
+        for r in resumed {
+            match r {
+                Ok(id) => tracing::info!(%id, "continuing an unfinished restore job"),
+                Err(e) => tracing::error!(error = %e, "an unfinished restore job could not be continued"),
+            }
+        }
+    }
+
+    fn resize_slots(&self, want: usize) {
+        let mut have = locked(&self.slots_max);
+        if want > *have {
+            self.ctx.slots.add_permits(want - *have);
+        } else if want < *have {
+            // Only free permits can be taken back; running jobs keep theirs until they end.
+            let gone = self.ctx.slots.forget_permits(*have - want);
+            if gone < *have - want {
+                tracing::warn!(want, "fewer concurrent jobs takes full effect when running jobs end");
+            }
+            // Count what was actually removed so that a later increase adds the right amount.
+            *have -= gone;
+            return;
+        }
+        *have = want;
+    }
+
+    async fn for_each(&self, dataset: Option<&str>, verb: &str, f: impl AsyncFn(&JobHandle) -> Response) -> Response {
+        let jobs = match self.targets(dataset) {
+            Ok(j) => j,
+            Err(e) => return *e,
+        };
+        if dataset.is_some() {
+            return f(&jobs[0]).await;
+        }
+        let mut errors = Vec::new();
+        for j in &jobs {
+            if let Response::Error { message, .. } = f(j).await {
+                errors.push(message);
+            }
+        }
+        if errors.is_empty() {
+            Response::ok(format!("{verb} {} datasets", jobs.len()))
+        } else {
+            Response::error(ErrorKind::Internal, errors.join("; "))
+        }
+    }
+}
+
+impl Handler for DaemonCore {
+    async fn handle(&self, request: Request, peer: Peer) -> Reply {
+        if request.is_mutating() {
+            tracing::info!(%peer, request = request.type_name(), "control request");
+        }
+        match request {
+            Request::Status { dataset } => self.status(dataset.as_deref()).into(),
+            Request::Version => {
+                Response::Version { daemon_version: env!("CARGO_PKG_VERSION").into(), protocol_version: PROTOCOL_VERSION }.into()
+            }
+            Request::Trigger { dataset, wait } => match self.job(&dataset) {
+                Ok(j) => j.trigger(wait).await,
+                Err(e) => (*e).into(),
+            },
+            Request::Pause { dataset } => self.for_each(dataset.as_deref(), "paused", async |j| j.pause().await).await.into(),
+            Request::Resume { dataset } => self.for_each(dataset.as_deref(), "resumed", async |j| j.resume().await).await.into(),
+            Request::Cancel { dataset } => match self.job(&dataset) {
+                Ok(j) => j.cancel().await.into(),
+                Err(e) => (*e).into(),
+            },
+            Request::Reload => match self.reload().await {
+                Ok(m) => Response::ok(m).into(),
+                Err(m) => Response::error(ErrorKind::Conflict, m).into(),
+            },
+            Request::RestoreStart(req) => self.restore_start(&req).await.into(),
+            Request::RestoreStatus { id } => {
+                let jobs = self.restores.status(id.as_deref());
+                match id {
+                    Some(id) if jobs.is_empty() => Response::error(ErrorKind::NotFound, format!("no restore job {id}")).into(),
+                    _ => Response::RestoreStatus { jobs }.into(),
+                }
+            }
+        }
+    }
+}
+
+/// `zibd run`: the daemon until SIGTERM/SIGINT. Exit 0 after a clean (or deadline) shutdown,
+/// 78 for an invalid config, 1 when it cannot start.
+pub fn main(config_path: PathBuf) -> ExitCode {
+    let rt = crate::cli::runtime();
+    let code = rt.block_on(run(config_path));
+    // Anything still running past the shutdown deadline is dropped here (zfs children are
+    // killed on drop).
+    rt.shutdown_timeout(Duration::from_secs(2));
+    code
+}
+
+async fn run(config_path: PathBuf) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Install the handlers before anything else so an early SIGTERM is a clean stop.
+    let (mut term, mut int, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            eprintln!("zibd: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let daemon = match Daemon::start(DaemonOptions::new(&config_path)).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("zibd: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM"); break }
+            _ = int.recv() => { tracing::info!("SIGINT"); break }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", config_path.display());
+                let _ = daemon.reload().await; // logged either way
+            }
+        }
+    }
+    daemon.stop().await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,768 @@
+//! One task per dataset: it owns the dataset's state lock, waits for the next cron tick (via a
+//! [`Clock`]), takes commands (trigger, pause, resume, cancel, new settings, retire) and runs
+//! at most one backup at a time.
+//!
+//! Rules:
+//! - Never two runs of one dataset at once: a tick that comes while a run is going (or waiting
+//!   for a job slot) is skipped and counted in `missed_ticks`; several ticks that passed while
+//!   the clock jumped are coalesced into one run and the rest counted as missed.
+//! - A paused dataset arms no timer (its ticks are skipped, not counted as missed); pausing
+//!   stops a running backup at its next safe point, and resuming continues a backup the pause
+//!   interrupted right away.
+//! - Runs take a slot of the daemon-wide semaphore (`daemon.max_concurrent_jobs`) first;
+//!   while waiting they show as `queued`.
+//! - The run itself is a separate task (tracked by the daemon's `TaskTracker`) that borrows
+//!   the state lock and gives it back when it ends; its `CancellationToken` is a child of the
+//!   daemon's shutdown token, so SIGTERM stops it at the engine's next safe point.
+//! - Status is read from [`Shared`] under a std `Mutex` that is never held across an await.
+
+pub mod clock;
+
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use tokio::{
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
+    task::{JoinError, JoinHandle},
+    time::Instant,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use zib_core::{Config, DatasetConfig, DatasetName};
+use zib_protocol::{
+    DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate, Response, RunProgress,
+};
+
+use crate::{
+    backup::{self, BackupError, BackupOptions, BackupReport, Engine, Phase, Progress},
+    control::Reply,
+    state_store::{LockedState, StateStore},
+};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+
+/// What all job tasks share with the daemon.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// Wall-clock time for schedules.
+    pub clock: Arc<dyn Clock>,
+    /// Job slots: `daemon.max_concurrent_jobs` permits.
+    pub slots: Arc<Semaphore>,
+    /// Tracks job tasks and their runs, for a bounded shutdown.
+    pub tracker: TaskTracker,
+    /// Cancelled on SIGTERM/SIGINT.
+    pub shutdown: CancellationToken,
+    /// Poked whenever a job's status changes (keeps systemd's STATUS= current).
+    pub changed: Arc<Notify>,
+}
+
+/// The configuration a job runs with. A running backup keeps the settings it started with;
+/// new ones (after a reload) apply from the next run.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub cfg: Arc<Config>,
+    pub ds: DatasetConfig,
+    pub engine: Engine,
+}
+
+/// Commands to a job task.
+#[derive(Debug)]
+enum Command {
+    Trigger { wait: bool, reply: oneshot::Sender<Reply> },
+    Pause { reply: oneshot::Sender<Response> },
+    Resume { reply: oneshot::Sender<Response> },
+    Cancel { reply: oneshot::Sender<Response> },
+    Update(Box<JobSettings>),
+    Retire,
+}
+
+/// What the task's current run is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activity {
+    Idle,
+    Queued,
+    Running,
+    Cancelling,
+}
+
+/// Status of one dataset, shared between its task and status requests.
+#[derive(Debug)]
+struct Shared {
+    schedule: String,
+    paused: bool,
+    activity: Activity,
+    progress: Option<watch::Receiver<Progress>>,
+    incremental: bool,
+    /// (when, bytes_done) samples of the current run, one a second, for the rate.
+    samples: VecDeque<(Instant, u64)>,
+    last_success: Option<LastSuccess>,
+    last_error: Option<LastError>,
+    /// The last run failed (and none succeeded since).
+    failed: bool,
+    next_run: Option<DateTime<Utc>>,
+    chain_length: u32,
+    missed_ticks: u64,
+}
+
+/// Rate samples kept: the rate is averaged over the last ~10 seconds.
+const RATE_WINDOW: usize = 11;
+
+/// The daemon's handle on one dataset's task.
+#[derive(Debug, Clone)]
+pub struct JobHandle {
+    name: DatasetName,
+    tx: mpsc::UnboundedSender<Command>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn gone(name: &DatasetName) -> Response {
+    Response::error(ErrorKind::ShuttingDown, format!("the task of {name} has stopped (zibd is shutting down or the dataset was removed)"))
+}
+
+impl JobHandle {
+    pub fn name(&self) -> &DatasetName {
+        &self.name
+    }
+
+    async fn ask(&self, make: impl FnOnce(oneshot::Sender<Response>) -> Command) -> Response {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(make(tx)).is_err() {
+            return gone(&self.name);
+        }
+        rx.await.unwrap_or_else(|_| gone(&self.name))
+    }
+
+    /// Starts a backup now; with `wait`, the reply streams progress until it ends.
+    pub async fn trigger(&self, wait: bool) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Trigger { wait, reply: tx }).is_err() {
+            return gone(&self.name).into();
+        }
+        rx.await.unwrap_or_else(|_| gone(&self.name).into())
+    }
+
+    pub async fn pause(&self) -> Response {
+        self.ask(|reply| Command::Pause { reply }).await
+    }
+
+    pub async fn resume(&self) -> Response {
+        self.ask(|reply| Command::Resume { reply }).await
+    }
+
+    pub async fn cancel(&self) -> Response {
+        self.ask(|reply| Command::Cancel { reply }).await
+    }
+
+    /// New settings from a reloaded config (applies from the next run).
+    pub fn update(&self, settings: JobSettings) {
+        let _ = self.tx.send(Command::Update(Box::new(settings)));
+    }
+
+    /// The dataset left the config: stop scheduling, let a running backup finish, release the
+    /// state lock and end the task.
+    pub fn retire(&self) {
+        let _ = self.tx.send(Command::Retire);
+    }
+
+    /// Whether a backup holds a job slot (or is stopping) right now.
+    pub fn is_running(&self) -> bool {
+        matches!(lock(&self.shared).activity, Activity::Running | Activity::Cancelling)
+    }
+
+    /// The dataset's status record.
+    pub fn status(&self) -> DatasetStatus {
+        let s = lock(&self.shared);
+        DatasetStatus {
+            dataset: self.name.to_string(),
+            state: job_state(&s),
+            paused: s.paused,
+            schedule: Some(s.schedule.clone()),
+            progress: run_progress(&s),
+            last_success: s.last_success.clone(),
+            last_error: s.last_error.clone(),
+            next_run: if s.paused { None } else { s.next_run },
+            chain_length: s.chain_length,
+            missed_ticks: s.missed_ticks,
+        }
+    }
+}
+
+fn job_state(s: &Shared) -> JobState {
+    match s.activity {
+        Activity::Queued => JobState::Queued,
+        Activity::Cancelling => JobState::Cancelling,
+        Activity::Running => match s.progress.as_ref().map(|p| p.borrow().phase) {
+            Some(Phase::Uploading) => JobState::Uploading,
+            Some(Phase::Committing | Phase::Pruning) => JobState::Finishing,
+            _ => JobState::Snapshotting,
+        },
+        Activity::Idle if s.paused => JobState::Paused,
+        Activity::Idle if s.failed => JobState::Failed,
+        Activity::Idle if s.next_run.is_some() => JobState::Scheduled,
+        Activity::Idle => JobState::Idle,
+    }
+}
+
+/// Counters of the running backup, with the rate over the last samples and the ETA.
+fn run_progress(s: &Shared) -> Option<RunProgress> {
+    if s.activity == Activity::Idle {
+        return None;
+    }
+    let p = s.progress.as_ref()?.borrow().clone();
+    let rate = match (s.samples.front(), s.samples.back()) {
+        (Some(&(t0, b0)), Some(&(t1, b1))) if t1.duration_since(t0) >= Duration::from_millis(900) => {
+            Some(((b1.saturating_sub(b0)) as f64 / t1.duration_since(t0).as_secs_f64()) as u64)
+        }
+        _ => None,
+    };
+    let eta = match (rate, p.bytes_estimate) {
+        (Some(r), Some(total)) if r > 0 => Some(total.saturating_sub(p.bytes_done).div_ceil(r)),
+        _ => None,
+    };
+    let chunks_total = match (p.bytes_estimate, p.chunk_size) {
+        (Some(total), size) if size > 0 => Some(total.div_ceil(size).max(1)),
+        _ => None,
+    };
+    Some(RunProgress {
+        snapshot: p.snapshot.unwrap_or_default(),
+        incremental: s.incremental,
+        started_at: p.started_at,
+        bytes_sent: p.bytes_done,
+        bytes_total_estimate: p.bytes_estimate,
+        chunks_done: p.chunks_done,
+        chunks_total_estimate: chunks_total,
+        rate_bytes_per_sec: rate,
+        eta_secs: eta,
+    })
+}
+
+fn progress_update(name: &DatasetName, shared: &Mutex<Shared>) -> ProgressUpdate {
+    let s = lock(shared);
+    let message = (s.activity == Activity::Queued).then(|| "waiting for a job slot (daemon.max_concurrent_jobs)".to_owned());
+    ProgressUpdate { dataset: name.to_string(), state: job_state(&s), progress: run_progress(&s), message }
+}
+
+/// Starts the task of one dataset (on the context's tracker) and returns its handle.
+pub fn spawn(ctx: JobContext, settings: JobSettings, locked: LockedState) -> JobHandle {
+    let name = settings.ds.name.clone();
+    let st = &locked.state;
+    let shared = Arc::new(Mutex::new(Shared {
+        schedule: settings.ds.schedule.as_str().to_owned(),
+        paused: false,
+        activity: Activity::Idle,
+        progress: None,
+        incremental: false,
+        samples: VecDeque::new(),
+        last_success: st.last.as_ref().map(|c| LastSuccess {
+            at: st.stats.last_success_at.unwrap_or(c.committed_at),
+            snapshot: Some(name.snapshot(&c.snapshot.name)),
+            bytes: c.stream_size,
+        }),
+        last_error: match (&st.stats.last_error, st.stats.last_error_at) {
+            (Some(m), Some(at)) => Some(LastError { at, message: m.clone() }),
+            _ => None,
+        },
+        failed: st.stats.last_error.is_some(),
+        next_run: None,
+        chain_length: chain_length(&locked),
+        missed_ticks: 0,
+    }));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let now = ctx.clock.now();
+    let mut task = Task {
+        name: name.clone(),
+        ctx: ctx.clone(),
+        settings,
+        shared: shared.clone(),
+        rx,
+        locked: Some(locked),
+        run: None,
+        paused: false,
+        retiring: false,
+        last_base: now,
+        next_fire: None,
+        resume_interrupted: false,
+    };
+    // Armed before the handle is returned, so a status right after start shows the next run.
+    task.reschedule();
+    ctx.tracker.spawn(task.run());
+    JobHandle { name, tx, shared }
+}
+
+/// Backups in the current chain, from the newest committed sequence number.
+fn chain_length(locked: &LockedState) -> u32 {
+    locked.state.last.as_ref().map_or(0, |c| u32::try_from(c.seq).unwrap_or(u32::MAX))
+}
+
+type RunResult = (LockedState, Result<BackupReport, BackupError>);
+
+/// Why a run was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Paused,
+    Cancelled,
+}
+
+struct Run {
+    handle: JoinHandle<RunResult>,
+    cancel: CancellationToken,
+    done: watch::Sender<Option<Response>>,
+    stop: Option<Stop>,
+    /// The state's recorded error before the run: a cancelled run must not leave one.
+    prev_error: (Option<String>, Option<DateTime<Utc>>),
+}
+
+struct Task {
+    name: DatasetName,
+    ctx: JobContext,
+    settings: JobSettings,
+    shared: Arc<Mutex<Shared>>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    /// The state lock; `None` while a run has it.
+    locked: Option<LockedState>,
+    run: Option<Run>,
+    paused: bool,
+    retiring: bool,
+    /// The time up to which the schedule's ticks have been dealt with.
+    last_base: DateTime<Utc>,
+    /// When the timer fires next (the next tick plus jitter).
+    next_fire: Option<DateTime<Utc>>,
+    /// The run was stopped by a pause: resume continues it at once.
+    resume_interrupted: bool,
+}
+
+async fn wait_run(run: &mut Option<Run>) -> Result<RunResult, JoinError> {
+    match run {
+        Some(r) => (&mut r.handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(sleep: Option<clock::BoxFuture>) {
+    match sleep {
+        Some(s) => s.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Task {
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        lock(&self.shared)
+    }
+
+    fn changed(&self) {
+        self.ctx.changed.notify_one();
+    }
+
+    async fn run(mut self) {
+        loop {
+            let fire = if self.paused || self.retiring { None } else { self.next_fire };
+            let sleep = fire.map(|t| self.ctx.clock.sleep_until(t));
+            tokio::select! {
+                () = self.ctx.shutdown.cancelled() => break,
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => self.retiring = true,
+                },
+                res = wait_run(&mut self.run) => self.on_run_done(res).await,
+                () = sleep_opt(sleep) => self.on_tick(),
+            }
+            if self.retiring && self.run.is_none() {
+                tracing::info!(dataset = %self.name, "dataset removed from the config; its task ends");
+                break;
+            }
+        }
+        // Shutdown: the run's token is a child of the shutdown token, so it is stopping at its
+        // next safe point already; wait for it so the state is saved before the lock goes.
+        if self.run.is_some() {
+            let res = wait_run(&mut self.run).await;
+            self.on_run_done(res).await;
+        }
+        // Refuse whatever is still queued.
+        self.rx.close();
+        while let Ok(cmd) = self.rx.try_recv() {
+            self.refuse(cmd);
+        }
+    }
+
+    fn refuse(&self, cmd: Command) {
+        let r = gone(&self.name);
+        match cmd {
+            Command::Trigger { reply, .. } => drop(reply.send(r.into())),
+            Command::Pause { reply } | Command::Resume { reply } | Command::Cancel { reply } => drop(reply.send(r)),
+            Command::Update(_) | Command::Retire => {}
+        }
+    }
+
+    /// Arms the timer for the first tick after `last_base`, plus jitter.
+    fn reschedule(&mut self) {
+        let ds = &self.settings.ds;
+        let tz = self.settings.cfg.daemon.timezone;
+        self.next_fire = ds.schedule.next_after(self.last_base, tz).map(|t| {
+            let jitter = if ds.jitter_secs > 0 { fastrand::u64(0..=ds.jitter_secs) } else { 0 };
+            t + chrono::Duration::seconds(jitter as i64)
+        });
+        let next = if self.paused || self.retiring { None } else { self.next_fire };
+        self.shared().next_run = next;
+        self.changed();
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.ctx.clock.now();
+        let tz = self.settings.cfg.daemon.timezone;
+        let due = self.settings.ds.schedule.ticks_between(self.last_base, now, tz, 100_000).max(1) as u64;
+        self.last_base = now;
+        if self.run.is_some() {
+            self.shared().missed_ticks += due;
+            tracing::warn!(dataset = %self.name, missed = due, "scheduled run skipped: the previous run is still going");
+        } else {
+            if due > 1 {
+                self.shared().missed_ticks += due - 1;
+                tracing::warn!(dataset = %self.name, missed = due - 1, "several scheduled runs were due at once; running once");
+            }
+            if let Err(e) = self.start_run(BackupOptions::default()) {
+                tracing::error!(dataset = %self.name, error = %e, "scheduled run could not start");
+            }
+        }
+        self.reschedule();
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Trigger { wait, reply } => {
+                let r = self.trigger(wait);
+                let _ = reply.send(r);
+            }
+            Command::Pause { reply } => {
+                let _ = reply.send(self.pause());
+            }
+            Command::Resume { reply } => {
+                let _ = reply.send(self.resume());
+            }
+            Command::Cancel { reply } => {
+                let msg = if self.stop_run(Stop::Cancelled) {
+                    format!("cancelling the backup of {}: it stops at its next safe point and resumes from the last stored chunk on its next run", self.name)
+                } else {
+                    format!("no backup of {} is running", self.name)
+                };
+                let _ = reply.send(Response::ok(msg));
+            }
+            Command::Update(settings) => {
+                let old = &self.settings;
+                let reschedule = old.ds.schedule != settings.ds.schedule
+                    || old.ds.jitter_secs != settings.ds.jitter_secs
+                    || old.cfg.daemon.timezone != settings.cfg.daemon.timezone;
+                self.shared().schedule = settings.ds.schedule.as_str().to_owned();
+                self.settings = *settings;
+                if reschedule {
+                    self.last_base = self.ctx.clock.now();
+                    self.reschedule();
+                }
+            }
+            Command::Retire => {
+                self.retiring = true;
+                self.shared().next_run = None;
+            }
+        }
+    }
+
+    fn trigger(&mut self, wait: bool) -> Reply {
+        if self.ctx.shutdown.is_cancelled() {
+            return Response::error(ErrorKind::ShuttingDown, "zibd is shutting down").into();
+        }
+        if self.paused {
+            return Response::error(ErrorKind::Conflict, format!("{} is paused; `zibctl resume {}` first", self.name, self.name)).into();
+        }
+        if let Some(run) = &self.run {
+            if wait && run.stop.is_none() {
+                // Follow the run that is going instead of starting a second one.
+                return self.waiter(run.done.subscribe());
+            }
+            return Response::error(ErrorKind::Busy, format!("a backup of {} is already running; see `zibctl status {}`", self.name, self.name)).into();
+        }
+        match self.start_run(BackupOptions::default()) {
+            Ok(done) if wait => self.waiter(done),
+            Ok(_) => Response::ok(format!("started a backup of {}", self.name)).into(),
+            Err(e) => Response::error(ErrorKind::Internal, e).into(),
+        }
+    }
+
+    fn pause(&mut self) -> Response {
+        if self.paused {
+            return Response::ok(format!("{} was already paused", self.name));
+        }
+        self.paused = true;
+        {
+            let mut s = self.shared();
+            s.paused = true;
+            s.next_run = None;
+        }
+        self.changed();
+        tracing::info!(dataset = %self.name, "paused");
+        if self.stop_run(Stop::Paused) {
+            self.resume_interrupted = true;
+            Response::ok(format!("paused {}: the running backup stops at its next safe point", self.name))
+        } else {
+            Response::ok(format!("paused {}", self.name))
+        }
+    }
+
+    fn resume(&mut self) -> Response {
+        if !self.paused {
+            return Response::ok(format!("{} was not paused", self.name));
+        }
+        self.paused = false;
+        self.shared().paused = false;
+        self.last_base = self.ctx.clock.now();
+        self.reschedule();
+        tracing::info!(dataset = %self.name, "resumed");
+        if self.resume_interrupted && self.run.is_none() {
+            self.resume_interrupted = false;
+            if let Err(e) = self.start_run(BackupOptions::default()) {
+                return Response::error(ErrorKind::Internal, e);
+            }
+            return Response::ok(format!("resumed {}: continuing the backup the pause interrupted", self.name));
+        }
+        Response::ok(format!("resumed {}", self.name))
+    }
+
+    /// Asks the running backup to stop at its next safe point. False if none is running.
+    fn stop_run(&mut self, why: Stop) -> bool {
+        let Some(run) = self.run.as_mut() else { return false };
+        if run.stop.is_none() {
+            run.stop = Some(why);
+        }
+        run.cancel.cancel();
+        self.shared().activity = Activity::Cancelling;
+        self.changed();
+        true
+    }
+
+    /// Starts a run (it first waits for a job slot). Returns its result channel.
+    fn start_run(&mut self, opts: BackupOptions) -> Result<watch::Receiver<Option<Response>>, String> {
+        let locked = match self.locked.take() {
+            Some(l) => l,
+            None => return Err(format!("the state lock of {} is lost (see the log); restart zibd", self.name)),
+        };
+        let (ptx, prx) = watch::channel(Progress::default());
+        let cancel = self.ctx.shutdown.child_token();
+        let (done, done_rx) = watch::channel(None);
+        let st = &locked.state;
+        let prev_error = (st.stats.last_error.clone(), st.stats.last_error_at);
+        {
+            let mut s = self.shared();
+            s.activity = Activity::Queued;
+            s.progress = Some(prx);
+            s.incremental = match &st.pending {
+                Some(p) => p.from.is_some(),
+                None => st.last.is_some() && !opts.force_full,
+            };
+            s.samples.clear();
+        }
+        self.changed();
+        tracing::info!(dataset = %self.name, "backup run starting");
+        let handle = self.ctx.tracker.spawn(run_backup(
+            self.ctx.clone(),
+            self.settings.clone(),
+            locked,
+            self.shared.clone(),
+            ptx,
+            cancel.clone(),
+            opts,
+        ));
+        self.run = Some(Run { handle, cancel, done, stop: None, prev_error });
+        Ok(done_rx)
+    }
+
+    async fn on_run_done(&mut self, res: Result<RunResult, JoinError>) {
+        let Some(run) = self.run.take() else { return };
+        let now = Utc::now();
+        let final_response = match res {
+            Ok((mut locked, result)) => {
+                let response = match result {
+                    Ok(report) => {
+                        let snapshot = self.name.snapshot(&report.snapshot);
+                        {
+                            let mut s = self.shared();
+                            s.last_success = Some(LastSuccess { at: now, snapshot: Some(snapshot.clone()), bytes: report.stream_size });
+                            s.failed = false;
+                            s.chain_length = chain_length(&locked);
+                        }
+                        let message = format!(
+                            "backed up {snapshot} ({} backup #{}): {} bytes, {} chunks uploaded, {} already stored",
+                            if report.full { "full" } else { "incremental" },
+                            report.seq,
+                            report.stream_size,
+                            report.chunks_uploaded,
+                            report.chunks_reused
+                        );
+                        tracing::info!(dataset = %self.name, "{message}");
+                        Response::Done { ok: true, message, snapshot: Some(snapshot), bytes: Some(report.stream_size) }
+                    }
+                    Err(BackupError::Cancelled { .. }) => {
+                        // A stop on request is not a failure: put back what the state said.
+                        let (msg, at) = run.prev_error.clone();
+                        locked.state.stats.last_error = msg;
+                        locked.state.stats.last_error_at = at;
+                        if let Err(e) = locked.save_async().await {
+                            tracing::warn!(dataset = %self.name, error = %e, "could not save the state after a cancelled run");
+                        }
+                        let why = match run.stop {
+                            Some(Stop::Paused) => "paused",
+                            Some(Stop::Cancelled) => "cancelled",
+                            None => "zibd is shutting down",
+                        };
+                        tracing::info!(dataset = %self.name, reason = why, "backup stopped at a safe point");
+                        Response::Done {
+                            ok: false,
+                            message: format!("backup of {} stopped ({why}); it resumes from the last stored chunk on its next run", self.name),
+                            snapshot: None,
+                            bytes: None,
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        tracing::error!(dataset = %self.name, error = %message, "backup failed");
+                        let mut s = self.shared();
+                        s.last_error = Some(LastError { at: now, message: message.clone() });
+                        s.failed = true;
+                        Response::Done { ok: false, message: format!("backup of {} failed: {message}", self.name), snapshot: None, bytes: None }
+                    }
+                };
+                self.locked = Some(locked);
+                response
+            }
+            Err(join) => {
+                // The run panicked and took the lock with it: take it again.
+                let message = format!("the backup task panicked: {join}");
+                tracing::error!(dataset = %self.name, error = %message, "backup failed");
+                let store = StateStore::new(&self.settings.cfg.daemon.state_dir);
+                match store.lock(&self.name) {
+                    Ok(l) => self.locked = Some(l),
+                    Err(e) => tracing::error!(dataset = %self.name, error = %e, "could not take the state lock again"),
+                }
+                let mut s = self.shared();
+                s.last_error = Some(LastError { at: now, message: message.clone() });
+                s.failed = true;
+                Response::Done { ok: false, message, snapshot: None, bytes: None }
+            }
+        };
+        {
+            let mut s = self.shared();
+            s.activity = Activity::Idle;
+            s.progress = None;
+            s.samples.clear();
+        }
+        let _ = run.done.send(Some(final_response));
+        self.changed();
+        if run.stop == Some(Stop::Paused) && !self.paused && self.resume_interrupted && !self.retiring {
+            // Resumed while the run was still stopping: continue it now.
+            self.resume_interrupted = false;
+            if let Err(e) = self.start_run(BackupOptions::default()) {
+                tracing::error!(dataset = %self.name, error = %e, "could not continue the interrupted backup");
+            }
+        }
+    }
+
+    /// A streamed reply following a run until its end.
+    fn waiter(&self, done: watch::Receiver<Option<Response>>) -> Reply {
+        let (tx, rx) = mpsc::channel(16);
+        let name = self.name.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut last: Option<ProgressUpdate> = None;
+            let end = final_of(done);
+            tokio::pin!(end);
+            loop {
+                tokio::select! {
+                    r = &mut end => {
+                        let _ = tx.send(r).await;
+                        return;
+                    }
+                    _ = tick.tick() => {
+                        let u = progress_update(&name, &shared);
+                        if last.as_ref() != Some(&u) {
+                            if tx.send(Response::Progress(u.clone())).await.is_err() {
+                                return; // the client went away; the run goes on
+                            }
+                            last = Some(u);
+                        }
+                    }
+                }
+            }
+        });
+        Reply::Stream(rx)
+    }
+}
+
+async fn final_of(mut done: watch::Receiver<Option<Response>>) -> Response {
+    match done.wait_for(Option::is_some).await {
+        Ok(v) => v.clone().expect("waited for Some"),
+        Err(_) => Response::Done { ok: false, message: "the run ended without a result; see zibctl status".into(), snapshot: None, bytes: None },
+    }
+}
+
+/// One run: wait for a job slot, then the backup, sampling progress for the rate.
+async fn run_backup(
+    ctx: JobContext,
+    settings: JobSettings,
+    mut locked: LockedState,
+    shared: Arc<Mutex<Shared>>,
+    progress: watch::Sender<Progress>,
+    cancel: CancellationToken,
+    opts: BackupOptions,
+) -> RunResult {
+    let permit: Option<OwnedSemaphorePermit> = tokio::select! {
+        p = ctx.slots.clone().acquire_owned() => p.ok(),
+        () = cancel.cancelled() => None,
+    };
+    let Some(_permit) = permit else {
+        let dataset = settings.ds.name.to_string();
+        return (locked, Err(BackupError::Cancelled { dataset }));
+    };
+    {
+        let mut s = lock(&shared);
+        if s.activity == Activity::Queued {
+            s.activity = Activity::Running;
+        }
+    }
+    ctx.changed.notify_one();
+    let rx = progress.subscribe();
+    let result = {
+        let run = backup::run(&settings.engine, &settings.cfg, &settings.ds, &mut locked, opts, &progress, &cancel);
+        tokio::select! {
+            r = run => r,
+            never = sample(rx, &shared) => match never {},
+        }
+    };
+    (locked, result)
+}
+
+/// Records (time, bytes) once a second for the rate shown in status.
+async fn sample(rx: watch::Receiver<Progress>, shared: &Mutex<Shared>) -> Infallible {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let bytes = rx.borrow().bytes_done;
+        let mut s = lock(shared);
+        // Bytes can go back (a new attempt): start the window again.
+        if s.samples.back().is_some_and(|&(_, b)| b > bytes) {
+            s.samples.clear();
+        }
+        s.samples.push_back((Instant::now(), bytes));
+        while s.samples.len() > RATE_WINDOW {
+            s.samples.pop_front();
+        }
+    }
+}

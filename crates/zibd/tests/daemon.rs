@@ -1,0 +1,586 @@
+//! The daemon in-process, with a [`ManualClock`] for schedules: ticks, missed ticks while a
+//! run is busy, pause/resume, trigger (also through the socket with `wait`), reload
+//! (add/remove/invalid), against a real local S3 server (s3s-fs) and a stand-in `zfs` script;
+//! plus the real `zibd` binary under a fake service manager (sd_notify READY/STATUS/WATCHDOG/
+//! STOPPING, SIGTERM exits 0).
+
+#![allow(unsafe_code)] // std::env::set_var, once, before any runtime starts (see `setup`)
+
+use std::{
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use tokio::net::UnixStream;
+use zib_protocol::{
+    DatasetStatus, ErrorKind, JobState, Request, Response, decode_response, encode_request, read_frame, write_frame,
+};
+use zib_testkit::{S3sFsServer, test_env};
+use zibd::{
+    control::{Handler, Peer, Reply},
+    daemon::{Daemon, DaemonCore, DaemonOptions},
+    job::ManualClock,
+    systemd::Notifier,
+};
+
+/// The stand-in `zfs` of the engine tests (tests/support/fake_zfs.sh), wrapped: its state
+/// lives in $D/zfs, every command line goes to $D/log, and `send` of a dataset streams slowly
+/// (16 KiB every 0.2 s) while the file $D/hold/<dataset> exists, so a test can keep a run busy
+/// for ~13 s (each stream is 1 MiB) and still see it stop at a safe point when cancelled.
+const FAKE_ZFS: &str = r#"#!/bin/bash
+set -euo pipefail
+D=__DIR__
+export FAKE_ZFS_DIR="$D/zfs" FAKE_ZFS_SIZE=1048576 FAKE_ZFS_LOG="$D/log"
+if [ "$1" = send ] && [[ " $* " != *" -nvP "* ]]; then
+  last=${!#}
+  hold="$D/hold/$(printf '%s' "${last%@*}" | tr '/' '+')"
+  if [ -e "$hold" ]; then
+    echo "$*" >> "$FAKE_ZFS_LOG"
+    data="$FAKE_ZFS_DIR/data/$(printf '%s' "$last" | sed 's#/#%2F#g')"
+    size=$(stat -c %s "$data"); off=0
+    while [ -e "$hold" ] && [ $off -lt $size ]; do
+      dd if="$data" bs=16384 skip=$((off / 16384)) count=1 status=none
+      off=$((off + 16384)); sleep 0.2
+    done
+    [ $off -lt $size ] && tail -c +$((off + 1)) "$data"
+    exit 0
+  fi
+fi
+exec __SUPPORT__/fake_zfs.sh "$@"
+"#;
+
+/// The fake zfs's directory (one per test process: tests use distinct dataset names).
+fn zfs_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("zib-daemon-test").tempdir().unwrap().keep();
+        let script = dir.join("fake-zfs");
+        let support = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support");
+        std::fs::write(&script, FAKE_ZFS.replace("__DIR__", &dir.display().to_string()).replace("__SUPPORT__", support)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(dir.join("hold")).unwrap();
+        dir
+    })
+}
+
+/// Process-wide environment for the in-process daemons: the fake zfs and test credentials.
+fn setup(endpoint: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let dir = zfs_dir();
+    ONCE.call_once(|| {
+        // SAFETY: set before this test's runtime exists; every test sets the same values, and
+        // the endpoint comes from the config file, not from this environment.
+        unsafe {
+            std::env::set_var("ZIB_ZFS_BIN", dir.join("fake-zfs"));
+            for (k, v) in test_env(endpoint) {
+                if k != "AWS_ENDPOINT_URL" {
+                    std::env::set_var(k, v);
+                }
+            }
+        }
+    });
+}
+
+fn hold(ds: &str, on: bool) {
+    let f = zfs_dir().join("hold").join(ds.replace('/', "+"));
+    if on {
+        std::fs::write(f, b"").unwrap();
+    } else {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+fn snapshots_taken(ds: &str) -> usize {
+    let log = std::fs::read_to_string(zfs_dir().join("log")).unwrap_or_default();
+    log.lines().filter(|l| l.starts_with(&format!("snapshot {ds}@"))).count()
+}
+
+/// A child process killed on drop (a failed assertion must not leave a zibd running).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+}
+
+struct Bed {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    endpoint: String,
+    bucket: String,
+    clock: ManualClock,
+    _s3: S3sFsServer,
+}
+
+impl Bed {
+    async fn new() -> Bed {
+        let s3 = S3sFsServer::start();
+        setup(s3.endpoint());
+        let bucket = s3.create_bucket("daemon").await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("zibd.toml");
+        Bed { endpoint: s3.endpoint().to_owned(), bucket, config, dir, clock: ManualClock::new(t("2026-01-01T00:00:30Z")), _s3: s3 }
+    }
+
+    /// Writes the config with these `(dataset, schedule)` entries.
+    fn write_config(&self, datasets: &[(&str, &str)]) {
+        let root = self.dir.path().display();
+        let mut text = format!(
+            r#"
+[daemon]
+state_dir = "{root}/state"
+spool_dir = "{root}/spool"
+socket = "{root}/run/zibd.sock"
+shutdown_timeout_secs = 10
+max_concurrent_jobs = 2
+
+[target]
+bucket = "{bucket}"
+endpoint = "{endpoint}"
+prefix = "backups"
+storage_class = "STANDARD"
+chunk_size = "64KiB"
+max_attempts = 3
+"#,
+            bucket = self.bucket,
+            endpoint = self.endpoint
+        );
+        for (ds, schedule) in datasets {
+            text.push_str(&format!("\n[[dataset]]\nname = \"{ds}\"\nschedule = \"{schedule}\"\n"));
+        }
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    async fn start(&self) -> Daemon {
+        let opts = DaemonOptions { config_path: self.config.clone(), clock: Arc::new(self.clock.clone()), notifier: Notifier::disabled() };
+        Daemon::start(opts).await.expect("daemon starts")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/zibd.sock")
+    }
+}
+
+fn root() -> Peer {
+    Peer { uid: 0, gid: 0, pid: None, groups: vec![] }
+}
+
+async fn ask(core: &DaemonCore, r: Request) -> Response {
+    match core.handle(r, root()).await {
+        Reply::One(r) => r,
+        Reply::Stream(_) => panic!("unexpected stream"),
+    }
+}
+
+async fn status(core: &DaemonCore, ds: &str) -> DatasetStatus {
+    match ask(core, Request::Status { dataset: Some(ds.into()) }).await {
+        Response::Status { mut datasets, .. } => datasets.remove(0),
+        other => panic!("status: {other:?}"),
+    }
+}
+
+async fn names(core: &DaemonCore) -> Vec<String> {
+    match ask(core, Request::Status { dataset: None }).await {
+        Response::Status { datasets, .. } => datasets.into_iter().map(|d| d.dataset).collect(),
+        other => panic!("status: {other:?}"),
+    }
+}
+
+/// Polls the status of `ds` until `pred` holds (real time, 30 s at most).
+async fn wait_for(core: &DaemonCore, ds: &str, what: &str, pred: impl Fn(&DatasetStatus) -> bool) -> DatasetStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(core, ds).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {ds}: {what}; last status {s:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn expect_ok(r: Response) -> String {
+    match r {
+        Response::Ok { message } => message.unwrap_or_default(),
+        other => panic!("expected ok, got {other:?}"),
+    }
+}
+
+fn expect_err(r: Response, kind: ErrorKind) -> String {
+    match r {
+        Response::Error { kind: k, message } if k == kind => message,
+        other => panic!("expected a {kind:?} error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tick_fires_and_a_busy_run_counts_a_missed_tick() {
+    let bed = Bed::new().await;
+    let ds = "sched/data";
+    bed.write_config(&[(ds, "0 * * * * *")]);
+    let d = bed.start().await;
+    let core = d.core();
+
+    let s = status(&core, ds).await;
+    assert_eq!(s.state, JobState::Scheduled);
+    assert_eq!(s.next_run, Some(t("2026-01-01T00:01:00Z")));
+    assert_eq!(snapshots_taken(ds), 0);
+
+    // The tick starts a run; the held `zfs send` keeps it busy.
+    hold(ds, true);
+    bed.clock.set(t("2026-01-01T00:01:00Z"));
+    let s = wait_for(&core, ds, "uploading", |s| s.state == JobState::Uploading).await;
+    let p = s.progress.expect("progress while uploading");
+    assert!(p.snapshot.starts_with(&format!("{ds}@zib-")), "{p:?}");
+    assert_eq!(p.bytes_total_estimate, Some(1 << 20));
+    assert_eq!(p.chunks_total_estimate, Some(16));
+    assert_eq!(s.next_run, Some(t("2026-01-01T00:02:00Z")));
+
+    // The next tick comes while the run is going: skipped and counted, no second run.
+    bed.clock.set(t("2026-01-01T00:02:00Z"));
+    let s = wait_for(&core, ds, "a missed tick", |s| s.missed_ticks == 1).await;
+    assert_eq!(s.state, JobState::Uploading);
+    assert_eq!(s.next_run, Some(t("2026-01-01T00:03:00Z")));
+    expect_err(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await, ErrorKind::Busy);
+    assert_eq!(snapshots_taken(ds), 1);
+
+    hold(ds, false);
+    let s = wait_for(&core, ds, "success", |s| s.last_success.is_some() && s.state == JobState::Scheduled).await;
+    assert_eq!(s.last_success.as_ref().unwrap().bytes, 1 << 20);
+    assert_eq!(s.chain_length, 1);
+    assert!(s.last_error.is_none(), "{s:?}");
+    assert!(s.progress.is_none());
+
+    // Snapshot names have one-second resolution: let the next run get its own.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Three ticks passed at once (clock jump): one run, two counted as missed.
+    bed.clock.set(t("2026-01-01T00:05:00Z"));
+    let s = wait_for(&core, ds, "second backup", |s| s.chain_length == 2 && s.state == JobState::Scheduled).await;
+    assert_eq!(s.missed_ticks, 3);
+    assert_eq!(s.next_run, Some(t("2026-01-01T00:06:00Z")));
+    assert_eq!(snapshots_taken(ds), 2);
+    assert!(d.stop().await, "stopped in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_skips_the_schedule_and_resume_continues() {
+    let bed = Bed::new().await;
+    let ds = "pause/data";
+    bed.write_config(&[(ds, "0 * * * * *")]);
+    let d = bed.start().await;
+    let core = d.core();
+
+    let msg = expect_ok(ask(&core, Request::Pause { dataset: None }).await);
+    assert!(msg.contains("paused 1 datasets"), "{msg}");
+    let s = status(&core, ds).await;
+    assert_eq!((s.state, s.paused, s.next_run), (JobState::Paused, true, None));
+    bed.clock.set(t("2026-01-01T00:03:00Z"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = status(&core, ds).await;
+    assert_eq!(s.state, JobState::Paused);
+    assert_eq!(s.missed_ticks, 0, "paused ticks are skipped, not missed");
+    assert_eq!(snapshots_taken(ds), 0, "a paused dataset must not run");
+    expect_err(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await, ErrorKind::Conflict);
+
+    // Resume re-arms the schedule from now.
+    expect_ok(ask(&core, Request::Resume { dataset: Some(ds.into()) }).await);
+    let s = status(&core, ds).await;
+    assert_eq!((s.state, s.paused, s.next_run), (JobState::Scheduled, false, Some(t("2026-01-01T00:04:00Z"))));
+
+    // Pause during a run stops it at a safe point; resume continues it.
+    hold(ds, true);
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await);
+    wait_for(&core, ds, "uploading", |s| s.state == JobState::Uploading).await;
+    let msg = expect_ok(ask(&core, Request::Pause { dataset: Some(ds.into()) }).await);
+    assert!(msg.contains("safe point"), "{msg}");
+    let s = wait_for(&core, ds, "paused after the run stopped", |s| s.state == JobState::Paused).await;
+    assert!(s.last_error.is_none(), "a pause is not a failure: {s:?}");
+    assert!(s.last_success.is_none());
+    hold(ds, false);
+    let msg = expect_ok(ask(&core, Request::Resume { dataset: Some(ds.into()) }).await);
+    assert!(msg.contains("continuing"), "{msg}");
+    let s = wait_for(&core, ds, "success after resume", |s| s.last_success.is_some() && s.state == JobState::Scheduled).await;
+    assert_eq!(s.chain_length, 1);
+    assert_eq!(snapshots_taken(ds), 1, "the interrupted backup was continued, not started again");
+
+    // Unknown datasets are named as such.
+    let e = expect_err(ask(&core, Request::Pause { dataset: Some("nope/x".into()) }).await, ErrorKind::NotFound);
+    assert!(e.contains("pause/data"), "{e}");
+    assert!(d.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_datasets_and_rejects_an_invalid_config() {
+    let bed = Bed::new().await;
+    let (a, b, c) = ("rel/a", "rel/b", "rel/c");
+    bed.write_config(&[(a, "0 * * * * *")]);
+    let d = bed.start().await;
+    let core = d.core();
+    assert_eq!(names(&core).await, [a]);
+
+    // A running job is not disturbed by a reload that adds datasets.
+    hold(a, true);
+    expect_ok(ask(&core, Request::Trigger { dataset: a.into(), wait: false }).await);
+    wait_for(&core, a, "uploading", |s| s.state == JobState::Uploading).await;
+    bed.write_config(&[(a, "0 * * * * *"), (b, "30 * * * * *")]);
+    let msg = expect_ok(ask(&core, Request::Reload).await);
+    assert!(msg.contains("added rel/b"), "{msg}");
+    assert_eq!(names(&core).await, [a, b]);
+    assert_eq!(status(&core, b).await.next_run, Some(t("2026-01-01T00:01:30Z")));
+    assert_eq!(status(&core, a).await.state, JobState::Uploading);
+
+    // An invalid file is refused; the running config stays.
+    std::fs::write(&bed.config, std::fs::read_to_string(&bed.config).unwrap().replace("30 * * * * *", "61 * * * *")).unwrap();
+    let e = expect_err(ask(&core, Request::Reload).await, ErrorKind::Conflict);
+    assert!(e.contains("zibd.toml") && e.contains("keeping the running configuration"), "{e}");
+    assert_eq!(names(&core).await, [a, b]);
+    assert_eq!(status(&core, a).await.state, JobState::Uploading);
+
+    // Remove a (it finishes its run first, then releases its lock), add c.
+    bed.write_config(&[(b, "30 * * * * *"), (c, "0 0 * * * *")]);
+    let msg = expect_ok(d.reload().await.map(Response::ok).unwrap_or_else(|e| Response::error(ErrorKind::Conflict, e)));
+    assert!(msg.contains("removed rel/a") && msg.contains("added rel/c"), "{msg}");
+    assert_eq!(names(&core).await, [b, c]);
+    let store = zibd::state_store::StateStore::new(bed.dir.path().join("state"));
+    let a_name = zib_core::DatasetName::new(a).unwrap();
+    assert!(store.lock(&a_name).is_err(), "a's task holds its lock while its run finishes");
+    hold(a, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let locked = loop {
+        match store.lock(&a_name) {
+            Ok(l) => break l,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "a's lock was never released: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(locked.state.last.as_ref().map(|c| c.seq), Some(1), "a's run completed after its removal");
+    drop(locked);
+
+    // b is scheduled: its tick still works after the reloads.
+    bed.clock.set(t("2026-01-01T00:01:30Z"));
+    wait_for(&core, b, "b's first backup", |s| s.last_success.is_some()).await;
+    assert!(d.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_wait_streams_progress_over_the_socket_then_done() {
+    let bed = Bed::new().await;
+    let ds = "wait/data";
+    bed.write_config(&[(ds, "0 0 3 * * *")]);
+    let d = bed.start().await;
+
+    let mut s = UnixStream::connect(bed.socket()).await.unwrap();
+    write_frame(&mut s, &encode_request(&Request::Trigger { dataset: ds.into(), wait: true })).await.unwrap();
+    let mut progress = 0;
+    let done = loop {
+        let body = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut s)).await.unwrap().unwrap().expect("a frame");
+        match decode_response(&body).unwrap().response {
+            Response::Progress(p) => {
+                assert_eq!(p.dataset, ds);
+                progress += 1;
+            }
+            other => break other,
+        }
+    };
+    match done {
+        Response::Done { ok, snapshot, bytes, message } => {
+            assert!(ok, "{message}");
+            assert!(snapshot.unwrap().starts_with(&format!("{ds}@zib-")));
+            assert_eq!(bytes, Some(1 << 20));
+        }
+        other => panic!("expected done, got {other:?}"),
+    }
+    assert!(progress >= 1, "at least one progress frame");
+    // The connection stays usable after the stream.
+    write_frame(&mut s, &encode_request(&Request::Version)).await.unwrap();
+    let body = read_frame(&mut s).await.unwrap().unwrap();
+    assert!(matches!(decode_response(&body).unwrap().response, Response::Version { .. }));
+    assert!(d.stop().await);
+    assert!(!bed.socket().exists(), "the socket file is removed on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_a_running_backup_at_a_safe_point_and_a_restart_resumes() {
+    let bed = Bed::new().await;
+    let ds = "stop/data";
+    bed.write_config(&[(ds, "0 0 3 * * *")]);
+    let d = bed.start().await;
+    let core = d.core();
+    hold(ds, true);
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await);
+    wait_for(&core, ds, "uploading", |s| s.state == JobState::Uploading).await;
+    let t0 = Instant::now();
+    assert!(d.stop().await, "jobs stopped before the deadline");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // The state says a backup is pending; the lock is free again.
+    let store = zibd::state_store::StateStore::new(bed.dir.path().join("state"));
+    let l = store.lock(&zib_core::DatasetName::new(ds).unwrap()).unwrap();
+    assert!(l.state.pending.is_some() && l.state.last.is_none(), "{:?}", l.state);
+    assert!(l.state.stats.last_error.is_none(), "a shutdown is not a failure: {:?}", l.state.stats);
+    drop(l);
+
+    hold(ds, false);
+    let d = bed.start().await;
+    let core = d.core();
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await);
+    let s = wait_for(&core, ds, "resumed backup", |s| s.last_success.is_some()).await;
+    assert_eq!(s.chain_length, 1);
+    assert_eq!(snapshots_taken(ds), 1, "the restarted daemon continued the same snapshot");
+    assert!(d.stop().await);
+}
+
+/// A fake service manager: READY=1 must come only once the control socket answers; STATUS=
+/// is set; WATCHDOG=1 pings come at half WATCHDOG_USEC; SIGTERM gives STOPPING=1 and exit 0.
+#[test]
+fn sd_notify_ready_only_after_the_control_socket_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    let config = dir.path().join("zibd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[daemon]
+state_dir = "{root}/state"
+spool_dir = "{root}/spool"
+socket = "{root}/run/zibd.sock"
+
+[target]
+bucket = "notify-test"
+endpoint = "http://127.0.0.1:9"
+
+[[dataset]]
+name = "tank/photos"
+schedule = "0 3 * * *"
+"#
+        ),
+    )
+    .unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let socket = dir.path().join("run/zibd.sock");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .env("ZIB_ZFS_BIN", "/bin/false")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let version = |path: &Path| -> Result<(), String> {
+        rt.block_on(async {
+            let mut s = UnixStream::connect(path).await.map_err(|e| e.to_string())?;
+            write_frame(&mut s, &encode_request(&Request::Version)).await.map_err(|e| e.to_string())?;
+            let body = read_frame(&mut s).await.map_err(|e| e.to_string())?.ok_or("eof")?;
+            match decode_response(&body).map_err(|e| e.to_string())?.response {
+                Response::Version { .. } => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+    };
+
+    let mut buf = [0u8; 4096];
+    let mut messages = Vec::new();
+    let recv = |buf: &mut [u8]| -> String {
+        let n = notify.recv(buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Everything up to and including READY=1.
+    loop {
+        let m = recv(&mut buf);
+        messages.push(m.clone());
+        if m.lines().any(|l| l == "READY=1") {
+            // At the moment READY=1 arrives the socket must already answer.
+            version(&socket).unwrap_or_else(|e| panic!("READY=1 sent but the control socket does not answer: {e}"));
+            let status = m.lines().find_map(|l| l.strip_prefix("STATUS=")).expect("READY=1 comes with a STATUS=");
+            assert!(status.contains("1 idle") && status.contains("next tank/photos in"), "{status}");
+            break;
+        }
+        assert!(!m.contains("STOPPING"), "stopped before READY: {messages:?}");
+    }
+    // Watchdog pings follow.
+    let t0 = Instant::now();
+    let mut pings = 0;
+    while pings < 2 {
+        if recv(&mut buf).lines().any(|l| l == "WATCHDOG=1") {
+            pings += 1;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no watchdog pings");
+    }
+    // SIGTERM: STOPPING=1, exit 0, socket removed.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    loop {
+        let m = recv(&mut buf);
+        if m.lines().any(|l| l == "STOPPING=1") {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "zibd did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(!socket.exists(), "socket file left behind");
+}
+
+/// A second zibd on the same state refuses to start and leaves the first one's socket alone;
+/// an invalid config exits 78.
+#[test]
+fn second_daemon_and_invalid_config_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    let config = dir.path().join("zibd.toml");
+    let text = format!(
+        "[daemon]\nstate_dir = \"{root}/state\"\nspool_dir = \"{root}/spool\"\nsocket = \"{root}/zibd.sock\"\n\
+         [target]\nbucket = \"second-test\"\nendpoint = \"http://127.0.0.1:9\"\n\
+         [[dataset]]\nname = \"tank/a\"\nschedule = \"0 3 * * *\"\n"
+    );
+    std::fs::write(&config, &text).unwrap();
+    let zibd = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
+        c.arg("--config").arg(&config).env_remove("NOTIFY_SOCKET").env("AWS_EC2_METADATA_DISABLED", "true");
+        c
+    };
+    let mut first = Killed(zibd().spawn().unwrap());
+    let socket = dir.path().join("zibd.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "first zibd never bound its socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = zibd().output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("locked by another zib process"), "{err}");
+    assert!(socket.exists(), "the second zibd must not remove the first one's socket");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(first.0.wait().unwrap().success());
+
+    std::fs::write(&config, text.replace("0 3 * * *", "0 25 * * *")).unwrap();
+    let out = zibd().output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("zibd.toml") && err.contains("schedule"), "{err}");
+}
