@@ -34,6 +34,11 @@ pub struct Backup {
 /// Writes a chain of backups of `ds` (full first) as zib would: chunks in `class`, manifests
 /// in STANDARD. Returns the manifests.
 pub async fn seed(client: &aws_sdk_s3::Client, bucket: &str, ds: &str, chain: &[Backup], class: StorageClass) -> Vec<Manifest> {
+    seed_chunked(client, bucket, ds, chain, class, CHUNK).await
+}
+
+/// [`seed`] with chunks of `chunk` bytes.
+pub async fn seed_chunked(client: &aws_sdk_s3::Client, bucket: &str, ds: &str, chain: &[Backup], class: StorageClass, chunk: u64) -> Vec<Manifest> {
     let ds = DatasetName::new(ds).unwrap();
     let layout = KeyLayout::new(PREFIX, &ds);
     let mut out = Vec::new();
@@ -41,7 +46,7 @@ pub async fn seed(client: &aws_sdk_s3::Client, bucket: &str, ds: &str, chain: &[
         let seq = i as u64 + 1;
         let to = SnapName::new(b.snap).unwrap();
         let mut chunks = Vec::new();
-        for (j, part) in b.data.chunks(CHUNK as usize).enumerate() {
+        for (j, part) in b.data.chunks(chunk as usize).enumerate() {
             let key = layout.chunk_key(seq, &to, 0, j as u64);
             client
                 .put_object()
@@ -67,7 +72,7 @@ pub async fn seed(client: &aws_sdk_s3::Client, bucket: &str, ds: &str, chain: &[
             committed_at: Utc::now(),
             attempt: 0,
             storage_class: class,
-            chunk_size: CHUNK,
+            chunk_size: chunk,
             stream_size: b.data.len() as u64,
             stream_sha256: sha(&b.data),
             chunks,
