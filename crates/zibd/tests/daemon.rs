@@ -134,6 +134,11 @@ impl Bed {
 
     /// Writes the config with these `(dataset, schedule)` entries.
     fn write_config(&self, datasets: &[(&str, &str)]) {
+        self.write_config_jobs(datasets, 2);
+    }
+
+    /// The same, with `daemon.max_concurrent_jobs = max_jobs`.
+    fn write_config_jobs(&self, datasets: &[(&str, &str)], max_jobs: usize) {
         let root = self.dir.path().display();
         let mut text = format!(
             r#"
@@ -142,7 +147,7 @@ state_dir = "{root}/state"
 spool_dir = "{root}/spool"
 socket = "{root}/run/zibd.sock"
 shutdown_timeout_secs = 10
-max_concurrent_jobs = 2
+max_concurrent_jobs = {max_jobs}
 
 [target]
 bucket = "{bucket}"
@@ -270,6 +275,39 @@ async fn tick_fires_and_a_busy_run_counts_a_missed_tick() {
     assert_eq!(s.next_run, Some(t("2026-01-01T00:06:00Z")));
     assert_eq!(snapshots_taken(ds), 2);
     assert!(d.stop().await, "stopped in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_slots_bound_concurrent_runs_and_a_queued_run_can_be_cancelled() {
+    let bed = Bed::new().await;
+    let (a, b, c) = ("slots/a", "slots/b", "slots/c");
+    bed.write_config_jobs(&[(a, "0 0 3 * * *"), (b, "0 0 3 * * *"), (c, "0 0 3 * * *")], 1);
+    let d = bed.start().await;
+    let core = d.core();
+    hold(a, true);
+    expect_ok(ask(&core, Request::Trigger { dataset: a.into(), wait: false }).await);
+    wait_for(&core, a, "uploading", |s| s.state == JobState::Uploading).await;
+    expect_ok(ask(&core, Request::Trigger { dataset: b.into(), wait: false }).await);
+    expect_ok(ask(&core, Request::Trigger { dataset: c.into(), wait: false }).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status(&core, b).await.state, JobState::Queued, "only one job slot");
+    assert_eq!(status(&core, c).await.state, JobState::Queued);
+    assert_eq!(snapshots_taken(b), 0, "a queued run has not started");
+    match ask(&core, Request::Status { dataset: None }).await {
+        Response::Status { daemon, .. } => assert_eq!((daemon.jobs_running, daemon.jobs_max), (1, Some(1))),
+        other => panic!("{other:?}"),
+    }
+    // Cancelling a queued run frees nothing and starts nothing.
+    let msg = expect_ok(ask(&core, Request::Cancel { dataset: c.into() }).await);
+    assert!(msg.contains("cancelling"), "{msg}");
+    wait_for(&core, c, "idle again", |s| s.state == JobState::Scheduled).await;
+    hold(a, false);
+    wait_for(&core, b, "b ran after a", |s| s.last_success.is_some()).await;
+    assert!(status(&core, a).await.last_success.is_some());
+    let sc = status(&core, c).await;
+    assert!(sc.last_success.is_none() && sc.last_error.is_none(), "{sc:?}");
+    assert_eq!(snapshots_taken(c), 0);
+    assert!(d.stop().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -428,7 +428,9 @@ impl Task {
                 self.shared().missed_ticks += due - 1;
                 tracing::warn!(dataset = %self.name, missed = due - 1, "several scheduled runs were due at once; running once");
             }
-            if let Err(e) = self.start_run(BackupOptions::default()) {
+            if self.ctx.shutdown.is_cancelled() {
+                // Stopping: start nothing new.
+            } else if let Err(e) = self.start_run(BackupOptions::default()) {
                 tracing::error!(dataset = %self.name, error = %e, "scheduled run could not start");
             }
         }
@@ -663,7 +665,8 @@ impl Task {
         }
         let _ = run.done.send(Some(final_response));
         self.changed();
-        if run.stop == Some(Stop::Paused) && !self.paused && self.resume_interrupted && !self.retiring {
+        let stopping = self.retiring || self.ctx.shutdown.is_cancelled();
+        if run.stop == Some(Stop::Paused) && !self.paused && self.resume_interrupted && !stopping {
             // Resumed while the run was still stopping: continue it now.
             self.resume_interrupted = false;
             if let Err(e) = self.start_run(BackupOptions::default()) {
