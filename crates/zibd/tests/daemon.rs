@@ -311,6 +311,39 @@ async fn job_slots_bound_concurrent_runs_and_a_queued_run_can_be_cancelled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_shows_failed_with_its_error_and_jitter_delays_the_next_run() {
+    let mut bed = Bed::new().await;
+    bed.bucket = "zib-no-such-bucket-for-daemon-test".into();
+    let ds = "fail/data";
+    bed.write_config(&[(ds, "0 * * * * *")]);
+    let mut text = std::fs::read_to_string(&bed.config).unwrap();
+    text.push_str("jitter_secs = 20\n");
+    std::fs::write(&bed.config, text).unwrap();
+    let d = bed.start().await;
+    let core = d.core();
+    let next = status(&core, ds).await.next_run.expect("scheduled");
+    assert!((t("2026-01-01T00:01:00Z")..=t("2026-01-01T00:01:20Z")).contains(&next), "{next}");
+
+    let Reply::Stream(mut rx) = core.handle(Request::Trigger { dataset: ds.into(), wait: true }, root()).await else {
+        panic!("trigger --wait streams")
+    };
+    let done = loop {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("a frame").expect("a final frame") {
+            Response::Progress(_) => {}
+            other => break other,
+        }
+    };
+    let Response::Done { ok: false, message, .. } = done else { panic!("expected a failed run, got {done:?}") };
+    assert!(message.contains("failed"), "{message}");
+    let s = status(&core, ds).await;
+    assert_eq!(s.state, JobState::Failed);
+    let e = s.last_error.expect("last error");
+    assert!(e.message.contains("bucket") || e.message.contains("Bucket"), "{}", e.message);
+    assert!(s.last_success.is_none());
+    assert!(d.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_skips_the_schedule_and_resume_continues() {
     let bed = Bed::new().await;
     let ds = "pause/data";
@@ -480,7 +513,8 @@ async fn shutdown_stops_a_running_backup_at_a_safe_point_and_a_restart_resumes()
 }
 
 /// A fake service manager: READY=1 must come only once the control socket answers; STATUS=
-/// is set; WATCHDOG=1 pings come at half WATCHDOG_USEC; SIGTERM gives STOPPING=1 and exit 0.
+/// is set; WATCHDOG=1 pings come at half WATCHDOG_USEC; SIGHUP reloads; SIGTERM gives
+/// STOPPING=1 and exit 0.
 #[test]
 fn sd_notify_ready_only_after_the_control_socket_answers() {
     let dir = tempfile::tempdir().unwrap();
@@ -562,6 +596,26 @@ schedule = "0 3 * * *"
             pings += 1;
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "no watchdog pings");
+    }
+    // SIGHUP re-reads the config: a new dataset appears.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[[dataset]]\nname = \"tank/docs\"\nschedule = \"0 4 * * *\"\n")).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.0.id() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let names = rt.block_on(async {
+            let mut s = UnixStream::connect(&socket).await.unwrap();
+            write_frame(&mut s, &encode_request(&Request::Status { dataset: None })).await.unwrap();
+            match decode_response(&read_frame(&mut s).await.unwrap().unwrap()).unwrap().response {
+                Response::Status { datasets, .. } => datasets.into_iter().map(|d| d.dataset).collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            }
+        });
+        if names == ["tank/docs", "tank/photos"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {names:?}");
+        std::thread::sleep(Duration::from_millis(100));
     }
     // SIGTERM: STOPPING=1, exit 0, socket removed.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
