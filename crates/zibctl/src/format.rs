@@ -209,7 +209,9 @@ pub fn status_table(daemon: &DaemonInfo, datasets: &[DatasetStatus], now: DateTi
 pub fn progress_line(u: &ProgressUpdate) -> String {
     let mut s = format!("{}: {}", u.dataset, u.state);
     if let Some(p) = &u.progress {
-        s.push_str(&format!(" {}", p.snapshot));
+        if !p.snapshot.is_empty() {
+            s.push_str(&format!(" {}", p.snapshot));
+        }
         s.push_str(&format!(", {}", progress_summary(p)));
         if let Some(rate) = p.rate_bytes_per_sec {
             s.push_str(&format!(", {}", human_rate(rate)));
@@ -448,6 +450,9 @@ tank/photos: 2 scheduled runs skipped while a run was still going
             progress_line(&u),
             "tank/photos: uploading tank/photos@zib-20260101T030000Z, 3.0 GiB / 10.0 GiB (30%), chunk 4/10, 50.0 MiB/s, ETA 2m 23s"
         );
+        let mut early = u.clone();
+        early.progress.as_mut().unwrap().snapshot = String::new();
+        assert!(progress_line(&early).starts_with("tank/photos: uploading, 3.0 GiB"), "{}", progress_line(&early));
         let q = ProgressUpdate {
             dataset: "tank/photos".into(),
             state: JobState::Queued,
