@@ -242,7 +242,15 @@ impl Daemon {
         let ctx = &self.core.ctx;
         ctx.shutdown.cancel();
         ctx.tracker.close();
-        let in_time = tokio::time::timeout(timeout, ctx.tracker.wait()).await.is_ok();
+        let restores = &self.core.restores;
+        let all_stopped = async {
+            ctx.tracker.wait().await;
+            // Restore jobs stop on the same token; their records stay for the restart.
+            while restores.running() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let in_time = tokio::time::timeout(timeout, all_stopped).await.is_ok();
         if in_time {
             tracing::info!("all jobs stopped");
         } else {
@@ -381,6 +389,13 @@ impl DaemonCore {
             match store.lock(name) {
                 Ok(l) => {
                     locks.insert((*name).clone(), l);
+                }
+                Err(StateStoreError::Locked { pid, .. }) if pid.trim() == std::process::id().to_string() => {
+                    let msg = format!(
+                        "cannot add dataset {name} yet: its task from before an earlier reload is still finishing a backup; reload again when it is done (keeping the running configuration)"
+                    );
+                    tracing::error!("reload refused: {msg}");
+                    return Err(msg);
                 }
                 Err(e) => {
                     let msg = format!("cannot add dataset {name}: {e}; keeping the running configuration");

@@ -474,6 +474,23 @@ async fn trigger_wait_streams_progress_over_the_socket_then_done() {
         other => panic!("expected done, got {other:?}"),
     }
     assert!(progress >= 1, "at least one progress frame");
+    // Restore requests reach the restore jobs.
+    let core = d.core();
+    expect_err(ask(&core, Request::RestoreStatus { id: Some("tank/nope".into()) }).await, ErrorKind::NotFound);
+    match ask(&core, Request::RestoreStatus { id: None }).await {
+        Response::RestoreStatus { jobs } => assert!(jobs.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let bad = zib_protocol::RestoreStart {
+        dataset: ds.into(),
+        snapshot: None,
+        to: "tank/x@not-a-dataset".into(),
+        tier: zib_protocol::RestoreTier::Bulk,
+        days: 1,
+        bucket: None,
+        prefix: None,
+    };
+    expect_err(ask(&core, Request::RestoreStart(bad)).await, ErrorKind::InvalidRequest);
     // The connection stays usable after the stream.
     write_frame(&mut s, &encode_request(&Request::Version)).await.unwrap();
     let body = read_frame(&mut s).await.unwrap().unwrap();
