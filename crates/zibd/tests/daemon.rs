@@ -240,11 +240,14 @@ async fn tick_fires_and_a_busy_run_counts_a_missed_tick() {
     assert_eq!(s.state, JobState::Scheduled);
     assert_eq!(s.next_run, Some(t("2026-01-01T00:01:00Z")));
     assert_eq!(snapshots_taken(ds), 0);
+    assert_eq!(core.status_line(), "1 idle, next sched/data in 30s");
 
     // The tick starts a run; the held `zfs send` keeps it busy.
     hold(ds, true);
     bed.clock.set(t("2026-01-01T00:01:00Z"));
     let s = wait_for(&core, ds, "uploading", |s| s.state == JobState::Uploading).await;
+    let line = core.status_line();
+    assert!(line.starts_with("1 running") && line.contains("next sched/data in"), "{line}");
     let p = s.progress.expect("progress while uploading");
     assert!(p.snapshot.starts_with(&format!("{ds}@zib-")), "{p:?}");
     assert_eq!(p.bytes_total_estimate, Some(1 << 20));
@@ -301,9 +304,14 @@ async fn job_slots_bound_concurrent_runs_and_a_queued_run_can_be_cancelled() {
     let msg = expect_ok(ask(&core, Request::Cancel { dataset: c.into() }).await);
     assert!(msg.contains("cancelling"), "{msg}");
     wait_for(&core, c, "idle again", |s| s.state == JobState::Scheduled).await;
+    assert_eq!(status(&core, b).await.state, JobState::Queued);
+    // A reload with two slots lets b run while a is still going.
+    bed.write_config_jobs(&[(a, "0 0 3 * * *"), (b, "0 0 3 * * *"), (c, "0 0 3 * * *")], 2);
+    expect_ok(ask(&core, Request::Reload).await);
+    wait_for(&core, b, "b ran beside a", |s| s.last_success.is_some()).await;
+    assert_eq!(status(&core, a).await.state, JobState::Uploading, "a is still held");
     hold(a, false);
-    wait_for(&core, b, "b ran after a", |s| s.last_success.is_some()).await;
-    assert!(status(&core, a).await.last_success.is_some());
+    wait_for(&core, a, "a done", |s| s.last_success.is_some()).await;
     let sc = status(&core, c).await;
     assert!(sc.last_success.is_none() && sc.last_error.is_none(), "{sc:?}");
     assert_eq!(snapshots_taken(c), 0);
