@@ -418,7 +418,7 @@ impl Task {
     fn on_tick(&mut self) {
         let now = self.ctx.clock.now();
         let tz = self.settings.cfg.daemon.timezone;
-        let due = self.settings.ds.schedule.ticks_between(self.last_base, now, tz, 100_000).max(1) as u64;
+        let due = self.settings.ds.schedule.ticks_between(self.last_base, now, tz, 10_000).max(1) as u64;
         self.last_base = now;
         if self.run.is_some() {
             self.shared().missed_ticks += due;
