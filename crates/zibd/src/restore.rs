@@ -1359,6 +1359,9 @@ pub enum RestoreCommand {
         /// Only this backed-up dataset.
         #[arg(long)]
         dataset: Option<String>,
+        /// Print the catalog (every manifest) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show which streams and chunks a restore needs, and what each restore tier costs.
     Plan {
@@ -1475,11 +1478,21 @@ pub fn main(cmd: RestoreCommand, config: &Path) -> std::process::ExitCode {
 async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyhow::Result<()> {
     let pricing = cfg.as_ref().map(|c| c.pricing.clone()).unwrap_or_default();
     match cmd {
-        RestoreCommand::List { bucket, dataset } => {
+        RestoreCommand::List { bucket, dataset, json } => {
             let engine = connect(&bucket, cfg.as_ref()).await?;
             let ds = parse_opt(dataset.as_deref(), DatasetName::new)?;
             let cat = load_catalog(&engine.s3, &engine.prefix, ds.as_ref()).await?;
-            print!("{}", format_catalog(&cat));
+            if json {
+                let datasets: Vec<_> = cat
+                    .datasets
+                    .iter()
+                    .map(|c| serde_json::json!({ "dataset": c.dataset, "manifests": c.manifests }))
+                    .collect();
+                let v = serde_json::json!({ "bucket": cat.bucket, "prefix": cat.prefix, "datasets": datasets });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", format_catalog(&cat));
+            }
             Ok(())
         }
         RestoreCommand::Plan { bucket, dataset, snapshot, days, json } => {

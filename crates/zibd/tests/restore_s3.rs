@@ -49,6 +49,14 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
         assert!(out.contains(s), "{s} missing from:\n{out}");
     }
 
+    let o = zibd(ep, &zfs.bin, &[&["list", "--json", "--dataset", "tank/photos"], &b[..]].concat());
+    assert!(o.status.success(), "{}", text(&o).1);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["datasets"].as_array().unwrap().len(), 1);
+    let listed: Vec<&str> = v["datasets"][0]["manifests"].as_array().unwrap().iter().map(|m| m["to"]["name"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["zib-20261101T000000Z", "zib-20261102T000000Z", "zib-20261103T000000Z"]);
+    assert_eq!(v["datasets"][0]["manifests"][2]["chunks"].as_array().unwrap().len(), ms[2].chunks.len());
+
     // Several datasets: plan must be told which.
     let o = zibd(ep, &zfs.bin, &[&["plan"], &b[..]].concat());
     assert!(!o.status.success());
