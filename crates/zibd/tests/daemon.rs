@@ -56,7 +56,11 @@ exec __SUPPORT__/fake_zfs.sh "$@"
 fn zfs_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("zib-daemon-test").tempdir().unwrap().keep();
+        // Under target/tmp, kept after the run (for a look at $D/log; `cargo clean` removes it);
+        // never cleared here, as other test processes may share the target directory.
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("daemon-test");
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::Builder::new().prefix("fake-zfs").tempdir_in(&base).unwrap().keep();
         let script = dir.join("fake-zfs");
         let support = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support");
         std::fs::write(&script, FAKE_ZFS.replace("__DIR__", &dir.display().to_string()).replace("__SUPPORT__", support)).unwrap();
