@@ -358,10 +358,13 @@ impl Backup<'_> {
     async fn upload(&mut self, mut rx: mpsc::UnboundedReceiver<Spooled>, p: &Pending) -> Result<(u64, u64), BackupError> {
         let layout = self.layout();
         let (mut uploaded, mut reused) = (0, 0);
-        while let Some(item) = rx.recv().await {
-            if self.cancel.is_cancelled() {
-                return Err(BackupError::Cancelled { dataset: self.ds.name.to_string() });
-            }
+        loop {
+            // A pause or SIGTERM must not wait for the next chunk to be read (up to 5 GB).
+            let item = tokio::select! {
+                item = rx.recv() => item,
+                () = self.cancel.cancelled() => return Err(BackupError::Cancelled { dataset: self.ds.name.to_string() }),
+            };
+            let Some(item) = item else { break };
             let size = match item {
                 Spooled::Reused { size } => {
                     reused += 1;
@@ -579,7 +582,11 @@ async fn read_stream(
         let mut n = 0u64;
         while n < chunk_size {
             let want = buf.len().min((chunk_size - n) as usize);
-            let r = send.as_mut().expect("running").stdout().read(&mut buf[..want]).await.map_err(|e| ZfsError::Spawn { cmd: "zfs send (reading its output)".into(), source: e })?;
+            let r = tokio::select! {
+                r = send.as_mut().expect("running").stdout().read(&mut buf[..want]) => r,
+                () = cancel.cancelled() => return Err(BackupError::Cancelled { dataset: spool.stem.clone() }),
+            };
+            let r = r.map_err(|e| ZfsError::Spawn { cmd: "zfs send (reading its output)".into(), source: e })?;
             if r == 0 {
                 finished = true;
                 break;
