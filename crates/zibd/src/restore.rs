@@ -78,9 +78,20 @@ pub struct PollBackoff {
 
 impl Default for PollBackoff {
     /// Thaws take hours (Standard, up to 12) to days (Bulk, up to 48): a HEAD per chunk every
-    /// 15 minutes at most costs nothing worth counting.
+    /// 15 minutes at most costs nothing worth counting. `ZIB_RESTORE_POLL=INITIAL,MAX`
+    /// (seconds) overrides it, e.g. for tests against a local server whose thaws take seconds.
     fn default() -> Self {
-        Self { initial: Duration::from_secs(60), max: Duration::from_secs(15 * 60) }
+        let env = std::env::var("ZIB_RESTORE_POLL").ok().and_then(|v| Self::parse(&v));
+        env.unwrap_or(Self { initial: Duration::from_secs(60), max: Duration::from_secs(15 * 60) })
+    }
+}
+
+impl PollBackoff {
+    /// "INITIAL,MAX" in seconds (fractions allowed), INITIAL > 0 and MAX >= INITIAL.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (a, b) = s.split_once(',')?;
+        let (a, b): (f64, f64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        (a > 0.0 && b >= a && b.is_finite()).then(|| Self { initial: Duration::from_secs_f64(a), max: Duration::from_secs_f64(b) })
     }
 }
 
@@ -1307,6 +1318,14 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn poll_backoff_parses() {
+        assert_eq!(PollBackoff::parse("0.5, 2"), Some(PollBackoff { initial: Duration::from_millis(500), max: Duration::from_secs(2) }));
+        for bad in ["", "1", "0,1", "2,1", "a,b", "1,inf"] {
+            assert_eq!(PollBackoff::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn human_sizes() {

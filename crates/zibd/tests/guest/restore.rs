@@ -401,3 +401,107 @@ async fn a_slow_thaw_and_a_killed_restore_resume_without_asking_twice() {
     assert!(proxy.stats.lock().unwrap().in_progress_answers as usize >= 3 * total);
     check_restored(&target, &mp, &src, 1);
 }
+
+/// `zibctl --socket S ARGS` (zibctl sits next to zibd in the target directory).
+fn zibctl(socket: &Path, args: &[&str]) -> Output {
+    let bin = Path::new(env!("CARGO_BIN_EXE_zibd")).parent().unwrap().join("zibctl");
+    assert!(bin.exists(), "{} is missing: build it first (`cargo build -p zibctl`)", bin.display());
+    Command::new(bin).arg("--socket").arg(socket).args(args).output().unwrap()
+}
+
+/// The daemon, with thaw polls every second or two; killed on drop.
+fn spawn_daemon(config: &Path, endpoint: &str, log: &Path) -> tokio::process::Child {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
+    c.arg("--config").arg(config).env("ZIB_LOG", "info").env("ZIB_RESTORE_POLL", "0.5,1").env_remove("NOTIFY_SOCKET");
+    for (k, v) in test_env(endpoint) {
+        c.env(k, v);
+    }
+    c.stdin(std::process::Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out).kill_on_drop(true);
+    c.spawn().unwrap()
+}
+
+async fn restore_jobs(socket: &Path, log: &Path) -> Vec<serde_json::Value> {
+    let o = zibctl(socket, &["restore", "status", "--json"]);
+    assert!(o.status.success(), "{}\nzibd log:\n{}", out(&o), std::fs::read_to_string(log).unwrap_or_default());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out(&o)));
+    v["jobs"].as_array().cloned().unwrap_or_default()
+}
+
+async fn wait_job(socket: &Path, log: &Path, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    for _ in 0..600 {
+        if std::path::Path::new(socket).exists()
+            && let Some(j) = restore_jobs(socket, log).await.into_iter().next()
+            && f(&j)
+        {
+            return j;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    panic!("timed out waiting for the restore job to be {what}; zibd log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zibctl_restore_runs_as_a_daemon_job_that_survives_a_daemon_restart() {
+    require_zfs();
+    let moto = MotoServer::start();
+    let bucket = moto.create_bucket("gdaemon").await;
+    let mut src = Source::new(moto.endpoint(), &bucket, "c");
+    src.change_and_backup(1, 10, 80_000);
+    src.change_and_backup(2, 4, 60_000);
+    src.wipe_local();
+    // Thaws take 6 polls (3 s or more at the daemon's 0.5-1 s interval): time to restart it.
+    let proxy = SlowThawProxy::start(moto.endpoint(), 6).await;
+
+    let work = work_dir("rdaemon");
+    let socket = work.join("zibd.sock");
+    let log = work.join("zibd.log");
+    let config = work.join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nsocket = \"{s}\"\nstate_dir = \"{w}/dstate\"\nspool_dir = \"{w}/dspool\"\n\n[target]\nbucket = \"{bucket}\"\nendpoint = \"{ep}\"\nprefix = \"{PREFIX}\"\n",
+            s = socket.display(),
+            w = work.display(),
+            ep = proxy.endpoint
+        ),
+    )
+    .unwrap();
+    let dst = TestPool::create("zrdmn");
+    let target = dst.dataset("fromdaemon");
+
+    let mut daemon = spawn_daemon(&config, &proxy.endpoint, &log);
+    for _ in 0..200 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let o = zibctl(&socket, &["restore", "start", &src.ds.name, "--to", &target, "--tier", "standard", "--days", "2"]);
+    assert!(o.status.success(), "{}\nzibd log:\n{}", out(&o), std::fs::read_to_string(&log).unwrap_or_default());
+    let j = wait_job(&socket, &log, "thawing", |j| j["state"] == "thawing" && j["objects_total"].as_u64().unwrap_or(0) > 0).await;
+    assert_eq!(j["to"], target.as_str());
+    assert_eq!(j["tier"], "standard");
+    let total = j["objects_total"].as_u64().unwrap();
+
+    // Restart the daemon in the middle of the thaw.
+    let pid = daemon.id().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let st = tokio::time::timeout(std::time::Duration::from_secs(60), daemon.wait()).await.expect("zibd exits after SIGTERM").unwrap();
+    assert!(st.success(), "zibd exit {st}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(!zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-r", dst.name()]).contains('@'), "nothing received yet");
+    let _daemon = spawn_daemon(&config, &proxy.endpoint, &log);
+    let j = wait_job(&socket, &log, "done", |j| j["state"] == "done" || j["state"] == "failed").await;
+    assert_eq!(j["state"], "done", "{j}\nzibd log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert_eq!(proxy.restores() as u64, total, "no thaw requested twice across the restart");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("continuing an unfinished restore job"));
+
+    // Daemon jobs do not load keys: the user does, then mounts.
+    assert_eq!(snapshots(&target), src.snaps.iter().map(|s| s.0.clone()).collect::<Vec<_>>());
+    assert_eq!(zfs_get(&target, "keystatus"), "unavailable");
+    let mp = mountpoint("fromdaemon");
+    zfs(&["load-key", "-L", &src.ds.key_location(), &target]);
+    zfs(&["set", &format!("mountpoint={}", mp.display()), &target]);
+    zfs(&["mount", &target]);
+    assert_eq!(checksum_tree(&mp), src.snaps[1].1);
+}
