@@ -53,6 +53,7 @@ pub(crate) fn http_request(
     method: &str,
     path: &str,
     body: &[u8],
+    timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
     let hostport = endpoint
         .trim_start_matches("http://")
@@ -63,7 +64,7 @@ pub(crate) fn http_request(
         .next()
         .ok_or_else(|| std::io::Error::other(format!("cannot resolve {hostport}")))?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(timeout))?;
     let head = format!(
         "{method} {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Length: {}\r\n\
          Content-Type: application/json\r\nConnection: close\r\n\r\n",
@@ -131,7 +132,8 @@ fn spawn_server(
             _dir: dir,
         };
         let endpoint = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let limit = startup_limit();
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = proc.child.try_wait() {
                 last_err = format!(
@@ -140,13 +142,22 @@ fn spawn_server(
                 );
                 break;
             }
-            if http_request(&endpoint, "GET", "/", b"").is_ok() {
-                return (endpoint, proc);
+            // Listening yet? Then wait for the first answer (under the guest's emulated CPU,
+            // moto takes ~20 s to listen and ~40 s more to answer its first request).
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if http_request(&endpoint, "GET", "/", b"", left.max(Duration::from_secs(1)))
+                    .is_ok()
+                {
+                    return (endpoint, proc);
+                }
             }
             if Instant::now() > deadline {
                 panic!(
-                    "{what} ({}) did not answer on {endpoint} within 60 s; log:\n{}",
+                    "{what} ({}) did not answer on {endpoint} within {} s; log:\n{}",
                     bin.display(),
+                    limit.as_secs(),
                     std::fs::read_to_string(&proc.log).unwrap_or_default()
                 );
             }
@@ -154,6 +165,16 @@ fn spawn_server(
         }
     }
     panic!("{what} failed to start 3 times: {last_err}");
+}
+
+/// How long a spawned server may take to answer: 60 s on the host, 300 s in the guest
+/// (`ZIB_IN_GUEST`, set by run-in-guest), where Python runs under CPU emulation.
+fn startup_limit() -> Duration {
+    if std::env::var_os("ZIB_IN_GUEST").is_some() {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs(60)
+    }
 }
 
 fn endpoint_from_env(var: &str) -> Option<String> {
@@ -252,7 +273,7 @@ impl MotoServer {
     }
 
     fn moto_api(&self, path: &str, body: &str) {
-        match http_request(&self.endpoint, "POST", path, body.as_bytes()) {
+        match http_request(&self.endpoint, "POST", path, body.as_bytes(), startup_limit()) {
             Ok((s, _)) if (200..300).contains(&s) => {}
             Ok((s, b)) => panic!("moto {path}: HTTP {s}: {b}"),
             Err(e) => panic!("moto {path}: {e}"),
