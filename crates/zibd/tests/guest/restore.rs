@@ -501,7 +501,7 @@ async fn zibctl_restore_runs_as_a_daemon_job_that_survives_a_daemon_restart() {
     assert_eq!(zfs_get(&target, "keystatus"), "unavailable");
     let mp = mountpoint("fromdaemon");
     zfs(&["load-key", "-L", &src.ds.key_location(), &target]);
-    zfs(&["set", &format!("mountpoint={}", mp.display()), &target]);
-    zfs(&["mount", &target]);
+    zfs(&["set", &format!("mountpoint={}", mp.display()), &target]); // mounts it, key loaded
+    assert_eq!(zfs_get(&target, "mounted"), "yes");
     assert_eq!(checksum_tree(&mp), src.snaps[1].1);
 }
