@@ -26,6 +26,13 @@
 //! 5. **Keys**: raw encrypted streams arrive encrypted with `keylocation=prompt`. With a key
 //!    location the key is loaded (`zfs load-key -L`), and the dataset mounted when a
 //!    mountpoint was given; otherwise the report says how to do it.
+//!
+//! Entry points: `zibd restore list|plan|run` ([`main`], foreground, no config or local state
+//! needed), and [`RestoreJobs`] for the daemon (`zibctl restore start|status`), which keeps one
+//! job per target and continues unfinished ones after a restart. Both use
+//! `<state_dir>/restore/restore-<target>.json` by default, so one lock guards a target. Thaw
+//! polling: `--poll-initial-secs/--poll-max-secs`, or `ZIB_RESTORE_POLL=INITIAL,MAX` for the
+//! daemon. Test hook: `ZIB_FAILPOINT=restore-after-chunk:N` (and `restore-after-thaw-request`).
 
 use std::{
     fs::{File, OpenOptions},
