@@ -44,7 +44,7 @@ endpoint = "{endpoint}"
 prefix = "backups"
 storage_class = "{class}"
 chunk_size = {CHUNK}
-max_attempts = 4
+max_attempts = 8
 
 [[dataset]]
 name = "tank/photos"
