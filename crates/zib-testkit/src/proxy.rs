@@ -221,6 +221,8 @@ pub enum Outcome {
 /// One request seen by the proxy, in arrival order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedRequest {
+    /// Arrival number, from 0, never reused (not reset by [`FaultProxy::reset_counts`]).
+    pub id: u64,
     pub method: String,
     /// Raw (percent-encoded) path, e.g. "/bucket/dir/key".
     pub path: String,
@@ -235,6 +237,7 @@ pub struct RecordedRequest {
 
 #[derive(Debug, Default)]
 struct State {
+    next_id: u64,
     requests: Vec<RecordedRequest>,
     faults: Vec<Fault>,
 }
@@ -371,10 +374,12 @@ async fn handle(
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let (idx, action) = {
+    let (id, action) = {
         let mut s = lock(&st);
-        let idx = s.requests.len();
+        let id = s.next_id;
+        s.next_id += 1;
         s.requests.push(RecordedRequest {
+            id,
             key: key_of(&path),
             method: method.clone(),
             path: path.clone(),
@@ -390,9 +395,13 @@ async fn handle(
                 }
             }
         }
-        (idx, action)
+        (id, action)
     };
-    let set = |o: Outcome| lock(&st).requests[idx].outcome = Some(o);
+    let set = |o: Outcome| {
+        if let Some(r) = lock(&st).requests.iter_mut().rev().find(|r| r.id == id) {
+            r.outcome = Some(o);
+        }
+    };
 
     match action {
         Some(FaultAction::Status {

@@ -273,7 +273,13 @@ impl MotoServer {
     }
 
     fn moto_api(&self, path: &str, body: &str) {
-        match http_request(&self.endpoint, "POST", path, body.as_bytes(), startup_limit()) {
+        match http_request(
+            &self.endpoint,
+            "POST",
+            path,
+            body.as_bytes(),
+            startup_limit(),
+        ) {
             Ok((s, _)) if (200..300).contains(&s) => {}
             Ok((s, b)) => panic!("moto {path}: HTTP {s}: {b}"),
             Err(e) => panic!("moto {path}: {e}"),

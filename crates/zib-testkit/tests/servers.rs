@@ -162,6 +162,12 @@ async fn proxy_counts_and_injects_slowdown() {
     assert_eq!(injected.len(), 1);
     assert_eq!(zib_testkit::get_bytes(&client, &bucket, "b").await, b"2");
     assert_eq!(proxy.count(&Matcher::get()), 1);
+    proxy.reset_counts();
+    assert!(proxy.requests().is_empty());
+    zib_testkit::get_bytes(&client, &bucket, "c").await;
+    let after = proxy.requests();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].outcome, Some(Outcome::Forwarded(200)));
 }
 
 #[tokio::test]
