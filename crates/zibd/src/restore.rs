@@ -35,8 +35,8 @@
 //! daemon. Test hook: `ZIB_FAILPOINT=restore-after-chunk:N` (and `restore-after-thaw-request`).
 
 use std::{
-    fs::{File, OpenOptions},
-    io::{Read, Seek, Write},
+    fs::File,
+    io::Read,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -44,7 +44,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::{io::AsyncWriteExt, sync::watch};
@@ -356,19 +356,10 @@ impl RestoreProgressFile {
         std::fs::create_dir_all(work_dir).map_err(io_err("cannot create work directory", work_dir))?;
         let stem = format!("restore-{}", target.file_stem());
         let lock_path = work_dir.join(format!("{stem}.lock"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io_err("cannot open lock file", &lock_path))?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(RestoreError::Locked { target: target.to_string(), path: lock_path }),
-            Err((_, e)) => return Err(RestoreError::Io { action: "cannot lock", path: lock_path, source: e.into() }),
-        };
-        let _ = lock.set_len(0).and_then(|()| lock.rewind()).and_then(|_| writeln!(lock, "{}", std::process::id()));
+        let lock = crate::state_store::lock_exclusive(&lock_path).map_err(|e| match e {
+            crate::state_store::LockError::Held { .. } => RestoreError::Locked { target: target.to_string(), path: lock_path.clone() },
+            crate::state_store::LockError::Io { action, source } => RestoreError::Io { action, path: lock_path.clone(), source },
+        })?;
         let path = work_dir.join(format!("{stem}.json"));
         let record = match std::fs::File::open(&path) {
             Ok(mut f) => {

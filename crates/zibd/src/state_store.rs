@@ -55,28 +55,10 @@ impl StateStore {
     pub fn lock(&self, ds: &DatasetName) -> Result<LockedState, StateStoreError> {
         std::fs::create_dir_all(&self.dir).map_err(io("cannot create state directory", &self.dir))?;
         let lock_path = self.dir.join(format!("{}.lock", ds.file_stem()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io("cannot open lock file", &lock_path))?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = if pid.trim().is_empty() { "unknown".into() } else { pid.trim().to_owned() };
-                return Err(StateStoreError::Locked { dataset: ds.clone(), pid, path: lock_path });
-            }
-            Err((_, e)) => return Err(StateStoreError::Io { action: "cannot lock", path: lock_path, source: e.into() }),
-        };
-        // Record who holds it, for the "locked by pid N" message of the next one to try.
-        lock.set_len(0).map_err(io("cannot write lock file", &lock_path))?;
-        lock.rewind().map_err(io("cannot write lock file", &lock_path))?;
-        writeln!(lock, "{}", std::process::id()).map_err(io("cannot write lock file", &lock_path))?;
-
+        let lock = lock_exclusive(&lock_path).map_err(|e| match e {
+            LockError::Held { pid } => StateStoreError::Locked { dataset: ds.clone(), pid, path: lock_path.clone() },
+            LockError::Io { action, source } => StateStoreError::Io { action, path: lock_path.clone(), source },
+        })?;
         let path = self.state_path(ds);
         let state = match std::fs::read(&path) {
             Ok(bytes) => DatasetState::from_json(&path.display().to_string(), &bytes, ds)?,
@@ -85,6 +67,41 @@ impl StateStore {
         };
         Ok(LockedState { _lock: lock, path, state })
     }
+}
+
+/// Why [`lock_exclusive`] failed.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process holds it; its pid as it wrote it (or "unknown").
+    Held { pid: String },
+    Io { action: &'static str, source: std::io::Error },
+}
+
+/// Takes an exclusive flock on `lock_path` without waiting and writes our pid into it, so the
+/// next process to try can say who holds it. The lock lives as long as the returned value.
+pub fn lock_exclusive(lock_path: &Path) -> Result<Flock<File>, LockError> {
+    let io = |action| move |source| LockError::Io { action, source };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock_path)
+        .map_err(io("cannot open lock file"))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = if pid.trim().is_empty() { "unknown".into() } else { pid.trim().to_owned() };
+            return Err(LockError::Held { pid });
+        }
+        Err((_, e)) => return Err(LockError::Io { action: "cannot lock", source: e.into() }),
+    };
+    lock.set_len(0).map_err(io("cannot write lock file"))?;
+    lock.rewind().map_err(io("cannot write lock file"))?;
+    writeln!(lock, "{}", std::process::id()).map_err(io("cannot write lock file"))?;
+    Ok(lock)
 }
 
 impl LockedState {
