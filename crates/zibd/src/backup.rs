@@ -258,11 +258,19 @@ impl Backup<'_> {
             (Some(c), false) => Some(c.snapshot.clone()),
             _ => None,
         };
-        let now = Utc::now();
+        // Snapshot names have one-second resolution: never reuse the base's name for the next
+        // snapshot (two backups within one second would otherwise adopt the base itself).
+        let mut now = Utc::now();
+        let mut to = SnapName::for_backup(&self.ds.snapshot_prefix, now);
+        while self.locked.state.last.as_ref().is_some_and(|c| c.snapshot.name == to) {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            now = Utc::now();
+            to = SnapName::for_backup(&self.ds.snapshot_prefix, now);
+        }
         let pending = Pending {
             seq: self.locked.state.next_seq(),
             from,
-            to: SnapName::for_backup(&self.ds.snapshot_prefix, now),
+            to,
             to_guid: None,
             attempt: 0,
             chunk_size: self.target.chunk_size,
