@@ -27,7 +27,7 @@ pub struct Catalog {
 impl Catalog {
     pub fn new(dataset: DatasetName, mut manifests: Vec<Manifest>) -> Self {
         manifests.retain(|m| m.dataset == dataset);
-        manifests.sort_by(|a, b| (a.seq, a.committed_at).cmp(&(b.seq, b.committed_at)));
+        manifests.sort_by_key(|m| (m.seq, m.committed_at));
         Self { dataset, manifests }
     }
 

@@ -6,6 +6,7 @@
 //! 3. each chunk after its PUT succeeded (a crash between PUT and save is met by a 412 and a
 //!    HEAD that must show the same size and SHA-256);
 //! 4. the manifest (the commit point), then `last`, then bookmark and pruning.
+//!
 //! On resume the send is re-run and the bytes of already stored chunks are re-hashed: they are
 //! skipped only if they match, because `zfs send -w` need not reproduce a stream byte for byte
 //! (openzfs#13778). Otherwise the upload starts again as a new attempt under a new key prefix.
@@ -172,15 +173,15 @@ impl Backup<'_> {
 
         // A pending backup whose snapshot vanished cannot be resumed: abandon it (its chunks have
         // no manifest, so they are invisible to restore) and start afresh.
-        if let Some(p) = &self.locked.state.pending {
-            if let Some(guid) = &p.to_guid {
-                match self.engine.zfs.snapshot_info(&name, &p.to).await? {
-                    Some(info) if &info.guid == guid => {}
-                    _ => {
-                        tracing::warn!(dataset = %name, snapshot = %p.to, "the snapshot of the interrupted backup is gone; starting a new backup");
-                        self.locked.state.pending = None;
-                        self.save().await?;
-                    }
+        if let Some(p) = &self.locked.state.pending
+            && let Some(guid) = &p.to_guid
+        {
+            match self.engine.zfs.snapshot_info(&name, &p.to).await? {
+                Some(info) if &info.guid == guid => {}
+                _ => {
+                    tracing::warn!(dataset = %name, snapshot = %p.to, "the snapshot of the interrupted backup is gone; starting a new backup");
+                    self.locked.state.pending = None;
+                    self.save().await?;
                 }
             }
         }
@@ -246,13 +247,13 @@ impl Backup<'_> {
         let listing = self.engine.s3.list(layout.root()).await?;
         let newest = listing.iter().filter_map(|o| layout.parse_manifest_key(&o.key).map(|(seq, _)| (seq, &o.key))).max_by_key(|(seq, _)| *seq);
         let local_seq = self.locked.state.last.as_ref().map_or(0, |c| c.seq);
-        if let Some((seq, key)) = newest {
-            if seq > local_seq {
-                let bytes = self.engine.s3.get_bytes(key, 64 << 20).await?;
-                let m = Manifest::from_json(key, &bytes).map_err(|e| BackupError::Catalog(e.to_string()))?;
-                tracing::info!(dataset = %self.ds.name, seq, "local state is behind the catalog; continuing from {key}");
-                self.locked.state.last = Some(Committed { seq, snapshot: m.to.clone(), manifest_key: key.clone(), committed_at: m.committed_at, stream_size: m.stream_size });
-            }
+        if let Some((seq, key)) = newest
+            && seq > local_seq
+        {
+            let bytes = self.engine.s3.get_bytes(key, 64 << 20).await?;
+            let m = Manifest::from_json(key, &bytes).map_err(|e| BackupError::Catalog(e.to_string()))?;
+            tracing::info!(dataset = %self.ds.name, seq, "local state is behind the catalog; continuing from {key}");
+            self.locked.state.last = Some(Committed { seq, snapshot: m.to.clone(), manifest_key: key.clone(), committed_at: m.committed_at, stream_size: m.stream_size });
         }
         let from = match (&self.locked.state.last, opts.force_full) {
             (Some(c), false) => Some(c.snapshot.clone()),

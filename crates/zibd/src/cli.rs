@@ -47,7 +47,7 @@ pub enum Command {
     },
     /// Restore from the bucket alone: `list` the catalog, `plan` (with a cost quote), `run`.
     #[command(subcommand)]
-    Restore(crate::restore::RestoreCommand),
+    Restore(Box<crate::restore::RestoreCommand>),
 }
 
 pub fn init_tracing() {
@@ -85,7 +85,7 @@ pub fn main() -> ExitCode {
             };
             report(runtime().block_on(backup_once(cfg, &dataset, BackupOptions { force_full: full })))
         }
-        Command::Restore(cmd) => crate::restore::main(cmd, &cli.config),
+        Command::Restore(cmd) => crate::restore::main(*cmd, &cli.config),
         Command::Run => crate::daemon::main(cli.config),
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Use (the daemon, after it holds its per-dataset state locks):
 //!
-//! ```ignore
+//! ```text
 //! let socket = control::ControlSocket::bind(&control::ControlConfig {
 //!     replace_stale: true, // we hold the state locks, so no other zibd owns the path
 //!     ..control::ControlConfig::new(&cfg.daemon.socket, cfg.daemon.socket_group.clone())

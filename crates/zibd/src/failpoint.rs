@@ -18,10 +18,11 @@ pub fn hit(name: &str) {
         let (n, count) = v.split_once(':').unwrap_or((&v, "1"));
         Some((n.to_owned(), count.parse().unwrap_or(1)))
     });
-    if let Some((n, at)) = spec {
-        if n == name && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *at {
-            eprintln!("zib failpoint {name} reached: aborting");
-            std::process::abort();
-        }
+    if let Some((n, at)) = spec
+        && n == name
+        && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *at
+    {
+        eprintln!("zib failpoint {name} reached: aborting");
+        std::process::abort();
     }
 }

@@ -50,15 +50,12 @@ impl S3Error {
     }
 }
 
-fn req_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(
+fn req_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug + HttpStatus>(
     op: &'static str,
     bucket: &str,
     key: &str,
     e: SdkError<E, R>,
-) -> S3Error
-where
-    R: HttpStatus,
-{
+) -> S3Error {
     let status = e.raw_response().map(|r| r.http_status());
     let code = e.code().map(str::to_owned);
     let message = match (&e, e.message()) {
