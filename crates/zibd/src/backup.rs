@@ -103,6 +103,8 @@ pub enum BackupError {
     BaseMissing { dataset: String, base: String, guid: String },
     #[error("zfs send of {0} produced no data")]
     EmptyStream(String),
+    #[error("zfs send of {dataset} gave different bytes twice within one run (at chunk {index}); nothing was committed")]
+    Unstable { dataset: String, index: u64 },
     #[error("the catalog in the bucket is unreadable: {0}")]
     Catalog(String),
 }
@@ -194,8 +196,8 @@ impl Backup<'_> {
         self.resumed = self.locked.state.pending.is_some();
         if !self.resumed {
             self.plan_new(opts).await?;
-        } else if self.already_committed().await? {
-            return self.finish_commit(None, 0, 0).await;
+        } else if let Some(m) = self.already_committed().await? {
+            return self.finish_commit(m, true, 0, 0).await;
         }
 
         self.ensure_snapshot().await?;
@@ -212,7 +214,7 @@ impl Backup<'_> {
             match streamed {
                 Streamed::Done { size, sha256 } => {
                     let m = self.manifest(&args, size, sha256).await?;
-                    return self.finish_commit(Some(m), uploaded, reused).await;
+                    return self.finish_commit(m, false, uploaded, reused).await;
                 }
                 Streamed::Diverged { index } if !restarted => {
                     restarted = true;
@@ -229,13 +231,7 @@ impl Backup<'_> {
                         pr.chunks_done = 0;
                     });
                 }
-                Streamed::Diverged { index } => {
-                    return Err(BackupError::S3(S3Error::Conflict {
-                        bucket: self.engine.s3.bucket().into(),
-                        key: format!("chunk {index}"),
-                        detail: "the stream changed again within one run".into(),
-                    }));
-                }
+                Streamed::Diverged { index } => return Err(BackupError::Unstable { dataset: name.to_string(), index }),
             }
         }
     }
@@ -285,16 +281,16 @@ impl Backup<'_> {
     }
 
     /// A crash after the manifest PUT but before the state save leaves a committed backup that
-    /// the state still calls pending.
-    async fn already_committed(&self) -> Result<bool, BackupError> {
+    /// the state still calls pending: that manifest, if it is this backup's.
+    async fn already_committed(&self) -> Result<Option<Manifest>, BackupError> {
         let p = self.locked.state.pending.as_ref().expect("pending");
         let key = self.layout().manifest_key(p.seq, &p.to);
         match self.engine.s3.get_bytes(&key, 64 << 20).await {
             Ok(bytes) => {
                 let m = Manifest::from_json(&key, &bytes).map_err(|e| BackupError::Catalog(e.to_string()))?;
-                Ok(Some(&m.to.guid) == p.to_guid.as_ref())
+                Ok((Some(&m.to.guid) == p.to_guid.as_ref()).then_some(m))
             }
-            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -448,19 +444,16 @@ impl Backup<'_> {
     }
 
     /// Writes the manifest (the commit point), then records the commit locally, bookmarks the
-    /// new snapshot and prunes old zib-made snapshots. `None` means the manifest is already
+    /// new snapshot and prunes old zib-made snapshots. `stored` means the manifest is already
     /// stored (found on resume).
-    async fn finish_commit(self, m: Option<Manifest>, uploaded: u64, reused: u64) -> Result<BackupReport, BackupError> {
+    async fn finish_commit(self, m: Manifest, stored: bool, uploaded: u64, reused: u64) -> Result<BackupReport, BackupError> {
         self.set_progress(|pr| pr.phase = Phase::Committing);
         let p = self.locked.state.pending.clone().expect("pending");
         let key = self.layout().manifest_key(p.seq, &p.to);
-        let stream_size = match &m {
-            Some(m) => {
-                self.engine.s3.put_small_once(&key, m.to_json(), "application/json").await?;
-                m.stream_size
-            }
-            None => p.chunks.iter().map(|c| c.size).sum(),
-        };
+        if !stored {
+            self.engine.s3.put_small_once(&key, m.to_json(), "application/json").await?;
+        }
+        let stream_size = m.stream_size;
         failpoint::hit("after-manifest");
         let to = SnapRef { name: p.to.clone(), guid: p.to_guid.clone().expect("snapshot taken") };
         let now = Utc::now();
