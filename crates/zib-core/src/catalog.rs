@@ -13,7 +13,9 @@ pub enum ChainError {
     Empty { dataset: DatasetName },
     #[error("no backup of {dataset}@{snapshot} in the catalog (known: {known})")]
     NoSuchSnapshot { dataset: DatasetName, snapshot: String, known: String },
-    #[error("broken chain for {dataset}: backup #{seq} ({snapshot}) is an incremental from {base} (guid {guid}), but no manifest for that snapshot exists")]
+    #[error(
+        "broken chain for {dataset}: backup #{seq} ({snapshot}) is an incremental from {base} (guid {guid}), but no manifest for that snapshot exists"
+    )]
     Broken { dataset: DatasetName, seq: u64, snapshot: SnapName, base: SnapName, guid: String },
 }
 
@@ -38,11 +40,20 @@ impl Catalog {
     /// The manifests to apply, full first, to restore `snapshot` (the latest when None).
     pub fn chain_to(&self, snapshot: Option<&SnapName>) -> Result<Vec<&Manifest>, ChainError> {
         let target = match snapshot {
-            None => self.latest().ok_or_else(|| ChainError::Empty { dataset: self.dataset.clone() })?,
-            Some(s) => self.manifests.iter().rev().find(|m| &m.to.name == s).ok_or_else(|| ChainError::NoSuchSnapshot {
-                dataset: self.dataset.clone(),
-                snapshot: s.to_string(),
-                known: self.manifests.iter().map(|m| m.to.name.as_str()).collect::<Vec<_>>().join(", "),
+            None => {
+                self.latest().ok_or_else(|| ChainError::Empty { dataset: self.dataset.clone() })?
+            }
+            Some(s) => self.manifests.iter().rev().find(|m| &m.to.name == s).ok_or_else(|| {
+                ChainError::NoSuchSnapshot {
+                    dataset: self.dataset.clone(),
+                    snapshot: s.to_string(),
+                    known: self
+                        .manifests
+                        .iter()
+                        .map(|m| m.to.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
             })?,
         };
         let mut chain = vec![target];
@@ -84,13 +95,16 @@ mod tests {
     #[test]
     fn chains_walk_back_to_a_full() {
         let ds = DatasetName::new("tank/photos").unwrap();
-        let c = Catalog::new(ds, vec![
-            m(3, Some(("b", "2")), ("c", "3")),
-            m(1, None, ("a", "1")),
-            m(2, Some(("a", "1")), ("b", "2")),
-            m(4, None, ("d", "4")),
-            m(5, Some(("d", "4")), ("e", "5")),
-        ]);
+        let c = Catalog::new(
+            ds,
+            vec![
+                m(3, Some(("b", "2")), ("c", "3")),
+                m(1, None, ("a", "1")),
+                m(2, Some(("a", "1")), ("b", "2")),
+                m(4, None, ("d", "4")),
+                m(5, Some(("d", "4")), ("e", "5")),
+            ],
+        );
         let seqs = |v: Vec<&Manifest>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
         assert_eq!(seqs(c.chain_to(None).unwrap()), vec![4, 5]);
         assert_eq!(seqs(c.chain_to(Some(&SnapName::new("c").unwrap())).unwrap()), vec![1, 2, 3]);

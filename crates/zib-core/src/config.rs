@@ -4,7 +4,12 @@
 //! parser reports them with the file's line, column and the offending key. Cross-field checks
 //! run afterwards and name the dataset they concern.
 
-use std::{collections::HashSet, fmt, path::{Path, PathBuf}, str::FromStr};
+use std::{
+    collections::HashSet,
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -162,14 +167,17 @@ pub struct ResolvedTarget {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
-        cfg.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        cfg.validate()
+            .map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
         Ok(cfg)
     }
 
@@ -177,10 +185,17 @@ impl Config {
         let mut seen = HashSet::new();
         for (i, ds) in self.datasets.iter().enumerate() {
             if !seen.insert(&ds.name) {
-                return Err(format!("dataset {} is listed twice ([[dataset]] #{})", ds.name, i + 1));
+                return Err(format!(
+                    "dataset {} is listed twice ([[dataset]] #{})",
+                    ds.name,
+                    i + 1
+                ));
             }
             if ds.keep_snapshots == 0 {
-                return Err(format!("dataset {}: keep_snapshots must be at least 1 (the newest snapshot is the base of the next incremental)", ds.name));
+                return Err(format!(
+                    "dataset {}: keep_snapshots must be at least 1 (the newest snapshot is the base of the next incremental)",
+                    ds.name
+                ));
             }
             if ds.jitter_secs > 86_400 {
                 return Err(format!("dataset {}: jitter_secs must be at most 86400", ds.name));
@@ -193,7 +208,11 @@ impl Config {
         if !(1..=64).contains(&d.max_concurrent_jobs) {
             return Err("daemon.max_concurrent_jobs must be between 1 and 64".into());
         }
-        for (key, p) in [("daemon.socket", &d.socket), ("daemon.state_dir", &d.state_dir), ("daemon.spool_dir", &d.spool_dir)] {
+        for (key, p) in [
+            ("daemon.socket", &d.socket),
+            ("daemon.state_dir", &d.state_dir),
+            ("daemon.spool_dir", &d.spool_dir),
+        ] {
             if !p.is_absolute() {
                 return Err(format!("{key} must be an absolute path, got {}", p.display()));
             }
@@ -239,12 +258,17 @@ pub struct BucketName(pub String);
 impl TryFrom<String> for BucketName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-        let ok_ends = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        let ok_ends = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
         if (3..=63).contains(&s.len()) && ok_chars && ok_ends && !s.contains("..") {
             Ok(Self(s))
         } else {
-            Err(format!("invalid bucket name {s:?}: 3 to 63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit"))
+            Err(format!(
+                "invalid bucket name {s:?}: 3 to 63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit"
+            ))
         }
     }
 }
@@ -264,8 +288,12 @@ impl TryFrom<String> for Endpoint {
     fn try_from(s: String) -> Result<Self, String> {
         let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
         match rest {
-            Some(host) if !host.is_empty() && !host.starts_with('/') && !host.contains('@') => Ok(Self(s)),
-            _ => Err(format!("invalid endpoint {s:?}: expected http://host[:port] or https://host[:port] (no credentials in the URL)")),
+            Some(host) if !host.is_empty() && !host.starts_with('/') && !host.contains('@') => {
+                Ok(Self(s))
+            }
+            _ => Err(format!(
+                "invalid endpoint {s:?}: expected http://host[:port] or https://host[:port] (no credentials in the URL)"
+            )),
         }
     }
 }
@@ -364,11 +392,15 @@ impl TryFrom<SizeRepr> for ChunkSize {
     type Error = String;
     fn try_from(r: SizeRepr) -> Result<Self, String> {
         let n = match r {
-            SizeRepr::Int(i) => u64::try_from(i).map_err(|_| format!("chunk size {i} is negative"))?,
+            SizeRepr::Int(i) => {
+                u64::try_from(i).map_err(|_| format!("chunk size {i} is negative"))?
+            }
             SizeRepr::Text(s) => parse_size(&s)?,
         };
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) {
-            return Err(format!("chunk size {n} bytes is out of range: {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE} (5 GB, the largest single PutObject)"));
+            return Err(format!(
+                "chunk size {n} bytes is out of range: {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE} (5 GB, the largest single PutObject)"
+            ));
         }
         Ok(Self(n))
     }
@@ -392,7 +424,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        u => return Err(format!("unknown size unit {u:?} in {s:?} (use B, KB, MB, GB, KiB, MiB, GiB)")),
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?} (use B, KB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
     };
     let v: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
     let bytes = v * mult as f64;
@@ -438,7 +474,10 @@ mod tests {
     #[test]
     fn errors_name_file_line_and_key() {
         let e = err(&MIN.replace("schedule = \"0 3 * * *\"", "schedule = \"61 3 * * *\""));
-        assert!(e.contains("/etc/zib/zibd.toml") && e.contains("line 6") && e.contains("schedule"), "{e}");
+        assert!(
+            e.contains("/etc/zib/zibd.toml") && e.contains("line 6") && e.contains("schedule"),
+            "{e}"
+        );
         let e = err(&format!("{MIN}colour = 3\n"));
         assert!(e.contains("unknown field `colour`") && e.contains("line 7"), "{e}");
         let e = err(&MIN.replace("tank/photos", "tank/pho@tos"));
@@ -471,9 +510,14 @@ mod tests {
 
     #[test]
     fn dataset_overrides_apply() {
-        let t = format!("{MIN}storage_class = \"STANDARD\"\nchunk_size = \"1MiB\"\nprefix = \"other\"\n");
+        let t = format!(
+            "{MIN}storage_class = \"STANDARD\"\nchunk_size = \"1MiB\"\nprefix = \"other\"\n"
+        );
         let c = parse(&t).unwrap();
         let r = c.resolve(&c.datasets[0]);
-        assert_eq!((r.storage_class, r.chunk_size, r.prefix.as_str()), (StorageClass::Standard, 1 << 20, "other/"));
+        assert_eq!(
+            (r.storage_class, r.chunk_size, r.prefix.as_str()),
+            (StorageClass::Standard, 1 << 20, "other/")
+        );
     }
 }

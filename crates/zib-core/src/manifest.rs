@@ -89,17 +89,23 @@ impl Manifest {
             format: Option<String>,
             version: Option<u32>,
         }
-        let head: Head = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { key: key.into(), source })?;
+        let head: Head = serde_json::from_slice(bytes)
+            .map_err(|source| ManifestError::Json { key: key.into(), source })?;
         let invalid = |message: String| ManifestError::Invalid { key: key.into(), message };
         if head.format.as_deref() != Some(FORMAT) {
             return Err(invalid(format!("format is {:?}, expected {FORMAT:?}", head.format)));
         }
         match head.version {
             Some(VERSION) => {}
-            Some(v) if v > VERSION => return Err(invalid(format!("format version {v} is newer than this zib understands ({VERSION}); upgrade zib"))),
+            Some(v) if v > VERSION => {
+                return Err(invalid(format!(
+                    "format version {v} is newer than this zib understands ({VERSION}); upgrade zib"
+                )));
+            }
             v => return Err(invalid(format!("unsupported format version {v:?}"))),
         }
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { key: key.into(), source })?;
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|source| ManifestError::Json { key: key.into(), source })?;
         m.check().map_err(invalid)?;
         Ok(m)
     }
@@ -108,7 +114,10 @@ impl Manifest {
     pub fn check(&self) -> Result<(), String> {
         let total: u64 = self.chunks.iter().map(|c| c.size).sum();
         if total != self.stream_size {
-            return Err(format!("chunk sizes add up to {total}, but stream_size is {}", self.stream_size));
+            return Err(format!(
+                "chunk sizes add up to {total}, but stream_size is {}",
+                self.stream_size
+            ));
         }
         if self.chunks.is_empty() {
             return Err("lists no chunks".into());
@@ -121,9 +130,16 @@ impl Manifest {
             if !is_sha256_hex(&c.sha256) {
                 return Err(format!("chunk {} has a malformed sha256 {:?}", c.key, c.sha256));
             }
-            let bad_size = if i < last { c.size != self.chunk_size } else { c.size == 0 || c.size > self.chunk_size };
+            let bad_size = if i < last {
+                c.size != self.chunk_size
+            } else {
+                c.size == 0 || c.size > self.chunk_size
+            };
             if bad_size {
-                return Err(format!("chunk {} has size {} that does not fit chunk_size {}", c.key, c.size, self.chunk_size));
+                return Err(format!(
+                    "chunk {} has size {} that does not fit chunk_size {}",
+                    c.key, c.size, self.chunk_size
+                ));
             }
         }
         if !is_sha256_hex(&self.stream_sha256) {
@@ -145,8 +161,14 @@ pub(crate) fn sample() -> Manifest {
         version: VERSION,
         dataset: DatasetName::new("tank/photos").unwrap(),
         seq: 2,
-        from: Some(SnapRef { name: SnapName::new("zib-20261125T000000Z").unwrap(), guid: "123".into() }),
-        to: SnapRef { name: SnapName::new("zib-20261126T000000Z").unwrap(), guid: "18446744073709551615".into() },
+        from: Some(SnapRef {
+            name: SnapName::new("zib-20261125T000000Z").unwrap(),
+            guid: "123".into(),
+        }),
+        to: SnapRef {
+            name: SnapName::new("zib-20261126T000000Z").unwrap(),
+            guid: "18446744073709551615".into(),
+        },
         snapshot_created: DateTime::parse_from_rfc3339("2026-11-26T00:00:00Z").unwrap().to_utc(),
         committed_at: DateTime::parse_from_rfc3339("2026-11-26T00:10:00Z").unwrap().to_utc(),
         send_args: vec!["-w".into(), "-i".into(), "#zib-20261125T000000Z".into()],
@@ -178,7 +200,9 @@ mod tests {
     #[test]
     fn v1_fixture_still_parses() {
         // Manifests written by released versions must stay readable: keep fixtures, never edit them.
-        let m = Manifest::from_json("fixture", include_bytes!("../tests/fixtures/manifest-v1.json")).unwrap();
+        let m =
+            Manifest::from_json("fixture", include_bytes!("../tests/fixtures/manifest-v1.json"))
+                .unwrap();
         assert_eq!(m.seq, 1);
         assert!(m.is_full());
         assert_eq!(m.chunks.len(), 2);
@@ -192,15 +216,30 @@ mod tests {
         let mut m = sample();
         m.chunks[0].size = 9;
         m.stream_size = 24;
-        assert!(Manifest::from_json("k", &m.to_json()).unwrap_err().to_string().contains("does not fit"));
+        assert!(
+            Manifest::from_json("k", &m.to_json())
+                .unwrap_err()
+                .to_string()
+                .contains("does not fit")
+        );
         let mut m = sample();
         m.chunks[1].sha256 = "xyz".into();
-        assert!(Manifest::from_json("k", &m.to_json()).unwrap_err().to_string().contains("malformed sha256"));
+        assert!(
+            Manifest::from_json("k", &m.to_json())
+                .unwrap_err()
+                .to_string()
+                .contains("malformed sha256")
+        );
         let mut m = sample();
         m.version = 7;
         let e = Manifest::from_json("the/key", &m.to_json()).unwrap_err().to_string();
         assert!(e.contains("the/key") && e.contains("newer"), "{e}");
         assert!(Manifest::from_json("k", b"{not json").is_err());
-        assert!(Manifest::from_json("k", b"{\"format\":\"other\"}").unwrap_err().to_string().contains("format"));
+        assert!(
+            Manifest::from_json("k", b"{\"format\":\"other\"}")
+                .unwrap_err()
+                .to_string()
+                .contains("format")
+        );
     }
 }

@@ -35,7 +35,11 @@ fn check_component(what: &'static str, full: &str, comp: &str) -> Result<(), Nam
         return Err(name_err(what, full, "'.' and '..' are not valid components"));
     }
     if let Some(c) = comp.chars().find(|c| !valid_component_char(*c)) {
-        return Err(name_err(what, full, format!("character {c:?} is not allowed (letters, digits, _ - . : and space only)")));
+        return Err(name_err(
+            what,
+            full,
+            format!("character {c:?} is not allowed (letters, digits, _ - . : and space only)"),
+        ));
     }
     Ok(())
 }
@@ -52,7 +56,11 @@ impl DatasetName {
             return Err(name_err(WHAT, name, format!("longer than {MAX_NAME_LEN} bytes")));
         }
         if name.contains('@') || name.contains('#') {
-            return Err(name_err(WHAT, name, "a dataset name has no '@' or '#' (give the dataset, not a snapshot)"));
+            return Err(name_err(
+                WHAT,
+                name,
+                "a dataset name has no '@' or '#' (give the dataset, not a snapshot)",
+            ));
         }
         let mut comps = name.split('/');
         let pool = comps.next().unwrap_or_default();
@@ -114,7 +122,11 @@ impl SnapName {
             return Err(name_err(WHAT, name, "longer than 200 bytes"));
         }
         if name.contains('/') || name.contains('@') || name.contains('#') {
-            return Err(name_err(WHAT, name, "give the short name (after '@') with no '/', '@' or '#'"));
+            return Err(name_err(
+                WHAT,
+                name,
+                "give the short name (after '@') with no '/', '@' or '#'",
+            ));
         }
         check_component(WHAT, name, name)?;
         if name.starts_with('-') {
@@ -166,7 +178,9 @@ impl SnapPrefix {
         if p.is_empty() || p.len() > 64 {
             return Err(name_err(WHAT, p, "must be 1 to 64 characters"));
         }
-        if !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')) || p.starts_with('-') {
+        if !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+            || p.starts_with('-')
+        {
             return Err(name_err(WHAT, p, "letters, digits, _ - . : only, not starting with '-'"));
         }
         Ok(Self(p.to_owned()))
@@ -273,7 +287,18 @@ mod tests {
         for ok in ["tank", "tank/photos", "tank/a b/c.d:e_f-g"] {
             DatasetName::new(ok).unwrap();
         }
-        for bad in ["", "/tank", "tank/", "tank//x", "tank@snap", "-tank", "1tank", "tank/$x", "tank/..", "tank#b"] {
+        for bad in [
+            "",
+            "/tank",
+            "tank/",
+            "tank//x",
+            "tank@snap",
+            "-tank",
+            "1tank",
+            "tank/$x",
+            "tank/..",
+            "tank#b",
+        ] {
             assert!(DatasetName::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(DatasetName::new(&"a".repeat(256)).is_err());
@@ -302,10 +327,20 @@ mod tests {
         let l = KeyLayout::new("backups", &ds);
         assert_eq!(l.root(), "backups/tank/photos@zib/");
         let s = SnapName::new("zib-20261126T070809Z").unwrap();
-        assert_eq!(l.manifest_key(1, &s), "backups/tank/photos@zib/000001-zib-20261126T070809Z.manifest.json");
-        assert_eq!(l.chunk_key(1, &s, 0, 2), "backups/tank/photos@zib/000001-zib-20261126T070809Z/a00/00000002");
+        assert_eq!(
+            l.manifest_key(1, &s),
+            "backups/tank/photos@zib/000001-zib-20261126T070809Z.manifest.json"
+        );
+        assert_eq!(
+            l.chunk_key(1, &s, 0, 2),
+            "backups/tank/photos@zib/000001-zib-20261126T070809Z/a00/00000002"
+        );
         let mut keys: Vec<String> = (0..12).map(|i| l.chunk_key(1, &s, 0, i)).collect();
-        let sorted = { let mut k = keys.clone(); k.sort(); k };
+        let sorted = {
+            let mut k = keys.clone();
+            k.sort();
+            k
+        };
         assert_eq!(keys, sorted);
         keys.push(l.manifest_key(10, &s));
         assert_eq!(l.parse_manifest_key(&l.manifest_key(10, &s)), Some((10, s.clone())));

@@ -246,8 +246,14 @@ impl Pricing {
     /// (retrieval per GB, requests per 1,000, hours) of a tier.
     pub fn tier_prices(&self, tier: RestoreTier) -> (f64, f64, u32) {
         match tier {
-            RestoreTier::Bulk => (self.bulk_retrieval_per_gb, self.bulk_requests_per_1000, self.bulk_hours),
-            RestoreTier::Standard => (self.standard_retrieval_per_gb, self.standard_requests_per_1000, self.standard_hours),
+            RestoreTier::Bulk => {
+                (self.bulk_retrieval_per_gb, self.bulk_requests_per_1000, self.bulk_hours)
+            }
+            RestoreTier::Standard => (
+                self.standard_retrieval_per_gb,
+                self.standard_requests_per_1000,
+                self.standard_hours,
+            ),
         }
     }
 
@@ -257,7 +263,8 @@ impl Pricing {
         let archived_gb = v.archived_bytes as f64 / GB;
         let retrieval = archived_gb * per_gb;
         let restore_requests = v.archived_objects as f64 / 1000.0 * per_1000;
-        let restored_copy = archived_gb * self.restored_copy_per_gb_month * f64::from(days) / DAYS_PER_MONTH;
+        let restored_copy =
+            archived_gb * self.restored_copy_per_gb_month * f64::from(days) / DAYS_PER_MONTH;
         let get_requests = v.objects as f64 / 1000.0 * self.get_requests_per_1000;
         let egress = (v.bytes as f64 / GB - self.egress_free_gb).max(0.0) * self.egress_per_gb;
         let total = retrieval + restore_requests + restored_copy + get_requests + egress;
@@ -307,7 +314,12 @@ mod tests {
     #[test]
     fn one_tib_of_deep_archive_in_5gb_chunks() {
         // 1 TiB = 1024 billed GB, in 220 objects, all archived; restored copy kept 7 days.
-        let v = RestoreVolume { objects: 220, bytes: 1 << 40, archived_objects: 220, archived_bytes: 1 << 40 };
+        let v = RestoreVolume {
+            objects: 220,
+            bytes: 1 << 40,
+            archived_objects: 220,
+            archived_bytes: 1 << 40,
+        };
         let q = Pricing::default().quote(&v, 7);
         let bulk = q.tier(RestoreTier::Bulk);
         assert!(close(bulk.retrieval, 1024.0 * 0.0025), "{bulk:?}"); // $2.56
@@ -327,23 +339,36 @@ mod tests {
 
     #[test]
     fn instant_objects_cost_no_retrieval_and_small_restores_no_egress() {
-        let v = RestoreVolume { objects: 3, bytes: 3 << 20, archived_objects: 0, archived_bytes: 0 };
+        let v =
+            RestoreVolume { objects: 3, bytes: 3 << 20, archived_objects: 0, archived_bytes: 0 };
         let q = Pricing::default().quote(&v, 1);
         for t in &q.tiers {
-            assert_eq!((t.retrieval, t.restore_requests, t.restored_copy, t.egress, t.ready_within_hours), (0.0, 0.0, 0.0, 0.0, 0));
+            assert_eq!(
+                (t.retrieval, t.restore_requests, t.restored_copy, t.egress, t.ready_within_hours),
+                (0.0, 0.0, 0.0, 0.0, 0)
+            );
             assert!(close(t.total, 3.0 / 1000.0 * 0.0004));
         }
     }
 
     #[test]
     fn overrides_from_toml_keep_the_other_defaults() {
-        let p: Pricing = toml::from_str("bulk_retrieval_per_gb = 0.01\negress_free_gb = 0\n").unwrap();
+        let p: Pricing =
+            toml::from_str("bulk_retrieval_per_gb = 0.01\negress_free_gb = 0\n").unwrap();
         assert_eq!(p.bulk_retrieval_per_gb, 0.01);
         assert_eq!(p.egress_free_gb, 0.0);
         assert_eq!(p.standard_retrieval_per_gb, 0.02);
-        let v = RestoreVolume { objects: 1, bytes: 1 << 30, archived_objects: 1, archived_bytes: 1 << 30 };
+        let v = RestoreVolume {
+            objects: 1,
+            bytes: 1 << 30,
+            archived_objects: 1,
+            archived_bytes: 1 << 30,
+        };
         let b = p.quote_tier(&v, RestoreTier::Bulk, 0);
-        assert!(close(b.retrieval, 0.01) && close(b.egress, 0.09) && b.restored_copy == 0.0, "{b:?}");
+        assert!(
+            close(b.retrieval, 0.01) && close(b.egress, 0.09) && b.restored_copy == 0.0,
+            "{b:?}"
+        );
         let e = toml::from_str::<Pricing>("egress_per_gb = -1.0\n").unwrap_err().to_string();
         assert!(e.contains("egress_per_gb") && e.contains("non-negative"), "{e}");
         let e = toml::from_str::<Pricing>("expedited_per_gb = 1.0\n").unwrap_err().to_string();
@@ -375,9 +400,18 @@ mod config_tests {
         let base = "[target]\nbucket = \"my-backups\"\n";
         let c = Config::parse(base, std::path::Path::new("x.toml")).unwrap();
         assert_eq!(c.pricing, super::Pricing::default());
-        let c = Config::parse(&format!("{base}[pricing]\nstandard_hours = 10\n"), std::path::Path::new("x.toml")).unwrap();
+        let c = Config::parse(
+            &format!("{base}[pricing]\nstandard_hours = 10\n"),
+            std::path::Path::new("x.toml"),
+        )
+        .unwrap();
         assert_eq!((c.pricing.standard_hours, c.pricing.bulk_hours), (10, 48));
-        let e = Config::parse(&format!("{base}[pricing]\nbulk_retrieval_per_gb = -2\n"), std::path::Path::new("x.toml")).unwrap_err().to_string();
+        let e = Config::parse(
+            &format!("{base}[pricing]\nbulk_retrieval_per_gb = -2\n"),
+            std::path::Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("bulk_retrieval_per_gb"), "{e}");
     }
 }

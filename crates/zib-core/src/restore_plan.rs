@@ -46,12 +46,21 @@ pub struct RestorePlan {
 
 impl RestorePlan {
     /// The chain to `snapshot` (the latest when None) of `catalog`, whose keys live under `prefix`.
-    pub fn new(prefix: &str, catalog: &Catalog, snapshot: Option<&SnapName>) -> Result<Self, ChainError> {
+    pub fn new(
+        prefix: &str,
+        catalog: &Catalog,
+        snapshot: Option<&SnapName>,
+    ) -> Result<Self, ChainError> {
         let chain = catalog.chain_to(snapshot)?;
         let layout = KeyLayout::new(prefix, &catalog.dataset);
         let steps: Vec<PlanStep> = chain.into_iter().map(|m| step(&layout, m)).collect();
         let snapshot = steps.last().expect("a chain is never empty").to.clone();
-        Ok(Self { dataset: catalog.dataset.clone(), prefix: crate::names::normalize_prefix(prefix), snapshot, steps })
+        Ok(Self {
+            dataset: catalog.dataset.clone(),
+            prefix: crate::names::normalize_prefix(prefix),
+            snapshot,
+            steps,
+        })
     }
 
     pub fn total_objects(&self) -> u64 {
@@ -69,7 +78,10 @@ impl RestorePlan {
     }
     /// Every chunk in restore order, with its step index and whether it needs a thaw.
     pub fn chunks(&self) -> impl Iterator<Item = (usize, &ChunkRecord, bool)> {
-        self.steps.iter().enumerate().flat_map(|(i, s)| s.chunks.iter().map(move |c| (i, c, s.needs_thaw())))
+        self.steps
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.chunks.iter().map(move |c| (i, c, s.needs_thaw())))
     }
 
     pub fn volume(&self) -> RestoreVolume {
@@ -107,7 +119,13 @@ mod tests {
     use crate::manifest::sample;
     use crate::pricing::RestoreTier;
 
-    fn m(seq: u64, from: Option<(&str, &str)>, to: (&str, &str), class: StorageClass, sizes: &[u64]) -> Manifest {
+    fn m(
+        seq: u64,
+        from: Option<(&str, &str)>,
+        to: (&str, &str),
+        class: StorageClass,
+        sizes: &[u64],
+    ) -> Manifest {
         let mut x = sample();
         x.seq = seq;
         x.from = from.map(|(n, g)| SnapRef { name: SnapName::new(n).unwrap(), guid: g.into() });
@@ -117,7 +135,11 @@ mod tests {
         x.chunks = sizes
             .iter()
             .enumerate()
-            .map(|(i, s)| ChunkRecord { key: format!("k{seq}/{i}"), size: *s, sha256: "cd".repeat(32) })
+            .map(|(i, s)| ChunkRecord {
+                key: format!("k{seq}/{i}"),
+                size: *s,
+                sha256: "cd".repeat(32),
+            })
             .collect();
         x.stream_size = sizes.iter().sum();
         x
@@ -125,11 +147,14 @@ mod tests {
 
     fn catalog() -> Catalog {
         let g = 1u64 << 30;
-        Catalog::new(DatasetName::new("tank/photos").unwrap(), vec![
-            m(2, Some(("a", "1")), ("b", "2"), StorageClass::DeepArchive, &[g, 100]),
-            m(1, None, ("a", "1"), StorageClass::DeepArchive, &[g, g, 5]),
-            m(3, Some(("b", "2")), ("c", "3"), StorageClass::Standard, &[7]),
-        ])
+        Catalog::new(
+            DatasetName::new("tank/photos").unwrap(),
+            vec![
+                m(2, Some(("a", "1")), ("b", "2"), StorageClass::DeepArchive, &[g, 100]),
+                m(1, None, ("a", "1"), StorageClass::DeepArchive, &[g, g, 5]),
+                m(3, Some(("b", "2")), ("c", "3"), StorageClass::Standard, &[7]),
+            ],
+        )
     }
 
     #[test]
@@ -148,7 +173,8 @@ mod tests {
         assert_eq!(order[3], (1, "k2/0".to_owned(), true));
         assert_eq!(order[5], (2, "k3/0".to_owned(), false));
 
-        let older = RestorePlan::new("backups", &catalog(), Some(&SnapName::new("a").unwrap())).unwrap();
+        let older =
+            RestorePlan::new("backups", &catalog(), Some(&SnapName::new("a").unwrap())).unwrap();
         assert_eq!(older.steps.len(), 1);
         assert_eq!((older.total_objects(), older.thaw_objects()), (3, 3));
     }
@@ -173,7 +199,10 @@ mod tests {
     fn plan_errors_are_chain_errors() {
         let e = RestorePlan::new("", &catalog(), Some(&SnapName::new("zz").unwrap())).unwrap_err();
         assert!(matches!(e, ChainError::NoSuchSnapshot { .. }));
-        let broken = Catalog::new(DatasetName::new("tank/photos").unwrap(), vec![m(2, Some(("a", "1")), ("b", "2"), StorageClass::DeepArchive, &[1])]);
+        let broken = Catalog::new(
+            DatasetName::new("tank/photos").unwrap(),
+            vec![m(2, Some(("a", "1")), ("b", "2"), StorageClass::DeepArchive, &[1])],
+        );
         assert!(matches!(RestorePlan::new("", &broken, None), Err(ChainError::Broken { .. })));
     }
 }

@@ -25,13 +25,21 @@ impl CronSchedule {
     pub fn next_after(&self, after: DateTime<Utc>, tz: TimeZone) -> Option<DateTime<Utc>> {
         match tz {
             TimeZone::Utc => self.schedule.after(&after).next(),
-            TimeZone::Local => self.schedule.after(&after.with_timezone(&chrono::Local)).next().map(|t| t.to_utc()),
+            TimeZone::Local => {
+                self.schedule.after(&after.with_timezone(&chrono::Local)).next().map(|t| t.to_utc())
+            }
         }
     }
 
     /// How many ticks fall in (`from`, `to`] — used to count runs missed while a job was busy
     /// or the daemon was down. Capped so that a long outage cannot loop for long.
-    pub fn ticks_between(&self, from: DateTime<Utc>, to: DateTime<Utc>, tz: TimeZone, cap: usize) -> usize {
+    pub fn ticks_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        tz: TimeZone,
+        cap: usize,
+    ) -> usize {
         let mut n = 0;
         let mut t = from;
         while n < cap {
@@ -107,18 +115,33 @@ mod tests {
     #[test]
     fn five_field_form_is_crontab() {
         let c: CronSchedule = "30 3 * * *".parse().unwrap();
-        assert_eq!(c.next_after(t("2026-11-26T07:00:00Z"), TimeZone::Utc), Some(t("2026-11-27T03:30:00Z")));
-        assert_eq!(c.next_after(t("2026-11-26T03:29:59Z"), TimeZone::Utc), Some(t("2026-11-26T03:30:00Z")));
+        assert_eq!(
+            c.next_after(t("2026-11-26T07:00:00Z"), TimeZone::Utc),
+            Some(t("2026-11-27T03:30:00Z"))
+        );
+        assert_eq!(
+            c.next_after(t("2026-11-26T03:29:59Z"), TimeZone::Utc),
+            Some(t("2026-11-26T03:30:00Z"))
+        );
         // strictly after
-        assert_eq!(c.next_after(t("2026-11-26T03:30:00Z"), TimeZone::Utc), Some(t("2026-11-27T03:30:00Z")));
+        assert_eq!(
+            c.next_after(t("2026-11-26T03:30:00Z"), TimeZone::Utc),
+            Some(t("2026-11-27T03:30:00Z"))
+        );
     }
 
     #[test]
     fn six_field_and_shorthand() {
         let c: CronSchedule = "*/10 * * * * *".parse().unwrap();
-        assert_eq!(c.next_after(t("2026-11-26T07:00:01Z"), TimeZone::Utc), Some(t("2026-11-26T07:00:10Z")));
+        assert_eq!(
+            c.next_after(t("2026-11-26T07:00:01Z"), TimeZone::Utc),
+            Some(t("2026-11-26T07:00:10Z"))
+        );
         let d: CronSchedule = "@daily".parse().unwrap();
-        assert_eq!(d.next_after(t("2026-11-26T07:00:00Z"), TimeZone::Utc), Some(t("2026-11-27T00:00:00Z")));
+        assert_eq!(
+            d.next_after(t("2026-11-26T07:00:00Z"), TimeZone::Utc),
+            Some(t("2026-11-27T00:00:00Z"))
+        );
     }
 
     #[test]
@@ -132,7 +155,23 @@ mod tests {
     #[test]
     fn counts_missed_ticks() {
         let c: CronSchedule = "0 * * * *".parse().unwrap();
-        assert_eq!(c.ticks_between(t("2026-11-26T00:30:00Z"), t("2026-11-26T05:00:00Z"), TimeZone::Utc, 100), 5);
-        assert_eq!(c.ticks_between(t("2026-11-26T00:30:00Z"), t("2026-11-30T05:00:00Z"), TimeZone::Utc, 10), 10);
+        assert_eq!(
+            c.ticks_between(
+                t("2026-11-26T00:30:00Z"),
+                t("2026-11-26T05:00:00Z"),
+                TimeZone::Utc,
+                100
+            ),
+            5
+        );
+        assert_eq!(
+            c.ticks_between(
+                t("2026-11-26T00:30:00Z"),
+                t("2026-11-30T05:00:00Z"),
+                TimeZone::Utc,
+                10
+            ),
+            10
+        );
     }
 }

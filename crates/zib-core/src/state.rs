@@ -86,13 +86,19 @@ impl DatasetState {
         struct Head {
             version: Option<u32>,
         }
-        let head: Head = serde_json::from_slice(bytes).map_err(|source| StateError::Json { path: path.into(), source })?;
+        let head: Head = serde_json::from_slice(bytes)
+            .map_err(|source| StateError::Json { path: path.into(), source })?;
         let invalid = |message: String| StateError::Invalid { path: path.into(), message };
         match head.version {
             Some(STATE_VERSION) => {}
-            v => return Err(invalid(format!("unsupported state version {v:?} (this zib writes {STATE_VERSION}); move the file aside and zib rebuilds it from the bucket"))),
+            v => {
+                return Err(invalid(format!(
+                    "unsupported state version {v:?} (this zib writes {STATE_VERSION}); move the file aside and zib rebuilds it from the bucket"
+                )));
+            }
         }
-        let s: DatasetState = serde_json::from_slice(bytes).map_err(|source| StateError::Json { path: path.into(), source })?;
+        let s: DatasetState = serde_json::from_slice(bytes)
+            .map_err(|source| StateError::Json { path: path.into(), source })?;
         if &s.dataset != dataset {
             return Err(invalid(format!("belongs to dataset {}, not {dataset}", s.dataset)));
         }
@@ -124,8 +130,12 @@ mod tests {
     fn refuses_foreign_or_future_state() {
         let ds = DatasetName::new("tank/other").unwrap();
         let fixture = include_bytes!("../tests/fixtures/state-v1.json");
-        let e = DatasetState::from_json("/var/lib/zib/x.json", fixture, &ds).unwrap_err().to_string();
-        assert!(e.contains("/var/lib/zib/x.json") && e.contains("belongs to dataset tank/photos"), "{e}");
+        let e =
+            DatasetState::from_json("/var/lib/zib/x.json", fixture, &ds).unwrap_err().to_string();
+        assert!(
+            e.contains("/var/lib/zib/x.json") && e.contains("belongs to dataset tank/photos"),
+            "{e}"
+        );
         let e = DatasetState::from_json("p", br#"{"version": 9}"#, &ds).unwrap_err().to_string();
         assert!(e.contains("unsupported state version"), "{e}");
         assert!(DatasetState::from_json("p", b"\0\0garbage", &ds).is_err());

@@ -30,7 +30,9 @@ pub enum FrameError {
 }
 
 /// Reads one frame body. `Ok(None)` means the peer closed the stream cleanly between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<Vec<u8>>, FrameError> {
     read_frame_capped(reader, MAX_FRAME_LEN).await
 }
 
@@ -44,7 +46,11 @@ pub async fn read_frame_capped<R: AsyncRead + Unpin>(
     while got < prefix.len() {
         let n = reader.read(&mut prefix[got..]).await?;
         if n == 0 {
-            return if got == 0 { Ok(None) } else { Err(FrameError::Truncated { got, expected: 4 }) };
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated { got, expected: 4 })
+            };
         }
         got += n;
     }
@@ -66,7 +72,10 @@ pub async fn read_frame_capped<R: AsyncRead + Unpin>(
 }
 
 /// Writes one frame (prefix and body in one write) and flushes.
-pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, body: &[u8]) -> Result<(), FrameError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    body: &[u8],
+) -> Result<(), FrameError> {
     let len = u32::try_from(body.len())
         .ok()
         .filter(|&l| l <= MAX_FRAME_LEN)
@@ -80,13 +89,18 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, body: &[u8]) -> 
 }
 
 /// Serializes `value` as JSON and writes it as one frame.
-pub async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(writer: &mut W, value: &T) -> Result<(), FrameError> {
+pub async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(
+    writer: &mut W,
+    value: &T,
+) -> Result<(), FrameError> {
     let body = serde_json::to_vec(value)?;
     write_frame(writer, &body).await
 }
 
 /// Reads one frame and parses it as JSON. `Ok(None)` on a clean end of stream.
-pub async fn read_json<R: AsyncRead + Unpin, T: DeserializeOwned>(reader: &mut R) -> Result<Option<T>, FrameError> {
+pub async fn read_json<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    reader: &mut R,
+) -> Result<Option<T>, FrameError> {
     match read_frame(reader).await? {
         None => Ok(None),
         Some(body) => Ok(Some(serde_json::from_slice(&body)?)),
@@ -135,9 +149,15 @@ mod tests {
     #[tokio::test]
     async fn truncated_prefix_and_body() {
         let mut r: &[u8] = &[0, 0];
-        assert!(matches!(read_frame(&mut r).await, Err(FrameError::Truncated { got: 2, expected: 4 })));
+        assert!(matches!(
+            read_frame(&mut r).await,
+            Err(FrameError::Truncated { got: 2, expected: 4 })
+        ));
         let mut r: &[u8] = &[0, 0, 0, 10, b'{', b'"'];
-        assert!(matches!(read_frame(&mut r).await, Err(FrameError::Truncated { got: 6, expected: 14 })));
+        assert!(matches!(
+            read_frame(&mut r).await,
+            Err(FrameError::Truncated { got: 6, expected: 14 })
+        ));
     }
 
     #[tokio::test]

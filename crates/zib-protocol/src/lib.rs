@@ -36,10 +36,12 @@
 pub mod frame;
 pub mod message;
 
-pub use frame::{FrameError, MAX_FRAME_LEN, read_frame, read_frame_capped, read_json, write_frame, write_json};
+pub use frame::{
+    FrameError, MAX_FRAME_LEN, read_frame, read_frame_capped, read_json, write_frame, write_json,
+};
 pub use message::{
-    DaemonInfo, DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate, Request,
-    Response, RestoreJobStatus, RestoreStart, RestoreState, RestoreTier, RunProgress,
+    DaemonInfo, DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate,
+    Request, Response, RestoreJobStatus, RestoreStart, RestoreState, RestoreTier, RunProgress,
 };
 
 use serde::{Deserialize, Serialize};
@@ -109,15 +111,15 @@ impl Rejected {
 /// [`MIN_PROTOCOL_VERSION`]`..=`[`PROTOCOL_VERSION`] or a request type this build does not know →
 /// `unsupported`; a known type with bad fields → `invalid_request`.
 pub fn decode_request(body: &[u8]) -> Result<RequestFrame, Rejected> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| Rejected::new(ErrorKind::InvalidRequest, format!("frame is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        Rejected::new(ErrorKind::InvalidRequest, format!("frame is not valid JSON: {e}"))
+    })?;
     let serde_json::Value::Object(mut obj) = value else {
         return Err(Rejected::new(ErrorKind::InvalidRequest, "frame is not a JSON object"));
     };
-    let protocol = obj
-        .get("protocol")
-        .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| Rejected::new(ErrorKind::InvalidRequest, "frame has no numeric \"protocol\" field"))?;
+    let protocol = obj.get("protocol").and_then(serde_json::Value::as_u64).ok_or_else(|| {
+        Rejected::new(ErrorKind::InvalidRequest, "frame has no numeric \"protocol\" field")
+    })?;
     if protocol < u64::from(MIN_PROTOCOL_VERSION) || protocol > u64::from(PROTOCOL_VERSION) {
         return Err(Rejected::new(
             ErrorKind::Unsupported,
@@ -127,16 +129,18 @@ pub fn decode_request(body: &[u8]) -> Result<RequestFrame, Rejected> {
             ),
         ));
     }
-    let request = obj
-        .remove("request")
-        .ok_or_else(|| Rejected::new(ErrorKind::InvalidRequest, "frame has no \"request\" field"))?;
+    let request = obj.remove("request").ok_or_else(|| {
+        Rejected::new(ErrorKind::InvalidRequest, "frame has no \"request\" field")
+    })?;
     let type_name = request.get("type").and_then(serde_json::Value::as_str).map(str::to_owned);
     match serde_json::from_value::<Request>(request) {
         Ok(request) => Ok(RequestFrame { protocol: protocol as u32, request }),
         Err(e) => match type_name {
             Some(t) if !Request::KNOWN_TYPES.contains(&t.as_str()) => Err(Rejected::new(
                 ErrorKind::Unsupported,
-                format!("unknown request type {t:?}: this zibd (protocol {PROTOCOL_VERSION}) does not support it; is zibctl newer than zibd?"),
+                format!(
+                    "unknown request type {t:?}: this zibd (protocol {PROTOCOL_VERSION}) does not support it; is zibctl newer than zibd?"
+                ),
             )),
             _ => Err(Rejected::new(ErrorKind::InvalidRequest, format!("bad request: {e}"))),
         },
@@ -171,7 +175,8 @@ mod tests {
         assert_eq!(r.kind, ErrorKind::InvalidRequest);
         let r = decode_request(br#"{"request":{"type":"version"}}"#).unwrap_err();
         assert_eq!(r.kind, ErrorKind::InvalidRequest);
-        let r = decode_request(br#"{"protocol":1,"request":{"type":"frobnicate","x":1}}"#).unwrap_err();
+        let r =
+            decode_request(br#"{"protocol":1,"request":{"type":"frobnicate","x":1}}"#).unwrap_err();
         assert_eq!(r.kind, ErrorKind::Unsupported);
         assert!(r.message.contains("frobnicate"), "{}", r.message);
         let r = decode_request(br#"{"protocol":1,"request":{"type":"trigger"}}"#).unwrap_err();

@@ -149,15 +149,9 @@ pub enum Response {
     /// The request failed; nothing was changed unless `message` says otherwise.
     Error { kind: ErrorKind, message: String },
     /// Reply to [`Request::Status`].
-    Status {
-        daemon: DaemonInfo,
-        datasets: Vec<DatasetStatus>,
-    },
+    Status { daemon: DaemonInfo, datasets: Vec<DatasetStatus> },
     /// Reply to [`Request::Version`].
-    Version {
-        daemon_version: String,
-        protocol_version: u32,
-    },
+    Version { daemon_version: String, protocol_version: u32 },
     /// A progress update of a run a client waits for (`trigger --wait`).
     Progress(ProgressUpdate),
     /// The final frame of a waited-for run.

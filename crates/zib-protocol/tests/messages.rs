@@ -102,7 +102,10 @@ fn responses() -> Vec<(&'static str, Response)> {
                             snapshot: Some("tank/photos@zib-20251231T030000Z".into()),
                             bytes: 123_456_789,
                         }),
-                        last_error: Some(LastError { at: t(1_767_000_000), message: "S3 503 SlowDown".into() }),
+                        last_error: Some(LastError {
+                            at: t(1_767_000_000),
+                            message: "S3 503 SlowDown".into(),
+                        }),
                         next_run: Some(t(1_767_322_800)),
                         chain_length: 4,
                         missed_ticks: 1,
@@ -122,7 +125,10 @@ fn responses() -> Vec<(&'static str, Response)> {
                 ],
             },
         ),
-        ("response-version", Response::Version { daemon_version: "0.1.0".into(), protocol_version: 1 }),
+        (
+            "response-version",
+            Response::Version { daemon_version: "0.1.0".into(), protocol_version: 1 },
+        ),
         (
             "response-progress",
             Response::Progress(ProgressUpdate {
@@ -152,7 +158,12 @@ fn responses() -> Vec<(&'static str, Response)> {
         ),
         (
             "response-done-failed",
-            Response::Done { ok: false, message: "zfs send failed: exit 1".into(), snapshot: None, bytes: None },
+            Response::Done {
+                ok: false,
+                message: "zfs send failed: exit 1".into(),
+                snapshot: None,
+                bytes: None,
+            },
         ),
         ("response-restore-started", Response::RestoreStarted { id: "r-1".into() }),
         (
@@ -216,13 +227,23 @@ fn every_response_round_trips() {
 #[test]
 fn every_variant_has_a_sample() {
     // Adding a variant without a sample (and a fixture) fails here.
-    let reqs: std::collections::BTreeSet<_> = requests().iter().map(|(_, r)| r.type_name()).collect();
+    let reqs: std::collections::BTreeSet<_> =
+        requests().iter().map(|(_, r)| r.type_name()).collect();
     assert_eq!(reqs.len(), Request::KNOWN_TYPES.len());
     let resps: std::collections::BTreeSet<String> = responses()
         .iter()
         .map(|(_, r)| serde_json::to_value(r).unwrap()["type"].as_str().unwrap().to_owned())
         .collect();
-    let expected = ["ok", "error", "status", "version", "progress", "done", "restore_started", "restore_status"];
+    let expected = [
+        "ok",
+        "error",
+        "status",
+        "version",
+        "progress",
+        "done",
+        "restore_started",
+        "restore_status",
+    ];
     assert_eq!(resps, expected.iter().map(|s| s.to_string()).collect());
 }
 
@@ -249,7 +270,10 @@ fn read_fixture(name: &str) -> Vec<u8> {
 #[test]
 fn v1_request_fixtures_still_parse() {
     for (name, req) in requests() {
-        bless(name, &serde_json::to_value(RequestFrame { protocol: 1, request: req.clone() }).unwrap());
+        bless(
+            name,
+            &serde_json::to_value(RequestFrame { protocol: 1, request: req.clone() }).unwrap(),
+        );
         let frame = decode_request(&read_fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(frame.protocol, 1, "{name}");
         assert_eq!(frame.request, req, "{name}");
@@ -260,7 +284,10 @@ fn v1_request_fixtures_still_parse() {
 #[test]
 fn v1_response_fixtures_still_parse() {
     for (name, resp) in responses() {
-        bless(name, &serde_json::to_value(ResponseFrame { protocol: 1, response: resp.clone() }).unwrap());
+        bless(
+            name,
+            &serde_json::to_value(ResponseFrame { protocol: 1, response: resp.clone() }).unwrap(),
+        );
         let frame = decode_response(&read_fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(frame.protocol, 1, "{name}");
         assert_eq!(frame.response, resp, "{name}");

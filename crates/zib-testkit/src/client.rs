@@ -13,13 +13,7 @@ pub const TEST_REGION: &str = "us-east-1";
 
 /// The static test credentials as an SDK credentials value.
 pub fn test_credentials() -> Credentials {
-    Credentials::new(
-        TEST_ACCESS_KEY_ID,
-        TEST_SECRET_ACCESS_KEY,
-        None,
-        None,
-        "zib-testkit",
-    )
+    Credentials::new(TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY, None, None, "zib-testkit")
 }
 
 /// Environment for a child process (e.g. the daemon) that should talk to `endpoint` with the
@@ -67,9 +61,7 @@ pub fn unique_bucket_name(prefix: &str) -> String {
     let clean = clean.trim_matches('-');
     let clean = if clean.is_empty() { "t" } else { clean };
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let rand: String = (0..6)
-        .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
-        .collect();
+    let rand: String = (0..6).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect();
     format!("zib-{clean}-{}-{n}-{rand}", std::process::id())
 }
 
@@ -78,10 +70,7 @@ pub fn unique_bucket_name(prefix: &str) -> String {
 pub async fn create_bucket(client: &aws_sdk_s3::Client, prefix: &str) -> String {
     let name = unique_bucket_name(prefix);
     if let Err(e) = client.create_bucket().bucket(&name).send().await {
-        panic!(
-            "create_bucket {name}: {}",
-            aws_sdk_s3::error::DisplayErrorContext(&e)
-        );
+        panic!("create_bucket {name}: {}", aws_sdk_s3::error::DisplayErrorContext(&e));
     }
     name
 }
@@ -96,10 +85,7 @@ pub async fn put_bytes(client: &aws_sdk_s3::Client, bucket: &str, key: &str, dat
         .send()
         .await
     {
-        panic!(
-            "PUT {bucket}/{key}: {}",
-            aws_sdk_s3::error::DisplayErrorContext(&e)
-        );
+        panic!("PUT {bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e));
     }
 }
 
@@ -107,10 +93,7 @@ pub async fn put_bytes(client: &aws_sdk_s3::Client, bucket: &str, key: &str, dat
 pub async fn get_bytes(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
     let out = match client.get_object().bucket(bucket).key(key).send().await {
         Ok(out) => out,
-        Err(e) => panic!(
-            "GET {bucket}/{key}: {}",
-            aws_sdk_s3::error::DisplayErrorContext(&e)
-        ),
+        Err(e) => panic!("GET {bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)),
     };
     match out.body.collect().await {
         Ok(b) => b.into_bytes().to_vec(),
@@ -130,8 +113,7 @@ mod tests {
         for n in [&a, &b] {
             assert!(n.len() >= 3 && n.len() <= 63, "{n}");
             assert!(
-                n.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
                 "{n}"
             );
             assert!(!n.ends_with('-'));

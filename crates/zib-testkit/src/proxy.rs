@@ -59,10 +59,7 @@ impl Matcher {
     }
     /// Matches requests with this method.
     pub fn method(method: &str) -> Matcher {
-        Matcher {
-            method: Some(method.to_ascii_uppercase()),
-            ..Matcher::default()
-        }
+        Matcher { method: Some(method.to_ascii_uppercase()), ..Matcher::default() }
     }
     pub fn get() -> Matcher {
         Self::method("GET")
@@ -93,21 +90,10 @@ impl Matcher {
     }
 
     fn matches(&self, method: &str, path: &str, query: &str) -> bool {
-        self.method
-            .as_ref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(method))
-            && self
-                .path_prefix
-                .as_ref()
-                .is_none_or(|p| path.starts_with(p.as_str()))
-            && self
-                .path_contains
-                .as_ref()
-                .is_none_or(|p| path.contains(p.as_str()))
-            && self
-                .query_contains
-                .as_ref()
-                .is_none_or(|q| query.contains(q.as_str()))
+        self.method.as_ref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self.path_prefix.as_ref().is_none_or(|p| path.starts_with(p.as_str()))
+            && self.path_contains.as_ref().is_none_or(|p| path.contains(p.as_str()))
+            && self.query_contains.as_ref().is_none_or(|q| query.contains(q.as_str()))
     }
 
     /// True if this matcher selects the recorded request.
@@ -120,11 +106,7 @@ impl Matcher {
 #[derive(Debug, Clone)]
 pub enum FaultAction {
     /// Answer with this status and an S3 XML error body (the request is not forwarded).
-    Status {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Status { status: u16, code: String, message: String },
     /// Read the request, then close the connection without any response (not forwarded).
     DropConnection,
     /// Forward the request (so the server acts on it), then close the connection instead
@@ -141,27 +123,15 @@ impl FaultAction {
     }
     /// 500 InternalError.
     pub fn internal_error() -> FaultAction {
-        Self::status(
-            500,
-            "InternalError",
-            "We encountered an internal error. Please try again.",
-        )
+        Self::status(500, "InternalError", "We encountered an internal error. Please try again.")
     }
     /// 503 ServiceUnavailable.
     pub fn service_unavailable() -> FaultAction {
-        Self::status(
-            503,
-            "ServiceUnavailable",
-            "Service is unable to handle request.",
-        )
+        Self::status(503, "ServiceUnavailable", "Service is unable to handle request.")
     }
     /// Any status with an S3 error code.
     pub fn status(status: u16, code: &str, message: &str) -> FaultAction {
-        FaultAction::Status {
-            status,
-            code: code.to_string(),
-            message: message.to_string(),
-        }
+        FaultAction::Status { status, code: code.to_string(), message: message.to_string() }
     }
 }
 
@@ -179,13 +149,7 @@ pub struct Fault {
 impl Fault {
     /// Applies to the first matching request only (see [`Fault::nth`], [`Fault::times`]).
     pub fn new(matcher: Matcher, action: FaultAction) -> Fault {
-        Fault {
-            matcher,
-            action,
-            nth: 1,
-            times: 1,
-            seen: 0,
-        }
+        Fault { matcher, action, nth: 1, times: 1, seen: 0 }
     }
     /// Starts at the nth matching request (1-based).
     pub fn nth(mut self, n: u64) -> Fault {
@@ -260,14 +224,8 @@ impl FaultProxy {
     /// Starts a proxy in front of `upstream` (`http://HOST:PORT`). Must be called within a
     /// tokio runtime; the proxy runs on it until dropped.
     pub async fn start(upstream: &str) -> FaultProxy {
-        let upstream = upstream
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
-        assert!(
-            !upstream.contains('/'),
-            "upstream must be http://HOST:PORT, got {upstream}"
-        );
+        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
+        assert!(!upstream.contains('/'), "upstream must be http://HOST:PORT, got {upstream}");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("proxy addr"));
         let state = Arc::new(Mutex::new(State::default()));
@@ -284,11 +242,7 @@ impl FaultProxy {
                 while conns.try_join_next().is_some() {}
             }
         });
-        FaultProxy {
-            endpoint,
-            state,
-            task,
-        }
+        FaultProxy { endpoint, state, task }
     }
 
     /// `http://127.0.0.1:PORT`: give this to the client under test.
@@ -318,11 +272,7 @@ impl FaultProxy {
 
     /// Number of recorded requests that `matcher` selects.
     pub fn count(&self, matcher: &Matcher) -> usize {
-        self.lock()
-            .requests
-            .iter()
-            .filter(|r| matcher.matches_request(r))
-            .count()
+        self.lock().requests.iter().filter(|r| matcher.matches_request(r)).count()
     }
 
     /// Number of PUT requests (including multipart part uploads) per object key.
@@ -404,11 +354,7 @@ async fn handle(
     };
 
     match action {
-        Some(FaultAction::Status {
-            status,
-            code,
-            message,
-        }) => {
+        Some(FaultAction::Status { status, code, message }) => {
             drain(req.into_body()).await;
             set(Outcome::Injected(status));
             let body = if method == "HEAD" {
@@ -476,16 +422,9 @@ async fn forward(
     let s = guard.as_mut().expect("sender");
     let (mut parts, body) = req.into_parts();
     // Origin-form URI; the Host header (signed by SigV4) is kept as the client sent it.
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     parts.uri = pq.parse().map_err(ProxyError::other)?;
-    s.send_request(Request::from_parts(parts, body))
-        .await
-        .map_err(ProxyError::other)
+    s.send_request(Request::from_parts(parts, body)).await.map_err(ProxyError::other)
 }
 
 async fn drain(mut body: Incoming) {
@@ -497,20 +436,14 @@ async fn drain(mut body: Incoming) {
 }
 
 fn full(s: String) -> ProxyBody {
-    Full::new(Bytes::from(s))
-        .map_err(|e: Infallible| match e {})
-        .boxed()
+    Full::new(Bytes::from(s)).map_err(|e: Infallible| match e {}).boxed()
 }
 
 /// "/bucket/a%20b/c" -> Some("a b/c"); "/bucket" or "/bucket/" -> None.
 fn key_of(path: &str) -> Option<String> {
     let rest = path.strip_prefix('/')?;
     let (_, key) = rest.split_once('/')?;
-    if key.is_empty() {
-        None
-    } else {
-        Some(percent_decode(key))
-    }
+    if key.is_empty() { None } else { Some(percent_decode(key)) }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -552,10 +485,6 @@ mod tests {
         assert!(m.matches("put", "/b/k", ""));
         assert!(!m.matches("GET", "/b/k", ""));
         assert!(!m.matches("PUT", "/c/k", ""));
-        assert!(
-            Matcher::any()
-                .query_contains("uploads")
-                .matches("POST", "/b/k", "uploads")
-        );
+        assert!(Matcher::any().query_contains("uploads").matches("POST", "/b/k", "uploads"));
     }
 }

@@ -41,10 +41,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
 /// One HTTP/1.0 request on a fresh connection; returns (status, body). Test helper only.
@@ -55,10 +52,7 @@ pub(crate) fn http_request(
     body: &[u8],
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
-    let hostport = endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
     let addr = hostport
         .to_socket_addrs()?
         .next()
@@ -80,10 +74,7 @@ pub(crate) fn http_request(
         .and_then(|r| r.get(2..5))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:.200}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
 }
 
@@ -120,17 +111,10 @@ fn spawn_server(
         let log = dir.path().join("server.log");
         let logf = std::fs::File::create(&log).expect("server log");
         let mut cmd = make_cmd(&bin, port, dir.path());
-        cmd.stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("dup log"))
-            .stderr(logf);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}: {INSTALL_HINT}", bin.display()));
-        let mut proc = ServerProcess {
-            child,
-            log,
-            _dir: dir,
-        };
+        cmd.stdin(Stdio::null()).stdout(logf.try_clone().expect("dup log")).stderr(logf);
+        let child =
+            cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}: {INSTALL_HINT}", bin.display()));
+        let mut proc = ServerProcess { child, log, _dir: dir };
         let endpoint = format!("http://127.0.0.1:{port}");
         let limit = startup_limit();
         let deadline = Instant::now() + limit;
@@ -192,10 +176,7 @@ macro_rules! server_handle_methods {
             /// Uses the server named by [`Self::ENDPOINT_ENV`], or spawns a private one.
             pub fn start() -> $ty {
                 match endpoint_from_env(Self::ENDPOINT_ENV) {
-                    Some(endpoint) => $ty {
-                        endpoint,
-                        process: None,
-                    },
+                    Some(endpoint) => $ty { endpoint, process: None },
                     None => Self::spawn(),
                 }
             }
@@ -248,10 +229,7 @@ impl MotoServer {
             c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
             c
         });
-        MotoServer {
-            endpoint,
-            process: Some(process),
-        }
+        MotoServer { endpoint, process: Some(process) }
     }
 
     /// Makes restores slow: every restore stays `ongoing-request="true"` for `times`
@@ -273,13 +251,7 @@ impl MotoServer {
     }
 
     fn moto_api(&self, path: &str, body: &str) {
-        match http_request(
-            &self.endpoint,
-            "POST",
-            path,
-            body.as_bytes(),
-            startup_limit(),
-        ) {
+        match http_request(&self.endpoint, "POST", path, body.as_bytes(), startup_limit()) {
             Ok((s, _)) if (200..300).contains(&s) => {}
             Ok((s, b)) => panic!("moto {path}: HTTP {s}: {b}"),
             Err(e) => panic!("moto {path}: {e}"),
@@ -309,18 +281,10 @@ impl S3sFsServer {
             std::fs::create_dir_all(&data).expect("s3s-fs data dir");
             let mut c = Command::new(bin);
             c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args([
-                    "--access-key",
-                    TEST_ACCESS_KEY_ID,
-                    "--secret-key",
-                    TEST_SECRET_ACCESS_KEY,
-                ])
+                .args(["--access-key", TEST_ACCESS_KEY_ID, "--secret-key", TEST_SECRET_ACCESS_KEY])
                 .arg(&data);
             c
         });
-        S3sFsServer {
-            endpoint,
-            process: Some(process),
-        }
+        S3sFsServer { endpoint, process: Some(process) }
     }
 }

@@ -38,52 +38,29 @@ async fn moto_deep_archive_needs_restore() {
 
     // Slow restores: ongoing for the next 2 requests on the key.
     moto.set_restore_transition_manual(2);
-    let params = GlacierJobParameters::builder()
-        .tier(Tier::Bulk)
-        .build()
-        .expect("params");
+    let params = GlacierJobParameters::builder().tier(Tier::Bulk).build().expect("params");
     client
         .restore_object()
         .bucket(&bucket)
         .key("cold")
-        .restore_request(
-            RestoreRequest::builder()
-                .days(1)
-                .glacier_job_parameters(params)
-                .build(),
-        )
+        .restore_request(RestoreRequest::builder().days(1).glacier_job_parameters(params).build())
         .send()
         .await
         .expect("RestoreObject");
     let mut ongoing = 0;
     for _ in 0..10 {
-        let head = client
-            .head_object()
-            .bucket(&bucket)
-            .key("cold")
-            .send()
-            .await
-            .expect("HEAD");
+        let head = client.head_object().bucket(&bucket).key("cold").send().await.expect("HEAD");
         let r = head.restore().unwrap_or_default().to_string();
         if r.contains("ongoing-request=\"true\"") {
             ongoing += 1;
         } else {
-            assert!(
-                r.contains("ongoing-request=\"false\""),
-                "x-amz-restore: {r}"
-            );
+            assert!(r.contains("ongoing-request=\"false\""), "x-amz-restore: {r}");
             break;
         }
     }
-    assert!(
-        ongoing >= 1,
-        "the manual transition kept the restore ongoing at least once"
-    );
+    assert!(ongoing >= 1, "the manual transition kept the restore ongoing at least once");
     moto.unset_restore_transition();
-    assert_eq!(
-        zib_testkit::get_bytes(&client, &bucket, "cold").await,
-        b"frozen bytes"
-    );
+    assert_eq!(zib_testkit::get_bytes(&client, &bucket, "cold").await, b"frozen bytes");
 }
 
 #[tokio::test]
@@ -101,10 +78,7 @@ async fn moto_conditional_put() {
         .send()
         .await
         .expect_err("If-None-Match: * on an existing key");
-    assert_eq!(
-        err.into_service_error().meta().code(),
-        Some("PreconditionFailed")
-    );
+    assert_eq!(err.into_service_error().meta().code(), Some("PreconditionFailed"));
     assert_eq!(zib_testkit::get_bytes(&client, &bucket, "k").await, b"one");
 }
 
@@ -114,10 +88,7 @@ async fn s3sfs_round_trip_and_checksum_rejection() {
     let client = s3.client();
     let bucket = s3.create_bucket("fs").await;
     put(&client, &bucket, "dir/a b", b"hello").await;
-    assert_eq!(
-        zib_testkit::get_bytes(&client, &bucket, "dir/a b").await,
-        b"hello"
-    );
+    assert_eq!(zib_testkit::get_bytes(&client, &bucket, "dir/a b").await, b"hello");
     // sha256("hello") is not this value: the server must refuse the object.
     let wrong = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
     let err = client
@@ -140,11 +111,8 @@ async fn proxy_counts_and_injects_slowdown() {
     let proxy = FaultProxy::start(moto.endpoint()).await;
     // The 2nd PUT under the bucket gets 503 SlowDown; the SDK's standard retry goes on.
     proxy.add_fault(
-        Fault::new(
-            Matcher::put().path_prefix(&format!("/{bucket}/")),
-            FaultAction::slow_down(),
-        )
-        .nth(2),
+        Fault::new(Matcher::put().path_prefix(&format!("/{bucket}/")), FaultAction::slow_down())
+            .nth(2),
     );
     let client = zib_testkit::s3_client(&proxy.endpoint());
     put(&client, &bucket, "a", b"1").await;
@@ -187,13 +155,7 @@ async fn proxy_drops_connections_and_fails_without_retries() {
             .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
             .build(),
     );
-    let err = no_retry
-        .get_object()
-        .bucket(&bucket)
-        .key("x")
-        .send()
-        .await
-        .expect_err("500");
+    let err = no_retry.get_object().bucket(&bucket).key("x").send().await.expect_err("500");
     assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(500));
     proxy.clear_faults();
     assert_eq!(

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::UnixStream;
-use zib_protocol::{ErrorKind, FrameError, Request, Response, decode_response, encode_request, read_frame, write_frame};
+use zib_protocol::{
+    ErrorKind, FrameError, Request, Response, decode_response, encode_request, read_frame,
+    write_frame,
+};
 
 /// Exit codes (also listed in `zibctl --help`).
 pub mod exit {
@@ -52,9 +55,13 @@ impl CliError {
     pub fn from_reply(kind: ErrorKind, message: String) -> CliError {
         match kind {
             ErrorKind::PermissionDenied => CliError::PermissionDenied(message),
-            ErrorKind::Unsupported | ErrorKind::InvalidRequest | ErrorKind::FrameTooLarge => CliError::Protocol(
-                format!("{message} (zibctl {} speaks protocol {})", env!("CARGO_PKG_VERSION"), zib_protocol::PROTOCOL_VERSION),
-            ),
+            ErrorKind::Unsupported | ErrorKind::InvalidRequest | ErrorKind::FrameTooLarge => {
+                CliError::Protocol(format!(
+                    "{message} (zibctl {} speaks protocol {})",
+                    env!("CARGO_PKG_VERSION"),
+                    zib_protocol::PROTOCOL_VERSION
+                ))
+            }
             ErrorKind::ShuttingDown => CliError::Unreachable(message),
             _ => CliError::Failed(message),
         }
@@ -68,11 +75,15 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn connect_error(path: &Path, e: &io::Error) -> CliError {
     let p = path.display();
     match e.kind() {
-        io::ErrorKind::NotFound => CliError::Unreachable(format!("no control socket at {p}: is zibd running? (or pass --socket / set ZIBCTL_SOCKET)")),
-        io::ErrorKind::ConnectionRefused => {
-            CliError::Unreachable(format!("nothing is listening on {p} (a stale socket): is zibd running?"))
+        io::ErrorKind::NotFound => CliError::Unreachable(format!(
+            "no control socket at {p}: is zibd running? (or pass --socket / set ZIBCTL_SOCKET)"
+        )),
+        io::ErrorKind::ConnectionRefused => CliError::Unreachable(format!(
+            "nothing is listening on {p} (a stale socket): is zibd running?"
+        )),
+        io::ErrorKind::PermissionDenied => {
+            CliError::PermissionDenied(permission_hint(path, socket_group(path).as_deref()))
         }
-        io::ErrorKind::PermissionDenied => CliError::PermissionDenied(permission_hint(path, socket_group(path).as_deref())),
         _ => CliError::Unreachable(format!("cannot connect to {p}: {e}: is zibd running?")),
     }
 }
@@ -84,7 +95,10 @@ pub fn permission_hint(path: &Path, group: Option<&str>) -> String {
             "permission denied on {}: run zibctl as root or as a member of group '{g}' (e.g. usermod -aG {g} $USER, then log in again)",
             path.display()
         ),
-        _ => format!("permission denied on {}: run zibctl as root (or set daemon.socket_group in zibd's config)", path.display()),
+        _ => format!(
+            "permission denied on {}: run zibctl as root (or set daemon.socket_group in zibd's config)",
+            path.display()
+        ),
     }
 }
 
@@ -112,9 +126,9 @@ impl Client {
     }
 
     pub async fn send(&mut self, request: &Request) -> Result<(), CliError> {
-        write_frame(&mut self.stream, &encode_request(request))
-            .await
-            .map_err(|e| CliError::Unreachable(format!("sending to zibd at {}: {e}", self.path.display())))
+        write_frame(&mut self.stream, &encode_request(request)).await.map_err(|e| {
+            CliError::Unreachable(format!("sending to zibd at {}: {e}", self.path.display()))
+        })
     }
 
     /// Reads the next response frame, waiting at most `timeout` (none: wait as long as it takes).
@@ -122,16 +136,24 @@ impl Client {
         let read = read_frame(&mut self.stream);
         let body = match timeout {
             Some(t) => tokio::time::timeout(t, read).await.map_err(|_| {
-                CliError::Unreachable(format!("zibd did not answer within {} s on {}", t.as_secs(), self.path.display()))
+                CliError::Unreachable(format!(
+                    "zibd did not answer within {} s on {}",
+                    t.as_secs(),
+                    self.path.display()
+                ))
             })?,
             None => read.await,
         };
         let body = match body {
             Ok(Some(body)) => body,
             Ok(None) | Err(FrameError::Truncated { .. }) => {
-                return Err(CliError::Unreachable("zibd closed the connection without an answer (did it stop?)".into()));
+                return Err(CliError::Unreachable(
+                    "zibd closed the connection without an answer (did it stop?)".into(),
+                ));
             }
-            Err(FrameError::Io(e)) => return Err(CliError::Unreachable(format!("reading from zibd: {e}"))),
+            Err(FrameError::Io(e)) => {
+                return Err(CliError::Unreachable(format!("reading from zibd: {e}")));
+            }
             Err(e) => return Err(CliError::Protocol(format!("bad reply from zibd: {e}"))),
         };
         let frame = decode_response(&body).map_err(|e| {
@@ -192,11 +214,20 @@ mod tests {
 
     #[test]
     fn reply_errors_map_to_exit_codes() {
-        assert_eq!(CliError::from_reply(ErrorKind::PermissionDenied, "x".into()).exit_code(), exit::PERMISSION);
+        assert_eq!(
+            CliError::from_reply(ErrorKind::PermissionDenied, "x".into()).exit_code(),
+            exit::PERMISSION
+        );
         assert_eq!(CliError::from_reply(ErrorKind::NotFound, "x".into()).exit_code(), exit::FAILED);
         assert_eq!(CliError::from_reply(ErrorKind::Busy, "x".into()).exit_code(), exit::FAILED);
-        assert_eq!(CliError::from_reply(ErrorKind::Unsupported, "x".into()).exit_code(), exit::PROTOCOL);
+        assert_eq!(
+            CliError::from_reply(ErrorKind::Unsupported, "x".into()).exit_code(),
+            exit::PROTOCOL
+        );
         assert_eq!(CliError::from_reply(ErrorKind::Unknown, "x".into()).exit_code(), exit::FAILED);
-        assert_eq!(CliError::from_reply(ErrorKind::ShuttingDown, "x".into()).exit_code(), exit::UNREACHABLE);
+        assert_eq!(
+            CliError::from_reply(ErrorKind::ShuttingDown, "x".into()).exit_code(),
+            exit::UNREACHABLE
+        );
     }
 }

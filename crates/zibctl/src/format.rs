@@ -2,7 +2,9 @@
 //! is always a parameter so everything here is unit-tested.
 
 use chrono::{DateTime, Utc};
-use zib_protocol::{DaemonInfo, DatasetStatus, JobState, ProgressUpdate, RestoreJobStatus, RunProgress};
+use zib_protocol::{
+    DaemonInfo, DatasetStatus, JobState, ProgressUpdate, RestoreJobStatus, RunProgress,
+};
 
 /// Bytes in binary units with one decimal: `0 B`, `512 B`, `1.5 KiB`, `3.0 GiB`.
 pub fn human_size(bytes: u64) -> String {
@@ -30,7 +32,11 @@ pub fn human_duration(secs: u64) -> String {
     const HOUR: u64 = 60 * MIN;
     const DAY: u64 = 24 * HOUR;
     let two = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
-        if small == 0 { format!("{big}{big_unit}") } else { format!("{big}{big_unit} {small}{small_unit}") }
+        if small == 0 {
+            format!("{big}{big_unit}")
+        } else {
+            format!("{big}{big_unit} {small}{small_unit}")
+        }
     };
     match secs {
         s if s < MIN => format!("{s}s"),
@@ -80,7 +86,11 @@ pub fn progress_summary(p: &RunProgress) -> String {
 
 /// The state as shown: `uploading`, or `uploading (pausing)` when a pause waits for a safe point.
 pub fn state_label(state: JobState, paused: bool) -> String {
-    if paused && state != JobState::Paused && state != JobState::Idle && state != JobState::Scheduled {
+    if paused
+        && state != JobState::Paused
+        && state != JobState::Idle
+        && state != JobState::Scheduled
+    {
         format!("{state} (pausing)")
     } else if paused {
         JobState::Paused.to_string()
@@ -141,7 +151,8 @@ pub fn daemon_line(d: &DaemonInfo) -> String {
 
 /// The `zibctl status` table, then one note line per dataset with an error or missed ticks.
 pub fn status_table(daemon: &DaemonInfo, datasets: &[DatasetStatus], now: DateTime<Utc>) -> String {
-    let header = ["DATASET", "STATE", "PROGRESS", "RATE", "ETA", "LAST SUCCESS", "NEXT RUN", "CHAIN"];
+    let header =
+        ["DATASET", "STATE", "PROGRESS", "RATE", "ETA", "LAST SUCCESS", "NEXT RUN", "CHAIN"];
     let rows: Vec<Vec<String>> = datasets
         .iter()
         .map(|d| {
@@ -187,7 +198,12 @@ pub fn status_table(daemon: &DaemonInfo, datasets: &[DatasetStatus], now: DateTi
         if let Some(e) = &d.last_error {
             let newer_success = d.last_success.as_ref().is_some_and(|s| s.at > e.at);
             if !newer_success {
-                notes.push_str(&format!("{}: failed {}: {}\n", d.dataset, relative_time(e.at, now), e.message));
+                notes.push_str(&format!(
+                    "{}: failed {}: {}\n",
+                    d.dataset,
+                    relative_time(e.at, now),
+                    e.message
+                ));
             }
         }
         if d.missed_ticks > 0 {
@@ -235,8 +251,11 @@ pub fn restore_table(jobs: &[RestoreJobStatus], now: DateTime<Utc>) -> String {
     let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|j| {
-            let thawed =
-                if j.objects_total == 0 { DASH.into() } else { format!("{}/{}", j.objects_ready, j.objects_total) };
+            let thawed = if j.objects_total == 0 {
+                DASH.into()
+            } else {
+                format!("{}/{}", j.objects_ready, j.objects_total)
+            };
             let received = match j.bytes_total {
                 Some(total) if total > 0 => format!(
                     "{} / {} ({}%)",
@@ -359,10 +378,10 @@ mod tests {
 
     #[test]
     fn table_layout() {
-        let t = render_table(&["A", "LONG HEADER", "C"], &[
-            vec!["xxxx".into(), "y".into(), "z".into()],
-            vec!["".into(), "".into(), "".into()],
-        ]);
+        let t = render_table(
+            &["A", "LONG HEADER", "C"],
+            &[vec!["xxxx".into(), "y".into(), "z".into()], vec!["".into(), "".into(), "".into()]],
+        );
         assert_eq!(t, "A     LONG HEADER  C\nxxxx  y            z\n\n");
     }
 
@@ -398,14 +417,26 @@ mod tests {
         let uploading = DatasetStatus {
             state: JobState::Uploading,
             progress: Some(run()),
-            last_success: Some(LastSuccess { at: t(NOW - 86_400), snapshot: None, bytes: 123 * 1024 * 1024 }),
-            last_error: Some(LastError { at: t(NOW - 300), message: "S3 503 SlowDown after 8 attempts".into() }),
+            last_success: Some(LastSuccess {
+                at: t(NOW - 86_400),
+                snapshot: None,
+                bytes: 123 * 1024 * 1024,
+            }),
+            last_error: Some(LastError {
+                at: t(NOW - 300),
+                message: "S3 503 SlowDown after 8 attempts".into(),
+            }),
             next_run: Some(t(NOW + 17 * 3600)),
             chain_length: 4,
             missed_ticks: 2,
             ..idle("tank/photos")
         };
-        let paused = DatasetStatus { state: JobState::Paused, paused: true, next_run: None, ..idle("tank/docs") };
+        let paused = DatasetStatus {
+            state: JobState::Paused,
+            paused: true,
+            next_run: None,
+            ..idle("tank/docs")
+        };
         let fixed_error = DatasetStatus {
             last_success: Some(LastSuccess { at: t(NOW - 60), snapshot: None, bytes: 0 }),
             last_error: Some(LastError { at: t(NOW - 7200), message: "old".into() }),
@@ -452,7 +483,11 @@ tank/photos: 2 scheduled runs skipped while a run was still going
         );
         let mut early = u.clone();
         early.progress.as_mut().unwrap().snapshot = String::new();
-        assert!(progress_line(&early).starts_with("tank/photos: uploading, 3.0 GiB"), "{}", progress_line(&early));
+        assert!(
+            progress_line(&early).starts_with("tank/photos: uploading, 3.0 GiB"),
+            "{}",
+            progress_line(&early)
+        );
         let q = ProgressUpdate {
             dataset: "tank/photos".into(),
             state: JobState::Queued,

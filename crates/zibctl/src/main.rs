@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use client::{CliError, Client, exit, unexpected};
-use zib_protocol::{DEFAULT_SOCKET_PATH, PROTOCOL_VERSION, Request, Response, RestoreStart, RestoreTier};
+use zib_protocol::{
+    DEFAULT_SOCKET_PATH, PROTOCOL_VERSION, Request, Response, RestoreStart, RestoreTier,
+};
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -178,7 +180,9 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 return Ok(exit::OK);
             }
             match response {
-                Response::Status { daemon, datasets } => print!("{}", format::status_table(&daemon, &datasets, now)),
+                Response::Status { daemon, datasets } => {
+                    print!("{}", format::status_table(&daemon, &datasets, now))
+                }
                 other => return Err(unexpected(&request, &other)),
             }
             Ok(exit::OK)
@@ -203,10 +207,15 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                         return Ok(exit::OK);
                     }
                     Response::Done { ok: false, message, .. } => {
-                        return Err(CliError::Failed(format!("backup of {dataset} failed: {message}")));
+                        return Err(CliError::Failed(format!(
+                            "backup of {dataset} failed: {message}"
+                        )));
                     }
                     Response::Ok { message } => {
-                        println!("{}", message.unwrap_or_else(|| format!("triggered a backup of {dataset}")));
+                        println!(
+                            "{}",
+                            message.unwrap_or_else(|| format!("triggered a backup of {dataset}"))
+                        );
                         return Ok(exit::OK);
                     }
                     other => return Err(unexpected(&request, &other)),
@@ -242,15 +251,27 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             other => Err(unexpected(&Request::Version, &other)),
         },
-        Command::Restore { command: RestoreCommand::Start { dataset, to, snapshot, tier, days, bucket, prefix } } => {
+        Command::Restore {
+            command: RestoreCommand::Start { dataset, to, snapshot, tier, days, bucket, prefix },
+        } => {
             let tier = match tier {
                 Tier::Bulk => RestoreTier::Bulk,
                 Tier::Standard => RestoreTier::Standard,
             };
-            let request = Request::RestoreStart(RestoreStart { dataset, snapshot, to, tier, days, bucket, prefix });
+            let request = Request::RestoreStart(RestoreStart {
+                dataset,
+                snapshot,
+                to,
+                tier,
+                days,
+                bucket,
+                prefix,
+            });
             match client.call(&request).await? {
                 Response::RestoreStarted { id } => {
-                    println!("restore job {id} started; follow it with: zibctl restore status {id}");
+                    println!(
+                        "restore job {id} started; follow it with: zibctl restore status {id}"
+                    );
                     Ok(exit::OK)
                 }
                 other => Err(unexpected(&request, &other)),
@@ -284,16 +305,30 @@ mod tests {
 
     #[test]
     fn parses_commands_and_socket() {
-        let cli = Cli::try_parse_from(["zibctl", "--socket", "/tmp/x.sock", "trigger", "tank/a", "--wait"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "zibctl",
+            "--socket",
+            "/tmp/x.sock",
+            "trigger",
+            "tank/a",
+            "--wait",
+        ])
+        .unwrap();
         assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
-        assert!(matches!(cli.command, Command::Trigger { ref dataset, wait: true } if dataset == "tank/a"));
+        assert!(
+            matches!(cli.command, Command::Trigger { ref dataset, wait: true } if dataset == "tank/a")
+        );
         let cli = Cli::try_parse_from(["zibctl", "status", "--json"]).unwrap();
         assert!(matches!(cli.command, Command::Status { dataset: None, json: true }));
-        let cli = Cli::try_parse_from(["zibctl", "restore", "start", "tank/a", "--to", "tank/r", "--tier", "standard"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "zibctl", "restore", "start", "tank/a", "--to", "tank/r", "--tier", "standard",
+        ])
+        .unwrap();
         assert!(matches!(
             cli.command,
-            Command::Restore { command: RestoreCommand::Start { tier: Tier::Standard, days: 7, .. } }
+            Command::Restore {
+                command: RestoreCommand::Start { tier: Tier::Standard, days: 7, .. }
+            }
         ));
         assert!(Cli::try_parse_from(["zibctl", "cancel"]).is_err());
     }
@@ -301,6 +336,9 @@ mod tests {
     #[test]
     fn help_documents_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
-        assert!(help.contains("Exit codes:") && help.contains("3  zibd is not reachable"), "{help}");
+        assert!(
+            help.contains("Exit codes:") && help.contains("3  zibd is not reachable"),
+            "{help}"
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::process::Output;
 use chrono::{Duration, Utc};
 use tokio::net::UnixListener;
 use zib_protocol::{
-    DaemonInfo, DatasetStatus, ErrorKind, JobState, LastSuccess, ProgressUpdate, Request, Response, RunProgress,
-    decode_request, encode_response, read_frame, write_frame,
+    DaemonInfo, DatasetStatus, ErrorKind, JobState, LastSuccess, ProgressUpdate, Request, Response,
+    RunProgress, decode_request, encode_response, read_frame, write_frame,
 };
 
 /// Serves one connection: each request is answered by `script`, which returns the frames to send.
@@ -75,7 +75,11 @@ fn status_reply() -> Response {
                 rate_bytes_per_sec: Some(10 * 1024 * 1024),
                 eta_secs: Some(300),
             }),
-            last_success: Some(LastSuccess { at: now - Duration::minutes(5), snapshot: None, bytes: 2048 }),
+            last_success: Some(LastSuccess {
+                at: now - Duration::minutes(5),
+                snapshot: None,
+                bytes: 2048,
+            }),
             last_error: None,
             next_run: Some(now + Duration::hours(3) + Duration::seconds(30)),
             chain_length: 3,
@@ -92,7 +96,10 @@ async fn status_table() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.starts_with("zibd 0.1.0 (protocol 1), up 3h, 1 of 2 jobs running\n"), "{text}");
-    assert!(text.contains("tank/photos  uploading  1.0 GiB / 4.0 GiB (25%), chunk 2/4  10.0 MiB/s  5m"), "{text}");
+    assert!(
+        text.contains("tank/photos  uploading  1.0 GiB / 4.0 GiB (25%), chunk 2/4  10.0 MiB/s  5m"),
+        "{text}"
+    );
     assert!(text.contains("5m ago (2.0 KiB)") && text.contains("in 3h"), "{text}");
     assert_eq!(task.await.unwrap(), [Request::Status { dataset: None }]);
 }
@@ -136,7 +143,12 @@ async fn trigger_wait_shows_progress_and_exit_status() {
         vec![
             progress(0),
             progress(1),
-            Response::Done { ok: true, message: "backed up tank/a@zib-1".into(), snapshot: None, bytes: Some(3072) },
+            Response::Done {
+                ok: true,
+                message: "backed up tank/a@zib-1".into(),
+                snapshot: None,
+                bytes: Some(3072),
+            },
         ]
     });
     let out = zibctl(&sock, &["trigger", "tank/a", "--wait"]).await;
@@ -151,7 +163,15 @@ async fn trigger_wait_shows_progress_and_exit_status() {
 
     let dir = tempfile::tempdir().unwrap();
     let (sock, _task) = fake_daemon(dir.path(), |_| {
-        vec![progress(0), Response::Done { ok: false, message: "zfs send failed".into(), snapshot: None, bytes: None }]
+        vec![
+            progress(0),
+            Response::Done {
+                ok: false,
+                message: "zfs send failed".into(),
+                snapshot: None,
+                bytes: None,
+            },
+        ]
     });
     let out = zibctl(&sock, &["trigger", "tank/a", "--wait"]).await;
     assert_eq!(out.status.code(), Some(1));
@@ -171,10 +191,22 @@ async fn mutating_commands_print_the_daemon_message() {
     assert_eq!(task.await.unwrap(), [Request::Pause { dataset: None }]);
 
     for (args, expected, request) in [
-        (&["resume", "tank/a"][..], "resumed tank/a\n", Request::Resume { dataset: Some("tank/a".into()) }),
-        (&["cancel", "tank/a"][..], "cancelling the run of tank/a\n", Request::Cancel { dataset: "tank/a".into() }),
+        (
+            &["resume", "tank/a"][..],
+            "resumed tank/a\n",
+            Request::Resume { dataset: Some("tank/a".into()) },
+        ),
+        (
+            &["cancel", "tank/a"][..],
+            "cancelling the run of tank/a\n",
+            Request::Cancel { dataset: "tank/a".into() },
+        ),
         (&["reload"][..], "configuration reloaded\n", Request::Reload),
-        (&["trigger", "tank/a"][..], "triggered a backup of tank/a\n", Request::Trigger { dataset: "tank/a".into(), wait: false }),
+        (
+            &["trigger", "tank/a"][..],
+            "triggered a backup of tank/a\n",
+            Request::Trigger { dataset: "tank/a".into(), wait: false },
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (sock, task) = fake_daemon(dir.path(), |_| vec![Response::Ok { message: None }]);
@@ -195,7 +227,10 @@ async fn daemon_errors_map_to_exit_codes() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (sock, _task) = fake_daemon(dir.path(), move |_| {
-            vec![Response::error(kind, "permission denied: 'reload' needs root or membership in group 'zib'")]
+            vec![Response::error(
+                kind,
+                "permission denied: 'reload' needs root or membership in group 'zib'",
+            )]
         });
         let out = zibctl(&sock, &["reload"]).await;
         assert_eq!(out.status.code(), Some(code), "{kind:?}: {}", stderr(&out));

@@ -103,7 +103,9 @@ pub enum BackupError {
     BaseMissing { dataset: String, base: String, guid: String },
     #[error("zfs send of {0} produced no data")]
     EmptyStream(String),
-    #[error("zfs send of {dataset} gave different bytes twice within one run (at chunk {index}); nothing was committed")]
+    #[error(
+        "zfs send of {dataset} gave different bytes twice within one run (at chunk {index}); nothing was committed"
+    )]
     Unstable { dataset: String, index: u64 },
     #[error("the catalog in the bucket is unreadable: {0}")]
     Catalog(String),
@@ -111,15 +113,28 @@ pub enum BackupError {
 
 enum Spooled {
     /// A chunk stored by an earlier run whose bytes matched again.
-    Reused { size: u64 },
-    New { index: u64, path: PathBuf, size: u64, sha256: String, _permit: OwnedSemaphorePermit },
+    Reused {
+        size: u64,
+    },
+    New {
+        index: u64,
+        path: PathBuf,
+        size: u64,
+        sha256: String,
+        _permit: OwnedSemaphorePermit,
+    },
 }
 
 /// Why a streaming attempt ended without error.
 enum Streamed {
-    Done { size: u64, sha256: String },
+    Done {
+        size: u64,
+        sha256: String,
+    },
     /// The re-run send does not reproduce the stored chunks: start a new attempt.
-    Diverged { index: u64 },
+    Diverged {
+        index: u64,
+    },
 }
 
 /// Runs one backup of `ds` while holding its state lock. Failures are recorded in the state's
@@ -133,7 +148,10 @@ pub async fn run(
     progress: &watch::Sender<Progress>,
     cancel: &CancellationToken,
 ) -> Result<BackupReport, BackupError> {
-    let res = Backup { engine, ds, target: cfg.resolve(ds), locked, progress, cancel, resumed: false }.run(opts).await;
+    let res =
+        Backup { engine, ds, target: cfg.resolve(ds), locked, progress, cancel, resumed: false }
+            .run(opts)
+            .await;
     if let Err(e) = &res {
         locked.state.stats.last_error = Some(e.to_string());
         locked.state.stats.last_error_at = Some(Utc::now());
@@ -170,7 +188,13 @@ impl Backup<'_> {
 
     async fn run(mut self, opts: BackupOptions) -> Result<BackupReport, BackupError> {
         let name = self.ds.name.clone();
-        self.set_progress(|p| *p = Progress { started_at: Some(Utc::now()), chunk_size: self.target.chunk_size, ..Default::default() });
+        self.set_progress(|p| {
+            *p = Progress {
+                started_at: Some(Utc::now()),
+                chunk_size: self.target.chunk_size,
+                ..Default::default()
+            }
+        });
         self.clean_spool().await;
 
         // A pending backup whose snapshot vanished cannot be resumed: abandon it (its chunks have
@@ -231,7 +255,9 @@ impl Backup<'_> {
                         pr.chunks_done = 0;
                     });
                 }
-                Streamed::Diverged { index } => return Err(BackupError::Unstable { dataset: name.to_string(), index }),
+                Streamed::Diverged { index } => {
+                    return Err(BackupError::Unstable { dataset: name.to_string(), index });
+                }
             }
         }
     }
@@ -241,15 +267,25 @@ impl Backup<'_> {
     async fn plan_new(&mut self, opts: BackupOptions) -> Result<(), BackupError> {
         let layout = self.layout();
         let listing = self.engine.s3.list(layout.root()).await?;
-        let newest = listing.iter().filter_map(|o| layout.parse_manifest_key(&o.key).map(|(seq, _)| (seq, &o.key))).max_by_key(|(seq, _)| *seq);
+        let newest = listing
+            .iter()
+            .filter_map(|o| layout.parse_manifest_key(&o.key).map(|(seq, _)| (seq, &o.key)))
+            .max_by_key(|(seq, _)| *seq);
         let local_seq = self.locked.state.last.as_ref().map_or(0, |c| c.seq);
         if let Some((seq, key)) = newest
             && seq > local_seq
         {
             let bytes = self.engine.s3.get_bytes(key, 64 << 20).await?;
-            let m = Manifest::from_json(key, &bytes).map_err(|e| BackupError::Catalog(e.to_string()))?;
+            let m = Manifest::from_json(key, &bytes)
+                .map_err(|e| BackupError::Catalog(e.to_string()))?;
             tracing::info!(dataset = %self.ds.name, seq, "local state is behind the catalog; continuing from {key}");
-            self.locked.state.last = Some(Committed { seq, snapshot: m.to.clone(), manifest_key: key.clone(), committed_at: m.committed_at, stream_size: m.stream_size });
+            self.locked.state.last = Some(Committed {
+                seq,
+                snapshot: m.to.clone(),
+                manifest_key: key.clone(),
+                committed_at: m.committed_at,
+                stream_size: m.stream_size,
+            });
         }
         let from = match (&self.locked.state.last, opts.force_full) {
             (Some(c), false) => Some(c.snapshot.clone()),
@@ -287,7 +323,8 @@ impl Backup<'_> {
         let key = self.layout().manifest_key(p.seq, &p.to);
         match self.engine.s3.get_bytes(&key, 64 << 20).await {
             Ok(bytes) => {
-                let m = Manifest::from_json(&key, &bytes).map_err(|e| BackupError::Catalog(e.to_string()))?;
+                let m = Manifest::from_json(&key, &bytes)
+                    .map_err(|e| BackupError::Catalog(e.to_string()))?;
                 Ok((Some(&m.to.guid) == p.to_guid.as_ref()).then_some(m))
             }
             Err(e) if e.is_not_found() => Ok(None),
@@ -316,7 +353,10 @@ impl Backup<'_> {
             None => {
                 self.engine.zfs.snapshot(&name, &to).await?;
                 self.engine.zfs.snapshot_info(&name, &to).await?.ok_or_else(|| {
-                    BackupError::Zfs(ZfsError::Parse { cmd: format!("zfs list {}", name.snapshot(&to)), output: "snapshot missing right after creation".into() })
+                    BackupError::Zfs(ZfsError::Parse {
+                        cmd: format!("zfs list {}", name.snapshot(&to)),
+                        output: "snapshot missing right after creation".into(),
+                    })
                 })?
             }
         };
@@ -334,10 +374,20 @@ impl Backup<'_> {
             let snap = self.engine.zfs.snapshot_info(name, &base.name).await?;
             let base_ref = if snap.is_some_and(|s| s.guid == base.guid) {
                 name.snapshot(&base.name)
-            } else if self.engine.zfs.bookmark_info(name, &base.name).await?.is_some_and(|b| b.guid == base.guid) {
+            } else if self
+                .engine
+                .zfs
+                .bookmark_info(name, &base.name)
+                .await?
+                .is_some_and(|b| b.guid == base.guid)
+            {
                 name.bookmark(&base.name)
             } else {
-                return Err(BackupError::BaseMissing { dataset: name.to_string(), base: base.name.to_string(), guid: base.guid.clone() });
+                return Err(BackupError::BaseMissing {
+                    dataset: name.to_string(),
+                    base: base.name.to_string(),
+                    guid: base.guid.clone(),
+                });
             };
             args.extend(["-i".to_owned(), base_ref]);
         }
@@ -352,7 +402,10 @@ impl Backup<'_> {
         self.set_progress(|pr| pr.phase = Phase::Uploading);
         let permits = Arc::new(Semaphore::new(self.target.max_spooled_chunks));
         let (tx, rx) = mpsc::unbounded_channel();
-        let spool = SpoolTarget { dir: self.engine.spool_dir.clone(), stem: format!("{}.{}.a{}", self.ds.name.file_stem(), p.seq, p.attempt) };
+        let spool = SpoolTarget {
+            dir: self.engine.spool_dir.clone(),
+            stem: format!("{}.{}.a{}", self.ds.name.file_stem(), p.seq, p.attempt),
+        };
         let cancel = self.cancel;
         let reader = read_stream(send, p.chunk_size, &p.chunks, spool, permits, tx, cancel);
         let uploader = self.upload(rx, &p);
@@ -360,7 +413,11 @@ impl Backup<'_> {
         Ok((streamed, uploaded, reused))
     }
 
-    async fn upload(&mut self, mut rx: mpsc::UnboundedReceiver<Spooled>, p: &Pending) -> Result<(u64, u64), BackupError> {
+    async fn upload(
+        &mut self,
+        mut rx: mpsc::UnboundedReceiver<Spooled>,
+        p: &Pending,
+    ) -> Result<(u64, u64), BackupError> {
         let layout = self.layout();
         let (mut uploaded, mut reused) = (0, 0);
         loop {
@@ -382,9 +439,15 @@ impl Backup<'_> {
                     let probe = self.resumed && index as usize == p.chunks.len();
                     let put = async {
                         if probe {
-                            self.engine.s3.put_chunk_probing(&key, &path, size, &sha256, p.storage_class).await
+                            self.engine
+                                .s3
+                                .put_chunk_probing(&key, &path, size, &sha256, p.storage_class)
+                                .await
                         } else {
-                            self.engine.s3.put_chunk(&key, &path, size, &sha256, p.storage_class).await
+                            self.engine
+                                .s3
+                                .put_chunk(&key, &path, size, &sha256, p.storage_class)
+                                .await
                         }
                     };
                     let outcome = tokio::select! {
@@ -417,10 +480,16 @@ impl Backup<'_> {
         self.save().await
     }
 
-    async fn manifest(&self, args: &[String], size: u64, sha256: String) -> Result<Manifest, BackupError> {
+    async fn manifest(
+        &self,
+        args: &[String],
+        size: u64,
+        sha256: String,
+    ) -> Result<Manifest, BackupError> {
         let p = self.locked.state.pending.as_ref().expect("pending");
         let info = self.engine.zfs.snapshot_info(&self.ds.name, &p.to).await?;
-        let created = info.and_then(|i| DateTime::from_timestamp(i.creation, 0)).unwrap_or(p.started_at);
+        let created =
+            info.and_then(|i| DateTime::from_timestamp(i.creation, 0)).unwrap_or(p.started_at);
         let m = Manifest {
             format: manifest::FORMAT.into(),
             version: manifest::VERSION,
@@ -439,14 +508,22 @@ impl Backup<'_> {
             chunks: p.chunks.clone(),
             zib_version: env!("CARGO_PKG_VERSION").into(),
         };
-        m.check().map_err(|e| BackupError::Catalog(format!("refusing to commit an inconsistent manifest: {e}")))?;
+        m.check().map_err(|e| {
+            BackupError::Catalog(format!("refusing to commit an inconsistent manifest: {e}"))
+        })?;
         Ok(m)
     }
 
     /// Writes the manifest (the commit point), then records the commit locally, bookmarks the
     /// new snapshot and prunes old zib-made snapshots. `stored` means the manifest is already
     /// stored (found on resume).
-    async fn finish_commit(self, m: Manifest, stored: bool, uploaded: u64, reused: u64) -> Result<BackupReport, BackupError> {
+    async fn finish_commit(
+        self,
+        m: Manifest,
+        stored: bool,
+        uploaded: u64,
+        reused: u64,
+    ) -> Result<BackupReport, BackupError> {
         self.set_progress(|pr| pr.phase = Phase::Committing);
         let p = self.locked.state.pending.clone().expect("pending");
         let key = self.layout().manifest_key(p.seq, &p.to);
@@ -458,7 +535,13 @@ impl Backup<'_> {
         let to = SnapRef { name: p.to.clone(), guid: p.to_guid.clone().expect("snapshot taken") };
         let now = Utc::now();
         let st = &mut self.locked.state;
-        st.last = Some(Committed { seq: p.seq, snapshot: to, manifest_key: key.clone(), committed_at: now, stream_size });
+        st.last = Some(Committed {
+            seq: p.seq,
+            snapshot: to,
+            manifest_key: key.clone(),
+            committed_at: now,
+            stream_size,
+        });
         st.pending = None;
         st.stats.backups_committed += 1;
         st.stats.bytes_committed += stream_size;
@@ -562,7 +645,9 @@ async fn read_stream(
     cancel: &CancellationToken,
 ) -> Result<Streamed, BackupError> {
     let mut send = Some(send);
-    tokio::fs::create_dir_all(&spool.dir).await.map_err(|source| BackupError::Spool { path: spool.dir.clone(), source })?;
+    tokio::fs::create_dir_all(&spool.dir)
+        .await
+        .map_err(|source| BackupError::Spool { path: spool.dir.clone(), source })?;
     let mut whole = Sha256::new();
     let mut total = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -588,7 +673,10 @@ async fn read_stream(
                 r = send.as_mut().expect("running").stdout().read(&mut buf[..want]) => r,
                 () = cancel.cancelled() => return Err(BackupError::Cancelled { dataset: spool.stem.clone() }),
             };
-            let r = r.map_err(|e| ZfsError::Spawn { cmd: "zfs send (reading its output)".into(), source: e })?;
+            let r = r.map_err(|e| ZfsError::Spawn {
+                cmd: "zfs send (reading its output)".into(),
+                source: e,
+            })?;
             if r == 0 {
                 finished = true;
                 break;
@@ -625,7 +713,8 @@ async fn read_stream(
             }
             Some(_) => return Ok(Streamed::Diverged { index }),
             None => {
-                if tx.send(Spooled::New { index, path, size: n, sha256, _permit: permit }).is_err() {
+                if tx.send(Spooled::New { index, path, size: n, sha256, _permit: permit }).is_err()
+                {
                     // The uploader stopped; its error is what try_join reports.
                     return Ok(Streamed::Done { size: total, sha256: String::new() });
                 }

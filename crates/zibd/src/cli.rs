@@ -20,7 +20,11 @@ pub const EXIT_CONFIG: u8 = 78;
 pub const DEFAULT_CONFIG: &str = "/etc/zib/zibd.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "zibd", version, about = "Back ZFS datasets up, incrementally, to S3 cold storage, and restore them.")]
+#[command(
+    name = "zibd",
+    version,
+    about = "Back ZFS datasets up, incrementally, to S3 cold storage, and restore them."
+)]
 pub struct Cli {
     /// Config file.
     #[arg(long, short, global = true, env = "ZIBD_CONFIG", default_value = DEFAULT_CONFIG)]
@@ -52,9 +56,15 @@ pub enum Command {
 
 pub fn init_tracing() {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("ZIB_LOG").unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+    let filter = EnvFilter::try_from_env("ZIB_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(ansi).try_init();
+    let _ = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -83,7 +93,11 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            report(runtime().block_on(backup_once(cfg, &dataset, BackupOptions { force_full: full })))
+            report(runtime().block_on(backup_once(
+                cfg,
+                &dataset,
+                BackupOptions { force_full: full },
+            )))
         }
         Command::Restore(cmd) => crate::restore::main(*cmd, &cli.config),
         Command::Run => crate::daemon::main(cli.config),
@@ -107,10 +121,15 @@ pub fn report(r: anyhow::Result<()>) -> ExitCode {
 /// `zibd backup`: one backup in the foreground, Ctrl-C stops it at a safe point.
 async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow::Result<()> {
     let name = DatasetName::new(dataset)?;
-    let ds = cfg.dataset(&name).with_context(|| format!("dataset {name} is not in the config"))?.clone();
+    let ds =
+        cfg.dataset(&name).with_context(|| format!("dataset {name} is not in the config"))?.clone();
     let store = StateStore::new(&cfg.daemon.state_dir);
     let mut locked = store.lock(&name)?;
-    let engine = Engine { zfs: Zfs::default(), s3: S3Store::from_config(&cfg).await, spool_dir: cfg.daemon.spool_dir.clone() };
+    let engine = Engine {
+        zfs: Zfs::default(),
+        s3: S3Store::from_config(&cfg).await,
+        spool_dir: cfg.daemon.spool_dir.clone(),
+    };
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();
     tokio::spawn(async move {

@@ -36,8 +36,8 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use zib_protocol::{
-    ErrorKind, FrameError, MAX_FRAME_LEN, Rejected, Request, Response, decode_request, encode_response, read_frame,
-    write_frame,
+    ErrorKind, FrameError, MAX_FRAME_LEN, Rejected, Request, Response, decode_request,
+    encode_response, read_frame, write_frame,
 };
 
 /// Mode of the socket file: owner and group may connect.
@@ -136,7 +136,11 @@ pub fn authorize(request: &Request, peer: &Peer, access: &Access) -> Result<(), 
     };
     Err(Rejected {
         kind: ErrorKind::PermissionDenied,
-        message: format!("permission denied: '{}' needs {needed}; you are uid {}", request.type_name(), peer.uid),
+        message: format!(
+            "permission denied: '{}' needs {needed}; you are uid {}",
+            request.type_name(),
+            peer.uid
+        ),
     })
 }
 
@@ -183,7 +187,9 @@ impl ControlConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The configured group does not exist.
-    #[error("control socket group '{0}' does not exist: create it (groupadd {0}) or change daemon.socket_group")]
+    #[error(
+        "control socket group '{0}' does not exist: create it (groupadd {0}) or change daemon.socket_group"
+    )]
     NoSuchGroup(String),
     /// Looking the group up failed.
     #[error("looking up control socket group '{name}': {source}")]
@@ -226,7 +232,9 @@ impl ControlSocket {
             Some(name) => match nix::unistd::Group::from_name(name) {
                 Ok(Some(g)) => Some((name.clone(), g.gid.as_raw())),
                 Ok(None) => return Err(ControlError::NoSuchGroup(name.clone())),
-                Err(source) => return Err(ControlError::GroupLookup { name: name.clone(), source }),
+                Err(source) => {
+                    return Err(ControlError::GroupLookup { name: name.clone(), source });
+                }
             },
         };
         let gid = group.as_ref().map(|(_, gid)| nix::unistd::Gid::from_raw(*gid));
@@ -238,12 +246,15 @@ impl ControlSocket {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(SOCKET_DIR_MODE))
                 .map_err(io_err("setting mode of", dir))?;
             if gid.is_some() {
-                nix::unistd::chown(dir, None, gid).map_err(|e| io_err("changing group of", dir)(e.into()))?;
+                nix::unistd::chown(dir, None, gid)
+                    .map_err(|e| io_err("changing group of", dir)(e.into()))?;
             }
         }
 
         match std::fs::symlink_metadata(path) {
-            Ok(meta) if !meta.file_type().is_socket() => return Err(ControlError::NotASocket(path.to_owned())),
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ControlError::NotASocket(path.to_owned()));
+            }
             Ok(_) => {
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
                     return Err(ControlError::InUse(path.to_owned()));
@@ -258,11 +269,13 @@ impl ControlSocket {
             Err(e) => return Err(io_err("inspecting", path)(e)),
         }
 
-        let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err("binding", path))?;
+        let listener =
+            std::os::unix::net::UnixListener::bind(path).map_err(io_err("binding", path))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
             .map_err(io_err("setting mode of", path))?;
         if gid.is_some() {
-            nix::unistd::chown(path, None, gid).map_err(|e| io_err("changing group of", path)(e.into()))?;
+            nix::unistd::chown(path, None, gid)
+                .map_err(|e| io_err("changing group of", path)(e.into()))?;
         }
         listener.set_nonblocking(true).map_err(io_err("configuring", path))?;
         let meta = std::fs::metadata(path).map_err(io_err("inspecting", path))?;
@@ -380,7 +393,8 @@ fn peer_groups(pid: Option<i32>, uid: u32, gid: u32) -> Vec<u32> {
 async fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
     let cred = stream.peer_cred()?;
     let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
-    let groups = tokio::task::spawn_blocking(move || peer_groups(pid, uid, gid)).await.unwrap_or_default();
+    let groups =
+        tokio::task::spawn_blocking(move || peer_groups(pid, uid, gid)).await.unwrap_or_default();
     Ok(Peer { uid, gid, pid, groups })
 }
 
@@ -421,8 +435,15 @@ impl<H: Handler> Connection<H> {
                 Ok(Ok(Some(body))) => body,
                 Ok(Err(FrameError::TooLarge { len, max })) => {
                     tracing::info!(%peer, len, "control frame too large; closing");
-                    let msg = format!("frame of {len} bytes exceeds the limit of {max} bytes; closing the connection");
-                    let _ = send(&mut wr, self.config.write_timeout, &Response::error(ErrorKind::FrameTooLarge, msg)).await;
+                    let msg = format!(
+                        "frame of {len} bytes exceeds the limit of {max} bytes; closing the connection"
+                    );
+                    let _ = send(
+                        &mut wr,
+                        self.config.write_timeout,
+                        &Response::error(ErrorKind::FrameTooLarge, msg),
+                    )
+                    .await;
                     return;
                 }
                 Ok(Err(e)) => {
@@ -443,7 +464,9 @@ impl<H: Handler> Connection<H> {
                     Ok(()) => {
                         tracing::debug!(%peer, request = ?frame.request, "control request");
                         match self.handler.handle(frame.request, peer.clone()).await {
-                            Reply::One(response) => send(&mut wr, self.config.write_timeout, &response).await,
+                            Reply::One(response) => {
+                                send(&mut wr, self.config.write_timeout, &response).await
+                            }
                             Reply::Stream(rx) => self.forward(&mut rd, &mut wr, rx).await,
                         }
                     }
@@ -456,7 +479,12 @@ impl<H: Handler> Connection<H> {
     }
 
     /// Forwards a streamed reply until its final frame.
-    async fn forward(&mut self, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, mut rx: mpsc::Receiver<Response>) -> Next {
+    async fn forward(
+        &mut self,
+        rd: &mut OwnedReadHalf,
+        wr: &mut OwnedWriteHalf,
+        mut rx: mpsc::Receiver<Response>,
+    ) -> Next {
         let mut probe = [0u8; 1];
         let wt = self.config.write_timeout;
         loop {
@@ -497,7 +525,6 @@ impl<H: Handler> Connection<H> {
             }
         }
     }
-
 }
 
 /// Writes one response frame, within `timeout`.
@@ -507,7 +534,10 @@ async fn send(wr: &mut OwnedWriteHalf, timeout: Duration, response: &Response) -
         tracing::error!(len = body.len(), "control reply larger than a frame");
         body = encode_response(&Response::error(
             ErrorKind::Internal,
-            format!("the reply ({} bytes) is larger than the frame limit; ask for one dataset", body.len()),
+            format!(
+                "the reply ({} bytes) is larger than the frame limit; ask for one dataset",
+                body.len()
+            ),
         ));
     }
     match tokio::time::timeout(timeout, write_frame(wr, &body)).await {

@@ -29,8 +29,8 @@ use tokio::{net::UnixStream, sync::Notify, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zib_core::{Config, DatasetName, config::ConfigError};
 use zib_protocol::{
-    DaemonInfo, ErrorKind, JobState, PROTOCOL_VERSION, Request, Response, decode_response, encode_request,
-    read_frame, write_frame,
+    DaemonInfo, ErrorKind, JobState, PROTOCOL_VERSION, Request, Response, decode_response,
+    encode_request, read_frame, write_frame,
 };
 
 use crate::{
@@ -57,7 +57,11 @@ pub struct DaemonOptions {
 impl DaemonOptions {
     /// The production setup: system clock, systemd notifications if `NOTIFY_SOCKET` is set.
     pub fn new(config_path: impl Into<PathBuf>) -> Self {
-        Self { config_path: config_path.into(), clock: Arc::new(SystemClock), notifier: Notifier::from_env() }
+        Self {
+            config_path: config_path.into(),
+            clock: Arc::new(SystemClock),
+            notifier: Notifier::from_env(),
+        }
     }
 }
 
@@ -127,8 +131,16 @@ impl Daemon {
         for ds in &cfg.datasets {
             locks.push(store.lock(&ds.name)?);
         }
-        std::fs::create_dir_all(&d.state_dir).map_err(|source| StartError::Dir { what: "state directory", path: d.state_dir.clone(), source })?;
-        std::fs::create_dir_all(&d.spool_dir).map_err(|source| StartError::Dir { what: "spool directory", path: d.spool_dir.clone(), source })?;
+        std::fs::create_dir_all(&d.state_dir).map_err(|source| StartError::Dir {
+            what: "state directory",
+            path: d.state_dir.clone(),
+            source,
+        })?;
+        std::fs::create_dir_all(&d.spool_dir).map_err(|source| StartError::Dir {
+            what: "spool directory",
+            path: d.spool_dir.clone(),
+            source,
+        })?;
 
         let socket = ControlSocket::bind(&ControlConfig {
             // We hold the state locks: no other zibd runs with this config.
@@ -136,7 +148,11 @@ impl Daemon {
             ..ControlConfig::new(&d.socket, d.socket_group.clone())
         })?;
 
-        let engine = Engine { zfs: Zfs::default(), s3: S3Store::from_config(&cfg).await, spool_dir: d.spool_dir.clone() };
+        let engine = Engine {
+            zfs: Zfs::default(),
+            s3: S3Store::from_config(&cfg).await,
+            spool_dir: d.spool_dir.clone(),
+        };
         let ctx = JobContext {
             clock: opts.clock.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(d.max_concurrent_jobs)),
@@ -161,7 +177,11 @@ impl Daemon {
             restores: RestoreJobs::new(d.state_dir.join("restore"), ctx.shutdown.clone()),
         });
         let socket_path = socket.path().to_owned();
-        let server = tokio::spawn(control::serve(socket, core.clone(), ctx.shutdown.clone().cancelled_owned()));
+        let server = tokio::spawn(control::serve(
+            socket,
+            core.clone(),
+            ctx.shutdown.clone().cancelled_owned(),
+        ));
         let daemon = Daemon { core, notifier: opts.notifier, server, socket_path };
 
         if let Err(detail) = self_check(&daemon.socket_path).await {
@@ -237,8 +257,13 @@ impl Daemon {
     pub async fn stop(self) -> bool {
         let timeout = Duration::from_secs(self.core.config().daemon.shutdown_timeout_secs);
         let running = self.core.jobs().iter().filter(|j| j.is_running()).count();
-        tracing::info!(running, timeout_secs = timeout.as_secs(), "shutting down: stopping jobs at their next safe point");
-        self.notifier.stopping(&format!("stopping: {running} running jobs finishing their current chunk"));
+        tracing::info!(
+            running,
+            timeout_secs = timeout.as_secs(),
+            "shutting down: stopping jobs at their next safe point"
+        );
+        self.notifier
+            .stopping(&format!("stopping: {running} running jobs finishing their current chunk"));
         let ctx = &self.core.ctx;
         ctx.shutdown.cancel();
         ctx.tracker.close();
@@ -254,7 +279,10 @@ impl Daemon {
         if in_time {
             tracing::info!("all jobs stopped");
         } else {
-            tracing::warn!(timeout_secs = timeout.as_secs(), "jobs still running at the shutdown deadline; abandoning them (their state is saved after every stored chunk)");
+            tracing::warn!(
+                timeout_secs = timeout.as_secs(),
+                "jobs still running at the shutdown deadline; abandoning them (their state is saved after every stored chunk)"
+            );
         }
         // The server stops accepting at once and gives open connections a short grace.
         let _ = tokio::time::timeout(Duration::from_secs(6), self.server).await;
@@ -266,14 +294,21 @@ impl Daemon {
 async fn self_check(path: &Path) -> Result<(), String> {
     let attempt = async {
         let mut s = UnixStream::connect(path).await.map_err(|e| format!("connect: {e}"))?;
-        write_frame(&mut s, &encode_request(&Request::Version)).await.map_err(|e| format!("write: {e}"))?;
-        let body = read_frame(&mut s).await.map_err(|e| format!("read: {e}"))?.ok_or("connection closed without a reply")?;
+        write_frame(&mut s, &encode_request(&Request::Version))
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let body = read_frame(&mut s)
+            .await
+            .map_err(|e| format!("read: {e}"))?
+            .ok_or("connection closed without a reply")?;
         match decode_response(&body).map_err(|e| format!("reply: {e}"))?.response {
             Response::Version { .. } => Ok(()),
             other => Err(format!("unexpected reply {other:?}")),
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), attempt).await.unwrap_or_else(|_| Err("no reply within 10 s".into()))
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .unwrap_or_else(|_| Err("no reply within 10 s".into()))
 }
 
 impl DaemonCore {
@@ -292,7 +327,10 @@ impl DaemonCore {
         jobs.iter().find(|(n, _)| n.as_str() == name).map(|(_, j)| j.clone()).ok_or_else(|| {
             let known: Vec<&str> = jobs.keys().map(DatasetName::as_str).collect();
             let known = if known.is_empty() { "none".into() } else { known.join(", ") };
-            Box::new(Response::error(ErrorKind::NotFound, format!("dataset {name} is not in the config (configured: {known})")))
+            Box::new(Response::error(
+                ErrorKind::NotFound,
+                format!("dataset {name} is not in the config (configured: {known})"),
+            ))
         })
     }
 
@@ -332,7 +370,10 @@ impl DaemonCore {
         let mut s = StatusSummary::default();
         for st in self.jobs().iter().map(JobHandle::status) {
             match st.state {
-                JobState::Snapshotting | JobState::Uploading | JobState::Finishing | JobState::Cancelling => s.running += 1,
+                JobState::Snapshotting
+                | JobState::Uploading
+                | JobState::Finishing
+                | JobState::Cancelling => s.running += 1,
                 JobState::Queued => s.queued += 1,
                 JobState::Paused => s.paused += 1,
                 JobState::Failed => s.failed += 1,
@@ -378,7 +419,8 @@ impl DaemonCore {
         }
         let new = Arc::new(new);
         let old_names: BTreeSet<DatasetName> = locked(&self.jobs).keys().cloned().collect();
-        let new_names: BTreeSet<DatasetName> = new.datasets.iter().map(|d| d.name.clone()).collect();
+        let new_names: BTreeSet<DatasetName> =
+            new.datasets.iter().map(|d| d.name.clone()).collect();
         let added: Vec<&DatasetName> = new_names.difference(&old_names).collect();
         let removed: Vec<&DatasetName> = old_names.difference(&new_names).collect();
 
@@ -390,7 +432,9 @@ impl DaemonCore {
                 Ok(l) => {
                     locks.insert((*name).clone(), l);
                 }
-                Err(StateStoreError::Locked { pid, .. }) if pid.trim() == std::process::id().to_string() => {
+                Err(StateStoreError::Locked { pid, .. })
+                    if pid.trim() == std::process::id().to_string() =>
+                {
                     let msg = format!(
                         "cannot add dataset {name} yet: its task from before an earlier reload is still finishing a backup; reload again when it is done (keeping the running configuration)"
                     );
@@ -398,7 +442,9 @@ impl DaemonCore {
                     return Err(msg);
                 }
                 Err(e) => {
-                    let msg = format!("cannot add dataset {name}: {e}; keeping the running configuration");
+                    let msg = format!(
+                        "cannot add dataset {name}: {e}; keeping the running configuration"
+                    );
                     tracing::error!("reload refused: {msg}");
                     return Err(msg);
                 }
@@ -406,7 +452,11 @@ impl DaemonCore {
         }
 
         let engine = if new.target != old.target {
-            let e = Engine { zfs: Zfs::default(), s3: S3Store::from_config(&new).await, spool_dir: new.daemon.spool_dir.clone() };
+            let e = Engine {
+                zfs: Zfs::default(),
+                s3: S3Store::from_config(&new).await,
+                spool_dir: new.daemon.spool_dir.clone(),
+            };
             *locked(&self.engine) = e.clone();
             e
         } else {
@@ -422,7 +472,8 @@ impl DaemonCore {
                 }
             }
             for ds in &new.datasets {
-                let settings = JobSettings { cfg: new.clone(), ds: ds.clone(), engine: engine.clone() };
+                let settings =
+                    JobSettings { cfg: new.clone(), ds: ds.clone(), engine: engine.clone() };
                 match jobs.get(&ds.name) {
                     Some(j) => j.update(settings),
                     None => {
@@ -433,7 +484,13 @@ impl DaemonCore {
             }
         }
         self.ctx.changed.notify_one();
-        let list = |v: &[&DatasetName]| if v.is_empty() { "none".to_owned() } else { v.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ") };
+        let list = |v: &[&DatasetName]| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        };
         let mut msg = format!(
             "reloaded {}: {} datasets; added {}; removed {}",
             path.display(),
@@ -458,7 +515,16 @@ impl DaemonCore {
         let t = &cfg.target;
         let s3 = match bucket.filter(|b| *b != t.bucket.0) {
             None => locked(&self.engine).s3.clone(),
-            Some(b) => S3Store::connect(&t.region, t.endpoint.as_ref().map(|e| e.0.as_str()), cfg.force_path_style(), t.max_attempts, b).await,
+            Some(b) => {
+                S3Store::connect(
+                    &t.region,
+                    t.endpoint.as_ref().map(|e| e.0.as_str()),
+                    cfg.force_path_style(),
+                    t.max_attempts,
+                    b,
+                )
+                .await
+            }
         };
         RestoreEngine { zfs: Zfs::default(), s3, prefix: prefix.unwrap_or(&t.prefix).to_owned() }
     }
@@ -483,11 +549,18 @@ impl DaemonCore {
 
     /// Continues the restores a previous zibd left unfinished.
     async fn resume_restores(&self) {
-        let resumed = self.restores.resume_unfinished(|bucket, prefix| async move { self.restore_engine(Some(&bucket), Some(&prefix)).await }).await;
+        let resumed = self
+            .restores
+            .resume_unfinished(|bucket, prefix| async move {
+                self.restore_engine(Some(&bucket), Some(&prefix)).await
+            })
+            .await;
         for r in resumed {
             match r {
                 Ok(id) => tracing::info!(%id, "continuing an unfinished restore job"),
-                Err(e) => tracing::error!(error = %e, "an unfinished restore job could not be continued"),
+                Err(e) => {
+                    tracing::error!(error = %e, "an unfinished restore job could not be continued")
+                }
             }
         }
     }
@@ -500,7 +573,10 @@ impl DaemonCore {
             // Only free permits can be taken back; running jobs keep theirs until they end.
             let gone = self.ctx.slots.forget_permits(*have - want);
             if gone < *have - want {
-                tracing::warn!(want, "fewer concurrent jobs takes full effect when running jobs end");
+                tracing::warn!(
+                    want,
+                    "fewer concurrent jobs takes full effect when running jobs end"
+                );
             }
             // Count what was actually removed so that a later increase adds the right amount.
             *have -= gone;
@@ -509,7 +585,12 @@ impl DaemonCore {
         *have = want;
     }
 
-    async fn for_each(&self, dataset: Option<&str>, verb: &str, f: impl AsyncFn(&JobHandle) -> Response) -> Response {
+    async fn for_each(
+        &self,
+        dataset: Option<&str>,
+        verb: &str,
+        f: impl AsyncFn(&JobHandle) -> Response,
+    ) -> Response {
         let jobs = match self.targets(dataset) {
             Ok(j) => j,
             Err(e) => return *e,
@@ -538,15 +619,22 @@ impl Handler for DaemonCore {
         }
         match request {
             Request::Status { dataset } => self.status(dataset.as_deref()).into(),
-            Request::Version => {
-                Response::Version { daemon_version: env!("CARGO_PKG_VERSION").into(), protocol_version: PROTOCOL_VERSION }.into()
+            Request::Version => Response::Version {
+                daemon_version: env!("CARGO_PKG_VERSION").into(),
+                protocol_version: PROTOCOL_VERSION,
             }
+            .into(),
             Request::Trigger { dataset, wait } => match self.job(&dataset) {
                 Ok(j) => j.trigger(wait).await,
                 Err(e) => (*e).into(),
             },
-            Request::Pause { dataset } => self.for_each(dataset.as_deref(), "paused", async |j| j.pause().await).await.into(),
-            Request::Resume { dataset } => self.for_each(dataset.as_deref(), "resumed", async |j| j.resume().await).await.into(),
+            Request::Pause { dataset } => {
+                self.for_each(dataset.as_deref(), "paused", async |j| j.pause().await).await.into()
+            }
+            Request::Resume { dataset } => self
+                .for_each(dataset.as_deref(), "resumed", async |j| j.resume().await)
+                .await
+                .into(),
             Request::Cancel { dataset } => match self.job(&dataset) {
                 Ok(j) => j.cancel().await.into(),
                 Err(e) => (*e).into(),
@@ -559,7 +647,9 @@ impl Handler for DaemonCore {
             Request::RestoreStatus { id } => {
                 let jobs = self.restores.status(id.as_deref());
                 match id {
-                    Some(id) if jobs.is_empty() => Response::error(ErrorKind::NotFound, format!("no restore job {id}")).into(),
+                    Some(id) if jobs.is_empty() => {
+                        Response::error(ErrorKind::NotFound, format!("no restore job {id}")).into()
+                    }
                     _ => Response::RestoreStatus { jobs }.into(),
                 }
             }
@@ -581,7 +671,11 @@ pub fn main(config_path: PathBuf) -> ExitCode {
 async fn run(config_path: PathBuf) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
     // Install the handlers before anything else so an early SIGTERM is a clean stop.
-    let (mut term, mut int, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),
         _ => {
             eprintln!("zibd: cannot install signal handlers");

@@ -98,7 +98,8 @@ impl PollBackoff {
     pub fn parse(s: &str) -> Option<Self> {
         let (a, b) = s.split_once(',')?;
         let (a, b): (f64, f64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-        (a > 0.0 && b >= a && b.is_finite()).then(|| Self { initial: Duration::from_secs_f64(a), max: Duration::from_secs_f64(b) })
+        (a > 0.0 && b >= a && b.is_finite())
+            .then(|| Self { initial: Duration::from_secs_f64(a), max: Duration::from_secs_f64(b) })
     }
 }
 
@@ -161,7 +162,9 @@ impl RestoreOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error("no zib catalog under s3://{bucket}/{prefix}: no *.manifest.json objects there (check --bucket, --prefix and the region/endpoint)")]
+    #[error(
+        "no zib catalog under s3://{bucket}/{prefix}: no *.manifest.json objects there (check --bucket, --prefix and the region/endpoint)"
+    )]
     NoCatalog { bucket: String, prefix: String },
     #[error("{0}")]
     DatasetChoice(String),
@@ -169,17 +172,23 @@ pub enum RestoreError {
     Chain(#[from] ChainError),
     #[error("unreadable catalog entry: {0}")]
     Manifest(String),
-    #[error("the target dataset {target} already exists; restore into a new dataset (zib never overwrites one)")]
+    #[error(
+        "the target dataset {target} already exists; restore into a new dataset (zib never overwrites one)"
+    )]
     TargetExists { target: String },
     #[error(
         "the credentials may not thaw archived objects: RestoreObject on s3://{bucket}/{key} was denied ({message}); grant s3:RestoreObject on the bucket's objects to these credentials"
     )]
     RestoreDenied { bucket: String, key: String, message: String },
-    #[error("chunk s3://{bucket}/{key} is corrupt: {detail}; nothing of it was passed to zfs receive. The restore stopped")]
+    #[error(
+        "chunk s3://{bucket}/{key} is corrupt: {detail}; nothing of it was passed to zfs receive. The restore stopped"
+    )]
     ChunkCorrupt { bucket: String, key: String, detail: String },
     #[error("chunk s3://{bucket}/{key} is missing from the bucket; the restore stopped")]
     ChunkMissing { bucket: String, key: String },
-    #[error("the thaw of s3://{bucket}/{key} expired before it was downloaded, {times} times; the restore stopped (run it again, with more --days)")]
+    #[error(
+        "the thaw of s3://{bucket}/{key} expired before it was downloaded, {times} times; the restore stopped (run it again, with more --days)"
+    )]
     ThawExpired { bucket: String, key: String, times: u32 },
     #[error(transparent)]
     S3(#[from] S3Error),
@@ -195,7 +204,10 @@ pub enum RestoreError {
     Cancelled { target: String },
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RestoreError + 'a {
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> RestoreError + 'a {
     move |source| RestoreError::Io { action, path: path.to_owned(), source }
 }
 
@@ -213,10 +225,16 @@ pub struct BucketCatalog {
 impl BucketCatalog {
     /// The catalog of `dataset`, or of the only dataset when None.
     pub fn select(&self, dataset: Option<&DatasetName>) -> Result<&Catalog, RestoreError> {
-        let names = || self.datasets.iter().map(|c| c.dataset.as_str()).collect::<Vec<_>>().join(", ");
+        let names =
+            || self.datasets.iter().map(|c| c.dataset.as_str()).collect::<Vec<_>>().join(", ");
         match dataset {
             Some(d) => self.datasets.iter().find(|c| &c.dataset == d).ok_or_else(|| {
-                RestoreError::DatasetChoice(format!("no backups of {d} under s3://{}/{} (found: {})", self.bucket, self.prefix, names()))
+                RestoreError::DatasetChoice(format!(
+                    "no backups of {d} under s3://{}/{} (found: {})",
+                    self.bucket,
+                    self.prefix,
+                    names()
+                ))
             }),
             None if self.datasets.len() == 1 => Ok(&self.datasets[0]),
             None => Err(RestoreError::DatasetChoice(format!(
@@ -230,7 +248,11 @@ impl BucketCatalog {
 }
 
 /// Lists and reads every manifest under `prefix` (only `dataset`'s when given).
-pub async fn load_catalog(s3: &S3Store, prefix: &str, dataset: Option<&DatasetName>) -> Result<BucketCatalog, RestoreError> {
+pub async fn load_catalog(
+    s3: &S3Store,
+    prefix: &str,
+    dataset: Option<&DatasetName>,
+) -> Result<BucketCatalog, RestoreError> {
     let prefix = normalize_prefix(prefix);
     let list_prefix = match dataset {
         Some(d) => zib_core::KeyLayout::new(&prefix, d).root().to_owned(),
@@ -246,7 +268,8 @@ pub async fn load_catalog(s3: &S3Store, prefix: &str, dataset: Option<&DatasetNa
         return Err(RestoreError::NoCatalog { bucket: s3.bucket().into(), prefix: list_prefix });
     }
     let futs: Vec<_> = keys.into_iter().map(|(d, key)| read_manifest(s3, d, key)).collect();
-    let manifests: Vec<(DatasetName, Manifest)> = futures::stream::iter(futs).buffered(8).try_collect().await?;
+    let manifests: Vec<(DatasetName, Manifest)> =
+        futures::stream::iter(futs).buffered(8).try_collect().await?;
     let mut by_ds: std::collections::BTreeMap<DatasetName, Vec<Manifest>> = Default::default();
     for (d, m) in manifests {
         by_ds.entry(d).or_default().push(m);
@@ -258,17 +281,28 @@ pub async fn load_catalog(s3: &S3Store, prefix: &str, dataset: Option<&DatasetNa
     })
 }
 
-async fn read_manifest(s3: &S3Store, d: DatasetName, key: String) -> Result<(DatasetName, Manifest), RestoreError> {
+async fn read_manifest(
+    s3: &S3Store,
+    d: DatasetName,
+    key: String,
+) -> Result<(DatasetName, Manifest), RestoreError> {
     let bytes = s3.get_bytes(&key, 64 << 20).await?;
     let m = Manifest::from_json(&key, &bytes).map_err(|e| RestoreError::Manifest(e.to_string()))?;
     if m.dataset != d {
-        return Err(RestoreError::Manifest(format!("{key} describes dataset {}, not {d}", m.dataset)));
+        return Err(RestoreError::Manifest(format!(
+            "{key} describes dataset {}, not {d}",
+            m.dataset
+        )));
     }
     Ok((d, m))
 }
 
 /// The plan of a restore of `dataset@snapshot` from the bucket.
-pub async fn plan(engine: &RestoreEngine, dataset: Option<&DatasetName>, snapshot: Option<&SnapName>) -> Result<RestorePlan, RestoreError> {
+pub async fn plan(
+    engine: &RestoreEngine,
+    dataset: Option<&DatasetName>,
+    snapshot: Option<&SnapName>,
+) -> Result<RestorePlan, RestoreError> {
     let cat = load_catalog(&engine.s3, &engine.prefix, dataset).await?;
     let c = cat.select(dataset)?;
     Ok(RestorePlan::new(&cat.prefix, c, snapshot)?)
@@ -325,7 +359,11 @@ impl RestoreRecord {
             mountpoint: opts.mountpoint.clone(),
             key_location: opts.key_location.clone(),
             no_mount: opts.no_mount,
-            chunks: plan.steps.iter().map(|s| vec![ChunkProgress::default(); s.chunks.len()]).collect(),
+            chunks: plan
+                .steps
+                .iter()
+                .map(|s| vec![ChunkProgress::default(); s.chunks.len()])
+                .collect(),
             plan,
             started_at: now,
             updated_at: now,
@@ -353,22 +391,41 @@ impl RestoreProgressFile {
     /// Takes the target's restore lock (without waiting) and loads its record, if any, from
     /// `<work_dir>/restore-<target>.json`. Spool files go to `<work_dir>/restore-spool/`.
     pub fn open(work_dir: &Path, target: &DatasetName) -> Result<Self, RestoreError> {
-        std::fs::create_dir_all(work_dir).map_err(io_err("cannot create work directory", work_dir))?;
+        std::fs::create_dir_all(work_dir)
+            .map_err(io_err("cannot create work directory", work_dir))?;
         let stem = format!("restore-{}", target.file_stem());
         let lock_path = work_dir.join(format!("{stem}.lock"));
         let lock = crate::state_store::lock_exclusive(&lock_path).map_err(|e| match e {
-            crate::state_store::LockError::Held { .. } => RestoreError::Locked { target: target.to_string(), path: lock_path.clone() },
-            crate::state_store::LockError::Io { action, source } => RestoreError::Io { action, path: lock_path.clone(), source },
+            crate::state_store::LockError::Held { .. } => {
+                RestoreError::Locked { target: target.to_string(), path: lock_path.clone() }
+            }
+            crate::state_store::LockError::Io { action, source } => {
+                RestoreError::Io { action, path: lock_path.clone(), source }
+            }
         })?;
         let path = work_dir.join(format!("{stem}.json"));
         let record = match std::fs::File::open(&path) {
             Ok(mut f) => {
                 let mut bytes = Vec::new();
                 f.read_to_end(&mut bytes).map_err(io_err("cannot read", &path))?;
-                let r: RestoreRecord = serde_json::from_slice(&bytes)
-                    .map_err(|e| RestoreError::Progress { path: path.clone(), message: format!("not a valid restore record ({e}); remove it to start over") })?;
-                if r.version != RECORD_VERSION || &r.target != target || r.chunks.len() != r.plan.steps.len() {
-                    return Err(RestoreError::Progress { path, message: format!("version {} record for {} does not fit; remove it to start over", r.version, r.target) });
+                let r: RestoreRecord =
+                    serde_json::from_slice(&bytes).map_err(|e| RestoreError::Progress {
+                        path: path.clone(),
+                        message: format!(
+                            "not a valid restore record ({e}); remove it to start over"
+                        ),
+                    })?;
+                if r.version != RECORD_VERSION
+                    || &r.target != target
+                    || r.chunks.len() != r.plan.steps.len()
+                {
+                    return Err(RestoreError::Progress {
+                        path,
+                        message: format!(
+                            "version {} record for {} does not fit; remove it to start over",
+                            r.version, r.target
+                        ),
+                    });
                 }
                 Some(r)
             }
@@ -471,11 +528,19 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<RestoreReport, RestoreError> {
     if !(1..=365).contains(&opts.days) {
-        return Err(RestoreError::DatasetChoice(format!("--days must be between 1 and 365, got {}", opts.days)));
+        return Err(RestoreError::DatasetChoice(format!(
+            "--days must be between 1 and 365, got {}",
+            opts.days
+        )));
     }
     let parallel = opts.parallel.clamp(1, 16);
     progress.send_modify(|p| {
-        *p = RestoreProgress { target: opts.target.to_string(), tier: opts.tier, started_at: Some(Utc::now()), ..Default::default() };
+        *p = RestoreProgress {
+            target: opts.target.to_string(),
+            tier: opts.tier,
+            started_at: Some(Utc::now()),
+            ..Default::default()
+        };
     });
 
     // Resume an unfinished record, or plan afresh.
@@ -506,7 +571,17 @@ pub async fn run(
         }
     };
     let ready_ahead = AtomicU64::new(0);
-    let mut run = Run { engine, opts, file, progress, cancel, parallel, thaw_sent: 0, polls: 0, ready_ahead: &ready_ahead };
+    let mut run = Run {
+        engine,
+        opts,
+        file,
+        progress,
+        cancel,
+        parallel,
+        thaw_sent: 0,
+        polls: 0,
+        ready_ahead: &ready_ahead,
+    };
     run.publish(RestorePhase::Planning, None);
     clean_spool(&run.file.spool_dir, &opts.target).await;
 
@@ -571,13 +646,21 @@ impl<'a> Run<'a> {
             RestoreTier::Standard => 12,
         });
         let first_request = rec.chunks.iter().flatten().filter_map(|c| c.thaw_requested_at).min();
-        let received_bytes: u64 = rec.plan.steps[..rec.steps_received].iter().map(|s| s.stream_size).sum::<u64>()
-            + rec
-                .plan
-                .steps
-                .get(rec.steps_received)
-                .map(|s| s.chunks.iter().zip(&rec.chunks[rec.steps_received]).filter(|(_, p)| p.received).map(|(c, _)| c.size).sum())
-                .unwrap_or(0);
+        let received_bytes: u64 =
+            rec.plan.steps[..rec.steps_received].iter().map(|s| s.stream_size).sum::<u64>()
+                + rec
+                    .plan
+                    .steps
+                    .get(rec.steps_received)
+                    .map(|s| {
+                        s.chunks
+                            .iter()
+                            .zip(&rec.chunks[rec.steps_received])
+                            .filter(|(_, p)| p.received)
+                            .map(|(c, _)| c.size)
+                            .sum()
+                    })
+                    .unwrap_or(0);
         let thaw_needed = rec.plan.thaw_objects();
         let polls = self.polls;
         let ready_ahead = self.ready_ahead.load(Ordering::Relaxed);
@@ -595,7 +678,9 @@ impl<'a> Run<'a> {
             p.chunks_received = rec.count(|c| c.received);
             p.bytes_total = rec.plan.total_bytes();
             p.bytes_received = received_bytes;
-            p.thaw_expected_at = first_request.filter(|_| thaw_needed > 0).map(|t| t + chrono::Duration::seconds((hours * 3600.0) as i64));
+            p.thaw_expected_at = first_request
+                .filter(|_| thaw_needed > 0)
+                .map(|t| t + chrono::Duration::seconds((hours * 3600.0) as i64));
             p.polls = p.polls.max(polls);
             if message.is_some() {
                 p.message = message;
@@ -604,13 +689,26 @@ impl<'a> Run<'a> {
     }
 
     fn check_cancel(&self) -> Result<(), RestoreError> {
-        if self.cancel.is_cancelled() { Err(RestoreError::Cancelled { target: self.opts.target.to_string() }) } else { Ok(()) }
+        if self.cancel.is_cancelled() {
+            Err(RestoreError::Cancelled { target: self.opts.target.to_string() })
+        } else {
+            Ok(())
+        }
     }
 
     fn ctx(&self) -> FetchCtx<'a> {
         let rec = self.file.record.as_ref().expect("record");
         let (engine, opts): (&'a RestoreEngine, &'a RestoreOptions) = (self.engine, self.opts);
-        FetchCtx { s3: &engine.s3, tier: rec.tier, days: rec.days, poll: opts.poll, cancel: self.cancel, progress: self.progress, target: &opts.target, ready_ahead: self.ready_ahead }
+        FetchCtx {
+            s3: &engine.s3,
+            tier: rec.tier,
+            days: rec.days,
+            poll: opts.poll,
+            cancel: self.cancel,
+            progress: self.progress,
+            target: &opts.target,
+            ready_ahead: self.ready_ahead,
+        }
     }
 
     /// One RestoreObject per archived chunk of the streams still to receive, unless the record
@@ -631,7 +729,14 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         let days = self.file.rec().days;
-        self.publish(RestorePhase::Thawing, Some(format!("requesting the thaw of {} archived chunks ({} tier, {days} days)", todo.len(), self.opts.tier)));
+        self.publish(
+            RestorePhase::Thawing,
+            Some(format!(
+                "requesting the thaw of {} archived chunks ({} tier, {days} days)",
+                todo.len(),
+                self.opts.tier
+            )),
+        );
         let ctx = self.ctx();
         let (tier, days) = (ctx.tier, ctx.days);
         let s3 = &self.engine.s3;
@@ -669,7 +774,9 @@ impl<'a> Run<'a> {
         let needs_thaw = step.needs_thaw();
 
         // A receive that completed before a crash left its snapshot behind.
-        if snapshot_guid(zfs, &target, &step.to.name).await?.as_deref() == Some(step.to.guid.as_str()) {
+        if snapshot_guid(zfs, &target, &step.to.name).await?.as_deref()
+            == Some(step.to.guid.as_str())
+        {
             tracing::info!(%target, snapshot = %step.to.name, "stream already received (found its snapshot on the target)");
             return self.step_done(i).await;
         }
@@ -683,7 +790,10 @@ impl<'a> Run<'a> {
         } else if !step.is_full() {
             return Err(RestoreError::Progress {
                 path: self.file.path.clone(),
-                message: format!("stream #{} is an incremental, but the target {target} is gone; remove this file to start over", step.seq),
+                message: format!(
+                    "stream #{} is an incremental, but the target {target} is gone; remove this file to start over",
+                    step.seq
+                ),
             });
         }
         for c in &mut self.file.rec().chunks[i] {
@@ -698,11 +808,21 @@ impl<'a> Run<'a> {
         }
         args.push(target.to_string());
         let n_steps = self.file.rec().plan.steps.len();
-        self.publish(RestorePhase::Receiving, Some(format!("receiving stream {}/{n_steps}: {} ({} chunks)", i + 1, step.to.name, step.chunks.len())));
+        self.publish(
+            RestorePhase::Receiving,
+            Some(format!(
+                "receiving stream {}/{n_steps}: {} ({} chunks)",
+                i + 1,
+                step.to.name,
+                step.chunks.len()
+            )),
+        );
         let mut sink = zfs.receive(&args)?;
 
         let spool_dir = self.file.spool_dir.clone();
-        tokio::fs::create_dir_all(&spool_dir).await.map_err(io_err("cannot create spool directory", &spool_dir))?;
+        tokio::fs::create_dir_all(&spool_dir)
+            .await
+            .map_err(io_err("cannot create spool directory", &spool_dir))?;
         let ctx = self.ctx();
         let stem = target.file_stem();
         let was_ready: Vec<bool> = self.file.rec().chunks[i].iter().map(|c| c.ready).collect();
@@ -712,7 +832,16 @@ impl<'a> Run<'a> {
             .chunks
             .iter()
             .enumerate()
-            .map(|(j, c)| fetch_chunk(ctx, j, c, needs_thaw && !was_ready[j], needs_thaw, spool_dir.join(format!("{stem}.{i}.{j:08}.chunk"))))
+            .map(|(j, c)| {
+                fetch_chunk(
+                    ctx,
+                    j,
+                    c,
+                    needs_thaw && !was_ready[j],
+                    needs_thaw,
+                    spool_dir.join(format!("{stem}.{i}.{j:08}.chunk")),
+                )
+            })
             .collect();
         let mut fetches = futures::stream::iter(futs).buffered(self.parallel);
 
@@ -731,13 +860,18 @@ impl<'a> Run<'a> {
                 let c = &mut self.file.rec().chunks[i][index];
                 if needs_thaw && !c.ready {
                     c.ready = true;
-                    let _ = self.ready_ahead.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                    let _ =
+                        self.ready_ahead.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            n.checked_sub(1)
+                        });
                 }
                 c.downloaded = true;
                 c.thaw_requests += thaw_requests;
             }
             // Verified: now, and only now, its bytes go to zfs receive.
-            let mut f = tokio::fs::File::open(&path).await.map_err(io_err("cannot open spool file", &path))?;
+            let mut f = tokio::fs::File::open(&path)
+                .await
+                .map_err(io_err("cannot open spool file", &path))?;
             loop {
                 use tokio::io::AsyncReadExt;
                 let n = f.read(&mut buf).await.map_err(io_err("cannot read spool file", &path))?;
@@ -750,7 +884,11 @@ impl<'a> Run<'a> {
                     let _ = tokio::fs::remove_file(&path).await;
                     drop(fetches);
                     sink.finish().await?;
-                    return Err(RestoreError::Io { action: "zfs receive stopped reading its input", path: PathBuf::from(target.as_str()), source: e });
+                    return Err(RestoreError::Io {
+                        action: "zfs receive stopped reading its input",
+                        path: PathBuf::from(target.as_str()),
+                        source: e,
+                    });
                 }
             }
             drop(f);
@@ -768,7 +906,10 @@ impl<'a> Run<'a> {
             return Err(RestoreError::ChunkCorrupt {
                 bucket: self.engine.s3.bucket().into(),
                 key: step.manifest_key.clone(),
-                detail: format!("the stream's SHA-256 is {sha}, the manifest says {}", step.stream_sha256),
+                detail: format!(
+                    "the stream's SHA-256 is {sha}, the manifest says {}",
+                    step.stream_sha256
+                ),
             });
         }
         sink.finish().await?;
@@ -803,7 +944,11 @@ impl<'a> Run<'a> {
             if keystatus.as_deref() == Some("available") {
                 key_loaded = true;
             } else if let Some(loc) = &self.opts.key_location {
-                let loc = if loc.contains("://") || loc == "prompt" { loc.clone() } else { format!("file://{loc}") };
+                let loc = if loc.contains("://") || loc == "prompt" {
+                    loc.clone()
+                } else {
+                    format!("file://{loc}")
+                };
                 zfs.raw(&["load-key", "-L", &loc, t]).await?;
                 key_loaded = true;
             } else {
@@ -823,7 +968,9 @@ impl<'a> Run<'a> {
         } else if key_loaded {
             next_steps.push(format!("not mounted (--no-mount): `zfs mount {t}`"));
         } else {
-            next_steps.push(format!("after loading the key: `zfs mount {t}` (set a mountpoint first if it has none)"));
+            next_steps.push(format!(
+                "after loading the key: `zfs mount {t}` (set a mountpoint first if it has none)"
+            ));
         }
         let rec = self.file.rec();
         rec.finished_at = Some(Utc::now());
@@ -860,7 +1007,11 @@ async fn clean_spool(dir: &Path, target: &DatasetName) {
 }
 
 /// The GUID of `target@snap`, None if the dataset or snapshot does not exist.
-async fn snapshot_guid(zfs: &Zfs, target: &DatasetName, snap: &SnapName) -> Result<Option<String>, ZfsError> {
+async fn snapshot_guid(
+    zfs: &Zfs,
+    target: &DatasetName,
+    snap: &SnapName,
+) -> Result<Option<String>, ZfsError> {
     match zfs.snapshot_info(target, snap).await {
         Ok(s) => Ok(s.map(|s| s.guid)),
         Err(ZfsError::Failed { stderr, .. }) if stderr.contains("does not exist") => Ok(None),
@@ -869,17 +1020,34 @@ async fn snapshot_guid(zfs: &Zfs, target: &DatasetName, snap: &SnapName) -> Resu
 }
 
 async fn head_chunk(s3: &S3Store, key: &str) -> Result<crate::s3::ObjectHead, RestoreError> {
-    s3.head(key).await.map_err(|e| if e.is_not_found() { RestoreError::ChunkMissing { bucket: s3.bucket().into(), key: key.into() } } else { e.into() })
+    s3.head(key).await.map_err(|e| {
+        if e.is_not_found() {
+            RestoreError::ChunkMissing { bucket: s3.bucket().into(), key: key.into() }
+        } else {
+            e.into()
+        }
+    })
 }
 
-async fn request_thaw(s3: &S3Store, key: &str, tier: RestoreTier, days: u32) -> Result<(), RestoreError> {
+async fn request_thaw(
+    s3: &S3Store,
+    key: &str,
+    tier: RestoreTier,
+    days: u32,
+) -> Result<(), RestoreError> {
     tracing::info!(%key, %tier, days, "requesting thaw");
     match s3.request_thaw(key, thaw_tier(tier), days as i32).await {
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some("AccessDenied") || e.status() == Some(403) => {
-            Err(RestoreError::RestoreDenied { bucket: s3.bucket().into(), key: key.into(), message: e.to_string() })
+            Err(RestoreError::RestoreDenied {
+                bucket: s3.bucket().into(),
+                key: key.into(),
+                message: e.to_string(),
+            })
         }
-        Err(e) if e.is_not_found() => Err(RestoreError::ChunkMissing { bucket: s3.bucket().into(), key: key.into() }),
+        Err(e) if e.is_not_found() => {
+            Err(RestoreError::ChunkMissing { bucket: s3.bucket().into(), key: key.into() })
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -890,7 +1058,14 @@ const MAX_THAW_EXPIRIES: u32 = 3;
 /// Waits until chunk `c` is readable (asking for a thaw again if an earlier one expired),
 /// downloads it to `path` while hashing, and checks size and SHA-256. The file exists on Ok
 /// only; nothing unverified is ever returned.
-async fn fetch_chunk(ctx: FetchCtx<'_>, index: usize, c: &ChunkRecord, count_ready: bool, needs_thaw: bool, path: PathBuf) -> Result<Fetched, RestoreError> {
+async fn fetch_chunk(
+    ctx: FetchCtx<'_>,
+    index: usize,
+    c: &ChunkRecord,
+    count_ready: bool,
+    needs_thaw: bool,
+    path: PathBuf,
+) -> Result<Fetched, RestoreError> {
     let mut thaw_requests = 0u32;
     let mut polls = 0u64;
     let mut counted = !count_ready;
@@ -907,10 +1082,19 @@ async fn fetch_chunk(ctx: FetchCtx<'_>, index: usize, c: &ChunkRecord, count_rea
             Ok(()) => return Ok(Fetched { index, path, thaw_requests, polls }),
             Err(DownloadError::NotThawed) => {
                 if thaw_requests >= MAX_THAW_EXPIRIES {
-                    return Err(RestoreError::ThawExpired { bucket: ctx.s3.bucket().into(), key: c.key.clone(), times: thaw_requests });
+                    return Err(RestoreError::ThawExpired {
+                        bucket: ctx.s3.bucket().into(),
+                        key: c.key.clone(),
+                        times: thaw_requests,
+                    });
                 }
                 tracing::warn!(key = %c.key, "the thawed copy expired (or was never made) before the download; requesting the thaw again");
-                ctx.progress.send_modify(|p| p.message = Some(format!("the thaw of {} expired before its download; requested again", c.key)));
+                ctx.progress.send_modify(|p| {
+                    p.message = Some(format!(
+                        "the thaw of {} expired before its download; requested again",
+                        c.key
+                    ))
+                });
                 request_thaw(ctx.s3, &c.key, ctx.tier, ctx.days).await?;
                 thaw_requests += 1;
             }
@@ -920,7 +1104,12 @@ async fn fetch_chunk(ctx: FetchCtx<'_>, index: usize, c: &ChunkRecord, count_rea
 }
 
 /// Polls HEAD until the chunk's thaw is done, with exponential backoff.
-async fn wait_ready(ctx: FetchCtx<'_>, key: &str, thaw_requests: &mut u32, polls: &mut u64) -> Result<(), RestoreError> {
+async fn wait_ready(
+    ctx: FetchCtx<'_>,
+    key: &str,
+    thaw_requests: &mut u32,
+    polls: &mut u64,
+) -> Result<(), RestoreError> {
     let mut delay = ctx.poll.initial;
     loop {
         let head = head_chunk(ctx.s3, key).await?;
@@ -939,10 +1128,18 @@ async fn wait_ready(ctx: FetchCtx<'_>, key: &str, thaw_requests: &mut u32, polls
             ThawState::NotRequested => {
                 // Asked for earlier (the record says so), so the restored copy has expired.
                 if *thaw_requests >= MAX_THAW_EXPIRIES {
-                    return Err(RestoreError::ThawExpired { bucket: ctx.s3.bucket().into(), key: key.into(), times: *thaw_requests });
+                    return Err(RestoreError::ThawExpired {
+                        bucket: ctx.s3.bucket().into(),
+                        key: key.into(),
+                        times: *thaw_requests,
+                    });
                 }
                 tracing::warn!(%key, "no thaw in progress or done for this chunk (expired before its download?); requesting it again");
-                ctx.progress.send_modify(|p| p.message = Some(format!("the thaw of {key} expired before its download; requested again")));
+                ctx.progress.send_modify(|p| {
+                    p.message = Some(format!(
+                        "the thaw of {key} expired before its download; requested again"
+                    ))
+                });
                 request_thaw(ctx.s3, key, ctx.tier, ctx.days).await?;
                 *thaw_requests += 1;
             }
@@ -976,11 +1173,21 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
         attempt += 1;
         let body = match ctx.s3.get(&c.key).await {
             Ok(b) => b,
-            Err(e) if e.code() == Some("InvalidObjectState") => return Err(DownloadError::NotThawed),
-            Err(e) if e.is_not_found() => return Err(RestoreError::ChunkMissing { bucket: bucket.into(), key: c.key.clone() }.into()),
+            Err(e) if e.code() == Some("InvalidObjectState") => {
+                return Err(DownloadError::NotThawed);
+            }
+            Err(e) if e.is_not_found() => {
+                return Err(RestoreError::ChunkMissing {
+                    bucket: bucket.into(),
+                    key: c.key.clone(),
+                }
+                .into());
+            }
             Err(e) => return Err(RestoreError::from(e).into()),
         };
-        let mut file = tokio::fs::File::create(path).await.map_err(io_err("cannot create spool file", path))?;
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(io_err("cannot create spool file", path))?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut reader = body.into_async_read();
@@ -997,7 +1204,9 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
                     return Ok(()); // too long: reported below, no need to read further
                 }
                 hasher.update(&buf[..n]);
-                file.write_all(&buf[..n]).await.map_err(|e| std::io::Error::other(format!("writing {}: {e}", path.display())))?;
+                file.write_all(&buf[..n]).await.map_err(|e| {
+                    std::io::Error::other(format!("writing {}: {e}", path.display()))
+                })?;
             }
         }
         .await;
@@ -1007,13 +1216,24 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
                 tracing::warn!(key = %c.key, error = %e, "download broke off; retrying");
                 continue;
             }
-            Err(e) => return Err(RestoreError::Io { action: "downloading", path: PathBuf::from(&c.key), source: e }.into()),
+            Err(e) => {
+                return Err(RestoreError::Io {
+                    action: "downloading",
+                    path: PathBuf::from(&c.key),
+                    source: e,
+                }
+                .into());
+            }
         }
         file.flush().await.map_err(io_err("cannot write spool file", path))?;
         drop(file);
         let sha = hex::encode(hasher.finalize());
         let detail = if size != c.size {
-            Some(format!("{}{size} bytes, the manifest says {}", if size > c.size { "more than " } else { "" }, c.size))
+            Some(format!(
+                "{}{size} bytes, the manifest says {}",
+                if size > c.size { "more than " } else { "" },
+                c.size
+            ))
         } else if sha != c.sha256 {
             Some(format!("SHA-256 {sha}, the manifest says {}", c.sha256))
         } else {
@@ -1022,7 +1242,12 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
         if let Some(detail) = detail {
             let _ = tokio::fs::remove_file(path).await;
             tracing::error!(key = %c.key, %detail, "chunk failed verification");
-            return Err(RestoreError::ChunkCorrupt { bucket: bucket.into(), key: c.key.clone(), detail }.into());
+            return Err(RestoreError::ChunkCorrupt {
+                bucket: bucket.into(),
+                key: c.key.clone(),
+                detail,
+            }
+            .into());
         }
         ctx.progress.send_modify(|p| p.chunks_downloaded += 1);
         return Ok(());
@@ -1034,7 +1259,9 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
 
 /// Options from a control-socket [`zib_protocol::RestoreStart`] (bucket/prefix overrides are
 /// the caller's business: they choose the [`RestoreEngine`]).
-pub fn options_from_request(req: &zib_protocol::RestoreStart) -> Result<RestoreOptions, RestoreError> {
+pub fn options_from_request(
+    req: &zib_protocol::RestoreStart,
+) -> Result<RestoreOptions, RestoreError> {
     let bad = |e: zib_core::names::NameError| RestoreError::DatasetChoice(e.to_string());
     let mut o = RestoreOptions::new(DatasetName::new(&req.to).map_err(bad)?);
     o.dataset = Some(DatasetName::new(&req.dataset).map_err(bad)?);
@@ -1042,7 +1269,11 @@ pub fn options_from_request(req: &zib_protocol::RestoreStart) -> Result<RestoreO
     o.tier = match req.tier {
         zib_protocol::RestoreTier::Bulk => RestoreTier::Bulk,
         zib_protocol::RestoreTier::Standard => RestoreTier::Standard,
-        zib_protocol::RestoreTier::Unknown => return Err(RestoreError::DatasetChoice("unknown restore tier: use bulk or standard".into())),
+        zib_protocol::RestoreTier::Unknown => {
+            return Err(RestoreError::DatasetChoice(
+                "unknown restore tier: use bulk or standard".into(),
+            ));
+        }
     };
     o.days = req.days;
     Ok(o)
@@ -1094,9 +1325,17 @@ impl RestoreJobs {
 
     /// Starts (or continues, if its record is unfinished) the restore into `opts.target`.
     /// A restore already running into that target, or an unreadable record, is refused here.
-    pub fn start(&self, engine: RestoreEngine, opts: RestoreOptions) -> Result<String, RestoreError> {
+    pub fn start(
+        &self,
+        engine: RestoreEngine,
+        opts: RestoreOptions,
+    ) -> Result<String, RestoreError> {
         let id = opts.target.to_string();
-        if self.lock().get(&id).is_some_and(|j| j.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_none()) {
+        if self
+            .lock()
+            .get(&id)
+            .is_some_and(|j| j.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_none())
+        {
             return Err(RestoreError::Locked { target: id, path: self.work_dir.clone() });
         }
         let mut file = RestoreProgressFile::open(&self.work_dir, &opts.target)?;
@@ -1132,7 +1371,10 @@ impl RestoreJobs {
 
     /// Continues every unfinished restore recorded in the work dir (call once at daemon
     /// start). `engine_for(bucket, prefix)` builds the S3 side for a record.
-    pub async fn resume_unfinished<F, Fut>(&self, engine_for: F) -> Vec<Result<String, RestoreError>>
+    pub async fn resume_unfinished<F, Fut>(
+        &self,
+        engine_for: F,
+    ) -> Vec<Result<String, RestoreError>>
     where
         F: Fn(String, String) -> Fut,
         Fut: std::future::Future<Output = RestoreEngine>,
@@ -1144,15 +1386,20 @@ impl RestoreJobs {
             if !(n.starts_with("restore-") && n.ends_with(".json")) {
                 continue;
             }
-            let rec: Option<RestoreRecord> = std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let rec: Option<RestoreRecord> =
+                std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
             match rec {
                 Some(r) if r.finished_at.is_none() => {
                     let engine = engine_for(r.bucket.clone(), r.plan.prefix.clone()).await;
-                    let opts = RestoreOptions { poll: self.poll, ..RestoreOptions::from_record(&r) };
+                    let opts =
+                        RestoreOptions { poll: self.poll, ..RestoreOptions::from_record(&r) };
                     out.push(self.start(engine, opts));
                 }
                 Some(_) => {}
-                None => out.push(Err(RestoreError::Progress { path: e.path(), message: "unreadable restore record; not resumed".into() })),
+                None => out.push(Err(RestoreError::Progress {
+                    path: e.path(),
+                    message: "unreadable restore record; not resumed".into(),
+                })),
             }
         }
         out
@@ -1165,7 +1412,10 @@ impl RestoreJobs {
 
     /// Jobs still running.
     pub fn running(&self) -> usize {
-        self.lock().values().filter(|j| j.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_none()).count()
+        self.lock()
+            .values()
+            .filter(|j| j.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_none())
+            .count()
     }
 
     /// Status of one job or all, in the control protocol's shape.
@@ -1227,14 +1477,25 @@ pub fn format_catalog(cat: &BucketCatalog) -> String {
     let _ = writeln!(s, "catalog s3://{}/{}", cat.bucket, cat.prefix);
     for c in &cat.datasets {
         let total: u64 = c.manifests.iter().map(|m| m.stream_size).sum();
-        let _ = writeln!(s, "\n{}  ({} backups, {} stored)", c.dataset, c.manifests.len(), human_bytes(total));
-        let _ = writeln!(s, "  {:>6}  {:<28} {:<20} {:>12} {:>7}  {:<13} base", "seq", "snapshot", "created (UTC)", "size", "chunks", "class");
+        let _ = writeln!(
+            s,
+            "\n{}  ({} backups, {} stored)",
+            c.dataset,
+            c.manifests.len(),
+            human_bytes(total)
+        );
+        let _ = writeln!(
+            s,
+            "  {:>6}  {:<28} {:<20} {:>12} {:>7}  {:<13} base",
+            "seq", "snapshot", "created (UTC)", "size", "chunks", "class"
+        );
         for m in &c.manifests {
             let base = match &m.from {
                 None => "full".to_owned(),
                 Some(f) => format!("incremental from {}", f.name),
             };
-            let restorable = if c.chain_to(Some(&m.to.name)).is_ok() { "" } else { "  [chain broken]" };
+            let restorable =
+                if c.chain_to(Some(&m.to.name)).is_ok() { "" } else { "  [chain broken]" };
             let _ = writeln!(
                 s,
                 "  {:>6}  {:<28} {:<20} {:>12} {:>7}  {:<13} {base}{restorable}",
@@ -1255,7 +1516,14 @@ pub fn format_plan(plan: &RestorePlan, quote: &zib_core::pricing::Quote) -> Stri
     use std::fmt::Write as _;
     use zib_core::pricing::format_money;
     let mut s = String::new();
-    let _ = writeln!(s, "restore of {}@{} (guid {}) needs {} streams:", plan.dataset, plan.snapshot.name, plan.snapshot.guid, plan.steps.len());
+    let _ = writeln!(
+        s,
+        "restore of {}@{} (guid {}) needs {} streams:",
+        plan.dataset,
+        plan.snapshot.name,
+        plan.snapshot.guid,
+        plan.steps.len()
+    );
     for (i, st) in plan.steps.iter().enumerate() {
         let kind = match &st.from {
             None => "full".to_owned(),
@@ -1283,9 +1551,17 @@ pub fn format_plan(plan: &RestorePlan, quote: &zib_core::pricing::Quote) -> Stri
         plan.thaw_objects(),
         plan.thaw_bytes()
     );
-    let _ = writeln!(s, "quote (price table: `[pricing]` in the config overrides it; restored copies kept {} days):", quote.days);
+    let _ = writeln!(
+        s,
+        "quote (price table: `[pricing]` in the config overrides it; restored copies kept {} days):",
+        quote.days
+    );
     for t in &quote.tiers {
-        let when = if t.ready_within_hours == 0 { "readable at once".to_owned() } else { format!("within {} h", t.ready_within_hours) };
+        let when = if t.ready_within_hours == 0 {
+            "readable at once".to_owned()
+        } else {
+            format!("within {} h", t.ready_within_hours)
+        };
         let c = &quote.currency;
         let _ = writeln!(
             s,
@@ -1319,7 +1595,10 @@ mod tests {
 
     #[test]
     fn poll_backoff_parses() {
-        assert_eq!(PollBackoff::parse("0.5, 2"), Some(PollBackoff { initial: Duration::from_millis(500), max: Duration::from_secs(2) }));
+        assert_eq!(
+            PollBackoff::parse("0.5, 2"),
+            Some(PollBackoff { initial: Duration::from_millis(500), max: Duration::from_secs(2) })
+        );
         for bad in ["", "1", "0,1", "2,1", "a,b", "1,inf"] {
             assert_eq!(PollBackoff::parse(bad), None, "{bad}");
         }
@@ -1443,15 +1722,25 @@ pub enum RestoreCommand {
 }
 
 /// Resolves the bucket flags against an optional config.
-async fn connect(args: &BucketArgs, cfg: Option<&zib_core::Config>) -> anyhow::Result<RestoreEngine> {
+async fn connect(
+    args: &BucketArgs,
+    cfg: Option<&zib_core::Config>,
+) -> anyhow::Result<RestoreEngine> {
     let t = cfg.map(|c| &c.target);
     let bucket = match (&args.bucket, t) {
         (Some(b), _) => b.clone(),
         (None, Some(t)) => t.bucket.0.clone(),
-        (None, None) => anyhow::bail!("no bucket: give --bucket (and --prefix, --region/--endpoint), or a config file with --config"),
+        (None, None) => anyhow::bail!(
+            "no bucket: give --bucket (and --prefix, --region/--endpoint), or a config file with --config"
+        ),
     };
-    let region = args.region.clone().or_else(|| t.map(|t| t.region.clone())).unwrap_or_else(|| "us-east-1".into());
-    let endpoint = args.endpoint.clone().or_else(|| t.and_then(|t| t.endpoint.as_ref().map(|e| e.0.clone())));
+    let region = args
+        .region
+        .clone()
+        .or_else(|| t.map(|t| t.region.clone()))
+        .unwrap_or_else(|| "us-east-1".into());
+    let endpoint =
+        args.endpoint.clone().or_else(|| t.and_then(|t| t.endpoint.as_ref().map(|e| e.0.clone())));
     if let Some(e) = &endpoint {
         zib_core::config::Endpoint::try_from(e.clone()).map_err(anyhow::Error::msg)?;
     }
@@ -1459,20 +1748,29 @@ async fn connect(args: &BucketArgs, cfg: Option<&zib_core::Config>) -> anyhow::R
         (None, Some(c)) => c.force_path_style(),
         _ => endpoint.is_some(),
     };
-    let prefix = args.prefix.clone().or_else(|| t.map(|t| t.prefix.clone())).unwrap_or_else(|| "zib/".into());
+    let prefix = args
+        .prefix
+        .clone()
+        .or_else(|| t.map(|t| t.prefix.clone()))
+        .unwrap_or_else(|| "zib/".into());
     let attempts = t.map_or(8, |t| t.max_attempts);
     let s3 = S3Store::connect(&region, endpoint.as_deref(), path_style, attempts, &bucket).await;
     Ok(RestoreEngine { zfs: Zfs::default(), s3, prefix })
 }
 
-fn parse_opt<T, E: std::fmt::Display>(v: Option<&str>, f: impl Fn(&str) -> Result<T, E>) -> anyhow::Result<Option<T>> {
+fn parse_opt<T, E: std::fmt::Display>(
+    v: Option<&str>,
+    f: impl Fn(&str) -> Result<T, E>,
+) -> anyhow::Result<Option<T>> {
     v.map(|s| f(s).map_err(|e| anyhow::anyhow!("{e}"))).transpose()
 }
 
 /// `zibd restore ...`. `config` is loaded when it exists or when no --bucket is given.
 pub fn main(cmd: RestoreCommand, config: &Path) -> std::process::ExitCode {
     let bucket_args = match &cmd {
-        RestoreCommand::List { bucket, .. } | RestoreCommand::Plan { bucket, .. } | RestoreCommand::Run { bucket, .. } => bucket.clone(),
+        RestoreCommand::List { bucket, .. }
+        | RestoreCommand::Plan { bucket, .. }
+        | RestoreCommand::Run { bucket, .. } => bucket.clone(),
     };
     let cfg = if bucket_args.bucket.is_none() || config.exists() {
         match zib_core::Config::load(config) {
@@ -1482,7 +1780,9 @@ pub fn main(cmd: RestoreCommand, config: &Path) -> std::process::ExitCode {
                 None
             }
             Err(e) => {
-                eprintln!("zibd: {e}\nzibd: give --bucket (and --prefix, --region/--endpoint) to restore without a config file");
+                eprintln!(
+                    "zibd: {e}\nzibd: give --bucket (and --prefix, --region/--endpoint) to restore without a config file"
+                );
                 return std::process::ExitCode::from(crate::cli::EXIT_CONFIG);
             }
         }
@@ -1559,11 +1859,27 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
             opts.no_mount = no_mount;
             opts.key_location = key_location;
             opts.parallel = parallel;
-            anyhow::ensure!(poll_initial_secs > 0.0 && poll_max_secs >= poll_initial_secs, "--poll-initial-secs must be > 0 and at most --poll-max-secs");
-            opts.poll = PollBackoff { initial: Duration::from_secs_f64(poll_initial_secs), max: Duration::from_secs_f64(poll_max_secs) };
-            let work_dir = work_dir.unwrap_or_else(|| cfg.as_ref().map_or_else(|| zib_core::config::DaemonConfig::default().state_dir, |c| c.daemon.state_dir.clone()).join("restore"));
+            anyhow::ensure!(
+                poll_initial_secs > 0.0 && poll_max_secs >= poll_initial_secs,
+                "--poll-initial-secs must be > 0 and at most --poll-max-secs"
+            );
+            opts.poll = PollBackoff {
+                initial: Duration::from_secs_f64(poll_initial_secs),
+                max: Duration::from_secs_f64(poll_max_secs),
+            };
+            let work_dir = work_dir.unwrap_or_else(|| {
+                cfg.as_ref()
+                    .map_or_else(
+                        || zib_core::config::DaemonConfig::default().state_dir,
+                        |c| c.daemon.state_dir.clone(),
+                    )
+                    .join("restore")
+            });
             let mut file = RestoreProgressFile::open(&work_dir, &opts.target)?;
-            eprintln!("zibd: restore progress is recorded in {} (run the same command again to continue after an interruption)", file.path().display());
+            eprintln!(
+                "zibd: restore progress is recorded in {} (run the same command again to continue after an interruption)",
+                file.path().display()
+            );
             let cancel = CancellationToken::new();
             let c2 = cancel.clone();
             tokio::spawn(async move {
@@ -1611,7 +1927,11 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
                 if r.resumed { " (resumed)" } else { "" }
             );
             if r.encrypted {
-                println!("{} is encrypted; key {}", r.target, if r.key_loaded { "loaded" } else { "NOT loaded" });
+                println!(
+                    "{} is encrypted; key {}",
+                    r.target,
+                    if r.key_loaded { "loaded" } else { "NOT loaded" }
+                );
             }
             if r.mounted {
                 println!("mounted {}", r.target);

@@ -10,7 +10,10 @@ use std::{path::Path, time::Duration};
 
 use aws_sdk_s3::{
     Client,
-    config::{Region, RequestChecksumCalculation, ResponseChecksumValidation, retry::RetryConfig, timeout::TimeoutConfig},
+    config::{
+        Region, RequestChecksumCalculation, ResponseChecksumValidation, retry::RetryConfig,
+        timeout::TimeoutConfig,
+    },
     error::{ProvideErrorMetadata, SdkError},
     primitives::ByteStream,
     types::{ChecksumAlgorithm, ChecksumMode, GlacierJobParameters, RestoreRequest, Tier},
@@ -25,10 +28,19 @@ pub const META_SHA256: &str = "zib-sha256";
 #[derive(Debug, thiserror::Error)]
 pub enum S3Error {
     #[error("S3 {op} s3://{bucket}/{key}: {message}")]
-    Request { op: &'static str, bucket: String, key: String, message: String, code: Option<String>, status: Option<u16> },
+    Request {
+        op: &'static str,
+        bucket: String,
+        key: String,
+        message: String,
+        code: Option<String>,
+        status: Option<u16>,
+    },
     #[error("reading {path}: {source}")]
     Local { path: String, source: std::io::Error },
-    #[error("s3://{bucket}/{key} already exists with different content ({detail}); zib never overwrites stored data")]
+    #[error(
+        "s3://{bucket}/{key} already exists with different content ({detail}); zib never overwrites stored data"
+    )]
     Conflict { bucket: String, key: String, detail: String },
 }
 
@@ -50,7 +62,10 @@ impl S3Error {
     }
 }
 
-fn req_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug + HttpStatus>(
+fn req_err<
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HttpStatus,
+>(
     op: &'static str,
     bucket: &str,
     key: &str,
@@ -60,7 +75,9 @@ fn req_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, 
     let code = e.code().map(str::to_owned);
     let message = match (&e, e.message()) {
         (_, Some(m)) => format!("{} ({})", m, code.as_deref().unwrap_or("error")),
-        (SdkError::ServiceError(_), None) => format!("{} (HTTP {})", code.as_deref().unwrap_or("service error"), status.unwrap_or(0)),
+        (SdkError::ServiceError(_), None) => {
+            format!("{} (HTTP {})", code.as_deref().unwrap_or("service error"), status.unwrap_or(0))
+        }
         _ => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&e)),
     };
     S3Error::Request { op, bucket: bucket.into(), key: key.into(), message, code, status }
@@ -124,11 +141,14 @@ pub enum ThawState {
     NotRequested,
     InProgress,
     /// Restored copy available (until the given expiry, as S3 wrote it).
-    Ready { expiry: Option<String> },
+    Ready {
+        expiry: Option<String>,
+    },
 }
 
 pub fn thaw_state(head: &ObjectHead) -> ThawState {
-    let archived = head.storage_class.as_deref().is_some_and(|c| c == "GLACIER" || c == "DEEP_ARCHIVE");
+    let archived =
+        head.storage_class.as_deref().is_some_and(|c| c == "GLACIER" || c == "DEEP_ARCHIVE");
     if !archived {
         return ThawState::NotArchived;
     }
@@ -136,7 +156,11 @@ pub fn thaw_state(head: &ObjectHead) -> ThawState {
         None => ThawState::NotRequested,
         Some(r) if r.contains("ongoing-request=\"true\"") => ThawState::InProgress,
         Some(r) => ThawState::Ready {
-            expiry: r.split("expiry-date=\"").nth(1).and_then(|s| s.split('"').next()).map(str::to_owned),
+            expiry: r
+                .split("expiry-date=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .map(str::to_owned),
         },
     }
 }
@@ -146,10 +170,23 @@ impl S3Store {
     /// chain (environment, profile, instance role), never from the config file.
     pub async fn from_config(cfg: &Config) -> Self {
         let t = &cfg.target;
-        Self::connect(&t.region, t.endpoint.as_ref().map(|e| e.0.as_str()), cfg.force_path_style(), t.max_attempts, &t.bucket.0).await
+        Self::connect(
+            &t.region,
+            t.endpoint.as_ref().map(|e| e.0.as_str()),
+            cfg.force_path_style(),
+            t.max_attempts,
+            &t.bucket.0,
+        )
+        .await
     }
 
-    pub async fn connect(region: &str, endpoint: Option<&str>, path_style: bool, max_attempts: u32, bucket: &str) -> Self {
+    pub async fn connect(
+        region: &str,
+        endpoint: Option<&str>,
+        path_style: bool,
+        max_attempts: u32,
+        bucket: &str,
+    ) -> Self {
         let retry = RetryConfig::standard()
             .with_max_attempts(max_attempts)
             .with_initial_backoff(Duration::from_millis(200))
@@ -157,7 +194,9 @@ impl S3Store {
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(Region::new(region.to_owned()))
             .retry_config(retry)
-            .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(10)).build())
+            .timeout_config(
+                TimeoutConfig::builder().connect_timeout(Duration::from_secs(10)).build(),
+            )
             .load()
             .await;
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
@@ -185,7 +224,15 @@ impl S3Store {
 
     /// One conditional PUT (`If-None-Match: *`) with the SHA-256 as additional checksum (which
     /// the server verifies) and as metadata. `Ok(false)`: the key exists already (412).
-    async fn put_if_absent(&self, key: &str, body: ByteStream, size: u64, sha256_hex: &str, class: StorageClass, content_type: &str) -> Result<bool, S3Error> {
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        body: ByteStream,
+        size: u64,
+        sha256_hex: &str,
+        class: StorageClass,
+        content_type: &str,
+    ) -> Result<bool, S3Error> {
         let res = self
             .client
             .put_object()
@@ -205,16 +252,33 @@ impl S3Store {
             Ok(_) => Ok(true),
             Err(e) => {
                 let e = req_err("PutObject", &self.bucket, key, e);
-                if e.code() == Some("PreconditionFailed") || e.status() == Some(412) { Ok(false) } else { Err(e) }
+                if e.code() == Some("PreconditionFailed") || e.status() == Some(412) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
             }
         }
     }
 
     /// Stores a spooled chunk with `If-None-Match: *`. On 412 the existing object is accepted
     /// only if its size and SHA-256 match; otherwise it is a [`S3Error::Conflict`].
-    pub async fn put_chunk(&self, key: &str, path: &Path, size: u64, sha256_hex: &str, class: StorageClass) -> Result<PutOutcome, S3Error> {
-        let body = ByteStream::from_path(path).await.map_err(|e| S3Error::Local { path: path.display().to_string(), source: std::io::Error::other(e) })?;
-        if self.put_if_absent(key, body, size, sha256_hex, class, "application/octet-stream").await? {
+    pub async fn put_chunk(
+        &self,
+        key: &str,
+        path: &Path,
+        size: u64,
+        sha256_hex: &str,
+        class: StorageClass,
+    ) -> Result<PutOutcome, S3Error> {
+        let body = ByteStream::from_path(path).await.map_err(|e| S3Error::Local {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        if self
+            .put_if_absent(key, body, size, sha256_hex, class, "application/octet-stream")
+            .await?
+        {
             Ok(PutOutcome::Stored)
         } else {
             self.accept_existing(key, size, sha256_hex).await.map(|()| PutOutcome::AlreadyPresent)
@@ -223,7 +287,14 @@ impl S3Store {
 
     /// On resume, the first chunk not yet recorded may have been stored just before a crash:
     /// a HEAD (cheap) avoids sending up to 5 GB again. Falls back to [`S3Store::put_chunk`].
-    pub async fn put_chunk_probing(&self, key: &str, path: &Path, size: u64, sha256_hex: &str, class: StorageClass) -> Result<PutOutcome, S3Error> {
+    pub async fn put_chunk_probing(
+        &self,
+        key: &str,
+        path: &Path,
+        size: u64,
+        sha256_hex: &str,
+        class: StorageClass,
+    ) -> Result<PutOutcome, S3Error> {
         match self.accept_existing(key, size, sha256_hex).await {
             Ok(()) => Ok(PutOutcome::AlreadyPresent),
             Err(e) if e.is_not_found() => self.put_chunk(key, path, size, sha256_hex, class).await,
@@ -233,9 +304,16 @@ impl S3Store {
 
     async fn accept_existing(&self, key: &str, size: u64, sha256_hex: &str) -> Result<(), S3Error> {
         let head = self.head(key).await?;
-        let conflict = |detail: String| S3Error::Conflict { bucket: self.bucket.clone(), key: key.into(), detail };
+        let conflict = |detail: String| S3Error::Conflict {
+            bucket: self.bucket.clone(),
+            key: key.into(),
+            detail,
+        };
         if head.size != size {
-            return Err(conflict(format!("stored size {} but this chunk is {size} bytes", head.size)));
+            return Err(conflict(format!(
+                "stored size {} but this chunk is {size} bytes",
+                head.size
+            )));
         }
         match head.sha256.as_deref() {
             Some(h) if h == sha256_hex => Ok(()),
@@ -257,9 +335,14 @@ impl S3Store {
             .map_err(|e| req_err("HeadObject", &self.bucket, key, e))?;
         let from_checksum = out.checksum_sha256().and_then(|b| {
             // A full-object checksum is plain base64; a composite one ends in "-N" and is not ours.
-            base64::engine::general_purpose::STANDARD.decode(b).ok().filter(|v| v.len() == 32).map(hex::encode)
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .ok()
+                .filter(|v| v.len() == 32)
+                .map(hex::encode)
         });
-        let from_meta = out.metadata().and_then(|m| m.get(META_SHA256)).map(|s| s.to_ascii_lowercase());
+        let from_meta =
+            out.metadata().and_then(|m| m.get(META_SHA256)).map(|s| s.to_ascii_lowercase());
         Ok(ObjectHead {
             size: out.content_length().unwrap_or(0).max(0) as u64,
             storage_class: out.storage_class().map(|c| c.as_str().to_owned()),
@@ -270,16 +353,35 @@ impl S3Store {
 
     /// Writes a small object in STANDARD with `If-None-Match: *`. If the key exists with the
     /// very same bytes (a commit that succeeded before a crash) that counts as success.
-    pub async fn put_small_once(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<PutOutcome, S3Error> {
+    pub async fn put_small_once(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> Result<PutOutcome, S3Error> {
         let sha = sha256_hex(&bytes);
         let size = bytes.len() as u64;
-        if self.put_if_absent(key, ByteStream::from(bytes.clone()), size, &sha, StorageClass::Standard, content_type).await? {
+        if self
+            .put_if_absent(
+                key,
+                ByteStream::from(bytes.clone()),
+                size,
+                &sha,
+                StorageClass::Standard,
+                content_type,
+            )
+            .await?
+        {
             return Ok(PutOutcome::Stored);
         }
         if self.get_bytes(key, 16 << 20).await? == bytes {
             Ok(PutOutcome::AlreadyPresent)
         } else {
-            Err(S3Error::Conflict { bucket: self.bucket.clone(), key: key.into(), detail: "a different object is stored under this key".into() })
+            Err(S3Error::Conflict {
+                bucket: self.bucket.clone(),
+                key: key.into(),
+                detail: "a different object is stored under this key".into(),
+            })
         }
     }
 
@@ -289,29 +391,51 @@ impl S3Store {
         let mut body = out.into_async_read();
         let mut buf = Vec::new();
         use tokio::io::AsyncReadExt;
-        (&mut body).take(limit as u64 + 1).read_to_end(&mut buf).await.map_err(|e| S3Error::Request {
-            op: "GetObject",
-            bucket: self.bucket.clone(),
-            key: key.into(),
-            message: format!("reading body: {e}"),
-            code: None,
-            status: None,
+        (&mut body).take(limit as u64 + 1).read_to_end(&mut buf).await.map_err(|e| {
+            S3Error::Request {
+                op: "GetObject",
+                bucket: self.bucket.clone(),
+                key: key.into(),
+                message: format!("reading body: {e}"),
+                code: None,
+                status: None,
+            }
         })?;
         if buf.len() > limit {
-            return Err(S3Error::Request { op: "GetObject", bucket: self.bucket.clone(), key: key.into(), message: format!("object larger than {limit} bytes"), code: None, status: None });
+            return Err(S3Error::Request {
+                op: "GetObject",
+                bucket: self.bucket.clone(),
+                key: key.into(),
+                message: format!("object larger than {limit} bytes"),
+                code: None,
+                status: None,
+            });
         }
         Ok(buf)
     }
 
     /// Starts a GET; the body streams.
     pub async fn get(&self, key: &str) -> Result<ByteStream, S3Error> {
-        let out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| req_err("GetObject", &self.bucket, key, e))?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| req_err("GetObject", &self.bucket, key, e))?;
         Ok(out.body)
     }
 
     /// Every object under `prefix`, in key order (all pages).
     pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>, S3Error> {
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| req_err("ListObjectsV2", &self.bucket, prefix, e))?;
@@ -336,7 +460,15 @@ impl S3Store {
         };
         let params = GlacierJobParameters::builder().tier(tier).build().expect("tier is set");
         let req = RestoreRequest::builder().days(days).glacier_job_parameters(params).build();
-        match self.client.restore_object().bucket(&self.bucket).key(key).restore_request(req).send().await {
+        match self
+            .client
+            .restore_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .restore_request(req)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 let e = req_err("RestoreObject", &self.bucket, key, e);
@@ -366,8 +498,12 @@ mod tests {
         assert_eq!(thaw_state(&h), ThawState::NotRequested);
         h.restore = Some("ongoing-request=\"true\"".into());
         assert_eq!(thaw_state(&h), ThawState::InProgress);
-        h.restore = Some("ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\"".into());
-        assert_eq!(thaw_state(&h), ThawState::Ready { expiry: Some("Fri, 21 Dec 2012 00:00:00 GMT".into()) });
+        h.restore =
+            Some("ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\"".into());
+        assert_eq!(
+            thaw_state(&h),
+            ThawState::Ready { expiry: Some("Fri, 21 Dec 2012 00:00:00 GMT".into()) }
+        );
         h.storage_class = None;
         assert_eq!(thaw_state(&h), ThawState::NotArchived);
     }

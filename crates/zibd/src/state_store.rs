@@ -20,7 +20,10 @@ pub enum StateStoreError {
     Corrupt(#[from] zib_core::state::StateError),
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateStoreError + 'a {
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StateStoreError + 'a {
     move |source| StateStoreError::Io { action, path: path.to_owned(), source }
 }
 
@@ -53,17 +56,28 @@ impl StateStore {
 
     /// Takes the dataset's lock (without waiting) and loads its state (a fresh one if none).
     pub fn lock(&self, ds: &DatasetName) -> Result<LockedState, StateStoreError> {
-        std::fs::create_dir_all(&self.dir).map_err(io("cannot create state directory", &self.dir))?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(io("cannot create state directory", &self.dir))?;
         let lock_path = self.dir.join(format!("{}.lock", ds.file_stem()));
         let lock = lock_exclusive(&lock_path).map_err(|e| match e {
-            LockError::Held { pid } => StateStoreError::Locked { dataset: ds.clone(), pid, path: lock_path.clone() },
-            LockError::Io { action, source } => StateStoreError::Io { action, path: lock_path.clone(), source },
+            LockError::Held { pid } => {
+                StateStoreError::Locked { dataset: ds.clone(), pid, path: lock_path.clone() }
+            }
+            LockError::Io { action, source } => {
+                StateStoreError::Io { action, path: lock_path.clone(), source }
+            }
         })?;
         let path = self.state_path(ds);
         let state = match std::fs::read(&path) {
             Ok(bytes) => DatasetState::from_json(&path.display().to_string(), &bytes, ds)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => DatasetState::new(ds.clone()),
-            Err(e) => return Err(StateStoreError::Io { action: "cannot read state file", path, source: e }),
+            Err(e) => {
+                return Err(StateStoreError::Io {
+                    action: "cannot read state file",
+                    path,
+                    source: e,
+                });
+            }
         };
         Ok(LockedState { _lock: lock, path, state })
     }
@@ -73,8 +87,13 @@ impl StateStore {
 #[derive(Debug)]
 pub enum LockError {
     /// Another process holds it; its pid as it wrote it (or "unknown").
-    Held { pid: String },
-    Io { action: &'static str, source: std::io::Error },
+    Held {
+        pid: String,
+    },
+    Io {
+        action: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// Takes an exclusive flock on `lock_path` without waiting and writes our pid into it, so the
@@ -119,7 +138,9 @@ impl LockedState {
     pub async fn save_async(&self) -> Result<(), StateStoreError> {
         let path = self.path.clone();
         let bytes = self.state.to_json();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await.expect("save task panicked")
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .expect("save task panicked")
     }
 }
 
@@ -127,7 +148,12 @@ impl LockedState {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateStoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("json.tmp");
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io("cannot create", &tmp))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io("cannot create", &tmp))?;
     f.write_all(bytes).map_err(io("cannot write", &tmp))?;
     f.sync_all().map_err(io("cannot fsync", &tmp))?;
     drop(f);
@@ -149,7 +175,10 @@ mod tests {
         assert!(s.state.last.is_none());
         // A second holder is refused with the first one's pid.
         let e = store.lock(&ds).unwrap_err().to_string();
-        assert!(e.contains(&format!("pid {}", std::process::id())) && e.contains("tank/photos"), "{e}");
+        assert!(
+            e.contains(&format!("pid {}", std::process::id())) && e.contains("tank/photos"),
+            "{e}"
+        );
         s.state.stats.backups_committed = 7;
         // A stale temp file from a crash does not block saving.
         std::fs::write(s.path().with_extension("json.tmp"), b"junk").unwrap();

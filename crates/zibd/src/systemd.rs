@@ -65,7 +65,11 @@ impl Notifier {
         if !self.enabled {
             return None;
         }
-        watchdog_interval(std::env::var("WATCHDOG_USEC").ok().as_deref(), std::env::var("WATCHDOG_PID").ok().as_deref(), std::process::id())
+        watchdog_interval(
+            std::env::var("WATCHDOG_USEC").ok().as_deref(),
+            std::env::var("WATCHDOG_PID").ok().as_deref(),
+            std::process::id(),
+        )
     }
 }
 
@@ -97,7 +101,13 @@ pub struct StatusSummary {
 /// that an empty daemon says "0 datasets").
 pub fn status_line(s: &StatusSummary, now: DateTime<Utc>) -> String {
     let mut parts = Vec::new();
-    for (n, what) in [(s.running, "running"), (s.queued, "queued"), (s.idle, "idle"), (s.paused, "paused"), (s.failed, "failed")] {
+    for (n, what) in [
+        (s.running, "running"),
+        (s.queued, "queued"),
+        (s.idle, "idle"),
+        (s.paused, "paused"),
+        (s.failed, "failed"),
+    ] {
         if n > 0 {
             parts.push(format!("{n} {what}"));
         }
@@ -106,7 +116,10 @@ pub fn status_line(s: &StatusSummary, now: DateTime<Utc>) -> String {
         parts.push("0 datasets".to_owned());
     }
     if let Some((ds, at)) = &s.next {
-        parts.push(format!("next {ds} in {}", human_duration((*at - now).num_seconds().max(0) as u64)));
+        parts.push(format!(
+            "next {ds} in {}",
+            human_duration((*at - now).num_seconds().max(0) as u64)
+        ));
     }
     parts.join(", ")
 }

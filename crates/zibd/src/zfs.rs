@@ -86,7 +86,11 @@ impl Zfs {
         self.run(&["bookmark", &ds.snapshot(snap), &ds.bookmark(snap)]).await.map(drop)
     }
 
-    pub async fn destroy_snapshot(&self, ds: &DatasetName, snap: &SnapName) -> Result<(), ZfsError> {
+    pub async fn destroy_snapshot(
+        &self,
+        ds: &DatasetName,
+        snap: &SnapName,
+    ) -> Result<(), ZfsError> {
         self.run(&["destroy", &ds.snapshot(snap)]).await.map(drop)
     }
 
@@ -102,19 +106,41 @@ impl Zfs {
     /// Snapshots (`kind = "snapshot"`) or bookmarks (`"bookmark"`) of exactly this dataset,
     /// oldest first.
     pub async fn list(&self, ds: &DatasetName, kind: &str) -> Result<Vec<SnapInfo>, ZfsError> {
-        let args = ["list", "-H", "-p", "-d", "1", "-t", kind, "-o", "name,guid,createtxg,creation", "-s", "createtxg", ds.as_str()];
+        let args = [
+            "list",
+            "-H",
+            "-p",
+            "-d",
+            "1",
+            "-t",
+            kind,
+            "-o",
+            "name,guid,createtxg,creation",
+            "-s",
+            "createtxg",
+            ds.as_str(),
+        ];
         let out = self.run(&args).await?;
         let sep = if kind == "bookmark" { '#' } else { '@' };
-        parse_list(&out, sep).ok_or_else(|| ZfsError::Parse { cmd: render(&args), output: out.clone() })
+        parse_list(&out, sep)
+            .ok_or_else(|| ZfsError::Parse { cmd: render(&args), output: out.clone() })
     }
 
     /// The snapshot `ds@snap`, if it exists.
-    pub async fn snapshot_info(&self, ds: &DatasetName, snap: &SnapName) -> Result<Option<SnapInfo>, ZfsError> {
+    pub async fn snapshot_info(
+        &self,
+        ds: &DatasetName,
+        snap: &SnapName,
+    ) -> Result<Option<SnapInfo>, ZfsError> {
         Ok(self.list(ds, "snapshot").await?.into_iter().find(|s| s.name == snap.as_str()))
     }
 
     /// The bookmark `ds#snap`, if it exists.
-    pub async fn bookmark_info(&self, ds: &DatasetName, snap: &SnapName) -> Result<Option<SnapInfo>, ZfsError> {
+    pub async fn bookmark_info(
+        &self,
+        ds: &DatasetName,
+        snap: &SnapName,
+    ) -> Result<Option<SnapInfo>, ZfsError> {
         Ok(self.list(ds, "bookmark").await?.into_iter().find(|s| s.name == snap.as_str()))
     }
 
@@ -197,8 +223,13 @@ fn collect_stderr(child: &mut Child) -> tokio::task::JoinHandle<String> {
     })
 }
 
-async fn finish_child(cmd: &str, child: &mut Child, stderr: &mut tokio::task::JoinHandle<String>) -> Result<(), ZfsError> {
-    let status = child.wait().await.map_err(|source| ZfsError::Spawn { cmd: cmd.to_owned(), source })?;
+async fn finish_child(
+    cmd: &str,
+    child: &mut Child,
+    stderr: &mut tokio::task::JoinHandle<String>,
+) -> Result<(), ZfsError> {
+    let status =
+        child.wait().await.map_err(|source| ZfsError::Spawn { cmd: cmd.to_owned(), source })?;
     let stderr = (&mut *stderr).await.unwrap_or_default();
     if status.success() {
         if !stderr.is_empty() {
@@ -260,7 +291,12 @@ fn parse_list(out: &str, sep: char) -> Option<Vec<SnapInfo>> {
             let guid = f.next()?.to_owned();
             let createtxg = f.next()?.parse().ok()?;
             let creation = f.next()?.parse().ok()?;
-            guid.bytes().all(|b| b.is_ascii_digit()).then_some(SnapInfo { name: short, guid, createtxg, creation })
+            guid.bytes().all(|b| b.is_ascii_digit()).then_some(SnapInfo {
+                name: short,
+                guid,
+                createtxg,
+                creation,
+            })
         })
         .collect()
 }
@@ -274,7 +310,15 @@ mod tests {
         let out = "tank/a@zib-1\t123\t10\t1700000000\ntank/a@x y\t456\t12\t1700000100\n";
         let v = parse_list(out, '@').unwrap();
         assert_eq!(v.len(), 2);
-        assert_eq!(v[1], SnapInfo { name: "x y".into(), guid: "456".into(), createtxg: 12, creation: 1700000100 });
+        assert_eq!(
+            v[1],
+            SnapInfo {
+                name: "x y".into(),
+                guid: "456".into(),
+                createtxg: 12,
+                creation: 1700000100
+            }
+        );
         assert!(parse_list("tank/a@s\tnot-a-guid\t1\t2\n", '@').is_none());
         assert!(parse_list("garbage\n", '@').is_none());
         assert_eq!(parse_list("", '@').unwrap(), vec![]);
@@ -294,7 +338,10 @@ mod tests {
     async fn a_failing_command_keeps_stderr_and_status() {
         let (_d, z) = fake("echo oops >&2; exit 3");
         let e = z.run(&["list"]).await.unwrap_err().to_string();
-        assert!(e.contains("oops") && e.contains("exit status: 3") && e.contains("zfs list"), "{e}");
+        assert!(
+            e.contains("oops") && e.contains("exit status: 3") && e.contains("zfs list"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

@@ -63,7 +63,9 @@ schedule = "0 3 * * *"
         for (k, v) in test_env(&self.endpoint) {
             c.env(k, v);
         }
-        c.env("ZIB_ZFS_BIN", FAKE_ZFS).env("FAKE_ZFS_DIR", self.root.join("zfs")).env("FAKE_ZFS_SIZE", "300000");
+        c.env("ZIB_ZFS_BIN", FAKE_ZFS)
+            .env("FAKE_ZFS_DIR", self.root.join("zfs"))
+            .env("FAKE_ZFS_SIZE", "300000");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -76,7 +78,12 @@ schedule = "0 3 * * *"
 
     async fn keys(&self) -> Vec<(String, Option<String>)> {
         let out = self.client.list_objects_v2().bucket(&self.bucket).send().await.unwrap();
-        out.contents().iter().map(|o| (o.key().unwrap().to_owned(), o.storage_class().map(|c| c.as_str().to_owned()))).collect()
+        out.contents()
+            .iter()
+            .map(|o| {
+                (o.key().unwrap().to_owned(), o.storage_class().map(|c| c.as_str().to_owned()))
+            })
+            .collect()
     }
 
     async fn get(&self, key: &str) -> Vec<u8> {
@@ -101,8 +108,15 @@ schedule = "0 3 * * *"
 
     /// `cat` of the chunks in key order, as a user would do by hand.
     async fn cat_chunks(&self, m: &Manifest) -> Vec<u8> {
-        let prefix = KeyLayout::new("backups", &m.dataset).attempt_prefix(m.seq, &m.to.name, m.attempt);
-        let mut keys: Vec<String> = self.keys().await.into_iter().map(|(k, _)| k).filter(|k| k.starts_with(&prefix)).collect();
+        let prefix =
+            KeyLayout::new("backups", &m.dataset).attempt_prefix(m.seq, &m.to.name, m.attempt);
+        let mut keys: Vec<String> = self
+            .keys()
+            .await
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with(&prefix))
+            .collect();
         keys.sort();
         let mut all = Vec::new();
         for k in keys {
@@ -112,18 +126,28 @@ schedule = "0 3 * * *"
     }
 
     fn state(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.root.join("state/tank%2Fphotos.json")).unwrap()).unwrap()
+        serde_json::from_slice(&std::fs::read(self.root.join("state/tank%2Fphotos.json")).unwrap())
+            .unwrap()
     }
 }
 
 fn ok(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "zibd failed ({}):\nstdout: {}\nstderr: {err}", o.status, String::from_utf8_lossy(&o.stdout));
+    assert!(
+        o.status.success(),
+        "zibd failed ({}):\nstdout: {}\nstderr: {err}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout)
+    );
     err
 }
 
 fn failed(o: &Output) -> String {
-    assert!(!o.status.success(), "zibd should have failed:\n{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "zibd should have failed:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -149,9 +173,17 @@ async fn full_then_incrementals_are_plain_splits_of_the_stream() {
     let ms = bed.manifests().await;
     assert_eq!(ms.len(), 2);
     let (full, inc) = (&ms[0], &ms[1]);
-    assert!(full.is_full() && full.seq == 1 && full.send_args == ["-w", &format!("tank/photos@{}", full.to.name)]);
+    assert!(
+        full.is_full()
+            && full.seq == 1
+            && full.send_args == ["-w", &format!("tank/photos@{}", full.to.name)]
+    );
     assert_eq!(inc.seq, 2);
-    assert_eq!(inc.from.as_ref().unwrap(), &full.to, "the incremental's base is the full's snapshot, by GUID");
+    assert_eq!(
+        inc.from.as_ref().unwrap(),
+        &full.to,
+        "the incremental's base is the full's snapshot, by GUID"
+    );
     assert_eq!(inc.send_args[..2], ["-w", "-i"]);
     for m in &ms {
         // 300000 bytes in 64 KiB chunks: 4 full chunks and a tail.
@@ -159,7 +191,11 @@ async fn full_then_incrementals_are_plain_splits_of_the_stream() {
         assert_eq!(m.chunks.len(), 5);
         assert_eq!(m.chunks[4].size, 300_000 - 4 * CHUNK);
         let stream = bed.stream_of(&m.to.name);
-        assert_eq!(bed.cat_chunks(m).await, stream, "cat of the chunks in key order is the zfs send stream");
+        assert_eq!(
+            bed.cat_chunks(m).await,
+            stream,
+            "cat of the chunks in key order is the zfs send stream"
+        );
         assert_eq!(m.stream_sha256, zibd::s3::sha256_hex(&stream));
     }
     // One PUT per chunk and one per manifest: never multipart, never twice.
@@ -183,7 +219,8 @@ async fn the_server_checks_the_sha256_we_send() {
     let f = dir.path().join("c");
     std::fs::write(&f, b"hello chunk").unwrap();
     let wrong = zibd::s3::sha256_hex(b"other bytes");
-    let e = store.put_chunk("bad", &f, 11, &wrong, zib_core::StorageClass::Standard).await.unwrap_err();
+    let e =
+        store.put_chunk("bad", &f, 11, &wrong, zib_core::StorageClass::Standard).await.unwrap_err();
     assert!(e.to_string().contains("BadDigest") || e.status() == Some(400), "{e}");
     let right = zibd::s3::sha256_hex(b"hello chunk");
     let out = store.put_chunk("k", &f, 11, &right, zib_core::StorageClass::Standard).await.unwrap();
@@ -194,9 +231,22 @@ async fn the_server_checks_the_sha256_we_send() {
     // ...but different bytes under the same key are refused and never overwrite.
     std::fs::write(&f, b"HELLO CHUNK").unwrap();
     let other = zibd::s3::sha256_hex(b"HELLO CHUNK");
-    let e = store.put_chunk("k", &f, 11, &other, zib_core::StorageClass::Standard).await.unwrap_err();
+    let e =
+        store.put_chunk("k", &f, 11, &other, zib_core::StorageClass::Standard).await.unwrap_err();
     assert!(e.to_string().contains("never overwrites"), "{e}");
-    let kept = server.client().get_object().bucket(&bucket).key("k").send().await.unwrap().body.collect().await.unwrap().into_bytes();
+    let kept = server
+        .client()
+        .get_object()
+        .bucket(&bucket)
+        .key("k")
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
     assert_eq!(&kept[..], b"hello chunk");
 }
 
@@ -318,7 +368,10 @@ async fn a_second_process_is_refused_while_the_state_is_locked() {
     let store = zibd::state_store::StateStore::new(bed.root.join("state"));
     let _held = store.lock(&DatasetName::new("tank/photos").unwrap()).unwrap();
     let err = failed(&bed.backup(&[]));
-    assert!(err.contains(&format!("locked by another zib process (pid {})", std::process::id())), "{err}");
+    assert!(
+        err.contains(&format!("locked by another zib process (pid {})", std::process::id())),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -369,8 +422,11 @@ async fn deep_archive_chunks_and_standard_manifests_on_moto() {
 fn fake_zfs_is_only_a_fake() {
     // Keeps the stand-in honest about its scope: it must refuse what it does not implement.
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(FAKE_ZFS).arg("receive").env("FAKE_ZFS_DIR", dir.path()).output().unwrap();
+    let out = std::process::Command::new(FAKE_ZFS)
+        .arg("receive")
+        .env("FAKE_ZFS_DIR", dir.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(Path::new(FAKE_ZFS).exists());
 }
-

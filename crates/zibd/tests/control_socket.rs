@@ -12,10 +12,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use zib_protocol::{
-    DaemonInfo, DatasetStatus, ErrorKind, JobState, MAX_FRAME_LEN, PROTOCOL_VERSION, ProgressUpdate, Request,
-    Response, RunProgress, decode_response, encode_request, read_frame, write_frame,
+    DaemonInfo, DatasetStatus, ErrorKind, JobState, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    ProgressUpdate, Request, Response, RunProgress, decode_response, encode_request, read_frame,
+    write_frame,
 };
-use zibd::control::{Access, ControlConfig, ControlError, ControlSocket, Handler, Peer, Reply, authorize, serve};
+use zibd::control::{
+    Access, ControlConfig, ControlError, ControlSocket, Handler, Peer, Reply, authorize, serve,
+};
 
 /// Answers like a daemon would, without any jobs. Dataset names steer the streamed replies:
 /// `fail` ends with `Done { ok: false }`, `drop` ends without a final frame, `slow` streams until
@@ -78,14 +81,18 @@ impl Handler for FakeHandler {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.peers.lock().unwrap().push(peer);
         match request {
-            Request::Version => {
-                Response::Version { daemon_version: "0.1.0-test".into(), protocol_version: PROTOCOL_VERSION }.into()
+            Request::Version => Response::Version {
+                daemon_version: "0.1.0-test".into(),
+                protocol_version: PROTOCOL_VERSION,
             }
+            .into(),
             Request::Status { dataset: Some(d) } if d == "missing" => {
                 Response::error(ErrorKind::NotFound, "no dataset 'missing' is configured").into()
             }
             Request::Status { dataset: _ } if self.huge_status => {
-                let datasets = (0..20_000).map(|i| dataset(&format!("tank/dataset-with-a-long-name-{i}"))).collect();
+                let datasets = (0..20_000)
+                    .map(|i| dataset(&format!("tank/dataset-with-a-long-name-{i}")))
+                    .collect();
                 Response::Status { daemon: daemon_info(), datasets }.into()
             }
             Request::Status { dataset } => {
@@ -113,7 +120,12 @@ impl Handler for FakeHandler {
                     }
                     let done = match dataset.as_str() {
                         "drop" => return,
-                        "fail" => Response::Done { ok: false, message: "zfs send failed".into(), snapshot: None, bytes: None },
+                        "fail" => Response::Done {
+                            ok: false,
+                            message: "zfs send failed".into(),
+                            snapshot: None,
+                            bytes: None,
+                        },
                         _ => Response::Done {
                             ok: true,
                             message: "backed up".into(),
@@ -162,7 +174,10 @@ impl Server {
 
     async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task).await.expect("serve stops").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("serve stops")
+            .unwrap();
     }
 }
 
@@ -171,7 +186,10 @@ async fn send(stream: &mut UnixStream, request: &Request) {
 }
 
 async fn recv(stream: &mut UnixStream) -> Option<Response> {
-    let body = tokio::time::timeout(Duration::from_secs(10), read_frame(stream)).await.expect("reply in time").ok()??;
+    let body = tokio::time::timeout(Duration::from_secs(10), read_frame(stream))
+        .await
+        .expect("reply in time")
+        .ok()??;
     let frame = decode_response(&body).expect("a valid response frame");
     assert_eq!(frame.protocol, PROTOCOL_VERSION);
     Some(frame.response)
@@ -196,7 +214,10 @@ async fn call(path: &Path, request: Request) -> Vec<Response> {
 async fn drain_until_closed(s: &mut UnixStream) -> Vec<Response> {
     let mut out = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), read_frame(s)).await.expect("server closes in time") {
+        match tokio::time::timeout(Duration::from_secs(10), read_frame(s))
+            .await
+            .expect("server closes in time")
+        {
             Ok(Some(body)) => out.push(decode_response(&body).unwrap().response),
             Ok(None) | Err(_) => return out,
         }
@@ -205,7 +226,13 @@ async fn drain_until_closed(s: &mut UnixStream) -> Vec<Response> {
 
 async fn assert_still_serves(path: &Path) {
     let r = call(path, Request::Version).await;
-    assert_eq!(r, [Response::Version { daemon_version: "0.1.0-test".into(), protocol_version: PROTOCOL_VERSION }]);
+    assert_eq!(
+        r,
+        [Response::Version {
+            daemon_version: "0.1.0-test".into(),
+            protocol_version: PROTOCOL_VERSION
+        }]
+    );
 }
 
 fn error_kind(r: &Response) -> ErrorKind {
@@ -222,7 +249,9 @@ async fn answers_requests_and_keeps_the_connection() {
     send(&mut s, &Request::Version).await;
     assert!(matches!(recv(&mut s).await, Some(Response::Version { .. })));
     send(&mut s, &Request::Status { dataset: None }).await;
-    let Some(Response::Status { datasets, daemon }) = recv(&mut s).await else { panic!("no status") };
+    let Some(Response::Status { datasets, daemon }) = recv(&mut s).await else {
+        panic!("no status")
+    };
     assert_eq!(datasets.len(), 2);
     assert_eq!(daemon.protocol_version, PROTOCOL_VERSION);
     send(&mut s, &Request::Cancel { dataset: "missing".into() }).await;
@@ -306,7 +335,12 @@ async fn invalid_json_gets_invalid_request_and_the_connection_goes_on() {
 async fn unknown_request_type_and_protocol_get_unsupported() {
     let server = Server::start().await;
     let mut s = UnixStream::connect(&server.path).await.unwrap();
-    write_frame(&mut s, br#"{"protocol":1,"request":{"type":"prune","dataset":"tank/a","keep":3}}"#).await.unwrap();
+    write_frame(
+        &mut s,
+        br#"{"protocol":1,"request":{"type":"prune","dataset":"tank/a","keep":3}}"#,
+    )
+    .await
+    .unwrap();
     let r = recv(&mut s).await.unwrap();
     assert_eq!(error_kind(&r), ErrorKind::Unsupported);
     let Response::Error { message, .. } = r else { unreachable!() };
@@ -320,7 +354,9 @@ async fn unknown_request_type_and_protocol_get_unsupported() {
 
 #[tokio::test]
 async fn idle_clients_are_disconnected() {
-    let server = Server::start_with(FakeHandler::default(), |c| c.read_timeout = Duration::from_millis(200)).await;
+    let server =
+        Server::start_with(FakeHandler::default(), |c| c.read_timeout = Duration::from_millis(200))
+            .await;
     let mut idle = UnixStream::connect(&server.path).await.unwrap();
     let started = std::time::Instant::now();
     assert!(drain_until_closed(&mut idle).await.is_empty());
@@ -350,7 +386,8 @@ async fn idle_clients_cannot_starve_the_slots() {
 #[tokio::test]
 async fn trigger_wait_streams_progress_then_done() {
     let server = Server::start().await;
-    let frames = call(&server.path, Request::Trigger { dataset: "tank/a".into(), wait: true }).await;
+    let frames =
+        call(&server.path, Request::Trigger { dataset: "tank/a".into(), wait: true }).await;
     assert_eq!(frames.len(), 4, "{frames:?}");
     assert!(frames[..3].iter().all(|f| matches!(f, Response::Progress(_))));
     assert!(matches!(&frames[3], Response::Done { ok: true, .. }));
@@ -402,7 +439,8 @@ async fn shutdown_ends_streams_and_removes_the_socket() {
 
 #[tokio::test]
 async fn oversized_reply_becomes_an_internal_error() {
-    let server = Server::start_with(FakeHandler { huge_status: true, ..Default::default() }, |_| {}).await;
+    let server =
+        Server::start_with(FakeHandler { huge_status: true, ..Default::default() }, |_| {}).await;
     let r = call(&server.path, Request::Status { dataset: None }).await;
     assert_eq!(error_kind(&r[0]), ErrorKind::Internal);
     assert_still_serves(&server.path).await;
@@ -419,12 +457,16 @@ async fn many_concurrent_clients() {
             let mut s = UnixStream::connect(&path).await.unwrap();
             for _ in 0..5 {
                 send(&mut s, &Request::Status { dataset: Some(format!("tank/{i}")) }).await;
-                let Some(Response::Status { datasets, .. }) = recv(&mut s).await else { panic!("no status") };
+                let Some(Response::Status { datasets, .. }) = recv(&mut s).await else {
+                    panic!("no status")
+                };
                 assert_eq!(datasets[0].dataset, format!("tank/{i}"));
             }
             drop(s); // free the slot before taking another
             if i % 10 == 0 {
-                let frames = call(&path, Request::Trigger { dataset: format!("tank/{i}"), wait: true }).await;
+                let frames =
+                    call(&path, Request::Trigger { dataset: format!("tank/{i}"), wait: true })
+                        .await;
                 assert!(matches!(frames.last(), Some(Response::Done { ok: true, .. })));
             }
         }));
@@ -444,7 +486,8 @@ async fn the_handler_sees_the_real_peer_credentials() {
     assert_eq!(peer.uid, nix::unistd::geteuid().as_raw());
     assert_eq!(peer.gid, nix::unistd::getegid().as_raw());
     assert_eq!(peer.pid, Some(std::process::id() as i32));
-    let ours: Vec<u32> = nix::unistd::getgroups().unwrap().into_iter().map(|g| g.as_raw()).collect();
+    let ours: Vec<u32> =
+        nix::unistd::getgroups().unwrap().into_iter().map(|g| g.as_raw()).collect();
     assert_eq!(peer.groups, ours);
     server.shutdown().await;
 }
@@ -454,7 +497,8 @@ async fn socket_and_directory_modes() {
     // Own the socket by our primary group, named as in the config.
     let gid = nix::unistd::getegid();
     let group = nix::unistd::Group::from_gid(gid).unwrap().expect("our primary group has a name");
-    let server = Server::start_with(FakeHandler::default(), |c| c.group = Some(group.name.clone())).await;
+    let server =
+        Server::start_with(FakeHandler::default(), |c| c.group = Some(group.name.clone())).await;
     let sock = std::fs::metadata(&server.path).unwrap();
     assert_eq!(sock.permissions().mode() & 0o7777, 0o660);
     assert_eq!(sock.gid(), gid.as_raw());
@@ -469,7 +513,8 @@ async fn socket_and_directory_modes() {
 #[test]
 fn a_missing_group_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let config = ControlConfig::new(dir.path().join("zibd.sock"), Some("no-such-group-zib-test".into()));
+    let config =
+        ControlConfig::new(dir.path().join("zibd.sock"), Some("no-such-group-zib-test".into()));
     let err = ControlSocket::bind(&config).unwrap_err();
     assert!(matches!(err, ControlError::NoSuchGroup(_)), "{err:?}");
     let msg = err.to_string();
@@ -551,7 +596,8 @@ fn permission_decisions() {
         assert!(authorize(&req, &root, &access).is_ok(), "{req:?}");
         assert!(authorize(&req, &primary_member, &access).is_ok(), "{req:?}");
         assert!(authorize(&req, &supplementary_member, &access).is_ok(), "{req:?}");
-        let zib_protocol::Rejected { kind, message } = authorize(&req, &stranger, &access).unwrap_err();
+        let zib_protocol::Rejected { kind, message } =
+            authorize(&req, &stranger, &access).unwrap_err();
         assert_eq!(kind, ErrorKind::PermissionDenied);
         assert!(message.contains("'zib'") && message.contains("1002"), "{message}");
         assert!(message.contains(req.type_name()), "{message}");
@@ -569,7 +615,8 @@ fn permission_without_a_group_and_for_the_daemon_user() {
     assert!(authorize(&Request::Reload, &peer(0, 0, &[]), &access).is_ok());
     assert!(authorize(&Request::Reload, &peer(500, 500, &[]), &access).is_ok());
     let zib_protocol::Rejected { kind, message } =
-        authorize(&Request::Reload, &peer(1000, 0, &[0]), &access).expect_err("a stranger may not reload");
+        authorize(&Request::Reload, &peer(1000, 0, &[0]), &access)
+            .expect_err("a stranger may not reload");
     assert_eq!(kind, ErrorKind::PermissionDenied);
     assert!(message.contains("root"), "{message}");
     assert!(authorize(&Request::Version, &peer(1000, 1000, &[]), &access).is_ok());
@@ -581,7 +628,9 @@ fn permission_without_a_group_and_for_the_daemon_user() {
 #[ignore = "helper run as another user by a_real_stranger_is_refused_mutations"]
 async fn stranger_client() {
     let Some(path) = std::env::var_os("ZIB_TEST_STRANGER_SOCKET") else { return };
-    for (name, request) in [("status", Request::Status { dataset: None }), ("reload", Request::Reload)] {
+    for (name, request) in
+        [("status", Request::Status { dataset: None }), ("reload", Request::Reload)]
+    {
         let reply = call(Path::new(&path), request).await;
         match &reply[0] {
             Response::Error { kind, message } => println!("RESULT {name} {kind:?} {message}"),
@@ -599,7 +648,8 @@ async fn a_real_stranger_is_refused_mutations() {
         eprintln!("skipped: needs root to run a client as another user");
         return;
     }
-    let nobody_group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(65534)).unwrap().map(|g| g.name);
+    let nobody_group =
+        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(65534)).unwrap().map(|g| g.name);
     let mut cases = vec![(None, "PermissionDenied")];
     if let Some(name) = nobody_group {
         cases.push((Some(name), "ok"));
@@ -608,9 +658,14 @@ async fn a_real_stranger_is_refused_mutations() {
         let server = Server::start_with(FakeHandler::default(), |c| c.group = group.clone()).await;
         // Let the stranger reach the socket at all: when it is not in the socket's group, open
         // the modes up (this test is about the credential check, not the file modes).
-        std::fs::set_permissions(server._dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(server._dir.path(), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         if group.is_none() {
-            std::fs::set_permissions(server.path.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(
+                server.path.parent().unwrap(),
+                std::fs::Permissions::from_mode(0o755),
+            )
+            .unwrap();
             std::fs::set_permissions(&server.path, std::fs::Permissions::from_mode(0o666)).unwrap();
         }
         let socket_path = server.path.clone();
@@ -618,7 +673,13 @@ async fn a_real_stranger_is_refused_mutations() {
         let out = tokio::task::spawn_blocking(move || {
             use std::os::unix::process::CommandExt;
             std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "stranger_client", "--ignored", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "stranger_client",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("ZIB_TEST_STRANGER_SOCKET", socket_path)
                 .uid(65534)
                 .gid(65534)
@@ -628,10 +689,18 @@ async fn a_real_stranger_is_refused_mutations() {
         .unwrap()
         .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "child failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.contains("RESULT status ok \"status\""), "{group:?}: {stdout}");
-        let reload = stdout.lines().find(|l| l.starts_with("RESULT reload")).expect("a reload result");
-        assert!(reload.starts_with(&format!("RESULT reload {reload_result}")), "{group:?}: {reload}");
+        let reload =
+            stdout.lines().find(|l| l.starts_with("RESULT reload")).expect("a reload result");
+        assert!(
+            reload.starts_with(&format!("RESULT reload {reload_result}")),
+            "{group:?}: {reload}"
+        );
         if group.is_none() {
             assert!(reload.contains("uid 65534") && reload.contains("root"), "{reload}");
         }

@@ -16,7 +16,8 @@ use std::{
 use chrono::{DateTime, Utc};
 use tokio::net::UnixStream;
 use zib_protocol::{
-    DatasetStatus, ErrorKind, JobState, Request, Response, decode_response, encode_request, read_frame, write_frame,
+    DatasetStatus, ErrorKind, JobState, Request, Response, decode_response, encode_request,
+    read_frame, write_frame,
 };
 use zib_testkit::{S3sFsServer, test_env};
 use zibd::{
@@ -63,7 +64,11 @@ fn zfs_dir() -> &'static Path {
         let dir = tempfile::Builder::new().prefix("fake-zfs").tempdir_in(&base).unwrap().keep();
         let script = dir.join("fake-zfs");
         let support = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support");
-        std::fs::write(&script, FAKE_ZFS.replace("__DIR__", &dir.display().to_string()).replace("__SUPPORT__", support)).unwrap();
+        std::fs::write(
+            &script,
+            FAKE_ZFS.replace("__DIR__", &dir.display().to_string()).replace("__SUPPORT__", support),
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::create_dir_all(dir.join("hold")).unwrap();
@@ -133,7 +138,14 @@ impl Bed {
         let bucket = s3.create_bucket("daemon").await;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("zibd.toml");
-        Bed { endpoint: s3.endpoint().to_owned(), bucket, config, dir, clock: ManualClock::new(t("2026-01-01T00:00:30Z")), _s3: s3 }
+        Bed {
+            endpoint: s3.endpoint().to_owned(),
+            bucket,
+            config,
+            dir,
+            clock: ManualClock::new(t("2026-01-01T00:00:30Z")),
+            _s3: s3,
+        }
     }
 
     /// Writes the config with these `(dataset, schedule)` entries.
@@ -171,7 +183,11 @@ max_attempts = 3
     }
 
     async fn start(&self) -> Daemon {
-        let opts = DaemonOptions { config_path: self.config.clone(), clock: Arc::new(self.clock.clone()), notifier: Notifier::disabled() };
+        let opts = DaemonOptions {
+            config_path: self.config.clone(),
+            clock: Arc::new(self.clock.clone()),
+            notifier: Notifier::disabled(),
+        };
         Daemon::start(opts).await.expect("daemon starts")
     }
 
@@ -206,14 +222,22 @@ async fn names(core: &DaemonCore) -> Vec<String> {
 }
 
 /// Polls the status of `ds` until `pred` holds (real time, 30 s at most).
-async fn wait_for(core: &DaemonCore, ds: &str, what: &str, pred: impl Fn(&DatasetStatus) -> bool) -> DatasetStatus {
+async fn wait_for(
+    core: &DaemonCore,
+    ds: &str,
+    what: &str,
+    pred: impl Fn(&DatasetStatus) -> bool,
+) -> DatasetStatus {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let s = status(core, ds).await;
         if pred(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {ds}: {what}; last status {s:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {ds}: {what}; last status {s:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -263,11 +287,17 @@ async fn tick_fires_and_a_busy_run_counts_a_missed_tick() {
     let s = wait_for(&core, ds, "a missed tick", |s| s.missed_ticks == 1).await;
     assert_eq!(s.state, JobState::Uploading);
     assert_eq!(s.next_run, Some(t("2026-01-01T00:03:00Z")));
-    expect_err(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await, ErrorKind::Busy);
+    expect_err(
+        ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await,
+        ErrorKind::Busy,
+    );
     assert_eq!(snapshots_taken(ds), 1);
 
     hold(ds, false);
-    let s = wait_for(&core, ds, "success", |s| s.last_success.is_some() && s.state == JobState::Scheduled).await;
+    let s = wait_for(&core, ds, "success", |s| {
+        s.last_success.is_some() && s.state == JobState::Scheduled
+    })
+    .await;
     assert_eq!(s.last_success.as_ref().unwrap().bytes, 1 << 20);
     assert_eq!(s.chain_length, 1);
     assert!(s.last_error.is_none(), "{s:?}");
@@ -277,7 +307,10 @@ async fn tick_fires_and_a_busy_run_counts_a_missed_tick() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Three ticks passed at once (clock jump): one run, two counted as missed.
     bed.clock.set(t("2026-01-01T00:05:00Z"));
-    let s = wait_for(&core, ds, "second backup", |s| s.chain_length == 2 && s.state == JobState::Scheduled).await;
+    let s = wait_for(&core, ds, "second backup", |s| {
+        s.chain_length == 2 && s.state == JobState::Scheduled
+    })
+    .await;
     assert_eq!(s.missed_ticks, 3);
     assert_eq!(s.next_run, Some(t("2026-01-01T00:06:00Z")));
     assert_eq!(snapshots_taken(ds), 2);
@@ -301,7 +334,9 @@ async fn job_slots_bound_concurrent_runs_and_a_queued_run_can_be_cancelled() {
     assert_eq!(status(&core, c).await.state, JobState::Queued);
     assert_eq!(snapshots_taken(b), 0, "a queued run has not started");
     match ask(&core, Request::Status { dataset: None }).await {
-        Response::Status { daemon, .. } => assert_eq!((daemon.jobs_running, daemon.jobs_max), (1, Some(1))),
+        Response::Status { daemon, .. } => {
+            assert_eq!((daemon.jobs_running, daemon.jobs_max), (1, Some(1)))
+        }
         other => panic!("{other:?}"),
     }
     // Cancelling a queued run frees nothing and starts nothing.
@@ -336,16 +371,24 @@ async fn a_failed_run_shows_failed_with_its_error_and_jitter_delays_the_next_run
     let next = status(&core, ds).await.next_run.expect("scheduled");
     assert!((t("2026-01-01T00:01:00Z")..=t("2026-01-01T00:01:20Z")).contains(&next), "{next}");
 
-    let Reply::Stream(mut rx) = core.handle(Request::Trigger { dataset: ds.into(), wait: true }, root()).await else {
+    let Reply::Stream(mut rx) =
+        core.handle(Request::Trigger { dataset: ds.into(), wait: true }, root()).await
+    else {
         panic!("trigger --wait streams")
     };
     let done = loop {
-        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("a frame").expect("a final frame") {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("a frame")
+            .expect("a final frame")
+        {
             Response::Progress(_) => {}
             other => break other,
         }
     };
-    let Response::Done { ok: false, message, .. } = done else { panic!("expected a failed run, got {done:?}") };
+    let Response::Done { ok: false, message, .. } = done else {
+        panic!("expected a failed run, got {done:?}")
+    };
     assert!(message.contains("failed"), "{message}");
     let s = status(&core, ds).await;
     assert_eq!(s.state, JobState::Failed);
@@ -373,12 +416,18 @@ async fn pause_skips_the_schedule_and_resume_continues() {
     assert_eq!(s.state, JobState::Paused);
     assert_eq!(s.missed_ticks, 0, "paused ticks are skipped, not missed");
     assert_eq!(snapshots_taken(ds), 0, "a paused dataset must not run");
-    expect_err(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await, ErrorKind::Conflict);
+    expect_err(
+        ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await,
+        ErrorKind::Conflict,
+    );
 
     // Resume re-arms the schedule from now.
     expect_ok(ask(&core, Request::Resume { dataset: Some(ds.into()) }).await);
     let s = status(&core, ds).await;
-    assert_eq!((s.state, s.paused, s.next_run), (JobState::Scheduled, false, Some(t("2026-01-01T00:04:00Z"))));
+    assert_eq!(
+        (s.state, s.paused, s.next_run),
+        (JobState::Scheduled, false, Some(t("2026-01-01T00:04:00Z")))
+    );
 
     // Pause during a run stops it at a safe point; resume continues it.
     hold(ds, true);
@@ -386,18 +435,25 @@ async fn pause_skips_the_schedule_and_resume_continues() {
     wait_for(&core, ds, "uploading", |s| s.state == JobState::Uploading).await;
     let msg = expect_ok(ask(&core, Request::Pause { dataset: Some(ds.into()) }).await);
     assert!(msg.contains("safe point"), "{msg}");
-    let s = wait_for(&core, ds, "paused after the run stopped", |s| s.state == JobState::Paused).await;
+    let s =
+        wait_for(&core, ds, "paused after the run stopped", |s| s.state == JobState::Paused).await;
     assert!(s.last_error.is_none(), "a pause is not a failure: {s:?}");
     assert!(s.last_success.is_none());
     hold(ds, false);
     let msg = expect_ok(ask(&core, Request::Resume { dataset: Some(ds.into()) }).await);
     assert!(msg.contains("continuing"), "{msg}");
-    let s = wait_for(&core, ds, "success after resume", |s| s.last_success.is_some() && s.state == JobState::Scheduled).await;
+    let s = wait_for(&core, ds, "success after resume", |s| {
+        s.last_success.is_some() && s.state == JobState::Scheduled
+    })
+    .await;
     assert_eq!(s.chain_length, 1);
     assert_eq!(snapshots_taken(ds), 1, "the interrupted backup was continued, not started again");
 
     // Unknown datasets are named as such.
-    let e = expect_err(ask(&core, Request::Pause { dataset: Some("nope/x".into()) }).await, ErrorKind::NotFound);
+    let e = expect_err(
+        ask(&core, Request::Pause { dataset: Some("nope/x".into()) }).await,
+        ErrorKind::NotFound,
+    );
     assert!(e.contains("pause/data"), "{e}");
     assert!(d.stop().await);
 }
@@ -423,7 +479,11 @@ async fn reload_adds_and_removes_datasets_and_rejects_an_invalid_config() {
     assert_eq!(status(&core, a).await.state, JobState::Uploading);
 
     // An invalid file is refused; the running config stays.
-    std::fs::write(&bed.config, std::fs::read_to_string(&bed.config).unwrap().replace("30 * * * * *", "61 * * * *")).unwrap();
+    std::fs::write(
+        &bed.config,
+        std::fs::read_to_string(&bed.config).unwrap().replace("30 * * * * *", "61 * * * *"),
+    )
+    .unwrap();
     let e = expect_err(ask(&core, Request::Reload).await, ErrorKind::Conflict);
     assert!(e.contains("zibd.toml") && e.contains("keeping the running configuration"), "{e}");
     assert_eq!(names(&core).await, [a, b]);
@@ -431,7 +491,12 @@ async fn reload_adds_and_removes_datasets_and_rejects_an_invalid_config() {
 
     // Remove a (it finishes its run first, then releases its lock), add c.
     bed.write_config(&[(b, "30 * * * * *"), (c, "0 0 * * * *")]);
-    let msg = expect_ok(d.reload().await.map(Response::ok).unwrap_or_else(|e| Response::error(ErrorKind::Conflict, e)));
+    let msg = expect_ok(
+        d.reload()
+            .await
+            .map(Response::ok)
+            .unwrap_or_else(|e| Response::error(ErrorKind::Conflict, e)),
+    );
     assert!(msg.contains("removed rel/a") && msg.contains("added rel/c"), "{msg}");
     assert_eq!(names(&core).await, [b, c]);
     let store = zibd::state_store::StateStore::new(bed.dir.path().join("state"));
@@ -448,7 +513,11 @@ async fn reload_adds_and_removes_datasets_and_rejects_an_invalid_config() {
             }
         }
     };
-    assert_eq!(locked.state.last.as_ref().map(|c| c.seq), Some(1), "a's run completed after its removal");
+    assert_eq!(
+        locked.state.last.as_ref().map(|c| c.seq),
+        Some(1),
+        "a's run completed after its removal"
+    );
     drop(locked);
 
     // b is scheduled: its tick still works after the reloads.
@@ -465,10 +534,16 @@ async fn trigger_wait_streams_progress_over_the_socket_then_done() {
     let d = bed.start().await;
 
     let mut s = UnixStream::connect(bed.socket()).await.unwrap();
-    write_frame(&mut s, &encode_request(&Request::Trigger { dataset: ds.into(), wait: true })).await.unwrap();
+    write_frame(&mut s, &encode_request(&Request::Trigger { dataset: ds.into(), wait: true }))
+        .await
+        .unwrap();
     let mut progress = 0;
     let done = loop {
-        let body = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut s)).await.unwrap().unwrap().expect("a frame");
+        let body = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut s))
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a frame");
         match decode_response(&body).unwrap().response {
             Response::Progress(p) => {
                 assert_eq!(p.dataset, ds);
@@ -488,7 +563,10 @@ async fn trigger_wait_streams_progress_over_the_socket_then_done() {
     assert!(progress >= 1, "at least one progress frame");
     // Restore requests reach the restore jobs.
     let core = d.core();
-    expect_err(ask(&core, Request::RestoreStatus { id: Some("tank/nope".into()) }).await, ErrorKind::NotFound);
+    expect_err(
+        ask(&core, Request::RestoreStatus { id: Some("tank/nope".into()) }).await,
+        ErrorKind::NotFound,
+    );
     match ask(&core, Request::RestoreStatus { id: None }).await {
         Response::RestoreStatus { jobs } => assert!(jobs.is_empty()),
         other => panic!("{other:?}"),
@@ -589,7 +667,9 @@ schedule = "0 3 * * *"
     let version = |path: &Path| -> Result<(), String> {
         rt.block_on(async {
             let mut s = UnixStream::connect(path).await.map_err(|e| e.to_string())?;
-            write_frame(&mut s, &encode_request(&Request::Version)).await.map_err(|e| e.to_string())?;
+            write_frame(&mut s, &encode_request(&Request::Version))
+                .await
+                .map_err(|e| e.to_string())?;
             let body = read_frame(&mut s).await.map_err(|e| e.to_string())?.ok_or("eof")?;
             match decode_response(&body).map_err(|e| e.to_string())?.response {
                 Response::Version { .. } => Ok(()),
@@ -610,9 +690,17 @@ schedule = "0 3 * * *"
         messages.push(m.clone());
         if m.lines().any(|l| l == "READY=1") {
             // At the moment READY=1 arrives the socket must already answer.
-            version(&socket).unwrap_or_else(|e| panic!("READY=1 sent but the control socket does not answer: {e}"));
-            let status = m.lines().find_map(|l| l.strip_prefix("STATUS=")).expect("READY=1 comes with a STATUS=");
-            assert!(status.contains("1 idle") && status.contains("next tank/photos in"), "{status}");
+            version(&socket).unwrap_or_else(|e| {
+                panic!("READY=1 sent but the control socket does not answer: {e}")
+            });
+            let status = m
+                .lines()
+                .find_map(|l| l.strip_prefix("STATUS="))
+                .expect("READY=1 comes with a STATUS=");
+            assert!(
+                status.contains("1 idle") && status.contains("next tank/photos in"),
+                "{status}"
+            );
             break;
         }
         assert!(!m.contains("STOPPING"), "stopped before READY: {messages:?}");
@@ -628,15 +716,25 @@ schedule = "0 3 * * *"
     }
     // SIGHUP re-reads the config: a new dataset appears.
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{text}\n[[dataset]]\nname = \"tank/docs\"\nschedule = \"0 4 * * *\"\n")).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.0.id() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[[dataset]]\nname = \"tank/docs\"\nschedule = \"0 4 * * *\"\n"),
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let names = rt.block_on(async {
             let mut s = UnixStream::connect(&socket).await.unwrap();
             write_frame(&mut s, &encode_request(&Request::Status { dataset: None })).await.unwrap();
             match decode_response(&read_frame(&mut s).await.unwrap().unwrap()).unwrap().response {
-                Response::Status { datasets, .. } => datasets.into_iter().map(|d| d.dataset).collect::<Vec<_>>(),
+                Response::Status { datasets, .. } => {
+                    datasets.into_iter().map(|d| d.dataset).collect::<Vec<_>>()
+                }
                 other => panic!("{other:?}"),
             }
         });
@@ -647,7 +745,11 @@ schedule = "0 3 * * *"
         std::thread::sleep(Duration::from_millis(100));
     }
     // SIGTERM: STOPPING=1, exit 0, socket removed.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     loop {
         let m = recv(&mut buf);
         if m.lines().any(|l| l == "STOPPING=1") {
@@ -681,7 +783,10 @@ fn second_daemon_and_invalid_config_are_refused() {
     std::fs::write(&config, &text).unwrap();
     let zibd = || {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
-        c.arg("--config").arg(&config).env_remove("NOTIFY_SOCKET").env("AWS_EC2_METADATA_DISABLED", "true");
+        c.arg("--config")
+            .arg(&config)
+            .env_remove("NOTIFY_SOCKET")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
         c
     };
     let mut first = Killed(zibd().spawn().unwrap());
@@ -696,7 +801,11 @@ fn second_daemon_and_invalid_config_are_refused() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("locked by another zib process"), "{err}");
     assert!(socket.exists(), "the second zibd must not remove the first one's socket");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(first.0.wait().unwrap().success());
 
     std::fs::write(&config, text.replace("0 3 * * *", "0 25 * * *")).unwrap();

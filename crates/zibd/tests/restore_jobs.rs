@@ -20,10 +20,18 @@ mod catalog;
 use catalog::*;
 
 async fn engine(endpoint: &str, bucket: &str) -> RestoreEngine {
-    RestoreEngine { zfs: Zfs::default(), s3: S3Store::connect("us-east-1", Some(endpoint), true, 3, bucket).await, prefix: PREFIX.into() }
+    RestoreEngine {
+        zfs: Zfs::default(),
+        s3: S3Store::connect("us-east-1", Some(endpoint), true, 3, bucket).await,
+        prefix: PREFIX.into(),
+    }
 }
 
-async fn wait_for(jobs: &RestoreJobs, what: &str, f: impl Fn(&zib_protocol::RestoreJobStatus) -> bool) -> zib_protocol::RestoreJobStatus {
+async fn wait_for(
+    jobs: &RestoreJobs,
+    what: &str,
+    f: impl Fn(&zib_protocol::RestoreJobStatus) -> bool,
+) -> zib_protocol::RestoreJobStatus {
     for _ in 0..400 {
         if let Some(s) = jobs.status(Some("pool/restored")).into_iter().next()
             && f(&s)
@@ -47,7 +55,8 @@ fn a_restore_job_survives_a_daemon_restart_without_asking_twice() {
             std::env::set_var(k, v);
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let client = moto.client();
         let bucket = moto.create_bucket("rjobs").await;
@@ -67,11 +76,19 @@ fn a_restore_job_survives_a_daemon_restart_without_asking_twice() {
         let id = jobs.start(engine(&ep, &bucket).await, opts.clone()).unwrap();
         assert_eq!(id, "pool/restored");
         let s = wait_for(&jobs, "thawing, after a poll", |s| {
-            s.state == RestoreState::Thawing && s.objects_total == 7 && proxy.count(&Matcher::head()) >= 8
+            s.state == RestoreState::Thawing
+                && s.objects_total == 7
+                && proxy.count(&Matcher::head()) >= 8
         })
         .await;
-        assert_eq!((s.objects_ready, s.dataset.as_str(), s.bytes_total), (0, "tank/photos", Some(5400)));
-        assert!(s.thaw_expected_at.is_some_and(|t| t > s.started_at + chrono::Duration::hours(47)), "{s:?}");
+        assert_eq!(
+            (s.objects_ready, s.dataset.as_str(), s.bytes_total),
+            (0, "tank/photos", Some(5400))
+        );
+        assert!(
+            s.thaw_expected_at.is_some_and(|t| t > s.started_at + chrono::Duration::hours(47)),
+            "{s:?}"
+        );
         // The same target twice is refused while it runs.
         assert!(jobs.start(engine(&ep, &bucket).await, opts.clone()).is_err());
         assert_eq!(proxy.count(&Matcher::post().query_contains("restore")), 7);
@@ -82,22 +99,32 @@ fn a_restore_job_survives_a_daemon_restart_without_asking_twice() {
         let s = wait_for(&jobs, "cancelled", |s| s.state == RestoreState::Cancelled).await;
         assert!(s.error.unwrap().contains("cancelled"));
         // zfs receive was started for the full stream, but got no byte before the stop.
-        assert!(zfs.received().iter().all(|r| r.is_empty()), "{:?}", zfs.received().iter().map(Vec::len).collect::<Vec<_>>());
+        assert!(
+            zfs.received().iter().all(|r| r.is_empty()),
+            "{:?}",
+            zfs.received().iter().map(Vec::len).collect::<Vec<_>>()
+        );
 
         // "Restart": a new daemon continues the recorded restore.
-        let fast = PollBackoff { initial: Duration::from_millis(50), max: Duration::from_millis(100) };
-        let jobs = RestoreJobs::new(work.path().to_owned(), CancellationToken::new()).with_poll(fast);
+        let fast =
+            PollBackoff { initial: Duration::from_millis(50), max: Duration::from_millis(100) };
+        let jobs =
+            RestoreJobs::new(work.path().to_owned(), CancellationToken::new()).with_poll(fast);
         let b = bucket.clone();
         let ep2 = ep.clone();
-        let resumed = jobs.resume_unfinished(|bucket, prefix| {
-            assert_eq!((bucket.as_str(), prefix.as_str()), (b.as_str(), "backups/"));
-            let ep2 = ep2.clone();
-            async move { engine(&ep2, &bucket).await }
-        })
-        .await;
+        let resumed = jobs
+            .resume_unfinished(|bucket, prefix| {
+                assert_eq!((bucket.as_str(), prefix.as_str()), (b.as_str(), "backups/"));
+                let ep2 = ep2.clone();
+                async move { engine(&ep2, &bucket).await }
+            })
+            .await;
         assert_eq!(resumed.len(), 1);
         assert_eq!(resumed[0].as_ref().unwrap(), "pool/restored");
-        let s = wait_for(&jobs, "done", |s| s.state != RestoreState::Thawing && s.finished_at.is_some()).await;
+        let s = wait_for(&jobs, "done", |s| {
+            s.state != RestoreState::Thawing && s.finished_at.is_some()
+        })
+        .await;
         assert_eq!(s.state, RestoreState::Done, "{s:?}");
         assert_eq!(s.bytes_received, 5400);
         let got: Vec<Vec<u8>> = zfs.received().into_iter().filter(|r| !r.is_empty()).collect();
@@ -105,7 +132,11 @@ fn a_restore_job_survives_a_daemon_restart_without_asking_twice() {
         for (g, b) in got.iter().zip(&chain) {
             assert!(g == &b.data, "stream {} differs", b.snap);
         }
-        assert_eq!(proxy.count(&Matcher::post().query_contains("restore")), 7, "no thaw asked twice");
+        assert_eq!(
+            proxy.count(&Matcher::post().query_contains("restore")),
+            7,
+            "no thaw asked twice"
+        );
         // Nothing left to resume.
         let again = RestoreJobs::new(work.path().to_owned(), CancellationToken::new());
         assert!(again.resume_unfinished(|_, _| async { unreachable!() }).await.is_empty());

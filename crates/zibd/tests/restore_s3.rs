@@ -19,12 +19,18 @@ fn zibd(endpoint: &str, zfs: &Path, args: &[&str]) -> Output {
     for (k, v) in test_env(endpoint) {
         c.env(k, v);
     }
-    c.env("ZIB_ZFS_BIN", zfs).env("ZIB_LOG", "info").env_remove("ZIB_FAILPOINT").env_remove("ZIBD_CONFIG");
+    c.env("ZIB_ZFS_BIN", zfs)
+        .env("ZIB_LOG", "info")
+        .env_remove("ZIB_FAILPOINT")
+        .env_remove("ZIBD_CONFIG");
     c.output().unwrap()
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn bucket_args<'a>(bucket: &'a str, endpoint: &'a str) -> Vec<&'a str> {
@@ -37,7 +43,14 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
     let client = moto.client();
     let bucket = moto.create_bucket("rlist").await;
     let ms = seed(&client, &bucket, "tank/photos", &chain3(), StorageClass::DeepArchive).await;
-    seed(&client, &bucket, "tank/home", &[Backup { snap: "zib-20261105T000000Z", guid: "9", data: stream(9, 100) }], StorageClass::Standard).await;
+    seed(
+        &client,
+        &bucket,
+        "tank/home",
+        &[Backup { snap: "zib-20261105T000000Z", guid: "9", data: stream(9, 100) }],
+        StorageClass::Standard,
+    )
+    .await;
     let ep = moto.endpoint();
     let zfs = FakeZfs::new();
     let b = bucket_args(&bucket, ep);
@@ -45,7 +58,16 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
     let o = zibd(ep, &zfs.bin, &[&["list"], &b[..]].concat());
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    for s in ["tank/photos", "tank/home", "zib-20261101T000000Z", "zib-20261103T000000Z", "incremental from zib-20261102T000000Z", "DEEP_ARCHIVE", "STANDARD", "full"] {
+    for s in [
+        "tank/photos",
+        "tank/home",
+        "zib-20261101T000000Z",
+        "zib-20261103T000000Z",
+        "incremental from zib-20261102T000000Z",
+        "DEEP_ARCHIVE",
+        "STANDARD",
+        "full",
+    ] {
         assert!(out.contains(s), "{s} missing from:\n{out}");
     }
 
@@ -53,17 +75,46 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
     assert!(o.status.success(), "{}", text(&o).1);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["datasets"].as_array().unwrap().len(), 1);
-    let listed: Vec<&str> = v["datasets"][0]["manifests"].as_array().unwrap().iter().map(|m| m["to"]["name"].as_str().unwrap()).collect();
+    let listed: Vec<&str> = v["datasets"][0]["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["to"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(listed, ["zib-20261101T000000Z", "zib-20261102T000000Z", "zib-20261103T000000Z"]);
-    assert_eq!(v["datasets"][0]["manifests"][2]["chunks"].as_array().unwrap().len(), ms[2].chunks.len());
+    assert_eq!(
+        v["datasets"][0]["manifests"][2]["chunks"].as_array().unwrap().len(),
+        ms[2].chunks.len()
+    );
 
     // Several datasets: plan must be told which.
     let o = zibd(ep, &zfs.bin, &[&["plan"], &b[..]].concat());
     assert!(!o.status.success());
-    assert!(text(&o).1.contains("several datasets") && text(&o).1.contains("--dataset"), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains("several datasets") && text(&o).1.contains("--dataset"),
+        "{}",
+        text(&o).1
+    );
 
     // The plan of an older snapshot: two streams, 5 chunks to thaw, quotes from the table.
-    let o = zibd(ep, &zfs.bin, &[&["plan", "--dataset", "tank/photos", "--snapshot", "zib-20261102T000000Z", "--days", "3", "--json"], &b[..]].concat());
+    let o = zibd(
+        ep,
+        &zfs.bin,
+        &[
+            &[
+                "plan",
+                "--dataset",
+                "tank/photos",
+                "--snapshot",
+                "zib-20261102T000000Z",
+                "--days",
+                "3",
+                "--json",
+            ],
+            &b[..],
+        ]
+        .concat(),
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -71,7 +122,10 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
     assert_eq!(v["thaw_objects"], 6);
     assert_eq!(v["total_bytes"], 4700);
     assert_eq!(v["plan"]["steps"].as_array().unwrap().len(), 2);
-    assert_eq!(v["plan"]["steps"][1]["manifest_key"], "backups/tank/photos@zib/000002-zib-20261102T000000Z.manifest.json");
+    assert_eq!(
+        v["plan"]["steps"][1]["manifest_key"],
+        "backups/tank/photos@zib/000002-zib-20261102T000000Z.manifest.json"
+    );
     let p = Pricing::default();
     let gb = 4700.0 / (1u64 << 30) as f64;
     let tiers = v["quote"]["tiers"].as_array().unwrap();
@@ -83,16 +137,29 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
     assert!(close(&bulk["restored_copy"], gb * 0.023 * 3.0 / 30.0), "{bulk}");
     assert!(close(&std["retrieval"], gb * 0.02), "{std}");
     assert!(close(&std["restore_requests"], 6.0 / 1000.0 * 0.10), "{std}");
-    assert_eq!((bulk["ready_within_hours"].as_u64(), std["ready_within_hours"].as_u64()), (Some(48), Some(12)));
+    assert_eq!(
+        (bulk["ready_within_hours"].as_u64(), std["ready_within_hours"].as_u64()),
+        (Some(48), Some(12))
+    );
     assert_eq!(ms[1].chunks.len() + ms[0].chunks.len(), 6);
 
     // Human output names the tiers and their times.
     let o = zibd(ep, &zfs.bin, &[&["plan", "--dataset", "tank/photos"], &b[..]].concat());
     let (out, _) = text(&o);
-    assert!(out.contains("3 streams") && out.contains("within 48 h") && out.contains("within 12 h") && out.contains("7 objects"), "{out}");
+    assert!(
+        out.contains("3 streams")
+            && out.contains("within 48 h")
+            && out.contains("within 12 h")
+            && out.contains("7 objects"),
+        "{out}"
+    );
 
     // No catalog under another prefix.
-    let o = zibd(ep, &zfs.bin, &["list", "--bucket", &bucket, "--prefix", "elsewhere", "--endpoint", ep]);
+    let o = zibd(
+        ep,
+        &zfs.bin,
+        &["list", "--bucket", &bucket, "--prefix", "elsewhere", "--endpoint", ep],
+    );
     assert!(!o.status.success());
     assert!(text(&o).1.contains("no zib catalog under s3://"), "{}", text(&o).1);
     // No bucket and no config.
@@ -119,7 +186,23 @@ async fn a_slow_thaw_is_requested_once_per_chunk_polled_and_received_in_order() 
     let o = zibd(
         &ep,
         &zfs.bin,
-        &[&["run", "--to", "pool/restored", "--work-dir", wd, "--poll-initial-secs", "0.05", "--poll-max-secs", "0.2", "--days", "2"], &b[..]].concat(),
+        &[
+            &[
+                "run",
+                "--to",
+                "pool/restored",
+                "--work-dir",
+                wd,
+                "--poll-initial-secs",
+                "0.05",
+                "--poll-max-secs",
+                "0.2",
+                "--days",
+                "2",
+            ],
+            &b[..],
+        ]
+        .concat(),
     );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
@@ -130,26 +213,48 @@ async fn a_slow_thaw_is_requested_once_per_chunk_polled_and_received_in_order() 
         assert!(g == &b.data, "stream {} differs", b.snap);
     }
     let calls = zfs.calls();
-    assert_eq!(calls.lines().filter(|l| l.starts_with("receive -s -u pool/restored")).count(), 3, "{calls}");
+    assert_eq!(
+        calls.lines().filter(|l| l.starts_with("receive -s -u pool/restored")).count(),
+        3,
+        "{calls}"
+    );
     // One RestoreObject per chunk (9 chunks), none twice; several HEAD polls per chunk.
     let restores = proxy.count(&Matcher::post().query_contains("restore"));
     assert_eq!(restores, 4 + 2 + 1);
     assert!(out.contains("7 thaw requests sent"), "{out}");
-    let polls: u64 = out.split(" polls").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    let polls: u64 =
+        out.split(" polls").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
     assert!(polls > 7, "expected several polls per chunk, got {polls}: {out}");
-    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(work.path().join("restore-pool%2Frestored.json")).unwrap()).unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(work.path().join("restore-pool%2Frestored.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(rec["steps_received"], 3);
     assert!(rec["finished_at"].is_string());
     for c in rec["chunks"].as_array().unwrap().iter().flat_map(|s| s.as_array().unwrap()) {
-        assert_eq!((c["thaw_requests"].as_u64(), c["received"].as_bool()), (Some(1), Some(true)), "{c}");
+        assert_eq!(
+            (c["thaw_requests"].as_u64(), c["received"].as_bool()),
+            (Some(1), Some(true)),
+            "{c}"
+        );
     }
     // The restored copies exist for 2 days (moto reports the expiry).
-    let h = client.head_object().bucket(&bucket).key(rec["plan"]["steps"][0]["chunks"][0]["key"].as_str().unwrap()).send().await.unwrap();
+    let h = client
+        .head_object()
+        .bucket(&bucket)
+        .key(rec["plan"]["steps"][0]["chunks"][0]["key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert!(h.restore().unwrap().contains("ongoing-request=\"false\""), "{:?}", h.restore());
 
     // Running it again: the target exists now.
     std::fs::remove_file(work.path().join("restore-pool%2Frestored.json")).unwrap();
-    let o = zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/restored", "--work-dir", wd], &b[..]].concat());
+    let o = zibd(
+        &ep,
+        &zfs.bin,
+        &[&["run", "--to", "pool/restored", "--work-dir", wd], &b[..]].concat(),
+    );
     assert!(!o.status.success());
     assert!(text(&o).1.contains("pool/restored already exists"), "{}", text(&o).1);
     moto.unset_restore_transition();
@@ -164,15 +269,42 @@ async fn a_corrupt_chunk_is_caught_before_zfs_receive_and_named() {
     let ms = seed(&client, &bucket, "tank/photos", &chain, StorageClass::Standard).await;
     // Replace chunk 2 of the full stream with wrong bytes of the same size.
     let bad_key = ms[0].chunks[2].key.clone();
-    client.put_object().bucket(&bucket).key(&bad_key).body(ByteStream::from(vec![0x5a; CHUNK as usize])).send().await.unwrap();
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key(&bad_key)
+        .body(ByteStream::from(vec![0x5a; CHUNK as usize]))
+        .send()
+        .await
+        .unwrap();
     let ep = moto.endpoint();
     let zfs = FakeZfs::new();
     let work = tempfile::tempdir().unwrap();
     let b = bucket_args(&bucket, ep);
-    let o = zibd(ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", work.path().to_str().unwrap(), "--parallel", "3"], &b[..]].concat());
+    let o = zibd(
+        ep,
+        &zfs.bin,
+        &[
+            &[
+                "run",
+                "--to",
+                "pool/r",
+                "--work-dir",
+                work.path().to_str().unwrap(),
+                "--parallel",
+                "3",
+            ],
+            &b[..],
+        ]
+        .concat(),
+    );
     let (out, err) = text(&o);
     assert!(!o.status.success(), "{out}");
-    assert!(err.contains(&format!("chunk s3://{bucket}/{bad_key} is corrupt")) && err.contains("SHA-256"), "{err}");
+    assert!(
+        err.contains(&format!("chunk s3://{bucket}/{bad_key} is corrupt"))
+            && err.contains("SHA-256"),
+        "{err}"
+    );
     // zfs receive got exactly the two good chunks before it, nothing of the bad one.
     let got = zfs.received();
     assert_eq!(got.len(), 1);
@@ -183,9 +315,18 @@ async fn a_corrupt_chunk_is_caught_before_zfs_receive_and_named() {
 
     // A missing chunk is named too.
     client.delete_object().bucket(&bucket).key(&bad_key).send().await.unwrap();
-    let o = zibd(ep, &zfs.bin, &[&["run", "--to", "pool/r2", "--work-dir", work.path().to_str().unwrap()], &b[..]].concat());
+    let o = zibd(
+        ep,
+        &zfs.bin,
+        &[&["run", "--to", "pool/r2", "--work-dir", work.path().to_str().unwrap()], &b[..]]
+            .concat(),
+    );
     assert!(!o.status.success());
-    assert!(text(&o).1.contains(&format!("chunk s3://{bucket}/{bad_key} is missing")), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains(&format!("chunk s3://{bucket}/{bad_key} is missing")),
+        "{}",
+        text(&o).1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,30 +336,63 @@ async fn clear_errors_broken_chain_and_restore_object_denied() {
     let bucket = moto.create_bucket("rerrors").await;
     let ms = seed(&client, &bucket, "tank/photos", &chain3(), StorageClass::DeepArchive).await;
     let proxy = FaultProxy::start(moto.endpoint()).await;
-    proxy.add_fault(Fault::new(Matcher::post().query_contains("restore"), FaultAction::status(403, "AccessDenied", "Access Denied")).always());
+    proxy.add_fault(
+        Fault::new(
+            Matcher::post().query_contains("restore"),
+            FaultAction::status(403, "AccessDenied", "Access Denied"),
+        )
+        .always(),
+    );
     let ep = proxy.endpoint();
     let zfs = FakeZfs::new();
     let work = tempfile::tempdir().unwrap();
     let wd = work.path().to_str().unwrap();
     let b = bucket_args(&bucket, &ep);
-    let o = zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", wd, "--tier", "standard"], &b[..]].concat());
+    let o = zibd(
+        &ep,
+        &zfs.bin,
+        &[&["run", "--to", "pool/r", "--work-dir", wd, "--tier", "standard"], &b[..]].concat(),
+    );
     let (_, err) = text(&o);
     assert!(!o.status.success());
-    assert!(err.contains("may not thaw archived objects") && err.contains("s3:RestoreObject"), "{err}");
+    assert!(
+        err.contains("may not thaw archived objects") && err.contains("s3:RestoreObject"),
+        "{err}"
+    );
     assert!(zfs.received().is_empty());
     // The refused restore is recorded; running it again with another snapshot is refused clearly.
-    let o = zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", wd, "--snapshot", "zib-20261101T000000Z"], &b[..]].concat());
+    let o = zibd(
+        &ep,
+        &zfs.bin,
+        &[
+            &["run", "--to", "pool/r", "--work-dir", wd, "--snapshot", "zib-20261101T000000Z"],
+            &b[..],
+        ]
+        .concat(),
+    );
     assert!(text(&o).1.contains("unfinished restore"), "{}", text(&o).1);
     // Expedited does not exist for Deep Archive.
-    let o = zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/r3", "--tier", "expedited"], &b[..]].concat());
+    let o =
+        zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/r3", "--tier", "expedited"], &b[..]].concat());
     assert!(text(&o).1.contains("Expedited tier does not exist"), "{}", text(&o).1);
 
     // Remove the middle manifest: the chain to the newest is broken, the full alone is fine.
     let layout = KeyLayout::new(PREFIX, &DatasetName::new("tank/photos").unwrap());
-    client.delete_object().bucket(&bucket).key(layout.manifest_key(2, &ms[1].to.name)).send().await.unwrap();
+    client
+        .delete_object()
+        .bucket(&bucket)
+        .key(layout.manifest_key(2, &ms[1].to.name))
+        .send()
+        .await
+        .unwrap();
     let o = zibd(&ep, &zfs.bin, &[&["plan"], &b[..]].concat());
-    assert!(text(&o).1.contains("broken chain") && text(&o).1.contains("zib-20261102T000000Z"), "{}", text(&o).1);
-    let o = zibd(&ep, &zfs.bin, &[&["plan", "--snapshot", "zib-20261101T000000Z"], &b[..]].concat());
+    assert!(
+        text(&o).1.contains("broken chain") && text(&o).1.contains("zib-20261102T000000Z"),
+        "{}",
+        text(&o).1
+    );
+    let o =
+        zibd(&ep, &zfs.bin, &[&["plan", "--snapshot", "zib-20261101T000000Z"], &b[..]].concat());
     assert!(o.status.success(), "{}", text(&o).1);
 }
 
@@ -233,21 +407,57 @@ async fn a_thaw_that_expired_before_the_download_is_requested_again() {
     // The first GET of chunk 1 finds its restored copy gone, as after an expiry.
     let path = format!("/{bucket}/{}", ms[0].chunks[1].key.replace('@', "%40"));
     proxy.add_fault(
-        Fault::new(Matcher::get().path_contains(&path), FaultAction::status(403, "InvalidObjectState", "The operation is not valid for the object's storage class"))
-            .nth(1)
-            .times(1),
+        Fault::new(
+            Matcher::get().path_contains(&path),
+            FaultAction::status(
+                403,
+                "InvalidObjectState",
+                "The operation is not valid for the object's storage class",
+            ),
+        )
+        .nth(1)
+        .times(1),
     );
     let ep = proxy.endpoint();
     let zfs = FakeZfs::new();
     let work = tempfile::tempdir().unwrap();
     let b = bucket_args(&bucket, &ep);
-    let o = zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", work.path().to_str().unwrap(), "--poll-initial-secs", "0.05", "--parallel", "1"], &b[..]].concat());
+    let o = zibd(
+        &ep,
+        &zfs.bin,
+        &[
+            &[
+                "run",
+                "--to",
+                "pool/r",
+                "--work-dir",
+                work.path().to_str().unwrap(),
+                "--poll-initial-secs",
+                "0.05",
+                "--parallel",
+                "1",
+            ],
+            &b[..],
+        ]
+        .concat(),
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(err.contains("expired"), "{err}");
     assert_eq!(zfs.received(), vec![chain[0].data.clone()]);
     // 3 chunks, one of them thawed twice.
-    assert_eq!(proxy.count(&Matcher::post().query_contains("restore")), 4, "{:?}", proxy.requests().iter().map(|r| format!("{} {}?{}", r.method, r.path, r.query)).collect::<Vec<_>>());
-    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(work.path().join("restore-pool%2Fr.json")).unwrap()).unwrap();
+    assert_eq!(
+        proxy.count(&Matcher::post().query_contains("restore")),
+        4,
+        "{:?}",
+        proxy
+            .requests()
+            .iter()
+            .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+            .collect::<Vec<_>>()
+    );
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("restore-pool%2Fr.json")).unwrap())
+            .unwrap();
     assert_eq!(rec["chunks"][0][1]["thaw_requests"], 2);
 }

@@ -34,7 +34,8 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zib_core::{Config, DatasetConfig, DatasetName};
 use zib_protocol::{
-    DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate, Response, RunProgress,
+    DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate, Response,
+    RunProgress,
 };
 
 use crate::{
@@ -124,7 +125,12 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 }
 
 fn gone(name: &DatasetName) -> Response {
-    Response::error(ErrorKind::ShuttingDown, format!("the task of {name} has stopped (zibd is shutting down or the dataset was removed)"))
+    Response::error(
+        ErrorKind::ShuttingDown,
+        format!(
+            "the task of {name} has stopped (zibd is shutting down or the dataset was removed)"
+        ),
+    )
 }
 
 impl JobHandle {
@@ -218,7 +224,9 @@ fn run_progress(s: &Shared) -> Option<RunProgress> {
     }
     let p = s.progress.as_ref()?.borrow().clone();
     let rate = match (s.samples.front(), s.samples.back()) {
-        (Some(&(t0, b0)), Some(&(t1, b1))) if t1.duration_since(t0) >= Duration::from_millis(900) => {
+        (Some(&(t0, b0)), Some(&(t1, b1)))
+            if t1.duration_since(t0) >= Duration::from_millis(900) =>
+        {
             Some(((b1.saturating_sub(b0)) as f64 / t1.duration_since(t0).as_secs_f64()) as u64)
         }
         _ => None,
@@ -246,8 +254,14 @@ fn run_progress(s: &Shared) -> Option<RunProgress> {
 
 fn progress_update(name: &DatasetName, shared: &Mutex<Shared>) -> ProgressUpdate {
     let s = lock(shared);
-    let message = (s.activity == Activity::Queued).then(|| "waiting for a job slot (daemon.max_concurrent_jobs)".to_owned());
-    ProgressUpdate { dataset: name.to_string(), state: job_state(&s), progress: run_progress(&s), message }
+    let message = (s.activity == Activity::Queued)
+        .then(|| "waiting for a job slot (daemon.max_concurrent_jobs)".to_owned());
+    ProgressUpdate {
+        dataset: name.to_string(),
+        state: job_state(&s),
+        progress: run_progress(&s),
+        message,
+    }
 }
 
 /// Starts the task of one dataset (on the context's tracker) and returns its handle.
@@ -397,7 +411,9 @@ impl Task {
         let r = gone(&self.name);
         match cmd {
             Command::Trigger { reply, .. } => drop(reply.send(r.into())),
-            Command::Pause { reply } | Command::Resume { reply } | Command::Cancel { reply } => drop(reply.send(r)),
+            Command::Pause { reply } | Command::Resume { reply } | Command::Cancel { reply } => {
+                drop(reply.send(r))
+            }
             Command::Update(_) | Command::Retire => {}
         }
     }
@@ -418,7 +434,8 @@ impl Task {
     fn on_tick(&mut self) {
         let now = self.ctx.clock.now();
         let tz = self.settings.cfg.daemon.timezone;
-        let due = self.settings.ds.schedule.ticks_between(self.last_base, now, tz, 10_000).max(1) as u64;
+        let due =
+            self.settings.ds.schedule.ticks_between(self.last_base, now, tz, 10_000).max(1) as u64;
         self.last_base = now;
         if self.run.is_some() {
             self.shared().missed_ticks += due;
@@ -451,7 +468,10 @@ impl Task {
             }
             Command::Cancel { reply } => {
                 let msg = if self.stop_run(Stop::Cancelled) {
-                    format!("cancelling the backup of {}: it stops at its next safe point and resumes from the last stored chunk on its next run", self.name)
+                    format!(
+                        "cancelling the backup of {}: it stops at its next safe point and resumes from the last stored chunk on its next run",
+                        self.name
+                    )
                 } else {
                     format!("no backup of {} is running", self.name)
                 };
@@ -481,14 +501,25 @@ impl Task {
             return Response::error(ErrorKind::ShuttingDown, "zibd is shutting down").into();
         }
         if self.paused {
-            return Response::error(ErrorKind::Conflict, format!("{} is paused; `zibctl resume {}` first", self.name, self.name)).into();
+            return Response::error(
+                ErrorKind::Conflict,
+                format!("{} is paused; `zibctl resume {}` first", self.name, self.name),
+            )
+            .into();
         }
         if let Some(run) = &self.run {
             if wait && run.stop.is_none() {
                 // Follow the run that is going instead of starting a second one.
                 return self.waiter(run.done.subscribe());
             }
-            return Response::error(ErrorKind::Busy, format!("a backup of {} is already running; see `zibctl status {}`", self.name, self.name)).into();
+            return Response::error(
+                ErrorKind::Busy,
+                format!(
+                    "a backup of {} is already running; see `zibctl status {}`",
+                    self.name, self.name
+                ),
+            )
+            .into();
         }
         match self.start_run(BackupOptions::default()) {
             Ok(done) if wait => self.waiter(done),
@@ -511,7 +542,10 @@ impl Task {
         tracing::info!(dataset = %self.name, "paused");
         if self.stop_run(Stop::Paused) {
             self.resume_interrupted = true;
-            Response::ok(format!("paused {}: the running backup stops at its next safe point", self.name))
+            Response::ok(format!(
+                "paused {}: the running backup stops at its next safe point",
+                self.name
+            ))
         } else {
             Response::ok(format!("paused {}", self.name))
         }
@@ -531,7 +565,10 @@ impl Task {
             if let Err(e) = self.start_run(BackupOptions::default()) {
                 return Response::error(ErrorKind::Internal, e);
             }
-            return Response::ok(format!("resumed {}: continuing the backup the pause interrupted", self.name));
+            return Response::ok(format!(
+                "resumed {}: continuing the backup the pause interrupted",
+                self.name
+            ));
         }
         Response::ok(format!("resumed {}", self.name))
     }
@@ -549,10 +586,18 @@ impl Task {
     }
 
     /// Starts a run (it first waits for a job slot). Returns its result channel.
-    fn start_run(&mut self, opts: BackupOptions) -> Result<watch::Receiver<Option<Response>>, String> {
+    fn start_run(
+        &mut self,
+        opts: BackupOptions,
+    ) -> Result<watch::Receiver<Option<Response>>, String> {
         let locked = match self.locked.take() {
             Some(l) => l,
-            None => return Err(format!("the state lock of {} is lost (see the log); restart zibd", self.name)),
+            None => {
+                return Err(format!(
+                    "the state lock of {} is lost (see the log); restart zibd",
+                    self.name
+                ));
+            }
         };
         let (ptx, prx) = watch::channel(Progress::default());
         let cancel = self.ctx.shutdown.child_token();
@@ -594,7 +639,11 @@ impl Task {
                         let snapshot = self.name.snapshot(&report.snapshot);
                         {
                             let mut s = self.shared();
-                            s.last_success = Some(LastSuccess { at: now, snapshot: Some(snapshot.clone()), bytes: report.stream_size });
+                            s.last_success = Some(LastSuccess {
+                                at: now,
+                                snapshot: Some(snapshot.clone()),
+                                bytes: report.stream_size,
+                            });
                             s.failed = false;
                             s.chain_length = chain_length(&locked);
                         }
@@ -607,7 +656,12 @@ impl Task {
                             report.chunks_reused
                         );
                         tracing::info!(dataset = %self.name, "{message}");
-                        Response::Done { ok: true, message, snapshot: Some(snapshot), bytes: Some(report.stream_size) }
+                        Response::Done {
+                            ok: true,
+                            message,
+                            snapshot: Some(snapshot),
+                            bytes: Some(report.stream_size),
+                        }
                     }
                     Err(BackupError::Cancelled { .. }) => {
                         // A stop on request is not a failure: put back what the state said.
@@ -625,7 +679,10 @@ impl Task {
                         tracing::info!(dataset = %self.name, reason = why, "backup stopped at a safe point");
                         Response::Done {
                             ok: false,
-                            message: format!("backup of {} stopped ({why}); it resumes from the last stored chunk on its next run", self.name),
+                            message: format!(
+                                "backup of {} stopped ({why}); it resumes from the last stored chunk on its next run",
+                                self.name
+                            ),
                             snapshot: None,
                             bytes: None,
                         }
@@ -636,7 +693,12 @@ impl Task {
                         let mut s = self.shared();
                         s.last_error = Some(LastError { at: now, message: message.clone() });
                         s.failed = true;
-                        Response::Done { ok: false, message: format!("backup of {} failed: {message}", self.name), snapshot: None, bytes: None }
+                        Response::Done {
+                            ok: false,
+                            message: format!("backup of {} failed: {message}", self.name),
+                            snapshot: None,
+                            bytes: None,
+                        }
                     }
                 };
                 self.locked = Some(locked);
@@ -649,7 +711,9 @@ impl Task {
                 let store = StateStore::new(&self.settings.cfg.daemon.state_dir);
                 match store.lock(&self.name) {
                     Ok(l) => self.locked = Some(l),
-                    Err(e) => tracing::error!(dataset = %self.name, error = %e, "could not take the state lock again"),
+                    Err(e) => {
+                        tracing::error!(dataset = %self.name, error = %e, "could not take the state lock again")
+                    }
                 }
                 let mut s = self.shared();
                 s.last_error = Some(LastError { at: now, message: message.clone() });
@@ -711,7 +775,12 @@ impl Task {
 async fn final_of(mut done: watch::Receiver<Option<Response>>) -> Response {
     match done.wait_for(Option::is_some).await {
         Ok(v) => v.clone().expect("waited for Some"),
-        Err(_) => Response::Done { ok: false, message: "the run ended without a result; see zibctl status".into(), snapshot: None, bytes: None },
+        Err(_) => Response::Done {
+            ok: false,
+            message: "the run ended without a result; see zibctl status".into(),
+            snapshot: None,
+            bytes: None,
+        },
     }
 }
 
@@ -742,7 +811,15 @@ async fn run_backup(
     ctx.changed.notify_one();
     let rx = progress.subscribe();
     let result = {
-        let run = backup::run(&settings.engine, &settings.cfg, &settings.ds, &mut locked, opts, &progress, &cancel);
+        let run = backup::run(
+            &settings.engine,
+            &settings.cfg,
+            &settings.ds,
+            &mut locked,
+            opts,
+            &progress,
+            &cancel,
+        );
         tokio::select! {
             r = run => r,
             never = sample(rx, &shared) => match never {},

@@ -52,7 +52,13 @@ impl Zibd {
 
     pub fn backup_ok(&self, dataset: &str) -> String {
         let o = self.run(&["backup", dataset], &[]);
-        assert!(o.status.success(), "zibd backup failed ({:?}): {}\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "zibd backup failed ({:?}): {}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }
@@ -65,7 +71,19 @@ async fn list(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
 }
 
 async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
-    client.get_object().bucket(bucket).key(key).send().await.unwrap().body.collect().await.unwrap().into_bytes().to_vec()
+    client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes()
+        .to_vec()
 }
 
 /// What a user would do by hand: for every backup, in key order, `cat` its chunks into

@@ -30,14 +30,8 @@ async fn put_deep_archive(client: &aws_sdk_s3::Client, bucket: &str, key: &str, 
 }
 
 async fn restore_and_wait(client: &aws_sdk_s3::Client, bucket: &str, key: &str) {
-    let params = GlacierJobParameters::builder()
-        .tier(Tier::Bulk)
-        .build()
-        .expect("job params");
-    let req = RestoreRequest::builder()
-        .days(1)
-        .glacier_job_parameters(params)
-        .build();
+    let params = GlacierJobParameters::builder().tier(Tier::Bulk).build().expect("job params");
+    let req = RestoreRequest::builder().days(1).glacier_job_parameters(params).build();
     client
         .restore_object()
         .bucket(bucket)
@@ -46,19 +40,10 @@ async fn restore_and_wait(client: &aws_sdk_s3::Client, bucket: &str, key: &str) 
         .send()
         .await
         .unwrap_or_else(|e| {
-            panic!(
-                "RestoreObject {key}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            )
+            panic!("RestoreObject {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))
         });
     for _ in 0..120 {
-        let head = client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .expect("HEAD");
+        let head = client.head_object().bucket(bucket).key(key).send().await.expect("HEAD");
         let restore = head.restore().unwrap_or_default();
         if restore.contains("ongoing-request=\"false\"") {
             return;
@@ -100,18 +85,8 @@ async fn raw_send_through_deep_archive_and_back() {
     let objects = [("streams/full", &full), ("streams/incr", &incr)];
     for (key, file) in objects {
         put_deep_archive(&client, &bucket, key, file).await;
-        let head = client
-            .head_object()
-            .bucket(&bucket)
-            .key(key)
-            .send()
-            .await
-            .expect("HEAD");
-        assert_eq!(
-            head.storage_class(),
-            Some(&StorageClass::DeepArchive),
-            "{key}"
-        );
+        let head = client.head_object().bucket(&bucket).key(key).send().await.expect("HEAD");
+        assert_eq!(head.storage_class(), Some(&StorageClass::DeepArchive), "{key}");
     }
 
     // Not restored yet: GET must fail with InvalidObjectState.
@@ -124,10 +99,7 @@ async fn raw_send_through_deep_archive_and_back() {
             .await
             .expect_err("GET of an unrestored DEEP_ARCHIVE object must fail")
             .into_service_error();
-        assert!(
-            err.is_invalid_object_state(),
-            "{key}: expected InvalidObjectState, got {err:?}"
-        );
+        assert!(err.is_invalid_object_state(), "{key}: expected InvalidObjectState, got {err:?}");
     }
 
     // Restore, then GET back byte for byte.
@@ -148,28 +120,14 @@ async fn raw_send_through_deep_archive_and_back() {
     zfs_receive_from_file(&[&target], &work.join("streams_incr.back"));
     assert_eq!(zfs_get(&target, "encryption"), "aes-256-gcm");
     assert_eq!(zfs_get(&target, "keystatus"), "unavailable");
-    let snaps = zfs(&[
-        "list",
-        "-H",
-        "-o",
-        "name",
-        "-t",
-        "snapshot",
-        "-s",
-        "createtxg",
-        &target,
-    ]);
+    let snaps = zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg", &target]);
     assert_eq!(
         snaps.lines().collect::<Vec<_>>(),
         vec![format!("{target}@s1"), format!("{target}@s2")]
     );
     zfs(&["load-key", "-L", &ds.key_location(), &target]);
     zfs(&["mount", &target]);
-    assert_eq!(
-        checksum_tree(&mp),
-        at_s2,
-        "restored files differ from the source at @s2"
-    );
+    assert_eq!(checksum_tree(&mp), at_s2, "restored files differ from the source at @s2");
     assert_eq!(
         checksum_tree(&mp.join(".zfs/snapshot/s1")),
         at_s1,

@@ -31,22 +31,10 @@ pub fn base_dir() -> &'static Path {
         require_zfs();
         std::fs::create_dir_all(GUEST_BASE).expect("create guest base dir");
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-        let mounted = mounts
-            .lines()
-            .any(|l| l.split_whitespace().nth(1) == Some(GUEST_BASE));
+        let mounted = mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(GUEST_BASE));
         if !mounted {
             let size = std::env::var("ZIB_GUEST_TMPFS_SIZE").unwrap_or_else(|_| "1500m".into());
-            run(
-                "mount",
-                &[
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    &format!("size={size}"),
-                    "tmpfs",
-                    GUEST_BASE,
-                ],
-            );
+            run("mount", &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", GUEST_BASE]);
         }
         for d in ["pools", "keys", "mnt", "work"] {
             std::fs::create_dir_all(Path::new(GUEST_BASE).join(d)).expect("mkdir");
@@ -58,11 +46,7 @@ pub fn base_dir() -> &'static Path {
 /// A name unique in this process and across processes: `<prefix><pid>x<n>`.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A fresh directory under the tmpfs for a test's scratch files.
@@ -112,9 +96,7 @@ pub fn zpool(args: &[&str]) -> String {
 
 /// `zfs get -H -p -o value PROP DATASET`.
 pub fn zfs_get(dataset: &str, prop: &str) -> String {
-    zfs(&["get", "-H", "-p", "-o", "value", prop, dataset])
-        .trim()
-        .to_string()
+    zfs(&["get", "-H", "-p", "-o", "value", prop, dataset]).trim().to_string()
 }
 
 /// `zfs send ARGS > out`.
@@ -142,12 +124,7 @@ pub fn zfs_receive_from_file(args: &[&str], input: &Path) {
         .stderr(Stdio::inherit())
         .status()
         .expect("spawn zfs receive");
-    assert!(
-        st.success(),
-        "`zfs receive {}` < {} failed: {st}",
-        args.join(" "),
-        input.display()
-    );
+    assert!(st.success(), "`zfs receive {}` < {} failed: {st}", args.join(" "), input.display());
 }
 
 /// A file-backed pool on the guest's tmpfs with a unique name; destroyed on drop.
@@ -167,10 +144,7 @@ impl TestPool {
     pub fn with_size(prefix: &str, size: &str) -> TestPool {
         let name = unique_name(prefix);
         let file = base_dir().join("pools").join(format!("{name}.img"));
-        run(
-            "truncate",
-            &["-s", size, file.to_str().expect("utf-8 path")],
-        );
+        run("truncate", &["-s", size, file.to_str().expect("utf-8 path")]);
         zpool(&[
             "create",
             "-o",
@@ -205,10 +179,7 @@ impl Drop for TestPool {
 /// Writes a passphrase key file (mode 0600) under the tmpfs; returns its path.
 pub fn key_file(passphrase: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    assert!(
-        passphrase.len() >= 8,
-        "zfs passphrases have at least 8 characters"
-    );
+    assert!(passphrase.len() >= 8, "zfs passphrases have at least 8 characters");
     let p = base_dir().join("keys").join(unique_name("key"));
     std::fs::write(&p, passphrase).expect("write key file");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
@@ -262,11 +233,7 @@ pub fn create_encrypted_dataset(pool: &TestPool, rel: &str, passphrase: &str) ->
         &name,
     ]);
     assert_eq!(zfs_get(&name, "mounted"), "yes", "{name} not mounted");
-    EncryptedDataset {
-        name,
-        mountpoint: mp,
-        key_file,
-    }
+    EncryptedDataset { name, mountpoint: mp, key_file }
 }
 
 /// Writes `count` files of deterministic pseudo-random content (seeded) under `dir`,
@@ -314,11 +281,7 @@ pub fn checksum_tree(dir: &Path) -> BTreeMap<String, String> {
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let p = e.path();
-            let rel = p
-                .strip_prefix(root)
-                .expect("under root")
-                .to_string_lossy()
-                .into_owned();
+            let rel = p.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
             if rel == ".zfs" {
                 continue;
             }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use zib_core::{DatasetName, KeyLayout, Manifest};
 use zib_protocol::{DatasetStatus, JobState, Response};
-use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, Outcome, TEST_SECRET_ACCESS_KEY, test_env};
+use zib_testkit::{
+    Fault, FaultAction, FaultProxy, Matcher, MotoServer, Outcome, TEST_SECRET_ACCESS_KEY, test_env,
+};
 
 use crate::common::*;
 
@@ -33,9 +35,17 @@ struct Zibd {
 
 impl Zibd {
     fn spawn(config: &Path, endpoint: &str, log: PathBuf) -> Zibd {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open zibd log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open zibd log");
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
-        c.arg("--config").arg(config).env("ZIB_LOG", "info").env_remove("NOTIFY_SOCKET").stdin(Stdio::null());
+        c.arg("--config")
+            .arg(config)
+            .env("ZIB_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null());
         c.stdout(out.try_clone().expect("dup log")).stderr(out).kill_on_drop(true);
         for (k, v) in test_env(endpoint) {
             c.env(k, v);
@@ -51,10 +61,13 @@ impl Zibd {
     async fn terminate(mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
         let pid = self.child.id().expect("running") as i32;
         let t0 = Instant::now();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("kill");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+            .expect("kill");
         match tokio::time::timeout(within, self.child.wait()).await {
             Ok(st) => (st.expect("wait"), t0.elapsed()),
-            Err(_) => panic!("zibd did not exit within {within:?} of SIGTERM; log:\n{}", self.log()),
+            Err(_) => {
+                panic!("zibd did not exit within {within:?} of SIGTERM; log:\n{}", self.log())
+            }
         }
     }
 }
@@ -71,7 +84,12 @@ async fn zibctl(socket: &Path, args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("exit {}\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "exit {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 async fn zibctl_ok(socket: &Path, args: &[&str], zibd: &Zibd) -> String {
@@ -88,14 +106,24 @@ async fn status(socket: &Path, ds: &str, zibd: &Zibd) -> DatasetStatus {
     }
 }
 
-async fn wait_status(socket: &Path, ds: &str, zibd: &Zibd, what: &str, pred: impl Fn(&DatasetStatus) -> bool) -> DatasetStatus {
+async fn wait_status(
+    socket: &Path,
+    ds: &str,
+    zibd: &Zibd,
+    what: &str,
+    pred: impl Fn(&DatasetStatus) -> bool,
+) -> DatasetStatus {
     let deadline = Instant::now() + WAIT;
     loop {
         let s = status(socket, ds, zibd).await;
         if pred(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {ds}: {what}; last status {s:#?}\nzibd log:\n{}", zibd.log());
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {ds}: {what}; last status {s:#?}\nzibd log:\n{}",
+            zibd.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -108,7 +136,12 @@ async fn wait_ready(socket: &Path, zibd: &Zibd) {
         if o.status.success() {
             return;
         }
-        assert!(Instant::now() < deadline, "zibd never answered: {}\nzibd log:\n{}", text(&o), zibd.log());
+        assert!(
+            Instant::now() < deadline,
+            "zibd never answered: {}\nzibd log:\n{}",
+            text(&o),
+            zibd.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -116,7 +149,10 @@ async fn wait_ready(socket: &Path, zibd: &Zibd) {
 /// The dataset's state file.
 fn state(state_dir: &Path, ds: &str) -> serde_json::Value {
     let p = state_dir.join(format!("{}.json", ds.replace('/', "%2F")));
-    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))).expect("state json")
+    serde_json::from_slice(
+        &std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())),
+    )
+    .expect("state json")
 }
 
 fn pending_chunks(st: &serde_json::Value) -> usize {
@@ -126,7 +162,12 @@ fn pending_chunks(st: &serde_json::Value) -> usize {
 /// Triggers a backup; a tick may have started one a moment earlier (then zibd says so).
 async fn trigger(socket: &Path, ds: &str, zibd: &Zibd) {
     let o = zibctl(socket, &["trigger", ds]).await;
-    assert!(o.status.success() || text(&o).contains("already running"), "zibctl trigger {ds}: {}\nzibd log:\n{}", text(&o), zibd.log());
+    assert!(
+        o.status.success() || text(&o).contains("already running"),
+        "zibctl trigger {ds}: {}\nzibd log:\n{}",
+        text(&o),
+        zibd.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -144,7 +185,9 @@ async fn zibd_with_zibctl_pause_resume_sigterm_restart_no_chunk_twice() {
     let bucket = moto.create_bucket("daemon").await;
     let proxy = FaultProxy::start(moto.endpoint()).await;
     // Slow every PUT down so the upload of `a` takes a while.
-    proxy.add_fault(Fault::new(Matcher::put(), FaultAction::Delay(Duration::from_millis(250))).always());
+    proxy.add_fault(
+        Fault::new(Matcher::put(), FaultAction::Delay(Duration::from_millis(250))).always(),
+    );
 
     let work = work_dir("zibd");
     let state_dir = work.join("state");
@@ -186,15 +229,24 @@ schedule = "0 * * * * *"
         ),
     )
     .expect("write config");
-    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_zibd")).arg("check-config").arg(&config).output().expect("check-config");
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .expect("check-config");
     assert!(ok.status.success(), "{}", text(&ok));
 
     // --- first daemon: trigger, status while uploading, pause, resume, SIGTERM mid-upload.
     let zibd = Zibd::spawn(&config, &proxy.endpoint(), work.join("zibd-1.log"));
     wait_ready(&socket, &zibd).await;
     let all = zibctl_ok(&socket, &["status", "--json"], &zibd).await;
-    let Ok(Response::Status { datasets, daemon }) = serde_json::from_str::<Response>(&all) else { panic!("status --json: {all}") };
-    assert_eq!(datasets.iter().map(|d| d.dataset.as_str()).collect::<Vec<_>>(), [a.name.as_str(), b.name.as_str()]);
+    let Ok(Response::Status { datasets, daemon }) = serde_json::from_str::<Response>(&all) else {
+        panic!("status --json: {all}")
+    };
+    assert_eq!(
+        datasets.iter().map(|d| d.dataset.as_str()).collect::<Vec<_>>(),
+        [a.name.as_str(), b.name.as_str()]
+    );
     assert_eq!(daemon.jobs_max, Some(2));
     for d in &datasets {
         let next = d.next_run.expect("a per-minute schedule has a next run");
@@ -204,7 +256,9 @@ schedule = "0 * * * * *"
     trigger(&socket, &a.name, &zibd).await;
     let s = wait_status(&socket, &a.name, &zibd, "uploading with a rate and an ETA", |s| {
         s.state == JobState::Uploading
-            && s.progress.as_ref().is_some_and(|p| p.chunks_done >= 2 && p.rate_bytes_per_sec.is_some() && p.eta_secs.is_some())
+            && s.progress.as_ref().is_some_and(|p| {
+                p.chunks_done >= 2 && p.rate_bytes_per_sec.is_some() && p.eta_secs.is_some()
+            })
     })
     .await;
     let p = s.progress.as_ref().expect("progress");
@@ -233,14 +287,18 @@ schedule = "0 * * * * *"
     let msg = zibctl_ok(&socket, &["resume", &a.name], &zibd).await;
     assert!(msg.contains("continuing"), "{msg}");
     wait_status(&socket, &a.name, &zibd, "uploading past the pause point", |s| {
-        s.state == JobState::Uploading && s.progress.as_ref().is_some_and(|p| p.chunks_done as usize >= n1 + 3)
+        s.state == JobState::Uploading
+            && s.progress.as_ref().is_some_and(|p| p.chunks_done as usize >= n1 + 3)
     })
     .await;
 
     // SIGTERM in the middle of the upload: a clean stop, exit 0, consistent state.
     let (st, took) = zibd.terminate(Duration::from_secs(60)).await;
     assert!(st.success(), "zibd exited with {st} after SIGTERM");
-    assert!(took < Duration::from_secs(35), "shutdown took {took:?}, more than shutdown_timeout_secs");
+    assert!(
+        took < Duration::from_secs(35),
+        "shutdown took {took:?}, more than shutdown_timeout_secs"
+    );
     let st = state(&state_dir, &a.name);
     let n2 = pending_chunks(&st);
     assert!(n2 >= n1 + 3 && st["last"].is_null(), "state after SIGTERM: {st:#}");
@@ -255,14 +313,18 @@ schedule = "0 * * * * *"
     let s = wait_status(&socket, &a.name, &zibd, "committed", |s| s.last_success.is_some()).await;
     assert!(s.chain_length >= 1 && s.last_error.is_none(), "{s:?}");
     // b is backed up by its per-minute schedule alone.
-    let sb = wait_status(&socket, &b.name, &zibd, "a scheduled backup of b", |s| s.last_success.is_some()).await;
+    let sb = wait_status(&socket, &b.name, &zibd, "a scheduled backup of b", |s| {
+        s.last_success.is_some()
+    })
+    .await;
     assert!(sb.last_error.is_none(), "{sb:?}");
 
     // --- every chunk of a's first backup was stored exactly once.
     let st = state(&state_dir, &a.name);
     assert!(st["last"]["seq"].as_u64().is_some_and(|n| n >= 1), "{st:#}");
     let client = moto.client();
-    let listing = client.list_objects_v2().bucket(&bucket).prefix("zib/").send().await.expect("list");
+    let listing =
+        client.list_objects_v2().bucket(&bucket).prefix("zib/").send().await.expect("list");
     let layout = KeyLayout::new("zib", &DatasetName::new(&a.name).expect("name"));
     let manifest_key = listing
         .contents()
@@ -271,7 +333,17 @@ schedule = "0 * * * * *"
         .find(|k| layout.parse_manifest_key(k).is_some_and(|(seq, _)| seq == 1))
         .unwrap_or_else(|| panic!("no manifest #1 of {} in {:?}", a.name, listing.contents()))
         .to_owned();
-    let body = client.get_object().bucket(&bucket).key(&manifest_key).send().await.expect("get manifest").body.collect().await.expect("body");
+    let body = client
+        .get_object()
+        .bucket(&bucket)
+        .key(&manifest_key)
+        .send()
+        .await
+        .expect("get manifest")
+        .body
+        .collect()
+        .await
+        .expect("body");
     let m = Manifest::from_json(&manifest_key, &body.into_bytes()).expect("manifest");
     assert_eq!(m.seq, 1);
     assert!(m.chunks.len() >= 64, "{} chunks", m.chunks.len());
@@ -282,18 +354,37 @@ schedule = "0 * * * * *"
     let requests = proxy.requests();
     let mut twice = Vec::new();
     for c in &m.chunks {
-        let puts: Vec<_> = requests.iter().filter(|r| r.method == "PUT" && r.key.as_deref() == Some(c.key.as_str())).collect();
-        let stored = puts.iter().filter(|r| matches!(r.outcome, Some(Outcome::Forwarded(200..=299)))).count();
-        let again = puts.iter().filter(|r| matches!(r.outcome, Some(Outcome::Forwarded(412)))).count();
+        let puts: Vec<_> = requests
+            .iter()
+            .filter(|r| r.method == "PUT" && r.key.as_deref() == Some(c.key.as_str()))
+            .collect();
+        let stored = puts
+            .iter()
+            .filter(|r| matches!(r.outcome, Some(Outcome::Forwarded(200..=299))))
+            .count();
+        let again =
+            puts.iter().filter(|r| matches!(r.outcome, Some(Outcome::Forwarded(412)))).count();
         let cut_off_alone = puts.len() == 1 && puts[0].outcome.is_none();
         // Nothing may follow the PUT that stored it.
-        let stored_last = stored == 1 && matches!(puts.last().and_then(|r| r.outcome.as_ref()), Some(Outcome::Forwarded(200..=299)));
+        let stored_last = stored == 1
+            && matches!(
+                puts.last().and_then(|r| r.outcome.as_ref()),
+                Some(Outcome::Forwarded(200..=299))
+            );
         if again > 0 || !(stored_last || cut_off_alone) {
-            twice.push(format!("{}: {:?}", c.key, puts.iter().map(|r| &r.outcome).collect::<Vec<_>>()));
+            twice.push(format!(
+                "{}: {:?}",
+                c.key,
+                puts.iter().map(|r| &r.outcome).collect::<Vec<_>>()
+            ));
         }
     }
     assert!(twice.is_empty(), "chunks not stored exactly once:\n{}", twice.join("\n"));
-    let log = format!("{}{}", std::fs::read_to_string(work.join("zibd-1.log")).unwrap_or_default(), zibd.log());
+    let log = format!(
+        "{}{}",
+        std::fs::read_to_string(work.join("zibd-1.log")).unwrap_or_default(),
+        zibd.log()
+    );
     assert!(!log.contains(TEST_SECRET_ACCESS_KEY), "the secret key appears in zibd's log");
     assert!(log.contains("SIGTERM") && log.contains("all jobs stopped"), "log:\n{log}");
 

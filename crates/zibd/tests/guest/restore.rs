@@ -38,7 +38,12 @@ fn zibd(endpoint: &str) -> Command {
 }
 
 fn out(o: &Output) -> String {
-    format!("status {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 impl Source {
@@ -58,22 +63,41 @@ impl Source {
             ),
         )
         .unwrap();
-        Source { _pool: pool, ds, work, config, endpoint: endpoint.into(), bucket: bucket.into(), snaps: Vec::new() }
+        Source {
+            _pool: pool,
+            ds,
+            work,
+            config,
+            endpoint: endpoint.into(),
+            bucket: bucket.into(),
+            snaps: Vec::new(),
+        }
     }
 
     /// Changes some files, then runs `zibd backup`; records the snapshot and its files.
     fn change_and_backup(&mut self, seed: u64, files: usize, max: usize) {
         write_files(&self.ds.mountpoint, seed, files, max);
         if seed > 1 {
-            let _ = std::fs::remove_file(self.ds.mountpoint.join(format!("d1/f1-{}.bin", seed * 4 + 1)));
+            let _ = std::fs::remove_file(
+                self.ds.mountpoint.join(format!("d1/f1-{}.bin", seed * 4 + 1)),
+            );
         }
         let want = checksum_tree(&self.ds.mountpoint);
         // Snapshot names have one-second resolution.
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        let o = zibd(&self.endpoint).arg("--config").arg(&self.config).args(["backup", &self.ds.name]).output().unwrap();
+        let o = zibd(&self.endpoint)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["backup", &self.ds.name])
+            .output()
+            .unwrap();
         assert!(o.status.success(), "zibd backup: {}", out(&o));
         let stdout = String::from_utf8_lossy(&o.stdout);
-        let snap = stdout.split(&format!("{}@", self.ds.name)).nth(1).and_then(|r| r.split(':').next()).unwrap_or_else(|| panic!("no snapshot in {stdout}"));
+        let snap = stdout
+            .split(&format!("{}@", self.ds.name))
+            .nth(1)
+            .and_then(|r| r.split(':').next())
+            .unwrap_or_else(|| panic!("no snapshot in {stdout}"));
         self.snaps.push((snap.to_owned(), want));
     }
 
@@ -116,7 +140,21 @@ fn snapshots(ds: &str) -> Vec<String> {
 }
 
 fn restore_args<'a>(target: &'a str, mp: &'a str, key: &'a str, work: &'a str) -> Vec<&'a str> {
-    vec!["run", "--to", target, "--mountpoint", mp, "--key-location", key, "--work-dir", work, "--poll-initial-secs", "0.2", "--poll-max-secs", "1"]
+    vec![
+        "run",
+        "--to",
+        target,
+        "--mountpoint",
+        mp,
+        "--key-location",
+        key,
+        "--work-dir",
+        work,
+        "--poll-initial-secs",
+        "0.2",
+        "--poll-max-secs",
+        "1",
+    ]
 }
 
 fn check_restored(target: &str, mp: &Path, src: &Source, upto: usize) {
@@ -125,9 +163,18 @@ fn check_restored(target: &str, mp: &Path, src: &Source, upto: usize) {
     assert_eq!(zfs_get(target, "mounted"), "yes");
     let names: Vec<String> = src.snaps[..=upto].iter().map(|s| s.0.clone()).collect();
     assert_eq!(snapshots(target), names);
-    assert_eq!(checksum_tree(mp), src.snaps[upto].1, "restored files differ from the source at {}", src.snaps[upto].0);
+    assert_eq!(
+        checksum_tree(mp),
+        src.snaps[upto].1,
+        "restored files differ from the source at {}",
+        src.snaps[upto].0
+    );
     for (name, want) in &src.snaps[..upto] {
-        assert_eq!(&checksum_tree(&mp.join(".zfs/snapshot").join(name)), want, "restored @{name} differs");
+        assert_eq!(
+            &checksum_tree(&mp.join(".zfs/snapshot").join(name)),
+            want,
+            "restored @{name} differs"
+        );
     }
 }
 
@@ -170,7 +217,12 @@ impl SlowThawProxy {
         SlowThawProxy { endpoint, stats }
     }
 
-    async fn serve(conn: tokio::net::TcpStream, upstream: &str, stats: &std::sync::Mutex<ThawStats>, polls: u32) -> std::io::Result<()> {
+    async fn serve(
+        conn: tokio::net::TcpStream,
+        upstream: &str,
+        stats: &std::sync::Mutex<ThawStats>,
+        polls: u32,
+    ) -> std::io::Result<()> {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let mut conn = tokio::io::BufReader::new(conn);
         let mut head = Vec::new();
@@ -221,7 +273,13 @@ impl SlowThawProxy {
                     st.in_progress_answers += 1;
                     rhead = rhead
                         .split("\r\n")
-                        .map(|l| if l.to_ascii_lowercase().starts_with("x-amz-restore:") { "x-amz-restore: ongoing-request=\"true\"".to_owned() } else { l.to_owned() })
+                        .map(|l| {
+                            if l.to_ascii_lowercase().starts_with("x-amz-restore:") {
+                                "x-amz-restore: ongoing-request=\"true\"".to_owned()
+                            } else {
+                                l.to_owned()
+                            }
+                        })
                         .collect::<Vec<_>>()
                         .join("\r\n");
                 }
@@ -268,20 +326,34 @@ async fn restore_latest_and_older_from_the_bucket_alone_and_catch_a_corrupt_chun
     let o = src.restore(&ep, &["plan", "--json", "--days", "5"], &[]);
     assert!(o.status.success(), "{}", out(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let (objects, bytes) = (v["total_objects"].as_u64().unwrap(), v["total_bytes"].as_u64().unwrap());
+    let (objects, bytes) =
+        (v["total_objects"].as_u64().unwrap(), v["total_bytes"].as_u64().unwrap());
     assert_eq!(v["plan"]["steps"].as_array().unwrap().len(), 3);
-    assert_eq!((v["thaw_objects"].as_u64().unwrap(), v["thaw_bytes"].as_u64().unwrap()), (objects, bytes), "all chunks are DEEP_ARCHIVE");
-    let chunk_count: u64 = v["plan"]["steps"].as_array().unwrap().iter().map(|s| s["chunks"].as_array().unwrap().len() as u64).sum();
+    assert_eq!(
+        (v["thaw_objects"].as_u64().unwrap(), v["thaw_bytes"].as_u64().unwrap()),
+        (objects, bytes),
+        "all chunks are DEEP_ARCHIVE"
+    );
+    let chunk_count: u64 = v["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["chunks"].as_array().unwrap().len() as u64)
+        .sum();
     assert_eq!(objects, chunk_count);
     assert!(objects > 10, "expected many 64 KiB chunks, got {objects}");
     let p = Pricing::default();
     let gb = bytes as f64 / (1u64 << 30) as f64;
     for t in v["quote"]["tiers"].as_array().unwrap() {
-        let (per_gb, per_1000, hours) = if t["tier"] == "bulk" { (0.0025, 0.025, 48) } else { (0.02, 0.10, 12) };
+        let (per_gb, per_1000, hours) =
+            if t["tier"] == "bulk" { (0.0025, 0.025, 48) } else { (0.02, 0.10, 12) };
         let f = |k: &str| t[k].as_f64().unwrap();
         assert!((f("retrieval") - gb * per_gb).abs() < 1e-15, "{t}");
         assert!((f("restore_requests") - objects as f64 / 1000.0 * per_1000).abs() < 1e-15, "{t}");
-        assert!((f("restored_copy") - gb * p.restored_copy_per_gb_month * 5.0 / 30.0).abs() < 1e-15, "{t}");
+        assert!(
+            (f("restored_copy") - gb * p.restored_copy_per_gb_month * 5.0 / 30.0).abs() < 1e-15,
+            "{t}"
+        );
         assert_eq!(t["ready_within_hours"], hours);
         assert_eq!(f("egress"), 0.0);
     }
@@ -294,7 +366,11 @@ async fn restore_latest_and_older_from_the_bucket_alone_and_catch_a_corrupt_chun
     let o = src.restore(&ep, &restore_args(&latest, mp.to_str().unwrap(), &key, w), &[]);
     assert!(o.status.success(), "{}", out(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains(&format!("{objects} chunks")) && stdout.contains(&format!("{objects} thaw requests sent")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{objects} chunks"))
+            && stdout.contains(&format!("{objects} thaw requests sent")),
+        "{stdout}"
+    );
     check_restored(&latest, &mp, &src, 2);
 
     // An older snapshot: only the chain up to it.
@@ -307,16 +383,38 @@ async fn restore_latest_and_older_from_the_bucket_alone_and_catch_a_corrupt_chun
     check_restored(&older, &mp2, &src, 1);
 
     // The target exists now: refused.
-    let o = src.restore(&ep, &restore_args(&older, mp2.to_str().unwrap(), &key, &format!("{w}/other")), &[]);
+    let o = src.restore(
+        &ep,
+        &restore_args(&older, mp2.to_str().unwrap(), &key, &format!("{w}/other")),
+        &[],
+    );
     assert!(!o.status.success());
     assert!(out(&o).contains("already exists"), "{}", out(&o));
 
     // Without a key location: restored but locked, and the user is told how to load the key.
     let locked = dst.dataset("locked");
-    let o = src.restore(&ep, &["run", "--to", &locked, "--work-dir", w, "--snapshot", &src.snaps[0].0, "--poll-initial-secs", "0.2"], &[]);
+    let o = src.restore(
+        &ep,
+        &[
+            "run",
+            "--to",
+            &locked,
+            "--work-dir",
+            w,
+            "--snapshot",
+            &src.snaps[0].0,
+            "--poll-initial-secs",
+            "0.2",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", out(&o));
     assert_eq!(zfs_get(&locked, "keystatus"), "unavailable");
-    assert!(out(&o).contains(&format!("zfs load-key -L file:///path/to/keyfile {locked}")), "{}", out(&o));
+    assert!(
+        out(&o).contains(&format!("zfs load-key -L file:///path/to/keyfile {locked}")),
+        "{}",
+        out(&o)
+    );
 
     // A corrupt chunk in the last incremental: caught before zfs receive, named, nothing of it received.
     let client = moto.client();
@@ -337,8 +435,16 @@ async fn restore_latest_and_older_from_the_bucket_alone_and_catch_a_corrupt_chun
     let o = src.restore(&ep, &restore_args(&bad, mp3.to_str().unwrap(), &key, w), &[]);
     assert!(!o.status.success());
     let text = out(&o);
-    assert!(text.contains(&format!("chunk s3://{bucket}/{bad_key} is corrupt")) && text.contains("nothing of it was passed to zfs receive"), "{text}");
-    assert_eq!(snapshots(&bad), vec![src.snaps[0].0.clone(), src.snaps[1].0.clone()], "the corrupt stream must not be received");
+    assert!(
+        text.contains(&format!("chunk s3://{bucket}/{bad_key} is corrupt"))
+            && text.contains("nothing of it was passed to zfs receive"),
+        "{text}"
+    );
+    assert_eq!(
+        snapshots(&bad),
+        vec![src.snaps[0].0.clone(), src.snaps[1].0.clone()],
+        "the corrupt stream must not be received"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +461,8 @@ async fn a_slow_thaw_and_a_killed_restore_resume_without_asking_twice() {
     let ep = proxy.endpoint.clone();
 
     let o = src.restore(&ep, &["plan", "--json"], &[]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out(&o)));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out(&o)));
     let full_chunks = v["plan"]["steps"][0]["chunks"].as_array().unwrap().len();
     let incr_chunks = v["plan"]["steps"][1]["chunks"].as_array().unwrap().len();
     assert!(full_chunks >= 4 && incr_chunks >= 2, "{full_chunks} {incr_chunks}");
@@ -372,8 +479,15 @@ async fn a_slow_thaw_and_a_killed_restore_resume_without_asking_twice() {
     // 1st run: killed in the middle of the full stream.
     let fp1 = format!("restore-after-chunk:{}", full_chunks / 2);
     let o = src.restore(&ep, &args, &[("ZIB_FAILPOINT", &fp1)]);
-    assert!(!o.status.success() && out(&o).contains("failpoint restore-after-chunk reached"), "{}", out(&o));
-    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(work.join(format!("restore-{}.json", target.replace('/', "%2F")))).unwrap()).unwrap();
+    assert!(
+        !o.status.success() && out(&o).contains("failpoint restore-after-chunk reached"),
+        "{}",
+        out(&o)
+    );
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(work.join(format!("restore-{}.json", target.replace('/', "%2F")))).unwrap(),
+    )
+    .unwrap();
     assert_eq!(rec["steps_received"], 0);
     assert_eq!(proxy.restores() as usize, total, "every chunk's thaw requested once, up front");
     {
@@ -387,7 +501,11 @@ async fn a_slow_thaw_and_a_killed_restore_resume_without_asking_twice() {
     // 2nd run: aborts the partial receive, receives the full again, killed inside the incremental.
     let fp2 = format!("restore-after-chunk:{}", full_chunks + 1);
     let o = src.restore(&ep, &args, &[("ZIB_FAILPOINT", &fp2)]);
-    assert!(!o.status.success() && out(&o).contains("failpoint restore-after-chunk reached"), "{}", out(&o));
+    assert!(
+        !o.status.success() && out(&o).contains("failpoint restore-after-chunk reached"),
+        "{}",
+        out(&o)
+    );
     assert!(out(&o).contains("aborting the interrupted partial receive"), "{}", out(&o));
     assert_eq!(snapshots(&target), vec![src.snaps[0].0.clone()]);
     wait_receive_gone(&target);
@@ -413,22 +531,40 @@ fn zibctl(socket: &Path, args: &[&str]) -> Output {
 fn spawn_daemon(config: &Path, endpoint: &str, log: &Path) -> tokio::process::Child {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
-    c.arg("--config").arg(config).env("ZIB_LOG", "info").env("ZIB_RESTORE_POLL", "0.5,1").env_remove("NOTIFY_SOCKET");
+    c.arg("--config")
+        .arg(config)
+        .env("ZIB_LOG", "info")
+        .env("ZIB_RESTORE_POLL", "0.5,1")
+        .env_remove("NOTIFY_SOCKET");
     for (k, v) in test_env(endpoint) {
         c.env(k, v);
     }
-    c.stdin(std::process::Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out).kill_on_drop(true);
+    c.stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .kill_on_drop(true);
     c.spawn().unwrap()
 }
 
 async fn restore_jobs(socket: &Path, log: &Path) -> Vec<serde_json::Value> {
     let o = zibctl(socket, &["restore", "status", "--json"]);
-    assert!(o.status.success(), "{}\nzibd log:\n{}", out(&o), std::fs::read_to_string(log).unwrap_or_default());
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out(&o)));
+    assert!(
+        o.status.success(),
+        "{}\nzibd log:\n{}",
+        out(&o),
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out(&o)));
     v["jobs"].as_array().cloned().unwrap_or_default()
 }
 
-async fn wait_job(socket: &Path, log: &Path, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+async fn wait_job(
+    socket: &Path,
+    log: &Path,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     for _ in 0..600 {
         if std::path::Path::new(socket).exists()
             && let Some(j) = restore_jobs(socket, log).await.into_iter().next()
@@ -438,7 +574,10 @@ async fn wait_job(socket: &Path, log: &Path, what: &str, f: impl Fn(&serde_json:
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    panic!("timed out waiting for the restore job to be {what}; zibd log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+    panic!(
+        "timed out waiting for the restore job to be {what}; zibd log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,24 +616,54 @@ async fn zibctl_restore_runs_as_a_daemon_job_that_survives_a_daemon_restart() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let o = zibctl(&socket, &["restore", "start", &src.ds.name, "--to", &target, "--tier", "standard", "--days", "2"]);
-    assert!(o.status.success(), "{}\nzibd log:\n{}", out(&o), std::fs::read_to_string(&log).unwrap_or_default());
-    let j = wait_job(&socket, &log, "thawing", |j| j["state"] == "thawing" && j["objects_total"].as_u64().unwrap_or(0) > 0).await;
+    let o = zibctl(
+        &socket,
+        &["restore", "start", &src.ds.name, "--to", &target, "--tier", "standard", "--days", "2"],
+    );
+    assert!(
+        o.status.success(),
+        "{}\nzibd log:\n{}",
+        out(&o),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let j = wait_job(&socket, &log, "thawing", |j| {
+        j["state"] == "thawing" && j["objects_total"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
     assert_eq!(j["to"], target.as_str());
     assert_eq!(j["tier"], "standard");
     let total = j["objects_total"].as_u64().unwrap();
 
     // Restart the daemon in the middle of the thaw.
     let pid = daemon.id().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let st = tokio::time::timeout(std::time::Duration::from_secs(60), daemon.wait()).await.expect("zibd exits after SIGTERM").unwrap();
-    assert!(st.success(), "zibd exit {st}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-    assert!(!zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-r", dst.name()]).contains('@'), "nothing received yet");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let st = tokio::time::timeout(std::time::Duration::from_secs(60), daemon.wait())
+        .await
+        .expect("zibd exits after SIGTERM")
+        .unwrap();
+    assert!(
+        st.success(),
+        "zibd exit {st}; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        !zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-r", dst.name()]).contains('@'),
+        "nothing received yet"
+    );
     let _daemon = spawn_daemon(&config, &proxy.endpoint, &log);
-    let j = wait_job(&socket, &log, "done", |j| j["state"] == "done" || j["state"] == "failed").await;
-    assert_eq!(j["state"], "done", "{j}\nzibd log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let j =
+        wait_job(&socket, &log, "done", |j| j["state"] == "done" || j["state"] == "failed").await;
+    assert_eq!(
+        j["state"],
+        "done",
+        "{j}\nzibd log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert_eq!(proxy.restores() as u64, total, "no thaw requested twice across the restart");
-    assert!(std::fs::read_to_string(&log).unwrap().contains("continuing an unfinished restore job"));
+    assert!(
+        std::fs::read_to_string(&log).unwrap().contains("continuing an unfinished restore job")
+    );
 
     // Daemon jobs do not load keys: the user does, then mounts.
     assert_eq!(snapshots(&target), src.snaps.iter().map(|s| s.0.clone()).collect::<Vec<_>>());

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use aws_sdk_s3::{primitives::ByteStream, types::StorageClass as S3Class};
 use chrono::Utc;
 use sha2::{Digest, Sha256};
-use zib_core::{ChunkRecord, DatasetName, KeyLayout, Manifest, SnapName, SnapRef, StorageClass, manifest};
+use zib_core::{
+    ChunkRecord, DatasetName, KeyLayout, Manifest, SnapName, SnapRef, StorageClass, manifest,
+};
 
 pub const PREFIX: &str = "backups";
 pub const CHUNK: u64 = 1000;
@@ -33,12 +35,25 @@ pub struct Backup {
 
 /// Writes a chain of backups of `ds` (full first) as zib would: chunks in `class`, manifests
 /// in STANDARD. Returns the manifests.
-pub async fn seed(client: &aws_sdk_s3::Client, bucket: &str, ds: &str, chain: &[Backup], class: StorageClass) -> Vec<Manifest> {
+pub async fn seed(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    ds: &str,
+    chain: &[Backup],
+    class: StorageClass,
+) -> Vec<Manifest> {
     seed_chunked(client, bucket, ds, chain, class, CHUNK).await
 }
 
 /// [`seed`] with chunks of `chunk` bytes.
-pub async fn seed_chunked(client: &aws_sdk_s3::Client, bucket: &str, ds: &str, chain: &[Backup], class: StorageClass, chunk: u64) -> Vec<Manifest> {
+pub async fn seed_chunked(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    ds: &str,
+    chain: &[Backup],
+    class: StorageClass,
+    chunk: u64,
+) -> Vec<Manifest> {
     let ds = DatasetName::new(ds).unwrap();
     let layout = KeyLayout::new(PREFIX, &ds);
     let mut out = Vec::new();
@@ -59,7 +74,10 @@ pub async fn seed_chunked(client: &aws_sdk_s3::Client, bucket: &str, ds: &str, c
                 .unwrap();
             chunks.push(ChunkRecord { key, size: part.len() as u64, sha256: sha(part) });
         }
-        let from = (i > 0).then(|| SnapRef { name: SnapName::new(chain[i - 1].snap).unwrap(), guid: chain[i - 1].guid.into() });
+        let from = (i > 0).then(|| SnapRef {
+            name: SnapName::new(chain[i - 1].snap).unwrap(),
+            guid: chain[i - 1].guid.into(),
+        });
         let m = Manifest {
             format: manifest::FORMAT.into(),
             version: manifest::VERSION,
@@ -144,10 +162,13 @@ esac
         FakeZfs { _dir: dir, dir: d, bin }
     }
     pub fn received(&self) -> Vec<Vec<u8>> {
-        (1..).map(|n| self.dir.join(format!("recv.{n}"))).take_while(|p| p.exists()).map(|p| std::fs::read(p).unwrap()).collect()
+        (1..)
+            .map(|n| self.dir.join(format!("recv.{n}")))
+            .take_while(|p| p.exists())
+            .map(|p| std::fs::read(p).unwrap())
+            .collect()
     }
     pub fn calls(&self) -> String {
         std::fs::read_to_string(self.dir.join("calls")).unwrap_or_default()
     }
 }
-
