@@ -59,23 +59,72 @@ impl Catalog {
         let mut chain = vec![target];
         let mut cur = target;
         while let Some(base) = &cur.from {
-            let prev = self
-                .manifests
-                .iter()
-                .rev()
-                .find(|m| m.seq < cur.seq && m.to.guid == base.guid)
-                .ok_or_else(|| ChainError::Broken {
-                    dataset: self.dataset.clone(),
-                    seq: cur.seq,
-                    snapshot: cur.to.name.clone(),
-                    base: base.name.clone(),
-                    guid: base.guid.clone(),
-                })?;
+            let prev = self.base_of(cur).ok_or_else(|| ChainError::Broken {
+                dataset: self.dataset.clone(),
+                seq: cur.seq,
+                snapshot: cur.to.name.clone(),
+                base: base.name.clone(),
+                guid: base.guid.clone(),
+            })?;
             chain.push(prev);
             cur = prev;
         }
         chain.reverse();
         Ok(chain)
+    }
+
+    /// The manifest an incremental applies on: the newest earlier one whose `to` has the
+    /// incremental's base GUID. None for a full or when the base is missing.
+    fn base_of(&self, m: &Manifest) -> Option<&Manifest> {
+        let base = m.from.as_ref()?;
+        self.manifests.iter().rev().find(|b| b.seq < m.seq && b.to.guid == base.guid)
+    }
+
+    /// The catalog grouped into chains: each full with every incremental that builds on it
+    /// (branches included), oldest full first; and, apart, the manifests that lead back to no
+    /// full (a broken chain).
+    pub fn chains(&self) -> (Vec<Chain<'_>>, Vec<&Manifest>) {
+        let mut chains: Vec<Chain<'_>> = Vec::new();
+        let mut broken = Vec::new();
+        for m in &self.manifests {
+            let mut root = m;
+            let mut steps = 0;
+            while !root.is_full() && steps <= self.manifests.len() {
+                match self.base_of(root) {
+                    Some(b) => root = b,
+                    None => break,
+                }
+                steps += 1;
+            }
+            if !root.is_full() {
+                broken.push(m);
+                continue;
+            }
+            match chains.iter_mut().find(|c| std::ptr::eq(c.full(), root)) {
+                Some(c) => c.links.push(m),
+                None => chains.push(Chain { links: vec![m] }),
+            }
+        }
+        // Manifests are sorted by seq, and a full precedes the incrementals built on it, so
+        // each chain is in seq order with its full first, and chains are in order of their full.
+        (chains, broken)
+    }
+}
+
+/// One chain: a full stream and every incremental that builds on it, in seq order.
+#[derive(Debug, Clone)]
+pub struct Chain<'a> {
+    /// Full first.
+    pub links: Vec<&'a Manifest>,
+}
+
+impl<'a> Chain<'a> {
+    pub fn full(&self) -> &'a Manifest {
+        self.links[0]
+    }
+    /// The newest link (highest seq).
+    pub fn newest(&self) -> &'a Manifest {
+        self.links.last().expect("a chain is never empty")
     }
 }
 
@@ -111,6 +160,29 @@ mod tests {
         assert_eq!(seqs(c.chain_to(Some(&SnapName::new("a").unwrap())).unwrap()), vec![1]);
         let e = c.chain_to(Some(&SnapName::new("zz").unwrap())).unwrap_err().to_string();
         assert!(e.contains("zz") && e.contains("known: a, b, c, d, e"), "{e}");
+    }
+
+    #[test]
+    fn chains_group_fulls_with_their_incrementals() {
+        let ds = DatasetName::new("tank/photos").unwrap();
+        let c = Catalog::new(
+            ds,
+            vec![
+                m(1, None, ("a", "1")),
+                m(2, Some(("a", "1")), ("b", "2")),
+                m(3, None, ("c", "3")),
+                m(4, Some(("b", "2")), ("d", "4")),
+                m(5, Some(("c", "3")), ("e", "5")),
+                m(6, Some(("x", "99")), ("f", "6")),
+                m(7, Some(("f", "6")), ("g", "7")),
+            ],
+        );
+        let (chains, broken) = c.chains();
+        let seqs: Vec<Vec<u64>> =
+            chains.iter().map(|c| c.links.iter().map(|m| m.seq).collect()).collect();
+        assert_eq!(seqs, vec![vec![1, 2, 4], vec![3, 5]]);
+        assert_eq!(broken.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![6, 7]);
+        assert_eq!((chains[0].full().seq, chains[0].newest().seq), (1, 4));
     }
 
     #[test]

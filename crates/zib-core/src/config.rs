@@ -304,7 +304,9 @@ impl From<Endpoint> for String {
 }
 
 /// S3 storage classes zib can write chunks in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(try_from = "String", into = "String")]
 pub enum StorageClass {
     Standard,

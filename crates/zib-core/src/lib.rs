@@ -4,8 +4,10 @@
 
 pub mod catalog;
 pub mod config;
+pub mod lifecycle;
 pub mod manifest;
 pub mod names;
+pub mod period;
 pub mod pricing;
 pub mod restore_plan;
 pub mod schedule;

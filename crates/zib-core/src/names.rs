@@ -261,6 +261,45 @@ impl KeyLayout {
     }
 }
 
+/// A chunk key of a layout, parsed back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkKey {
+    pub seq: u64,
+    pub snapshot: SnapName,
+    pub attempt: u32,
+    pub index: u64,
+}
+
+impl KeyLayout {
+    /// Parses a chunk key of this layout back into its parts; None for any other key.
+    pub fn parse_chunk_key(&self, key: &str) -> Option<ChunkKey> {
+        let rest = key.strip_prefix(&self.root)?;
+        let mut parts = rest.split('/');
+        let (link, attempt, index) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let (seq, snap) = link.split_once('-')?;
+        let digits = |s: &str, min: usize| s.len() >= min && s.bytes().all(|b| b.is_ascii_digit());
+        let attempt = attempt.strip_prefix('a')?;
+        if seq.len() != SEQ_WIDTH || !digits(seq, SEQ_WIDTH) || !digits(attempt, 2) {
+            return None;
+        }
+        if index.len() != CHUNK_WIDTH || !digits(index, CHUNK_WIDTH) {
+            return None;
+        }
+        let parsed = ChunkKey {
+            seq: seq.parse().ok()?,
+            snapshot: SnapName::new(snap).ok()?,
+            attempt: attempt.parse().ok()?,
+            index: index.parse().ok()?,
+        };
+        // Only the exact rendering counts (no "a007" for attempt 7).
+        (self.chunk_key(parsed.seq, &parsed.snapshot, parsed.attempt, parsed.index) == key)
+            .then_some(parsed)
+    }
+}
+
 /// Object prefixes are used as directories: `backups` becomes `backups/`; empty stays empty.
 pub fn normalize_prefix(prefix: &str) -> String {
     let p = prefix.trim_start_matches('/');
@@ -345,6 +384,19 @@ mod tests {
         keys.push(l.manifest_key(10, &s));
         assert_eq!(l.parse_manifest_key(&l.manifest_key(10, &s)), Some((10, s.clone())));
         assert_eq!(l.parse_manifest_key(&l.chunk_key(1, &s, 0, 0)), None);
+        let ck = l.parse_chunk_key(&l.chunk_key(7, &s, 12, 3)).unwrap();
+        assert_eq!((ck.seq, ck.snapshot.as_str(), ck.attempt, ck.index), (7, s.as_str(), 12, 3));
+        assert_eq!(l.parse_chunk_key(&l.chunk_key(1, &s, 100, 0)).unwrap().attempt, 100);
+        for bad in [
+            l.manifest_key(1, &s),
+            format!("{}000001-{s}/a00/0000000", l.root()),
+            format!("{}000001-{s}/a007/00000000", l.root()),
+            format!("{}000001-{s}/b00/00000000", l.root()),
+            format!("{}000001-{s}/a00/00000000/x", l.root()),
+            format!("other/000001-{s}/a00/00000000"),
+        ] {
+            assert_eq!(l.parse_chunk_key(&bad), None, "{bad}");
+        }
         assert_eq!(dataset_of_manifest_key("backups/", &l.manifest_key(3, &s)), Some(ds.clone()));
         // a child dataset's keys never fall under the parent's root
         let child = KeyLayout::new("backups", &DatasetName::new("tank/photos/2024").unwrap());

@@ -17,6 +17,12 @@
 //! bulk_hours = 48                         # Bulk: restored within 48 hours
 //! standard_hours = 12                     # Standard: restored within 12 hours
 //! currency = "USD"
+//!
+//! [pricing.storage_per_gb_month]          # storage, $/GB-month, per class (any subset)
+//! DEEP_ARCHIVE = 0.00099
+//!
+//! [pricing.min_storage_days]              # minimum storage duration, days, per class
+//! DEEP_ARCHIVE = 180
 //! ```
 //!
 //! Units and assumptions of a quote:
@@ -27,18 +33,73 @@
 //!   the `days` the restore asks for (a month is counted as 30 days).
 //! - Every object (archived or not) is read once with a GET, and every byte leaves AWS once
 //!   (egress), less the monthly free allowance (assumed unused).
+//! - Storage is billed per GB-month at the class's price; an object in GLACIER or
+//!   DEEP_ARCHIVE also pays 8 KiB at the STANDARD price and 32 KiB at its own for its index,
+//!   and objects in STANDARD_IA, ONEZONE_IA and GLACIER_IR are billed as at least 128 KiB.
+//! - Deleting an object before its class's minimum storage duration is billed as the storage
+//!   of the remaining days (pro rata, a month counted as 30 days).
 //! - Deep Archive has no Expedited tier, so there are only Bulk and Standard quotes. The table
 //!   is for DEEP_ARCHIVE; GLACIER (Flexible Retrieval) objects are quoted with the same table,
 //!   which over-estimates their retrieval time.
 
-use std::{fmt, str::FromStr};
+use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
+
+use crate::config::StorageClass;
 
 /// Bytes in a billed GB.
 pub const GB: f64 = (1u64 << 30) as f64;
 /// Days in a billed month, for pro-rating the restored copy.
 pub const DAYS_PER_MONTH: f64 = 30.0;
+/// Per-object index overhead of GLACIER and DEEP_ARCHIVE objects: billed at STANDARD ...
+pub const ARCHIVE_OVERHEAD_STANDARD_BYTES: u64 = 8 << 10;
+/// ... and at the archive class's own price.
+pub const ARCHIVE_OVERHEAD_ARCHIVE_BYTES: u64 = 32 << 10;
+/// Smallest billed object in STANDARD_IA, ONEZONE_IA and GLACIER_IR.
+pub const MIN_BILLABLE_BYTES: u64 = 128 << 10;
+
+/// Default storage prices, $/GB-month (us-east-1 list prices, 2025–2026; INTELLIGENT_TIERING
+/// at its frequent-access tier).
+fn default_storage_prices() -> BTreeMap<StorageClass, f64> {
+    use StorageClass::*;
+    BTreeMap::from([
+        (Standard, 0.023),
+        (StandardIa, 0.0125),
+        (OnezoneIa, 0.01),
+        (IntelligentTiering, 0.023),
+        (GlacierIr, 0.004),
+        (Glacier, 0.0036),
+        (DeepArchive, 0.00099),
+    ])
+}
+
+/// Default minimum storage durations, days (S3 user guide, storage classes).
+fn default_min_storage_days() -> BTreeMap<StorageClass, u32> {
+    use StorageClass::*;
+    BTreeMap::from([
+        (Standard, 0),
+        (StandardIa, 30),
+        (OnezoneIa, 30),
+        (IntelligentTiering, 0),
+        (GlacierIr, 90),
+        (Glacier, 90),
+        (DeepArchive, 180),
+    ])
+}
+
+/// Overrides per class, keyed by the class's S3 name; the classes not named keep their default.
+fn merge_per_class<T: Copy>(
+    table: &str,
+    mut defaults: BTreeMap<StorageClass, T>,
+    overrides: BTreeMap<String, T>,
+) -> Result<BTreeMap<StorageClass, T>, String> {
+    for (name, v) in overrides {
+        let class: StorageClass = name.parse().map_err(|e| format!("pricing.{table}: {e}"))?;
+        defaults.insert(class, v);
+    }
+    Ok(defaults)
+}
 
 /// Restore (thaw) tiers that Deep Archive offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -95,6 +156,10 @@ pub struct Pricing {
     pub egress_free_gb: f64,
     pub bulk_hours: u32,
     pub standard_hours: u32,
+    /// Storage price per class, $/GB-month; every class has an entry.
+    pub storage_per_gb_month: BTreeMap<StorageClass, f64>,
+    /// Minimum storage duration per class, days; every class has an entry.
+    pub min_storage_days: BTreeMap<StorageClass, u32>,
 }
 
 impl Default for Pricing {
@@ -111,6 +176,8 @@ impl Default for Pricing {
             egress_free_gb: 100.0,
             bulk_hours: 48,
             standard_hours: 12,
+            storage_per_gb_month: default_storage_prices(),
+            min_storage_days: default_min_storage_days(),
         }
     }
 }
@@ -130,6 +197,8 @@ struct PricingRepr {
     egress_free_gb: f64,
     bulk_hours: u32,
     standard_hours: u32,
+    storage_per_gb_month: BTreeMap<String, f64>,
+    min_storage_days: BTreeMap<String, u32>,
 }
 
 impl Default for PricingRepr {
@@ -147,6 +216,8 @@ impl Default for PricingRepr {
             egress_free_gb: p.egress_free_gb,
             bulk_hours: p.bulk_hours,
             standard_hours: p.standard_hours,
+            storage_per_gb_month: BTreeMap::new(),
+            min_storage_days: BTreeMap::new(),
         }
     }
 }
@@ -166,6 +237,16 @@ impl TryFrom<PricingRepr> for Pricing {
             egress_free_gb: r.egress_free_gb,
             bulk_hours: r.bulk_hours,
             standard_hours: r.standard_hours,
+            storage_per_gb_month: merge_per_class(
+                "storage_per_gb_month",
+                default_storage_prices(),
+                r.storage_per_gb_month,
+            )?,
+            min_storage_days: merge_per_class(
+                "min_storage_days",
+                default_min_storage_days(),
+                r.min_storage_days,
+            )?,
         };
         p.check()?;
         Ok(p)
@@ -234,6 +315,13 @@ impl Pricing {
                 return Err(format!("pricing.{name} must be a non-negative number, got {v}"));
             }
         }
+        for (class, v) in &self.storage_per_gb_month {
+            if !v.is_finite() || *v < 0.0 {
+                return Err(format!(
+                    "pricing.storage_per_gb_month.{class} must be a non-negative number, got {v}"
+                ));
+            }
+        }
         if self.bulk_hours == 0 || self.standard_hours == 0 {
             return Err("pricing.bulk_hours and pricing.standard_hours must be at least 1".into());
         }
@@ -278,6 +366,45 @@ impl Pricing {
             total,
             ready_within_hours: if v.archived_objects == 0 { 0 } else { hours },
         }
+    }
+
+    /// Storage price of `class`, $/GB-month.
+    pub fn storage_price(&self, class: StorageClass) -> f64 {
+        self.storage_per_gb_month.get(&class).copied().unwrap_or(0.0)
+    }
+
+    /// Minimum storage duration of `class`, days (deleting earlier is charged).
+    pub fn min_storage_days(&self, class: StorageClass) -> u32 {
+        self.min_storage_days.get(&class).copied().unwrap_or(0)
+    }
+
+    /// Bytes of an object of `size` that the class bills as storage (its own price).
+    fn billed_bytes(size: u64, class: StorageClass) -> u64 {
+        use StorageClass::*;
+        match class {
+            StandardIa | OnezoneIa | GlacierIr => size.max(MIN_BILLABLE_BYTES),
+            Glacier | DeepArchive => size + ARCHIVE_OVERHEAD_ARCHIVE_BYTES,
+            Standard | IntelligentTiering => size,
+        }
+    }
+
+    /// What storing one object of `size` bytes in `class` costs per month, overheads included.
+    pub fn monthly_storage(&self, size: u64, class: StorageClass) -> f64 {
+        let own = Self::billed_bytes(size, class) as f64 / GB * self.storage_price(class);
+        let index = if matches!(class, StorageClass::Glacier | StorageClass::DeepArchive) {
+            ARCHIVE_OVERHEAD_STANDARD_BYTES as f64 / GB * self.storage_price(StorageClass::Standard)
+        } else {
+            0.0
+        };
+        own + index
+    }
+
+    /// The charge for deleting an object of `size` bytes in `class` when it is `age_days` old:
+    /// the storage of the days left of the minimum duration (0 once it has passed).
+    pub fn early_deletion_charge(&self, size: u64, class: StorageClass, age_days: f64) -> f64 {
+        let left = (f64::from(self.min_storage_days(class)) - age_days).max(0.0);
+        Self::billed_bytes(size, class) as f64 / GB * self.storage_price(class) * left
+            / DAYS_PER_MONTH
     }
 
     /// Quotes for every tier.
@@ -373,6 +500,60 @@ mod tests {
         assert!(e.contains("egress_per_gb") && e.contains("non-negative"), "{e}");
         let e = toml::from_str::<Pricing>("expedited_per_gb = 1.0\n").unwrap_err().to_string();
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn storage_and_early_deletion_arithmetic() {
+        let p = Pricing::default();
+        let gib = 1u64 << 30;
+        // 1 GiB in DEEP_ARCHIVE: (1 GiB + 32 KiB) at $0.00099 plus 8 KiB at $0.023.
+        let want = (1.0 + 32.0 / 1048576.0) * 0.00099 + 8.0 / 1048576.0 * 0.023;
+        assert!(close(p.monthly_storage(gib, StorageClass::DeepArchive), want));
+        assert!(close(p.monthly_storage(gib, StorageClass::Standard), 0.023));
+        // A 1 KiB object in STANDARD_IA is billed as 128 KiB.
+        assert!(close(
+            p.monthly_storage(1024, StorageClass::StandardIa),
+            128.0 / 1048576.0 * 0.0125
+        ));
+        // 30 GiB deleted from DEEP_ARCHIVE at 120 days: 60 days left = 2 months of storage.
+        let c = p.early_deletion_charge(30 * gib, StorageClass::DeepArchive, 120.0);
+        let billed_gb = 30.0 + 32.0 / 1048576.0;
+        assert!(close(c, billed_gb * 0.00099 * 2.0), "{c}");
+        assert_eq!(p.early_deletion_charge(30 * gib, StorageClass::DeepArchive, 180.0), 0.0);
+        assert_eq!(p.early_deletion_charge(gib, StorageClass::Standard, 0.0), 0.0);
+        // GLACIER_IR, 90 days, 1 GiB deleted at day 0: 3 months at $0.004.
+        assert!(close(p.early_deletion_charge(gib, StorageClass::GlacierIr, 0.0), 0.012));
+        assert_eq!(
+            [
+                StorageClass::DeepArchive,
+                StorageClass::Glacier,
+                StorageClass::GlacierIr,
+                StorageClass::StandardIa,
+                StorageClass::OnezoneIa,
+                StorageClass::Standard
+            ]
+            .map(|c| p.min_storage_days(c)),
+            [180, 90, 90, 30, 30, 0]
+        );
+    }
+
+    #[test]
+    fn per_class_tables_are_overridable_one_class_at_a_time() {
+        let p: Pricing = toml::from_str(
+            "[storage_per_gb_month]\nDEEP_ARCHIVE = 0.002\n[min_storage_days]\nGLACIER = 91\n",
+        )
+        .unwrap();
+        assert_eq!(p.storage_price(StorageClass::DeepArchive), 0.002);
+        assert_eq!(p.storage_price(StorageClass::Standard), 0.023);
+        assert_eq!(p.min_storage_days(StorageClass::Glacier), 91);
+        assert_eq!(p.min_storage_days(StorageClass::DeepArchive), 180);
+        let e =
+            toml::from_str::<Pricing>("[min_storage_days]\nDEEP = 1\n").unwrap_err().to_string();
+        assert!(e.contains("min_storage_days") && e.contains("DEEP"), "{e}");
+        let e = toml::from_str::<Pricing>("[storage_per_gb_month]\nSTANDARD = -1.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage_per_gb_month.STANDARD"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,14 @@
+//! The long life of a dataset's backups: when to start a new chain (re-baseline) and which old
+//! chains and abandoned uploads may leave the bucket (retention). Pure decisions on plain data;
+//! zibd gathers the inputs (catalog, listing, clock) and carries the decisions out.
+
+pub mod rebaseline;
+pub mod retention;
+
+pub use rebaseline::{ChainSummary, RebaselineDecision, RebaselinePolicy, RebaselineReason};
+pub use retention::{PrunePlan, RetentionPolicy, StoredObject};
+
+#[cfg(test)]
+mod retention_cases;
+#[cfg(test)]
+mod retention_props;
