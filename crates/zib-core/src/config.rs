@@ -13,7 +13,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::lifecycle::{RebaselinePolicy, RetentionPolicy, rebaseline};
 use crate::names::{DatasetName, SnapPrefix, normalize_prefix};
+use crate::period::Period;
 use crate::schedule::CronSchedule;
 
 /// Largest object a single PutObject may store: 5 GB.
@@ -148,10 +150,74 @@ pub struct DatasetConfig {
     pub chunk_size: Option<ChunkSize>,
     #[serde(default)]
     pub prefix: Option<String>,
+    /// Re-baseline when the chain holds this many streams (the full included); "off" never.
+    #[serde(default = "default_max_chain")]
+    pub max_chain: OrOff<u32>,
+    /// Re-baseline when the chain's incrementals add up to more than this fraction of its
+    /// full; "off" never.
+    #[serde(default = "default_ratio")]
+    pub rebaseline_ratio: OrOff<f64>,
+    /// Re-baseline when the chain's full is at least this old ("180d", "26w"); "off" never.
+    #[serde(default = "default_full_every")]
+    pub full_every: OrOff<Period>,
+    /// Remote retention: keep the newest N complete chains (unset: no count rule).
+    #[serde(default)]
+    pub keep_chains: Option<u32>,
+    /// Remote retention: keep every chain holding a backup younger than this (unset: no age
+    /// rule). With neither rule set, nothing is ever deleted from the bucket.
+    #[serde(default)]
+    pub keep_within: Option<Period>,
 }
 
 fn default_keep() -> u32 {
     2
+}
+fn default_max_chain() -> OrOff<u32> {
+    OrOff(Some(rebaseline::DEFAULT_MAX_CHAIN))
+}
+fn default_ratio() -> OrOff<f64> {
+    OrOff(Some(rebaseline::DEFAULT_REBASELINE_RATIO))
+}
+fn default_full_every() -> OrOff<Period> {
+    OrOff(Some(rebaseline::DEFAULT_FULL_EVERY))
+}
+
+impl DatasetConfig {
+    pub fn rebaseline_policy(&self) -> RebaselinePolicy {
+        RebaselinePolicy {
+            max_chain: self.max_chain.0,
+            rebaseline_ratio: self.rebaseline_ratio.0,
+            full_every: self.full_every.0,
+        }
+    }
+    pub fn retention_policy(&self) -> RetentionPolicy {
+        RetentionPolicy { keep_chains: self.keep_chains, keep_within: self.keep_within }
+    }
+}
+
+/// A setting that is a value or the word "off".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrOff<T>(pub Option<T>);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for OrOff<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = toml::Value::deserialize(d)?;
+        if v.as_str() == Some("off") {
+            return Ok(Self(None));
+        }
+        T::deserialize(v.clone()).map(|t| Self(Some(t))).map_err(|e| {
+            serde::de::Error::custom(format!("{e} (got {v}; or \"off\" to turn the rule off)"))
+        })
+    }
+}
+
+impl<T: Serialize> Serialize for OrOff<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(v) => v.serialize(s),
+            None => s.serialize_str("off"),
+        }
+    }
 }
 
 /// The target settings that apply to one dataset, overrides applied.
@@ -194,6 +260,26 @@ impl Config {
             if ds.keep_snapshots == 0 {
                 return Err(format!(
                     "dataset {}: keep_snapshots must be at least 1 (the newest snapshot is the base of the next incremental)",
+                    ds.name
+                ));
+            }
+            if ds.max_chain.0 == Some(0) {
+                return Err(format!(
+                    "dataset {}: max_chain must be at least 1 (or \"off\")",
+                    ds.name
+                ));
+            }
+            if let Some(r) = ds.rebaseline_ratio.0
+                && !(r.is_finite() && r > 0.0)
+            {
+                return Err(format!(
+                    "dataset {}: rebaseline_ratio must be a positive number (or \"off\"), got {r}",
+                    ds.name
+                ));
+            }
+            if ds.keep_chains == Some(0) {
+                return Err(format!(
+                    "dataset {}: keep_chains must be at least 1 (the newest complete chain is always kept)",
                     ds.name
                 ));
             }
@@ -467,6 +553,25 @@ mod tests {
         let text = include_str!("../../../config.example.toml");
         let c = parse(text).unwrap();
         assert!(!c.datasets.is_empty());
+        let home = c.dataset(&DatasetName::new("tank/home").unwrap()).unwrap();
+        assert_eq!(
+            home.rebaseline_policy(),
+            RebaselinePolicy {
+                max_chain: Some(120),
+                rebaseline_ratio: None,
+                ..RebaselinePolicy::default()
+            }
+        );
+        assert_eq!(home.retention_policy().keep_chains, Some(3));
+        // The per-class tables, shown commented out, are the defaults.
+        let tables = text.split_once("# [pricing.storage_per_gb_month]").unwrap().1;
+        let uncommented: String = std::iter::once("[storage_per_gb_month]")
+            .chain(tables.lines().filter(|l| l.contains(" = ") || l.starts_with("# [")))
+            .map(|l| l.trim_start_matches("# ").replace("[pricing.", "["))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let p: crate::pricing::Pricing = toml::from_str(&uncommented).unwrap();
+        assert_eq!(p, crate::pricing::Pricing::default(), "{uncommented}");
     }
 
     fn err(t: &str) -> String {
@@ -498,6 +603,57 @@ mod tests {
         assert!(e.contains("invalid endpoint"), "{e}");
         let e = err(&format!("[daemon]\nstate_dir = \"relative\"\n{MIN}"));
         assert!(e.contains("daemon.state_dir must be an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn lifecycle_keys_default_and_turn_off() {
+        let c = parse(MIN).unwrap();
+        let ds = &c.datasets[0];
+        assert_eq!(ds.rebaseline_policy(), RebaselinePolicy::default());
+        assert!(!ds.retention_policy().is_configured());
+        let c = parse(&format!(
+            "{MIN}max_chain = \"off\"\nrebaseline_ratio = 0.5\nfull_every = \"26w\"\nkeep_chains = 2\nkeep_within = \"400d\"\n"
+        ))
+        .unwrap();
+        let ds = &c.datasets[0];
+        assert_eq!(
+            ds.rebaseline_policy(),
+            RebaselinePolicy {
+                max_chain: None,
+                rebaseline_ratio: Some(0.5),
+                full_every: Some(Period::days(182))
+            }
+        );
+        assert_eq!(
+            ds.retention_policy(),
+            RetentionPolicy { keep_chains: Some(2), keep_within: Some(Period::days(400)) }
+        );
+        let c = parse(&format!(
+            "{MIN}rebaseline_ratio = \"off\"\nfull_every = \"off\"\nmax_chain = 30\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.datasets[0].rebaseline_policy(),
+            RebaselinePolicy { max_chain: Some(30), ..RebaselinePolicy::OFF }
+        );
+    }
+
+    #[test]
+    fn lifecycle_keys_refuse_bad_values_with_their_line() {
+        let e = err(&format!("{MIN}full_every = \"6m\"\n"));
+        assert!(e.contains("line 7") && e.contains("full_every") && e.contains("\"off\""), "{e}");
+        let e = err(&format!("{MIN}max_chain = \"never\"\n"));
+        assert!(e.contains("line 7") && e.contains("max_chain"), "{e}");
+        let e = err(&format!("{MIN}max_chain = 0\n"));
+        assert!(e.contains("tank/photos") && e.contains("max_chain must be at least 1"), "{e}");
+        let e = err(&format!("{MIN}rebaseline_ratio = -1.0\n"));
+        assert!(e.contains("rebaseline_ratio must be a positive number"), "{e}");
+        let e = err(&format!("{MIN}keep_chains = 0\n"));
+        assert!(e.contains("keep_chains must be at least 1"), "{e}");
+        let e = err(&format!("{MIN}keep_within = \"off\"\n"));
+        assert!(e.contains("keep_within") && e.contains("invalid period"), "{e}");
+        let e = err(&format!("{MIN}keep_chain = 2\n"));
+        assert!(e.contains("unknown field `keep_chain`"), "{e}");
     }
 
     #[test]
