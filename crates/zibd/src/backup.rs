@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use zib_core::{
     ChunkRecord, DatasetConfig, KeyLayout, Manifest, SnapName, SnapRef,
     config::{Config, ResolvedTarget},
+    lifecycle::RebaselineDecision,
     manifest,
     state::{Committed, Pending},
 };
@@ -287,9 +288,29 @@ impl Backup<'_> {
                 stream_size: m.stream_size,
             });
         }
-        let from = match (&self.locked.state.last, opts.force_full) {
-            (Some(c), false) => Some(c.snapshot.clone()),
-            _ => None,
+        let last_key = self.locked.state.last.as_ref().map(|c| c.manifest_key.as_str());
+        let policy = self.ds.rebaseline_policy();
+        let decision = crate::lifecycle::decide_rebaseline(
+            &self.engine.s3,
+            &layout,
+            &listing,
+            last_key,
+            &policy,
+            Utc::now(),
+            opts.force_full,
+        )
+        .await
+        .map_err(|e| match e {
+            crate::lifecycle::LifecycleError::S3(e) => BackupError::S3(e),
+            crate::lifecycle::LifecycleError::Catalog(m) => BackupError::Catalog(m),
+        })?;
+        let from = match (&self.locked.state.last, &decision) {
+            (Some(c), RebaselineDecision::Incremental) => Some(c.snapshot.clone()),
+            (_, RebaselineDecision::Full(reason)) => {
+                tracing::info!(dataset = %self.ds.name, %reason, "starting a new chain with a full backup");
+                None
+            }
+            (None, RebaselineDecision::Incremental) => None,
         };
         // Snapshot names have one-second resolution: never reuse the base's name for the next
         // snapshot (two backups within one second would otherwise adopt the base itself).

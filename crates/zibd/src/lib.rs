@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod failpoint;
 pub mod job;
+pub mod lifecycle;
 pub mod restore;
 pub mod s3;
 pub mod state_store;

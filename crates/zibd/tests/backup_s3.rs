@@ -430,3 +430,64 @@ fn fake_zfs_is_only_a_fake() {
     assert!(!out.status.success());
     assert!(Path::new(FAKE_ZFS).exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_chain_starts_a_new_full_chain_and_the_earlier_chain_stays_restorable() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    // The [[dataset]] table is the config's last: these keys are the dataset's.
+    let mut cfg = std::fs::read_to_string(&bed.config).unwrap();
+    cfg.push_str("max_chain = 3\nrebaseline_ratio = \"off\"\n");
+    std::fs::write(&bed.config, cfg).unwrap();
+    let mut logs = Vec::new();
+    for _ in 0..5 {
+        logs.push(ok(&bed.backup(&[])));
+    }
+    let ms = bed.manifests().await;
+    let shape: Vec<(u64, bool)> = ms.iter().map(|m| (m.seq, m.is_full())).collect();
+    assert_eq!(shape, vec![(1, true), (2, false), (3, false), (4, true), (5, false)]);
+    assert_eq!(ms[1].from.as_ref(), Some(&ms[0].to));
+    assert_eq!(ms[2].from.as_ref(), Some(&ms[1].to));
+    assert_eq!(ms[4].from.as_ref(), Some(&ms[3].to), "the new chain continues from its full");
+    assert!(
+        logs[3].contains("starting a new chain") && logs[3].contains("max_chain = 3"),
+        "{}",
+        logs[3]
+    );
+    assert!(!logs[2].contains("starting a new chain"), "{}", logs[2]);
+
+    // Both chains are restorable from the bucket alone: the catalog shows no broken link, and
+    // a plan for the earlier chain's newest snapshot reads its full and both incrementals.
+    let o = bed.zibd(&["restore", "list"], &[]);
+    ok(&o);
+    let list = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(list.contains("5 backups") && !list.contains("chain broken"), "{list}");
+    let snap = ms[2].to.name.to_string();
+    let o = bed.zibd(&["restore", "plan", "--snapshot", &snap, "--json"], &[]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let seqs: Vec<u64> =
+        v["plan"]["steps"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let o = bed.zibd(&["restore", "plan", "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let seqs: Vec<u64> =
+        v["plan"]["steps"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![4, 5]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_whose_manifest_left_the_bucket_is_not_extended() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    ok(&bed.backup(&[]));
+    ok(&bed.backup(&[]));
+    // The full's manifest is gone (deleted by hand): an incremental on top would be
+    // unrestorable, so the next backup starts a new chain.
+    let full = bed.manifests().await.remove(0);
+    let key = KeyLayout::new("backups", &full.dataset).manifest_key(full.seq, &full.to.name);
+    bed.client.delete_object().bucket(&bed.bucket).key(&key).send().await.unwrap();
+    let log = ok(&bed.backup(&[]));
+    let ms = bed.manifests().await;
+    assert_eq!(ms.last().unwrap().seq, 3);
+    assert!(ms.last().unwrap().is_full(), "{log}");
+    assert!(log.contains("the current chain is broken"), "{log}");
+}

@@ -95,6 +95,10 @@ pub enum RebaselineReason {
     FirstBackup,
     /// Asked for (`--full`).
     Forced,
+    /// The chain the next incremental would extend is not restorable from the bucket.
+    BrokenChain {
+        detail: String,
+    },
     MaxChain {
         links: u64,
         max_chain: u32,
@@ -115,6 +119,7 @@ impl fmt::Display for RebaselineReason {
         match self {
             Self::FirstBackup => f.write_str("no earlier backup to continue from"),
             Self::Forced => f.write_str("a full backup was asked for"),
+            Self::BrokenChain { detail } => write!(f, "the current chain is broken: {detail}"),
             Self::MaxChain { links, max_chain } => {
                 write!(f, "the chain holds {links} streams (max_chain = {max_chain})")
             }
