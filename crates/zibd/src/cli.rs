@@ -49,6 +49,22 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Delete old whole chains (as the dataset's keep_chains / keep_within allow) and abandoned
+    /// upload attempts from the bucket, never before their storage class's minimum duration
+    /// unless --allow-early-deletion. Run it again after an interruption: it resumes.
+    Prune {
+        dataset: String,
+        /// Show what would be deleted, the bytes freed, the monthly saving and any charge.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete objects younger than their minimum storage duration, paying the
+        /// early-deletion charge the dry run shows.
+        #[arg(long)]
+        allow_early_deletion: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore from the bucket alone: `list` the catalog, `plan` (with a cost quote), `run`.
     #[command(subcommand)]
     Restore(Box<crate::restore::RestoreCommand>),
@@ -98,6 +114,14 @@ pub fn main() -> ExitCode {
                 &dataset,
                 BackupOptions { force_full: full },
             )))
+        }
+        Command::Prune { dataset, dry_run, allow_early_deletion, json } => {
+            let cfg = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let opts = crate::lifecycle::PruneOptions { dry_run, allow_early_deletion };
+            report(runtime().block_on(prune_once(cfg, &dataset, opts, json)))
         }
         Command::Restore(cmd) => crate::restore::main(*cmd, &cli.config),
         Command::Run => crate::daemon::main(cli.config),
@@ -154,6 +178,43 @@ async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow:
     );
     for p in &r.pruned {
         println!("pruned {p}");
+    }
+    Ok(())
+}
+
+/// `zibd prune`: holds the dataset's lock (so no backup runs meanwhile) unless a dry run, which
+/// only reads the state.
+async fn prune_once(
+    cfg: Config,
+    dataset: &str,
+    opts: crate::lifecycle::PruneOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    let name = DatasetName::new(dataset)?;
+    let ds =
+        cfg.dataset(&name).with_context(|| format!("dataset {name} is not in the config"))?.clone();
+    let store = StateStore::new(&cfg.daemon.state_dir);
+    let (_lock, state) = if opts.dry_run {
+        let path = store.state_path(&name);
+        let state = match std::fs::read(&path) {
+            Ok(b) => zib_core::DatasetState::from_json(&path.display().to_string(), &b, &name)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                zib_core::DatasetState::new(name.clone())
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        (None, state)
+    } else {
+        let locked = store.lock(&name)?;
+        let state = locked.state.clone();
+        (Some(locked), state)
+    };
+    let s3 = S3Store::from_config(&cfg).await;
+    let r = crate::lifecycle::prune(&s3, &cfg, &ds, &state, opts, chrono::Utc::now()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", crate::lifecycle::format_prune(&r));
     }
     Ok(())
 }

@@ -1,11 +1,20 @@
 //! Carries out the lifecycle decisions of `zib_core::lifecycle`: gathers what they look at
-//! from the bucket (the current chain, for the re-baseline decision) and runs what they decide.
+//! from the bucket (the current chain, for the re-baseline decision; the listing and catalog,
+//! for a prune) and runs what they decide (the deletions of a prune, in order).
 
+use chrono::{DateTime, Utc};
 use zib_core::{
-    KeyLayout, Manifest,
-    lifecycle::{ChainSummary, RebaselineDecision, RebaselinePolicy, RebaselineReason},
+    Config, DatasetConfig, DatasetName, DatasetState, KeyLayout, Manifest,
+    catalog::Catalog,
+    lifecycle::{
+        ChainSummary, PrunePlan, RebaselineDecision, RebaselinePolicy, RebaselineReason,
+        RetentionPolicy, StoredObject,
+        retention::{ChainFate, KeepReason, PruneRequest},
+    },
+    pricing::format_money,
 };
 
+use crate::restore::human_bytes;
 use crate::s3::{ListedObject, S3Error, S3Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -100,5 +109,190 @@ pub async fn decide_rebaseline(
             Ok(policy.decide(Some(&summary), now, false))
         }
         Err(detail) => Ok(RebaselineDecision::Full(RebaselineReason::BrokenChain { detail })),
+    }
+}
+
+/// How `zibd prune` runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PruneOptions {
+    /// Plan and report only; delete nothing.
+    pub dry_run: bool,
+    /// Delete objects younger than their class's minimum storage duration too, for the charge
+    /// the plan shows.
+    pub allow_early_deletion: bool,
+}
+
+/// What a prune planned and did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PruneReport {
+    pub dataset: DatasetName,
+    pub dry_run: bool,
+    pub retention: RetentionPolicy,
+    pub plan: PrunePlan,
+    /// Objects deleted by this run (0 for a dry run).
+    pub deleted: u64,
+}
+
+fn stored_object(o: &ListedObject) -> StoredObject {
+    StoredObject {
+        key: o.key.clone(),
+        size: o.size,
+        storage_class: o.storage_class.as_deref().and_then(|c| c.parse().ok()),
+        last_modified: o.last_modified,
+    }
+}
+
+/// Plans the prune of `ds` from the bucket's listing and catalog and, unless a dry run, runs
+/// it: one DeleteObject per planned object, in the plan's order (each manifest before its
+/// chunks), each logged. Interrupted, it is run again: the new plan is what is left. `state`
+/// is the dataset's (locked, unless a dry run): its unfinished upload is never touched.
+pub async fn prune(
+    s3: &S3Store,
+    cfg: &Config,
+    ds: &DatasetConfig,
+    state: &DatasetState,
+    opts: PruneOptions,
+    now: DateTime<Utc>,
+) -> Result<PruneReport, LifecycleError> {
+    let layout = KeyLayout::new(&cfg.resolve(ds).prefix, &ds.name);
+    let listing = s3.list(layout.root()).await?;
+    let mut manifests = Vec::new();
+    for o in &listing {
+        if layout.parse_manifest_key(&o.key).is_none() {
+            continue;
+        }
+        let bytes = s3.get_bytes(&o.key, 64 << 20).await?;
+        let m = Manifest::from_json(&o.key, &bytes)
+            .map_err(|e| LifecycleError::Catalog(e.to_string()))?;
+        if m.dataset != ds.name {
+            return Err(LifecycleError::Catalog(format!(
+                "{} describes dataset {}, not {}",
+                o.key, m.dataset, ds.name
+            )));
+        }
+        manifests.push(m);
+    }
+    let catalog = Catalog::new(ds.name.clone(), manifests);
+    let stored: Vec<StoredObject> = listing.iter().map(stored_object).collect();
+    let in_progress =
+        state.pending.as_ref().map(|p| layout.attempt_prefix(p.seq, &p.to, p.attempt));
+    let plan = PruneRequest {
+        catalog: &catalog,
+        layout: &layout,
+        listing: &stored,
+        policy: ds.retention_policy(),
+        pricing: &cfg.pricing,
+        now,
+        allow_early_deletion: opts.allow_early_deletion,
+        in_progress,
+    }
+    .plan();
+    let mut deleted = 0;
+    if !opts.dry_run {
+        for d in &plan.deletions {
+            s3.delete(&d.key).await?;
+            deleted += 1;
+            tracing::info!(dataset = %ds.name, key = %d.key, kind = ?d.kind, seq = d.seq, bytes = d.size, "deleted");
+            crate::failpoint::hit("after-delete");
+        }
+        if deleted > 0 {
+            tracing::info!(
+                dataset = %ds.name, objects = deleted, bytes = plan.bytes,
+                early_deletion_charge = plan.early_deletion_charge,
+                "prune done"
+            );
+        }
+    }
+    Ok(PruneReport {
+        dataset: ds.name.clone(),
+        dry_run: opts.dry_run,
+        retention: ds.retention_policy(),
+        plan,
+        deleted,
+    })
+}
+
+/// The report for people: totals, each chain's fate, held abandoned objects, the deletions.
+pub fn format_prune(r: &PruneReport) -> String {
+    use std::fmt::Write as _;
+    let p = &r.plan;
+    let money = |v: f64| format_money(v, &p.currency);
+    let mut s = String::new();
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    let n = if r.dry_run { p.objects } else { r.deleted };
+    let _ = writeln!(
+        s,
+        "prune of {}{}: {verb} {n} objects ({}), saving {} a month, early-deletion charge {}",
+        r.dataset,
+        if r.dry_run { " (dry run)" } else { "" },
+        human_bytes(p.bytes),
+        money(p.monthly_saving),
+        money(p.early_deletion_charge),
+    );
+    if !r.retention.is_configured() {
+        let _ = writeln!(
+            s,
+            "  no keep_chains or keep_within configured for {}: no chain is deleted",
+            r.dataset
+        );
+    }
+    for c in &p.chains {
+        let (first, last) = (c.seqs[0], c.seqs[c.seqs.len() - 1]);
+        let fate = match &c.fate {
+            ChainFate::Keep(reason) => format!("keep ({})", keep_reason(reason)),
+            ChainFate::Delete => verb.to_owned(),
+            ChainFate::Held { deletable_from, early_deletion_charge } => format!(
+                "held: deletable free of charge from {}; now for {} (--allow-early-deletion)",
+                deletable_from.format("%Y-%m-%d"),
+                money(*early_deletion_charge)
+            ),
+            ChainFate::Damaged { missing } => {
+                format!(
+                    "left alone: damaged, {} objects missing (first {})",
+                    missing.len(),
+                    missing[0]
+                )
+            }
+        };
+        let _ = writeln!(
+            s,
+            "  chain #{first}..#{last} ({} backups, {}, newest {}): {fate}",
+            c.seqs.len(),
+            human_bytes(c.bytes),
+            c.newest_committed_at.format("%Y-%m-%d"),
+        );
+    }
+    if !p.broken_seqs.is_empty() {
+        let _ = writeln!(s, "  left alone, leading back to no full: {:?}", p.broken_seqs);
+    }
+    for h in &p.held_abandoned {
+        let when = h
+            .deletable_from
+            .map_or("unknown age".into(), |t| format!("from {}", t.format("%Y-%m-%d")));
+        let _ = writeln!(s, "  abandoned, kept for now ({when}): {}", h.key);
+    }
+    for d in &p.deletions {
+        let _ = writeln!(
+            s,
+            "  {verb}: {} ({:?}, {}, {})",
+            d.key,
+            d.kind,
+            human_bytes(d.size),
+            d.storage_class
+        );
+    }
+    s
+}
+
+fn keep_reason(r: &KeepReason) -> String {
+    match r {
+        KeepReason::NoRetention => "no retention configured".into(),
+        KeepReason::NewestComplete => "the newest complete chain".into(),
+        KeepReason::KeepChains { rank, keep_chains } => {
+            format!("newest but {} of keep_chains = {keep_chains}", rank - 1)
+        }
+        KeepReason::KeepWithin { keep_within } => {
+            format!("a backup within keep_within = {keep_within}")
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The only place that talks to S3: chunk PUTs, manifests, listings, HEAD, thaw, GET.
+//! The only place that talks to S3: chunk PUTs, manifests, listings, HEAD, thaw, GET, delete.
 //!
 //! Every chunk is one plain PutObject (never multipart) with `If-None-Match: *`, so nothing
 //! already stored is ever overwritten, and with `x-amz-checksum-sha256`, so the server refuses
@@ -117,6 +117,7 @@ pub struct ListedObject {
     pub key: String,
     pub size: u64,
     pub storage_class: Option<String>,
+    pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -444,11 +445,26 @@ impl S3Store {
                     key: o.key().unwrap_or_default().to_owned(),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     storage_class: o.storage_class().map(|c| c.as_str().to_owned()),
+                    last_modified: o
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
                 });
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// Deletes an object. Deleting a key that is already gone succeeds (S3 answers 204 either
+    /// way), so a deletion that is repeated after an interruption is harmless.
+    pub async fn delete(&self, key: &str) -> Result<(), S3Error> {
+        match self.client.delete_object().bucket(&self.bucket).key(key).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = req_err("DeleteObject", &self.bucket, key, e);
+                if e.is_not_found() { Ok(()) } else { Err(e) }
+            }
+        }
     }
 
     /// Asks S3 to thaw an archived object for `days`. "Already in progress" counts as asked.

@@ -491,3 +491,89 @@ async fn a_chain_whose_manifest_left_the_bucket_is_not_extended() {
     assert!(ms.last().unwrap().is_full(), "{log}");
     assert!(log.contains("the current chain is broken"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_deletes_whole_old_chains_manifest_first_and_resumes_on_moto() {
+    let server = MotoServer::start();
+    let bucket = server.create_bucket("prune").await;
+    let bed = Bed::new(server.endpoint(), server.client(), bucket, "DEEP_ARCHIVE").await;
+    let mut cfg = std::fs::read_to_string(&bed.config).unwrap();
+    cfg.push_str("max_chain = 2\nrebaseline_ratio = \"off\"\nkeep_chains = 2\n");
+    std::fs::write(&bed.config, cfg).unwrap();
+    for _ in 0..5 {
+        ok(&bed.backup(&[]));
+    }
+    // Chains #1..#2, #3..#4, #5; each backup is a manifest and 5 chunks.
+    let ms = bed.manifests().await;
+    let fulls: Vec<u64> = ms.iter().filter(|m| m.is_full()).map(|m| m.seq).collect();
+    assert_eq!(fulls, vec![1, 3, 5]);
+    let all = bed.keys().await;
+    assert_eq!(all.len(), 30);
+    let prune = |args: &[&str], env: &[(&str, String)]| {
+        bed.zibd(&[&["prune", "tank/photos"], args].concat(), env)
+    };
+    let json = |o: &Output| -> serde_json::Value {
+        ok(o);
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+
+    // Everything is seconds old, far below DEEP_ARCHIVE's 180 days: the oldest chain is held,
+    // and deleting it now would cost the remaining ~180 days of storage of its 10 chunks:
+    // (2 x 300000 bytes + 10 x 32 KiB) / 2^30 GB x $0.00099 x 180 / 30.
+    let v = json(&prune(&["--dry-run", "--json"], &[]));
+    assert_eq!(v["plan"]["objects"], 0, "{v:#}");
+    let chain = &v["plan"]["chains"][0];
+    assert_eq!(
+        (chain["fate"]["fate"].as_str(), chain["seqs"].clone()),
+        (Some("held"), serde_json::json!([1, 2]))
+    );
+    let charge = chain["fate"]["early_deletion_charge"].as_f64().unwrap();
+    let want = (2.0 * 300_000.0 + 10.0 * 32_768.0) / (1u64 << 30) as f64 * 0.00099 * 6.0;
+    assert!((charge - want).abs() < want * 1e-4, "{charge} vs {want}");
+    assert_eq!(v["plan"]["chains"][1]["fate"]["reason"], "keep_chains");
+    assert_eq!(v["plan"]["chains"][2]["fate"]["reason"], "newest_complete");
+    let o = prune(&["--dry-run"], &[]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(text.contains("held") && text.contains("--allow-early-deletion"), "{text}");
+    assert_eq!(bed.keys().await, all, "a dry run deletes nothing");
+
+    // With the allowance: 12 objects, newest link first, each manifest before its chunks.
+    let v = json(&prune(&["--dry-run", "--allow-early-deletion", "--json"], &[]));
+    let keys: Vec<&str> = v["plan"]["deletions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 12);
+    assert!(keys[0].ends_with(".manifest.json") && keys[0].contains("/000002-"), "{keys:?}");
+    assert!(keys[6].ends_with(".manifest.json") && keys[6].contains("/000001-"), "{keys:?}");
+    assert!((v["plan"]["early_deletion_charge"].as_f64().unwrap() - want).abs() < want * 1e-4);
+
+    // Interrupted after two deletions (#2's manifest and one chunk): #1 is still listed and
+    // restorable, nothing shows a broken chain.
+    let o = prune(&["--allow-early-deletion"], &[("ZIB_FAILPOINT", "after-delete:2".into())]);
+    failed(&o);
+    assert_eq!(bed.keys().await.len(), 28);
+    let o = bed.zibd(&["restore", "list"], &[]);
+    let list = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(list.contains("4 backups") && !list.contains("chain broken"), "{list}");
+
+    // Run again: the rest goes (#2's orphaned chunks included), and the two kept chains stay
+    // restorable.
+    let v = json(&prune(&["--allow-early-deletion", "--json"], &[]));
+    assert_eq!(v["deleted"], 10, "{v:#}");
+    let left = bed.keys().await;
+    assert_eq!(left.len(), 18);
+    assert!(left.iter().all(|(k, _)| !k.contains("/000001-") && !k.contains("/000002-")));
+    let steps = |args: &[&str]| -> Vec<u64> {
+        let v = json(&bed.zibd(&[&["restore", "plan", "--json"], args].concat(), &[]));
+        v["plan"]["steps"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(steps(&["--snapshot", ms[3].to.name.as_str()]), vec![3, 4]);
+    assert_eq!(steps(&[]), vec![5]);
+
+    // And again: nothing left to do.
+    let v = json(&prune(&["--allow-early-deletion", "--json"], &[]));
+    assert_eq!((v["deleted"].as_u64(), v["plan"]["objects"].as_u64()), (Some(0), Some(0)));
+}

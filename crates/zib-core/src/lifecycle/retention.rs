@@ -9,8 +9,11 @@
 //!   left alone and reported: what is left of it may still be worth a partial restore;
 //! - no object younger than its class's minimum storage duration goes (its chain waits, as a
 //!   whole) unless early deletion is allowed; then the charge is counted;
-//! - abandoned attempts (chunks no manifest names) go under the same age rule, and only once
-//!   they are `ABANDONED_GRACE` old; the attempt an unfinished backup is still uploading never;
+//! - abandoned attempts (chunks no manifest names) go under the same age rule; the attempt an
+//!   unfinished backup is uploading never; and a chunk whose seq is above every committed one
+//!   (it could belong to an upload still running elsewhere) only once `ABANDONED_GRACE` old.
+//!   Below that, no upload can be running (the next backup always takes a higher seq): these
+//!   are lost attempts, or the chunks an interrupted prune left after their manifest;
 //! - the plan is ordered so that whatever prefix of it has run, every manifest still in the
 //!   bucket is restorable: links newest first, each manifest before its chunks. Run again on
 //!   a fresh listing, it plans what is left (an interrupted prune resumes).
@@ -29,8 +32,9 @@ use crate::names::KeyLayout;
 use crate::period::Period;
 use crate::pricing::Pricing;
 
-/// Abandoned chunks younger than this are never deleted, whatever their class: another run
-/// (another host, a daemon without the lock) may still be uploading them.
+/// Abandoned chunks above the newest committed seq and younger than this are never deleted,
+/// whatever their class: another run (another host, a daemon without the lock) may still be
+/// uploading them.
 pub const ABANDONED_GRACE: Period = Period::days(7);
 
 /// What to keep; both `None` means retention is not configured and no chain is deleted.
@@ -353,6 +357,7 @@ impl PruneRequest<'_> {
             .iter()
             .flat_map(|m| m.chunks.iter().map(|c| c.key.as_str()))
             .collect();
+        let newest_seq = self.catalog.manifests.iter().map(|m| m.seq).max().unwrap_or(0);
         let mut held = Vec::new();
         for obj in self.listing {
             let Some(ck) = self.layout.parse_chunk_key(&obj.key) else { continue };
@@ -370,7 +375,8 @@ impl PruneRequest<'_> {
                 });
                 continue;
             };
-            let grace_ends = since + ABANDONED_GRACE.as_duration();
+            let grace_ends =
+                if ck.seq > newest_seq { since + ABANDONED_GRACE.as_duration() } else { since };
             let free_from = self.free_from(since, class);
             let may_go =
                 grace_ends <= self.now && (free_from <= self.now || self.allow_early_deletion);

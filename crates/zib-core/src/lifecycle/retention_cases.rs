@@ -301,6 +301,12 @@ fn abandoned_attempts_follow_the_age_rule_and_spare_the_upload_in_progress() {
         StorageClass::Standard,
         Some("2026-01-24T00:00:00Z"),
     ));
+    // STANDARD, 1 day old, below the newest committed seq (4): no upload can be running, goes.
+    listing.push(obj(
+        l.chunk_key(2, &s(2), 2, 0),
+        StorageClass::Standard,
+        Some("2026-01-31T00:00:00Z"),
+    ));
     // no time in the listing: held.
     listing.push(obj(l.chunk_key(5, &s(5), 3, 0), da, None));
     // the attempt being uploaded, old as it may be: never.
@@ -327,7 +333,10 @@ fn abandoned_attempts_follow_the_age_rule_and_spare_the_upload_in_progress() {
         in_progress: Some(l.attempt_prefix(7, &s(7), 0)),
     };
     let p = req.plan();
-    assert_eq!(keys(&p), vec![l.chunk_key(2, &s(2), 1, 0), l.chunk_key(5, &s(5), 2, 0)]);
+    assert_eq!(
+        keys(&p),
+        vec![l.chunk_key(2, &s(2), 1, 0), l.chunk_key(5, &s(5), 2, 0), l.chunk_key(2, &s(2), 2, 0)]
+    );
     assert!(p.deletions.iter().all(|d| d.kind == DeletionKind::Abandoned));
     let held: Vec<_> = p.held_abandoned.iter().map(|h| (h.key.clone(), h.deletable_from)).collect();
     assert_eq!(
