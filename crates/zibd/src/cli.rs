@@ -210,7 +210,16 @@ async fn prune_once(
         (Some(locked), state)
     };
     let s3 = S3Store::from_config(&cfg).await;
-    let r = crate::lifecycle::prune(&s3, &cfg, &ds, &state, opts, chrono::Utc::now()).await?;
+    let r = crate::lifecycle::prune(
+        &s3,
+        &cfg,
+        &ds,
+        &state,
+        opts,
+        chrono::Utc::now(),
+        &CancellationToken::new(),
+    )
+    .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

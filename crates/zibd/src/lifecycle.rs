@@ -3,6 +3,7 @@
 //! for a prune) and runs what they decide (the deletions of a prune, in order).
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 use zib_core::{
     Config, DatasetConfig, DatasetName, DatasetState, KeyLayout, Manifest,
     catalog::Catalog,
@@ -146,6 +147,7 @@ fn stored_object(o: &ListedObject) -> StoredObject {
 /// it: one DeleteObject per planned object, in the plan's order (each manifest before its
 /// chunks), each logged. Interrupted, it is run again: the new plan is what is left. `state`
 /// is the dataset's (locked, unless a dry run): its unfinished upload is never touched.
+/// `cancel` stops it between two deletions.
 pub async fn prune(
     s3: &S3Store,
     cfg: &Config,
@@ -153,6 +155,7 @@ pub async fn prune(
     state: &DatasetState,
     opts: PruneOptions,
     now: DateTime<Utc>,
+    cancel: &CancellationToken,
 ) -> Result<PruneReport, LifecycleError> {
     let layout = KeyLayout::new(&cfg.resolve(ds).prefix, &ds.name);
     let listing = s3.list(layout.root()).await?;
@@ -190,6 +193,10 @@ pub async fn prune(
     let mut deleted = 0;
     if !opts.dry_run {
         for d in &plan.deletions {
+            if cancel.is_cancelled() {
+                tracing::warn!(dataset = %ds.name, deleted, left = plan.deletions.len() as u64 - deleted, "prune stopped; the next one continues");
+                break;
+            }
             s3.delete(&d.key).await?;
             deleted += 1;
             tracing::info!(dataset = %ds.name, key = %d.key, kind = ?d.kind, seq = d.seq, bytes = d.size, "deleted");

@@ -814,3 +814,34 @@ fn second_daemon_and_invalid_config_are_refused() {
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("zibd.toml") && err.contains("schedule"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_backup_applies_remote_retention() {
+    let bed = Bed::new().await;
+    let ds = "retain/data";
+    bed.write_config(&[(ds, "0 0 3 * * *")]);
+    // Every backup a new chain (max_chain = 1), only the newest kept; STANDARD has no minimum
+    // storage duration, so the older chain may go at once.
+    let mut cfg = std::fs::read_to_string(&bed.config).unwrap();
+    cfg.push_str("max_chain = 1\nkeep_chains = 1\n");
+    std::fs::write(&bed.config, cfg).unwrap();
+    let d = bed.start().await;
+    let core = d.core();
+    let keys = || async {
+        let out = bed._s3.client().list_objects_v2().bucket(&bed.bucket).send().await.unwrap();
+        out.contents().iter().map(|o| o.key().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    for n in 1..=2u64 {
+        expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await);
+        // (chain_length shows the newest seq: see job::chain_length.)
+        wait_for(&core, ds, "the backup is done", |s| {
+            u64::from(s.chain_length) == n && s.state == JobState::Scheduled
+        })
+        .await;
+        // 1 MiB in 64 KiB chunks: 16 chunks and a manifest per backup.
+        let k = keys().await;
+        assert_eq!(k.len(), 17, "after backup #{n}: {k:?}");
+        assert!(k.iter().all(|k| k.contains(&format!("/{n:06}-"))), "after backup #{n}: {k:?}");
+    }
+    assert!(d.stop().await);
+}

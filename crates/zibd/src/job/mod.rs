@@ -825,7 +825,44 @@ async fn run_backup(
             never = sample(rx, &shared) => match never {},
         }
     };
+    if result.is_ok() && settings.ds.retention_policy().is_configured() {
+        apply_retention(&settings, &locked, &progress, &cancel).await;
+    }
     (locked, result)
+}
+
+/// Remote retention after a successful backup: never early deletion; a failure is logged and
+/// the backup still counts (the next run's prune continues).
+async fn apply_retention(
+    settings: &JobSettings,
+    locked: &LockedState,
+    progress: &watch::Sender<Progress>,
+    cancel: &CancellationToken,
+) {
+    progress.send_modify(|p| p.phase = Phase::Pruning);
+    let ds = &settings.ds;
+    let opts = crate::lifecycle::PruneOptions::default();
+    let now = chrono::Utc::now(); // object ages are against S3's clock, not the schedule's
+    match crate::lifecycle::prune(
+        &settings.engine.s3,
+        &settings.cfg,
+        ds,
+        &locked.state,
+        opts,
+        now,
+        cancel,
+    )
+    .await
+    {
+        Ok(r) => tracing::info!(
+            dataset = %ds.name, deleted = r.deleted, bytes = r.plan.bytes,
+            held_chains = r.plan.chains.iter().filter(|c| matches!(c.fate, zib_core::lifecycle::retention::ChainFate::Held { .. })).count(),
+            "remote retention applied"
+        ),
+        Err(e) => {
+            tracing::warn!(dataset = %ds.name, error = %e, "remote retention failed; it is tried again after the next backup")
+        }
+    }
 }
 
 /// Records (time, bytes) once a second for the rate shown in status.
