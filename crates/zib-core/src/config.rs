@@ -6,9 +6,7 @@
 
 use std::{
     collections::HashSet,
-    fmt,
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +15,8 @@ use crate::lifecycle::{RebaselinePolicy, RetentionPolicy, rebaseline};
 use crate::names::{DatasetName, SnapPrefix, normalize_prefix};
 use crate::period::Period;
 use crate::schedule::CronSchedule;
+/// Re-exported: a config names them, but they live with the concept they belong to.
+pub use crate::{schedule::TimeZone, storage_class::StorageClass};
 
 /// Largest object a single PutObject may store: 5 GB.
 pub const MAX_CHUNK_SIZE: u64 = 5_000_000_000;
@@ -78,15 +78,6 @@ impl Default for DaemonConfig {
             timezone: TimeZone::Utc,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum TimeZone {
-    #[default]
-    #[serde(rename = "UTC")]
-    Utc,
-    #[serde(rename = "local")]
-    Local,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -386,75 +377,6 @@ impl TryFrom<String> for Endpoint {
 impl From<Endpoint> for String {
     fn from(e: Endpoint) -> String {
         e.0
-    }
-}
-
-/// S3 storage classes zib can write chunks in.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
-#[serde(try_from = "String", into = "String")]
-pub enum StorageClass {
-    Standard,
-    StandardIa,
-    OnezoneIa,
-    IntelligentTiering,
-    GlacierIr,
-    Glacier,
-    #[default]
-    DeepArchive,
-}
-
-impl StorageClass {
-    pub const ALL: [StorageClass; 7] = [
-        Self::Standard,
-        Self::StandardIa,
-        Self::OnezoneIa,
-        Self::IntelligentTiering,
-        Self::GlacierIr,
-        Self::Glacier,
-        Self::DeepArchive,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Standard => "STANDARD",
-            Self::StandardIa => "STANDARD_IA",
-            Self::OnezoneIa => "ONEZONE_IA",
-            Self::IntelligentTiering => "INTELLIGENT_TIERING",
-            Self::GlacierIr => "GLACIER_IR",
-            Self::Glacier => "GLACIER",
-            Self::DeepArchive => "DEEP_ARCHIVE",
-        }
-    }
-    /// Whether a GET needs a RestoreObject (thaw) first.
-    pub fn needs_thaw(self) -> bool {
-        matches!(self, Self::Glacier | Self::DeepArchive)
-    }
-}
-
-impl FromStr for StorageClass {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
-            let names: Vec<_> = Self::ALL.iter().map(|c| c.as_str()).collect();
-            format!("unknown storage class {s:?}: expected one of {}", names.join(", "))
-        })
-    }
-}
-impl TryFrom<String> for StorageClass {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-impl From<StorageClass> for String {
-    fn from(c: StorageClass) -> String {
-        c.as_str().into()
-    }
-}
-impl fmt::Display for StorageClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

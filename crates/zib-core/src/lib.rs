@@ -12,8 +12,10 @@ pub mod pricing;
 pub mod restore_plan;
 pub mod schedule;
 pub mod state;
+pub mod storage_class;
 
-pub use config::{Config, DatasetConfig, StorageClass};
+pub use config::{Config, DatasetConfig};
 pub use manifest::{ChunkRecord, Manifest, SnapRef};
 pub use names::{DatasetName, KeyLayout, SnapName, SnapPrefix};
 pub use state::DatasetState;
+pub use storage_class::StorageClass;

@@ -8,8 +8,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::StorageClass;
 use crate::names::{DatasetName, SnapName};
+use crate::storage_class::StorageClass;
 
 pub const FORMAT: &str = "zib-manifest";
 pub const VERSION: u32 = 1;

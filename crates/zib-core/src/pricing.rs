@@ -46,7 +46,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::StorageClass;
+use crate::storage_class::StorageClass;
 
 /// Bytes in a billed GB.
 pub const GB: f64 = (1u64 << 30) as f64;

@@ -5,10 +5,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, ChainError};
-use crate::config::StorageClass;
 use crate::manifest::{ChunkRecord, Manifest, SnapRef};
 use crate::names::{DatasetName, KeyLayout, SnapName};
 use crate::pricing::{Pricing, Quote, RestoreVolume};
+use crate::storage_class::StorageClass;
 
 /// One stream of the chain: a manifest and its chunks, applied with one `zfs receive`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,15 @@ use std::{fmt, str::FromStr};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::TimeZone;
+/// The time zone schedules are read in (`daemon.timezone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TimeZone {
+    #[default]
+    #[serde(rename = "UTC")]
+    Utc,
+    #[serde(rename = "local")]
+    Local,
+}
 
 #[derive(Clone)]
 pub struct CronSchedule {

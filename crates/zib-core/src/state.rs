@@ -8,9 +8,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::StorageClass;
 use crate::manifest::{ChunkRecord, SnapRef};
 use crate::names::{DatasetName, SnapName};
+use crate::storage_class::StorageClass;
 
 pub const STATE_VERSION: u32 = 1;
 

@@ -84,7 +84,7 @@ impl StartError {
     /// 78 (EX_CONFIG) for an invalid config, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::Config(_) => crate::cli::EXIT_CONFIG,
+            StartError::Config(_) => crate::process::EXIT_CONFIG,
             _ => 1,
         }
     }
@@ -660,7 +660,7 @@ impl Handler for DaemonCore {
 /// `zibd run`: the daemon until SIGTERM/SIGINT. Exit 0 after a clean (or deadline) shutdown,
 /// 78 for an invalid config, 1 when it cannot start.
 pub fn main(config_path: PathBuf) -> ExitCode {
-    let rt = crate::cli::runtime();
+    let rt = crate::process::runtime();
     let code = rt.block_on(run(config_path));
     // Anything still running past the shutdown deadline is dropped here (zfs children are
     // killed on drop).

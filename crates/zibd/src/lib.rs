@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod failpoint;
 pub mod job;
 pub mod lifecycle;
+pub mod process;
 pub mod restore;
 pub mod s3;
 pub mod state_store;

@@ -26,11 +26,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, Chain};
-use crate::config::StorageClass;
 use crate::manifest::Manifest;
 use crate::names::KeyLayout;
 use crate::period::Period;
 use crate::pricing::Pricing;
+use crate::storage_class::StorageClass;
 
 /// Abandoned chunks above the newest committed seq and younger than this are never deleted,
 /// whatever their class: another run (another host, a daemon without the lock) may still be

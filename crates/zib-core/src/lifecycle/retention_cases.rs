@@ -4,11 +4,11 @@ use chrono::{DateTime, Utc};
 
 use super::retention::*;
 use crate::catalog::Catalog;
-use crate::config::StorageClass;
 use crate::manifest::{ChunkRecord, Manifest, SnapRef, sample};
 use crate::names::{DatasetName, KeyLayout, SnapName};
 use crate::period::Period;
 use crate::pricing::{GB, Pricing};
+use crate::storage_class::StorageClass;
 
 pub(super) fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().to_utc()

@@ -8,11 +8,11 @@ use proptest::prelude::*;
 use super::retention::*;
 use super::retention_cases::{layout, listing_of, manifest, t};
 use crate::catalog::Catalog;
-use crate::config::StorageClass;
 use crate::manifest::Manifest;
 use crate::names::{DatasetName, SnapName};
 use crate::period::Period;
 use crate::pricing::Pricing;
+use crate::storage_class::StorageClass;
 
 /// One generated backup: full or incremental from an earlier seq (usually the previous one).
 #[derive(Debug, Clone)]

@@ -1,21 +1,21 @@
-//! Command line of `zibd`: the daemon by default, plus foreground commands.
+//! Command line of `zibd`: the daemon by default, plus foreground commands. The only module
+//! that calls down into the commands (`daemon`, `backup`, `restore`).
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use zib_core::{Config, DatasetName};
+
+mod restore;
 
 use crate::{
     backup::{self, BackupOptions, Engine},
+    process::{EXIT_CONFIG, cancel_on_ctrl_c, init_tracing, report, runtime},
     s3::S3Store,
     state_store::StateStore,
     zfs::Zfs,
 };
-
-/// sysexits.h EX_CONFIG: systemd and scripts can tell a bad config from a crash.
-pub const EXIT_CONFIG: u8 = 78;
 
 pub const DEFAULT_CONFIG: &str = "/etc/zib/zibd.toml";
 
@@ -67,20 +67,7 @@ pub enum Command {
     },
     /// Restore from the bucket alone: `list` the catalog, `plan` (with a cost quote), `run`.
     #[command(subcommand)]
-    Restore(Box<crate::restore::RestoreCommand>),
-}
-
-pub fn init_tracing() {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("ZIB_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(ansi)
-        .try_init();
+    Restore(Box<restore::RestoreCommand>),
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -123,22 +110,8 @@ pub fn main() -> ExitCode {
             let opts = crate::lifecycle::PruneOptions { dry_run, allow_early_deletion };
             report(runtime().block_on(prune_once(cfg, &dataset, opts, json)))
         }
-        Command::Restore(cmd) => crate::restore::main(*cmd, &cli.config),
+        Command::Restore(cmd) => restore::main(*cmd, &cli.config),
         Command::Run => crate::daemon::main(cli.config),
-    }
-}
-
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
-}
-
-pub fn report(r: anyhow::Result<()>) -> ExitCode {
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("zibd: {e:#}");
-            ExitCode::FAILURE
-        }
     }
 }
 
@@ -154,14 +127,7 @@ async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow:
         s3: S3Store::from_config(&cfg).await,
         spool_dir: cfg.daemon.spool_dir.clone(),
     };
-    let cancel = CancellationToken::new();
-    let c2 = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!("interrupted: stopping at the next safe point");
-            c2.cancel();
-        }
-    });
+    let cancel = cancel_on_ctrl_c("interrupted: stopping at the next safe point");
     let (progress, _rx) = tokio::sync::watch::channel(backup::Progress::default());
     let r = backup::run(&engine, &cfg, &ds, &mut locked, opts, &progress, &cancel).await?;
     println!(

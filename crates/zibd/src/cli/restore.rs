@@ -1,0 +1,328 @@
+//! `zibd restore list|plan|run`: foreground, needs no config file and no local state.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::sync::watch;
+use zib_core::{DatasetName, SnapName, pricing::RestoreTier};
+
+use crate::{
+    process::{EXIT_CONFIG, cancel_on_ctrl_c, report, runtime},
+    restore::{
+        PollBackoff, RestoreEngine, RestoreOptions, RestoreProgress, RestoreProgressFile,
+        format_catalog, format_plan, load_catalog, plan, run,
+    },
+    s3::S3Store,
+    zfs::Zfs,
+};
+
+/// Where the bucket is: flags, else the config's `[target]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BucketArgs {
+    /// Bucket holding the backups (default: the config's target.bucket).
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// Object prefix of the backups (default: the config's target.prefix, else "zib/").
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// AWS region (default: the config's, else us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// S3-compatible endpoint URL (default: the config's, else AWS).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum RestoreCommand {
+    /// List the datasets and backups in the bucket's catalog.
+    List {
+        #[command(flatten)]
+        bucket: BucketArgs,
+        /// Only this backed-up dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Print the catalog (every manifest) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show which streams and chunks a restore needs, and what each restore tier costs.
+    Plan {
+        #[command(flatten)]
+        bucket: BucketArgs,
+        /// The backed-up dataset (needed when the prefix holds several).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Restore up to this snapshot (default: the newest).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Days the thawed copies stay readable (billed at STANDARD meanwhile).
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Print the plan and quote as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore into a new dataset: thaw, download, verify, zfs receive. Resumable: run the
+    /// same command again after an interruption.
+    Run {
+        #[command(flatten)]
+        bucket: BucketArgs,
+        /// The dataset to create, e.g. pool/restored (must not exist).
+        #[arg(long)]
+        to: String,
+        /// The backed-up dataset (needed when the prefix holds several).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Restore up to this snapshot (default: the newest).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Thaw tier for archived chunks: bulk (within 48 h, cheapest) or standard (within 12 h).
+        #[arg(long, default_value = "bulk")]
+        tier: RestoreTier,
+        /// Days the thawed copies stay readable.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Mountpoint of the restored dataset (`zfs receive -o mountpoint=...`); it is mounted
+        /// at the end when its key is available.
+        #[arg(long)]
+        mountpoint: Option<String>,
+        /// Do not mount the restored dataset.
+        #[arg(long)]
+        no_mount: bool,
+        /// Key of an encrypted dataset, loaded at the end: file:///path or a path.
+        #[arg(long)]
+        key_location: Option<String>,
+        /// Directory for the progress file and spooled chunks (default: <state_dir>/restore).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Chunks downloaded ahead of zfs receive (each spooled to disk).
+        #[arg(long, default_value_t = 2)]
+        parallel: usize,
+        /// First wait between thaw polls, in seconds (doubles up to --poll-max-secs).
+        #[arg(long, default_value_t = 60.0)]
+        poll_initial_secs: f64,
+        /// Longest wait between thaw polls, in seconds.
+        #[arg(long, default_value_t = 900.0)]
+        poll_max_secs: f64,
+    },
+}
+
+/// Resolves the bucket flags against an optional config.
+async fn connect(
+    args: &BucketArgs,
+    cfg: Option<&zib_core::Config>,
+) -> anyhow::Result<RestoreEngine> {
+    let t = cfg.map(|c| &c.target);
+    let bucket = match (&args.bucket, t) {
+        (Some(b), _) => b.clone(),
+        (None, Some(t)) => t.bucket.0.clone(),
+        (None, None) => anyhow::bail!(
+            "no bucket: give --bucket (and --prefix, --region/--endpoint), or a config file with --config"
+        ),
+    };
+    let region = args
+        .region
+        .clone()
+        .or_else(|| t.map(|t| t.region.clone()))
+        .unwrap_or_else(|| "us-east-1".into());
+    let endpoint =
+        args.endpoint.clone().or_else(|| t.and_then(|t| t.endpoint.as_ref().map(|e| e.0.clone())));
+    if let Some(e) = &endpoint {
+        zib_core::config::Endpoint::try_from(e.clone()).map_err(anyhow::Error::msg)?;
+    }
+    let path_style = match (&args.endpoint, cfg) {
+        (None, Some(c)) => c.force_path_style(),
+        _ => endpoint.is_some(),
+    };
+    let prefix = args
+        .prefix
+        .clone()
+        .or_else(|| t.map(|t| t.prefix.clone()))
+        .unwrap_or_else(|| "zib/".into());
+    let attempts = t.map_or(8, |t| t.max_attempts);
+    let s3 = S3Store::connect(&region, endpoint.as_deref(), path_style, attempts, &bucket).await;
+    Ok(RestoreEngine { zfs: Zfs::default(), s3, prefix })
+}
+
+fn parse_opt<T, E: std::fmt::Display>(
+    v: Option<&str>,
+    f: impl Fn(&str) -> Result<T, E>,
+) -> anyhow::Result<Option<T>> {
+    v.map(|s| f(s).map_err(|e| anyhow::anyhow!("{e}"))).transpose()
+}
+
+/// `zibd restore ...`. `config` is loaded when it exists or when no --bucket is given.
+pub fn main(cmd: RestoreCommand, config: &Path) -> std::process::ExitCode {
+    let bucket_args = match &cmd {
+        RestoreCommand::List { bucket, .. }
+        | RestoreCommand::Plan { bucket, .. }
+        | RestoreCommand::Run { bucket, .. } => bucket.clone(),
+    };
+    let cfg = if bucket_args.bucket.is_none() || config.exists() {
+        match zib_core::Config::load(config) {
+            Ok(c) => Some(c),
+            Err(e) if bucket_args.bucket.is_some() => {
+                tracing::warn!("ignoring the config file: {e}");
+                None
+            }
+            Err(e) => {
+                eprintln!(
+                    "zibd: {e}\nzibd: give --bucket (and --prefix, --region/--endpoint) to restore without a config file"
+                );
+                return std::process::ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    } else {
+        None
+    };
+    report(runtime().block_on(restore_cmd(cmd, cfg)))
+}
+
+async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyhow::Result<()> {
+    let pricing = cfg.as_ref().map(|c| c.pricing.clone()).unwrap_or_default();
+    match cmd {
+        RestoreCommand::List { bucket, dataset, json } => {
+            let engine = connect(&bucket, cfg.as_ref()).await?;
+            let ds = parse_opt(dataset.as_deref(), DatasetName::new)?;
+            let cat = load_catalog(&engine.s3, &engine.prefix, ds.as_ref()).await?;
+            if json {
+                let datasets: Vec<_> = cat
+                    .datasets
+                    .iter()
+                    .map(|c| serde_json::json!({ "dataset": c.dataset, "manifests": c.manifests }))
+                    .collect();
+                let v = serde_json::json!({ "bucket": cat.bucket, "prefix": cat.prefix, "datasets": datasets });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", format_catalog(&cat));
+            }
+            Ok(())
+        }
+        RestoreCommand::Plan { bucket, dataset, snapshot, days, json } => {
+            let engine = connect(&bucket, cfg.as_ref()).await?;
+            let ds = parse_opt(dataset.as_deref(), DatasetName::new)?;
+            let snap = parse_opt(snapshot.as_deref(), SnapName::new)?;
+            let p = plan(&engine, ds.as_ref(), snap.as_ref()).await?;
+            let q = p.quote(&pricing, days);
+            if json {
+                let v = serde_json::json!({
+                    "plan": p,
+                    "total_bytes": p.total_bytes(),
+                    "total_objects": p.total_objects(),
+                    "thaw_bytes": p.thaw_bytes(),
+                    "thaw_objects": p.thaw_objects(),
+                    "quote": q,
+                    "pricing": pricing,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", format_plan(&p, &q));
+            }
+            Ok(())
+        }
+        RestoreCommand::Run {
+            bucket,
+            to,
+            dataset,
+            snapshot,
+            tier,
+            days,
+            mountpoint,
+            no_mount,
+            key_location,
+            work_dir,
+            parallel,
+            poll_initial_secs,
+            poll_max_secs,
+        } => {
+            let engine = connect(&bucket, cfg.as_ref()).await?;
+            let mut opts = RestoreOptions::new(DatasetName::new(&to)?);
+            opts.dataset = parse_opt(dataset.as_deref(), DatasetName::new)?;
+            opts.snapshot = parse_opt(snapshot.as_deref(), SnapName::new)?;
+            opts.tier = tier;
+            opts.days = days;
+            opts.mountpoint = mountpoint;
+            opts.no_mount = no_mount;
+            opts.key_location = key_location;
+            opts.parallel = parallel;
+            anyhow::ensure!(
+                poll_initial_secs > 0.0 && poll_max_secs >= poll_initial_secs,
+                "--poll-initial-secs must be > 0 and at most --poll-max-secs"
+            );
+            opts.poll = PollBackoff {
+                initial: Duration::from_secs_f64(poll_initial_secs),
+                max: Duration::from_secs_f64(poll_max_secs),
+            };
+            let work_dir = work_dir.unwrap_or_else(|| {
+                cfg.as_ref()
+                    .map_or_else(
+                        || zib_core::config::DaemonConfig::default().state_dir,
+                        |c| c.daemon.state_dir.clone(),
+                    )
+                    .join("restore")
+            });
+            let mut file = RestoreProgressFile::open(&work_dir, &opts.target)?;
+            eprintln!(
+                "zibd: restore progress is recorded in {} (run the same command again to continue after an interruption)",
+                file.path().display()
+            );
+            let cancel =
+                cancel_on_ctrl_c("interrupted: stopping; run the same command again to continue");
+            let (tx, mut rx) = watch::channel(RestoreProgress::default());
+            let printer = tokio::spawn(async move {
+                let mut last = String::new();
+                while rx.changed().await.is_ok() {
+                    let p = rx.borrow_and_update().clone();
+                    let line = format!(
+                        "{:?}: streams {}/{}, thaw ready {}/{}, chunks received {}/{}{}",
+                        p.phase,
+                        p.steps_received,
+                        p.steps_total,
+                        p.thaw_ready,
+                        p.thaw_needed,
+                        p.chunks_received,
+                        p.chunks_total,
+                        p.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+                    );
+                    if line != last {
+                        tracing::info!("{line}");
+                        last = line;
+                    }
+                }
+            });
+            let r = run(&engine, &opts, &mut file, &tx, &cancel).await;
+            drop(tx);
+            let _ = printer.await;
+            let r = r?;
+            println!(
+                "restored {}@{} into {}: {} streams, {} chunks, {} bytes; {} thaw requests sent, {} polls{}",
+                r.dataset,
+                r.snapshot,
+                r.target,
+                r.streams,
+                r.chunks,
+                r.bytes,
+                r.thaw_requests_sent,
+                r.polls,
+                if r.resumed { " (resumed)" } else { "" }
+            );
+            if r.encrypted {
+                println!(
+                    "{} is encrypted; key {}",
+                    r.target,
+                    if r.key_loaded { "loaded" } else { "NOT loaded" }
+                );
+            }
+            if r.mounted {
+                println!("mounted {}", r.target);
+            }
+            for s in &r.next_steps {
+                println!("next: {s}");
+            }
+            Ok(())
+        }
+    }
+}

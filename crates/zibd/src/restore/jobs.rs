@@ -1,0 +1,221 @@
+//! Restore jobs in the daemon (`zibctl restore start|status`): one per target dataset, each in
+//! its own task, continued after a daemon restart.
+
+use std::{path::PathBuf, sync::Arc};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use zib_core::{DatasetName, SnapName, pricing::RestoreTier};
+
+use super::{
+    PollBackoff, RestoreEngine, RestoreError, RestoreOptions, RestorePhase, RestoreProgress,
+    RestoreProgressFile, RestoreRecord, run,
+};
+
+/// Options from a control-socket [`zib_protocol::RestoreStart`] (bucket/prefix overrides are
+/// the caller's business: they choose the [`RestoreEngine`]).
+pub fn options_from_request(
+    req: &zib_protocol::RestoreStart,
+) -> Result<RestoreOptions, RestoreError> {
+    let bad = |e: zib_core::names::NameError| RestoreError::DatasetChoice(e.to_string());
+    let mut o = RestoreOptions::new(DatasetName::new(&req.to).map_err(bad)?);
+    o.dataset = Some(DatasetName::new(&req.dataset).map_err(bad)?);
+    o.snapshot = req.snapshot.as_deref().map(SnapName::new).transpose().map_err(bad)?;
+    o.tier = match req.tier {
+        zib_protocol::RestoreTier::Bulk => RestoreTier::Bulk,
+        zib_protocol::RestoreTier::Standard => RestoreTier::Standard,
+        zib_protocol::RestoreTier::Unknown => {
+            return Err(RestoreError::DatasetChoice(
+                "unknown restore tier: use bulk or standard".into(),
+            ));
+        }
+    };
+    o.days = req.days;
+    Ok(o)
+}
+
+#[derive(Debug)]
+struct JobSlot {
+    dataset: String,
+    tier: RestoreTier,
+    started_at: DateTime<Utc>,
+    progress: watch::Receiver<RestoreProgress>,
+    cancel: CancellationToken,
+    /// None while running; the outcome once the task ended.
+    outcome: Arc<std::sync::Mutex<Option<JobOutcome>>>,
+}
+
+/// When a job ended, and how: Ok, or (cancelled?, message).
+type JobOutcome = (DateTime<Utc>, Result<(), (bool, String)>);
+
+/// The daemon's restore jobs: one per target dataset, whose name is the job id. Each runs
+/// [`run`] in its own task with its progress file under `work_dir`, so a daemon restart
+/// continues it ([`RestoreJobs::resume_unfinished`]) without asking for any thaw twice.
+#[derive(Debug, Clone)]
+pub struct RestoreJobs {
+    work_dir: PathBuf,
+    shutdown: CancellationToken,
+    /// Thaw polling of resumed jobs.
+    poll: PollBackoff,
+    jobs: Arc<std::sync::Mutex<std::collections::BTreeMap<String, JobSlot>>>,
+}
+
+impl RestoreJobs {
+    /// `shutdown` stops every job at its next safe point (their records stay for the restart).
+    pub fn new(work_dir: PathBuf, shutdown: CancellationToken) -> Self {
+        Self { work_dir, shutdown, poll: PollBackoff::default(), jobs: Default::default() }
+    }
+
+    /// How resumed jobs poll thaws (default [`PollBackoff::default`]).
+    pub fn with_poll(mut self, poll: PollBackoff) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, JobSlot>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts (or continues, if its record is unfinished) the restore into `opts.target`.
+    /// A restore already running into that target, or an unreadable record, is refused here.
+    pub fn start(
+        &self,
+        engine: RestoreEngine,
+        opts: RestoreOptions,
+    ) -> Result<String, RestoreError> {
+        let id = opts.target.to_string();
+        if self
+            .lock()
+            .get(&id)
+            .is_some_and(|j| j.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_none())
+        {
+            return Err(RestoreError::Locked { target: id, path: self.work_dir.clone() });
+        }
+        let mut file = RestoreProgressFile::open(&self.work_dir, &opts.target)?;
+        let (tx, rx) = watch::channel(RestoreProgress::default());
+        let cancel = self.shutdown.child_token();
+        let outcome = Arc::new(std::sync::Mutex::new(None));
+        let slot = JobSlot {
+            dataset: opts.dataset.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+            tier: opts.tier,
+            started_at: Utc::now(),
+            progress: rx,
+            cancel: cancel.clone(),
+            outcome: outcome.clone(),
+        };
+        self.lock().insert(id.clone(), slot);
+        let job_id = id.clone();
+        tokio::spawn(async move {
+            let r = run(&engine, &opts, &mut file, &tx, &cancel).await;
+            let r = match r {
+                Ok(rep) => {
+                    tracing::info!(target = %rep.target, snapshot = %rep.snapshot, "restore job done; {}", rep.next_steps.join("; "));
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(job = %job_id, error = %e, "restore job stopped");
+                    Err((matches!(e, RestoreError::Cancelled { .. }), e.to_string()))
+                }
+            };
+            *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some((Utc::now(), r));
+        });
+        Ok(id)
+    }
+
+    /// Continues every unfinished restore recorded in the work dir (call once at daemon
+    /// start). `engine_for(bucket, prefix)` builds the S3 side for a record.
+    pub async fn resume_unfinished<F, Fut>(
+        &self,
+        engine_for: F,
+    ) -> Vec<Result<String, RestoreError>>
+    where
+        F: Fn(String, String) -> Fut,
+        Fut: std::future::Future<Output = RestoreEngine>,
+    {
+        let mut out = Vec::new();
+        let Ok(mut dir) = tokio::fs::read_dir(&self.work_dir).await else { return out };
+        while let Ok(Some(e)) = dir.next_entry().await {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !(n.starts_with("restore-") && n.ends_with(".json")) {
+                continue;
+            }
+            let rec: Option<RestoreRecord> =
+                std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            match rec {
+                Some(r) if r.finished_at.is_none() => {
+                    let engine = engine_for(r.bucket.clone(), r.plan.prefix.clone()).await;
+                    let opts =
+                        RestoreOptions { poll: self.poll, ..RestoreOptions::from_record(&r) };
+                    out.push(self.start(engine, opts));
+                }
+                Some(_) => {}
+                None => out.push(Err(RestoreError::Progress {
+                    path: e.path(),
+                    message: "unreadable restore record; not resumed".into(),
+                })),
+            }
+        }
+        out
+    }
+
+    /// Asks a running job to stop at its next safe point; false if there is no such job.
+    pub fn cancel(&self, id: &str) -> bool {
+        self.lock().get(id).map(|j| j.cancel.cancel()).is_some()
+    }
+
+    /// Jobs still running.
+    pub fn running(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|j| j.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_none())
+            .count()
+    }
+
+    /// Status of one job or all, in the control protocol's shape.
+    pub fn status(&self, id: Option<&str>) -> Vec<zib_protocol::RestoreJobStatus> {
+        use zib_protocol::RestoreState as S;
+        self.lock()
+            .iter()
+            .filter(|(k, _)| id.is_none_or(|i| i == k.as_str()))
+            .map(|(k, j)| {
+                let p = j.progress.borrow().clone();
+                let outcome = j.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let (state, finished_at, error) = match outcome {
+                    None => (
+                        match p.phase {
+                            RestorePhase::Planning => S::Planning,
+                            RestorePhase::Thawing => S::Thawing,
+                            RestorePhase::Receiving | RestorePhase::Finishing => S::Receiving,
+                            RestorePhase::Done => S::Done,
+                        },
+                        None,
+                        None,
+                    ),
+                    Some((at, Ok(()))) => (S::Done, Some(at), None),
+                    Some((at, Err((true, m)))) => (S::Cancelled, Some(at), Some(m)),
+                    Some((at, Err((false, m)))) => (S::Failed, Some(at), Some(m)),
+                };
+                zib_protocol::RestoreJobStatus {
+                    id: k.clone(),
+                    dataset: p.dataset.clone().unwrap_or_else(|| j.dataset.clone()),
+                    snapshot: p.snapshot.clone(),
+                    to: k.clone(),
+                    tier: match j.tier {
+                        RestoreTier::Bulk => zib_protocol::RestoreTier::Bulk,
+                        RestoreTier::Standard => zib_protocol::RestoreTier::Standard,
+                    },
+                    state,
+                    started_at: p.started_at.unwrap_or(j.started_at),
+                    objects_total: p.thaw_needed,
+                    objects_ready: p.thaw_ready,
+                    bytes_received: p.bytes_received,
+                    bytes_total: (p.bytes_total > 0).then_some(p.bytes_total),
+                    thaw_expected_at: p.thaw_expected_at,
+                    finished_at,
+                    error,
+                }
+            })
+            .collect()
+    }
+}

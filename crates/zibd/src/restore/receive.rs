@@ -1,0 +1,597 @@
+//! The run: streams applied in chain order, each with one `zfs receive -s -u`; chunks
+//! downloaded ahead (at most `parallel`) to spool files, and passed to `zfs receive` only after
+//! their size and SHA-256 matched the manifest.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use chrono::Utc;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::{io::AsyncWriteExt, sync::watch};
+use tokio_util::sync::CancellationToken;
+use zib_core::{DatasetName, SnapName, manifest::ChunkRecord, pricing::RestoreTier};
+
+use super::{
+    PollBackoff, RestoreEngine, RestoreError, RestoreOptions, RestorePhase, RestoreProgress,
+    RestoreProgressFile, RestoreRecord, RestoreReport, io_err, plan,
+    thaw::{ask_again, wait_ready},
+};
+use crate::{
+    failpoint,
+    s3::S3Store,
+    zfs::{Zfs, ZfsError},
+};
+
+/// Runs (or resumes) the restore described by `opts` into `opts.target`. The progress file must
+/// be the one opened for `opts.target`. On error the record stays, and a new call continues.
+pub async fn run(
+    engine: &RestoreEngine,
+    opts: &RestoreOptions,
+    file: &mut RestoreProgressFile,
+    progress: &watch::Sender<RestoreProgress>,
+    cancel: &CancellationToken,
+) -> Result<RestoreReport, RestoreError> {
+    if !(1..=365).contains(&opts.days) {
+        return Err(RestoreError::DatasetChoice(format!(
+            "--days must be between 1 and 365, got {}",
+            opts.days
+        )));
+    }
+    let parallel = opts.parallel.clamp(1, 16);
+    progress.send_modify(|p| {
+        *p = RestoreProgress {
+            target: opts.target.to_string(),
+            tier: opts.tier,
+            started_at: Some(Utc::now()),
+            ..Default::default()
+        };
+    });
+
+    // Resume an unfinished record, or plan afresh.
+    let resumed = match &file.record {
+        Some(r) if r.finished_at.is_none() => {
+            let name_differs = opts.snapshot.as_ref().is_some_and(|s| s != &r.plan.snapshot.name);
+            let ds_differs = opts.dataset.as_ref().is_some_and(|d| d != &r.plan.dataset);
+            if name_differs || ds_differs || r.bucket != engine.s3.bucket() {
+                return Err(RestoreError::Progress {
+                    path: file.path.clone(),
+                    message: format!(
+                        "an unfinished restore of {}@{} from s3://{} into {} is recorded here; run it with the same dataset/snapshot/bucket to continue, or remove this file (and `zfs destroy -r {}` if it exists) to start another",
+                        r.plan.dataset, r.plan.snapshot.name, r.bucket, r.target, r.target
+                    ),
+                });
+            }
+            tracing::info!(target = %opts.target, streams_done = r.steps_received, "resuming the recorded restore");
+            true
+        }
+        _ => {
+            let plan = plan(engine, opts.dataset.as_ref(), opts.snapshot.as_ref()).await?;
+            if engine.zfs.dataset_exists(opts.target.as_str()).await? {
+                return Err(RestoreError::TargetExists { target: opts.target.to_string() });
+            }
+            file.record = Some(RestoreRecord::new(engine.s3.bucket(), opts, plan));
+            file.save().await?;
+            false
+        }
+    };
+    let ready_ahead = AtomicU64::new(0);
+    let mut run = Run {
+        engine,
+        opts,
+        file,
+        progress,
+        cancel,
+        parallel,
+        thaw_sent: 0,
+        polls: 0,
+        ready_ahead: &ready_ahead,
+    };
+    run.publish(RestorePhase::Planning, None);
+    clean_spool(&run.file.spool_dir, &opts.target).await;
+
+    run.request_thaws().await?;
+    let steps = run.file.rec().plan.steps.len();
+    for i in run.file.rec().steps_received..steps {
+        if let Err(e) = run.receive_step(i).await {
+            // Downloads in flight were dropped with the stream; remove what they spooled.
+            clean_spool(&run.file.spool_dir, &opts.target).await;
+            return Err(e);
+        }
+    }
+    run.finish(resumed).await
+}
+
+pub(super) struct Run<'a> {
+    pub(super) engine: &'a RestoreEngine,
+    pub(super) opts: &'a RestoreOptions,
+    pub(super) file: &'a mut RestoreProgressFile,
+    pub(super) progress: &'a watch::Sender<RestoreProgress>,
+    pub(super) cancel: &'a CancellationToken,
+    pub(super) parallel: usize,
+    pub(super) thaw_sent: u64,
+    pub(super) polls: u64,
+    /// Chunks of the current stream seen thawed by a download but not yet recorded as ready.
+    pub(super) ready_ahead: &'a AtomicU64,
+}
+
+/// Everything a chunk download needs, shareable across concurrent downloads.
+#[derive(Clone, Copy)]
+pub(super) struct FetchCtx<'a> {
+    pub(super) s3: &'a S3Store,
+    pub(super) tier: RestoreTier,
+    pub(super) days: u32,
+    pub(super) poll: PollBackoff,
+    pub(super) cancel: &'a CancellationToken,
+    pub(super) progress: &'a watch::Sender<RestoreProgress>,
+    pub(super) target: &'a DatasetName,
+    pub(super) ready_ahead: &'a std::sync::atomic::AtomicU64,
+}
+
+/// What a finished download reports back to the receiver.
+pub(super) struct Fetched {
+    index: usize,
+    path: PathBuf,
+    thaw_requests: u32,
+    polls: u64,
+}
+
+impl<'a> Run<'a> {
+    pub(super) fn publish(&self, phase: RestorePhase, message: Option<String>) {
+        let rec = self.file.record.as_ref().expect("record");
+        let hours = f64::from(match rec.tier {
+            RestoreTier::Bulk => 48u32,
+            RestoreTier::Standard => 12,
+        });
+        let first_request = rec.chunks.iter().flatten().filter_map(|c| c.thaw_requested_at).min();
+        let received_bytes: u64 =
+            rec.plan.steps[..rec.steps_received].iter().map(|s| s.stream_size).sum::<u64>()
+                + rec
+                    .plan
+                    .steps
+                    .get(rec.steps_received)
+                    .map(|s| {
+                        s.chunks
+                            .iter()
+                            .zip(&rec.chunks[rec.steps_received])
+                            .filter(|(_, p)| p.received)
+                            .map(|(c, _)| c.size)
+                            .sum()
+                    })
+                    .unwrap_or(0);
+        let thaw_needed = rec.plan.thaw_objects();
+        let polls = self.polls;
+        let ready_ahead = self.ready_ahead.load(Ordering::Relaxed);
+        self.progress.send_modify(|p| {
+            p.phase = phase;
+            p.dataset = Some(rec.plan.dataset.to_string());
+            p.snapshot = Some(rec.plan.snapshot.name.to_string());
+            p.steps_total = rec.plan.steps.len();
+            p.steps_received = rec.steps_received;
+            p.chunks_total = rec.plan.total_objects();
+            p.thaw_needed = thaw_needed;
+            p.thaw_requested = rec.count(|c| c.thaw_requested_at.is_some());
+            p.thaw_ready = rec.count(|c| c.ready) + ready_ahead;
+            p.chunks_downloaded = rec.count(|c| c.downloaded);
+            p.chunks_received = rec.count(|c| c.received);
+            p.bytes_total = rec.plan.total_bytes();
+            p.bytes_received = received_bytes;
+            p.thaw_expected_at = first_request
+                .filter(|_| thaw_needed > 0)
+                .map(|t| t + chrono::Duration::seconds((hours * 3600.0) as i64));
+            p.polls = p.polls.max(polls);
+            if message.is_some() {
+                p.message = message;
+            }
+        });
+    }
+
+    pub(super) fn check_cancel(&self) -> Result<(), RestoreError> {
+        if self.cancel.is_cancelled() {
+            Err(RestoreError::Cancelled { target: self.opts.target.to_string() })
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(super) fn ctx(&self) -> FetchCtx<'a> {
+        let rec = self.file.record.as_ref().expect("record");
+        let (engine, opts): (&'a RestoreEngine, &'a RestoreOptions) = (self.engine, self.opts);
+        FetchCtx {
+            s3: &engine.s3,
+            tier: rec.tier,
+            days: rec.days,
+            poll: opts.poll,
+            cancel: self.cancel,
+            progress: self.progress,
+            target: &opts.target,
+            ready_ahead: self.ready_ahead,
+        }
+    }
+
+    /// Receives stream `i` from its first chunk into the target.
+    async fn receive_step(&mut self, i: usize) -> Result<(), RestoreError> {
+        let zfs = &self.engine.zfs;
+        let target = self.opts.target.clone();
+        let step = self.file.rec().plan.steps[i].clone();
+        let needs_thaw = step.needs_thaw();
+
+        // A receive that completed before a crash left its snapshot behind.
+        if snapshot_guid(zfs, &target, &step.to.name).await?.as_deref()
+            == Some(step.to.guid.as_str())
+        {
+            tracing::info!(%target, snapshot = %step.to.name, "stream already received (found its snapshot on the target)");
+            return self.step_done(i).await;
+        }
+        // An interrupted `zfs receive -s` left partial state: a stored stream cannot resume at
+        // the token's offset, so abort it and receive the stream again from its first chunk.
+        if zfs.dataset_exists(target.as_str()).await? {
+            if let Some(token) = zfs.get_property(target.as_str(), "receive_resume_token").await? {
+                tracing::warn!(%target, snapshot = %step.to.name, token_len = token.len(), "aborting the interrupted partial receive (zfs receive -A); receiving that stream again from its first chunk");
+                zfs.raw(&["receive", "-A", target.as_str()]).await?;
+            }
+        } else if !step.is_full() {
+            return Err(RestoreError::Progress {
+                path: self.file.path.clone(),
+                message: format!(
+                    "stream #{} is an incremental, but the target {target} is gone; remove this file to start over",
+                    step.seq
+                ),
+            });
+        }
+        for c in &mut self.file.rec().chunks[i] {
+            c.downloaded = false;
+            c.received = false;
+        }
+        self.file.save().await?;
+
+        let mut args: Vec<String> = vec!["-s".into(), "-u".into()];
+        if let (true, Some(mp)) = (step.is_full(), &self.opts.mountpoint) {
+            args.extend(["-o".into(), format!("mountpoint={mp}")]);
+        }
+        args.push(target.to_string());
+        let n_steps = self.file.rec().plan.steps.len();
+        self.publish(
+            RestorePhase::Receiving,
+            Some(format!(
+                "receiving stream {}/{n_steps}: {} ({} chunks)",
+                i + 1,
+                step.to.name,
+                step.chunks.len()
+            )),
+        );
+        let mut sink = zfs.receive(&args)?;
+
+        let spool_dir = self.file.spool_dir.clone();
+        tokio::fs::create_dir_all(&spool_dir)
+            .await
+            .map_err(io_err("cannot create spool directory", &spool_dir))?;
+        let ctx = self.ctx();
+        let stem = target.file_stem();
+        let was_ready: Vec<bool> = self.file.rec().chunks[i].iter().map(|c| c.ready).collect();
+        self.ready_ahead.store(0, Ordering::Relaxed);
+        // Futures collected first (not mapped lazily): keeps the task's future provably Send.
+        let futs: Vec<_> = step
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(j, c)| {
+                fetch_chunk(
+                    ctx,
+                    j,
+                    c,
+                    needs_thaw && !was_ready[j],
+                    needs_thaw,
+                    spool_dir.join(format!("{stem}.{i}.{j:08}.chunk")),
+                )
+            })
+            .collect();
+        let mut fetches = futures::stream::iter(futs).buffered(self.parallel);
+
+        let mut whole = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let next = tokio::select! {
+                n = fetches.next() => n,
+                () = self.cancel.cancelled() => return Err(RestoreError::Cancelled { target: target.to_string() }),
+            };
+            let Some(fetched) = next else { break };
+            let Fetched { index, path, thaw_requests, polls } = fetched?;
+            self.polls += polls;
+            self.thaw_sent += u64::from(thaw_requests);
+            {
+                let c = &mut self.file.rec().chunks[i][index];
+                if needs_thaw && !c.ready {
+                    c.ready = true;
+                    let _ =
+                        self.ready_ahead.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            n.checked_sub(1)
+                        });
+                }
+                c.downloaded = true;
+                c.thaw_requests += thaw_requests;
+            }
+            // Verified: now, and only now, its bytes go to zfs receive.
+            let mut f = tokio::fs::File::open(&path)
+                .await
+                .map_err(io_err("cannot open spool file", &path))?;
+            loop {
+                use tokio::io::AsyncReadExt;
+                let n = f.read(&mut buf).await.map_err(io_err("cannot read spool file", &path))?;
+                if n == 0 {
+                    break;
+                }
+                whole.update(&buf[..n]);
+                if let Err(e) = sink.stdin().write_all(&buf[..n]).await {
+                    // zfs receive stopped reading: its exit status and stderr say why.
+                    let _ = tokio::fs::remove_file(&path).await;
+                    drop(fetches);
+                    sink.finish().await?;
+                    return Err(RestoreError::Io {
+                        action: "zfs receive stopped reading its input",
+                        path: PathBuf::from(target.as_str()),
+                        source: e,
+                    });
+                }
+            }
+            drop(f);
+            let _ = tokio::fs::remove_file(&path).await;
+            self.file.rec().chunks[i][index].received = true;
+            self.file.save().await?;
+            self.publish(RestorePhase::Receiving, None);
+            failpoint::hit("restore-after-chunk");
+        }
+        drop(fetches);
+        let sha = hex::encode(whole.finalize());
+        if sha != step.stream_sha256 {
+            // Every chunk matched, so the manifest contradicts itself; do not let zfs commit it.
+            drop(sink);
+            return Err(RestoreError::ChunkCorrupt {
+                bucket: self.engine.s3.bucket().into(),
+                key: step.manifest_key.clone(),
+                detail: format!(
+                    "the stream's SHA-256 is {sha}, the manifest says {}",
+                    step.stream_sha256
+                ),
+            });
+        }
+        sink.finish().await?;
+        self.step_done(i).await
+    }
+
+    async fn step_done(&mut self, i: usize) -> Result<(), RestoreError> {
+        let rec = self.file.rec();
+        rec.steps_received = i + 1;
+        let thawed = rec.plan.steps[i].needs_thaw();
+        for c in &mut rec.chunks[i] {
+            c.ready |= thawed;
+            c.downloaded = true;
+            c.received = true;
+        }
+        self.file.save().await?;
+        tracing::info!(target = %self.opts.target, stream = i + 1, "stream received");
+        self.publish(RestorePhase::Receiving, None);
+        Ok(())
+    }
+
+    async fn finish(&mut self, resumed: bool) -> Result<RestoreReport, RestoreError> {
+        self.publish(RestorePhase::Finishing, None);
+        let zfs = &self.engine.zfs;
+        let target = self.opts.target.clone();
+        let t = target.as_str();
+        let encrypted = zfs.get_property(t, "encryption").await?.is_some_and(|e| e != "off");
+        let mut key_loaded = !encrypted;
+        let mut next_steps = Vec::new();
+        if encrypted {
+            let keystatus = zfs.get_property(t, "keystatus").await?;
+            if keystatus.as_deref() == Some("available") {
+                key_loaded = true;
+            } else if let Some(loc) = &self.opts.key_location {
+                let loc = if loc.contains("://") || loc == "prompt" {
+                    loc.clone()
+                } else {
+                    format!("file://{loc}")
+                };
+                zfs.raw(&["load-key", "-L", &loc, t]).await?;
+                key_loaded = true;
+            } else {
+                next_steps.push(format!(
+                    "{t} is encrypted (raw stream) and its key is not loaded: `zfs load-key -L file:///path/to/keyfile {t}` (or `-L prompt` for a passphrase), then `zfs set keylocation=file:///path/to/keyfile {t}` to keep it"
+                ));
+            }
+        }
+        let mut mounted = false;
+        if key_loaded && !self.opts.no_mount {
+            if self.opts.mountpoint.is_some() {
+                zfs.raw(&["mount", t]).await?;
+                mounted = true;
+            } else {
+                next_steps.push(format!("not mounted: set a mountpoint and mount it (`zfs set mountpoint=/path {t} && zfs mount {t}`)"));
+            }
+        } else if key_loaded {
+            next_steps.push(format!("not mounted (--no-mount): `zfs mount {t}`"));
+        } else {
+            next_steps.push(format!(
+                "after loading the key: `zfs mount {t}` (set a mountpoint first if it has none)"
+            ));
+        }
+        let rec = self.file.rec();
+        rec.finished_at = Some(Utc::now());
+        let report = RestoreReport {
+            dataset: rec.plan.dataset.clone(),
+            snapshot: rec.plan.snapshot.name.clone(),
+            target,
+            streams: rec.plan.steps.len(),
+            chunks: rec.plan.total_objects(),
+            bytes: rec.plan.total_bytes(),
+            thaw_requests_sent: self.thaw_sent,
+            polls: self.polls,
+            resumed,
+            encrypted,
+            key_loaded,
+            mounted,
+            next_steps,
+        };
+        self.file.save().await?;
+        self.publish(RestorePhase::Done, Some("restore complete".into()));
+        Ok(report)
+    }
+}
+
+async fn clean_spool(dir: &Path, target: &DatasetName) {
+    let stem = format!("{}.", target.file_stem());
+    let Ok(mut d) = tokio::fs::read_dir(dir).await else { return };
+    while let Ok(Some(e)) = d.next_entry().await {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&stem) && n.ends_with(".chunk") {
+            let _ = tokio::fs::remove_file(e.path()).await;
+        }
+    }
+}
+
+/// The GUID of `target@snap`, None if the dataset or snapshot does not exist.
+async fn snapshot_guid(
+    zfs: &Zfs,
+    target: &DatasetName,
+    snap: &SnapName,
+) -> Result<Option<String>, ZfsError> {
+    match zfs.snapshot_info(target, snap).await {
+        Ok(s) => Ok(s.map(|s| s.guid)),
+        Err(ZfsError::Failed { stderr, .. }) if stderr.contains("does not exist") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until chunk `c` is readable (asking for a thaw again if an earlier one expired),
+/// downloads it to `path` while hashing, and checks size and SHA-256. The file exists on Ok
+/// only; nothing unverified is ever returned.
+async fn fetch_chunk(
+    ctx: FetchCtx<'_>,
+    index: usize,
+    c: &ChunkRecord,
+    count_ready: bool,
+    needs_thaw: bool,
+    path: PathBuf,
+) -> Result<Fetched, RestoreError> {
+    let mut thaw_requests = 0u32;
+    let mut polls = 0u64;
+    let mut counted = !count_ready;
+    loop {
+        if needs_thaw {
+            wait_ready(ctx, &c.key, &mut thaw_requests, &mut polls).await?;
+            if !counted {
+                counted = true;
+                ctx.ready_ahead.fetch_add(1, Ordering::Relaxed);
+                ctx.progress.send_modify(|p| p.thaw_ready += 1);
+            }
+        }
+        match download(ctx, c, &path).await {
+            Ok(()) => return Ok(Fetched { index, path, thaw_requests, polls }),
+            Err(DownloadError::NotThawed) => ask_again(ctx, &c.key, &mut thaw_requests).await?,
+            Err(DownloadError::Other(e)) => return Err(e),
+        }
+    }
+}
+
+enum DownloadError {
+    NotThawed,
+    Other(RestoreError),
+}
+
+impl From<RestoreError> for DownloadError {
+    fn from(e: RestoreError) -> Self {
+        Self::Other(e)
+    }
+}
+
+/// GET into `path`, hashing; verifies size and SHA-256 against the manifest. Retries a body
+/// that breaks off mid-way (the SDK retries only the request itself).
+async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(), DownloadError> {
+    let bucket = ctx.s3.bucket();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let body = match ctx.s3.get(&c.key).await {
+            Ok(b) => b,
+            Err(e) if e.code() == Some("InvalidObjectState") => {
+                return Err(DownloadError::NotThawed);
+            }
+            Err(e) if e.is_not_found() => {
+                return Err(RestoreError::ChunkMissing {
+                    bucket: bucket.into(),
+                    key: c.key.clone(),
+                }
+                .into());
+            }
+            Err(e) => return Err(RestoreError::from(e).into()),
+        };
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(io_err("cannot create spool file", path))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut reader = body.into_async_read();
+        let mut buf = vec![0u8; 256 * 1024];
+        let res: Result<(), std::io::Error> = async {
+            use tokio::io::AsyncReadExt;
+            loop {
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                size += n as u64;
+                if size > c.size {
+                    return Ok(()); // too long: reported below, no need to read further
+                }
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).await.map_err(|e| {
+                    std::io::Error::other(format!("writing {}: {e}", path.display()))
+                })?;
+            }
+        }
+        .await;
+        match res {
+            Ok(()) => {}
+            Err(e) if attempt < 3 => {
+                tracing::warn!(key = %c.key, error = %e, "download broke off; retrying");
+                continue;
+            }
+            Err(e) => {
+                return Err(RestoreError::Io {
+                    action: "downloading",
+                    path: PathBuf::from(&c.key),
+                    source: e,
+                }
+                .into());
+            }
+        }
+        file.flush().await.map_err(io_err("cannot write spool file", path))?;
+        drop(file);
+        let sha = hex::encode(hasher.finalize());
+        let detail = if size != c.size {
+            Some(format!(
+                "{}{size} bytes, the manifest says {}",
+                if size > c.size { "more than " } else { "" },
+                c.size
+            ))
+        } else if sha != c.sha256 {
+            Some(format!("SHA-256 {sha}, the manifest says {}", c.sha256))
+        } else {
+            None
+        };
+        if let Some(detail) = detail {
+            let _ = tokio::fs::remove_file(path).await;
+            tracing::error!(key = %c.key, %detail, "chunk failed verification");
+            return Err(RestoreError::ChunkCorrupt {
+                bucket: bucket.into(),
+                key: c.key.clone(),
+                detail,
+            }
+            .into());
+        }
+        ctx.progress.send_modify(|p| p.chunks_downloaded += 1);
+        return Ok(());
+    }
+}
