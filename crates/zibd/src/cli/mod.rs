@@ -183,7 +183,7 @@ async fn prune_once(
         &state,
         opts,
         chrono::Utc::now(),
-        &CancellationToken::new(),
+        &tokio_util::sync::CancellationToken::new(),
     )
     .await?;
     if json {
