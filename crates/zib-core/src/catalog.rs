@@ -84,29 +84,31 @@ impl Catalog {
     /// (branches included), oldest full first; and, apart, the manifests that lead back to no
     /// full (a broken chain).
     pub fn chains(&self) -> (Vec<Chain<'_>>, Vec<&Manifest>) {
+        // Manifests are sorted by seq and a base always has a lower seq than what builds on it,
+        // so one pass in seq order knows each base's chain before it meets the incremental.
+        let mut by_guid: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+        let mut chain_of: Vec<Option<usize>> = Vec::with_capacity(self.manifests.len());
         let mut chains: Vec<Chain<'_>> = Vec::new();
         let mut broken = Vec::new();
-        for m in &self.manifests {
-            let mut root = m;
-            let mut steps = 0;
-            while !root.is_full() && steps <= self.manifests.len() {
-                match self.base_of(root) {
-                    Some(b) => root = b,
-                    None => break,
+        for (i, m) in self.manifests.iter().enumerate() {
+            let chain = match &m.from {
+                None => {
+                    chains.push(Chain { links: Vec::new() });
+                    Some(chains.len() - 1)
                 }
-                steps += 1;
+                // The newest earlier manifest with the base's GUID, as `base_of` finds it.
+                Some(base) => by_guid
+                    .get(base.guid.as_str())
+                    .and_then(|ix| ix.iter().rev().find(|&&j| self.manifests[j].seq < m.seq))
+                    .and_then(|&j| chain_of[j]),
+            };
+            match chain {
+                Some(c) => chains[c].links.push(m),
+                None => broken.push(m),
             }
-            if !root.is_full() {
-                broken.push(m);
-                continue;
-            }
-            match chains.iter_mut().find(|c| std::ptr::eq(c.full(), root)) {
-                Some(c) => c.links.push(m),
-                None => chains.push(Chain { links: vec![m] }),
-            }
+            chain_of.push(chain);
+            by_guid.entry(m.to.guid.as_str()).or_default().push(i);
         }
-        // Manifests are sorted by seq, and a full precedes the incrementals built on it, so
-        // each chain is in seq order with its full first, and chains are in order of their full.
         (chains, broken)
     }
 }

@@ -12,3 +12,5 @@ pub use retention::{PrunePlan, RetentionPolicy, StoredObject};
 mod retention_cases;
 #[cfg(test)]
 mod retention_props;
+#[cfg(test)]
+mod years_simulated;
