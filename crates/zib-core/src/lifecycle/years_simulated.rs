@@ -22,6 +22,7 @@ struct Figures {
     longest_chain: u64,
     deleted_objects: u64,
     early_charge: f64,
+    most_chains: usize,
 }
 
 /// Chunk sizes of a stream of `size` bytes in 5 GB chunks.
@@ -45,8 +46,14 @@ fn two_years_of_daily_backups_stay_bounded_and_cheap() {
     let mut dataset_size = 500 * GIB;
     let mut manifests: Vec<Manifest> = Vec::new();
     let mut listing: Vec<StoredObject> = Vec::new();
-    let mut f =
-        Figures { puts: 0, fulls: vec![], longest_chain: 0, deleted_objects: 0, early_charge: 0.0 };
+    let mut f = Figures {
+        puts: 0,
+        fulls: vec![],
+        longest_chain: 0,
+        deleted_objects: 0,
+        early_charge: 0.0,
+        most_chains: 0,
+    };
     let start = t("2026-01-01T03:00:00Z");
     for day in 0..730i64 {
         let now = start + TimeDelta::days(day);
@@ -108,17 +115,18 @@ fn two_years_of_daily_backups_stay_bounded_and_cheap() {
         f.longest_chain = f.longest_chain.max(newest.len() as u64);
         let (chains, broken) = cat.chains();
         assert!(broken.is_empty());
-        assert!(chains.len() <= 3, "day {day}: {} chains", chains.len());
+        f.most_chains = f.most_chains.max(chains.len());
     }
     let stored: u64 = listing.iter().map(|o| o.size).sum();
     let monthly: f64 =
         listing.iter().map(|o| pricing.monthly_storage(o.size, o.storage_class.unwrap())).sum();
     println!(
-        "730 days: {} PUTs, fulls on days {:?}, longest chain {} streams, {} objects deleted, \
+        "730 days: {} PUTs, fulls on days {:?}, longest chain {} streams, at most {} chains, {} objects deleted, \
          at the end {} objects / {:.1} GiB stored, ${monthly:.4}/month, early-deletion charges ${:.2}",
         f.puts,
         f.fulls,
         f.longest_chain,
+        f.most_chains,
         f.deleted_objects,
         listing.len(),
         stored as f64 / GIB as f64,
@@ -127,6 +135,8 @@ fn two_years_of_daily_backups_stay_bounded_and_cheap() {
     // Re-baselines only by full_every (180 days): the ratio needs 500+ GiB of incrementals.
     assert_eq!(f.fulls, vec![0, 180, 360, 540, 720]);
     assert_eq!(f.longest_chain, 180);
+    // The full of day 180k arrives when the chain before the previous one is 181 days old.
+    assert_eq!(f.most_chains, 2);
     assert_eq!(f.early_charge, 0.0);
     // Kept at the end: the chain of day 540 (180 streams) and of day 720 (10 streams).
     let days_kept: Vec<u64> = manifests.iter().map(|m| m.seq - 1).collect();
