@@ -32,7 +32,7 @@ use crate::{
     failpoint,
     s3::{PutOutcome, S3Error, S3Store},
     state_store::{LockedState, StateStoreError},
-    zfs::{SendStream, Zfs, ZfsError},
+    zfs::{SendArgs, SendBase, SendStream, Zfs, ZfsError},
 };
 
 /// The outside systems a backup talks to.
@@ -385,16 +385,16 @@ impl Backup<'_> {
         self.save().await
     }
 
-    /// `zfs send` arguments: `-w [-i <base>] ds@to`, where the base is the snapshot if it still
-    /// exists with the recorded GUID, else its bookmark.
-    async fn send_args(&self) -> Result<Vec<String>, BackupError> {
+    /// What to send: `to`, from the base's snapshot if it still exists with the recorded GUID,
+    /// else from its bookmark.
+    async fn send_args(&self) -> Result<SendArgs, BackupError> {
         let name = &self.ds.name;
         let p = self.locked.state.pending.as_ref().expect("pending");
-        let mut args = vec!["-w".to_owned()];
+        let mut from = None;
         if let Some(base) = &p.from {
             let snap = self.engine.zfs.snapshot_info(name, &base.name).await?;
-            let base_ref = if snap.is_some_and(|s| s.guid == base.guid) {
-                name.snapshot(&base.name)
+            from = Some(if snap.is_some_and(|s| s.guid == base.guid) {
+                SendBase::Snapshot(base.name.clone())
             } else if self
                 .engine
                 .zfs
@@ -402,22 +402,20 @@ impl Backup<'_> {
                 .await?
                 .is_some_and(|b| b.guid == base.guid)
             {
-                name.bookmark(&base.name)
+                SendBase::Bookmark(base.name.clone())
             } else {
                 return Err(BackupError::BaseMissing {
                     dataset: name.to_string(),
                     base: base.name.to_string(),
                     guid: base.guid.clone(),
                 });
-            };
-            args.extend(["-i".to_owned(), base_ref]);
+            });
         }
-        args.push(name.snapshot(&p.to));
-        Ok(args)
+        Ok(SendArgs { dataset: name.clone(), to: p.to.clone(), from })
     }
 
     /// One pass over the send stream: re-hash stored chunks, spool and PUT the rest.
-    async fn stream(&mut self, args: &[String]) -> Result<(Streamed, u64, u64), BackupError> {
+    async fn stream(&mut self, args: &SendArgs) -> Result<(Streamed, u64, u64), BackupError> {
         let send = self.engine.zfs.send(args)?;
         let p = self.locked.state.pending.clone().expect("pending");
         self.set_progress(|pr| pr.phase = Phase::Uploading);
@@ -503,7 +501,7 @@ impl Backup<'_> {
 
     async fn manifest(
         &self,
-        args: &[String],
+        args: &SendArgs,
         size: u64,
         sha256: String,
     ) -> Result<Manifest, BackupError> {
@@ -520,7 +518,7 @@ impl Backup<'_> {
             to: SnapRef { name: p.to.clone(), guid: p.to_guid.clone().expect("snapshot taken") },
             snapshot_created: created,
             committed_at: Utc::now(),
-            send_args: args.to_vec(),
+            send_args: args.argv(),
             attempt: p.attempt,
             storage_class: p.storage_class,
             chunk_size: p.chunk_size,

@@ -14,8 +14,63 @@ pub enum ZfsError {
     Spawn { cmd: String, source: std::io::Error },
     #[error("`{cmd}` failed ({status}): {stderr}")]
     Failed { cmd: String, status: String, stderr: String },
+    /// The dataset, snapshot or bookmark named does not exist (classified from zfs's stderr,
+    /// which is kept).
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    NotFound { cmd: String, status: String, stderr: String },
     #[error("`{cmd}` printed output zib cannot parse: {output:?}")]
     Parse { cmd: String, output: String },
+}
+
+/// What `zfs send` sends: always raw (`-w`: an encrypted dataset leaves the host encrypted,
+/// and the stream needs no key), `to` a snapshot, incrementally `from` a base when given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendArgs {
+    pub dataset: DatasetName,
+    pub to: SnapName,
+    pub from: Option<SendBase>,
+}
+
+/// The base of an incremental send: the snapshot itself, or its bookmark once it is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendBase {
+    Snapshot(SnapName),
+    Bookmark(SnapName),
+}
+
+impl SendArgs {
+    /// `-w [-i <base>] ds@to` (also recorded in the manifest).
+    pub fn argv(&self) -> Vec<String> {
+        let mut args = vec!["-w".to_owned()];
+        match &self.from {
+            Some(SendBase::Snapshot(s)) => args.extend(["-i".into(), self.dataset.snapshot(s)]),
+            Some(SendBase::Bookmark(s)) => args.extend(["-i".into(), self.dataset.bookmark(s)]),
+            None => {}
+        }
+        args.push(self.dataset.snapshot(&self.to));
+        args
+    }
+}
+
+/// How `zfs receive` applies a stream: always resumable (`-s`) and unmounted (`-u`), so a
+/// stream's properties never mount anything over the host; `mountpoint` (`-o mountpoint=`)
+/// only for a full stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiveOptions {
+    pub target: DatasetName,
+    pub mountpoint: Option<String>,
+}
+
+impl ReceiveOptions {
+    /// `-s -u [-o mountpoint=<mp>] target`.
+    fn argv(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec!["-s".into(), "-u".into()];
+        if let Some(mp) = &self.mountpoint {
+            args.extend(["-o".into(), format!("mountpoint={mp}")]);
+        }
+        args.push(self.target.to_string());
+        args
+    }
 }
 
 /// Facts about one snapshot or bookmark.
@@ -69,11 +124,11 @@ impl Zfs {
             .await
             .map_err(|source| ZfsError::Spawn { cmd: cmd.clone(), source })?;
         if !out.status.success() {
-            return Err(ZfsError::Failed {
+            return Err(failed(
                 cmd,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
+                out.status.to_string(),
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -98,7 +153,7 @@ impl Zfs {
     pub async fn dataset_exists(&self, ds: &str) -> Result<bool, ZfsError> {
         match self.run(&["list", "-H", "-o", "name", ds]).await {
             Ok(_) => Ok(true),
-            Err(ZfsError::Failed { stderr, .. }) if stderr.contains("does not exist") => Ok(false),
+            Err(ZfsError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -145,7 +200,8 @@ impl Zfs {
     }
 
     /// `zfs send -nvP <args>`: the estimated stream size, for progress.
-    pub async fn send_estimate(&self, args: &[String]) -> Result<u64, ZfsError> {
+    pub async fn send_estimate(&self, args: &SendArgs) -> Result<u64, ZfsError> {
+        let args = args.argv();
         let mut full: Vec<&str> = vec!["send", "-nvP"];
         full.extend(args.iter().map(String::as_str));
         let out = self.run(&full).await?;
@@ -157,7 +213,8 @@ impl Zfs {
 
     /// Starts `zfs send <args>` with stdout piped. Call [`SendStream::finish`] after reading
     /// everything: only its Ok makes the stream good.
-    pub fn send(&self, args: &[String]) -> Result<SendStream, ZfsError> {
+    pub fn send(&self, args: &SendArgs) -> Result<SendStream, ZfsError> {
+        let args = args.argv();
         let mut full: Vec<&str> = vec!["send"];
         full.extend(args.iter().map(String::as_str));
         let cmd = render(&full);
@@ -173,8 +230,9 @@ impl Zfs {
         Ok(SendStream { cmd, child, stdout: Some(stdout), stderr })
     }
 
-    /// Starts `zfs receive <args>` with stdin piped.
-    pub fn receive(&self, args: &[String]) -> Result<ReceiveSink, ZfsError> {
+    /// Starts `zfs receive -s -u ...` with stdin piped.
+    pub fn receive(&self, opts: &ReceiveOptions) -> Result<ReceiveSink, ZfsError> {
+        let args = opts.argv();
         let mut full: Vec<&str> = vec!["receive"];
         full.extend(args.iter().map(String::as_str));
         let cmd = render(&full);
@@ -198,9 +256,27 @@ impl Zfs {
         Ok(if v.is_empty() || v == "-" { None } else { Some(v.to_owned()) })
     }
 
-    /// Runs any other zfs subcommand (load-key, set, ...).
-    pub async fn raw(&self, args: &[&str]) -> Result<String, ZfsError> {
-        self.run(args).await
+    /// `zfs receive -A`: discards the partial state an interrupted `zfs receive -s` left.
+    pub async fn abort_partial_receive(&self, target: &DatasetName) -> Result<(), ZfsError> {
+        self.run(&["receive", "-A", target.as_str()]).await.map(drop)
+    }
+
+    /// `zfs load-key -L <location>`; `location` is a URL (`file:///path`, `prompt`).
+    pub async fn load_key(&self, ds: &DatasetName, location: &str) -> Result<(), ZfsError> {
+        self.run(&["load-key", "-L", location, ds.as_str()]).await.map(drop)
+    }
+
+    pub async fn mount(&self, ds: &DatasetName) -> Result<(), ZfsError> {
+        self.run(&["mount", ds.as_str()]).await.map(drop)
+    }
+}
+
+/// A failed command's error: [`ZfsError::NotFound`] when zfs says the thing named does not exist.
+fn failed(cmd: String, status: String, stderr: String) -> ZfsError {
+    if stderr.contains("does not exist") {
+        ZfsError::NotFound { cmd, status, stderr }
+    } else {
+        ZfsError::Failed { cmd, status, stderr }
     }
 }
 
@@ -237,7 +313,7 @@ async fn finish_child(
         }
         Ok(())
     } else {
-        Err(ZfsError::Failed { cmd: cmd.to_owned(), status: status.to_string(), stderr })
+        Err(failed(cmd.to_owned(), status.to_string(), stderr))
     }
 }
 
@@ -347,14 +423,14 @@ mod tests {
     #[tokio::test]
     async fn a_send_that_dies_midway_is_a_failure() {
         let (_d, z) = fake("printf abc; echo 'broken pipe' >&2; exit 1");
-        let mut s = z.send(&["-w".into(), "tank/a@s".into()]).unwrap();
+        let mut s = z.send(&send_a_s()).unwrap();
         let mut buf = Vec::new();
         s.stdout().read_to_end(&mut buf).await.unwrap();
         assert_eq!(buf, b"abc");
         let e = s.finish().await.unwrap_err().to_string();
         assert!(e.contains("broken pipe"), "{e}");
         let (_d, z) = fake("printf abc");
-        let mut s = z.send(&["-w".into(), "tank/a@s".into()]).unwrap();
+        let mut s = z.send(&send_a_s()).unwrap();
         s.stdout().read_to_end(&mut buf).await.unwrap();
         s.finish().await.unwrap();
     }
@@ -362,6 +438,42 @@ mod tests {
     #[tokio::test]
     async fn estimates_parse_the_size_line() {
         let (_d, z) = fake("printf 'full\\ttank/a@s\\t1000\\nsize\\t123456\\n'");
-        assert_eq!(z.send_estimate(&["-w".into(), "tank/a@s".into()]).await.unwrap(), 123456);
+        assert_eq!(z.send_estimate(&send_a_s()).await.unwrap(), 123456);
+    }
+
+    fn send_a_s() -> SendArgs {
+        SendArgs {
+            dataset: DatasetName::new("tank/a").unwrap(),
+            to: SnapName::new("s").unwrap(),
+            from: None,
+        }
+    }
+
+    #[test]
+    fn send_and_receive_arguments() {
+        assert_eq!(send_a_s().argv(), ["-w", "tank/a@s"]);
+        let inc = |from| SendArgs { from: Some(from), ..send_a_s() };
+        let base = SnapName::new("b").unwrap();
+        assert_eq!(
+            inc(SendBase::Snapshot(base.clone())).argv(),
+            ["-w", "-i", "tank/a@b", "tank/a@s"]
+        );
+        assert_eq!(inc(SendBase::Bookmark(base)).argv(), ["-w", "-i", "tank/a#b", "tank/a@s"]);
+        let target = DatasetName::new("pool/r").unwrap();
+        let r = ReceiveOptions { target: target.clone(), mountpoint: None };
+        assert_eq!(r.argv(), ["-s", "-u", "pool/r"]);
+        let r = ReceiveOptions { target, mountpoint: Some("/mnt/r".into()) };
+        assert_eq!(r.argv(), ["-s", "-u", "-o", "mountpoint=/mnt/r", "pool/r"]);
+    }
+
+    #[tokio::test]
+    async fn does_not_exist_is_not_found_with_stderr_kept() {
+        let (_d, z) = fake("echo \"cannot open 'tank/x': dataset does not exist\" >&2; exit 1");
+        let e = z.run(&["list", "tank/x"]).await.unwrap_err();
+        assert!(matches!(e, ZfsError::NotFound { .. }), "{e:?}");
+        assert!(e.to_string().contains("tank/x': dataset does not exist"), "{e}");
+        assert!(!z.dataset_exists("tank/x").await.unwrap());
+        let (_d, z) = fake("echo 'permission denied' >&2; exit 1");
+        assert!(matches!(z.run(&["list"]).await.unwrap_err(), ZfsError::Failed { .. }));
     }
 }

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     failpoint,
     s3::S3Store,
-    zfs::{Zfs, ZfsError},
+    zfs::{ReceiveOptions, Zfs, ZfsError},
 };
 
 /// Runs (or resumes) the restore described by `opts` into `opts.target`. The progress file must
@@ -230,7 +230,7 @@ impl<'a> Run<'a> {
         if zfs.dataset_exists(target.as_str()).await? {
             if let Some(token) = zfs.get_property(target.as_str(), "receive_resume_token").await? {
                 tracing::warn!(%target, snapshot = %step.to.name, token_len = token.len(), "aborting the interrupted partial receive (zfs receive -A); receiving that stream again from its first chunk");
-                zfs.raw(&["receive", "-A", target.as_str()]).await?;
+                zfs.abort_partial_receive(&target).await?;
             }
         } else if !step.is_full() {
             return Err(RestoreError::Progress {
@@ -247,11 +247,10 @@ impl<'a> Run<'a> {
         }
         self.file.save().await?;
 
-        let mut args: Vec<String> = vec!["-s".into(), "-u".into()];
-        if let (true, Some(mp)) = (step.is_full(), &self.opts.mountpoint) {
-            args.extend(["-o".into(), format!("mountpoint={mp}")]);
-        }
-        args.push(target.to_string());
+        let receive = ReceiveOptions {
+            target: target.clone(),
+            mountpoint: self.opts.mountpoint.clone().filter(|_| step.is_full()),
+        };
         let n_steps = self.file.rec().plan.steps.len();
         self.publish(
             RestorePhase::Receiving,
@@ -262,7 +261,7 @@ impl<'a> Run<'a> {
                 step.chunks.len()
             )),
         );
-        let mut sink = zfs.receive(&args)?;
+        let mut sink = zfs.receive(&receive)?;
 
         let spool_dir = self.file.spool_dir.clone();
         tokio::fs::create_dir_all(&spool_dir)
@@ -394,7 +393,7 @@ impl<'a> Run<'a> {
                 } else {
                     format!("file://{loc}")
                 };
-                zfs.raw(&["load-key", "-L", &loc, t]).await?;
+                zfs.load_key(&target, &loc).await?;
                 key_loaded = true;
             } else {
                 next_steps.push(format!(
@@ -405,7 +404,7 @@ impl<'a> Run<'a> {
         let mut mounted = false;
         if key_loaded && !self.opts.no_mount {
             if self.opts.mountpoint.is_some() {
-                zfs.raw(&["mount", t]).await?;
+                zfs.mount(&target).await?;
                 mounted = true;
             } else {
                 next_steps.push(format!("not mounted: set a mountpoint and mount it (`zfs set mountpoint=/path {t} && zfs mount {t}`)"));
@@ -459,7 +458,7 @@ async fn snapshot_guid(
 ) -> Result<Option<String>, ZfsError> {
     match zfs.snapshot_info(target, snap).await {
         Ok(s) => Ok(s.map(|s| s.guid)),
-        Err(ZfsError::Failed { stderr, .. }) if stderr.contains("does not exist") => Ok(None),
+        Err(ZfsError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }
 }
