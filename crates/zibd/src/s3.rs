@@ -58,8 +58,48 @@ impl S3Error {
         }
     }
     pub fn is_not_found(&self) -> bool {
-        matches!(self.code(), Some("NoSuchKey" | "NotFound")) || self.status() == Some(404)
+        self.kind() == S3ErrorKind::NotFound
     }
+    /// What went wrong, from the S3 error code (or the HTTP status when there is none): the
+    /// only place that reads S3's codes.
+    pub fn kind(&self) -> S3ErrorKind {
+        if let Self::Conflict { .. } = self {
+            return S3ErrorKind::Conflict;
+        }
+        let by_code = match self.code() {
+            Some("NoSuchKey" | "NotFound") => S3ErrorKind::NotFound,
+            Some("AccessDenied") => S3ErrorKind::AccessDenied,
+            Some("InvalidObjectState") => S3ErrorKind::NotThawed,
+            Some("PreconditionFailed" | "ConditionalRequestConflict") => S3ErrorKind::Conflict,
+            Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded") => {
+                S3ErrorKind::Throttled
+            }
+            _ => S3ErrorKind::Other,
+        };
+        match (by_code, self.status()) {
+            (S3ErrorKind::Other, Some(404)) => S3ErrorKind::NotFound,
+            (S3ErrorKind::Other, Some(403)) => S3ErrorKind::AccessDenied,
+            (S3ErrorKind::Other, Some(409 | 412)) => S3ErrorKind::Conflict,
+            (S3ErrorKind::Other, Some(429 | 503)) => S3ErrorKind::Throttled,
+            (k, _) => k,
+        }
+    }
+}
+
+/// The kinds of S3 failure zib acts on; everything else is [`S3ErrorKind::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3ErrorKind {
+    /// No such key (404, `NoSuchKey`).
+    NotFound,
+    /// The credentials may not do this (403, `AccessDenied`).
+    AccessDenied,
+    /// An archived object without a readable thawed copy (`InvalidObjectState`).
+    NotThawed,
+    /// A conditional write lost (412/409), or the key holds different content.
+    Conflict,
+    /// The server asks to slow down (`SlowDown`, 503, 429).
+    Throttled,
+    Other,
 }
 
 fn req_err<
@@ -507,6 +547,38 @@ pub fn hex_to_b64(h: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request_error(code: Option<&str>, status: Option<u16>) -> S3Error {
+        S3Error::Request {
+            op: "GetObject",
+            bucket: "b".into(),
+            key: "k".into(),
+            message: "m".into(),
+            code: code.map(Into::into),
+            status,
+        }
+    }
+
+    #[test]
+    fn error_kinds_come_from_the_code_then_the_status() {
+        use S3ErrorKind as K;
+        for (code, status, kind) in [
+            (Some("NoSuchKey"), Some(404), K::NotFound),
+            (None, Some(404), K::NotFound),
+            (Some("AccessDenied"), Some(403), K::AccessDenied),
+            (None, Some(403), K::AccessDenied),
+            (Some("InvalidObjectState"), Some(403), K::NotThawed),
+            (Some("PreconditionFailed"), Some(412), K::Conflict),
+            (Some("SlowDown"), Some(503), K::Throttled),
+            (Some("InternalError"), Some(500), K::Other),
+            (None, None, K::Other),
+        ] {
+            assert_eq!(request_error(code, status).kind(), kind, "{code:?} {status:?}");
+        }
+        let e = S3Error::Conflict { bucket: "b".into(), key: "k".into(), detail: "d".into() };
+        assert_eq!(e.kind(), K::Conflict);
+        assert!(request_error(None, Some(404)).is_not_found());
+    }
 
     #[test]
     fn thaw_states_from_headers() {

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     failpoint,
-    s3::S3Store,
+    s3::{S3ErrorKind, S3Store},
     zfs::{ReceiveOptions, Zfs, ZfsError},
 };
 
@@ -514,7 +514,7 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
         attempt += 1;
         let body = match ctx.s3.get(&c.key).await {
             Ok(b) => b,
-            Err(e) if e.code() == Some("InvalidObjectState") => {
+            Err(e) if e.kind() == S3ErrorKind::NotThawed => {
                 return Err(DownloadError::NotThawed);
             }
             Err(e) if e.is_not_found() => {

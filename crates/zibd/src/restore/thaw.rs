@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     failpoint,
-    s3::{S3Store, ThawState, ThawTier, thaw_state},
+    s3::{S3ErrorKind, S3Store, ThawState, ThawTier, thaw_state},
 };
 
 pub(super) fn thaw_tier(t: RestoreTier) -> ThawTier {
@@ -99,13 +99,11 @@ pub(super) async fn request_thaw(
     tracing::info!(%key, %tier, days, "requesting thaw");
     match s3.request_thaw(key, thaw_tier(tier), days as i32).await {
         Ok(()) => Ok(()),
-        Err(e) if e.code() == Some("AccessDenied") || e.status() == Some(403) => {
-            Err(RestoreError::RestoreDenied {
-                bucket: s3.bucket().into(),
-                key: key.into(),
-                message: e.to_string(),
-            })
-        }
+        Err(e) if e.kind() == S3ErrorKind::AccessDenied => Err(RestoreError::RestoreDenied {
+            bucket: s3.bucket().into(),
+            key: key.into(),
+            message: e.to_string(),
+        }),
         Err(e) if e.is_not_found() => {
             Err(RestoreError::ChunkMissing { bucket: s3.bucket().into(), key: key.into() })
         }
