@@ -43,6 +43,18 @@ pub struct Engine {
     pub spool_dir: PathBuf,
 }
 
+impl Engine {
+    /// The engine a config describes: `zfs` on PATH (or `ZIB_ZFS_BIN`), the config's bucket,
+    /// its spool directory. The one place an engine is built from a config.
+    pub async fn from_config(cfg: &zib_core::Config) -> Self {
+        Self {
+            zfs: Zfs::default(),
+            s3: S3Store::from_config(cfg).await,
+            spool_dir: cfg.daemon.spool_dir.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Phase {
     #[default]

@@ -148,11 +148,7 @@ impl Daemon {
             ..ControlConfig::new(&d.socket, d.socket_group.clone())
         })?;
 
-        let engine = Engine {
-            zfs: Zfs::default(),
-            s3: S3Store::from_config(&cfg).await,
-            spool_dir: d.spool_dir.clone(),
-        };
+        let engine = Engine::from_config(&cfg).await;
         let ctx = JobContext {
             clock: opts.clock.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(d.max_concurrent_jobs)),
@@ -452,11 +448,7 @@ impl DaemonCore {
         }
 
         let engine = if new.target != old.target {
-            let e = Engine {
-                zfs: Zfs::default(),
-                s3: S3Store::from_config(&new).await,
-                spool_dir: new.daemon.spool_dir.clone(),
-            };
+            let e = Engine::from_config(&new).await;
             *locked(&self.engine) = e.clone();
             e
         } else {

@@ -14,7 +14,6 @@ use crate::{
     process::{EXIT_CONFIG, cancel_on_ctrl_c, init_tracing, report, runtime},
     s3::S3Store,
     state_store::StateStore,
-    zfs::Zfs,
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/zib/zibd.toml";
@@ -122,11 +121,7 @@ async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow:
         cfg.dataset(&name).with_context(|| format!("dataset {name} is not in the config"))?.clone();
     let store = StateStore::new(&cfg.daemon.state_dir);
     let mut locked = store.lock(&name)?;
-    let engine = Engine {
-        zfs: Zfs::default(),
-        s3: S3Store::from_config(&cfg).await,
-        spool_dir: cfg.daemon.spool_dir.clone(),
-    };
+    let engine = Engine::from_config(&cfg).await;
     let cancel = cancel_on_ctrl_c("interrupted: stopping at the next safe point");
     let (progress, _rx) = tokio::sync::watch::channel(backup::Progress::default());
     let r = backup::run(&engine, &cfg, &ds, &mut locked, opts, &progress, &cancel).await?;
