@@ -33,6 +33,17 @@ pub struct Committed {
     pub manifest_key: String,
     pub committed_at: DateTime<Utc>,
     pub stream_size: u64,
+    /// Seq of the full stream this backup's chain starts with; None when not known (state
+    /// written before it was recorded, or rebuilt from an incremental's manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_full_seq: Option<u64>,
+}
+
+impl Committed {
+    /// Streams in this backup's chain (the full included), when the chain's start is known.
+    pub fn chain_length(&self) -> Option<u64> {
+        self.chain_full_seq.map(|f| self.seq.saturating_sub(f) + 1)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +132,11 @@ mod tests {
         let fixture = include_bytes!("../tests/fixtures/state-v1.json");
         let s = DatasetState::from_json("fixture", fixture, &ds).unwrap();
         assert_eq!(s.next_seq(), 4);
+        // Written before chain_full_seq existed: unknown, not a guess.
+        assert_eq!(s.last.as_ref().unwrap().chain_length(), None);
+        let mut c = s.last.clone().unwrap();
+        c.chain_full_seq = Some(2);
+        assert_eq!(c.chain_length(), Some(2));
         let p = s.pending.as_ref().unwrap();
         assert_eq!(p.chunks.len(), 1);
         assert_eq!(DatasetState::from_json("x", &s.to_json(), &ds).unwrap(), s);

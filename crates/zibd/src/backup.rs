@@ -298,6 +298,7 @@ impl Backup<'_> {
                 manifest_key: key.clone(),
                 committed_at: m.committed_at,
                 stream_size: m.stream_size,
+                chain_full_seq: m.is_full().then_some(seq),
             });
         }
         let last_key = self.locked.state.last.as_ref().map(|c| c.manifest_key.as_str());
@@ -566,12 +567,18 @@ impl Backup<'_> {
         let to = SnapRef { name: p.to.clone(), guid: p.to_guid.clone().expect("snapshot taken") };
         let now = Utc::now();
         let st = &mut self.locked.state;
+        // A full starts a chain; an incremental continues its base's (the previous `last`).
+        let chain_full_seq = match &p.from {
+            None => Some(p.seq),
+            Some(_) => st.last.as_ref().and_then(|c| c.chain_full_seq),
+        };
         st.last = Some(Committed {
             seq: p.seq,
             snapshot: to,
             manifest_key: key.clone(),
             committed_at: now,
             stream_size,
+            chain_full_seq,
         });
         st.pending = None;
         st.stats.backups_committed += 1;

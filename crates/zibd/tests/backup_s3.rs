@@ -454,6 +454,11 @@ async fn max_chain_starts_a_new_full_chain_and_the_earlier_chain_stays_restorabl
         logs[3]
     );
     assert!(!logs[2].contains("starting a new chain"), "{}", logs[2]);
+    // The state knows where the current chain starts (status shows its length, 2).
+    assert_eq!(
+        (bed.state()["last"]["seq"].as_u64(), bed.state()["last"]["chain_full_seq"].as_u64()),
+        (Some(5), Some(4))
+    );
 
     // Both chains are restorable from the bucket alone: the catalog shows no broken link, and
     // a plan for the earlier chain's newest snapshot reads its full and both incrementals.

@@ -311,9 +311,10 @@ pub fn spawn(ctx: JobContext, settings: JobSettings, locked: LockedState) -> Job
     JobHandle { name, tx, shared }
 }
 
-/// Backups in the current chain, from the newest committed sequence number.
+/// Backups in the current chain (from its full when known, else the newest seq).
 fn chain_length(locked: &LockedState) -> u32 {
-    locked.state.last.as_ref().map_or(0, |c| u32::try_from(c.seq).unwrap_or(u32::MAX))
+    let n = locked.state.last.as_ref().map_or(0, |c| c.chain_length().unwrap_or(c.seq));
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 type RunResult = (LockedState, Result<BackupReport, BackupError>);
