@@ -216,9 +216,22 @@ impl<T: Serialize> Serialize for OrOff<T> {
 pub struct ResolvedTarget {
     pub bucket: String,
     pub prefix: String,
+    /// The S3-compatible endpoint; None for AWS.
+    pub endpoint: Option<String>,
     pub storage_class: StorageClass,
     pub chunk_size: u64,
     pub max_spooled_chunks: usize,
+}
+
+impl ResolvedTarget {
+    /// Where the dataset's backups go: what its state and pending upload are tied to.
+    pub fn destination(&self) -> crate::state::Destination {
+        crate::state::Destination {
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
 }
 
 impl Config {
@@ -316,6 +329,7 @@ impl Config {
         ResolvedTarget {
             bucket: self.target.bucket.0.clone(),
             prefix: normalize_prefix(ds.prefix.as_deref().unwrap_or(&self.target.prefix)),
+            endpoint: self.target.endpoint.as_ref().map(|e| e.0.clone()),
             storage_class: ds.storage_class.unwrap_or(self.target.storage_class),
             chunk_size: ds.chunk_size.unwrap_or(self.target.chunk_size).0,
             max_spooled_chunks: self.target.max_spooled_chunks,

@@ -5,6 +5,8 @@
 //! the base of the next incremental. If it is lost, the next run rebuilds it from the catalog
 //! and `zfs list`. Versioned; older versions are kept as test fixtures.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +22,9 @@ pub struct DatasetState {
     pub dataset: DatasetName,
     /// The newest committed backup (its manifest exists in the bucket).
     pub last: Option<Committed>,
+    /// Where `last` was committed. None in files written before zib recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
     /// A backup that was started and not yet committed.
     pub pending: Option<Pending>,
     #[serde(default)]
@@ -61,6 +66,40 @@ pub struct Pending {
     pub started_at: DateTime<Utc>,
     /// Chunks of this attempt already stored and verified, in order.
     pub chunks: Vec<ChunkRecord>,
+    /// Where the chunks go. None in files written before zib recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+}
+
+/// Where a dataset's backups go. A base or a pending upload recorded for one destination means
+/// nothing at another: its manifest and chunks are not there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    pub bucket: String,
+    /// The dataset's normalised key prefix ("" or ending in '/').
+    pub prefix: String,
+    /// The S3-compatible endpoint; None for AWS.
+    pub endpoint: Option<String>,
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)?;
+        if let Some(e) = &self.endpoint {
+            write!(f, " at {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`DatasetState::retarget`] forgot because it was recorded for another destination.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Forgotten {
+    /// The base of the next incremental: the next backup plans from the new destination's
+    /// catalog (a full if it has none).
+    Base { at: Destination, last: Committed },
+    /// An upload that was under way there: its chunks stay there, without a manifest.
+    Pending { at: Destination, pending: Pending },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -82,7 +121,33 @@ pub enum StateError {
 
 impl DatasetState {
     pub fn new(dataset: DatasetName) -> Self {
-        Self { version: STATE_VERSION, dataset, last: None, pending: None, stats: Stats::default() }
+        Self {
+            version: STATE_VERSION,
+            dataset,
+            last: None,
+            destination: None,
+            pending: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Ties the state to `to`, the destination the config names now. A base or a pending
+    /// backup recorded for another bucket, prefix or endpoint is forgotten (the backups there
+    /// stay complete and restorable where they are). Records without a destination (older
+    /// files) are kept: planning checks the base's manifest against the listing anyway.
+    pub fn retarget(&mut self, to: &Destination) -> Vec<Forgotten> {
+        let mut out = Vec::new();
+        if let Some(p) = self.pending.take_if(|p| p.destination.as_ref().is_some_and(|d| d != to)) {
+            let at = p.destination.clone().expect("checked");
+            out.push(Forgotten::Pending { at, pending: p });
+        }
+        if let Some(at) = self.destination.take_if(|d| d != to)
+            && let Some(last) = self.last.take()
+        {
+            out.push(Forgotten::Base { at, last });
+        }
+        self.destination = self.last.as_ref().map(|_| to.clone());
+        out
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -140,6 +205,41 @@ mod tests {
         let p = s.pending.as_ref().unwrap();
         assert_eq!(p.chunks.len(), 1);
         assert_eq!(DatasetState::from_json("x", &s.to_json(), &ds).unwrap(), s);
+    }
+
+    fn dest(bucket: &str, prefix: &str) -> Destination {
+        Destination { bucket: bucket.into(), prefix: prefix.into(), endpoint: None }
+    }
+
+    #[test]
+    fn retarget_forgets_what_lives_elsewhere() {
+        let ds = DatasetName::new("tank/photos").unwrap();
+        let fixture = include_bytes!("../tests/fixtures/state-v1.json");
+        let old = DatasetState::from_json("fixture", fixture, &ds).unwrap();
+        // A file from before destinations were recorded: kept, and stamped with the current one.
+        let mut s = old.clone();
+        assert!(s.retarget(&dest("a", "zib/")).is_empty());
+        assert_eq!(s.destination, Some(dest("a", "zib/")));
+        assert!(s.last.is_some() && s.pending.is_some());
+        s.pending.as_mut().unwrap().destination = Some(dest("a", "zib/"));
+        // The same destination: nothing changes.
+        let same = s.clone();
+        assert!(s.retarget(&dest("a", "zib/")).is_empty());
+        assert_eq!(s, same);
+        // Another bucket, another prefix or another endpoint: base and pending are forgotten.
+        for to in [
+            dest("b", "zib/"),
+            dest("a", "other/"),
+            Destination { endpoint: Some("http://127.0.0.1:9000".into()), ..dest("a", "zib/") },
+        ] {
+            let mut t = s.clone();
+            let gone = t.retarget(&to);
+            assert_eq!(gone.len(), 2, "{to}: {gone:?}");
+            assert!(matches!(&gone[0], Forgotten::Pending { at, .. } if at == &dest("a", "zib/")));
+            assert!(matches!(&gone[1], Forgotten::Base { last, .. } if last.seq == 3));
+            assert!(t.last.is_none() && t.pending.is_none() && t.destination.is_none());
+            assert_eq!(t.stats, s.stats, "the statistics stay");
+        }
     }
 
     #[test]

@@ -22,10 +22,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use zib_core::{
     ChunkRecord, DatasetConfig, KeyLayout, Manifest, SnapName, SnapRef,
+    backup_plan::{self, Base},
     config::{Config, ResolvedTarget},
     lifecycle::RebaselineDecision,
     manifest,
-    state::{Committed, Pending},
+    state::{Committed, Forgotten, Pending},
 };
 
 use crate::{
@@ -80,7 +81,8 @@ pub struct Progress {
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BackupOptions {
-    /// Start a new chain with a full stream even if an incremental is possible.
+    /// The user asked for a new chain: abandon any unfinished backup (full or incremental,
+    /// e.g. one that cannot go on) and send a full stream even if an incremental is possible.
     pub force_full: bool,
 }
 
@@ -144,10 +146,29 @@ enum Streamed {
         size: u64,
         sha256: String,
     },
-    /// The re-run send does not reproduce the stored chunks: start a new attempt.
+    /// What is stored under this attempt's keys does not match the stream: start a new attempt.
     Diverged {
         index: u64,
+        why: Divergence,
     },
+}
+
+/// Why an attempt cannot go on under its key prefix.
+#[derive(Debug, Clone)]
+enum Divergence {
+    /// The re-run send does not reproduce the chunks recorded as stored (openzfs#13778).
+    Resent,
+    /// An unrecorded chunk key holds an object that differs from this chunk, or that cannot be
+    /// compared (no SHA-256: a server kept the body of a PUT whose client went away).
+    Stored(String),
+}
+
+/// What the uploader did before it stopped.
+struct Uploaded {
+    uploaded: u64,
+    reused: u64,
+    /// It stopped at this chunk, whose key holds something else.
+    conflict: Option<(u64, String)>,
 }
 
 /// Runs one backup of `ds` while holding its state lock. Failures are recorded in the state's
@@ -209,6 +230,7 @@ impl Backup<'_> {
             }
         });
         self.clean_spool().await;
+        self.retarget().await?;
 
         // A pending backup whose snapshot vanished cannot be resumed: abandon it (its chunks have
         // no manifest, so they are invisible to restore) and start afresh.
@@ -224,10 +246,13 @@ impl Backup<'_> {
                 }
             }
         }
-        // `--full` replaces an unfinished incremental (e.g. one whose base is gone).
-        if opts.force_full && self.locked.state.pending.as_ref().is_some_and(|p| p.from.is_some()) {
-            tracing::warn!(dataset = %name, "abandoning the unfinished incremental backup: a full backup was asked for");
-            self.locked.state.pending = None;
+        // `--full` replaces an unfinished backup: an incremental whose base is gone, or any
+        // backup that cannot commit. Its chunks have no manifest and stay invisible to restore.
+        if opts.force_full
+            && let Some(p) = self.locked.state.pending.take()
+        {
+            let kind = if p.from.is_some() { "incremental" } else { "full" };
+            tracing::warn!(dataset = %name, seq = p.seq, snapshot = %p.to, "abandoning the unfinished {kind} backup: a full backup was asked for");
             self.save().await?;
         }
         self.resumed = self.locked.state.pending.is_some();
@@ -235,6 +260,8 @@ impl Backup<'_> {
             self.plan_new(opts).await?;
         } else if let Some(m) = self.already_committed().await? {
             return self.finish_commit(m, true, 0, 0).await;
+        } else {
+            self.check_recorded_chunks().await?;
         }
 
         self.ensure_snapshot().await?;
@@ -253,13 +280,19 @@ impl Backup<'_> {
                     let m = self.manifest(&args, size, sha256).await?;
                     return self.finish_commit(m, false, uploaded, reused).await;
                 }
-                Streamed::Diverged { index } if !restarted => {
+                Streamed::Diverged { index, why } if !restarted => {
                     restarted = true;
                     let p = self.locked.state.pending.as_mut().expect("pending");
-                    tracing::warn!(
-                        dataset = %name, chunk = index, old_attempt = p.attempt,
-                        "zfs send did not reproduce the bytes already stored (openzfs#13778); uploading the stream again as a new attempt under a new key prefix"
-                    );
+                    match why {
+                        Divergence::Resent => tracing::warn!(
+                            dataset = %name, chunk = index, old_attempt = p.attempt,
+                            "zfs send did not reproduce the bytes already stored (openzfs#13778); uploading the stream again as a new attempt under a new key prefix"
+                        ),
+                        Divergence::Stored(detail) => tracing::warn!(
+                            dataset = %name, chunk = index, old_attempt = p.attempt,
+                            "an earlier run left an object this chunk cannot be matched against ({detail}); uploading the stream again as a new attempt under a new key prefix"
+                        ),
+                    }
                     p.attempt += 1;
                     p.chunks.clear();
                     self.save().await?;
@@ -268,39 +301,104 @@ impl Backup<'_> {
                         pr.chunks_done = 0;
                     });
                 }
-                Streamed::Diverged { index } => {
+                Streamed::Diverged { index, .. } => {
                     return Err(BackupError::Unstable { dataset: name.to_string(), index });
                 }
             }
         }
     }
 
+    /// Ties the state to the destination the config names now: a base or an unfinished upload
+    /// recorded for another bucket, prefix or endpoint is forgotten, with a log line.
+    async fn retarget(&mut self) -> Result<(), BackupError> {
+        let here = self.target.destination();
+        let before = self.locked.state.destination.clone();
+        let forgotten = self.locked.state.retarget(&here);
+        for f in &forgotten {
+            match f {
+                Forgotten::Pending { at, pending } => tracing::warn!(
+                    dataset = %self.ds.name, seq = pending.seq, snapshot = %pending.to,
+                    "abandoning the unfinished backup: it was being uploaded to {at}, not to {here}, which the config names now (its chunks there have no manifest)"
+                ),
+                Forgotten::Base { at, last } => tracing::warn!(
+                    dataset = %self.ds.name, seq = last.seq,
+                    "the base of the next incremental, backup #{} ({}), is in {at}, not in {here}, which the config names now: the next backup continues from what {here} holds (a full if nothing)",
+                    last.seq, last.snapshot.name
+                ),
+            }
+        }
+        if !forgotten.is_empty() || before != self.locked.state.destination {
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    /// On resume, the chunks recorded as stored must still be where the config points (a state
+    /// file from before destinations were recorded, or a bucket emptied since): one listing of
+    /// the attempt's prefix. If any is missing, the upload starts again as a new attempt.
+    async fn check_recorded_chunks(&mut self) -> Result<(), BackupError> {
+        let p = self.locked.state.pending.as_ref().expect("pending");
+        if p.chunks.is_empty() {
+            return Ok(());
+        }
+        let prefix = self.layout().attempt_prefix(p.seq, &p.to, p.attempt);
+        let listing = self.engine.s3.list(&prefix).await?;
+        let missing =
+            p.chunks.iter().find(|c| !listing.iter().any(|o| o.key == c.key && o.size == c.size));
+        if let Some(c) = missing {
+            let here = self.target.destination();
+            tracing::warn!(
+                dataset = %self.ds.name, old_attempt = p.attempt,
+                "chunk {} recorded as stored is not in {here}; uploading the stream again as a new attempt under a new key prefix",
+                c.key
+            );
+            let p = self.locked.state.pending.as_mut().expect("pending");
+            p.attempt += 1;
+            p.chunks.clear();
+            p.destination = Some(here);
+            self.save().await?;
+        }
+        Ok(())
+    }
+
     /// Decides the next backup (full or incremental from the newest committed one, found in the
     /// state or, when the state is new or behind, in the bucket's catalog) and records it.
     async fn plan_new(&mut self, opts: BackupOptions) -> Result<(), BackupError> {
         let layout = self.layout();
+        let here = self.target.destination();
         let listing = self.engine.s3.list(layout.root()).await?;
-        let newest = listing
+        let listed: Vec<(u64, &str)> = listing
             .iter()
-            .filter_map(|o| layout.parse_manifest_key(&o.key).map(|(seq, _)| (seq, &o.key)))
-            .max_by_key(|(seq, _)| *seq);
-        let local_seq = self.locked.state.last.as_ref().map_or(0, |c| c.seq);
-        if let Some((seq, key)) = newest
-            && seq > local_seq
-        {
-            let bytes = self.engine.s3.get_bytes(key, 64 << 20).await?;
-            let m = Manifest::from_json(key, &bytes)
-                .map_err(|e| BackupError::Catalog(e.to_string()))?;
-            tracing::info!(dataset = %self.ds.name, seq, "local state is behind the catalog; continuing from {key}");
-            self.locked.state.last = Some(Committed {
-                seq,
-                snapshot: m.to.clone(),
-                manifest_key: key.clone(),
-                committed_at: m.committed_at,
-                stream_size: m.stream_size,
-                chain_full_seq: m.is_full().then_some(seq),
-            });
+            .filter_map(|o| layout.parse_manifest_key(&o.key).map(|(seq, _)| (seq, o.key.as_str())))
+            .collect();
+        match backup_plan::choose_base(self.locked.state.last.as_ref(), listed.iter().copied()) {
+            Base::Catalog { seq, key } => {
+                let bytes = self.engine.s3.get_bytes(key, 64 << 20).await?;
+                let m = Manifest::from_json(key, &bytes)
+                    .map_err(|e| BackupError::Catalog(e.to_string()))?;
+                tracing::info!(dataset = %self.ds.name, seq, "local state is behind the catalog; continuing from {key}");
+                self.locked.state.last = Some(Committed {
+                    seq,
+                    snapshot: m.to.clone(),
+                    manifest_key: key.to_owned(),
+                    committed_at: m.committed_at,
+                    stream_size: m.stream_size,
+                    chain_full_seq: m.is_full().then_some(seq),
+                });
+                self.locked.state.destination = Some(here.clone());
+            }
+            Base::NotListed => {
+                let last = self.locked.state.last.take().expect("a local base");
+                self.locked.state.destination = None;
+                tracing::warn!(
+                    dataset = %self.ds.name, seq = last.seq,
+                    "the base of the next incremental, {}, is not in {here} (bucket or prefix changed, or emptied): starting a new chain with a full backup",
+                    last.manifest_key
+                );
+            }
+            Base::Local | Base::Nothing => {}
         }
+        let seq = backup_plan::next_seq(self.locked.state.last.as_ref(), listed.iter().copied());
         let last_key = self.locked.state.last.as_ref().map(|c| c.manifest_key.as_str());
         let policy = self.ds.rebaseline_policy();
         let decision = crate::lifecycle::decide_rebaseline(
@@ -335,7 +433,7 @@ impl Backup<'_> {
             to = SnapName::for_backup(&self.ds.snapshot_prefix, now);
         }
         let pending = Pending {
-            seq: self.locked.state.next_seq(),
+            seq,
             from,
             to,
             to_guid: None,
@@ -344,6 +442,7 @@ impl Backup<'_> {
             storage_class: self.target.storage_class,
             started_at: now,
             chunks: Vec::new(),
+            destination: Some(here),
         };
         tracing::info!(dataset = %self.ds.name, seq = pending.seq, snapshot = %pending.to, full = pending.from.is_none(), "starting backup");
         self.locked.state.pending = Some(pending);
@@ -439,22 +538,55 @@ impl Backup<'_> {
             stem: format!("{}.{}.a{}", self.ds.name.file_stem(), p.seq, p.attempt),
         };
         let cancel = self.cancel;
+        // Set when the reader failed: the uploader finishes the PUT in flight, records it, and
+        // takes no further chunk. Dropping a PUT half-way can leave an object the next run
+        // cannot verify (some servers keep the body without its checksum).
+        let stop = CancellationToken::new();
         let reader = read_stream(send, p.chunk_size, &p.chunks, spool, permits, tx, cancel);
-        let uploader = self.upload(rx, &p);
-        let (streamed, (uploaded, reused)) = tokio::try_join!(reader, uploader)?;
-        Ok((streamed, uploaded, reused))
+        let uploader = self.upload(rx, &p, &stop);
+        tokio::pin!(reader, uploader);
+        let (streamed, done) = tokio::select! {
+            r = &mut reader => match r {
+                Ok(streamed) => (streamed, uploader.await?),
+                Err(e) => {
+                    stop.cancel();
+                    if let Err(up) = uploader.await {
+                        tracing::warn!(error = %up, "the upload stopped too");
+                    }
+                    return Err(e);
+                }
+            },
+            // The uploader ends first on an error or a conflict (dropping the reader stops
+            // `zfs send`), or when the reader is done and has closed the channel.
+            u = &mut uploader => {
+                let done = u?;
+                if done.conflict.is_some() {
+                    (Streamed::Done { size: 0, sha256: String::new() }, done)
+                } else {
+                    (reader.await?, done)
+                }
+            }
+        };
+        let streamed = match done.conflict {
+            Some((index, detail)) => Streamed::Diverged { index, why: Divergence::Stored(detail) },
+            None => streamed,
+        };
+        Ok((streamed, done.uploaded, done.reused))
     }
 
     async fn upload(
         &mut self,
         mut rx: mpsc::UnboundedReceiver<Spooled>,
         p: &Pending,
-    ) -> Result<(u64, u64), BackupError> {
+        stop: &CancellationToken,
+    ) -> Result<Uploaded, BackupError> {
         let layout = self.layout();
         let (mut uploaded, mut reused) = (0, 0);
         loop {
             // A pause or SIGTERM must not wait for the next chunk to be read (up to 5 GB).
             let item = tokio::select! {
+                biased;
+                () = stop.cancelled() => None,
                 item = rx.recv() => item,
                 () = self.cancel.cancelled() => return Err(BackupError::Cancelled { dataset: self.ds.name.to_string() }),
             };
@@ -483,8 +615,21 @@ impl Backup<'_> {
                         }
                     };
                     let outcome = tokio::select! {
-                        r = put => r?,
+                        r = put => r,
                         () = self.cancel.cancelled() => return Err(BackupError::Cancelled { dataset: self.ds.name.to_string() }),
+                    };
+                    let outcome = match outcome {
+                        Ok(o) => o,
+                        // Not recorded, so not ours to trust: go on under a new key prefix.
+                        Err(e @ S3Error::Conflict { .. }) => {
+                            let _ = tokio::fs::remove_file(&path).await;
+                            return Ok(Uploaded {
+                                uploaded,
+                                reused,
+                                conflict: Some((index, e.to_string())),
+                            });
+                        }
+                        Err(e) => return Err(e.into()),
                     };
                     if outcome == PutOutcome::AlreadyPresent {
                         tracing::info!(%key, "chunk was already stored with the same SHA-256 (a PUT before a crash)");
@@ -502,7 +647,7 @@ impl Backup<'_> {
                 pr.chunks_done += 1;
             });
         }
-        Ok((uploaded, reused))
+        Ok(Uploaded { uploaded, reused, conflict: None })
     }
 }
 
@@ -581,6 +726,7 @@ impl Backup<'_> {
             chain_full_seq,
         });
         st.pending = None;
+        st.destination = Some(self.target.destination());
         st.stats.backups_committed += 1;
         st.stats.bytes_committed += stream_size;
         st.stats.last_success_at = Some(now);
@@ -735,7 +881,7 @@ async fn read_stream(
             if n == 0 {
                 let _ = tokio::fs::remove_file(&path).await;
                 if (index as usize) < recorded.len() {
-                    return Ok(Streamed::Diverged { index });
+                    return Ok(Streamed::Diverged { index, why: Divergence::Resent });
                 }
                 if total == 0 {
                     return Err(BackupError::EmptyStream(spool.stem.clone()));
@@ -749,7 +895,7 @@ async fn read_stream(
             Some(rec) if rec.size == n && rec.sha256 == sha256 => {
                 let _ = tx.send(Spooled::Reused { size: n });
             }
-            Some(_) => return Ok(Streamed::Diverged { index }),
+            Some(_) => return Ok(Streamed::Diverged { index, why: Divergence::Resent }),
             None => {
                 if tx.send(Spooled::New { index, path, size: n, sha256, _permit: permit }).is_err()
                 {
@@ -764,7 +910,7 @@ async fn read_stream(
         }
     }
     if (index as usize) < recorded.len() {
-        return Ok(Streamed::Diverged { index });
+        return Ok(Streamed::Diverged { index, why: Divergence::Resent });
     }
     drop(tx);
     Ok(Streamed::Done { size: total, sha256: hex::encode(whole.finalize()) })

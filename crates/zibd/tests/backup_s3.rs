@@ -57,6 +57,26 @@ schedule = "0 3 * * *"
         Bed { _dir: dir, root, config, endpoint: endpoint.into(), bucket, client }
     }
 
+    /// Points the config at another bucket and prefix, as a user editing `[target]` would.
+    fn retarget(&mut self, bucket: &str, prefix: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("bucket = ") {
+                    format!("bucket = \"{bucket}\"")
+                } else if l.starts_with("prefix = ") {
+                    format!("prefix = \"{prefix}\"")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&self.config, text).unwrap();
+        self.bucket = bucket.to_owned();
+    }
+
     fn zibd(&self, args: &[&str], env: &[(&str, String)]) -> Output {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
         c.arg("--config").arg(&self.config).args(args);
@@ -322,6 +342,197 @@ async fn a_send_that_fails_commits_nothing() {
     assert!(st["stats"]["last_error"].as_str().unwrap().contains("send broke off"));
     ok(&bed.backup(&[]));
     assert_eq!(bed.manifests().await.len(), 1);
+}
+
+/// The key of chunk `index` of the pending backup's current attempt.
+fn pending_chunk_key(st: &serde_json::Value, index: u64) -> String {
+    let p = &st["pending"];
+    let to = SnapName::new(p["to"].as_str().unwrap()).unwrap();
+    let layout = KeyLayout::new("backups", &DatasetName::new("tank/photos").unwrap());
+    layout.chunk_key(p["seq"].as_u64().unwrap(), &to, p["attempt"].as_u64().unwrap() as u32, index)
+}
+
+/// A crash after two chunks, then an object of the right size at the third chunk's key: with
+/// no SHA-256 (a server that kept the body of a PUT whose client went away) or with other
+/// bytes (a non-reproducible raw send). The next run must start a new attempt, not stick.
+async fn a_stray_object_at_the_next_chunk_key_starts_a_new_attempt(meta: Option<&str>) {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    failed(&bed.backup(&[("ZIB_FAILPOINT", "after-save:2".into())]));
+    let st = bed.state();
+    assert_eq!(st["pending"]["chunks"].as_array().unwrap().len(), 2);
+    let key = pending_chunk_key(&st, 2);
+    let stray = vec![7u8; CHUNK as usize];
+    let mut put = bed
+        .client
+        .put_object()
+        .bucket(&bed.bucket)
+        .key(&key)
+        .body(aws_sdk_s3::primitives::ByteStream::from(stray.clone()));
+    if let Some(sha) = meta {
+        put = put.metadata(zibd::s3::META_SHA256, sha);
+    }
+    put.send().await.unwrap();
+    for run in 0..2 {
+        let out = bed.backup(&[]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "run {run} after the stray object failed: {err}");
+        if run == 0 {
+            assert!(err.contains("new attempt"), "{err}");
+        }
+    }
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 2);
+    assert_eq!(ms[0].attempt, 1, "the first backup went on as attempt 1");
+    assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
+    assert_eq!(bed.get(&key).await, stray, "the stray object is never overwritten");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_chunk_without_a_sha256_starts_a_new_attempt() {
+    a_stray_object_at_the_next_chunk_key_starts_a_new_attempt(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_chunk_with_other_bytes_starts_a_new_attempt() {
+    let other = zibd::s3::sha256_hex(&[7u8; CHUNK as usize]);
+    a_stray_object_at_the_next_chunk_key_starts_a_new_attempt(Some(&other)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_send_lets_the_put_in_flight_finish() {
+    let (_s, proxy, bed) = s3s_bed(true).await;
+    let proxy = proxy.unwrap();
+    // 200000 bytes are 3 chunks and a tail. With 2 chunks spooled at most, the reader reaches
+    // the end (and the failure) while the third chunk's PUT is on its way: delay that one.
+    let delay = std::time::Duration::from_secs(3);
+    proxy.add_fault(Fault::new(Matcher::put(), FaultAction::Delay(delay)).nth(3));
+    let err = failed(&bed.backup(&[("FAKE_ZFS_FAIL_AFTER", "200000".into())]));
+    assert!(err.contains("send broke off"), "{err}");
+    let puts: Vec<_> = proxy.requests().into_iter().filter(|r| r.method == "PUT").collect();
+    assert!(!puts.is_empty());
+    for r in &puts {
+        assert_eq!(
+            r.outcome,
+            Some(zib_testkit::Outcome::Forwarded(200)),
+            "a PUT was dropped half-way: {r:?}"
+        );
+    }
+    // Every stored chunk is recorded, so the next run neither probes nor re-sends it.
+    let recorded = bed.state()["pending"]["chunks"].as_array().unwrap().len();
+    assert_eq!(recorded, puts.len(), "{puts:?}");
+    assert_eq!(bed.keys().await.len(), recorded);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_abandons_an_unfinished_full() {
+    // An unfinished full that cannot go on (whatever the cause): `--full` is the user's way out.
+    let (_s, _p, bed) = s3s_bed(false).await;
+    failed(&bed.backup(&[("ZIB_FAILPOINT", "after-save:2".into())]));
+    let old = bed.state()["pending"].clone();
+    assert!(old["from"].is_null() && old["chunks"].as_array().unwrap().len() == 2);
+    let out = bed.zibd(&["backup", "--full", "tank/photos"], &[]);
+    let err = ok(&out);
+    assert!(err.contains("abandoning the unfinished full backup"), "{err}");
+    let st = bed.state();
+    assert!(st["pending"].is_null());
+    assert_eq!(st["last"]["seq"], 1);
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 1);
+    assert!(ms[0].is_full());
+    assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
+}
+
+/// Every manifest under `prefix` in the bed's current bucket.
+async fn manifests_under(bed: &Bed, prefix: &str) -> Vec<Manifest> {
+    let mut v = Vec::new();
+    for (k, _) in bed.keys().await {
+        if k.starts_with(prefix) && k.ends_with(".manifest.json") {
+            v.push(Manifest::from_json(&k, &bed.get(&k).await).unwrap());
+        }
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_bucket_starts_a_new_chain() {
+    let (server, _p, mut bed) = s3s_bed(false).await;
+    ok(&bed.backup(&[]));
+    ok(&bed.backup(&[]));
+    let other = server.create_bucket("other").await;
+    bed.retarget(&other, "backups");
+    let err = ok(&bed.backup(&[]));
+    assert!(err.contains("not in s3://"), "the reason is logged: {err}");
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 1, "{ms:?}");
+    assert!(ms[0].is_full(), "the first backup in a new bucket is a full: {:?}", ms[0].from);
+    assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
+    // The chain in the new bucket continues from its own full.
+    ok(&bed.backup(&[]));
+    let ms = bed.manifests().await;
+    assert_eq!(ms[1].from.as_ref(), Some(&ms[0].to));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_prefix_starts_a_new_chain() {
+    let (_s, _p, mut bed) = s3s_bed(false).await;
+    ok(&bed.backup(&[]));
+    let bucket = bed.bucket.clone();
+    bed.retarget(&bucket, "elsewhere");
+    ok(&bed.backup(&[]));
+    let ms = manifests_under(&bed, "elsewhere/").await;
+    assert_eq!(ms.len(), 1);
+    assert!(ms[0].is_full(), "{:?}", ms[0].from);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emptied_bucket_starts_a_new_chain() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    ok(&bed.backup(&[]));
+    ok(&bed.backup(&[]));
+    for (k, _) in bed.keys().await {
+        bed.client.delete_object().bucket(&bed.bucket).key(&k).send().await.unwrap();
+    }
+    ok(&bed.backup(&[]));
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 1);
+    assert!(ms[0].is_full(), "{:?}", ms[0].from);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_backup_does_not_follow_the_config_to_another_bucket() {
+    let (server, _p, mut bed) = s3s_bed(false).await;
+    ok(&bed.backup(&[]));
+    failed(&bed.backup(&[("ZIB_FAILPOINT", "after-save:2".into())]));
+    assert_eq!(bed.state()["pending"]["chunks"].as_array().unwrap().len(), 2);
+    let other = server.create_bucket("other").await;
+    bed.retarget(&other, "backups");
+    let err = ok(&bed.backup(&[]));
+    assert!(err.contains("abandoning"), "{err}");
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 1);
+    assert!(ms[0].is_full());
+    // Every chunk the manifest lists is in this bucket: `cat` of them is the stream.
+    assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
+    for c in &ms[0].chunks {
+        assert!(bed.keys().await.iter().any(|(k, _)| k == &c.key), "{} not in {other}", c.key);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_backup_whose_chunks_vanished_starts_a_new_attempt() {
+    // An emptied bucket (or a state file written before destinations were recorded, carried to
+    // another bucket): the chunks recorded as stored are not there any more.
+    let (_s, _p, bed) = s3s_bed(false).await;
+    failed(&bed.backup(&[("ZIB_FAILPOINT", "after-save:2".into())]));
+    for (k, _) in bed.keys().await {
+        bed.client.delete_object().bucket(&bed.bucket).key(&k).send().await.unwrap();
+    }
+    let err = ok(&bed.backup(&[]));
+    assert!(err.contains("new attempt"), "{err}");
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0].attempt, 1);
+    assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
 }
 
 #[tokio::test(flavor = "multi_thread")]
