@@ -107,8 +107,7 @@ schedule = "0 3 * * *"
     }
 
     async fn get(&self, key: &str) -> Vec<u8> {
-        let o = self.client.get_object().bucket(&self.bucket).key(key).send().await.unwrap();
-        o.body.collect().await.unwrap().into_bytes().to_vec()
+        zib_testkit::get_bytes(&self.client, &self.bucket, key).await
     }
 
     async fn manifests(&self) -> Vec<Manifest> {
@@ -254,19 +253,7 @@ async fn the_server_checks_the_sha256_we_send() {
     let e =
         store.put_chunk("k", &f, 11, &other, zib_core::StorageClass::Standard).await.unwrap_err();
     assert!(e.to_string().contains("never overwrites"), "{e}");
-    let kept = server
-        .client()
-        .get_object()
-        .bucket(&bucket)
-        .key("k")
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+    let kept = zib_testkit::get_bytes(&server.client(), &bucket, "k").await;
     assert_eq!(&kept[..], b"hello chunk");
 }
 

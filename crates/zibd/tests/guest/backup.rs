@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use zib_core::Manifest;
-use zib_testkit::{FaultProxy, S3sFsServer, test_env};
+use zib_testkit::{FaultProxy, S3sFsServer, get_bytes, test_env};
 
 use crate::common::*;
 
@@ -70,22 +70,6 @@ async fn list(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
     v
 }
 
-async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
-    client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes()
-        .to_vec()
-}
-
 /// What a user would do by hand: for every backup, in key order, `cat` its chunks into
 /// `zfs receive`. Uses only the listing (the manifest names the attempt to take).
 async fn restore_by_cat(client: &aws_sdk_s3::Client, bucket: &str, target: &str, work: &Path) {
@@ -93,12 +77,12 @@ async fn restore_by_cat(client: &aws_sdk_s3::Client, bucket: &str, target: &str,
     let manifests: Vec<&String> = keys.iter().filter(|k| k.ends_with(".manifest.json")).collect();
     assert!(!manifests.is_empty(), "no manifests in {keys:?}");
     for mk in manifests {
-        let m = Manifest::from_json(mk, &get(client, bucket, mk).await).unwrap();
+        let m = Manifest::from_json(mk, &get_bytes(client, bucket, mk).await).unwrap();
         let dir = format!("{}/a{:02}/", mk.trim_end_matches(".manifest.json"), m.attempt);
         let stream = work.join(format!("stream-{}", m.seq));
         let mut bytes = Vec::new();
         for k in keys.iter().filter(|k| k.starts_with(&dir)) {
-            bytes.extend(get(client, bucket, k).await);
+            bytes.extend(get_bytes(client, bucket, k).await);
         }
         std::fs::write(&stream, &bytes).unwrap();
         zfs_receive_from_file(&["-u", target], &stream);
