@@ -110,10 +110,10 @@ pub struct RestoreStart {
     /// How many days thawed copies stay readable.
     #[serde(default = "default_restore_days")]
     pub days: u32,
-    /// Read from this bucket instead of the configured one.
+    /// Read from this bucket instead of the configured one (root or the daemon's user only).
     #[serde(default)]
     pub bucket: Option<String>,
-    /// Read under this key prefix instead of the configured one.
+    /// Read under this key prefix instead of the configured one (root or the daemon's user only).
     #[serde(default)]
     pub prefix: Option<String>,
 }

@@ -96,10 +96,11 @@ enum RestoreCommand {
         /// Days the thawed copies stay readable.
         #[arg(long, default_value_t = 7)]
         days: u32,
-        /// Read from this bucket instead of the configured one.
+        /// Read from this bucket instead of the configured one (root only: the daemon would
+        /// receive a stream its configuration does not vouch for).
         #[arg(long)]
         bucket: Option<String>,
-        /// Read under this key prefix instead of the configured one.
+        /// Read under this key prefix instead of the configured one (root only).
         #[arg(long)]
         prefix: Option<String>,
     },

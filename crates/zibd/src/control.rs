@@ -113,7 +113,7 @@ impl Access {
     /// Whether `peer` may make mutating requests: root, the daemon's own user, or a member
     /// (primary or supplementary) of the socket group.
     pub fn may_mutate(&self, peer: &Peer) -> bool {
-        if peer.uid == 0 || peer.uid == self.daemon_uid {
+        if self.is_privileged(peer) {
             return true;
         }
         match &self.group {
@@ -121,12 +121,31 @@ impl Access {
             None => false,
         }
     }
+
+    /// Root, or the daemon's own user: a peer the daemon's privileges give nothing new.
+    pub fn is_privileged(&self, peer: &Peer) -> bool {
+        peer.uid == 0 || peer.uid == self.daemon_uid
+    }
 }
 
 /// The permission check: read-only requests (`status`, `version`, `restore_status`) are allowed
-/// for anyone who could connect; mutating ones need [`Access::may_mutate`]. `Err` is the
+/// for anyone who could connect; mutating ones need [`Access::may_mutate`]. A `restore_start`
+/// naming its own bucket or prefix needs root (or the daemon's user): the daemon, as root, would
+/// `zfs receive` a stream from a place its configuration does not vouch for. `Err` is the
 /// `permission_denied` error to send back (`Rejected::into_response`).
 pub fn authorize(request: &Request, peer: &Peer, access: &Access) -> Result<(), Rejected> {
+    if let Request::RestoreStart(r) = request
+        && (r.bucket.is_some() || r.prefix.is_some())
+        && !access.is_privileged(peer)
+    {
+        return Err(Rejected {
+            kind: ErrorKind::PermissionDenied,
+            message: format!(
+                "permission denied: 'restore_start' from another bucket or prefix (--bucket/--prefix) needs root, since zibd would receive a stream the configured target does not vouch for; leave them out to restore from the configured target, or run `zibd restore run` as root; you are uid {}",
+                peer.uid
+            ),
+        });
+    }
     if !request.is_mutating() || access.may_mutate(peer) {
         return Ok(());
     }

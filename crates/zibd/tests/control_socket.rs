@@ -569,15 +569,7 @@ fn mutating() -> Vec<Request> {
         Request::Resume { dataset: Some("tank/a".into()) },
         Request::Cancel { dataset: "tank/a".into() },
         Request::Reload,
-        Request::RestoreStart(zib_protocol::RestoreStart {
-            dataset: "tank/a".into(),
-            snapshot: None,
-            to: "tank/r".into(),
-            tier: zib_protocol::RestoreTier::Bulk,
-            days: 1,
-            bucket: None,
-            prefix: None,
-        }),
+        restore_from(None, None),
     ]
 }
 
@@ -609,6 +601,48 @@ fn permission_decisions() {
     }
 }
 
+fn restore_from(bucket: Option<&str>, prefix: Option<&str>) -> Request {
+    Request::RestoreStart(zib_protocol::RestoreStart {
+        dataset: "tank/a".into(),
+        snapshot: None,
+        to: "tank/r".into(),
+        tier: zib_protocol::RestoreTier::Bulk,
+        days: 1,
+        bucket: bucket.map(Into::into),
+        prefix: prefix.map(Into::into),
+    })
+}
+
+/// Issue 11 #11: a socket-group member may restore from the configured target, but another
+/// bucket or prefix would have the root daemon `zfs receive` a stream of the member's choosing.
+#[test]
+fn a_restore_from_another_bucket_or_prefix_needs_root() {
+    let access = Access { group: Some(("zib".into(), 990)), daemon_uid: 0 };
+    let member = peer(1000, 990, &[]);
+    let supplementary_member = peer(1001, 1001, &[990]);
+    assert!(authorize(&restore_from(None, None), &member, &access).is_ok());
+    for req in [
+        restore_from(Some("attacker-bucket"), None),
+        restore_from(None, Some("elsewhere")),
+        restore_from(Some("b"), Some("p")),
+    ] {
+        for p in [&member, &supplementary_member] {
+            let zib_protocol::Rejected { kind, message } =
+                authorize(&req, p, &access).expect_err("an override needs root");
+            assert_eq!(kind, ErrorKind::PermissionDenied);
+            assert!(
+                message.contains("needs root")
+                    && message.contains("--bucket")
+                    && message.contains(&p.uid.to_string()),
+                "{message}"
+            );
+        }
+        assert!(authorize(&req, &peer(0, 0, &[]), &access).is_ok(), "root may: {req:?}");
+        let own = Access { group: None, daemon_uid: 500 };
+        assert!(authorize(&req, &peer(500, 500, &[]), &own).is_ok(), "the daemon's user may");
+    }
+}
+
 #[test]
 fn permission_without_a_group_and_for_the_daemon_user() {
     let access = Access { group: None, daemon_uid: 500 };
@@ -628,9 +662,11 @@ fn permission_without_a_group_and_for_the_daemon_user() {
 #[ignore = "helper run as another user by a_real_stranger_is_refused_mutations"]
 async fn stranger_client() {
     let Some(path) = std::env::var_os("ZIB_TEST_STRANGER_SOCKET") else { return };
-    for (name, request) in
-        [("status", Request::Status { dataset: None }), ("reload", Request::Reload)]
-    {
+    for (name, request) in [
+        ("status", Request::Status { dataset: None }),
+        ("reload", Request::Reload),
+        ("restore_elsewhere", restore_from(Some("someone-elses-bucket"), None)),
+    ] {
         let reply = call(Path::new(&path), request).await;
         match &reply[0] {
             Response::Error { kind, message } => println!("RESULT {name} {kind:?} {message}"),
@@ -704,6 +740,16 @@ async fn a_real_stranger_is_refused_mutations() {
         if group.is_none() {
             assert!(reload.contains("uid 65534") && reload.contains("root"), "{reload}");
         }
+        // Even a member of the socket group may not restore from a bucket of its choosing.
+        let elsewhere = stdout
+            .lines()
+            .find(|l| l.starts_with("RESULT restore_elsewhere"))
+            .expect("a restore result");
+        assert!(
+            elsewhere.starts_with("RESULT restore_elsewhere PermissionDenied")
+                && elsewhere.contains("uid 65534"),
+            "{group:?}: {elsewhere}"
+        );
         // The handler saw the stranger's status request, and its reload only when allowed.
         let peers = server.handler.peers.lock().unwrap().clone();
         assert!(peers.iter().all(|p| p.uid == 65534 && p.gid == 65534), "{peers:?}");

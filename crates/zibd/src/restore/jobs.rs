@@ -14,7 +14,8 @@ use super::{
 };
 
 /// Options from a control-socket [`zib_protocol::RestoreStart`] (bucket/prefix overrides are
-/// the caller's business: they choose the [`RestoreEngine`]).
+/// the caller's business: they choose the [`RestoreEngine`]; the control socket lets only root
+/// make them, see [`crate::control::authorize`]).
 pub fn options_from_request(
     req: &zib_protocol::RestoreStart,
 ) -> Result<RestoreOptions, RestoreError> {
