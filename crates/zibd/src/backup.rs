@@ -32,6 +32,7 @@ use zib_core::{
 use crate::{
     failpoint,
     s3::{PutOutcome, S3Error, S3Store},
+    spool::Spool,
     state_store::{LockedState, StateStoreError},
     zfs::{SendArgs, SendBase, SendStream, Zfs, ZfsError},
 };
@@ -212,6 +213,10 @@ impl Backup<'_> {
         KeyLayout::new(&self.target.prefix, &self.ds.name)
     }
 
+    fn spool(&self) -> Spool {
+        Spool::new(&self.engine.spool_dir, &self.ds.name)
+    }
+
     fn set_progress(&self, f: impl FnOnce(&mut Progress)) {
         self.progress.send_modify(f);
     }
@@ -229,7 +234,7 @@ impl Backup<'_> {
                 ..Default::default()
             }
         });
-        self.clean_spool().await;
+        self.spool().clean().await;
         self.retarget().await?;
 
         // A pending backup whose snapshot vanished cannot be resumed: abandon it (its chunks have
@@ -534,8 +539,9 @@ impl Backup<'_> {
         let permits = Arc::new(Semaphore::new(self.target.max_spooled_chunks));
         let (tx, rx) = mpsc::unbounded_channel();
         let spool = SpoolTarget {
-            dir: self.engine.spool_dir.clone(),
-            stem: format!("{}.{}.a{}", self.ds.name.file_stem(), p.seq, p.attempt),
+            spool: self.spool(),
+            run: format!("{}.a{}", p.seq, p.attempt),
+            dataset: self.ds.name.to_string(),
         };
         let cancel = self.cancel;
         // Set when the reader failed: the uploader finishes the PUT in flight, records it, and
@@ -796,23 +802,15 @@ impl Backup<'_> {
         }
         pruned
     }
-
-    /// Removes spool files a crashed run of this dataset left behind.
-    async fn clean_spool(&self) {
-        let stem = format!("{}.", self.ds.name.file_stem());
-        let Ok(mut dir) = tokio::fs::read_dir(&self.engine.spool_dir).await else { return };
-        while let Ok(Some(e)) = dir.next_entry().await {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(&stem) && n.ends_with(".chunk") {
-                let _ = tokio::fs::remove_file(e.path()).await;
-            }
-        }
-    }
 }
 
+/// Where one upload attempt spools its chunks.
 struct SpoolTarget {
-    dir: PathBuf,
-    stem: String,
+    spool: Spool,
+    /// The attempt, as part of the file names: `<seq>.a<attempt>`.
+    run: String,
+    /// The dataset, for messages.
+    dataset: String,
 }
 
 /// Reads the send stream into chunks of `chunk_size`. Chunks already recorded are only hashed
@@ -829,9 +827,11 @@ async fn read_stream(
     cancel: &CancellationToken,
 ) -> Result<Streamed, BackupError> {
     let mut send = Some(send);
-    tokio::fs::create_dir_all(&spool.dir)
+    spool
+        .spool
+        .create()
         .await
-        .map_err(|source| BackupError::Spool { path: spool.dir.clone(), source })?;
+        .map_err(|source| BackupError::Spool { path: spool.spool.dir().to_owned(), source })?;
     let mut whole = Sha256::new();
     let mut total = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -840,10 +840,10 @@ async fn read_stream(
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            () = cancel.cancelled() => return Err(BackupError::Cancelled { dataset: spool.stem.clone() }),
+            () = cancel.cancelled() => return Err(BackupError::Cancelled { dataset: spool.dataset.clone() }),
         };
         let reuse = recorded.get(index as usize);
-        let path = spool.dir.join(format!("{}.{index:08}.chunk", spool.stem));
+        let path = spool.spool.chunk_path(&spool.run, index);
         let spool_err = |source| BackupError::Spool { path: path.clone(), source };
         let mut file = match reuse {
             Some(_) => None,
@@ -855,7 +855,7 @@ async fn read_stream(
             let want = buf.len().min((chunk_size - n) as usize);
             let r = tokio::select! {
                 r = send.as_mut().expect("running").stdout().read(&mut buf[..want]) => r,
-                () = cancel.cancelled() => return Err(BackupError::Cancelled { dataset: spool.stem.clone() }),
+                () = cancel.cancelled() => return Err(BackupError::Cancelled { dataset: spool.dataset.clone() }),
             };
             let r = r.map_err(|e| ZfsError::Spawn {
                 cmd: "zfs send (reading its output)".into(),
@@ -884,7 +884,7 @@ async fn read_stream(
                     return Ok(Streamed::Diverged { index, why: Divergence::Resent });
                 }
                 if total == 0 {
-                    return Err(BackupError::EmptyStream(spool.stem.clone()));
+                    return Err(BackupError::EmptyStream(spool.dataset.clone()));
                 }
                 break;
             }

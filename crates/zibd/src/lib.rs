@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod process;
 pub mod restore;
 pub mod s3;
+pub mod spool;
 pub mod state_store;
 pub mod systemd;
 pub mod zfs;

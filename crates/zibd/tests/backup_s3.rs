@@ -77,6 +77,17 @@ schedule = "0 3 * * *"
         self.bucket = bucket.to_owned();
     }
 
+    /// Replaces the config's one dataset by `names` (same settings).
+    fn set_datasets(&self, names: &[&str]) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let (head, _) = text.split_once("[[dataset]]").unwrap();
+        let mut text = head.to_owned();
+        for n in names {
+            text.push_str(&format!("[[dataset]]\nname = \"{n}\"\nschedule = \"0 3 * * *\"\n\n"));
+        }
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     fn zibd(&self, args: &[&str], env: &[(&str, String)]) -> Output {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
         c.arg("--config").arg(&self.config).args(args);
@@ -408,6 +419,47 @@ async fn a_failing_send_lets_the_put_in_flight_finish() {
     let recorded = bed.state()["pending"]["chunks"].as_array().unwrap().len();
     assert_eq!(recorded, puts.len(), "{puts:?}");
     assert_eq!(bed.keys().await.len(), recorded);
+}
+
+/// Every file below `dir` (recursively), as paths relative to it.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 11 #10: a backup of tank/vm cleans up after its own earlier runs only, never the
+/// spooled chunks of tank/vm.old (whose upload may be running: the daemon runs both at once).
+#[tokio::test(flavor = "multi_thread")]
+async fn starting_one_dataset_leaves_the_spool_of_a_similarly_named_one_alone() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    bed.set_datasets(&["tank/vm", "tank/vm.old"]);
+    let spool = bed.root.join("spool");
+    // tank/vm.old stops right after its first PUT: its spooled chunks stay on disk, as they
+    // are while its upload runs.
+    let env = [("ZIB_FAILPOINT", "after-put:1".to_string())];
+    failed(&bed.zibd(&["backup", "tank/vm.old"], &env));
+    let spooled = files_under(&spool);
+    assert!(!spooled.is_empty());
+    ok(&bed.zibd(&["backup", "tank/vm"], &[]));
+    let left = files_under(&spool);
+    for f in &spooled {
+        assert!(left.contains(f), "starting tank/vm deleted {}: left {left:?}", f.display());
+    }
+    // tank/vm.old's own next run removes its leftovers, and finishes.
+    ok(&bed.zibd(&["backup", "tank/vm.old"], &[]));
+    assert!(files_under(&spool).is_empty(), "{:?}", files_under(&spool));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,14 +90,14 @@ pub async fn run(
         ready_ahead: &ready_ahead,
     };
     run.publish(RestorePhase::Planning, None);
-    clean_spool(&run.file.spool_dir, &opts.target).await;
+    run.file.spool.clean().await;
 
     run.request_thaws().await?;
     let steps = run.file.rec().plan.steps.len();
     for i in run.file.rec().steps_received..steps {
         if let Err(e) = run.receive_step(i).await {
             // Downloads in flight were dropped with the stream; remove what they spooled.
-            clean_spool(&run.file.spool_dir, &opts.target).await;
+            run.file.spool.clean().await;
             return Err(e);
         }
     }
@@ -263,12 +263,10 @@ impl<'a> Run<'a> {
         );
         let mut sink = zfs.receive(&receive)?;
 
-        let spool_dir = self.file.spool_dir.clone();
-        tokio::fs::create_dir_all(&spool_dir)
-            .await
-            .map_err(io_err("cannot create spool directory", &spool_dir))?;
+        let spool = self.file.spool.clone();
+        spool.create().await.map_err(io_err("cannot create spool directory", spool.dir()))?;
         let ctx = self.ctx();
-        let stem = target.file_stem();
+        let run = i.to_string();
         let was_ready: Vec<bool> = self.file.rec().chunks[i].iter().map(|c| c.ready).collect();
         self.ready_ahead.store(0, Ordering::Relaxed);
         // Futures collected first (not mapped lazily): keeps the task's future provably Send.
@@ -283,7 +281,7 @@ impl<'a> Run<'a> {
                     c,
                     needs_thaw && !was_ready[j],
                     needs_thaw,
-                    spool_dir.join(format!("{stem}.{i}.{j:08}.chunk")),
+                    spool.chunk_path(&run, j as u64),
                 )
             })
             .collect();
@@ -436,17 +434,6 @@ impl<'a> Run<'a> {
         self.file.save().await?;
         self.publish(RestorePhase::Done, Some("restore complete".into()));
         Ok(report)
-    }
-}
-
-async fn clean_spool(dir: &Path, target: &DatasetName) {
-    let stem = format!("{}.", target.file_stem());
-    let Ok(mut d) = tokio::fs::read_dir(dir).await else { return };
-    while let Ok(Some(e)) = d.next_entry().await {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&stem) && n.ends_with(".chunk") {
-            let _ = tokio::fs::remove_file(e.path()).await;
-        }
     }
 }
 

@@ -88,14 +88,14 @@ impl RestoreRecord {
 pub struct RestoreProgressFile {
     _lock: Flock<File>,
     pub(super) path: PathBuf,
-    pub(super) spool_dir: PathBuf,
+    pub(super) spool: crate::spool::Spool,
     /// The record of an unfinished (or the last finished) restore, if any.
     pub record: Option<RestoreRecord>,
 }
 
 impl RestoreProgressFile {
     /// Takes the target's restore lock (without waiting) and loads its record, if any, from
-    /// `<work_dir>/restore-<target>.json`. Spool files go to `<work_dir>/restore-spool/`.
+    /// `<work_dir>/restore-<target>.json`. Spool files go to `<work_dir>/restore-spool/<target>/`.
     pub fn open(work_dir: &Path, target: &DatasetName) -> Result<Self, RestoreError> {
         std::fs::create_dir_all(work_dir)
             .map_err(io_err("cannot create work directory", work_dir))?;
@@ -138,7 +138,8 @@ impl RestoreProgressFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(RestoreError::Io { action: "cannot read", path, source: e }),
         };
-        Ok(Self { _lock: lock, path, spool_dir: work_dir.join("restore-spool"), record })
+        let spool = crate::spool::Spool::new(&work_dir.join("restore-spool"), target);
+        Ok(Self { _lock: lock, path, spool, record })
     }
 
     pub fn path(&self) -> &Path {
