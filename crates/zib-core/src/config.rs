@@ -105,6 +105,11 @@ pub struct TargetConfig {
     /// Attempts per S3 request before a job fails (throttling, 5xx, connection errors).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Seconds one attempt of an S3 request may take before it is given up (and retried, up to
+    /// `max_attempts`); a chunk PUT gets one more second per 64 KiB of its size, so a slow but
+    /// working link never times out. A GET body that delivers nothing for this long is retried.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
 }
 
 fn default_region() -> String {
@@ -118,6 +123,11 @@ fn default_spooled() -> usize {
 }
 fn default_attempts() -> u32 {
     8
+}
+/// `target.request_timeout_secs` when the config does not say.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
+fn default_request_timeout() -> u64 {
+    DEFAULT_REQUEST_TIMEOUT_SECS
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,6 +324,9 @@ impl Config {
         if !(1..=100).contains(&t.max_attempts) {
             return Err("target.max_attempts must be between 1 and 100".into());
         }
+        if !(1..=86_400).contains(&t.request_timeout_secs) {
+            return Err("target.request_timeout_secs must be between 1 and 86400".into());
+        }
         if t.region.trim().is_empty() {
             return Err("target.region must not be empty".into());
         }
@@ -477,6 +490,7 @@ mod tests {
         let c = parse(MIN).unwrap();
         assert_eq!(c.target.storage_class, StorageClass::DeepArchive);
         assert_eq!(c.target.chunk_size.0, 5_000_000_000);
+        assert_eq!(c.target.request_timeout_secs, 120);
         assert_eq!(c.daemon.socket, PathBuf::from("/run/zibd/zibd.sock"));
         let r = c.resolve(&c.datasets[0]);
         assert_eq!(r.prefix, "zib/");
@@ -512,6 +526,17 @@ mod tests {
 
     fn err(t: &str) -> String {
         parse(t).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn request_timeout_is_bounded() {
+        let with =
+            |v: &str| MIN.replace("[target]", &format!("[target]\nrequest_timeout_secs = {v}"));
+        assert_eq!(parse(&with("5")).unwrap().target.request_timeout_secs, 5);
+        for bad in ["0", "86401"] {
+            let e = err(&with(bad));
+            assert!(e.contains("target.request_timeout_secs must be between 1 and 86400"), "{e}");
+        }
     }
 
     #[test]

@@ -513,6 +513,7 @@ impl DaemonCore {
                     t.endpoint.as_ref().map(|e| e.0.as_str()),
                     cfg.force_path_style(),
                     t.max_attempts,
+                    Duration::from_secs(t.request_timeout_secs),
                     b,
                 )
                 .await

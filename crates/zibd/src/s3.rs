@@ -3,8 +3,9 @@
 //! Every chunk is one plain PutObject (never multipart) with `If-None-Match: *`, so nothing
 //! already stored is ever overwritten, and with `x-amz-checksum-sha256`, so the server refuses
 //! bytes that were damaged on the way. Transient failures (throttling, 5xx, dropped
-//! connections) are retried by the SDK's standard retry strategy with exponential backoff, a
-//! bounded number of times.
+//! connections, an attempt that took longer than `target.request_timeout_secs`) are retried by
+//! the SDK's standard retry strategy with exponential backoff, a bounded number of times: a
+//! hung connection never holds a job forever.
 
 use std::{path::Path, time::Duration};
 
@@ -114,6 +115,10 @@ fn req_err<
     let status = e.raw_response().map(|r| r.http_status());
     let code = e.code().map(str::to_owned);
     let message = match (&e, e.message()) {
+        (SdkError::TimeoutError(_), _) => format!(
+            "timed out on every attempt (target.max_attempts), each given target.request_timeout_secs (a chunk PUT more): {}",
+            aws_smithy_types::error::display::DisplayErrorContext(&e)
+        ),
         (_, Some(m)) => format!("{} ({})", m, code.as_deref().unwrap_or("error")),
         (SdkError::ServiceError(_), None) => {
             format!("{} (HTTP {})", code.as_deref().unwrap_or("service error"), status.unwrap_or(0))
@@ -164,6 +169,19 @@ pub struct ListedObject {
 pub struct S3Store {
     client: Client,
     bucket: String,
+    /// Per attempt of a request (a chunk PUT gets more, see [`put_attempt_timeout`]), and the
+    /// longest a GET body may deliver nothing.
+    request_timeout: Duration,
+}
+
+/// The slowest upload rate a chunk PUT is given time for: a slow link that still moves bytes
+/// never times out.
+pub const MIN_PUT_RATE: u64 = 64 * 1024;
+
+/// How long one attempt of a PUT of `size` bytes may take: the request timeout plus one second
+/// per [`MIN_PUT_RATE`] bytes (a 256 MiB chunk: 120 s + 4096 s).
+pub fn put_attempt_timeout(request_timeout: Duration, size: u64) -> Duration {
+    request_timeout + Duration::from_secs(size.div_ceil(MIN_PUT_RATE))
 }
 
 /// Thaw tier for archived objects.
@@ -216,6 +234,7 @@ impl S3Store {
             t.endpoint.as_ref().map(|e| e.0.as_str()),
             cfg.force_path_style(),
             t.max_attempts,
+            Duration::from_secs(t.request_timeout_secs),
             &t.bucket.0,
         )
         .await
@@ -226,6 +245,7 @@ impl S3Store {
         endpoint: Option<&str>,
         path_style: bool,
         max_attempts: u32,
+        request_timeout: Duration,
         bucket: &str,
     ) -> Self {
         let retry = RetryConfig::standard()
@@ -236,7 +256,10 @@ impl S3Store {
             .region(Region::new(region.to_owned()))
             .retry_config(retry)
             .timeout_config(
-                TimeoutConfig::builder().connect_timeout(Duration::from_secs(10)).build(),
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(request_timeout)
+                    .build(),
             )
             .load()
             .await;
@@ -247,12 +270,37 @@ impl S3Store {
         if let Some(ep) = endpoint {
             b = b.endpoint_url(ep);
         }
-        Self { client: Client::from_conf(b.build()), bucket: bucket.to_owned() }
+        Self { client: Client::from_conf(b.build()), bucket: bucket.to_owned(), request_timeout }
     }
 
-    /// Wraps a client built elsewhere (tests, or callers with their own credential setup).
+    /// Wraps a client built elsewhere (tests, or callers with their own credential setup);
+    /// GET bodies get the default request timeout.
     pub fn from_client(client: Client, bucket: &str) -> Self {
-        Self { client, bucket: bucket.to_owned() }
+        Self {
+            client,
+            bucket: bucket.to_owned(),
+            request_timeout: Duration::from_secs(zib_core::config::DEFAULT_REQUEST_TIMEOUT_SECS),
+        }
+    }
+
+    /// Reads some bytes of a GET body, giving up (`TimedOut`) when nothing arrives within the
+    /// request timeout: a stalled body must not hold a restore forever.
+    pub async fn read_body<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        body: &mut R,
+        buf: &mut [u8],
+    ) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        match tokio::time::timeout(self.request_timeout, body.read(buf)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no data for {} s (target.request_timeout_secs)",
+                    self.request_timeout.as_secs()
+                ),
+            )),
+        }
     }
 
     pub fn bucket(&self) -> &str {
@@ -287,6 +335,14 @@ impl S3Store {
             .checksum_sha256(hex_to_b64(sha256_hex))
             .metadata(META_SHA256, sha256_hex)
             .if_none_match("*")
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::default().timeout_config(
+                    TimeoutConfig::builder()
+                        .operation_attempt_timeout(put_attempt_timeout(self.request_timeout, size))
+                        .build(),
+                ),
+            )
             .send()
             .await;
         match res {
@@ -431,17 +487,21 @@ impl S3Store {
         let out = self.get(key).await?;
         let mut body = out.into_async_read();
         let mut buf = Vec::new();
-        use tokio::io::AsyncReadExt;
-        (&mut body).take(limit as u64 + 1).read_to_end(&mut buf).await.map_err(|e| {
-            S3Error::Request {
+        let mut part = vec![0u8; 64 * 1024];
+        while buf.len() <= limit {
+            let n = self.read_body(&mut body, &mut part).await.map_err(|e| S3Error::Request {
                 op: "GetObject",
                 bucket: self.bucket.clone(),
                 key: key.into(),
                 message: format!("reading body: {e}"),
                 code: None,
                 status: None,
+            })?;
+            if n == 0 {
+                break;
             }
-        })?;
+            buf.extend_from_slice(&part[..n]);
+        }
         if buf.len() > limit {
             return Err(S3Error::Request {
                 op: "GetObject",
@@ -578,6 +638,15 @@ mod tests {
         let e = S3Error::Conflict { bucket: "b".into(), key: "k".into(), detail: "d".into() };
         assert_eq!(e.kind(), K::Conflict);
         assert!(request_error(None, Some(404)).is_not_found());
+    }
+
+    #[test]
+    fn a_chunk_put_gets_time_for_a_slow_link() {
+        let base = Duration::from_secs(120);
+        assert_eq!(put_attempt_timeout(base, 0), base);
+        assert_eq!(put_attempt_timeout(base, 1), base + Duration::from_secs(1));
+        // 256 MiB at 64 KiB/s is 4096 s.
+        assert_eq!(put_attempt_timeout(base, 256 << 20), Duration::from_secs(120 + 4096));
     }
 
     #[test]

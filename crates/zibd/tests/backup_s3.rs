@@ -88,6 +88,19 @@ schedule = "0 3 * * *"
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Sets a `[target]` key (replacing its line if there is one), as a user editing it would.
+    fn set_target(&self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} = ")))
+            .map(str::to_owned)
+            .collect();
+        let at = lines.iter().position(|l| l == "[target]").unwrap() + 1;
+        lines.insert(at, format!("{key} = {value}"));
+        std::fs::write(&self.config, lines.join("\n") + "\n").unwrap();
+    }
+
     fn zibd(&self, args: &[&str], env: &[(&str, String)]) -> Output {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
         c.arg("--config").arg(&self.config).args(args);
@@ -586,6 +599,49 @@ async fn throttling_and_server_errors_are_retried() {
     let ms = bed.manifests().await;
     assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
     assert!(proxy.count(&Matcher::put()) >= 9, "retried PUTs are visible at the proxy");
+}
+
+/// A stall: the proxy holds the request for an hour before forwarding it.
+fn stall() -> FaultAction {
+    FaultAction::Delay(std::time::Duration::from_secs(3600))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_put_times_out_and_is_retried() {
+    let (_s, proxy, bed) = s3s_bed(true).await;
+    let proxy = proxy.unwrap();
+    bed.set_target("request_timeout_secs", "3");
+    proxy.add_fault(Fault::new(Matcher::put(), stall()).nth(2));
+    ok(&bed.backup(&[]));
+    let ms = bed.manifests().await;
+    assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
+    // 5 chunks and the manifest, and the stalled PUT once more.
+    let puts = proxy.requests().into_iter().filter(|r| r.method == "PUT").collect::<Vec<_>>();
+    assert_eq!(puts.len(), 7, "{puts:?}");
+    assert_eq!(puts[1].key, puts[2].key, "the stalled PUT was sent again: {puts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_put_that_stalls_every_time_fails_naming_the_operation_and_key() {
+    let (_s, proxy, bed) = s3s_bed(true).await;
+    let proxy = proxy.unwrap();
+    bed.set_target("request_timeout_secs", "5");
+    bed.set_target("max_attempts", "2");
+    proxy.add_fault(Fault::new(Matcher::put(), stall()).always());
+    let err = failed(&bed.backup(&[]));
+    assert!(
+        err.contains("PutObject")
+            && err.contains("backups/tank/photos@zib/000001-")
+            && err.contains("timed out")
+            && err.contains("request_timeout_secs"),
+        "{err}"
+    );
+    assert_eq!(proxy.count(&Matcher::put()), 2, "each attempt was given up");
+    proxy.clear_faults();
+    ok(&bed.backup(&[]));
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 1);
+    assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
 }
 
 #[tokio::test(flavor = "multi_thread")]

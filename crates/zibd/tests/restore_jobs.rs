@@ -22,7 +22,15 @@ use catalog::*;
 async fn engine(endpoint: &str, bucket: &str) -> RestoreEngine {
     RestoreEngine {
         zfs: Zfs::default(),
-        s3: S3Store::connect("us-east-1", Some(endpoint), true, 3, bucket).await,
+        s3: S3Store::connect(
+            "us-east-1",
+            Some(endpoint),
+            true,
+            3,
+            Duration::from_secs(120),
+            bucket,
+        )
+        .await,
         prefix: PREFIX.into(),
     }
 }

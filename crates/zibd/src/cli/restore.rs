@@ -143,7 +143,11 @@ async fn connect(
         .or_else(|| t.map(|t| t.prefix.clone()))
         .unwrap_or_else(|| "zib/".into());
     let attempts = t.map_or(8, |t| t.max_attempts);
-    let s3 = S3Store::connect(&region, endpoint.as_deref(), path_style, attempts, &bucket).await;
+    let timeout = std::time::Duration::from_secs(
+        t.map_or(zib_core::config::DEFAULT_REQUEST_TIMEOUT_SECS, |t| t.request_timeout_secs),
+    );
+    let s3 = S3Store::connect(&region, endpoint.as_deref(), path_style, attempts, timeout, &bucket)
+        .await;
     Ok(RestoreEngine { zfs: Zfs::default(), s3, prefix })
 }
 

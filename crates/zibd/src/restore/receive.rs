@@ -521,9 +521,8 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
         let mut reader = body.into_async_read();
         let mut buf = vec![0u8; 256 * 1024];
         let res: Result<(), std::io::Error> = async {
-            use tokio::io::AsyncReadExt;
             loop {
-                let n = reader.read(&mut buf).await?;
+                let n = ctx.s3.read_body(&mut reader, &mut buf).await?;
                 if n == 0 {
                     return Ok(());
                 }
