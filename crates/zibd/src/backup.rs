@@ -111,6 +111,8 @@ pub enum BackupError {
     S3(#[from] S3Error),
     #[error("spool file {path}: {source}")]
     Spool { path: PathBuf, source: std::io::Error },
+    #[error("spool directory {path}: {source}")]
+    SpoolDir { path: PathBuf, source: std::io::Error },
     #[error("backup of {dataset} cancelled; it resumes from the last stored chunk on the next run")]
     Cancelled { dataset: String },
     #[error(
@@ -831,7 +833,7 @@ async fn read_stream(
         .spool
         .create()
         .await
-        .map_err(|source| BackupError::Spool { path: spool.spool.dir().to_owned(), source })?;
+        .map_err(|source| BackupError::SpoolDir { path: spool.spool.dir().to_owned(), source })?;
     let mut whole = Sha256::new();
     let mut total = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -847,7 +849,11 @@ async fn read_stream(
         let spool_err = |source| BackupError::Spool { path: path.clone(), source };
         let mut file = match reuse {
             Some(_) => None,
-            None => Some(tokio::fs::File::create(&path).await.map_err(spool_err)?),
+            None => {
+                crate::state_store::remove_stale(&path).map_err(spool_err)?;
+                let new = tokio::fs::OpenOptions::from(crate::state_store::new_private_file());
+                Some(new.open(&path).await.map_err(spool_err)?)
+            }
         };
         let mut hasher = Sha256::new();
         let mut n = 0u64;

@@ -136,7 +136,7 @@ impl Daemon {
             path: d.state_dir.clone(),
             source,
         })?;
-        std::fs::create_dir_all(&d.spool_dir).map_err(|source| StartError::Dir {
+        crate::state_store::private_dir(&d.spool_dir).map_err(|source| StartError::Dir {
             what: "spool directory",
             path: d.spool_dir.clone(),
             source,

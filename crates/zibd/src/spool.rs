@@ -29,9 +29,14 @@ impl Spool {
         &self.dir
     }
 
-    /// Creates the directory (and the root) if needed.
+    /// Creates the directory (and the root) if needed, both private
+    /// ([`crate::state_store::private_dir`]: 0700, refused if another user owns it or may write
+    /// to it): spooled chunks of an unencrypted dataset are plaintext.
     pub async fn create(&self) -> std::io::Result<()> {
-        tokio::fs::create_dir_all(&self.dir).await
+        let root = &self.legacy.0;
+        crate::state_store::private_dir(root)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", root.display())))?;
+        crate::state_store::private_dir(&self.dir)
     }
 
     /// The file of chunk `index` of `run` (one upload attempt, or one restored stream).

@@ -1,9 +1,16 @@
 //! Per-dataset state files: one writer per file, enforced by the kernel (flock), and atomic
 //! saves (temp file in the same directory, fsync, rename, fsync the directory).
+//!
+//! Work directories (spool, restore) are private: [`private_dir`] creates them 0700 and refuses
+//! one another user owns or could write to, and work files are created new, 0600, never
+//! through a symlink ([`new_private_file`]). Spooled chunks of an unencrypted dataset are
+//! plaintext, and root writing through a symlink planted in a shared directory overwrites any
+//! file on the host.
 
 use std::{
     fs::{File, OpenOptions},
     io::{Read, Seek, Write},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -83,6 +90,63 @@ impl StateStore {
     }
 }
 
+/// Mode of a work directory: only its owner may enter it.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of a work file.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Makes `dir` a private work directory: created (with missing parents) mode 0700; an existing
+/// one must be owned by this process's user and not writable by group or others (then its mode
+/// is tightened to 0700). Otherwise a `PermissionDenied` error saying why: another user could
+/// read what is spooled there or plant files and symlinks in it.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(PRIVATE_DIR_MODE).create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{why}; another user could read the work files or plant files and symlinks there: use a directory of this user's with mode 0700"
+            ),
+        ))
+    };
+    if !meta.is_dir() {
+        return refuse("not a directory".into());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return refuse(format!("owned by uid {}, not by this process's uid {me}", meta.uid()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return refuse(format!("writable by its group or by others (mode {mode:04o})"));
+    }
+    if mode & 0o777 != PRIVATE_DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))?;
+    }
+    Ok(())
+}
+
+/// Options that create a work file: write-only, new (an existing file or symlink at the path is
+/// an error, never followed: `O_EXCL`, `O_NOFOLLOW`), mode 0600. Remove a stale one first.
+/// `tokio::fs::OpenOptions::from` turns these into async ones.
+pub fn new_private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+    o
+}
+
+/// Removes `path` if it exists (a symlink is removed itself, never its target).
+pub fn remove_stale(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Why [`lock_exclusive`] failed.
 #[derive(Debug)]
 pub enum LockError {
@@ -105,6 +169,8 @@ pub fn lock_exclusive(lock_path: &Path) -> Result<Flock<File>, LockError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(PRIVATE_FILE_MODE)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(lock_path)
         .map_err(io("cannot open lock file"))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -144,16 +210,13 @@ impl LockedState {
     }
 }
 
-/// Atomic replace of `path` with `bytes`. A stale temp file from a crash is simply overwritten.
+/// Atomic replace of `path` with `bytes` (mode 0600). A stale temp file from a crash is
+/// removed first; the temp file is created new, never through a symlink.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateStoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("json.tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io("cannot create", &tmp))?;
+    remove_stale(&tmp).map_err(io("cannot remove stale", &tmp))?;
+    let mut f = new_private_file().open(&tmp).map_err(io("cannot create", &tmp))?;
     f.write_all(bytes).map_err(io("cannot write", &tmp))?;
     f.sync_all().map_err(io("cannot fsync", &tmp))?;
     drop(f);

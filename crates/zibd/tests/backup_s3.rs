@@ -888,3 +888,38 @@ async fn prune_deletes_whole_old_chains_manifest_first_and_resumes_on_moto() {
     let v = json(&prune(&["--allow-early-deletion", "--json"], &[]));
     assert_eq!((v["deleted"].as_u64(), v["plan"]["objects"].as_u64()), (Some(0), Some(0)));
 }
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Issue 11 #12: the spool holds plaintext chunks of unencrypted datasets: a spool directory
+/// others may write to is refused by name, and the one zib uses is 0700, its state files 0600.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spool_dir_others_can_write_to_is_refused_and_the_spool_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = MotoServer::start();
+    let bucket = server.create_bucket("private").await;
+    let bed = Bed::new(server.endpoint(), server.client(), bucket, "STANDARD").await;
+    let spool = bed.root.join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = bed.backup(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&spool.display().to_string())
+            && err.contains("writable by its group or by others"),
+        "{err}"
+    );
+    assert!(bed.keys().await.is_empty(), "nothing was uploaded");
+
+    // Readable by others (a directory made by an older zib): tightened, and the backup runs.
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(&bed.backup(&[]));
+    assert_eq!(mode(&spool), 0o700);
+    let state = bed.root.join("state");
+    assert_eq!(mode(&state.join("tank%2Fphotos.json")), 0o600);
+    assert_eq!(mode(&state.join("tank%2Fphotos.lock")), 0o600);
+}

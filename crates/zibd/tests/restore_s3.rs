@@ -461,3 +461,82 @@ async fn a_thaw_that_expired_before_the_download_is_requested_again() {
             .unwrap();
     assert_eq!(rec["chunks"][0][1]["thaw_requests"], 2);
 }
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Issue 11 #12: the restore's work directory and spool are 0700 and its files 0600; a work
+/// directory others may write to (or another user's) is refused; a symlink planted where a work
+/// file is written is never followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_work_files_are_private_and_planted_symlinks_are_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rprivate").await;
+    let chain = chain3();
+    seed(&client, &bucket, "tank/photos", &chain, StorageClass::Standard).await;
+    let ep = moto.endpoint();
+    let b = bucket_args(&bucket, ep);
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |zfs: &FakeZfs, to: &str, wd: &Path| {
+        zibd(
+            ep,
+            &zfs.bin,
+            &[&["run", "--to", to, "--work-dir", wd.to_str().unwrap()], &b[..]].concat(),
+        )
+    };
+
+    // A shared directory (like /tmp) is refused by name before anything is read.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let zfs = FakeZfs::new();
+    let o = run(&zfs, "pool/r", &shared);
+    let err = text(&o).1;
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&shared.display().to_string())
+            && err.contains("writable by its group or by others"),
+        "{err}"
+    );
+    assert!(zfs.calls().is_empty(), "{}", zfs.calls());
+
+    // A fresh one: 0700 directories, 0600 files.
+    let wd = tmp.path().join("work");
+    let o = run(&zfs, "pool/r", &wd);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(zfs.received().len(), 3);
+    assert_eq!((mode(&wd), mode(&wd.join("restore-spool"))), (0o700, 0o700));
+    assert_eq!(mode(&wd.join("restore-pool%2Fr.json")), 0o600);
+    assert_eq!(mode(&wd.join("restore-pool%2Fr.lock")), 0o600);
+
+    // Symlinks planted at a work file's path (say, before the directory was private): the
+    // files they point to stay as they are.
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, wd.join("restore-pool%2Fs.json.tmp")).unwrap();
+    let zfs = FakeZfs::new();
+    let o = run(&zfs, "pool/s", &wd);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(mode(&wd.join("restore-pool%2Fs.json")), 0o600);
+    std::os::unix::fs::symlink(&victim, wd.join("restore-pool%2Ft.lock")).unwrap();
+    let o = run(&FakeZfs::new(), "pool/t", &wd);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("restore-pool%2Ft.lock"), "{}", text(&o).1);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+    // Another user's directory (needs root to make one).
+    if nix::unistd::geteuid().is_root() {
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let o = run(&FakeZfs::new(), "pool/u", &theirs);
+        assert!(!o.status.success());
+        assert!(text(&o).1.contains("owned by uid 65534"), "{}", text(&o).1);
+    }
+}

@@ -513,7 +513,10 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
             }
             Err(e) => return Err(RestoreError::from(e).into()),
         };
-        let mut file = tokio::fs::File::create(path)
+        crate::state_store::remove_stale(path)
+            .map_err(io_err("cannot remove stale spool file", path))?;
+        let mut file = tokio::fs::OpenOptions::from(crate::state_store::new_private_file())
+            .open(path)
             .await
             .map_err(io_err("cannot create spool file", path))?;
         let mut hasher = Sha256::new();

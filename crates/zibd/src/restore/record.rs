@@ -96,9 +96,11 @@ pub struct RestoreProgressFile {
 impl RestoreProgressFile {
     /// Takes the target's restore lock (without waiting) and loads its record, if any, from
     /// `<work_dir>/restore-<target>.json`. Spool files go to `<work_dir>/restore-spool/<target>/`.
+    /// The work directory is private ([`crate::state_store::private_dir`]): one owned by
+    /// another user, or writable by group or others, is refused (the spool too, when made).
     pub fn open(work_dir: &Path, target: &DatasetName) -> Result<Self, RestoreError> {
-        std::fs::create_dir_all(work_dir)
-            .map_err(io_err("cannot create work directory", work_dir))?;
+        crate::state_store::private_dir(work_dir)
+            .map_err(io_err("cannot use work directory", work_dir))?;
         let stem = format!("restore-{}", target.file_stem());
         let lock_path = work_dir.join(format!("{stem}.lock"));
         let lock = crate::state_store::lock_exclusive(&lock_path).map_err(|e| match e {
