@@ -355,6 +355,18 @@ impl ReceiveSink {
         drop(self.stdin.take());
         finish_child(&self.cmd, &mut self.child, &mut self.stderr).await
     }
+
+    /// Stops a receive that must not commit: kills it before its input is closed (so it never
+    /// sees an end of stream) and waits until it has exited, so that when the caller reports
+    /// the failure no `zfs receive` is still running. `zfs receive -s` keeps what it got as
+    /// partial state, which the next run aborts.
+    pub async fn abort(mut self) {
+        let _ = self.child.start_kill();
+        let status = self.child.wait().await;
+        drop(self.stdin.take());
+        let stderr = (&mut self.stderr).await.unwrap_or_default();
+        tracing::debug!(cmd = %self.cmd, ?status, %stderr, "receive stopped");
+    }
 }
 
 fn parse_list(out: &str, sep: char) -> Option<Vec<SnapInfo>> {

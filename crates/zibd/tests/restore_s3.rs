@@ -4,9 +4,8 @@
 
 use std::{path::Path, process::Output};
 
-use aws_sdk_s3::primitives::ByteStream;
 use zib_core::{DatasetName, KeyLayout, StorageClass, pricing::Pricing};
-use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, test_env};
+use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, put_bytes, test_env};
 
 #[path = "support/restore_catalog.rs"]
 mod catalog;
@@ -31,6 +30,17 @@ fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// Which chunks of the first stream the restore record (in `work`, for `target` as its file
+/// name has it) says were handed to `zfs receive`.
+fn received_flags(work: &Path, target: &str) -> Vec<bool> {
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(work.join(format!("restore-{target}.json"))).unwrap(),
+    )
+    .unwrap();
+    let chunks = rec["chunks"][0].as_array().unwrap();
+    chunks.iter().map(|c| c["received"].as_bool().unwrap()).collect()
 }
 
 fn bucket_args<'a>(bucket: &'a str, endpoint: &'a str) -> Vec<&'a str> {
@@ -269,14 +279,7 @@ async fn a_corrupt_chunk_is_caught_before_zfs_receive_and_named() {
     let ms = seed(&client, &bucket, "tank/photos", &chain, StorageClass::Standard).await;
     // Replace chunk 2 of the full stream with wrong bytes of the same size.
     let bad_key = ms[0].chunks[2].key.clone();
-    client
-        .put_object()
-        .bucket(&bucket)
-        .key(&bad_key)
-        .body(ByteStream::from(vec![0x5a; CHUNK as usize]))
-        .send()
-        .await
-        .unwrap();
+    put_bytes(&client, &bucket, &bad_key, vec![0x5a; CHUNK as usize]).await;
     let ep = moto.endpoint();
     let zfs = FakeZfs::new();
     let work = tempfile::tempdir().unwrap();
@@ -305,10 +308,16 @@ async fn a_corrupt_chunk_is_caught_before_zfs_receive_and_named() {
             && err.contains("SHA-256"),
         "{err}"
     );
-    // zfs receive got exactly the two good chunks before it, nothing of the bad one.
+    // The two good chunks before it were verified and handed to zfs receive, in order; the
+    // bad one never was.
+    assert_eq!(received_flags(work.path(), "pool%2Fr"), [true, true, false, false]);
+    // The receive was stopped (killed, not given an end of input) when the bad chunk was found,
+    // so it read at most those two chunks: what it got is a prefix of them, never a bad byte.
     let got = zfs.received();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0], chain[0].data[..2 * CHUNK as usize]);
+    assert!(got.len() <= 1, "{} receives", got.len());
+    let good = &chain[0].data[..2 * CHUNK as usize];
+    assert!(got.first().is_none_or(|g| good.starts_with(g)), "receive got other bytes");
+    assert!(!zfs.calls().contains("receive -A"), "{}", zfs.calls());
     // No spool file is left with the bad bytes.
     let spool: Vec<_> = std::fs::read_dir(work.path().join("restore-spool")).unwrap().collect();
     assert!(spool.is_empty(), "{spool:?}");
@@ -327,6 +336,38 @@ async fn a_corrupt_chunk_is_caught_before_zfs_receive_and_named() {
         "{}",
         text(&o).1
     );
+}
+
+/// Issue 11 #7: every chunk matches its own SHA-256 but the manifest's whole-stream SHA-256
+/// does not: the stream's last chunk (which carries its end) never reaches `zfs receive`, so
+/// the receive cannot commit a stream the manifest does not describe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_hash_mismatch_holds_back_the_last_chunk() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rwhole").await;
+    let chain = chain3();
+    let ms = seed(&client, &bucket, "tank/photos", &chain[..1], StorageClass::Standard).await;
+    let mut m = ms[0].clone();
+    m.stream_sha256 = sha(b"another stream");
+    let layout = KeyLayout::new(PREFIX, &DatasetName::new("tank/photos").unwrap());
+    put_bytes(&client, &bucket, &layout.manifest_key(1, &m.to.name), m.to_json()).await;
+    let ep = moto.endpoint();
+    let zfs = FakeZfs::new();
+    let work = tempfile::tempdir().unwrap();
+    let b = bucket_args(&bucket, ep);
+    let wd = work.path().to_str().unwrap();
+    let o = zibd(ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", wd], &b[..]].concat());
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(err.contains("the stream's SHA-256 is"), "{err}");
+    assert_eq!(received_flags(work.path(), "pool%2Fr"), [true, true, true, false]);
+    let got = zfs.received();
+    assert!(got.len() <= 1, "{} receives", got.len());
+    let all_but_last = &chain[0].data[..3 * CHUNK as usize];
+    assert!(got.first().is_none_or(|g| all_but_last.starts_with(g)), "receive got the end");
+    let spool: Vec<_> = std::fs::read_dir(work.path().join("restore-spool")).unwrap().collect();
+    assert!(spool.is_empty(), "{spool:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,9 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::{io::AsyncWriteExt, sync::watch};
 use tokio_util::sync::CancellationToken;
-use zib_core::{DatasetName, SnapName, manifest::ChunkRecord, pricing::RestoreTier};
+use zib_core::{
+    DatasetName, SnapName, manifest::ChunkRecord, pricing::RestoreTier, restore_plan::PlanStep,
+};
 
 use super::{
     PollBackoff, RestoreEngine, RestoreError, RestoreOptions, RestorePhase, RestoreProgress,
@@ -22,7 +24,7 @@ use super::{
 use crate::{
     failpoint,
     s3::{S3ErrorKind, S3Store},
-    zfs::{ReceiveOptions, Zfs, ZfsError},
+    zfs::{ReceiveOptions, ReceiveSink, Zfs, ZfsError},
 };
 
 /// Runs (or resumes) the restore described by `opts` into `opts.target`. The progress file must
@@ -262,7 +264,40 @@ impl<'a> Run<'a> {
             )),
         );
         let mut sink = zfs.receive(&receive)?;
+        match self.feed(i, &step, needs_thaw, &mut sink).await {
+            Ok(()) => {
+                sink.finish().await?;
+                self.step_done(i).await
+            }
+            Err(Feed::ReceiveStopped(source)) => {
+                // zfs receive stopped reading: its exit status and stderr say why.
+                sink.finish().await?;
+                Err(RestoreError::Io {
+                    action: "zfs receive stopped reading its input",
+                    path: PathBuf::from(target.as_str()),
+                    source,
+                })
+            }
+            Err(Feed::Failed(e)) => {
+                // Nothing unverified was written and the stream's last chunk was held back, so
+                // this receive cannot commit; it has exited when the error is reported.
+                sink.abort().await;
+                Err(e)
+            }
+        }
+    }
 
+    /// Downloads step `i`'s chunks (at most `parallel` ahead) and writes each to `sink` once it
+    /// is verified, in order. The last chunk is written only after the SHA-256 over the whole
+    /// stream matched the manifest: until then the stream lacks its end, so a receive that is
+    /// stopped can never have committed a stream the manifest does not describe.
+    async fn feed(
+        &mut self,
+        i: usize,
+        step: &PlanStep,
+        needs_thaw: bool,
+        sink: &mut ReceiveSink,
+    ) -> Result<(), Feed> {
         let spool = self.file.spool.clone();
         spool.create().await.map_err(io_err("cannot create spool directory", spool.dir()))?;
         let ctx = self.ctx();
@@ -287,12 +322,13 @@ impl<'a> Run<'a> {
             .collect();
         let mut fetches = futures::stream::iter(futs).buffered(self.parallel);
 
+        let last = step.chunks.len().checked_sub(1);
         let mut whole = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let next = tokio::select! {
                 n = fetches.next() => n,
-                () = self.cancel.cancelled() => return Err(RestoreError::Cancelled { target: target.to_string() }),
+                () = self.cancel.cancelled() => return Err(RestoreError::Cancelled { target: self.opts.target.to_string() }.into()),
             };
             let Some(fetched) = next else { break };
             let Fetched { index, path, thaw_requests, polls } = fetched?;
@@ -310,52 +346,48 @@ impl<'a> Run<'a> {
                 c.downloaded = true;
                 c.thaw_requests += thaw_requests;
             }
-            // Verified: now, and only now, its bytes go to zfs receive.
-            let mut f = tokio::fs::File::open(&path)
-                .await
-                .map_err(io_err("cannot open spool file", &path))?;
-            loop {
-                use tokio::io::AsyncReadExt;
-                let n = f.read(&mut buf).await.map_err(io_err("cannot read spool file", &path))?;
-                if n == 0 {
-                    break;
-                }
-                whole.update(&buf[..n]);
-                if let Err(e) = sink.stdin().write_all(&buf[..n]).await {
-                    // zfs receive stopped reading: its exit status and stderr say why.
+            let written = if Some(index) == last {
+                // Hash first, write after: the stream's end goes out only if it all matches.
+                copy_spool(&path, &mut buf, None, Some(&mut whole)).await?;
+                let hashed = std::mem::take(&mut whole);
+                if let Err(e) = self.check_stream_hash(step, hashed) {
                     let _ = tokio::fs::remove_file(&path).await;
-                    drop(fetches);
-                    sink.finish().await?;
-                    return Err(RestoreError::Io {
-                        action: "zfs receive stopped reading its input",
-                        path: PathBuf::from(target.as_str()),
-                        source: e,
-                    });
+                    return Err(e.into());
                 }
-            }
-            drop(f);
+                copy_spool(&path, &mut buf, Some(sink), None).await
+            } else {
+                // Verified: now, and only now, its bytes go to zfs receive.
+                copy_spool(&path, &mut buf, Some(sink), Some(&mut whole)).await
+            };
             let _ = tokio::fs::remove_file(&path).await;
+            written?;
             self.file.rec().chunks[i][index].received = true;
             self.file.save().await?;
             self.publish(RestorePhase::Receiving, None);
             failpoint::hit("restore-after-chunk");
         }
-        drop(fetches);
-        let sha = hex::encode(whole.finalize());
-        if sha != step.stream_sha256 {
-            // Every chunk matched, so the manifest contradicts itself; do not let zfs commit it.
-            drop(sink);
-            return Err(RestoreError::ChunkCorrupt {
-                bucket: self.engine.s3.bucket().into(),
-                key: step.manifest_key.clone(),
-                detail: format!(
-                    "the stream's SHA-256 is {sha}, the manifest says {}",
-                    step.stream_sha256
-                ),
-            });
+        if last.is_none() {
+            // A stream of no chunks: nothing to hold back, still nothing unverified.
+            self.check_stream_hash(step, whole)?;
         }
-        sink.finish().await?;
-        self.step_done(i).await
+        Ok(())
+    }
+
+    /// Every chunk matched its own SHA-256; a whole-stream mismatch means the manifest
+    /// contradicts itself.
+    fn check_stream_hash(&self, step: &PlanStep, hashed: Sha256) -> Result<(), RestoreError> {
+        let sha = hex::encode(hashed.finalize());
+        if sha == step.stream_sha256 {
+            return Ok(());
+        }
+        Err(RestoreError::ChunkCorrupt {
+            bucket: self.engine.s3.bucket().into(),
+            key: step.manifest_key.clone(),
+            detail: format!(
+                "the stream's SHA-256 is {sha}, the manifest says {}",
+                step.stream_sha256
+            ),
+        })
     }
 
     async fn step_done(&mut self, i: usize) -> Result<(), RestoreError> {
@@ -434,6 +466,45 @@ impl<'a> Run<'a> {
         self.file.save().await?;
         self.publish(RestorePhase::Done, Some("restore complete".into()));
         Ok(report)
+    }
+}
+
+/// Why feeding a stream to `zfs receive` stopped.
+enum Feed {
+    /// Writing to its stdin failed: the receive's own exit status says why.
+    ReceiveStopped(std::io::Error),
+    /// Anything else (a chunk that failed verification, a cancel, local I/O): the receive
+    /// must be stopped without committing.
+    Failed(RestoreError),
+}
+
+impl From<RestoreError> for Feed {
+    fn from(e: RestoreError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// Reads spool file `path` in `buf`-sized pieces into `hash` and/or `sink`.
+async fn copy_spool(
+    path: &Path,
+    buf: &mut [u8],
+    mut sink: Option<&mut ReceiveSink>,
+    mut hash: Option<&mut Sha256>,
+) -> Result<(), Feed> {
+    use tokio::io::AsyncReadExt;
+    let mut f =
+        tokio::fs::File::open(path).await.map_err(io_err("cannot open spool file", path))?;
+    loop {
+        let n = f.read(buf).await.map_err(io_err("cannot read spool file", path))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(h) = hash.as_deref_mut() {
+            h.update(&buf[..n]);
+        }
+        if let Some(s) = sink.as_deref_mut() {
+            s.stdin().write_all(&buf[..n]).await.map_err(Feed::ReceiveStopped)?;
+        }
     }
 }
 

@@ -118,8 +118,9 @@ pub fn chain3() -> Vec<Backup> {
     ]
 }
 
-/// A stand-in `zfs`: `receive` appends its stdin to `recv.N` (N = the receive's number) and
-/// marks the target as existing; `list` says "does not exist" until then; `get` prints "-".
+/// A stand-in `zfs`: `receive` marks its target dataset as existing and becomes (exec) a `cat` of its
+/// stdin to `recv.N` (N = the receive's number), so killing it stops the reader itself;
+/// `list` says "does not exist" until then; `get` prints "-".
 pub struct FakeZfs {
     _dir: tempfile::TempDir,
     pub dir: PathBuf,
@@ -138,15 +139,16 @@ impl FakeZfs {
                 r#"#!/bin/sh
 D='{d}'
 echo "$*" >> "$D/calls"
+# The dataset named by the last argument, as a file name: exists.pool_r for pool/r@snap.
+dataset() {{ for a; do l=$a; done; echo "exists.${{l%%@*}}" | tr / _; }}
 case "$1" in
 receive)
     if [ "$2" = "-A" ]; then exit 0; fi
     n=$(ls "$D" | grep -c '^recv\.')
-    cat > "$D/recv.$((n + 1))"
-    touch "$D/exists"
-    exit 0 ;;
+    touch "$D/$(dataset "$@")"
+    exec cat > "$D/recv.$((n + 1))" ;;
 list)
-    if [ -f "$D/exists" ]; then
+    if [ -f "$D/$(dataset "$@")" ]; then
         case "$*" in *snapshot*) exit 0 ;; *) for a; do last=$a; done; echo "$last"; exit 0 ;; esac
     fi
     echo "cannot open 'x': dataset does not exist" >&2; exit 1 ;;
