@@ -3,7 +3,8 @@
 //! Every chunk is one plain PutObject (never multipart) with `If-None-Match: *`, so nothing
 //! already stored is ever overwritten, and with `x-amz-checksum-sha256`, so the server refuses
 //! bytes that were damaged on the way. Transient failures (throttling, 5xx, dropped
-//! connections, an attempt that took longer than `target.request_timeout_secs`) are retried by
+//! connections, an attempt that took longer than `target.request_timeout_secs`, a 409
+//! `ConditionalRequestConflict` on a conditional PUT) are retried by
 //! the SDK's standard retry strategy with exponential backoff, a bounded number of times: a
 //! hung connection never holds a job forever.
 
@@ -12,10 +13,13 @@ use std::{path::Path, time::Duration};
 use aws_sdk_s3::{
     Client,
     config::{
-        Region, RequestChecksumCalculation, ResponseChecksumValidation, retry::RetryConfig,
+        Region, RequestChecksumCalculation, ResponseChecksumValidation,
+        interceptors::InterceptorContext,
+        retry::{ClassifyRetry, RetryAction, RetryConfig},
         timeout::TimeoutConfig,
     },
     error::{ProvideErrorMetadata, SdkError},
+    operation::put_object::PutObjectError,
     primitives::ByteStream,
     types::{ChecksumAlgorithm, ChecksumMode, GlacierJobParameters, RestoreRequest, Tier},
 };
@@ -67,23 +71,29 @@ impl S3Error {
         if let Self::Conflict { .. } = self {
             return S3ErrorKind::Conflict;
         }
-        let by_code = match self.code() {
-            Some("NoSuchKey" | "NotFound") => S3ErrorKind::NotFound,
-            Some("AccessDenied") => S3ErrorKind::AccessDenied,
-            Some("InvalidObjectState") => S3ErrorKind::NotThawed,
-            Some("PreconditionFailed" | "ConditionalRequestConflict") => S3ErrorKind::Conflict,
-            Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded") => {
-                S3ErrorKind::Throttled
-            }
-            _ => S3ErrorKind::Other,
-        };
-        match (by_code, self.status()) {
-            (S3ErrorKind::Other, Some(404)) => S3ErrorKind::NotFound,
-            (S3ErrorKind::Other, Some(403)) => S3ErrorKind::AccessDenied,
-            (S3ErrorKind::Other, Some(409 | 412)) => S3ErrorKind::Conflict,
-            (S3ErrorKind::Other, Some(429 | 503)) => S3ErrorKind::Throttled,
-            (k, _) => k,
+        classify(self.code(), self.status())
+    }
+}
+
+/// What an S3 error code (or, without one, the HTTP status) means to zib.
+fn classify(code: Option<&str>, status: Option<u16>) -> S3ErrorKind {
+    let by_code = match code {
+        Some("NoSuchKey" | "NotFound") => S3ErrorKind::NotFound,
+        Some("AccessDenied") => S3ErrorKind::AccessDenied,
+        Some("InvalidObjectState") => S3ErrorKind::NotThawed,
+        Some("PreconditionFailed") => S3ErrorKind::Conflict,
+        Some("ConditionalRequestConflict" | "OperationAborted") => S3ErrorKind::ConcurrentWrite,
+        Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded") => {
+            S3ErrorKind::Throttled
         }
+        _ => S3ErrorKind::Other,
+    };
+    match (by_code, status) {
+        (S3ErrorKind::Other, Some(404)) => S3ErrorKind::NotFound,
+        (S3ErrorKind::Other, Some(403)) => S3ErrorKind::AccessDenied,
+        (S3ErrorKind::Other, Some(412)) => S3ErrorKind::Conflict,
+        (S3ErrorKind::Other, Some(429 | 503)) => S3ErrorKind::Throttled,
+        (k, _) => k,
     }
 }
 
@@ -96,8 +106,12 @@ pub enum S3ErrorKind {
     AccessDenied,
     /// An archived object without a readable thawed copy (`InvalidObjectState`).
     NotThawed,
-    /// A conditional write lost (412/409), or the key holds different content.
+    /// A conditional write lost (412), or the key holds different content.
     Conflict,
+    /// Another write to the key was in progress (409 `ConditionalRequestConflict`, or
+    /// `OperationAborted`): S3 says to try again, and the client does (see
+    /// [`ConcurrentWriteRetry`]).
+    ConcurrentWrite,
     /// The server asks to slow down (`SlowDown`, 503, 429).
     Throttled,
     Other,
@@ -126,6 +140,30 @@ fn req_err<
         _ => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&e)),
     };
     S3Error::Request { op, bucket: bucket.into(), key: key.into(), message, code, status }
+}
+
+/// Tells the SDK's retry strategy that a PUT which met a concurrent conditional write (409
+/// `ConditionalRequestConflict`) is to be tried again, with the same backoff and the same
+/// `max_attempts` as throttling; the SDK's own classifiers do not know that code.
+#[derive(Debug)]
+pub struct ConcurrentWriteRetry;
+
+impl ClassifyRetry for ConcurrentWriteRetry {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let Some(Err(e)) = ctx.output_or_error() else { return RetryAction::NoActionIndicated };
+        let put = e.as_operation_error().and_then(|e| e.downcast_ref::<PutObjectError>());
+        let status = ctx.response().map(|r| r.status().as_u16());
+        match put {
+            Some(p) if classify(p.code(), status) == S3ErrorKind::ConcurrentWrite => {
+                RetryAction::transient_error()
+            }
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "zib: concurrent conditional write"
+    }
 }
 
 /// Lets `req_err` read the HTTP status of the raw response type the SDK gives.
@@ -265,6 +303,7 @@ impl S3Store {
             .await;
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(path_style)
+            .retry_classifier(ConcurrentWriteRetry)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if let Some(ep) = endpoint {
@@ -629,6 +668,8 @@ mod tests {
             (None, Some(403), K::AccessDenied),
             (Some("InvalidObjectState"), Some(403), K::NotThawed),
             (Some("PreconditionFailed"), Some(412), K::Conflict),
+            (Some("ConditionalRequestConflict"), Some(409), K::ConcurrentWrite),
+            (Some("RestoreAlreadyInProgress"), Some(409), K::Other),
             (Some("SlowDown"), Some(503), K::Throttled),
             (Some("InternalError"), Some(500), K::Other),
             (None, None, K::Other),

@@ -607,6 +607,26 @@ fn stall() -> FaultAction {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_conditional_request_conflict_on_a_put_is_retried() {
+    let (_s, proxy, bed) = s3s_bed(true).await;
+    let proxy = proxy.unwrap();
+    // S3's answer when another conditional write to the key is in progress: "try again".
+    let conflict = FaultAction::status(
+        409,
+        "ConditionalRequestConflict",
+        "A conflicting conditional operation is currently in progress against this resource. Try again.",
+    );
+    proxy.add_fault(Fault::new(Matcher::put(), conflict).nth(2));
+    ok(&bed.backup(&[]));
+    let ms = bed.manifests().await;
+    assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
+    let puts = proxy.requests().into_iter().filter(|r| r.method == "PUT").collect::<Vec<_>>();
+    assert_eq!(puts[1].outcome, Some(zib_testkit::Outcome::Injected(409)), "{puts:?}");
+    assert_eq!(puts[1].key, puts[2].key, "the PUT that met the conflict was sent again");
+    assert_eq!(puts.len(), 7, "5 chunks, the manifest and one retry: {puts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_put_times_out_and_is_retried() {
     let (_s, proxy, bed) = s3s_bed(true).await;
     let proxy = proxy.unwrap();
