@@ -47,6 +47,8 @@ pub enum S3Error {
         "s3://{bucket}/{key} already exists with different content ({detail}); zib never overwrites stored data"
     )]
     Conflict { bucket: String, key: String, detail: String },
+    #[error("s3://{bucket}/{key} is larger than the {limit} bytes zib reads of such an object")]
+    TooLarge { bucket: String, key: String, limit: usize },
 }
 
 impl S3Error {
@@ -68,8 +70,10 @@ impl S3Error {
     /// What went wrong, from the S3 error code (or the HTTP status when there is none): the
     /// only place that reads S3's codes.
     pub fn kind(&self) -> S3ErrorKind {
-        if let Self::Conflict { .. } = self {
-            return S3ErrorKind::Conflict;
+        match self {
+            Self::Conflict { .. } => return S3ErrorKind::Conflict,
+            Self::TooLarge { .. } => return S3ErrorKind::TooLarge,
+            _ => {}
         }
         classify(self.code(), self.status())
     }
@@ -114,6 +118,8 @@ pub enum S3ErrorKind {
     ConcurrentWrite,
     /// The server asks to slow down (`SlowDown`, 503, 429).
     Throttled,
+    /// The object is larger than the caller's limit for it.
+    TooLarge,
     Other,
 }
 
@@ -542,14 +548,7 @@ impl S3Store {
             buf.extend_from_slice(&part[..n]);
         }
         if buf.len() > limit {
-            return Err(S3Error::Request {
-                op: "GetObject",
-                bucket: self.bucket.clone(),
-                key: key.into(),
-                message: format!("object larger than {limit} bytes"),
-                code: None,
-                status: None,
-            });
+            return Err(S3Error::TooLarge { bucket: self.bucket.clone(), key: key.into(), limit });
         }
         Ok(buf)
     }

@@ -581,3 +581,87 @@ async fn restore_work_files_are_private_and_planted_symlinks_are_not_followed() 
         assert!(text(&o).1.contains("owned by uid 65534"), "{}", text(&o).1);
     }
 }
+/// Issue 11 #4: an unreadable, foreign or newer-format manifest under the prefix is skipped
+/// with a warning naming its key; list, plan and run go on with what is intact, and a chain
+/// that needed a skipped manifest says which one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_manifest_is_skipped_by_name_and_the_rest_restores() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rbadmanifest").await;
+    let chain = chain3();
+    let ms = seed(&client, &bucket, "tank/photos", &chain, StorageClass::Standard).await;
+    let put = |key: String, body: Vec<u8>| {
+        let client = client.clone();
+        let bucket = bucket.clone();
+        async move {
+            put_bytes(&client, &bucket, &key, body).await;
+            key
+        }
+    };
+    let photos = KeyLayout::new(PREFIX, &DatasetName::new("tank/photos").unwrap());
+    let snap = |s: &str| zib_core::SnapName::new(s).unwrap();
+    // A newer format beside the chain, garbage for another dataset, a foreign JSON object, and
+    // a manifest whose key says tank/home but whose body describes tank/photos.
+    let mut newer = ms[2].clone();
+    newer.seq = 4;
+    newer.version = 99;
+    let newer_key =
+        put(photos.manifest_key(4, &snap("zib-20261104T000000Z")), newer.to_json()).await;
+    let home = KeyLayout::new(PREFIX, &DatasetName::new("tank/home").unwrap());
+    let garbage_key =
+        put(home.manifest_key(1, &snap("zib-20261101T000000Z")), b"{not json".to_vec()).await;
+    let foreign_key = put(
+        home.manifest_key(2, &snap("zib-20261102T000000Z")),
+        br#"{"format":"other","version":1}"#.to_vec(),
+    )
+    .await;
+    let misfiled_key =
+        put(home.manifest_key(3, &snap("zib-20261103T000000Z")), ms[0].to_json()).await;
+
+    let ep = moto.endpoint();
+    let b = bucket_args(&bucket, ep);
+    let zfs = FakeZfs::new();
+    let o = zibd(ep, &zfs.bin, &[&["list"], &b[..]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("zib-20261103T000000Z") && out.contains("skipped 4"), "{out}");
+    for k in [&newer_key, &garbage_key, &foreign_key, &misfiled_key] {
+        assert!(out.contains(k.as_str()), "{k} not named in:\n{out}");
+        assert!(err.contains(k.as_str()), "no warning naming {k}:\n{err}");
+    }
+    assert!(out.contains("newer than this zib"), "{out}");
+    let o = zibd(ep, &zfs.bin, &[&["list", "--json"], &b[..]].concat());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["skipped"].as_array().unwrap().len(), 4, "{v}");
+
+    let o = zibd(ep, &zfs.bin, &[&["plan", "--dataset", "tank/photos"], &b[..]].concat());
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("3 streams"), "{}", text(&o).0);
+    // Every manifest of tank/home is bad: the error lists them.
+    let o = zibd(ep, &zfs.bin, &[&["plan", "--dataset", "tank/home"], &b[..]].concat());
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains(&garbage_key) && text(&o).1.contains("skipped"), "{}", text(&o).1);
+
+    let work = tempfile::tempdir().unwrap();
+    let run = [
+        "run",
+        "--dataset",
+        "tank/photos",
+        "--to",
+        "pool/r",
+        "--work-dir",
+        work.path().to_str().unwrap(),
+    ];
+    let o = zibd(ep, &zfs.bin, &[&run[..], &b[..]].concat());
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(zfs.received(), chain.iter().map(|c| c.data.clone()).collect::<Vec<_>>());
+
+    // A chain that needed a skipped manifest: the broken-chain error names it.
+    let middle = photos.manifest_key(2, &snap("zib-20261102T000000Z"));
+    put(middle.clone(), b"\x00\x01 not a manifest".to_vec()).await;
+    let o = zibd(ep, &zfs.bin, &[&["plan", "--dataset", "tank/photos"], &b[..]].concat());
+    let err = text(&o).1;
+    assert!(!o.status.success());
+    assert!(err.contains("broken chain") && err.contains(&middle), "{err}");
+}

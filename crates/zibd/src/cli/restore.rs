@@ -198,7 +198,7 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
                     .iter()
                     .map(|c| serde_json::json!({ "dataset": c.dataset, "manifests": c.manifests }))
                     .collect();
-                let v = serde_json::json!({ "bucket": cat.bucket, "prefix": cat.prefix, "datasets": datasets });
+                let v = serde_json::json!({ "bucket": cat.bucket, "prefix": cat.prefix, "datasets": datasets, "skipped": cat.skipped });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", format_catalog(&cat));

@@ -1,4 +1,11 @@
 //! The catalog: every manifest under a prefix, read from the bucket alone (no local state).
+//!
+//! One bad object under the prefix must not hide every backup: a manifest that cannot be
+//! read (denied, gone since the listing, too large), is not a zib manifest, is of a newer
+//! format, or names another dataset is skipped with a warning naming its key, and the catalog
+//! is made of the rest. A chain that needed a skipped manifest then fails as a broken chain
+//! whose message lists what was skipped. Errors that say nothing about one object (network,
+//! throttling) still fail the whole listing.
 
 use futures::{StreamExt, TryStreamExt};
 use zib_core::{
@@ -9,7 +16,7 @@ use zib_core::{
 };
 
 use super::{RestoreEngine, RestoreError};
-use crate::s3::S3Store;
+use crate::s3::{S3ErrorKind, S3Store};
 
 /// Every dataset's catalog found under a prefix.
 #[derive(Debug, Clone)]
@@ -17,6 +24,33 @@ pub struct BucketCatalog {
     pub bucket: String,
     pub prefix: String,
     pub datasets: Vec<Catalog>,
+    /// Manifests left out, and why.
+    pub skipped: Vec<SkippedManifest>,
+}
+
+/// A manifest the catalog left out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedManifest {
+    pub key: String,
+    /// The dataset its key names.
+    pub dataset: DatasetName,
+    pub reason: String,
+}
+
+impl BucketCatalog {
+    /// "; N manifests of `dataset` were skipped: KEY (why), ..." or "" when none were.
+    pub fn skipped_note(&self, dataset: &DatasetName) -> String {
+        let of: Vec<_> = self.skipped.iter().filter(|s| &s.dataset == dataset).collect();
+        if of.is_empty() {
+            return String::new();
+        }
+        let list: Vec<_> = of.iter().map(|s| format!("{} ({})", s.key, s.reason)).collect();
+        format!(
+            "; {} manifest(s) of {dataset} were skipped as unreadable: {}",
+            of.len(),
+            list.join(", ")
+        )
+    }
 }
 
 impl BucketCatalog {
@@ -27,10 +61,11 @@ impl BucketCatalog {
         match dataset {
             Some(d) => self.datasets.iter().find(|c| &c.dataset == d).ok_or_else(|| {
                 RestoreError::DatasetChoice(format!(
-                    "no backups of {d} under s3://{}/{} (found: {})",
+                    "no backups of {d} under s3://{}/{} (found: {}){}",
                     self.bucket,
                     self.prefix,
-                    names()
+                    names(),
+                    self.skipped_note(d)
                 ))
             }),
             None if self.datasets.len() == 1 => Ok(&self.datasets[0]),
@@ -65,33 +100,61 @@ pub async fn load_catalog(
         return Err(RestoreError::NoCatalog { bucket: s3.bucket().into(), prefix: list_prefix });
     }
     let futs: Vec<_> = keys.into_iter().map(|(d, key)| read_manifest(s3, d, key)).collect();
-    let manifests: Vec<(DatasetName, Manifest)> =
+    let read: Vec<Result<Manifest, SkippedManifest>> =
         futures::stream::iter(futs).buffered(8).try_collect().await?;
     let mut by_ds: std::collections::BTreeMap<DatasetName, Vec<Manifest>> = Default::default();
-    for (d, m) in manifests {
-        by_ds.entry(d).or_default().push(m);
+    let mut skipped = Vec::new();
+    for r in read {
+        match r {
+            Ok(m) => by_ds.entry(m.dataset.clone()).or_default().push(m),
+            Err(s) => {
+                tracing::warn!(key = %s.key, reason = %s.reason, "skipping an unreadable manifest; the catalog is made of the others");
+                skipped.push(s);
+            }
+        }
+    }
+    if by_ds.is_empty() {
+        let list: Vec<_> = skipped.iter().map(|s| format!("{} ({})", s.key, s.reason)).collect();
+        return Err(RestoreError::Manifest(format!(
+            "no readable manifest under s3://{}/{list_prefix}; skipped: {}",
+            s3.bucket(),
+            list.join(", ")
+        )));
     }
     Ok(BucketCatalog {
         bucket: s3.bucket().into(),
         prefix,
         datasets: by_ds.into_iter().map(|(d, ms)| Catalog::new(d, ms)).collect(),
+        skipped,
     })
 }
 
+/// Reads one manifest; Ok(Err) when it is to be skipped (see the module's header).
 async fn read_manifest(
     s3: &S3Store,
     d: DatasetName,
     key: String,
-) -> Result<(DatasetName, Manifest), RestoreError> {
-    let bytes = s3.get_bytes(&key, 64 << 20).await?;
-    let m = Manifest::from_json(&key, &bytes).map_err(|e| RestoreError::Manifest(e.to_string()))?;
+) -> Result<Result<Manifest, SkippedManifest>, RestoreError> {
+    let skip =
+        |reason: String| Ok(Err(SkippedManifest { key: key.clone(), dataset: d.clone(), reason }));
+    let bytes = match s3.get_bytes(&key, 64 << 20).await {
+        Ok(b) => b,
+        Err(e) => match e.kind() {
+            S3ErrorKind::NotFound
+            | S3ErrorKind::AccessDenied
+            | S3ErrorKind::NotThawed
+            | S3ErrorKind::TooLarge => return skip(e.to_string()),
+            _ => return Err(e.into()),
+        },
+    };
+    let m = match Manifest::from_json(&key, &bytes) {
+        Ok(m) => m,
+        Err(e) => return skip(e.to_string()),
+    };
     if m.dataset != d {
-        return Err(RestoreError::Manifest(format!(
-            "{key} describes dataset {}, not {d}",
-            m.dataset
-        )));
+        return skip(format!("it describes dataset {}, but its key is under {d}", m.dataset));
     }
-    Ok((d, m))
+    Ok(Ok(m))
 }
 
 /// The plan of a restore of `dataset@snapshot` from the bucket.
@@ -102,5 +165,8 @@ pub async fn plan(
 ) -> Result<RestorePlan, RestoreError> {
     let cat = load_catalog(&engine.s3, &engine.prefix, dataset).await?;
     let c = cat.select(dataset)?;
-    Ok(RestorePlan::new(&cat.prefix, c, snapshot)?)
+    RestorePlan::new(&cat.prefix, c, snapshot).map_err(|e| {
+        let note = cat.skipped_note(&c.dataset);
+        if note.is_empty() { e.into() } else { RestoreError::ChainSkipped(format!("{e}{note}")) }
+    })
 }

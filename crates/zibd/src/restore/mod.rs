@@ -1,7 +1,8 @@
 //! Restore from the bucket alone: catalog, thaw, verified download, `zfs receive`.
 //!
 //! 1. **Catalog**: list the manifests under the prefix, GET and parse each one; no local state
-//!    is used. [`load_catalog`] / [`plan`].
+//!    is used; one that cannot be read or is not a manifest this zib understands is skipped with
+//!    a warning naming its key. [`load_catalog`] / [`plan`].
 //! 2. **Thaw**: every chunk in an archive class gets one RestoreObject (tier Bulk by default).
 //!    A HEAD first tells whether a thaw was already asked for or is done (`x-amz-restore`), and
 //!    each request is recorded in the progress file before the next one, so a restart never
@@ -45,7 +46,7 @@ use std::{path::Path, path::PathBuf, time::Duration};
 
 use zib_core::{DatasetName, SnapName, catalog::ChainError, pricing::RestoreTier};
 
-pub use catalog::{BucketCatalog, load_catalog, plan};
+pub use catalog::{BucketCatalog, SkippedManifest, load_catalog, plan};
 pub use jobs::{RestoreJobs, options_from_request};
 pub use receive::run;
 pub use record::{
@@ -163,6 +164,9 @@ pub enum RestoreError {
     DatasetChoice(String),
     #[error("the catalog cannot restore this: {0}")]
     Chain(#[from] ChainError),
+    /// A chain error while manifests of the dataset were skipped (the message lists them).
+    #[error("the catalog cannot restore this: {0}")]
+    ChainSkipped(String),
     #[error("unreadable catalog entry: {0}")]
     Manifest(String),
     #[error(

@@ -65,6 +65,12 @@ pub fn format_catalog(cat: &BucketCatalog) -> String {
             );
         }
     }
+    if !cat.skipped.is_empty() {
+        let _ = writeln!(s, "\nskipped {} unreadable manifest(s):", cat.skipped.len());
+        for m in &cat.skipped {
+            let _ = writeln!(s, "  {}: {}", m.key, m.reason);
+        }
+    }
     s
 }
 
