@@ -70,7 +70,7 @@
               ];
             });
 
-            # Three machines: an S3 server (MinIO), a ZFS host backing up on a schedule, and a
+            # Three machines: an S3 server (moto), a ZFS host backing up on a schedule, and a
             # second ZFS host restoring from the bucket alone. Needs KVM.
             vm-test = pkgs.testers.runNixOSTest (import ./nix/vm-test.nix { inherit self; });
           }

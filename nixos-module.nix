@@ -230,7 +230,7 @@ in
               description = "The S3 bucket (required).";
             };
             region = nullOrOption types.str "S3 region (zibd's default: us-east-1).";
-            endpoint = nullOrOption types.str "Endpoint of an S3-compatible store (MinIO, Garage, ...).";
+            endpoint = nullOrOption types.str "Endpoint of an S3-compatible store (Garage, Ceph RGW, ...).";
             prefix = nullOrOption types.str "Key prefix of every object zib writes.";
             storage_class = nullOrOption (types.enum storageClasses) "Storage class of the data chunks.";
             chunk_size = nullOrOption (types.either types.ints.positive types.str) "Chunk size: bytes, or a string with a unit (\"64MiB\").";

@@ -1,9 +1,19 @@
 # NixOS VM test (flake output checks.<system>.vm-test; needs KVM):
-#   s3        MinIO, the bucket
+#   s3        moto's S3 server, the bucket (set up and listed with awscli2)
 #   uploader  a ZFS pool, services.zib backing tank/data up on a 20-second schedule;
 #             zibctl status / trigger --wait / pause, reload and stop of the unit
 #   restorer  a second ZFS machine with no state and no daemon: `zibd restore` from the bucket
-#             alone, then every file is compared with the uploader's by SHA-256.
+#             alone, thawing every DEEP_ARCHIVE chunk first, then every file is compared with
+#             the uploader's by SHA-256.
+#
+# The S3 server is moto (nixpkgs: python3Packages.moto with its `server` extra), not MinIO, which
+# nixpkgs marks insecure (meta.knownVulnerabilities: abandoned upstream, to be removed for
+# 26.05), and which runNixOSTest's read-only pkgs refuse to evaluate; nor Garage, the other
+# maintained S3 server in nixpkgs, which ignores storage classes and answers RestoreObject with
+# 501. moto stores DEEP_ARCHIVE objects as archived (an unrestored GET is refused with
+# InvalidObjectState) and implements RestoreObject and the x-amz-restore header, so this test
+# covers the thaw of a real restore. moto keeps the objects in memory, which is fine for the
+# few MiB here.
 # The nodes are also evaluated offline (scripts/test.d/nix, cases vm-*), so their zib config
 # passes `zibd check-config` and their options exist; the test itself cannot run offline.
 { self }:
@@ -26,9 +36,8 @@ let
     region = "us-east-1";
     force_path_style = true;
     prefix = "vmtest/";
-    # MinIO stores every class alike and rejects the archive ones: STANDARD, so the restore
-    # reads the chunks directly (the thaw path is covered by the guest tests with moto).
-    storage_class = "STANDARD";
+    # Archived in moto as in AWS: the restore must thaw every chunk before reading it.
+    storage_class = "DEEP_ARCHIVE";
     chunk_size = "1MiB";
   };
 
@@ -46,16 +55,30 @@ in
   nodes = {
     s3 =
       { pkgs, ... }:
+      let
+        # moto_server needs moto's `server` extra (flask, flask-cors); `s3` adds what its S3
+        # backend imports (pyyaml, py-partiql-parser).
+        moto = pkgs.python3.withPackages (
+          ps: [ ps.moto ] ++ ps.moto.optional-dependencies.server ++ ps.moto.optional-dependencies.s3
+        );
+      in
       {
-        services.minio = {
-          enable = true;
-          rootCredentialsFile = "/etc/minio.env";
+        # As scripts/testbed/s3-servers starts it, on every address: the other machines reach it
+        # as http://s3:9000. Any access key is accepted; the state is in memory.
+        systemd.services.moto = {
+          description = "moto S3 server for the zib VM test";
+          wantedBy = [ "multi-user.target" ];
+          after = [ "network.target" ];
+          serviceConfig = {
+            ExecStart = "${moto}/bin/moto_server -H 0.0.0.0 -p 9000";
+            DynamicUser = true;
+            Restart = "on-failure";
+          };
         };
-        environment.etc."minio.env".text = ''
-          MINIO_ROOT_USER=${accessKey}
-          MINIO_ROOT_PASSWORD=${secretKey}
-        '';
-        environment.systemPackages = [ pkgs.minio-client ];
+        environment.systemPackages = [
+          pkgs.awscli2
+          pkgs.curl
+        ];
         networking.firewall.allowedTCPPorts = [ 9000 ];
       };
 
@@ -120,6 +143,17 @@ in
 
   testScript = ''
     import json
+    import re
+
+    # awscli2 against moto on the s3 machine.
+    aws = (
+        "AWS_ACCESS_KEY_ID=${accessKey} AWS_SECRET_ACCESS_KEY=${secretKey} AWS_DEFAULT_REGION=us-east-1 "
+        "aws --endpoint-url http://127.0.0.1:9000"
+    )
+
+    def objects(prefix="${target.prefix}"):
+        out = json.loads(s3.succeed(f"{aws} s3api list-objects-v2 --bucket ${bucket} --prefix {prefix} --output json"))
+        return out.get("Contents", [])
 
     def status(machine, dataset="tank/data"):
         out = json.loads(machine.succeed("zibctl status --json"))
@@ -132,11 +166,11 @@ in
 
     start_all()
 
-    with subtest("the S3 server and its bucket"):
-        s3.wait_for_unit("minio.service")
+    with subtest("the S3 server (moto) and its bucket"):
+        s3.wait_for_unit("moto.service")
         s3.wait_for_open_port(9000)
-        s3.wait_until_succeeds("mc alias set local http://127.0.0.1:9000 ${accessKey} ${secretKey}", timeout=60)
-        s3.succeed("mc mb local/${bucket}")
+        s3.wait_until_succeeds(f"{aws} s3api list-buckets", timeout=60)
+        s3.succeed(f"{aws} s3api create-bucket --bucket ${bucket}")
 
     with subtest("a pool with data on the uploader"):
         uploader.wait_for_unit("multi-user.target")
@@ -168,7 +202,7 @@ in
             timeout=300,
         )
         print(uploader.succeed("zibctl status"))
-        s3.succeed("mc ls --recursive local/${bucket}/vmtest/ | grep -q .")
+        print(s3.succeed(f"{aws} s3 ls --recursive s3://${bucket}/${target.prefix}"))
 
     with subtest("zibctl: trigger --wait runs an incremental; group members only"):
         uploader.succeed(
@@ -189,13 +223,38 @@ in
         uploader.succeed("systemctl stop zibd.service")
         uploader.succeed("test \"$(systemctl show -p Result --value zibd.service)\" = success")
 
-    with subtest("restore on another machine from the bucket alone"):
+    with subtest("the chunks are archived (DEEP_ARCHIVE), the manifests are not"):
+        objs = objects()
+        chunks = [o for o in objs if not o["Key"].endswith(".manifest.json")]
+        manifests = [o for o in objs if o["Key"].endswith(".manifest.json")]
+        assert chunks and manifests, objs
+        assert all(o["StorageClass"] == "DEEP_ARCHIVE" for o in chunks), chunks
+        assert all(o["StorageClass"] == "STANDARD" for o in manifests), manifests
+        # Unreadable until thawed, as in AWS.
+        out = s3.fail(f"{aws} s3 cp s3://${bucket}/{chunks[0]['Key']} /tmp/chunk 2>&1")
+        assert "InvalidObjectState" in out, out
+        # Slow thaws: each stays in progress for the next 2 requests on its key, so the restore
+        # polls (moto's manual state transition, as crates/zib-testkit uses it).
+        s3.succeed(
+            "curl -sf -X POST http://127.0.0.1:9000/moto-api/state-manager/set-transition "
+            "-d '{\"model_name\":\"s3::keyrestore\",\"transition\":{\"progression\":\"manual\",\"times\":2}}'"
+        )
+
+    with subtest("restore on another machine from the bucket alone, thawing every chunk"):
         restorer.wait_for_unit("multi-user.target")
         restorer.succeed("zpool create -O mountpoint=none backup /dev/vdb")
-        restorer.succeed(
+        # Thaw tier and short poll intervals: a test-sized wait, not the 60 s .. 15 min default.
+        out = restorer.succeed(
             "set -a && . /etc/zib/s3.env && set +a && "
             "zibd --config /etc/zib/restore.toml restore run --to backup/restored --dataset tank/data"
+            " --tier bulk --days 1 --poll-initial-secs 1 --poll-max-secs 2"
         )
+        print(out)
+        m = re.search(r"(\d+) chunks, \d+ bytes; (\d+) thaw requests sent, (\d+) polls", out)
+        assert m, out
+        nchunks, thaws, polls = map(int, m.groups())
+        # Every chunk of the chain was archived: each was thawed, and waited for at least once.
+        assert nchunks > 0 and thaws == nchunks and polls >= thaws, out
         restorer.succeed("zfs set mountpoint=/restored backup/restored")
         restorer.succeed("zfs mount backup/restored || mountpoint -q /restored")
         want = uploader.succeed(checksums.format("/tank/data"))

@@ -535,7 +535,22 @@ def module_checks(s, lib=""):
                 f.write(text)
             code, out = s.zibd_check_file(path)
             s.check(label, code == 0, f"exit {code}: {out[-400:]}")
-    get("vm-s3")
+    r = get("vm-s3")
+    if r:
+        moto = r["otherUnits"].get("moto") or {}
+        try:
+            words = split_exec((moto.get("serviceConfig") or {}).get("ExecStart", ""))
+        except ValueError as e:
+            words = [str(e)]
+        m = re.fullmatch(r"/nix/store/[^/]+-python3-[^/+]*-env\+([^/]*)/bin/moto_server", words[0] if words else "")
+        env = set(m.group(1).split("+")) if m else set()
+        s.check("vm-s3: the S3 server is moto_server on 0.0.0.0:9000, started at boot",
+                m is not None and words[1:] == ["-H", "0.0.0.0", "-p", "9000"]
+                and moto.get("wantedBy") == ["multi-user.target"], moto)
+        s.check("vm-s3: moto_server's Python has moto with its server extra (flask, flask-cors)",
+                {"moto", "flask", "flask-cors"} <= env, sorted(env))
+        s.check("vm-s3: awscli2 is installed for bucket setup and listing",
+                any(re.search(r"-awscli2-[0-9]", p) for p in r["systemPackages"]), r["systemPackages"])
 
     if flake_ok(res):
         flake_checks(s, res["flake"][1])
@@ -585,8 +600,11 @@ def flake_checks(s, f):
             sorted(vm["nodes"]) == ["restorer", "s3", "uploader"], vm["nodes"])
     script = vm["testScript"]
     for what in ("zibctl status", "zibctl trigger --wait", "restore run", "--to ", "sha256sum",
-                 "systemctl reload zibd", "CapBnd"):
+                 "systemctl reload zibd", "CapBnd", "DEEP_ARCHIVE", "InvalidObjectState",
+                 "--poll-initial-secs", "thaw requests sent", "aws --endpoint-url"):
         s.check(f"flake: vm-test script uses {what!r}", what in script)
+    s.check("flake: vm-test uses neither MinIO (insecure in nixpkgs) nor mc (archived)",
+            "minio" not in script.lower() and "mc " not in script, script[:200])
 
 
 def contrib_checks(s, minimal):

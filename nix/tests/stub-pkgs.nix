@@ -27,6 +27,61 @@ let
       inherit pname version;
     };
 
+  # A package nixpkgs marks insecure: as nixpkgs' check-meta.nix does, its meta can be read but
+  # anything that would build or reference it (outPath, drvPath) refuses to evaluate. The nodes
+  # of runNixOSTest get a read-only pkgs, so no node can permit it (permittedInsecurePackages).
+  insecurePackage =
+    pname: version: knownVulnerabilities:
+    let
+      refuse = throw "Refusing to evaluate package '${pname}-${version}' in nix/tests/stub-pkgs.nix because it is marked as insecure. Known issues: ${lib.concatStringsSep "; " knownVulnerabilities}";
+    in
+    simplePackage pname version
+    // {
+      outPath = refuse;
+      drvPath = refuse;
+      meta = { inherit knownVulnerabilities; };
+    };
+
+  # python3.withPackages: a made-up environment whose store path names the packages in it
+  # (sorted), so that the harness can see what a service's interpreter carries.
+  pythonEnv =
+    packages:
+    let
+      names = builtins.sort builtins.lessThan (lib.unique (map (p: p.pname) packages));
+      name = "python3-3.13.0-env+${lib.concatStringsSep "+" names}";
+    in
+    drv name {
+      zibPythonPackages = names;
+    };
+
+  pythonPackage =
+    pname: version: extra:
+    simplePackage pname version // extra;
+
+  python3Packages = rec {
+    flask = pythonPackage "flask" "3.1.1" { };
+    flask-cors = pythonPackage "flask-cors" "6.0.1" { };
+    pyyaml = pythonPackage "pyyaml" "6.0.2" { };
+    py-partiql-parser = pythonPackage "py-partiql-parser" "0.6.1" { };
+    # As in nixpkgs' pkgs/development/python-modules/moto/default.nix (moto 5.2): the extras of
+    # upstream's pyproject as `optional-dependencies` (only the two this project uses, with a
+    # subset of their members).
+    moto = pythonPackage "moto" "5.2.2" {
+      optional-dependencies = {
+        server = [
+          flask
+          flask-cors
+          pyyaml
+          py-partiql-parser
+        ];
+        s3 = [
+          pyyaml
+          py-partiql-parser
+        ];
+      };
+    };
+  };
+
   self = {
     inherit lib system;
     stdenv = {
@@ -52,9 +107,15 @@ let
     zfs_2_3 = simplePackage "zfs-user" "2.3.4";
     coreutils = simplePackage "coreutils" "9.7";
     util-linux = simplePackage "util-linux" "2.41";
-    minio = simplePackage "minio" "2025-01-01";
-    minio-client = simplePackage "minio-client" "2025-01-01";
+    # Marked insecure in nixpkgs (pkgs/by-name/mi/minio/package.nix, 2026): kept here so that a
+    # VM test using it fails as it does on nixpkgs. `minio-client` (mc, archived upstream) is
+    # deliberately absent: a node using it fails with "attribute 'minio-client' missing".
+    minio = insecurePackage "minio" "2025-10-15T17-29-55Z" [
+      "CVE-2026-40344: MinIO has an Unauthenticated Object Write via Missing Signature Verification in Unsigned-Trailer Uploads"
+      "minio has been abandoned by upstream and security issues won't be fixed. Users should migrate to alternatives such as Garage, SeaweedFS, or Ceph. S3-compatible clients such as rclone can be used to move data."
+    ];
     awscli2 = simplePackage "awscli2" "2.27.0";
+    curl = simplePackage "curl" "8.14.1";
     cmake = simplePackage "cmake" "4.1.0";
     perl = simplePackage "perl" "5.40.0";
     clippy = simplePackage "clippy" "1.95.0";
@@ -65,7 +126,11 @@ let
     nixpkgs-fmt = simplePackage "nixpkgs-fmt" "1.3.0";
     deadnix = simplePackage "deadnix" "1.2.1";
     jq = simplePackage "jq" "1.8.0";
-    python3 = simplePackage "python3" "3.13.0";
+    python3 = simplePackage "python3" "3.13.0" // {
+      pkgs = python3Packages;
+      withPackages = f: pythonEnv (f python3Packages);
+    };
+    inherit python3Packages;
 
     formats.toml =
       {}:

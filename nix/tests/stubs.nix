@@ -210,11 +210,5 @@ in
       diskSize = loose;
       cores = loose;
     };
-    services.minio = {
-      enable = loose;
-      rootCredentialsFile = loose;
-      region = loose;
-      listenAddress = loose;
-    };
   };
 }
