@@ -29,12 +29,19 @@
         zib = final.callPackage ./nix/package.nix { };
       };
 
-      # The module with its package defaulting to this flake's build.
+      # The module with its package defaulting to this flake's build; for a cross-compiled
+      # system, the build-time config check runs this flake's build for the build machine.
       nixosModules.default =
         { lib, pkgs, ... }:
+        let
+          inherit (pkgs.stdenv) buildPlatform hostPlatform;
+        in
         {
           imports = [ ./nixos-module.nix ];
-          services.zib.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+          services.zib.package = lib.mkDefault self.packages.${hostPlatform.system}.default;
+          services.zib.checkConfigPackage = lib.mkIf (!(buildPlatform.canExecute hostPlatform)) (
+            lib.mkDefault (self.packages.${buildPlatform.system}.default or null)
+          );
         };
       nixosModules.zib = self.nixosModules.default;
 

@@ -73,17 +73,30 @@ let
 
   # The build-time check, as zhaofengli/attic's module does it: the system does not build if
   # zibd rejects its config (exit 78 with the file, line and key). zibd check-config reads only
-  # the file: no credentials, network, ZFS or state are needed.
+  # the file: no credentials, network, ZFS or state are needed. It runs on the build machine,
+  # so with zibd built for the build platform (checkConfigPackage): for a cross-compiled system
+  # cfg.package would not run there. Without one, the file is used unchecked, with a warning.
   checkedConfigFile =
-    pkgs.runCommand "zibd-checked.toml"
-      {
-        configFile = generatedConfigFile;
-        preferLocalBuild = true;
-      }
-      ''
-        ${cfg.package}/bin/zibd check-config "$configFile"
-        cp "$configFile" "$out"
-      '';
+    if cfg.checkConfigPackage == null then
+      generatedConfigFile
+    else
+      pkgs.runCommand "zibd-checked.toml"
+        {
+          configFile = generatedConfigFile;
+          preferLocalBuild = true;
+        }
+        ''
+          ${cfg.checkConfigPackage}/bin/zibd check-config "$configFile"
+          cp "$configFile" "$out"
+        '';
+
+  # Whether the build machine runs the host's binaries: a native build (or, say, x86_64
+  # building for i686), where cfg.package itself can check the file.
+  inherit (pkgs.stdenv) buildPlatform hostPlatform;
+  buildRunsHost = buildPlatform.canExecute hostPlatform;
+  # The package option left at its own default (priority 1500): its build-platform variant is
+  # then known, pkgs.buildPackages' zib (the overlay's) or this repository's, built for it.
+  packageIsDefault = opt.package.highestPrio >= 1500;
 
   configPath = if useSettings then etcConfigPath else "${cfg.configFile}";
 
@@ -162,6 +175,28 @@ in
       default = pkgs.zib or (pkgs.callPackage ./nix/package.nix { });
       defaultText = literalExpression "pkgs.zib (or this repository's nix/package.nix)";
       description = "The zib package (zibd and zibctl).";
+    };
+
+    checkConfigPackage = mkOption {
+      type = types.nullOr types.package;
+      default =
+        if buildRunsHost then
+          cfg.package
+        else if packageIsDefault then
+          pkgs.buildPackages.zib or (pkgs.buildPackages.callPackage ./nix/package.nix { })
+        else
+          null;
+      defaultText = literalExpression ''
+        if the build platform can execute the host's binaries then config.services.zib.package
+        else if package is left at its default then pkgs.buildPackages.zib (or this repository's nix/package.nix, built for the build platform)
+        else null
+      '';
+      description = ''
+        The zib package whose zibd checks the generated config file (`zibd check-config`) while
+        the system is built, on the build machine: zibd built for the build platform. The same as
+        `package` unless the system is cross-compiled; then the build platform's variant of
+        it (the flake's module sets its own). `null` skips the check, with a warning.
+      '';
     };
 
     settings = mkOption {
@@ -298,6 +333,8 @@ in
   };
 
   config = mkIf cfg.enable {
+    warnings = lib.optional (useSettings && cfg.checkConfigPackage == null) "services.zib: the generated /etc/zib/zibd.toml is not checked while the system is built: the build platform (${buildPlatform.system}) cannot run services.zib.package (built for ${hostPlatform.system}). Set services.zib.checkConfigPackage to the same zib built for ${buildPlatform.system}; until then zibd reports a bad config only when the service starts.";
+
     assertions = [
       {
         assertion = !(cfg.configFile != null && settingsGiven);

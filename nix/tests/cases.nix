@@ -1,6 +1,7 @@
 # The configurations the offline checks evaluate. Each case is a list of NixOS modules (on top
 # of nix/tests/stubs.nix); what is expected of each is in nix/tests/run.py.
 { pkgs
+, crossPkgs
 , flakeOutputs
 , vmTest
 , ...
@@ -148,6 +149,52 @@ in
       services.zib.settings = minimalSettings;
     }
   ];
+
+  # Cross-compiled systems (built on x86_64-linux for aarch64-linux): the build-time check must
+  # run zibd built for the build machine, never the host's.
+  cross = {
+    pkgs = crossPkgs;
+    modules = [
+      module
+      zfsHost
+      {
+        services.zib.enable = true;
+        services.zib.settings = minimalSettings;
+      }
+    ];
+    expect = {
+      hostZib = (crossPkgs.callPackage ../package.nix { }).outPath;
+      buildZib = (crossPkgs.buildPackages.callPackage ../package.nix { }).outPath;
+    };
+  };
+  cross-flake-module = {
+    pkgs = crossPkgs;
+    modules = [
+      flakeOutputs.nixosModules.default
+      zfsHost
+      {
+        services.zib.enable = true;
+        services.zib.settings = minimalSettings;
+      }
+    ];
+    expect = {
+      hostZib = flakeOutputs.packages.aarch64-linux.default.outPath;
+      buildZib = flakeOutputs.packages.x86_64-linux.default.outPath;
+    };
+  };
+  # A package of the user's own: its build-platform variant is unknown, so no check, a warning.
+  cross-custom-package = {
+    pkgs = crossPkgs;
+    modules = [
+      module
+      zfsHost
+      {
+        services.zib.enable = true;
+        services.zib.package = crossPkgs.callPackage ../package.nix { };
+        services.zib.settings = minimalSettings;
+      }
+    ];
+  };
 
   # The VM test's machines, as configured there.
   vm-uploader = [ vmTest.nodes.uploader ];

@@ -20,6 +20,12 @@ let
     "aarch64-linux"
   ];
   pkgs = import ./stub-pkgs.nix { inherit lib; };
+  # A cross-compiled system: built on x86_64-linux for aarch64-linux.
+  crossPkgs = import ./stub-pkgs.nix {
+    inherit lib;
+    system = "aarch64-linux";
+    buildSystem = "x86_64-linux";
+  };
 
   # flake.nix, called with a stand-in nixpkgs input.
   flake = import ../../flake.nix;
@@ -43,6 +49,7 @@ let
     inherit
       lib
       pkgs
+      crossPkgs
       flakeOutputs
       vmTest
       ;
@@ -71,13 +78,16 @@ let
     else
       v;
 
+  # A case is a list of modules, or { modules; pkgs; expect; } for other pkgs (cross) and
+  # values the checks compare with (passed through).
   evalCase =
-    modules:
+    case:
     let
+      c = if builtins.isList case then { modules = case; } else case;
       eval = lib.evalModules {
-        modules = [ ./stubs.nix ] ++ modules;
+        modules = [ ./stubs.nix ] ++ c.modules;
         specialArgs = {
-          inherit pkgs;
+          pkgs = c.pkgs or pkgs;
         };
       };
       cfg = eval.config;
@@ -86,6 +96,7 @@ let
     {
       inherit evaluator;
       failedAssertions = failed;
+      expect = c.expect or { };
     }
     # As NixOS does: nothing else is built when an assertion fails.
     // lib.optionalAttrs (failed == [ ]) {

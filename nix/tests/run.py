@@ -241,9 +241,11 @@ class Suite:
     def zibd_available(self):
         return self.zibd and os.path.isfile(self.zibd) and os.access(self.zibd, os.X_OK)
 
-    def run_check_script(self, source, rendered_path):
+    def run_check_script(self, source, rendered_path, runnable=None):
         """Runs the module's build-time check (the runCommand script) with the store paths it
-        names mapped to the real zibd and the rendered TOML. Returns (exit code, output)."""
+        names mapped to the real zibd and the rendered TOML. Returns (exit code, output).
+        runnable: the packages (store paths) built for the build machine, for a cross-compiled
+        case; a zibd of any other one cannot run there (Exec format error)."""
         rc = source["runCommand"]
         script = rc["script"]
         pkg_dir = os.path.join(self.tmp, "pkg")
@@ -252,6 +254,9 @@ class Suite:
         if not os.path.lexists(link):
             os.symlink(os.path.abspath(self.zibd), link)
         pkg_paths = set(re.findall(r"(/nix/store/[^/\s\"']+)/bin/zibd", script))
+        for p in pkg_paths:
+            if runnable is not None and p not in runnable:
+                return 126, f"{p}/bin/zibd: cannot execute binary file: Exec format error (not built for the build machine)"
         for p in pkg_paths:
             script = script.replace(p, pkg_dir)
         if "/nix/store/" in script:
@@ -322,7 +327,7 @@ def common_unit_checks(s, name, r, group="zib", env_file=None, config_path="/etc
     s.check(f"{name}: the package (zibctl) is in environment.systemPackages", pkg in r["systemPackages"])
 
 
-def settings_checks(s, name, r, expect_check_ok=True, want_settings=None):
+def settings_checks(s, name, r, expect_check_ok=True, want_settings=None, runnable=None):
     """The config file: built by a check derivation, linked at /etc/zib/zibd.toml, TOML that
     reads back to the settings, accepted (or rejected) by zibd check-config."""
     etc = r["etc"].get("zib/zibd.toml")
@@ -362,7 +367,7 @@ def settings_checks(s, name, r, expect_check_ok=True, want_settings=None):
     if not s.zibd_available():
         s.check(label, False, f"no zibd binary at {s.zibd}: build it (cargo build -p zibd) first")
         return
-    code, out = s.run_check_script(src, rendered_path)
+    code, out = s.run_check_script(src, rendered_path, runnable)
     s.check(label, code == 0 if expect_check_ok else code == 78, f"exit {code}: {out[-600:]}")
 
 
@@ -501,6 +506,26 @@ def module_checks(s, lib=""):
         pkg = res["flake"][1]["package"]["path"]
         s.check("flake-module: the package defaults to the flake's own", r["zibPackage"] == pkg, (r["zibPackage"], pkg))
         common_unit_checks(s, "flake-module", r, zfs=r["zfsPackage"])
+
+    for case in ("cross", "cross-flake-module"):
+        r = get(case)
+        if r:
+            e = r["expect"]
+            src = (r["etc"].get("zib/zibd.toml") or {}).get("source")
+            script = src["runCommand"]["script"] if isinstance(src, dict) and "runCommand" in src else ""
+            s.check(f"{case}: the build-time check runs zibd built for the build machine, not the host's",
+                    f"{e['buildZib']}/bin/zibd " in script and e["hostZib"] not in script, (script, e))
+            s.check(f"{case}: the unit runs the host's zibd", r["zibPackage"] == e["hostZib"], (r["zibPackage"], e))
+            s.check(f"{case}: no warnings", r["warnings"] == [], r["warnings"])
+            settings_checks(s, case, r, runnable={e["buildZib"]})
+    r = get("cross-custom-package")
+    if r:
+        src = (r["etc"].get("zib/zibd.toml") or {}).get("source")
+        s.check("cross-custom-package: without a build-platform zibd the file is linked unchecked",
+                isinstance(src, dict) and "runCommand" not in src and src.get("format") == "toml", src)
+        s.check("cross-custom-package: a warning says the config is not checked and how to fix it",
+                any("not checked while the system is built" in w and "checkConfigPackage" in w for w in r["warnings"]),
+                r["warnings"])
 
     for case, rejects in (("unknown-key", "max_atempts"), ("bad-schedule", "61 * * * *")):
         r = get(case)

@@ -2,13 +2,25 @@
 # nix/vm-test.nix and flake.nix without nixpkgs. Derivations are plain attrsets with
 # `type = "derivation"` and a made-up store path; builders record their arguments under
 # `zib*` attributes so that the harness can assert on them (and run the config check script).
+#
+# buildSystem: the build machine's platform, for a cross-compiled set (pkgs.buildPackages is then
+# the stand-in for that platform). Store paths depend on the platform a package is built for.
 { lib
 , system ? "x86_64-linux"
+, buildSystem ? system
 ,
 }:
 let
   storePath =
-    name: "${builtins.storeDir}/${builtins.substring 0 32 (builtins.hashString "sha256" name)}-${name}";
+    name:
+    "${builtins.storeDir}/${builtins.substring 0 32 (builtins.hashString "sha256" "${system}:${name}")}-${name}";
+
+  # lib/systems' platform.canExecute, for the two systems here: a platform runs its own binaries.
+  platform = sys: {
+    system = sys;
+    isLinux = true;
+    canExecute = other: other.system == sys;
+  };
 
   drv =
     name: extra:
@@ -85,12 +97,11 @@ let
   self = {
     inherit lib system;
     stdenv = {
-      hostPlatform = {
-        inherit system;
-        isLinux = true;
-      };
-      buildPlatform.system = system;
+      hostPlatform = platform system;
+      buildPlatform = platform buildSystem;
     };
+    # The packages built for (and run on) the build machine.
+    buildPackages = if buildSystem == system then self else import ./stub-pkgs.nix { inherit lib; system = buildSystem; };
 
     callPackage =
       fn: overrides:
