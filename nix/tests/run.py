@@ -615,10 +615,17 @@ def flake_checks(s, f):
             any(n.startswith("cmake") for n in p["nativeBuildInputs"]) and p["dontUseCmakeConfigure"], p)
     s.check("flake: the overlay's zib is the package", f["overlayPackage"] == p["path"], f["overlayPackage"])
     cp = f["checkPhases"]
-    s.check("flake: the clippy check runs cargo clippy with -D warnings",
-            cp.get("clippy") and "cargo clippy" in (cp["clippy"]["buildPhase"] or "")
-            and "-D warnings" in cp["clippy"]["buildPhase"] and any(n.startswith("clippy") for n in cp["clippy"]["nativeBuildInputs"]),
-            cp.get("clippy"))
+    clippy_phase = (cp.get("clippy") or {}).get("buildPhase") or ""
+    clippy_args = clippy_phase.replace("\\\n", " ").split()
+    s.check("flake: the clippy check runs cargo clippy, denying clippy::correctness and clippy::suspicious",
+            "cargo clippy" in clippy_phase and all(
+                "clippy::" + g in clippy_args and clippy_args[clippy_args.index("clippy::" + g) - 1] == "-D"
+                for g in ("correctness", "suspicious"))
+            and any(n.startswith("clippy") for n in cp["clippy"]["nativeBuildInputs"]), cp.get("clippy"))
+    # A newer clippy (nixpkgs moves on) must not fail users' `nix flake check` for style.
+    denied = [clippy_args[i + 1] for i, a in enumerate(clippy_args[:-1]) if a in ("-D", "--deny", "-F", "--forbid")]
+    s.check("flake: the clippy check denies no open-ended lint set (warnings, clippy::all, style, pedantic, ...)",
+            clippy_phase and all(d in ("clippy::correctness", "clippy::suspicious") for d in denied), denied)
     s.check("flake: the tests check runs the tests", cp.get("tests") and cp["tests"]["doCheck"] is True, cp.get("tests"))
     vm = f["vmTest"]
     s.check("flake: vm-test has the machines s3, uploader and restorer",
