@@ -12,7 +12,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::{RebaselinePolicy, RetentionPolicy, rebaseline};
-use crate::names::{DatasetName, SnapPrefix, normalize_prefix};
+use crate::names::{DatasetName, KeyLayout, SnapName, SnapPrefix, normalize_prefix};
 use crate::period::Period;
 use crate::schedule::CronSchedule;
 /// Re-exported: a config names them, but they live with the concept they belong to.
@@ -21,7 +21,11 @@ pub use crate::{schedule::TimeZone, storage_class::StorageClass};
 /// Largest object a single PutObject may store: 5 GB.
 pub const MAX_CHUNK_SIZE: u64 = 5_000_000_000;
 /// Smallest chunk zib accepts; tiny archive objects are expensive (40 KB overhead each).
+/// A backup has at most [`MAX_CHUNKS`](crate::manifest::MAX_CHUNKS) chunks, so the chunk size
+/// also bounds the largest stream: `chunk_size` x 50,000.
 pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
+/// Longest S3 object key, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -300,6 +304,7 @@ impl Config {
             if ds.jitter_secs > 86_400 {
                 return Err(format!("dataset {}: jitter_secs must be at most 86400", ds.name));
             }
+            self.check_key_length(ds)?;
         }
         let d = &self.daemon;
         if !(1..=3600).contains(&d.shutdown_timeout_secs) {
@@ -329,6 +334,29 @@ impl Config {
         }
         if t.region.trim().is_empty() {
             return Err("target.region must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// A manifest lists every chunk's key: with keys within S3's 1024 bytes, a manifest of
+    /// [`MAX_CHUNKS`](crate::manifest::MAX_CHUNKS) chunks stays within the size every reader
+    /// accepts. The longest key a dataset's backups can have must fit.
+    fn check_key_length(&self, ds: &DatasetConfig) -> Result<(), String> {
+        let t = self.resolve(ds);
+        let snap = SnapName::for_backup(&ds.snapshot_prefix, chrono::DateTime::UNIX_EPOCH);
+        let key = KeyLayout::new(&t.prefix, &ds.name).chunk_key(
+            999_999,
+            &snap,
+            999,
+            crate::manifest::MAX_CHUNKS,
+        );
+        if key.len() > MAX_KEY_LEN {
+            return Err(format!(
+                "dataset {}: its object keys would be up to {} bytes long (prefix {:?}, the dataset's name, the snapshot name), more than the {MAX_KEY_LEN} S3 allows; use a shorter prefix or snapshot_prefix",
+                ds.name,
+                key.len(),
+                t.prefix
+            ));
         }
         Ok(())
     }
@@ -625,6 +653,19 @@ mod tests {
         assert!(parse_size("5 parsecs").is_err());
         let c = parse(&MIN.replace("[target]", "[target]\nchunk_size = 1048576")).unwrap();
         assert_eq!(c.target.chunk_size.0, 1 << 20);
+    }
+
+    #[test]
+    fn keys_too_long_for_s3_are_refused_when_the_config_is_read() {
+        // Issue 11 #2: the manifest of a backup lists every chunk key; keys within S3's limit
+        // keep the largest manifest within what readers accept.
+        let long = "p".repeat(MAX_KEY_LEN - 50);
+        let e = err(&format!("{MIN}prefix = \"{long}\"\n"));
+        assert!(
+            e.contains("dataset tank/photos") && e.contains("more than the 1024 S3 allows"),
+            "{e}"
+        );
+        parse(&format!("{MIN}prefix = \"{}\"\n", "p".repeat(MAX_KEY_LEN - 200))).unwrap();
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod backup_plan;
 pub mod catalog;
+pub mod chunk_journal;
 pub mod config;
 pub mod lifecycle;
 pub mod manifest;

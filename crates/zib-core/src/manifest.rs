@@ -14,6 +14,20 @@ use crate::storage_class::StorageClass;
 pub const FORMAT: &str = "zib-manifest";
 pub const VERSION: u32 = 1;
 
+/// The largest manifest zib writes or reads back: 64 MiB. Every reader of a manifest uses this
+/// limit, and a backup whose manifest would exceed it is not committed.
+pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
+/// The most chunks one backup's stream may have. A chunk record takes at most about 1.2 KB
+/// (S3 keys are at most 1024 bytes), so a manifest of this many chunks stays below
+/// [`MAX_MANIFEST_BYTES`]. The largest stream is therefore `chunk_size` times this: 3.2 GB at
+/// the smallest chunk size (64 KiB), 250 TB at the default (5 GB).
+pub const MAX_CHUNKS: u64 = 50_000;
+
+/// The largest stream a backup with chunks of `chunk_size` bytes may send.
+pub fn max_stream_size(chunk_size: u64) -> u64 {
+    chunk_size.saturating_mul(MAX_CHUNKS)
+}
+
 /// A snapshot as recorded in a manifest: its short name and ZFS GUID (the identity that
 /// `zfs receive` checks when applying an incremental).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +94,20 @@ impl Manifest {
         v
     }
 
+    /// The manifest as committed: checked, and no larger than [`MAX_MANIFEST_BYTES`] (so that
+    /// every reader can read it back).
+    pub fn to_json_for_commit(&self) -> Result<Vec<u8>, String> {
+        self.check()?;
+        let v = self.to_json();
+        if v.len() > MAX_MANIFEST_BYTES {
+            return Err(format!(
+                "the manifest takes {} bytes, more than the {MAX_MANIFEST_BYTES} zib reads back",
+                v.len()
+            ));
+        }
+        Ok(v)
+    }
+
     /// Parses and checks a manifest read from `key`.
     pub fn from_json(key: &str, bytes: &[u8]) -> Result<Self, ManifestError> {
         // Check the format/version first, so a newer format gets a clear message rather than an
@@ -121,6 +149,12 @@ impl Manifest {
         }
         if self.chunks.is_empty() {
             return Err("lists no chunks".into());
+        }
+        if self.chunks.len() as u64 > MAX_CHUNKS {
+            return Err(format!(
+                "lists {} chunks, more than the {MAX_CHUNKS} a backup may have",
+                self.chunks.len()
+            ));
         }
         if self.seq == 0 {
             return Err("seq must start at 1".into());
@@ -195,6 +229,32 @@ mod tests {
         let m = sample();
         let back = Manifest::from_json("k", &m.to_json()).unwrap();
         assert_eq!(m, back);
+    }
+
+    #[test]
+    fn the_largest_manifest_fits_the_limit_and_one_chunk_more_is_refused() {
+        // MAX_CHUNKS records with keys as long as S3 allows (1024 bytes) and the largest
+        // chunks: still readable.
+        let h = "ab".repeat(32);
+        let key = "k".repeat(1024 - 8);
+        let mut m = sample();
+        m.chunk_size = crate::config::MAX_CHUNK_SIZE;
+        m.chunks = (0..MAX_CHUNKS)
+            .map(|i| ChunkRecord {
+                key: format!("{key}{i:08}"),
+                size: m.chunk_size,
+                sha256: h.clone(),
+            })
+            .collect();
+        m.stream_size = m.chunk_size * MAX_CHUNKS;
+        let bytes = m.to_json_for_commit().unwrap();
+        assert!(bytes.len() <= MAX_MANIFEST_BYTES, "{} bytes", bytes.len());
+        m.chunks.push(m.chunks[0].clone());
+        m.stream_size += m.chunk_size;
+        let e = m.to_json_for_commit().unwrap_err();
+        assert!(e.contains("50001 chunks, more than the 50000"), "{e}");
+        assert!(Manifest::from_json("k", &m.to_json()).unwrap_err().to_string().contains("50000"));
+        assert_eq!(max_stream_size(64 * 1024), 3_276_800_000);
     }
 
     #[test]

@@ -127,6 +127,11 @@ pub enum BackupError {
     Unstable { dataset: String, index: u64 },
     #[error("the catalog in the bucket is unreadable: {0}")]
     Catalog(String),
+    #[error(
+        "the stream of {dataset} is {seen}, more than a backup in chunks of {chunk_size} bytes can hold ({max} bytes: at most {} chunks, so that its manifest stays readable); {advice}. The unfinished backup was abandoned: the next run starts afresh with the configured chunk_size",
+        manifest::MAX_CHUNKS
+    )]
+    TooLarge { dataset: String, seen: String, chunk_size: u64, max: u64, advice: String },
 }
 
 enum Spooled {
@@ -190,6 +195,10 @@ pub async fn run(
             .run(opts)
             .await;
     if let Err(e) = &res {
+        if let BackupError::TooLarge { .. } = e {
+            // It can never commit with this chunk size; the next run plans with the config's.
+            locked.state.pending = None;
+        }
         locked.state.stats.last_error = Some(e.to_string());
         locked.state.stats.last_error_at = Some(Utc::now());
         if let Err(save) = locked.save_async().await {
@@ -277,7 +286,10 @@ impl Backup<'_> {
             let args = self.send_args().await?;
             if self.progress.borrow().bytes_estimate.is_none() {
                 match self.engine.zfs.send_estimate(&args).await {
-                    Ok(n) => self.set_progress(|p| p.bytes_estimate = Some(n)),
+                    Ok(n) => {
+                        self.check_stream_size(n)?;
+                        self.set_progress(|p| p.bytes_estimate = Some(n));
+                    }
                     Err(e) => tracing::warn!(error = %e, "could not estimate the stream size"),
                 }
             }
@@ -313,6 +325,25 @@ impl Backup<'_> {
                 }
             }
         }
+    }
+
+    /// Refuses, before sending, a stream that zfs estimates at more than its chunks can hold.
+    fn check_stream_size(&self, estimate: u64) -> Result<(), BackupError> {
+        let chunk_size = self.locked.state.pending.as_ref().expect("pending").chunk_size;
+        let max = manifest::max_stream_size(chunk_size);
+        if estimate > max {
+            return Err(BackupError::TooLarge {
+                dataset: self.ds.name.to_string(),
+                seen: format!("about {estimate} bytes (the estimate of zfs send)"),
+                chunk_size,
+                max,
+                advice: format!(
+                    "raise chunk_size for this dataset to at least {} bytes",
+                    estimate.div_ceil(manifest::MAX_CHUNKS)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Ties the state to the destination the config names now: a base or an unfinished upload
@@ -380,7 +411,7 @@ impl Backup<'_> {
             .collect();
         match backup_plan::choose_base(self.locked.state.last.as_ref(), listed.iter().copied()) {
             Base::Catalog { seq, key } => {
-                let bytes = self.engine.s3.get_bytes(key, 64 << 20).await?;
+                let bytes = self.engine.s3.get_bytes(key, manifest::MAX_MANIFEST_BYTES).await?;
                 let m = Manifest::from_json(key, &bytes)
                     .map_err(|e| BackupError::Catalog(e.to_string()))?;
                 tracing::info!(dataset = %self.ds.name, seq, "local state is behind the catalog; continuing from {key}");
@@ -461,7 +492,7 @@ impl Backup<'_> {
     async fn already_committed(&self) -> Result<Option<Manifest>, BackupError> {
         let p = self.locked.state.pending.as_ref().expect("pending");
         let key = self.layout().manifest_key(p.seq, &p.to);
-        match self.engine.s3.get_bytes(&key, 64 << 20).await {
+        match self.engine.s3.get_bytes(&key, manifest::MAX_MANIFEST_BYTES).await {
             Ok(bytes) => {
                 let m = Manifest::from_json(&key, &bytes)
                     .map_err(|e| BackupError::Catalog(e.to_string()))?;
@@ -661,8 +692,7 @@ impl Backup<'_> {
 
 impl Backup<'_> {
     async fn record_chunk(&mut self, c: ChunkRecord) -> Result<(), BackupError> {
-        self.locked.state.pending.as_mut().expect("pending").chunks.push(c);
-        self.save().await
+        Ok(self.locked.record_chunk(c).await?)
     }
 
     async fn manifest(
@@ -693,9 +723,6 @@ impl Backup<'_> {
             chunks: p.chunks.clone(),
             zib_version: env!("CARGO_PKG_VERSION").into(),
         };
-        m.check().map_err(|e| {
-            BackupError::Catalog(format!("refusing to commit an inconsistent manifest: {e}"))
-        })?;
         Ok(m)
     }
 
@@ -713,7 +740,10 @@ impl Backup<'_> {
         let p = self.locked.state.pending.clone().expect("pending");
         let key = self.layout().manifest_key(p.seq, &p.to);
         if !stored {
-            self.engine.s3.put_small_once(&key, m.to_json(), "application/json").await?;
+            let bytes = m.to_json_for_commit().map_err(|e| {
+                BackupError::Catalog(format!("refusing to commit the manifest {key}: {e}"))
+            })?;
+            self.engine.s3.put_small_once(&key, bytes, "application/json").await?;
         }
         let stream_size = m.stream_size;
         failpoint::hit("after-manifest");
@@ -870,6 +900,16 @@ async fn read_stream(
             if r == 0 {
                 finished = true;
                 break;
+            }
+            if index >= manifest::MAX_CHUNKS {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(BackupError::TooLarge {
+                    dataset: spool.dataset.clone(),
+                    seen: format!("longer than {} bytes", total + n),
+                    chunk_size,
+                    max: manifest::max_stream_size(chunk_size),
+                    advice: "raise chunk_size for this dataset".into(),
+                });
             }
             hasher.update(&buf[..r]);
             whole.update(&buf[..r]);

@@ -12,6 +12,7 @@ use zib_core::{
         RetentionPolicy, StoredObject,
         retention::{ChainFate, KeepReason, PruneRequest},
     },
+    manifest,
     pricing::format_money,
 };
 
@@ -36,7 +37,7 @@ pub async fn current_chain(
     newest_key: &str,
 ) -> Result<Result<Vec<Manifest>, String>, LifecycleError> {
     let read = |key: String| async move {
-        let bytes = match s3.get_bytes(&key, 64 << 20).await {
+        let bytes = match s3.get_bytes(&key, manifest::MAX_MANIFEST_BYTES).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(LifecycleError::S3(e)),
@@ -164,7 +165,7 @@ pub async fn prune(
         if layout.parse_manifest_key(&o.key).is_none() {
             continue;
         }
-        let bytes = s3.get_bytes(&o.key, 64 << 20).await?;
+        let bytes = s3.get_bytes(&o.key, manifest::MAX_MANIFEST_BYTES).await?;
         let m = Manifest::from_json(&o.key, &bytes)
             .map_err(|e| LifecycleError::Catalog(e.to_string()))?;
         if m.dataset != ds.name {

@@ -516,7 +516,8 @@ impl S3Store {
         {
             return Ok(PutOutcome::Stored);
         }
-        if self.get_bytes(key, 16 << 20).await? == bytes {
+        // Anything longer than ours differs: read no more than one byte past it.
+        if self.read_at_most(key, bytes.len()).await?.as_ref() == Some(&bytes) {
             Ok(PutOutcome::AlreadyPresent)
         } else {
             Err(S3Error::Conflict {
@@ -529,6 +530,15 @@ impl S3Store {
 
     /// Reads a whole (small) object, refusing anything larger than `limit` bytes.
     pub async fn get_bytes(&self, key: &str, limit: usize) -> Result<Vec<u8>, S3Error> {
+        self.read_at_most(key, limit).await?.ok_or_else(|| S3Error::TooLarge {
+            bucket: self.bucket.clone(),
+            key: key.into(),
+            limit,
+        })
+    }
+
+    /// A whole object of at most `limit` bytes; None if it is larger.
+    async fn read_at_most(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, S3Error> {
         let out = self.get(key).await?;
         let mut body = out.into_async_read();
         let mut buf = Vec::new();
@@ -547,10 +557,7 @@ impl S3Store {
             }
             buf.extend_from_slice(&part[..n]);
         }
-        if buf.len() > limit {
-            return Err(S3Error::TooLarge { bucket: self.bucket.clone(), key: key.into(), limit });
-        }
-        Ok(buf)
+        Ok((buf.len() <= limit).then_some(buf))
     }
 
     /// Starts a GET; the body streams.

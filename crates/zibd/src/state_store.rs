@@ -1,5 +1,7 @@
 //! Per-dataset state files: one writer per file, enforced by the kernel (flock), and atomic
-//! saves (temp file in the same directory, fsync, rename, fsync the directory).
+//! saves (temp file in the same directory, fsync, rename, fsync the directory). Each stored
+//! chunk is recorded by appending one line to the dataset's chunk journal (`<dataset>.chunks`,
+//! see `zib_core::chunk_journal`) instead of rewriting the whole state file.
 //!
 //! Work directories (spool, restore) are private: [`private_dir`] creates them 0700 and refuses
 //! one another user owns or could write to, and work files are created new, 0600, never
@@ -15,7 +17,7 @@ use std::{
 };
 
 use nix::fcntl::{Flock, FlockArg};
-use zib_core::{DatasetName, DatasetState};
+use zib_core::{ChunkRecord, DatasetName, DatasetState, chunk_journal::JournalEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateStoreError {
@@ -34,7 +36,8 @@ fn io<'a>(
     move |source| StateStoreError::Io { action, path: path.to_owned(), source }
 }
 
-/// The directory holding `<dataset>.json` state files and `<dataset>.lock` lock files.
+/// The directory holding `<dataset>.json` state files, `<dataset>.chunks` chunk journals and
+/// `<dataset>.lock` lock files.
 #[derive(Debug, Clone)]
 pub struct StateStore {
     dir: PathBuf,
@@ -45,6 +48,7 @@ pub struct StateStore {
 pub struct LockedState {
     _lock: Flock<File>,
     path: PathBuf,
+    journal: PathBuf,
     pub state: DatasetState,
 }
 
@@ -61,6 +65,35 @@ impl StateStore {
         self.dir.join(format!("{}.json", ds.file_stem()))
     }
 
+    pub fn journal_path(&self, ds: &DatasetName) -> PathBuf {
+        self.dir.join(format!("{}.chunks", ds.file_stem()))
+    }
+
+    /// The dataset's state as on disk (its journal folded in), without taking the lock: for
+    /// reading only, e.g. while the daemon holds it.
+    pub fn read(&self, ds: &DatasetName) -> Result<DatasetState, StateStoreError> {
+        Ok(self.load(ds)?.0)
+    }
+
+    /// The state file (a fresh state if none) with the journal folded in, and whether there
+    /// was a journal.
+    fn load(&self, ds: &DatasetName) -> Result<(DatasetState, bool), StateStoreError> {
+        let path = self.state_path(ds);
+        let mut state = match read_if_exists(&path, "cannot read state file")? {
+            Some(bytes) => DatasetState::from_json(&path.display().to_string(), &bytes, ds)?,
+            None => DatasetState::new(ds.clone()),
+        };
+        let journal = self.journal_path(ds);
+        let had_journal = match read_if_exists(&journal, "cannot read chunk journal")? {
+            Some(bytes) => {
+                state.fold_journal(&bytes);
+                true
+            }
+            None => false,
+        };
+        Ok((state, had_journal))
+    }
+
     /// Takes the dataset's lock (without waiting) and loads its state (a fresh one if none).
     pub fn lock(&self, ds: &DatasetName) -> Result<LockedState, StateStoreError> {
         std::fs::create_dir_all(&self.dir)
@@ -74,19 +107,27 @@ impl StateStore {
                 StateStoreError::Io { action, path: lock_path.clone(), source }
             }
         })?;
-        let path = self.state_path(ds);
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => DatasetState::from_json(&path.display().to_string(), &bytes, ds)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DatasetState::new(ds.clone()),
-            Err(e) => {
-                return Err(StateStoreError::Io {
-                    action: "cannot read state file",
-                    path,
-                    source: e,
-                });
-            }
+        let (state, had_journal) = self.load(ds)?;
+        let locked = LockedState {
+            _lock: lock,
+            path: self.state_path(ds),
+            journal: self.journal_path(ds),
+            state,
         };
-        Ok(LockedState { _lock: lock, path, state })
+        // Fold the journal into the state file now, so that later lines never follow a line a
+        // crash tore.
+        if had_journal {
+            locked.save()?;
+        }
+        Ok(locked)
+    }
+}
+
+fn read_if_exists(path: &Path, action: &'static str) -> Result<Option<Vec<u8>>, StateStoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StateStoreError::Io { action, path: path.to_owned(), source: e }),
     }
 }
 
@@ -194,20 +235,67 @@ impl LockedState {
         &self.path
     }
 
-    /// Writes the state atomically: temp file, fsync, rename over, fsync the directory.
-    /// Blocking; call from `spawn_blocking` or via [`LockedState::save_async`].
+    /// Writes the state atomically (temp file, fsync, rename over, fsync the directory), then
+    /// drops the journal, whose chunks the state file now lists. Blocking; call from
+    /// `spawn_blocking` or via [`LockedState::save_async`].
     pub fn save(&self) -> Result<(), StateStoreError> {
-        write_atomic(&self.path, &self.state.to_json())
+        save_whole(&self.path, &self.journal, &self.state.to_json())
     }
 
     /// [`LockedState::save`] off the async runtime's worker threads.
     pub async fn save_async(&self) -> Result<(), StateStoreError> {
-        let path = self.path.clone();
+        let (path, journal) = (self.path.clone(), self.journal.clone());
         let bytes = self.state.to_json();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+        tokio::task::spawn_blocking(move || save_whole(&path, &journal, &bytes))
             .await
             .expect("save task panicked")
     }
+
+    /// Records `chunk` as the next stored chunk of the pending backup: one line appended to
+    /// the journal and fsynced, whatever the number of chunks already recorded.
+    pub async fn record_chunk(&mut self, chunk: ChunkRecord) -> Result<(), StateStoreError> {
+        let p = self.state.pending.as_mut().expect("a pending backup records chunks");
+        let line = JournalEntry::next_of(p, chunk.clone()).to_line();
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || append_synced(&journal, &line))
+            .await
+            .expect("journal task panicked")?;
+        p.chunks.push(chunk);
+        Ok(())
+    }
+}
+
+fn save_whole(path: &Path, journal: &Path, bytes: &[u8]) -> Result<(), StateStoreError> {
+    write_atomic(path, bytes)?;
+    match std::fs::remove_file(journal) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StateStoreError::Io {
+            action: "cannot remove chunk journal",
+            path: journal.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+/// Appends `line` to `path` and fsyncs it (and the directory, when the file is new).
+fn append_synced(path: &Path, line: &[u8]) -> Result<(), StateStoreError> {
+    let open =
+        |new| OpenOptions::new().append(true).create_new(new).mode(PRIVATE_FILE_MODE).open(path);
+    let (mut f, new) = match open(true) {
+        Ok(f) => (f, true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            (open(false).map_err(io("cannot open", path))?, false)
+        }
+        Err(e) => return Err(io("cannot create", path)(e)),
+    };
+    f.write_all(line).map_err(io("cannot append to", path))?;
+    f.sync_data().map_err(io("cannot fsync", path))?;
+    if new {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io("cannot fsync directory", dir))?;
+    }
+    Ok(())
 }
 
 /// Atomic replace of `path` with `bytes` (mode 0600). A stale temp file from a crash is
@@ -250,6 +338,88 @@ mod tests {
         let s = store.lock(&ds).unwrap();
         assert_eq!(s.state.stats.backups_committed, 7);
         assert!(s.path().ends_with("tank%2Fphotos.json"));
+    }
+
+    fn chunk(i: u64) -> ChunkRecord {
+        ChunkRecord {
+            key: format!("zib/tank/photos@zib/000001-zib-20261126T030000Z/a00/{i:08}"),
+            size: 65536,
+            sha256: "ab".repeat(32),
+        }
+    }
+
+    fn pending(chunks: u64) -> zib_core::state::Pending {
+        zib_core::state::Pending {
+            seq: 1,
+            from: None,
+            to: zib_core::SnapName::new("zib-20261126T030000Z").unwrap(),
+            to_guid: Some("42".into()),
+            attempt: 0,
+            chunk_size: 65536,
+            storage_class: zib_core::StorageClass::DeepArchive,
+            started_at: chrono::Utc::now(),
+            chunks: (0..chunks).map(chunk).collect(),
+            destination: None,
+        }
+    }
+
+    /// Bytes that recording chunk `n` writes to the state directory: what the journal grew
+    /// by, plus the whole state file if it was written again (a new inode: saves rename).
+    async fn bytes_to_record_chunk(store: &StateStore, ds: &DatasetName, n: u64) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let mut s = store.lock(ds).unwrap();
+        s.state.pending = Some(pending(n - 1));
+        s.save().unwrap();
+        let journal_len = || std::fs::metadata(store.journal_path(ds)).map_or(0, |m| m.len());
+        let (inode, journal) = (std::fs::metadata(s.path()).unwrap().ino(), journal_len());
+        s.record_chunk(chunk(n - 1)).await.unwrap();
+        let state = std::fs::metadata(s.path()).unwrap();
+        let rewritten = if state.ino() == inode { 0 } else { state.len() };
+        let written = journal_len() - journal + rewritten;
+        drop(s);
+        // Recorded durably: a new holder of the lock sees it.
+        let s = store.lock(ds).unwrap();
+        assert_eq!(s.state.pending.as_ref().unwrap().chunks.len() as u64, n);
+        assert_eq!(s.state.pending.as_ref().unwrap().chunks.last(), Some(&chunk(n - 1)));
+        written
+    }
+
+    #[tokio::test]
+    async fn recording_chunk_10000_writes_no_more_than_recording_chunk_1() {
+        // Issue 11 #2: the whole state file (every chunk record in it) used to be rewritten
+        // and fsynced per chunk, quadratic over a backup.
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let ds = DatasetName::new("tank/photos").unwrap();
+        let first = bytes_to_record_chunk(&store, &ds, 1).await;
+        let later = bytes_to_record_chunk(&store, &ds, 10_000).await;
+        eprintln!("state bytes written to record chunk 1: {first}, chunk 10000: {later}");
+        // Only the index's digits may differ.
+        assert!(later <= first + 4, "chunk 1: {first} bytes, chunk 10000: {later} bytes");
+    }
+
+    #[test]
+    fn a_journal_is_folded_into_the_state_file_when_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let ds = DatasetName::new("tank/photos").unwrap();
+        let mut s = store.lock(&ds).unwrap();
+        s.state.pending = Some(pending(1));
+        s.save().unwrap();
+        drop(s);
+        // Two chunks journaled, the second line torn by a crash.
+        let mut p = pending(1);
+        let mut j = JournalEntry::next_of(&p, chunk(1)).to_line();
+        p.chunks.push(chunk(1));
+        j.extend(&JournalEntry::next_of(&p, chunk(2)).to_line()[..40]);
+        std::fs::write(store.journal_path(&ds), j).unwrap();
+        assert_eq!(store.read(&ds).unwrap().pending.unwrap().chunks.len(), 2);
+        let s = store.lock(&ds).unwrap();
+        assert_eq!(s.state.pending.as_ref().unwrap().chunks.len(), 2);
+        assert!(!store.journal_path(&ds).exists(), "folded into the state file");
+        let on_disk: DatasetState =
+            serde_json::from_slice(&std::fs::read(s.path()).unwrap()).unwrap();
+        assert_eq!(on_disk, s.state);
     }
 
     #[test]

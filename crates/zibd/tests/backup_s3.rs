@@ -168,9 +168,11 @@ schedule = "0 3 * * *"
         all
     }
 
+    /// The dataset's state as zibd would load it (its chunk journal folded in).
     fn state(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.root.join("state/tank%2Fphotos.json")).unwrap())
-            .unwrap()
+        let store = zibd::state_store::StateStore::new(self.root.join("state"));
+        let st = store.read(&DatasetName::new("tank/photos").unwrap()).unwrap();
+        serde_json::to_value(st).unwrap()
     }
 }
 
@@ -432,6 +434,27 @@ async fn a_failing_send_lets_the_put_in_flight_finish() {
     let recorded = bed.state()["pending"]["chunks"].as_array().unwrap().len();
     assert_eq!(recorded, puts.len(), "{puts:?}");
     assert_eq!(bed.keys().await.len(), recorded);
+}
+
+/// Issue 11 #2: a stream with more chunks than a manifest may list is refused before anything
+/// is uploaded, and the next run starts afresh (with the chunk size the config names then).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_too_large_for_its_chunk_size_is_refused_before_uploading() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    let estimate = [("FAKE_ZFS_ESTIMATE", (CHUNK * 50_000 + 1).to_string())];
+    let err = failed(&bed.backup(&estimate));
+    assert!(
+        err.contains("more than a backup in chunks of 65536 bytes can hold")
+            && err.contains("at most 50000 chunks")
+            && err.contains("raise chunk_size for this dataset to at least 65537 bytes"),
+        "{err}"
+    );
+    assert!(bed.keys().await.is_empty(), "nothing uploaded: {:?}", bed.keys().await);
+    assert!(bed.state()["pending"].is_null(), "the backup that cannot commit is abandoned");
+    ok(&bed.backup(&[]));
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 1);
+    assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
 }
 
 /// Every file below `dir` (recursively), as paths relative to it.

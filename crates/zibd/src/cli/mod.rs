@@ -156,15 +156,7 @@ async fn prune_once(
         cfg.dataset(&name).with_context(|| format!("dataset {name} is not in the config"))?.clone();
     let store = StateStore::new(&cfg.daemon.state_dir);
     let (_lock, state) = if opts.dry_run {
-        let path = store.state_path(&name);
-        let state = match std::fs::read(&path) {
-            Ok(b) => zib_core::DatasetState::from_json(&path.display().to_string(), &b, &name)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                zib_core::DatasetState::new(name.clone())
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        (None, state)
+        (None, store.read(&name)?)
     } else {
         let locked = store.lock(&name)?;
         let state = locked.state.clone();

@@ -11,6 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use zib_core::{
     DatasetName, Manifest, SnapName,
     catalog::Catalog,
+    manifest,
     names::{dataset_of_manifest_key, normalize_prefix},
     restore_plan::RestorePlan,
 };
@@ -137,7 +138,7 @@ async fn read_manifest(
 ) -> Result<Result<Manifest, SkippedManifest>, RestoreError> {
     let skip =
         |reason: String| Ok(Err(SkippedManifest { key: key.clone(), dataset: d.clone(), reason }));
-    let bytes = match s3.get_bytes(&key, 64 << 20).await {
+    let bytes = match s3.get_bytes(&key, manifest::MAX_MANIFEST_BYTES).await {
         Ok(b) => b,
         Err(e) => match e.kind() {
             S3ErrorKind::NotFound

@@ -146,13 +146,11 @@ async fn wait_ready(socket: &Path, zibd: &Zibd) {
     }
 }
 
-/// The dataset's state file.
+/// The dataset's state as zibd would load it (its chunk journal folded in).
 fn state(state_dir: &Path, ds: &str) -> serde_json::Value {
-    let p = state_dir.join(format!("{}.json", ds.replace('/', "%2F")));
-    serde_json::from_slice(
-        &std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())),
-    )
-    .expect("state json")
+    let store = zibd::state_store::StateStore::new(state_dir);
+    let st = store.read(&zib_core::DatasetName::new(ds).unwrap()).expect("state");
+    serde_json::to_value(st).unwrap()
 }
 
 fn pending_chunks(st: &serde_json::Value) -> usize {

@@ -4,7 +4,8 @@
 # "guid createtxg creation", and data/<snap> holding the bytes `send` prints.
 # Knobs: FAKE_ZFS_SIZE (bytes per snapshot stream), FAKE_ZFS_RANDOM=1 (send prints fresh
 # random bytes every time: a non-reproducible stream), FAKE_ZFS_FAIL_AFTER=N (send prints N
-# bytes then fails), FAKE_ZFS_LOG (append each command line).
+# bytes then fails), FAKE_ZFS_ESTIMATE (the size `send -nvP` reports instead of the real one),
+# FAKE_ZFS_LOG (append each command line).
 set -euo pipefail
 D=${FAKE_ZFS_DIR:?FAKE_ZFS_DIR not set}
 mkdir -p "$D/snap" "$D/book" "$D/data"
@@ -41,7 +42,7 @@ case "$cmd" in
     data="$D/data/$(enc "$last")"
     [ -e "$data" ] || { echo "could not find snapshot $last" >&2; exit 1; }
     size=$(stat -c %s "$data")
-    if [ $est = 1 ]; then printf 'full\t%s\t%s\nsize\t%s\n' "$last" "$size" "$size"; exit 0; fi
+    if [ $est = 1 ]; then e=${FAKE_ZFS_ESTIMATE:-$size}; printf 'full\t%s\t%s\nsize\t%s\n' "$last" "$e" "$e"; exit 0; fi
     if [ -n "${FAKE_ZFS_FAIL_AFTER:-}" ]; then head -c "$FAKE_ZFS_FAIL_AFTER" "$data"; echo "fake zfs: send broke off" >&2; exit 1; fi
     if [ "${FAKE_ZFS_RANDOM:-0}" = 1 ]; then head -c "$size" /dev/urandom; else cat "$data"; fi ;;
   *) echo "fake zfs: unsupported command $cmd" >&2; exit 2 ;;
