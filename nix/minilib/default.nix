@@ -462,6 +462,55 @@ let
           check = x: isString x && builtins.match pattern x != null;
           merge = mergeEqualOption;
         };
+      # Strings joined with a separator across definitions (types.lines: "\n").
+      separatedString =
+        sep:
+        mkOptionType {
+          name = "separatedString";
+          description = "strings concatenated with ${builtins.toJSON sep}";
+          check = isString;
+          merge = _loc: defs: concatStringsSep sep (map (d: d.value) defs);
+        };
+      lines = separatedString "\n";
+      singleLineStr = mkOptionType {
+        name = "singleLineStr";
+        description = "(optionally newline-terminated) single-line string";
+        check = (strMatching "[^\n\r]*\n?").check;
+        merge =
+          loc: defs:
+          let
+            v = mergeEqualOption loc defs;
+            n = builtins.stringLength v;
+          in
+          if n > 0 && builtins.substring (n - 1) 1 v == "\n" then builtins.substring 0 (n - 1) v else v;
+      };
+      # A value of coercedType is converted with coerceFunc; the result must be a finalType.
+      coercedTo =
+        coercedType: coerceFunc: finalType:
+        mkOptionType {
+          name = "coercedTo";
+          description = "${finalType.description} or ${coercedType.description} convertible to it";
+          check = x: (coercedType.check x && finalType.check (coerceFunc x)) || finalType.check x;
+          merge =
+            loc: defs:
+            finalType.merge loc (
+              map (d: d // { value = if coercedType.check d.value then coerceFunc d.value else d.value; }) defs
+            );
+        };
+      # A function whose results (for the same argument) are merged as elemType.
+      functionTo =
+        elemType:
+        mkOptionType {
+          name = "functionTo";
+          description = "function that evaluates to a(n) ${elemType.description}";
+          check = isFunction;
+          merge =
+            loc: defs: fnArgs:
+            (mergeDefinitions (loc ++ [ "<function body>" ]) elemType (
+              map (d: d // { value = d.value fnArgs; }) defs
+            )).mergedValue;
+        };
+      addCheck = t: check: t // { check = x: t.check x && check x; };
       path = mkOptionType {
         name = "path";
         description = "absolute path";

@@ -1,6 +1,7 @@
 # The configurations the offline checks evaluate. Each case is a list of NixOS modules (on top
 # of nix/tests/stubs.nix); what is expected of each is in nix/tests/run.py.
-{ pkgs
+{ lib
+, pkgs
 , crossPkgs
 , flakeOutputs
 , vmTest
@@ -10,8 +11,10 @@ let
   module = ../../nixos-module.nix;
   zib = pkgs.callPackage ../package.nix { };
 
+  # NixOS's ZFS module requires a host ID (stubs.nix mirrors its assertion).
   zfsHost = {
     boot.supportedFilesystems = [ "zfs" ];
+    networking.hostId = "8425e349";
   };
 
   minimalSettings = {
@@ -245,6 +248,15 @@ in
   ];
 
   # --- evaluation errors that must happen -----------------------------------------------------
+  # Real NixOS option types (stubs.nix): a unit description is one line, Type= a known value.
+  multi-line-description = enabled {
+    services.zib.settings = minimalSettings;
+    systemd.services.zibd.description = lib.mkForce "two\nlines";
+  };
+  unknown-unit-type = enabled {
+    services.zib.settings = minimalSettings;
+    systemd.services.zibd.serviceConfig.Type = lib.mkForce "notify-socket";
+  };
   misspelled-option = enabled {
     services.zib.settings = minimalSettings;
     services.zib.enviromentFile = "/run/secrets/zib.env";

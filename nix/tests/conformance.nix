@@ -220,6 +220,57 @@ builtins.mapAttrs (_: try) {
       p = "/abs";
     }
   ];
+  # The types the stand-ins of the NixOS options use (nix/tests/stubs.nix).
+  types-stubs = eval [
+    {
+      options = {
+        lines = mkOption {
+          type = types.lines;
+          default = "";
+        };
+        single = mkOption { type = types.singleLineStr; };
+        fs = mkOption {
+          type = types.coercedTo (types.listOf types.str) (l: lib.genAttrs l (_: true)) (types.attrsOf types.bool);
+          default = { };
+        };
+        fn = mkOption { type = types.either types.str (types.functionTo types.str); };
+        checked = mkOption { type = types.addCheck (types.attrsOf types.str) (a: a ? X); };
+      };
+    }
+    {
+      lines = "one";
+      single = "single line\n";
+      fs = [ "zfs" ];
+      fn = "script";
+      checked.X = "x";
+    }
+    {
+      lines = "two";
+      fs.btrfs = false;
+    }
+  ];
+  types-functionTo =
+    (eval [
+      { options.fn = mkOption { type = types.functionTo types.str; }; }
+      { fn = { nodes }: "nodes: ${nodes}"; }
+    ]).fn
+      { nodes = "a b"; };
+  error-singleLineStr = eval [
+    { options.a = mkOption { type = types.singleLineStr; }; }
+    { a = "two\nlines"; }
+  ];
+  error-addCheck = eval [
+    { options.a = mkOption { type = types.addCheck (types.attrsOf types.str) (a: a ? X); }; }
+    { a.Y = "y"; }
+  ];
+  error-coercedTo = eval [
+    {
+      options.a = mkOption {
+        type = types.coercedTo (types.listOf types.str) (l: lib.genAttrs l (_: true)) (types.attrsOf types.bool);
+      };
+    }
+    { a = "zfs"; }
+  ];
   # Errors, as tryEval sees them.
   error-undeclared = eval [
     { options.a = strOpt; }

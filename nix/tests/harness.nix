@@ -44,6 +44,7 @@ let
     inherit self nixpkgs;
   };
   vmTest = flakeOutputs.checks.x86_64-linux.vm-test.zibTest;
+  vmTestConfig = flakeOutputs.checks.x86_64-linux.vm-test.zibTestConfig;
 
   cases = import ./cases.nix {
     inherit
@@ -175,6 +176,14 @@ let
       vmTest = {
         inherit (vmTest) name testScript;
         nodes = builtins.attrNames vmTest.nodes;
+        # As runNixOSTest evaluates it (stub-pkgs.nix): each node's failed assertions, and its
+        # packages (forcing them: an insecure one fails here as in nixpkgs).
+        evaluated = builtins.mapAttrs
+          (_: n: {
+            failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) n.assertions);
+            systemPackages = map (p: p.outPath) n.environment.systemPackages;
+          })
+          vmTestConfig.nodes;
       };
     };
 in

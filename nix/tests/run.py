@@ -400,6 +400,8 @@ ERROR_CASES = {
     "shutdown-timeout-out-of-range": "services.zib.settings.daemon.shutdown_timeout_secs' is not of type",
     "unknown-storage-class": "services.zib.settings.target.storage_class' is not of type",
     "missing-bucket": "services.zib.settings.target.bucket' was accessed but has no value defined",
+    "multi-line-description": "systemd.services.zibd.description' is not of type",
+    "unknown-unit-type": "systemd.services.zibd.serviceConfig' is not of type",
 }
 
 
@@ -540,11 +542,17 @@ def module_checks(s, lib=""):
 
     r = get("vm-uploader")
     if r:
+        s.check("vm-uploader: no failed assertions (ZFS with networking.hostId)", r["failedAssertions"] == [],
+                r["failedAssertions"])
+    if r and not r["failedAssertions"]:
         common_unit_checks(s, "vm-uploader", r, env_file="/etc/zib/s3.env", shutdown=20, zfs=r["zfsPackage"])
         s.check("vm-uploader: the test starts zibd itself (wantedBy forced empty)", r["unit"]["wantedBy"] == [])
         settings_checks(s, "vm-uploader", r)
     r = get("vm-restorer")
     if r:
+        s.check("vm-restorer: no failed assertions (ZFS with networking.hostId)", r["failedAssertions"] == [],
+                r["failedAssertions"])
+    if r and not r["failedAssertions"]:
         text = (r["etc"].get("zib/restore.toml") or {}).get("text")
         flake_pkg = res["flake"][1]["package"]["path"] if flake_ok(res) else None
         s.check("vm-restorer: no zibd service, the flake's zib installed",
@@ -630,6 +638,9 @@ def flake_checks(s, f):
     vm = f["vmTest"]
     s.check("flake: vm-test has the machines s3, uploader and restorer",
             sorted(vm["nodes"]) == ["restorer", "s3", "uploader"], vm["nodes"])
+    bad = {n: e["failedAssertions"] for n, e in vm["evaluated"].items() if e["failedAssertions"]}
+    s.check("flake: vm-test evaluates as runNixOSTest does, no node with a failed assertion",
+            sorted(vm["evaluated"]) == ["restorer", "s3", "uploader"] and not bad, bad or vm["evaluated"])
     script = vm["testScript"]
     for what in ("zibctl status", "zibctl trigger --wait", "restore run", "--to ", "sha256sum",
                  "systemctl reload zibd", "CapBnd", "DEEP_ARCHIVE", "InvalidObjectState",

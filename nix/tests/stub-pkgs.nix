@@ -196,10 +196,41 @@ let
 
     mkShell = args: drv "nix-shell" { zibShell = args; };
 
+    # pkgs/build-support/testers/default.nix (a later copy): runNixOSTest evaluates the test
+    # module with nixos/lib/testing's options, the nodes with `node.pkgs = pkgsLinux`, a
+    # read-only pkgs. Declared here as in nixos/lib/testing/name.nix (NixOS/nixpkgs@ed550988ac25),
+    # testScript.nix (@f0c61c2d3236) and nodes.nix (@5b19d6957a86), where a node's type is the
+    # NixOS configuration type: here the stand-in options (stubs.nix), with this pkgs. An
+    # undeclared attribute of the test (a typo, an option of another test framework) fails.
     testers.runNixOSTest =
       test:
-      drv "vm-test-run-${test.name or "test"}" {
+      let
+        eval = lib.evalModules {
+          modules = [
+            {
+              options = {
+                name = lib.mkOption { type = lib.types.str; };
+                nodes = lib.mkOption {
+                  type = lib.types.lazyAttrsOf (
+                    lib.types.submoduleWith {
+                      modules = [ ./stubs.nix ];
+                      specialArgs.pkgs = self;
+                    }
+                  );
+                };
+                testScript = lib.mkOption {
+                  type = lib.types.either lib.types.str (lib.types.functionTo lib.types.str);
+                };
+              };
+            }
+            test
+          ];
+        };
+        inherit (eval) config;
+      in
+      drv "vm-test-run-${config.name}" {
         zibTest = test;
+        zibTestConfig = config;
       };
 
     rustPlatform.buildRustPackage =
