@@ -230,8 +230,9 @@ in
         assert chunks and manifests, objs
         assert all(o["StorageClass"] == "DEEP_ARCHIVE" for o in chunks), chunks
         assert all(o["StorageClass"] == "STANDARD" for o in manifests), manifests
-        # Unreadable until thawed, as in AWS.
-        out = s3.fail(f"{aws} s3 cp s3://${bucket}/{chunks[0]['Key']} /tmp/chunk 2>&1")
+        # Unreadable until thawed, as in AWS (GetObject itself: `aws s3 cp` would skip an
+        # archived object with a warning instead of asking).
+        out = s3.fail(f"{aws} s3api get-object --bucket ${bucket} --key '{chunks[0]['Key']}' /tmp/chunk 2>&1")
         assert "InvalidObjectState" in out, out
         # Slow thaws: each stays in progress for the next 2 requests on its key, so the restore
         # polls (moto's manual state transition, as crates/zib-testkit uses it).

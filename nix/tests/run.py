@@ -646,6 +646,12 @@ def flake_checks(s, f):
                  "systemctl reload zibd", "CapBnd", "DEEP_ARCHIVE", "InvalidObjectState",
                  "--poll-initial-secs", "thaw requests sent", "aws --endpoint-url"):
         s.check(f"flake: vm-test script uses {what!r}", what in script)
+    try:
+        compile(script, "vm-test testScript", "exec")
+        err = ""
+    except SyntaxError as e:
+        err = f"{e.msg} at line {e.lineno}: {e.text!r}"
+    s.check("flake: vm-test script is valid Python (as the test driver runs it)", not err, err)
     s.check("flake: vm-test uses neither MinIO (insecure in nixpkgs) nor mc (archived)",
             "minio" not in script.lower() and "mc " not in script, script[:200])
 
