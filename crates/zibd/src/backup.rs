@@ -171,6 +171,16 @@ enum Divergence {
     Stored(String),
 }
 
+/// What [`Backup::ensure_bookmark`] found.
+enum Bookmarked {
+    Present,
+    Created,
+    /// A bookmark of the name exists with this other GUID.
+    WrongGuid(String),
+    /// Neither the bookmark nor the snapshot (with the GUID) exists.
+    NoSnapshot,
+}
+
 /// What the uploader did before it stopped.
 struct Uploaded {
     uploaded: u64,
@@ -247,6 +257,7 @@ impl Backup<'_> {
         });
         self.spool().clean().await;
         self.retarget().await?;
+        self.repair_bookmark().await;
 
         // A pending backup whose snapshot vanished cannot be resumed: abandon it (its chunks have
         // no manifest, so they are invisible to restore) and start afresh.
@@ -757,7 +768,7 @@ impl Backup<'_> {
         };
         st.last = Some(Committed {
             seq: p.seq,
-            snapshot: to,
+            snapshot: to.clone(),
             manifest_key: key.clone(),
             committed_at: now,
             stream_size,
@@ -774,7 +785,7 @@ impl Backup<'_> {
         tracing::info!(dataset = %self.ds.name, seq = p.seq, snapshot = %p.to, bytes = stream_size, chunks = p.chunks.len(), "backup committed: {key}");
 
         self.set_progress(|pr| pr.phase = Phase::Pruning);
-        let pruned = self.bookmark_and_prune(&p.to).await;
+        let pruned = self.bookmark_and_prune(&to).await;
         Ok(BackupReport {
             seq: p.seq,
             snapshot: p.to,
@@ -788,25 +799,33 @@ impl Backup<'_> {
         })
     }
 
-    /// Bookmarks the new base (so the chain survives its snapshot being destroyed), then
-    /// destroys zib-made snapshots beyond `keep_snapshots`. Never touches snapshots zib did not
-    /// make, nor the newest one. Failures here are logged, not fatal: the backup is committed.
-    async fn bookmark_and_prune(&self, newest: &SnapName) -> Vec<String> {
+    /// Bookmarks the new base (so the chain survives its snapshot being destroyed), destroys
+    /// zib-made bookmarks older than it (no chain needs them: an incremental is only ever sent
+    /// from the newest base), then zib-made snapshots beyond `keep_snapshots`. Never touches
+    /// snapshots or bookmarks zib did not make, nor the newest snapshot. Failures here are
+    /// logged, not fatal: the backup is committed.
+    async fn bookmark_and_prune(&self, newest: &SnapRef) -> Vec<String> {
         let zfs = &self.engine.zfs;
         let name = &self.ds.name;
-        match zfs.bookmark_info(name, newest).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                if let Err(e) = zfs.bookmark(name, newest).await {
-                    tracing::warn!(error = %e, "could not bookmark the new base; not pruning");
-                    return Vec::new();
-                }
+        let mut pruned = Vec::new();
+        match self.ensure_bookmark(newest).await {
+            Ok(Bookmarked::Present | Bookmarked::Created) => {
+                pruned.extend(self.prune_bookmarks(newest).await)
+            }
+            Ok(Bookmarked::WrongGuid(guid)) => self.report_wrong_bookmark(newest, &guid),
+            Ok(Bookmarked::NoSnapshot) => {
+                tracing::warn!(
+                    "{} vanished before it was bookmarked; not pruning",
+                    name.snapshot(&newest.name)
+                );
+                return pruned;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not list bookmarks; not pruning");
-                return Vec::new();
+                tracing::warn!(error = %e, "could not bookmark the new base; not pruning");
+                return pruned;
             }
         }
+        let newest = &newest.name;
         let snaps = match zfs.list(name, "snapshot").await {
             Ok(s) => s,
             Err(e) => {
@@ -820,7 +839,6 @@ impl Backup<'_> {
             .filter(|s| s.is_zib_made(&self.ds.snapshot_prefix))
             .collect();
         let keep = self.ds.keep_snapshots.max(1) as usize;
-        let mut pruned = Vec::new();
         if ours.len() > keep {
             for s in &ours[..ours.len() - keep] {
                 if s == newest {
@@ -830,6 +848,83 @@ impl Backup<'_> {
                     Ok(()) => pruned.push(name.snapshot(s)),
                     Err(e) => tracing::warn!(error = %e, "could not prune {}", name.snapshot(s)),
                 }
+            }
+        }
+        pruned
+    }
+
+    /// The bookmark of `base`: made from its snapshot if missing (a crash between the state
+    /// save and the bookmark leaves none); one of that name with another GUID is not `base`'s.
+    async fn ensure_bookmark(&self, base: &SnapRef) -> Result<Bookmarked, ZfsError> {
+        let (zfs, name) = (&self.engine.zfs, &self.ds.name);
+        match zfs.bookmark_info(name, &base.name).await? {
+            Some(b) if b.guid == base.guid => return Ok(Bookmarked::Present),
+            Some(b) => return Ok(Bookmarked::WrongGuid(b.guid)),
+            None => {}
+        }
+        match zfs.snapshot_info(name, &base.name).await? {
+            Some(s) if s.guid == base.guid => {
+                zfs.bookmark(name, &base.name).await?;
+                Ok(Bookmarked::Created)
+            }
+            _ => Ok(Bookmarked::NoSnapshot),
+        }
+    }
+
+    fn report_wrong_bookmark(&self, base: &SnapRef, guid: &str) {
+        tracing::warn!(
+            dataset = %self.ds.name,
+            "bookmark {} has GUID {guid}, not {} of the backed-up snapshot: it is not that snapshot's bookmark and is not trusted (never sent from)",
+            self.ds.name.bookmark(&base.name),
+            base.guid
+        );
+    }
+
+    /// At the start of a run: the base of the next incremental gets its bookmark back if a
+    /// crash left it without one while its snapshot still exists, and an existing bookmark of
+    /// that name is checked against the base's GUID. Best effort: failures are logged.
+    async fn repair_bookmark(&self) {
+        let st = &self.locked.state;
+        let base = st.pending.as_ref().and_then(|p| p.from.clone());
+        let Some(base) = base.or_else(|| st.last.as_ref().map(|c| c.snapshot.clone())) else {
+            return;
+        };
+        let bookmark = self.ds.name.bookmark(&base.name);
+        match self.ensure_bookmark(&base).await {
+            Ok(Bookmarked::Present | Bookmarked::NoSnapshot) => {}
+            Ok(Bookmarked::Created) => tracing::warn!(
+                dataset = %self.ds.name,
+                "the base of the next incremental had no bookmark (a crash after its commit); created {bookmark}"
+            ),
+            Ok(Bookmarked::WrongGuid(guid)) => self.report_wrong_bookmark(&base, &guid),
+            Err(e) => tracing::warn!(error = %e, "could not check {bookmark}"),
+        }
+    }
+
+    /// Destroys zib-made bookmarks older than `newest`'s (by creation txg). Bookmarks named
+    /// like zib's but not older are left alone.
+    async fn prune_bookmarks(&self, newest: &SnapRef) -> Vec<String> {
+        let (zfs, name) = (&self.engine.zfs, &self.ds.name);
+        let books = match zfs.list(name, "bookmark").await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list bookmarks; not pruning them");
+                return Vec::new();
+            }
+        };
+        let Some(txg) = books.iter().find(|b| b.name == newest.name.as_str()).map(|b| b.createtxg)
+        else {
+            return Vec::new();
+        };
+        let mut pruned = Vec::new();
+        for b in &books {
+            let Ok(snap) = SnapName::new(&b.name) else { continue };
+            if !snap.is_zib_made(&self.ds.snapshot_prefix) || b.createtxg >= txg {
+                continue;
+            }
+            match zfs.destroy_bookmark(name, &snap).await {
+                Ok(()) => pruned.push(name.bookmark(&snap)),
+                Err(e) => tracing::warn!(error = %e, "could not prune {}", name.bookmark(&snap)),
             }
         }
         pruned

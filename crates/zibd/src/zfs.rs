@@ -149,6 +149,14 @@ impl Zfs {
         self.run(&["destroy", &ds.snapshot(snap)]).await.map(drop)
     }
 
+    pub async fn destroy_bookmark(
+        &self,
+        ds: &DatasetName,
+        snap: &SnapName,
+    ) -> Result<(), ZfsError> {
+        self.run(&["destroy", &ds.bookmark(snap)]).await.map(drop)
+    }
+
     /// Whether the dataset exists.
     pub async fn dataset_exists(&self, ds: &str) -> Result<bool, ZfsError> {
         match self.run(&["list", "-H", "-o", "name", ds]).await {

@@ -748,6 +748,80 @@ async fn missing_base_is_explained_and_full_starts_a_new_chain() {
     assert_eq!(cat.chain_to(None).unwrap().len(), 1);
 }
 
+/// The stand-in zfs's bookmarks of tank/photos (short names) with their GUIDs, oldest first.
+fn bookmarks(bed: &Bed) -> Vec<(String, String)> {
+    let mut v: Vec<(u64, String, String)> = std::fs::read_dir(bed.root.join("zfs/book"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let n = e.file_name().to_string_lossy().into_owned();
+            let line = std::fs::read_to_string(e.path()).unwrap();
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let short = n.split_once('#').unwrap().1.to_owned();
+            (f[1].parse().unwrap(), short, f[0].to_owned())
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, n, g)| (n, g)).collect()
+}
+
+fn bookmark_file(bed: &Bed, short: &str) -> PathBuf {
+    bed.root.join("zfs/book").join(format!("tank%2Fphotos#{short}"))
+}
+
+/// Issue 11 #14: a crash between the commit's state save and the bookmark leaves the base
+/// without one (here: the bookmark removed, the same state). The next run bookmarks it from
+/// its snapshot, so the chain goes on after that snapshot is destroyed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_base_a_crash_left_without_a_bookmark_is_bookmarked_by_the_next_run() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    ok(&bed.backup(&[]));
+    let base = bed.state()["last"]["snapshot"].clone();
+    let base_name = base["name"].as_str().unwrap().to_owned();
+    std::fs::remove_file(bookmark_file(&bed, &base_name)).unwrap();
+    // The next run stops after its first PUT: its start has repaired the base's bookmark.
+    let err = failed(&bed.backup(&[("ZIB_FAILPOINT", "after-put:1".into())]));
+    assert!(err.contains("had no bookmark"), "{err}");
+    assert_eq!(bookmarks(&bed), [(base_name.clone(), base["guid"].as_str().unwrap().to_owned())]);
+    // The base snapshot is destroyed meanwhile; the incremental goes on from the bookmark.
+    let snap = bed.root.join("zfs/snap").join(format!("tank%2Fphotos@{base_name}"));
+    std::fs::remove_file(snap).unwrap();
+    ok(&bed.backup(&[]));
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 2);
+    assert_eq!(ms[1].from.as_ref().unwrap().name.as_str(), base_name);
+    assert!(ms[1].send_args.contains(&format!("tank/photos#{base_name}")), "{:?}", ms[1].send_args);
+}
+
+/// Issue 11 #14: a bookmark with the base's name but another GUID is reported and not used;
+/// after each commit only the newest base's bookmark is kept among zib's, and bookmarks zib
+/// did not make stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn bookmarks_are_checked_by_guid_and_only_the_newest_base_keeps_one() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    ok(&bed.backup(&[]));
+    let base = bed.state()["last"]["snapshot"]["name"].as_str().unwrap().to_owned();
+    // Someone else's bookmark, and zib's replaced by one of another snapshot (GUID 7).
+    std::fs::write(bookmark_file(&bed, "mine"), "5 1 1700000000\n").unwrap();
+    std::fs::write(bookmark_file(&bed, &base), "7 2 1700000000\n").unwrap();
+    let err = ok(&bed.backup(&[]));
+    assert!(
+        err.contains(&format!("bookmark tank/photos#{base} has GUID 7"))
+            && err.contains("not trusted"),
+        "{err}"
+    );
+    ok(&bed.backup(&[]));
+    let newest = bed.state()["last"]["snapshot"].clone();
+    let guid = newest["guid"].as_str().unwrap().to_owned();
+    let newest = newest["name"].as_str().unwrap().to_owned();
+    assert_eq!(bookmarks(&bed), [("mine".to_owned(), "5".to_owned()), (newest, guid)]);
+    // The chain is whole: full, then two incrementals, the second from the snapshot itself
+    // (the untrusted bookmark was never sent from).
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 3);
+    assert!(ms[1].send_args.contains(&format!("tank/photos@{base}")), "{:?}", ms[1].send_args);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deep_archive_chunks_and_standard_manifests_on_moto() {
     let server = MotoServer::start();

@@ -24,9 +24,15 @@ case "$cmd" in
     src=$1; dst=$2; [ -e "$D/snap/$(enc "$src")" ] || { echo "no such snapshot $src" >&2; exit 1; }
     read -r g t c < "$D/snap/$(enc "$src")"; echo "$g $t $c" > "$D/book/$(enc "$dst")" ;;
   destroy)
-    full=$1; f="$D/snap/$(enc "$full")"
-    [ -e "$f" ] || { echo "could not find any snapshots to destroy; check snapshot names." >&2; exit 1; }
-    rm -f "$f" "$D/data/$(enc "$full")" ;;
+    full=$1
+    case "$full" in
+      *#*) f="$D/book/$(enc "$full")"
+        [ -e "$f" ] || { echo "bookmark '$full' does not exist" >&2; exit 1; }
+        rm -f "$f" ;;
+      *) f="$D/snap/$(enc "$full")"
+        [ -e "$f" ] || { echo "could not find any snapshots to destroy; check snapshot names." >&2; exit 1; }
+        rm -f "$f" "$D/data/$(enc "$full")" ;;
+    esac ;;
   list)
     kind=snapshot; ds=""
     while [ $# -gt 0 ]; do case "$1" in -t) kind=$2; shift 2;; -o|-s|-d) shift 2;; -H|-p) shift;; *) ds=$1; shift;; esac; done
