@@ -195,7 +195,7 @@ mod tests {
     fn decode_accepts_defaults_and_extra_fields() {
         let f = decode_request(br#"{"protocol":1,"request":{"type":"trigger","dataset":"t/a","new_field":3},"extra":1}"#)
             .unwrap();
-        assert_eq!(f.request, Request::Trigger { dataset: "t/a".into(), wait: false });
+        assert_eq!(f.request, Request::Trigger { dataset: "t/a".into(), wait: false, full: false });
         let f = decode_request(br#"{"protocol":1,"request":{"type":"pause"}}"#).unwrap();
         assert_eq!(f.request, Request::Pause { dataset: None });
     }
@@ -204,7 +204,7 @@ mod tests {
     fn known_types_match_variants() {
         let all = [
             Request::Status { dataset: None },
-            Request::Trigger { dataset: "a".into(), wait: false },
+            Request::Trigger { dataset: "a".into(), wait: false, full: false },
             Request::Pause { dataset: None },
             Request::Resume { dataset: None },
             Request::Cancel { dataset: "a".into() },
@@ -235,7 +235,7 @@ mod tests {
         assert!(!Request::Version.is_mutating());
         assert!(!Request::RestoreStatus { id: None }.is_mutating());
         assert!(Request::Reload.is_mutating());
-        assert!(Request::Trigger { dataset: "a".into(), wait: true }.is_mutating());
+        assert!(Request::Trigger { dataset: "a".into(), wait: true, full: false }.is_mutating());
         assert!(Request::Pause { dataset: None }.is_mutating());
         assert!(Request::Resume { dataset: None }.is_mutating());
         assert!(Request::Cancel { dataset: "a".into() }.is_mutating());

@@ -30,6 +30,11 @@ pub enum Request {
         dataset: String,
         #[serde(default)]
         wait: bool,
+        /// Start a new chain with a full backup (`zibd backup --full`): an unfinished backup is
+        /// abandoned and a full stream is sent even if an incremental is possible. Added in v1
+        /// (absent = false); left out of the JSON when false.
+        #[serde(default, skip_serializing_if = "is_false")]
+        full: bool,
     },
     /// Pause one dataset or all (`None`): its schedule is skipped and a running job stops at its
     /// next safe point. Reply: [`Response::Ok`].
@@ -56,6 +61,10 @@ pub enum Request {
         #[serde(default)]
         id: Option<String>,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Request {

@@ -35,8 +35,18 @@ fn requests() -> Vec<(&'static str, Request)> {
     vec![
         ("request-status-all", Request::Status { dataset: None }),
         ("request-status-one", Request::Status { dataset: Some("tank/photos".into()) }),
-        ("request-trigger", Request::Trigger { dataset: "tank/photos".into(), wait: false }),
-        ("request-trigger-wait", Request::Trigger { dataset: "tank/photos".into(), wait: true }),
+        (
+            "request-trigger",
+            Request::Trigger { dataset: "tank/photos".into(), wait: false, full: false },
+        ),
+        (
+            "request-trigger-wait",
+            Request::Trigger { dataset: "tank/photos".into(), wait: true, full: false },
+        ),
+        (
+            "request-trigger-full",
+            Request::Trigger { dataset: "tank/photos".into(), wait: true, full: true },
+        ),
         ("request-pause-all", Request::Pause { dataset: None }),
         ("request-pause-one", Request::Pause { dataset: Some("tank/photos".into()) }),
         ("request-resume-all", Request::Resume { dataset: None }),
@@ -326,6 +336,25 @@ fn newer_daemon_replies_still_parse() {
     assert_eq!(f.response, Response::error(ErrorKind::Unknown, "quota exceeded"));
 }
 
+/// `full` was added to `trigger` within v1: the older fixtures read as `full: false`, and a
+/// trigger without it is written as before, so an older daemon reads it unchanged.
+#[test]
+fn trigger_full_is_additive() {
+    for name in ["request-trigger", "request-trigger-wait"] {
+        let f = decode_request(&read_fixture(name)).unwrap();
+        assert!(matches!(f.request, Request::Trigger { full: false, .. }), "{name}: {f:?}");
+    }
+    let f = decode_request(&read_fixture("request-trigger-full")).unwrap();
+    assert_eq!(
+        f.request,
+        Request::Trigger { dataset: "tank/photos".into(), wait: true, full: true }
+    );
+    let plain = Request::Trigger { dataset: "tank/photos".into(), wait: false, full: false };
+    let written: serde_json::Value = serde_json::from_slice(&encode_request(&plain)).unwrap();
+    let v1: serde_json::Value = serde_json::from_slice(&read_fixture("request-trigger")).unwrap();
+    assert_eq!(written, v1, "written as v1 wrote it");
+}
+
 /// What a newer zibctl might send: an unknown request type gets `unsupported`, an unknown field
 /// is ignored.
 #[test]
@@ -333,5 +362,8 @@ fn newer_client_requests() {
     let e = decode_request(&read_fixture("future-request-unknown-type")).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unsupported);
     let f = decode_request(&read_fixture("future-request-extra-field")).unwrap();
-    assert_eq!(f.request, Request::Trigger { dataset: "tank/photos".into(), wait: true });
+    assert_eq!(
+        f.request,
+        Request::Trigger { dataset: "tank/photos".into(), wait: true, full: false }
+    );
 }

@@ -52,6 +52,10 @@ enum Command {
         /// Show progress until the run ends; exit 1 if it fails. Ctrl-C stops watching, not the run.
         #[arg(long)]
         wait: bool,
+        /// Start a new chain with a full backup, abandoning an unfinished backup (the way out
+        /// when the base of the next incremental is gone).
+        #[arg(long)]
+        full: bool,
     },
     /// Pause a dataset (or all): its schedule is skipped and a running job stops at a safe point.
     Pause {
@@ -188,13 +192,14 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             Ok(exit::OK)
         }
-        Command::Trigger { dataset, wait: false } => {
-            let request = Request::Trigger { dataset: dataset.clone(), wait: false };
+        Command::Trigger { dataset, wait: false, full } => {
+            let request = Request::Trigger { dataset: dataset.clone(), wait: false, full };
             let response = client.call(&request).await?;
-            ok_message(response, &request, format!("triggered a backup of {dataset}"))
+            let kind = if full { "a full backup" } else { "a backup" };
+            ok_message(response, &request, format!("triggered {kind} of {dataset}"))
         }
-        Command::Trigger { dataset, wait: true } => {
-            let request = Request::Trigger { dataset: dataset.clone(), wait: true };
+        Command::Trigger { dataset, wait: true, full } => {
+            let request = Request::Trigger { dataset: dataset.clone(), wait: true, full };
             client.send(&request).await?;
             let mut stdout = std::io::stdout();
             loop {
@@ -317,7 +322,7 @@ mod tests {
         .unwrap();
         assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
         assert!(
-            matches!(cli.command, Command::Trigger { ref dataset, wait: true } if dataset == "tank/a")
+            matches!(cli.command, Command::Trigger { ref dataset, wait: true, full: false } if dataset == "tank/a")
         );
         let cli = Cli::try_parse_from(["zibctl", "status", "--json"]).unwrap();
         assert!(matches!(cli.command, Command::Status { dataset: None, json: true }));

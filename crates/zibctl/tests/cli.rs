@@ -159,7 +159,10 @@ async fn trigger_wait_shows_progress_and_exit_status() {
          tank/a: uploading tank/a@zib-1, 1.0 KiB / 3.0 KiB (33%), chunk 2/3\n\
          tank/a: done: backed up tank/a@zib-1\n"
     );
-    assert_eq!(task.await.unwrap(), [Request::Trigger { dataset: "tank/a".into(), wait: true }]);
+    assert_eq!(
+        task.await.unwrap(),
+        [Request::Trigger { dataset: "tank/a".into(), wait: true, full: false }]
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let (sock, _task) = fake_daemon(dir.path(), |_| {
@@ -205,7 +208,7 @@ async fn mutating_commands_print_the_daemon_message() {
         (
             &["trigger", "tank/a"][..],
             "triggered a backup of tank/a\n",
-            Request::Trigger { dataset: "tank/a".into(), wait: false },
+            Request::Trigger { dataset: "tank/a".into(), wait: false, full: false },
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -215,6 +218,19 @@ async fn mutating_commands_print_the_daemon_message() {
         assert_eq!(stdout(&out), expected);
         assert_eq!(task.await.unwrap(), [request]);
     }
+}
+
+#[tokio::test]
+async fn trigger_full_asks_for_a_new_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, task) = fake_daemon(dir.path(), |_| vec![Response::Ok { message: None }]);
+    let out = zibctl(&sock, &["trigger", "--full", "tank/a"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "triggered a full backup of tank/a\n");
+    assert_eq!(
+        task.await.unwrap(),
+        [Request::Trigger { dataset: "tank/a".into(), wait: false, full: true }]
+    );
 }
 
 #[tokio::test]

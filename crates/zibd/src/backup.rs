@@ -116,7 +116,7 @@ pub enum BackupError {
     #[error("backup of {dataset} cancelled; it resumes from the last stored chunk on the next run")]
     Cancelled { dataset: String },
     #[error(
-        "the base of the next incremental, {dataset}@{base} (guid {guid}), is gone and has no bookmark, so the chain cannot continue; start a new chain with a full backup (`zibd backup --full` or `zibctl trigger --full`)"
+        "the base of the next incremental, {dataset}@{base} (guid {guid}), is gone and has no bookmark, so the chain cannot continue; start a new chain with a full backup: `zibctl trigger --full {dataset}` while zibd runs, else `zibd backup --full {dataset}`"
     )]
     BaseMissing { dataset: String, base: String, guid: String },
     #[error("zfs send of {0} produced no data")]

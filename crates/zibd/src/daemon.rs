@@ -617,8 +617,8 @@ impl Handler for DaemonCore {
                 protocol_version: PROTOCOL_VERSION,
             }
             .into(),
-            Request::Trigger { dataset, wait } => match self.job(&dataset) {
-                Ok(j) => j.trigger(wait).await,
+            Request::Trigger { dataset, wait, full } => match self.job(&dataset) {
+                Ok(j) => j.trigger(wait, full).await,
                 Err(e) => (*e).into(),
             },
             Request::Pause { dataset } => {

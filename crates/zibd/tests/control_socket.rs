@@ -102,7 +102,7 @@ impl Handler for FakeHandler {
                 };
                 Response::Status { daemon: daemon_info(), datasets }.into()
             }
-            Request::Trigger { dataset, wait: true } => {
+            Request::Trigger { dataset, wait: true, .. } => {
                 let (tx, rx) = mpsc::channel(4);
                 tokio::spawn(async move {
                     if dataset == "slow" {
@@ -387,22 +387,27 @@ async fn idle_clients_cannot_starve_the_slots() {
 async fn trigger_wait_streams_progress_then_done() {
     let server = Server::start().await;
     let frames =
-        call(&server.path, Request::Trigger { dataset: "tank/a".into(), wait: true }).await;
+        call(&server.path, Request::Trigger { dataset: "tank/a".into(), wait: true, full: false })
+            .await;
     assert_eq!(frames.len(), 4, "{frames:?}");
     assert!(frames[..3].iter().all(|f| matches!(f, Response::Progress(_))));
     assert!(matches!(&frames[3], Response::Done { ok: true, .. }));
 
-    let frames = call(&server.path, Request::Trigger { dataset: "fail".into(), wait: true }).await;
+    let frames =
+        call(&server.path, Request::Trigger { dataset: "fail".into(), wait: true, full: false })
+            .await;
     assert!(matches!(frames.last(), Some(Response::Done { ok: false, .. })));
 
     // A stream dropped without a final frame still ends the reply.
-    let frames = call(&server.path, Request::Trigger { dataset: "drop".into(), wait: true }).await;
+    let frames =
+        call(&server.path, Request::Trigger { dataset: "drop".into(), wait: true, full: false })
+            .await;
     assert_eq!(frames.len(), 4);
     assert!(matches!(frames.last(), Some(Response::Done { ok: false, .. })));
 
     // After a streamed reply the connection takes further requests.
     let mut s = UnixStream::connect(&server.path).await.unwrap();
-    send(&mut s, &Request::Trigger { dataset: "tank/a".into(), wait: true }).await;
+    send(&mut s, &Request::Trigger { dataset: "tank/a".into(), wait: true, full: false }).await;
     while !recv(&mut s).await.unwrap().is_final() {}
     send(&mut s, &Request::Version).await;
     assert!(matches!(recv(&mut s).await, Some(Response::Version { .. })));
@@ -413,7 +418,7 @@ async fn trigger_wait_streams_progress_then_done() {
 async fn a_client_leaving_mid_stream_frees_its_slot() {
     let server = Server::start_with(FakeHandler::default(), |c| c.max_connections = 1).await;
     let mut s = UnixStream::connect(&server.path).await.unwrap();
-    send(&mut s, &Request::Trigger { dataset: "slow".into(), wait: true }).await;
+    send(&mut s, &Request::Trigger { dataset: "slow".into(), wait: true, full: false }).await;
     assert!(matches!(recv(&mut s).await, Some(Response::Progress(_))));
     drop(s);
     tokio::time::timeout(Duration::from_secs(5), assert_still_serves(&server.path)).await.unwrap();
@@ -424,7 +429,7 @@ async fn a_client_leaving_mid_stream_frees_its_slot() {
 async fn shutdown_ends_streams_and_removes_the_socket() {
     let server = Server::start().await;
     let mut s = UnixStream::connect(&server.path).await.unwrap();
-    send(&mut s, &Request::Trigger { dataset: "slow".into(), wait: true }).await;
+    send(&mut s, &Request::Trigger { dataset: "slow".into(), wait: true, full: false }).await;
     assert!(matches!(recv(&mut s).await, Some(Response::Progress(_))));
     let path = server.path.clone();
     let Server { stop, task, _dir, .. } = server;
@@ -464,9 +469,11 @@ async fn many_concurrent_clients() {
             }
             drop(s); // free the slot before taking another
             if i % 10 == 0 {
-                let frames =
-                    call(&path, Request::Trigger { dataset: format!("tank/{i}"), wait: true })
-                        .await;
+                let frames = call(
+                    &path,
+                    Request::Trigger { dataset: format!("tank/{i}"), wait: true, full: false },
+                )
+                .await;
                 assert!(matches!(frames.last(), Some(Response::Done { ok: true, .. })));
             }
         }));
@@ -564,7 +571,7 @@ fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
 
 fn mutating() -> Vec<Request> {
     vec![
-        Request::Trigger { dataset: "tank/a".into(), wait: false },
+        Request::Trigger { dataset: "tank/a".into(), wait: false, full: false },
         Request::Pause { dataset: None },
         Request::Resume { dataset: Some("tank/a".into()) },
         Request::Cancel { dataset: "tank/a".into() },

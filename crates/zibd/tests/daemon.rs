@@ -256,6 +256,65 @@ fn expect_err(r: Response, kind: ErrorKind) -> String {
     }
 }
 
+/// `trigger --wait` (a full backup with `full`) and the run's final frame.
+async fn trigger_and_wait(core: &DaemonCore, ds: &str, full: bool) -> Response {
+    let Reply::Stream(mut rx) =
+        core.handle(Request::Trigger { dataset: ds.into(), wait: true, full }, root()).await
+    else {
+        panic!("trigger --wait streams")
+    };
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("a frame")
+            .expect("a final frame")
+        {
+            Response::Progress(_) => {}
+            other => return other,
+        }
+    }
+}
+
+/// Destroys every snapshot and bookmark of `ds` in the fake zfs, as an admin might.
+fn destroy_snapshots_and_bookmarks(ds: &str) {
+    let stem = ds.replace('/', "%2F");
+    for dir in ["snap", "book"] {
+        for e in std::fs::read_dir(zfs_dir().join("zfs").join(dir)).unwrap() {
+            let e = e.unwrap();
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&format!("{stem}@")) || n.starts_with(&format!("{stem}#")) {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_full_starts_a_new_chain_when_the_base_is_gone() {
+    let bed = Bed::new().await;
+    let ds = "full/data";
+    bed.write_config(&[(ds, "0 0 3 * * *")]);
+    let d = bed.start().await;
+    let core = d.core();
+    let done = trigger_and_wait(&core, ds, false).await;
+    assert!(matches!(&done, Response::Done { ok: true, .. }), "{done:?}");
+    destroy_snapshots_and_bookmarks(ds);
+    // Snapshot names have one-second resolution: let the next run get its own.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let Response::Done { ok: false, message, .. } = trigger_and_wait(&core, ds, false).await else {
+        panic!("the incremental cannot go on")
+    };
+    // The way out it names works while the daemon holds the dataset's lock.
+    assert!(message.contains(&format!("`zibctl trigger --full {ds}`")), "{message}");
+    let Response::Done { ok: true, message, .. } = trigger_and_wait(&core, ds, true).await else {
+        panic!("trigger --full starts a new chain")
+    };
+    assert!(message.contains("(full backup #2)"), "{message}");
+    let s = status(&core, ds).await;
+    assert_eq!((s.chain_length, s.state), (1, JobState::Scheduled), "{s:?}");
+    assert!(d.stop().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tick_fires_and_a_busy_run_counts_a_missed_tick() {
     let bed = Bed::new().await;
@@ -288,7 +347,7 @@ async fn tick_fires_and_a_busy_run_counts_a_missed_tick() {
     assert_eq!(s.state, JobState::Uploading);
     assert_eq!(s.next_run, Some(t("2026-01-01T00:03:00Z")));
     expect_err(
-        ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await,
+        ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await,
         ErrorKind::Busy,
     );
     assert_eq!(snapshots_taken(ds), 1);
@@ -325,10 +384,10 @@ async fn job_slots_bound_concurrent_runs_and_a_queued_run_can_be_cancelled() {
     let d = bed.start().await;
     let core = d.core();
     hold(a, true);
-    expect_ok(ask(&core, Request::Trigger { dataset: a.into(), wait: false }).await);
+    expect_ok(ask(&core, Request::Trigger { dataset: a.into(), wait: false, full: false }).await);
     wait_for(&core, a, "uploading", |s| s.state == JobState::Uploading).await;
-    expect_ok(ask(&core, Request::Trigger { dataset: b.into(), wait: false }).await);
-    expect_ok(ask(&core, Request::Trigger { dataset: c.into(), wait: false }).await);
+    expect_ok(ask(&core, Request::Trigger { dataset: b.into(), wait: false, full: false }).await);
+    expect_ok(ask(&core, Request::Trigger { dataset: c.into(), wait: false, full: false }).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(status(&core, b).await.state, JobState::Queued, "only one job slot");
     assert_eq!(status(&core, c).await.state, JobState::Queued);
@@ -371,21 +430,7 @@ async fn a_failed_run_shows_failed_with_its_error_and_jitter_delays_the_next_run
     let next = status(&core, ds).await.next_run.expect("scheduled");
     assert!((t("2026-01-01T00:01:00Z")..=t("2026-01-01T00:01:20Z")).contains(&next), "{next}");
 
-    let Reply::Stream(mut rx) =
-        core.handle(Request::Trigger { dataset: ds.into(), wait: true }, root()).await
-    else {
-        panic!("trigger --wait streams")
-    };
-    let done = loop {
-        match tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .expect("a frame")
-            .expect("a final frame")
-        {
-            Response::Progress(_) => {}
-            other => break other,
-        }
-    };
+    let done = trigger_and_wait(&core, ds, false).await;
     let Response::Done { ok: false, message, .. } = done else {
         panic!("expected a failed run, got {done:?}")
     };
@@ -417,7 +462,7 @@ async fn pause_skips_the_schedule_and_resume_continues() {
     assert_eq!(s.missed_ticks, 0, "paused ticks are skipped, not missed");
     assert_eq!(snapshots_taken(ds), 0, "a paused dataset must not run");
     expect_err(
-        ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await,
+        ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await,
         ErrorKind::Conflict,
     );
 
@@ -431,7 +476,7 @@ async fn pause_skips_the_schedule_and_resume_continues() {
 
     // Pause during a run stops it at a safe point; resume continues it.
     hold(ds, true);
-    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await);
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
     wait_for(&core, ds, "uploading", |s| s.state == JobState::Uploading).await;
     let msg = expect_ok(ask(&core, Request::Pause { dataset: Some(ds.into()) }).await);
     assert!(msg.contains("safe point"), "{msg}");
@@ -469,7 +514,7 @@ async fn reload_adds_and_removes_datasets_and_rejects_an_invalid_config() {
 
     // A running job is not disturbed by a reload that adds datasets.
     hold(a, true);
-    expect_ok(ask(&core, Request::Trigger { dataset: a.into(), wait: false }).await);
+    expect_ok(ask(&core, Request::Trigger { dataset: a.into(), wait: false, full: false }).await);
     wait_for(&core, a, "uploading", |s| s.state == JobState::Uploading).await;
     bed.write_config(&[(a, "0 * * * * *"), (b, "30 * * * * *")]);
     let msg = expect_ok(ask(&core, Request::Reload).await);
@@ -534,9 +579,12 @@ async fn trigger_wait_streams_progress_over_the_socket_then_done() {
     let d = bed.start().await;
 
     let mut s = UnixStream::connect(bed.socket()).await.unwrap();
-    write_frame(&mut s, &encode_request(&Request::Trigger { dataset: ds.into(), wait: true }))
-        .await
-        .unwrap();
+    write_frame(
+        &mut s,
+        &encode_request(&Request::Trigger { dataset: ds.into(), wait: true, full: false }),
+    )
+    .await
+    .unwrap();
     let mut progress = 0;
     let done = loop {
         let body = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut s))
@@ -597,7 +645,7 @@ async fn shutdown_stops_a_running_backup_at_a_safe_point_and_a_restart_resumes()
     let d = bed.start().await;
     let core = d.core();
     hold(ds, true);
-    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await);
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
     wait_for(&core, ds, "uploading", |s| s.state == JobState::Uploading).await;
     let t0 = Instant::now();
     assert!(d.stop().await, "jobs stopped before the deadline");
@@ -612,7 +660,7 @@ async fn shutdown_stops_a_running_backup_at_a_safe_point_and_a_restart_resumes()
     hold(ds, false);
     let d = bed.start().await;
     let core = d.core();
-    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await);
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
     let s = wait_for(&core, ds, "resumed backup", |s| s.last_success.is_some()).await;
     assert_eq!(s.chain_length, 1);
     assert_eq!(snapshots_taken(ds), 1, "the restarted daemon continued the same snapshot");
@@ -833,7 +881,9 @@ async fn a_successful_backup_applies_remote_retention() {
     };
     let mut last_snapshot = None;
     for n in 1..=2u64 {
-        expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false }).await);
+        expect_ok(
+            ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await,
+        );
         let s = wait_for(&core, ds, "the backup is done", |s| {
             let snap = s.last_success.as_ref().and_then(|l| l.snapshot.clone());
             snap.is_some() && snap != last_snapshot && s.state == JobState::Scheduled

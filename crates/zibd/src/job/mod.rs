@@ -73,7 +73,7 @@ pub struct JobSettings {
 /// Commands to a job task.
 #[derive(Debug)]
 enum Command {
-    Trigger { wait: bool, reply: oneshot::Sender<Reply> },
+    Trigger { wait: bool, full: bool, reply: oneshot::Sender<Reply> },
     Pause { reply: oneshot::Sender<Response> },
     Resume { reply: oneshot::Sender<Response> },
     Cancel { reply: oneshot::Sender<Response> },
@@ -146,10 +146,11 @@ impl JobHandle {
         rx.await.unwrap_or_else(|_| gone(&self.name))
     }
 
-    /// Starts a backup now; with `wait`, the reply streams progress until it ends.
-    pub async fn trigger(&self, wait: bool) -> Reply {
+    /// Starts a backup now; with `wait`, the reply streams progress until it ends. `full`
+    /// starts a new chain (`zibd backup --full`: an unfinished backup is abandoned).
+    pub async fn trigger(&self, wait: bool, full: bool) -> Reply {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Trigger { wait, reply: tx }).is_err() {
+        if self.tx.send(Command::Trigger { wait, full, reply: tx }).is_err() {
             return gone(&self.name).into();
         }
         rx.await.unwrap_or_else(|_| gone(&self.name).into())
@@ -457,8 +458,8 @@ impl Task {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Trigger { wait, reply } => {
-                let r = self.trigger(wait);
+            Command::Trigger { wait, full, reply } => {
+                let r = self.trigger(wait, full);
                 let _ = reply.send(r);
             }
             Command::Pause { reply } => {
@@ -497,7 +498,7 @@ impl Task {
         }
     }
 
-    fn trigger(&mut self, wait: bool) -> Reply {
+    fn trigger(&mut self, wait: bool, full: bool) -> Reply {
         if self.ctx.shutdown.is_cancelled() {
             return Response::error(ErrorKind::ShuttingDown, "zibd is shutting down").into();
         }
@@ -509,8 +510,9 @@ impl Task {
             .into();
         }
         if let Some(run) = &self.run {
-            if wait && run.stop.is_none() {
-                // Follow the run that is going instead of starting a second one.
+            if wait && !full && run.stop.is_none() {
+                // Follow the run that is going instead of starting a second one (a full backup
+                // asked for is not the run that is going: refused as busy below).
                 return self.waiter(run.done.subscribe());
             }
             return Response::error(
@@ -522,9 +524,10 @@ impl Task {
             )
             .into();
         }
-        match self.start_run(BackupOptions::default()) {
+        let kind = if full { "a full backup" } else { "a backup" };
+        match self.start_run(BackupOptions { force_full: full }) {
             Ok(done) if wait => self.waiter(done),
-            Ok(_) => Response::ok(format!("started a backup of {}", self.name)).into(),
+            Ok(_) => Response::ok(format!("started {kind} of {}", self.name)).into(),
             Err(e) => Response::error(ErrorKind::Internal, e).into(),
         }
     }
