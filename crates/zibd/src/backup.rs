@@ -1,7 +1,8 @@
 //! One backup of one dataset: snapshot, raw send, chunked single-PUT upload, manifest commit.
 //!
 //! Order of durable steps, each recorded in the locked state file before the next:
-//! 1. `pending` with the snapshot name (so a crash adopts that snapshot instead of taking another);
+//! 1. `pending` with the snapshot name (so a crash adopts that snapshot instead of taking another;
+//!    only one created after the plan and newer than the base, by createtxg);
 //! 2. the snapshot's GUID once it exists;
 //! 3. each chunk after its PUT succeeded (a crash between PUT and save is met by a 412 and a
 //!    HEAD that must show the same size and SHA-256);
@@ -34,7 +35,7 @@ use crate::{
     s3::{PutOutcome, S3Error, S3Store},
     spool::Spool,
     state_store::{LockedState, StateStoreError},
-    zfs::{SendArgs, SendBase, SendStream, Zfs, ZfsError},
+    zfs::{SendArgs, SendBase, SendStream, SnapInfo, Zfs, ZfsError},
 };
 
 /// The outside systems a backup talks to.
@@ -119,6 +120,10 @@ pub enum BackupError {
         "the base of the next incremental, {dataset}@{base} (guid {guid}), is gone and has no bookmark, so the chain cannot continue; start a new chain with a full backup: `zibctl trigger --full {dataset}` while zibd runs, else `zibd backup --full {dataset}`"
     )]
     BaseMissing { dataset: String, base: String, guid: String },
+    #[error(
+        "a snapshot named {snapshot} exists but was not taken for this backup ({why}); zib does not adopt it"
+    )]
+    ForeignSnapshot { snapshot: String, why: String },
     #[error("zfs send of {0} produced no data")]
     EmptyStream(String),
     #[error(
@@ -291,7 +296,20 @@ impl Backup<'_> {
             self.check_recorded_chunks().await?;
         }
 
-        self.ensure_snapshot().await?;
+        match self.ensure_snapshot().await {
+            // The pending name is taken by a snapshot this backup did not make (a clock that
+            // went back, or a hand-made one): nothing was uploaded yet, so plan it again under
+            // a name no snapshot has.
+            Err(BackupError::ForeignSnapshot { snapshot, why }) => {
+                tracing::warn!(dataset = %name, %snapshot, "a snapshot under the name of this backup exists but was not taken for it ({why}); not adopting it: planning the backup again under a new name");
+                self.locked.state.pending = None;
+                self.save().await?;
+                self.resumed = false;
+                self.plan_new(opts).await?;
+                self.ensure_snapshot().await?;
+            }
+            r => r?,
+        }
         let mut restarted = false;
         loop {
             let args = self.send_args().await?;
@@ -472,11 +490,18 @@ impl Backup<'_> {
             }
             (None, RebaselineDecision::Incremental) => None,
         };
-        // Snapshot names have one-second resolution: never reuse the base's name for the next
-        // snapshot (two backups within one second would otherwise adopt the base itself).
+        // Snapshot names have one-second resolution: never reuse the base's name, nor that of
+        // any snapshot there is (two backups within one second, or a clock that went back,
+        // would otherwise adopt a snapshot this backup did not take).
+        let taken: Vec<String> = match self.engine.zfs.list(&self.ds.name, "snapshot").await {
+            Ok(s) => s.into_iter().map(|s| s.name).collect(),
+            Err(_) => Vec::new(), // the snapshot itself will say what is wrong
+        };
         let mut now = Utc::now();
         let mut to = SnapName::for_backup(&self.ds.snapshot_prefix, now);
-        while self.locked.state.last.as_ref().is_some_and(|c| c.snapshot.name == to) {
+        while self.locked.state.last.as_ref().is_some_and(|c| c.snapshot.name == to)
+            || taken.iter().any(|t| t == to.as_str())
+        {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             now = Utc::now();
             to = SnapName::for_backup(&self.ds.snapshot_prefix, now);
@@ -495,7 +520,9 @@ impl Backup<'_> {
         };
         tracing::info!(dataset = %self.ds.name, seq = pending.seq, snapshot = %pending.to, full = pending.from.is_none(), "starting backup");
         self.locked.state.pending = Some(pending);
-        self.save().await
+        self.save().await?;
+        failpoint::hit("after-pending");
+        Ok(())
     }
 
     /// A crash after the manifest PUT but before the state save leaves a committed backup that
@@ -529,11 +556,15 @@ impl Backup<'_> {
         }
         let info = match self.engine.zfs.snapshot_info(&name, &to).await? {
             Some(info) => {
+                if let Some(why) = self.not_taken_by_this_backup(&info).await? {
+                    return Err(BackupError::ForeignSnapshot { snapshot: name.snapshot(&to), why });
+                }
                 tracing::info!(snapshot = %name.snapshot(&to), "adopting the snapshot an interrupted run took");
                 info
             }
             None => {
                 self.engine.zfs.snapshot(&name, &to).await?;
+                failpoint::hit("after-snapshot");
                 self.engine.zfs.snapshot_info(&name, &to).await?.ok_or_else(|| {
                     BackupError::Zfs(ZfsError::Parse {
                         cmd: format!("zfs list {}", name.snapshot(&to)),
@@ -544,6 +575,42 @@ impl Backup<'_> {
         };
         self.locked.state.pending.as_mut().expect("pending").to_guid = Some(info.guid);
         self.save().await
+    }
+
+    /// Why a snapshot found under the pending name (with no GUID recorded yet) cannot be the one
+    /// an interrupted run took: it is older than this backup's plan, or not newer (createtxg)
+    /// than the base, i.e. the snapshot the chain stands on (for a full, the last backup's).
+    async fn not_taken_by_this_backup(
+        &self,
+        info: &SnapInfo,
+    ) -> Result<Option<String>, BackupError> {
+        let p = self.locked.state.pending.as_ref().expect("pending");
+        if info.creation < p.started_at.timestamp() {
+            let created = DateTime::from_timestamp(info.creation, 0).unwrap_or_default();
+            return Ok(Some(format!(
+                "created {created}, before this backup was planned at {}",
+                p.started_at
+            )));
+        }
+        let base = p.from.as_ref().or(self.locked.state.last.as_ref().map(|c| &c.snapshot));
+        let Some(base) = base else { return Ok(None) };
+        let zfs = &self.engine.zfs;
+        let name = &self.ds.name;
+        let base_txg = match zfs.snapshot_info(name, &base.name).await? {
+            Some(s) if s.guid == base.guid => Some(s.createtxg),
+            _ => zfs
+                .bookmark_info(name, &base.name)
+                .await?
+                .filter(|b| b.guid == base.guid)
+                .map(|b| b.createtxg),
+        };
+        Ok(base_txg.filter(|&t| info.createtxg <= t).map(|t| {
+            format!(
+                "its createtxg {} is not newer than that of the base {}, {t}",
+                info.createtxg,
+                name.snapshot(&base.name)
+            )
+        }))
     }
 
     /// What to send: `to`, from the base's snapshot if it still exists with the recorded GUID,

@@ -630,6 +630,56 @@ fn stall() -> FaultAction {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_taken_just_before_a_crash_is_adopted() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    ok(&bed.backup(&[]));
+    failed(&bed.backup(&[("ZIB_FAILPOINT", "after-snapshot:1".into())]));
+    let name = bed.state()["pending"]["to"].as_str().unwrap().to_owned();
+    assert!(bed.state()["pending"]["to_guid"].is_null());
+    let err = ok(&bed.backup(&[]));
+    assert!(err.contains("adopting the snapshot an interrupted run took"), "{err}");
+    let ms = bed.manifests().await;
+    assert_eq!((ms.len(), ms[1].to.name.as_str()), (2, name.as_str()));
+}
+
+/// An interrupted run recorded its snapshot's name but took no snapshot; then a snapshot of
+/// that name appears that this backup did not take, with this createtxg and creation time
+/// (seconds before now). It must not be adopted.
+async fn a_foreign_snapshot_under_the_pending_name_is_not_adopted(txg: u64, age: i64) {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    ok(&bed.backup(&[]));
+    failed(&bed.backup(&[("ZIB_FAILPOINT", "after-pending:1".into())]));
+    let pending = bed.state()["pending"].clone();
+    let name = pending["to"].as_str().unwrap().to_owned();
+    assert!(pending["to_guid"].is_null() && pending["from"].is_object(), "{pending}");
+    let file = format!("tank%2Fphotos@{name}");
+    let created = chrono::Utc::now().timestamp() - age;
+    std::fs::write(bed.root.join("zfs/snap").join(&file), format!("4242 {txg} {created}\n"))
+        .unwrap();
+    std::fs::write(bed.root.join("zfs/data").join(&file), vec![7u8; 1000]).unwrap();
+    let err = ok(&bed.backup(&[]));
+    assert!(err.contains("not taken for it") && err.contains(&name), "{err}");
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 2);
+    assert_ne!(ms[1].to.guid, "4242", "the foreign snapshot was adopted");
+    assert_ne!(ms[1].to.name.as_str(), name);
+    assert_eq!(ms[1].from.as_ref(), Some(&ms[0].to));
+    assert_eq!(bed.cat_chunks(&ms[1]).await, bed.stream_of(&ms[1].to.name));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_under_the_pending_name_older_than_the_base_is_not_adopted() {
+    // As after the clock went back: the name comes round again, on a snapshot from before the
+    // base (the fake's transaction groups count from 101).
+    a_foreign_snapshot_under_the_pending_name_is_not_adopted(50, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_under_the_pending_name_made_before_the_backup_was_planned_is_not_adopted() {
+    a_foreign_snapshot_under_the_pending_name_is_not_adopted(1_000_000, 3600).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_conditional_request_conflict_on_a_put_is_retried() {
     let (_s, proxy, bed) = s3s_bed(true).await;
     let proxy = proxy.unwrap();
