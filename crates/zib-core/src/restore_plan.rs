@@ -22,6 +22,14 @@ pub struct PlanStep {
     pub stream_size: u64,
     pub stream_sha256: String,
     pub chunks: Vec<ChunkRecord>,
+    /// Whether the manifest says the stream was sent raw (`-w` in its `send_args`); records
+    /// written before this field read as true (zib has always sent raw).
+    #[serde(default = "sent_raw")]
+    pub raw: bool,
+}
+
+fn sent_raw() -> bool {
+    true
 }
 
 impl PlanStep {
@@ -110,6 +118,7 @@ fn step(layout: &KeyLayout, m: &Manifest) -> PlanStep {
         stream_size: m.stream_size,
         stream_sha256: m.stream_sha256.clone(),
         chunks: m.chunks.clone(),
+        raw: m.send_args.iter().any(|a| a == "-w"),
     }
 }
 
@@ -164,6 +173,7 @@ mod tests {
         assert_eq!(p.snapshot.name.as_str(), "c");
         assert_eq!(p.steps[0].manifest_key, "backups/tank/photos@zib/000001-a.manifest.json");
         assert!(p.steps[0].is_full() && !p.steps[1].is_full());
+        assert!(p.steps.iter().all(|s| s.raw), "the sample manifests were sent with -w");
         assert_eq!(p.total_objects(), 6);
         assert_eq!(p.total_bytes(), 3 * (1 << 30) + 5 + 100 + 7);
         assert_eq!(p.thaw_objects(), 5);

@@ -52,24 +52,139 @@ impl SendArgs {
     }
 }
 
-/// How `zfs receive` applies a stream: always resumable (`-s`) and unmounted (`-u`), so a
-/// stream's properties never mount anything over the host; `mountpoint` (`-o mountpoint=`)
-/// only for a full stream.
+/// How `zfs receive` applies a stream: always resumable (`-s`) and unmounted (`-u`). A stream
+/// comes from a bucket, which is not a place to take orders about the host from, so whatever
+/// properties it might carry never decide where or whether the dataset mounts or what it
+/// shares: `-x sharenfs -x sharesmb` always; without a mountpoint from the user `-x mountpoint
+/// -o canmount=noauto` (it inherits its parent's mountpoint and never mounts by itself, not
+/// even at the next boot); with one, `-o mountpoint=<mp>` on the full stream (`-x mountpoint`
+/// on the incrementals, which keep that local value) and `-x canmount`. zib's own streams
+/// carry no properties at all (`zfs send -w` without `-p`/`-R`; [`StreamHeader`] checks that),
+/// so these options are the second line, not the first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiveOptions {
     pub target: DatasetName,
+    /// Where the user wants the restored dataset mounted; None: nowhere by itself.
     pub mountpoint: Option<String>,
+    /// Whether this is the chain's full stream (the one that creates `target`).
+    pub full: bool,
 }
 
 impl ReceiveOptions {
-    /// `-s -u [-o mountpoint=<mp>] target`.
+    /// `-s -u -x sharenfs -x sharesmb`, then the mountpoint/canmount pair, then the target.
     fn argv(&self) -> Vec<String> {
-        let mut args: Vec<String> = vec!["-s".into(), "-u".into()];
-        if let Some(mp) = &self.mountpoint {
-            args.extend(["-o".into(), format!("mountpoint={mp}")]);
+        let mut args: Vec<String> =
+            ["-s", "-u", "-x", "sharenfs", "-x", "sharesmb"].map(Into::into).into();
+        match &self.mountpoint {
+            Some(mp) if self.full => args.extend([
+                "-o".into(),
+                format!("mountpoint={mp}"),
+                "-x".into(),
+                "canmount".into(),
+            ]),
+            Some(_) => args.extend(["-x", "mountpoint", "-x", "canmount"].map(Into::into)),
+            None => args.extend(["-x", "mountpoint", "-o", "canmount=noauto"].map(Into::into)),
         }
         args.push(self.target.to_string());
         args
+    }
+}
+
+/// The first record of a `zfs send` stream (`DRR_BEGIN` of `dmu_replay_record_t`, in the
+/// sender's byte order): enough to tell whether a stream is the one a manifest describes
+/// before any of it reaches `zfs receive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamHeader {
+    /// `DMU_SUBSTREAM` (1) for a single dataset's stream; `DMU_COMPOUNDSTREAM` (2) for a
+    /// `zfs send -R`/`-p` package, which carries properties (and possibly other datasets).
+    pub header_type: u8,
+    /// `DMU_BACKUP_FEATURE_*` bits.
+    pub features: u32,
+    pub to_guid: u64,
+    /// 0 for a full stream.
+    pub from_guid: u64,
+}
+
+impl StreamHeader {
+    /// Bytes [`StreamHeader::parse`] needs: the record header and the begin record up to
+    /// `drr_fromguid`.
+    pub const LEN: usize = 56;
+    const MAGIC: u64 = 0x2F5B_ACBAC;
+    const SUBSTREAM: u8 = 1;
+    /// `zfs send -c`, implied by `-w`.
+    const FEATURE_COMPRESSED: u32 = 1 << 22;
+    /// `zfs send -w` of an encrypted dataset.
+    pub const FEATURE_RAW: u32 = 1 << 24;
+
+    /// The header at the start of `bytes`, or why it is not one.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let b = bytes.get(..Self::LEN).ok_or_else(|| {
+            format!("it is {} bytes long, too short for a zfs send stream", bytes.len())
+        })?;
+        let word = |at: usize, big: bool| {
+            let w: [u8; 8] = b[at..at + 8].try_into().expect("8 bytes");
+            if big { u64::from_be_bytes(w) } else { u64::from_le_bytes(w) }
+        };
+        let big = match word(8, false) {
+            Self::MAGIC => false,
+            m if m.swap_bytes() == Self::MAGIC => true,
+            _ => return Err("it does not start with a zfs send stream header".into()),
+        };
+        let drr_type = if big {
+            u32::from_be_bytes(b[..4].try_into().unwrap())
+        } else {
+            u32::from_le_bytes(b[..4].try_into().unwrap())
+        };
+        if drr_type != 0 {
+            return Err(format!("its first record is of type {drr_type}, not a begin record"));
+        }
+        let version_info = word(16, big);
+        Ok(Self {
+            header_type: (version_info & 0b11) as u8,
+            features: ((version_info >> 2) & 0x3FFF_FFFF) as u32,
+            to_guid: word(40, big),
+            from_guid: word(48, big),
+        })
+    }
+
+    /// Whether this is the stream a manifest describes: one dataset's stream (no `-R`/`-p`
+    /// package, so no properties), to snapshot `to_guid`, from `from_guid` (None: a full
+    /// stream), and made with `zfs send -w` when `raw`. The error says what differs.
+    pub fn check(&self, to_guid: &str, from_guid: Option<&str>, raw: bool) -> Result<(), String> {
+        if self.header_type != Self::SUBSTREAM {
+            return Err("it is a replication package (zfs send -R or -p, carrying properties), not the single raw stream zib sends".into());
+        }
+        let guid = |g: &str| g.parse::<u64>().ok();
+        if guid(to_guid) != Some(self.to_guid) {
+            return Err(format!(
+                "it is a stream of snapshot GUID {}, the manifest says {to_guid}",
+                self.to_guid
+            ));
+        }
+        match from_guid {
+            None if self.from_guid != 0 => {
+                return Err(format!(
+                    "it is an incremental from GUID {}, the manifest says a full stream",
+                    self.from_guid
+                ));
+            }
+            Some(f) if self.from_guid == 0 => {
+                return Err(format!(
+                    "it is a full stream, the manifest says an incremental from {f}"
+                ));
+            }
+            Some(f) if guid(f) != Some(self.from_guid) => {
+                return Err(format!(
+                    "it is a stream from GUID {}, the manifest says from {f}",
+                    self.from_guid
+                ));
+            }
+            _ => {}
+        }
+        if raw && self.features & (Self::FEATURE_COMPRESSED | Self::FEATURE_RAW) == 0 {
+            return Err("it was not sent raw (no zfs send -w), but the manifest says it was".into());
+        }
+        Ok(())
     }
 }
 
@@ -479,11 +594,82 @@ mod tests {
             ["-w", "-i", "tank/a@b", "tank/a@s"]
         );
         assert_eq!(inc(SendBase::Bookmark(base)).argv(), ["-w", "-i", "tank/a#b", "tank/a@s"]);
+    }
+
+    /// Issue 11 #11: whatever a stream carries, it neither mounts anywhere by itself nor
+    /// shares anything; a mountpoint comes from the user only.
+    #[test]
+    fn receive_arguments_keep_the_streams_properties_off_the_host() {
         let target = DatasetName::new("pool/r").unwrap();
-        let r = ReceiveOptions { target: target.clone(), mountpoint: None };
-        assert_eq!(r.argv(), ["-s", "-u", "pool/r"]);
-        let r = ReceiveOptions { target, mountpoint: Some("/mnt/r".into()) };
-        assert_eq!(r.argv(), ["-s", "-u", "-o", "mountpoint=/mnt/r", "pool/r"]);
+        let base = ["-s", "-u", "-x", "sharenfs", "-x", "sharesmb"];
+        let r = |mountpoint: Option<&str>, full| ReceiveOptions {
+            target: target.clone(),
+            mountpoint: mountpoint.map(Into::into),
+            full,
+        };
+        for full in [true, false] {
+            assert_eq!(
+                r(None, full).argv(),
+                [&base[..], &["-x", "mountpoint", "-o", "canmount=noauto", "pool/r"]].concat()
+            );
+        }
+        assert_eq!(
+            r(Some("/mnt/r"), true).argv(),
+            [&base[..], &["-o", "mountpoint=/mnt/r", "-x", "canmount", "pool/r"]].concat()
+        );
+        assert_eq!(
+            r(Some("/mnt/r"), false).argv(),
+            [&base[..], &["-x", "mountpoint", "-x", "canmount", "pool/r"]].concat()
+        );
+    }
+
+    /// A begin record as `zfs send` writes it (little- or big-endian).
+    fn header(big: bool, hdrtype: u64, features: u64, to: u64, from: u64) -> Vec<u8> {
+        let w32 = |v: u32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let w64 = |v: u64| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let mut b = Vec::new();
+        b.extend(w32(0)); // DRR_BEGIN
+        b.extend(w32(0)); // payload length
+        b.extend(w64(0x2F5B_ACBAC));
+        b.extend(w64(hdrtype | (features << 2)));
+        b.extend(w64(1_700_000_000)); // creation time
+        b.extend(w32(2)); // DMU_OST_ZFS
+        b.extend(w32(0)); // flags
+        b.extend(w64(to));
+        b.extend(w64(from));
+        b.extend([0u8; 256]); // drr_toname
+        b
+    }
+
+    /// Issue 11 #11: a stream is passed to `zfs receive` only if its header is what the
+    /// manifest says: one raw stream of the named snapshots, not a package with properties.
+    #[test]
+    fn stream_headers_must_match_their_manifest() {
+        let compressed = 1 << 22;
+        let raw = (1 << 24) | compressed;
+        for big in [false, true] {
+            let h = StreamHeader::parse(&header(big, 1, raw, 7, 0)).unwrap();
+            assert_eq!((h.header_type, h.features, h.to_guid, h.from_guid), (1, raw as u32, 7, 0));
+            h.check("7", None, true).unwrap();
+            let inc = StreamHeader::parse(&header(big, 1, compressed, u64::MAX, 5)).unwrap();
+            inc.check("18446744073709551615", Some("5"), true).unwrap();
+        }
+        let err = |b: Vec<u8>, to: &str, from: Option<&str>| {
+            StreamHeader::parse(&b).and_then(|h| h.check(to, from, true)).unwrap_err()
+        };
+        assert!(err(header(false, 2, raw, 7, 0), "7", None).contains("-R or -p"));
+        assert!(err(header(false, 1, raw, 8, 0), "7", None).contains("GUID 8"));
+        assert!(err(header(false, 1, raw, 7, 3), "7", None).contains("incremental from GUID 3"));
+        assert!(err(header(false, 1, raw, 7, 3), "7", Some("4")).contains("from 4"));
+        assert!(err(header(false, 1, raw, 7, 0), "7", Some("4")).contains("a full stream"));
+        assert!(err(header(false, 1, 0, 7, 0), "7", None).contains("not sent raw"));
+        assert!(err(vec![0u8; 300], "7", None).contains("header"));
+        assert!(err(header(false, 1, raw, 7, 0)[..40].to_vec(), "7", None).contains("too short"));
+        let mut not_begin = header(false, 1, raw, 7, 0);
+        not_begin[0] = 5;
+        assert!(err(not_begin, "7", None).contains("type 5"));
+        // Without -w in the manifest, a plain stream is what it says.
+        StreamHeader::parse(&header(false, 1, 0, 7, 0)).unwrap().check("7", None, false).unwrap();
     }
 
     #[tokio::test]

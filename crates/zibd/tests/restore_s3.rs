@@ -57,7 +57,7 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
         &client,
         &bucket,
         "tank/home",
-        &[Backup { snap: "zib-20261105T000000Z", guid: "9", data: stream(9, 100) }],
+        &[Backup { snap: "zib-20261105T000000Z", guid: "9", data: send_stream(9, 400, 9, 0) }],
         StorageClass::Standard,
     )
     .await;
@@ -224,7 +224,7 @@ async fn a_slow_thaw_is_requested_once_per_chunk_polled_and_received_in_order() 
     }
     let calls = zfs.calls();
     assert_eq!(
-        calls.lines().filter(|l| l.starts_with("receive -s -u pool/restored")).count(),
+        calls.lines().filter(|l| l.starts_with("receive -s -u -x sharenfs -x sharesmb -x mountpoint -o canmount=noauto pool/restored")).count(),
         3,
         "{calls}"
     );
@@ -442,7 +442,8 @@ async fn a_thaw_that_expired_before_the_download_is_requested_again() {
     let moto = MotoServer::start();
     let client = moto.client();
     let bucket = moto.create_bucket("rexpired").await;
-    let chain = vec![Backup { snap: "zib-20261101T000000Z", guid: "1", data: stream(7, 2500) }];
+    let chain =
+        vec![Backup { snap: "zib-20261101T000000Z", guid: "1", data: send_stream(7, 2500, 1, 0) }];
     let ms = seed(&client, &bucket, "tank/photos", &chain, StorageClass::DeepArchive).await;
     let proxy = FaultProxy::start(moto.endpoint()).await;
     // The first GET of chunk 1 finds its restored copy gone, as after an expiry.
@@ -664,4 +665,87 @@ async fn a_bad_manifest_is_skipped_by_name_and_the_rest_restores() {
     let err = text(&o).1;
     assert!(!o.status.success());
     assert!(err.contains("broken chain") && err.contains(&middle), "{err}");
+}
+
+/// The `zfs receive` command lines the stand-in zfs saw.
+fn receives(zfs: &FakeZfs) -> Vec<String> {
+    zfs.calls().lines().filter(|l| l.starts_with("receive ")).map(str::to_owned).collect()
+}
+
+/// Issue 11 #11: whatever properties a stream might carry, `zfs receive` keeps them from
+/// mounting or sharing anything on the host; only the user's mountpoint is ever set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_keeps_a_streams_mountpoint_canmount_and_shares_off_the_host() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rprops").await;
+    seed(&client, &bucket, "tank/photos", &chain3(), StorageClass::Standard).await;
+    let ep = moto.endpoint();
+    let b = bucket_args(&bucket, ep);
+    let work = tempfile::tempdir().unwrap();
+    let wd = work.path().to_str().unwrap();
+
+    // No mountpoint asked for: it mounts nowhere by itself, not even at the next boot.
+    let zfs = FakeZfs::new();
+    let o = zibd(ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", wd], &b[..]].concat());
+    assert!(o.status.success(), "{:?}", text(&o));
+    let off = "receive -s -u -x sharenfs -x sharesmb -x mountpoint -o canmount=noauto pool/r";
+    assert_eq!(receives(&zfs), vec![off; 3]);
+
+    // A mountpoint asked for: set with the full stream, kept (never taken from a stream) by
+    // the incrementals.
+    let zfs = FakeZfs::new();
+    let run = ["run", "--to", "pool/m", "--work-dir", wd, "--mountpoint", "/mnt/m"];
+    let o = zibd(ep, &zfs.bin, &[&run[..], &b[..]].concat());
+    assert!(o.status.success(), "{:?}", text(&o));
+    let inc = "receive -s -u -x sharenfs -x sharesmb -x mountpoint -x canmount pool/m";
+    assert_eq!(
+        receives(&zfs),
+        vec![
+            "receive -s -u -x sharenfs -x sharesmb -o mountpoint=/mnt/m -x canmount pool/m",
+            inc,
+            inc
+        ]
+    );
+}
+
+/// Issue 11 #11: a stream is checked against its manifest before any of it reaches `zfs
+/// receive`: a `zfs send -R`/`-p` package (which carries properties), a stream that was not
+/// sent raw although its manifest says `-w`, or one of another snapshot is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_unlike_its_manifest_is_refused_before_zfs_receive() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rforeign").await;
+    let cases = [
+        ("tank/package", begin_record(2, FEATURE_COMPRESSED, 1, 0), "zfs send -R or -p"),
+        ("tank/notraw", begin_record(1, 0, 1, 0), "not sent raw"),
+        ("tank/other", begin_record(1, FEATURE_COMPRESSED, 2, 0), "snapshot GUID 2"),
+    ];
+    for (ds, header, _) in &cases {
+        let chain = [Backup {
+            snap: "zib-20261101T000000Z",
+            guid: "1",
+            data: with_header(header.clone(), 5, 2500),
+        }];
+        seed(&client, &bucket, ds, &chain, StorageClass::Standard).await;
+    }
+    let ep = moto.endpoint();
+    let b = bucket_args(&bucket, ep);
+    for (ds, _, why) in cases {
+        let zfs = FakeZfs::new();
+        let work = tempfile::tempdir().unwrap();
+        let run =
+            ["run", "--dataset", ds, "--to", "pool/r", "--work-dir", work.path().to_str().unwrap()];
+        let o = zibd(ep, &zfs.bin, &[&run[..], &b[..]].concat());
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "{ds}: {out}\n{err}");
+        assert!(
+            err.contains(why)
+                && err.contains("000001-zib-20261101T000000Z")
+                && err.contains("nothing of it"),
+            "{ds}: {err}"
+        );
+        assert!(zfs.received().iter().all(Vec::is_empty), "{ds}: bytes reached zfs receive");
+    }
 }

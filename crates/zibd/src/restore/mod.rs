@@ -181,6 +181,10 @@ pub enum RestoreError {
         "chunk s3://{bucket}/{key} is corrupt: {detail}; nothing of it was passed to zfs receive. The restore stopped"
     )]
     ChunkCorrupt { bucket: String, key: String, detail: String },
+    #[error(
+        "the stream of s3://{bucket}/{key} is not the one this manifest describes: {detail}; nothing of it was passed to zfs receive. The restore stopped"
+    )]
+    ForeignStream { bucket: String, key: String, detail: String },
     #[error("chunk s3://{bucket}/{key} is missing from the bucket; the restore stopped")]
     ChunkMissing { bucket: String, key: String },
     #[error(

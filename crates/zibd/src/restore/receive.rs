@@ -24,7 +24,7 @@ use super::{
 use crate::{
     failpoint,
     s3::{S3ErrorKind, S3Store},
-    zfs::{ReceiveOptions, ReceiveSink, Zfs, ZfsError},
+    zfs::{ReceiveOptions, ReceiveSink, StreamHeader, Zfs, ZfsError},
 };
 
 /// Runs (or resumes) the restore described by `opts` into `opts.target`. The progress file must
@@ -251,7 +251,8 @@ impl<'a> Run<'a> {
 
         let receive = ReceiveOptions {
             target: target.clone(),
-            mountpoint: self.opts.mountpoint.clone().filter(|_| step.is_full()),
+            mountpoint: self.opts.mountpoint.clone(),
+            full: step.is_full(),
         };
         let n_steps = self.file.rec().plan.steps.len();
         self.publish(
@@ -346,6 +347,12 @@ impl<'a> Run<'a> {
                 c.downloaded = true;
                 c.thaw_requests += thaw_requests;
             }
+            if index == 0
+                && let Err(e) = self.check_stream_header(step, &path).await
+            {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(e);
+            }
             let written = if Some(index) == last {
                 // Hash first, write after: the stream's end goes out only if it all matches.
                 copy_spool(&path, &mut buf, None, Some(&mut whole)).await?;
@@ -371,6 +378,32 @@ impl<'a> Run<'a> {
             self.check_stream_hash(step, whole)?;
         }
         Ok(())
+    }
+
+    /// The stream must be the one its manifest describes before any of it reaches `zfs
+    /// receive`: its begin record (at the start of its first chunk) names the manifest's
+    /// snapshots, is one dataset's stream (not a `zfs send -R`/`-p` package, which carries
+    /// properties), and was sent raw when the manifest says `-w`.
+    async fn check_stream_header(&self, step: &PlanStep, first: &Path) -> Result<(), Feed> {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::with_capacity(StreamHeader::LEN);
+        let f =
+            tokio::fs::File::open(first).await.map_err(io_err("cannot open spool file", first))?;
+        f.take(StreamHeader::LEN as u64)
+            .read_to_end(&mut head)
+            .await
+            .map_err(io_err("cannot read spool file", first))?;
+        let from = step.from.as_ref().map(|f| f.guid.as_str());
+        StreamHeader::parse(&head).and_then(|h| h.check(&step.to.guid, from, step.raw)).map_err(
+            |detail| {
+                tracing::error!(manifest = %step.manifest_key, %detail, "the stream is not the one its manifest describes");
+                Feed::Failed(RestoreError::ForeignStream {
+                    bucket: self.engine.s3.bucket().into(),
+                    key: step.manifest_key.clone(),
+                    detail,
+                })
+            },
+        )
     }
 
     /// Every chunk matched its own SHA-256; a whole-stream mismatch means the manifest
@@ -437,13 +470,13 @@ impl<'a> Run<'a> {
                 zfs.mount(&target).await?;
                 mounted = true;
             } else {
-                next_steps.push(format!("not mounted: set a mountpoint and mount it (`zfs set mountpoint=/path {t} && zfs mount {t}`)"));
+                next_steps.push(format!("not mounted: it was received with canmount=noauto, so nothing in the stream mounts it; give it a mountpoint, which mounts it: `zfs set canmount=on {t} && zfs set mountpoint=/path {t}`"));
             }
         } else if key_loaded {
             next_steps.push(format!("not mounted (--no-mount): `zfs mount {t}`"));
         } else {
             next_steps.push(format!(
-                "after loading the key: `zfs mount {t}` (set a mountpoint first if it has none)"
+                "after loading the key: `zfs mount {t}` (without --mountpoint it has none of its own and canmount=noauto: `zfs set canmount=on {t} && zfs set mountpoint=/path {t}` mounts it)"
             ));
         }
         let rec = self.file.rec();

@@ -670,7 +670,134 @@ async fn zibctl_restore_runs_as_a_daemon_job_that_survives_a_daemon_restart() {
     assert_eq!(zfs_get(&target, "keystatus"), "unavailable");
     let mp = mountpoint("fromdaemon");
     zfs(&["load-key", "-L", &src.ds.key_location(), &target]);
+    // Received without a mountpoint: nothing mounts it by itself (issue 11 #11); the user
+    // does as the job's next steps say.
+    assert_eq!(zfs_get(&target, "canmount"), "noauto");
+    zfs(&["set", "canmount=on", &target]);
     zfs(&["set", &format!("mountpoint={}", mp.display()), &target]); // mounts it, key loaded
     assert_eq!(zfs_get(&target, "mounted"), "yes");
     assert_eq!(checksum_tree(&mp), src.snaps[1].1);
+}
+
+/// Writes `stream` to the bucket as backup #1 of `ds` the way zib lays it out (64 KiB chunks,
+/// STANDARD), with a manifest saying it was sent raw (`-w`) as zib's are.
+async fn put_backup(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    ds: &str,
+    snap: &str,
+    guid: &str,
+    stream: &[u8],
+) {
+    use zib_core::{ChunkRecord, DatasetName, KeyLayout, Manifest, SnapName, SnapRef, manifest};
+    let ds = DatasetName::new(ds).unwrap();
+    let layout = KeyLayout::new(PREFIX, &ds);
+    let to = SnapName::new(snap).unwrap();
+    let chunk = 64 * 1024;
+    let mut chunks = Vec::new();
+    for (j, part) in stream.chunks(chunk).enumerate() {
+        let key = layout.chunk_key(1, &to, 0, j as u64);
+        zib_testkit::put_bytes(client, bucket, &key, part.to_vec()).await;
+        chunks.push(ChunkRecord { key, size: part.len() as u64, sha256: sha256_hex(part) });
+    }
+    let m = Manifest {
+        format: manifest::FORMAT.into(),
+        version: manifest::VERSION,
+        dataset: ds.clone(),
+        seq: 1,
+        from: None,
+        to: SnapRef { name: to.clone(), guid: guid.into() },
+        snapshot_created: chrono::Utc::now(),
+        committed_at: chrono::Utc::now(),
+        send_args: vec!["-w".into()],
+        attempt: 0,
+        storage_class: zib_core::StorageClass::Standard,
+        chunk_size: chunk as u64,
+        stream_size: stream.len() as u64,
+        stream_sha256: sha256_hex(stream),
+        chunks,
+        zib_version: "guest-test".into(),
+    };
+    m.check().unwrap();
+    zib_testkit::put_bytes(client, bucket, &layout.manifest_key(1, &to), m.to_json()).await;
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Issue 11 #11: a stream that carries `mountpoint=<a host path>` and `canmount=on` (a `zfs
+/// send -p` package: zib never makes one, a hostile bucket could) is received by zib's
+/// `zfs receive` options with neither taking effect, not even at the next `zfs mount -a` (the
+/// boot-time mount); and `zibd restore` refuses such a stream by its header before any of it
+/// reaches `zfs receive`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_carrying_mountpoint_and_canmount_takes_neither_into_effect() {
+    use tokio::io::AsyncWriteExt;
+    let pool = TestPool::create("zprops");
+    // Datasets of this pool that mount by themselves do so under here.
+    let pool_mp = mountpoint("pool");
+    zfs(&["set", &format!("mountpoint={}", pool_mp.display()), pool.name()]);
+    let host_path = base_dir().join("mnt").join(unique_name("hostpath"));
+    let src = pool.dataset("src");
+    zfs(&[
+        "create",
+        "-o",
+        &format!("mountpoint={}", host_path.display()),
+        "-o",
+        "canmount=on",
+        "-o",
+        "zib:probe=carried",
+        &src,
+    ]);
+    std::fs::write(host_path.join("planted"), b"from the stream").unwrap();
+    zfs(&["snapshot", &format!("{src}@s1")]);
+    let work = work_dir("props");
+    let file = work.join("props.zstream");
+    zfs_send_to_file(&["-p", &format!("{src}@s1")], &file);
+    let guid = zfs_get(&format!("{src}@s1"), "guid");
+    zfs(&["destroy", "-r", &src]);
+    let _ = std::fs::remove_dir(&host_path);
+
+    // The adapter's receive, as a restore without --mountpoint runs it.
+    let target = pool.dataset("r");
+    let z = zibd::zfs::Zfs::default();
+    let mut sink = z
+        .receive(&zibd::zfs::ReceiveOptions {
+            target: zib_core::DatasetName::new(&target).unwrap(),
+            mountpoint: None,
+            full: true,
+        })
+        .unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    sink.stdin().write_all(&bytes).await.unwrap();
+    sink.finish().await.unwrap();
+    assert_eq!(zfs_get(&target, "zib:probe"), "carried", "the stream did carry properties");
+    assert_ne!(zfs_get(&target, "mountpoint"), host_path.display().to_string());
+    assert_eq!(zfs_get(&target, "canmount"), "noauto");
+    assert_eq!(zfs_get(&target, "mounted"), "no");
+    // What a boot does: mount every dataset that mounts by itself.
+    zfs(&["mount", "-a"]);
+    assert_eq!(zfs_get(&target, "mounted"), "no");
+    assert!(!host_path.join("planted").exists(), "the stream's mountpoint took effect");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(&host_path.display().to_string()), "{mounts}");
+
+    // The same stream in a bucket: zibd restore refuses it before zfs receive gets any of it.
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("gprops").await;
+    put_backup(&client, &bucket, "tank/hostile", "zib-20261101T000000Z", &guid, &bytes).await;
+    let target2 = pool.dataset("r2");
+    let mut c = zibd(moto.endpoint());
+    c.args(["--config", "/nonexistent/zibd.toml", "restore", "run", "--to", &target2]);
+    c.args(["--work-dir", work.join("restore").to_str().unwrap()]);
+    c.args(["--bucket", &bucket, "--prefix", PREFIX, "--endpoint", moto.endpoint()]);
+    let o = c.output().unwrap();
+    assert!(!o.status.success(), "{}", out(&o));
+    let text = out(&o);
+    assert!(text.contains("zfs send -R or -p") && text.contains("nothing of it"), "{text}");
+    assert!(try_run("zfs", &["list", &target2]).is_err(), "{target2} was created: {text}");
+    assert!(!host_path.exists() || std::fs::read_dir(&host_path).unwrap().next().is_none());
 }

@@ -27,6 +27,41 @@ pub fn stream(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// `zfs send -c` (implied by `-w`), in a begin record's feature flags.
+pub const FEATURE_COMPRESSED: u64 = 1 << 22;
+
+/// The begin record a `zfs send` stream starts with (little-endian): `hdrtype` 1 for a single
+/// stream, 2 for a `-R`/`-p` package; snapshot GUID `to`, from GUID `from` (0: full).
+pub fn begin_record(hdrtype: u64, features: u64, to: u64, from: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend(0u32.to_le_bytes()); // DRR_BEGIN
+    v.extend(0u32.to_le_bytes()); // payload length
+    v.extend(0x2F5B_ACBAC_u64.to_le_bytes());
+    v.extend((hdrtype | (features << 2)).to_le_bytes());
+    v.extend(1_700_000_000u64.to_le_bytes());
+    v.extend(2u32.to_le_bytes()); // DMU_OST_ZFS
+    v.extend(0u32.to_le_bytes());
+    v.extend(to.to_le_bytes());
+    v.extend(from.to_le_bytes());
+    v.extend([0u8; 256]); // drr_toname
+    v
+}
+
+/// A stand-in `zfs send -w` stream of `len` bytes: the begin record `zfs receive` (and zib,
+/// before it) reads first, for snapshot GUID `to` from GUID `from` (0: a full stream), then
+/// [`stream`] bytes.
+pub fn send_stream(seed: u64, len: usize, to: u64, from: u64) -> Vec<u8> {
+    with_header(begin_record(1, FEATURE_COMPRESSED, to, from), seed, len)
+}
+
+/// `header`, then [`stream`] bytes up to `len` in all.
+pub fn with_header(mut header: Vec<u8>, seed: u64, len: usize) -> Vec<u8> {
+    assert!(len >= header.len(), "a stream holds at least its begin record");
+    let rest = len - header.len();
+    header.extend(stream(seed, rest));
+    header
+}
+
 pub struct Backup {
     pub snap: &'static str,
     pub guid: &'static str,
@@ -112,9 +147,9 @@ pub async fn seed_chunked(
 
 pub fn chain3() -> Vec<Backup> {
     vec![
-        Backup { snap: "zib-20261101T000000Z", guid: "111", data: stream(1, 3500) },
-        Backup { snap: "zib-20261102T000000Z", guid: "222", data: stream(2, 1200) },
-        Backup { snap: "zib-20261103T000000Z", guid: "333", data: stream(3, 700) },
+        Backup { snap: "zib-20261101T000000Z", guid: "111", data: send_stream(1, 3500, 111, 0) },
+        Backup { snap: "zib-20261102T000000Z", guid: "222", data: send_stream(2, 1200, 222, 111) },
+        Backup { snap: "zib-20261103T000000Z", guid: "333", data: send_stream(3, 700, 333, 222) },
     ]
 }
 
