@@ -749,3 +749,97 @@ async fn a_stream_unlike_its_manifest_is_refused_before_zfs_receive() {
         assert!(zfs.received().iter().all(Vec::is_empty), "{ds}: bytes reached zfs receive");
     }
 }
+
+/// The RestoreObject requests the proxy saw, per object key.
+fn thaw_requests(proxy: &FaultProxy) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in proxy.requests() {
+        if r.method == "POST" && r.query.contains("restore") {
+            *out.entry(r.key.clone().unwrap_or_default()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Issue 11 #5: a bucket lifecycle rule moved the chunks (and one manifest) to DEEP_ARCHIVE
+/// although the manifests say STANDARD. Whether an object needs a thaw is its own class (HEAD),
+/// a thaw still in progress is waited for, the archived manifest is thawed too, each object is
+/// asked for once, and everything is received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_a_lifecycle_rule_archived_behind_the_manifest_are_thawed_and_waited_for() {
+    use aws_sdk_s3::types::StorageClass as S3Class;
+    // A private moto: the slow-restore setting is server-wide.
+    let moto = MotoServer::spawn();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rlifecycle").await;
+    let chain = chain3();
+    let ms = seed(&client, &bucket, "tank/photos", &chain, StorageClass::DeepArchive).await;
+    let layout = KeyLayout::new(PREFIX, &DatasetName::new("tank/photos").unwrap());
+    let mut archived_manifest = String::new();
+    for (i, m) in ms.iter().enumerate() {
+        let mut m = m.clone();
+        m.storage_class = StorageClass::Standard;
+        let key = layout.manifest_key(m.seq, &m.to.name);
+        let class = if i == 1 { S3Class::DeepArchive } else { S3Class::Standard };
+        if i == 1 {
+            archived_manifest = key.clone();
+        }
+        client
+            .put_object()
+            .bucket(&bucket)
+            .key(&key)
+            .storage_class(class)
+            .body(m.to_json().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    moto.set_restore_transition_manual(4);
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let ep = proxy.endpoint();
+    let b = bucket_args(&bucket, &ep);
+    let zfs = FakeZfs::new();
+
+    // plan reads without thawing: it names the archived manifest and says how to go on.
+    let o = zibd(&ep, &zfs.bin, &[&["plan"], &b[..]].concat());
+    let err = text(&o).1;
+    assert!(!o.status.success());
+    assert!(err.contains(&archived_manifest) && err.contains("restore run` thaws it"), "{err}");
+
+    let work = tempfile::tempdir().unwrap();
+    let run = [
+        "run",
+        "--to",
+        "pool/r",
+        "--work-dir",
+        work.path().to_str().unwrap(),
+        "--poll-initial-secs",
+        "0.05",
+        "--poll-max-secs",
+        "0.2",
+    ];
+    let o = zibd(&ep, &zfs.bin, &[&run[..], &b[..]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(err.contains("lifecycle"), "{err}");
+    assert_eq!(zfs.received(), chain.iter().map(|c| c.data.clone()).collect::<Vec<_>>());
+    // Every chunk and the archived manifest thawed, each asked for exactly once.
+    let asked = thaw_requests(&proxy);
+    let mut want: Vec<String> =
+        ms.iter().flat_map(|m| m.chunks.iter().map(|c| c.key.clone())).collect();
+    want.push(archived_manifest);
+    want.sort();
+    assert_eq!(asked.keys().cloned().collect::<Vec<_>>(), want, "{asked:?}");
+    assert!(asked.values().all(|n| *n == 1), "{asked:?}");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("restore-pool%2Fr.json")).unwrap())
+            .unwrap();
+    for c in rec["chunks"].as_array().unwrap().iter().flat_map(|s| s.as_array().unwrap()) {
+        assert_eq!(
+            (c["archived"].as_bool(), c["thaw_requests"].as_u64()),
+            (Some(true), Some(1)),
+            "{c}"
+        );
+    }
+    moto.unset_restore_transition();
+}

@@ -191,7 +191,7 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
         RestoreCommand::List { bucket, dataset, json } => {
             let engine = connect(&bucket, cfg.as_ref()).await?;
             let ds = parse_opt(dataset.as_deref(), DatasetName::new)?;
-            let cat = load_catalog(&engine.s3, &engine.prefix, ds.as_ref()).await?;
+            let cat = load_catalog(&engine.s3, &engine.prefix, ds.as_ref(), None).await?;
             if json {
                 let datasets: Vec<_> = cat
                     .datasets
@@ -209,7 +209,7 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
             let engine = connect(&bucket, cfg.as_ref()).await?;
             let ds = parse_opt(dataset.as_deref(), DatasetName::new)?;
             let snap = parse_opt(snapshot.as_deref(), SnapName::new)?;
-            let p = plan(&engine, ds.as_ref(), snap.as_ref()).await?;
+            let p = plan(&engine, ds.as_ref(), snap.as_ref(), None).await?;
             let q = p.quote(&pricing, days);
             if json {
                 let v = serde_json::json!({

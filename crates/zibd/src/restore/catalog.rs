@@ -16,7 +16,10 @@ use zib_core::{
     restore_plan::RestorePlan,
 };
 
-use super::{RestoreEngine, RestoreError};
+use super::{
+    RestoreEngine, RestoreError,
+    thaw::{MAX_THAW_EXPIRIES, ManifestThaw, thaw_object},
+};
 use crate::s3::{S3ErrorKind, S3Store};
 
 /// Every dataset's catalog found under a prefix.
@@ -80,11 +83,13 @@ impl BucketCatalog {
     }
 }
 
-/// Lists and reads every manifest under `prefix` (only `dataset`'s when given).
+/// Lists and reads every manifest under `prefix` (only `dataset`'s when given). An archived
+/// manifest is thawed first when `thaw` says how (a run), else skipped with the reason.
 pub async fn load_catalog(
     s3: &S3Store,
     prefix: &str,
     dataset: Option<&DatasetName>,
+    thaw: Option<ManifestThaw<'_>>,
 ) -> Result<BucketCatalog, RestoreError> {
     let prefix = normalize_prefix(prefix);
     let list_prefix = match dataset {
@@ -100,7 +105,7 @@ pub async fn load_catalog(
     if keys.is_empty() {
         return Err(RestoreError::NoCatalog { bucket: s3.bucket().into(), prefix: list_prefix });
     }
-    let futs: Vec<_> = keys.into_iter().map(|(d, key)| read_manifest(s3, d, key)).collect();
+    let futs: Vec<_> = keys.into_iter().map(|(d, key)| read_manifest(s3, d, key, thaw)).collect();
     let read: Vec<Result<Manifest, SkippedManifest>> =
         futures::stream::iter(futs).buffered(8).try_collect().await?;
     let mut by_ds: std::collections::BTreeMap<DatasetName, Vec<Manifest>> = Default::default();
@@ -135,18 +140,30 @@ async fn read_manifest(
     s3: &S3Store,
     d: DatasetName,
     key: String,
+    thaw: Option<ManifestThaw<'_>>,
 ) -> Result<Result<Manifest, SkippedManifest>, RestoreError> {
     let skip =
         |reason: String| Ok(Err(SkippedManifest { key: key.clone(), dataset: d.clone(), reason }));
-    let bytes = match s3.get_bytes(&key, manifest::MAX_MANIFEST_BYTES).await {
-        Ok(b) => b,
-        Err(e) => match e.kind() {
-            S3ErrorKind::NotFound
-            | S3ErrorKind::AccessDenied
-            | S3ErrorKind::NotThawed
-            | S3ErrorKind::TooLarge => return skip(e.to_string()),
-            _ => return Err(e.into()),
-        },
+    let mut thaws = 0;
+    let bytes = loop {
+        match s3.get_bytes(&key, manifest::MAX_MANIFEST_BYTES).await {
+            Ok(b) => break b,
+            Err(e) => match (e.kind(), thaw) {
+                (S3ErrorKind::NotThawed, Some(t)) if thaws < MAX_THAW_EXPIRIES => {
+                    thaws += 1;
+                    thaw_object(s3, &key, t).await?;
+                }
+                (S3ErrorKind::NotThawed, _) => {
+                    return skip(format!(
+                        "{e}: it is archived (a bucket lifecycle rule on the prefix?); `zibd restore run` thaws it first"
+                    ));
+                }
+                (S3ErrorKind::NotFound | S3ErrorKind::AccessDenied | S3ErrorKind::TooLarge, _) => {
+                    return skip(e.to_string());
+                }
+                _ => return Err(e.into()),
+            },
+        }
     };
     let m = match Manifest::from_json(&key, &bytes) {
         Ok(m) => m,
@@ -158,13 +175,14 @@ async fn read_manifest(
     Ok(Ok(m))
 }
 
-/// The plan of a restore of `dataset@snapshot` from the bucket.
+/// The plan of a restore of `dataset@snapshot` from the bucket (`thaw`: see [`load_catalog`]).
 pub async fn plan(
     engine: &RestoreEngine,
     dataset: Option<&DatasetName>,
     snapshot: Option<&SnapName>,
+    thaw: Option<ManifestThaw<'_>>,
 ) -> Result<RestorePlan, RestoreError> {
-    let cat = load_catalog(&engine.s3, &engine.prefix, dataset).await?;
+    let cat = load_catalog(&engine.s3, &engine.prefix, dataset, thaw).await?;
     let c = cat.select(dataset)?;
     RestorePlan::new(&cat.prefix, c, snapshot).map_err(|e| {
         let note = cat.skipped_note(&c.dataset);

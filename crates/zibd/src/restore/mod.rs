@@ -54,6 +54,7 @@ pub use record::{
     RestoreRecord,
 };
 pub use report::{RestoreReport, format_catalog, format_plan, human_bytes};
+pub use thaw::ManifestThaw;
 
 use crate::{
     s3::S3Error,

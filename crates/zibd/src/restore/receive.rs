@@ -19,7 +19,7 @@ use zib_core::{
 use super::{
     PollBackoff, RestoreEngine, RestoreError, RestoreOptions, RestorePhase, RestoreProgress,
     RestoreProgressFile, RestoreRecord, RestoreReport, io_err, plan,
-    thaw::{ask_again, wait_ready},
+    thaw::{ChunkThaw, ManifestThaw, not_thawed, wait_ready},
 };
 use crate::{
     failpoint,
@@ -70,7 +70,15 @@ pub async fn run(
             true
         }
         _ => {
-            let plan = plan(engine, opts.dataset.as_ref(), opts.snapshot.as_ref()).await?;
+            let thaw = ManifestThaw {
+                tier: opts.tier,
+                days: opts.days,
+                poll: opts.poll,
+                cancel,
+                target: &opts.target,
+            };
+            let plan =
+                plan(engine, opts.dataset.as_ref(), opts.snapshot.as_ref(), Some(thaw)).await?;
             if engine.zfs.dataset_exists(opts.target.as_str()).await? {
                 return Err(RestoreError::TargetExists { target: opts.target.to_string() });
             }
@@ -136,8 +144,9 @@ pub(super) struct FetchCtx<'a> {
 pub(super) struct Fetched {
     index: usize,
     path: PathBuf,
-    thaw_requests: u32,
-    polls: u64,
+    thaw: ChunkThaw,
+    /// Found archived although neither the manifest nor the record said so.
+    archived: bool,
 }
 
 impl<'a> Run<'a> {
@@ -163,7 +172,7 @@ impl<'a> Run<'a> {
                             .sum()
                     })
                     .unwrap_or(0);
-        let thaw_needed = rec.plan.thaw_objects();
+        let thaw_needed = rec.thaw_needed();
         let polls = self.polls;
         let ready_ahead = self.ready_ahead.load(Ordering::Relaxed);
         self.progress.send_modify(|p| {
@@ -218,7 +227,6 @@ impl<'a> Run<'a> {
         let zfs = &self.engine.zfs;
         let target = self.opts.target.clone();
         let step = self.file.rec().plan.steps[i].clone();
-        let needs_thaw = step.needs_thaw();
 
         // A receive that completed before a crash left its snapshot behind.
         if snapshot_guid(zfs, &target, &step.to.name).await?.as_deref()
@@ -265,7 +273,7 @@ impl<'a> Run<'a> {
             )),
         );
         let mut sink = zfs.receive(&receive)?;
-        match self.feed(i, &step, needs_thaw, &mut sink).await {
+        match self.feed(i, &step, &mut sink).await {
             Ok(()) => {
                 sink.finish().await?;
                 self.step_done(i).await
@@ -296,7 +304,6 @@ impl<'a> Run<'a> {
         &mut self,
         i: usize,
         step: &PlanStep,
-        needs_thaw: bool,
         sink: &mut ReceiveSink,
     ) -> Result<(), Feed> {
         let spool = self.file.spool.clone();
@@ -304,6 +311,9 @@ impl<'a> Run<'a> {
         let ctx = self.ctx();
         let run = i.to_string();
         let was_ready: Vec<bool> = self.file.rec().chunks[i].iter().map(|c| c.ready).collect();
+        // Per chunk: the manifest's class, or the object's own as HEAD found it.
+        let thaw_needed: Vec<bool> =
+            self.file.rec().chunks[i].iter().map(|c| step.needs_thaw() || c.archived).collect();
         self.ready_ahead.store(0, Ordering::Relaxed);
         // Futures collected first (not mapped lazily): keeps the task's future provably Send.
         let futs: Vec<_> = step
@@ -315,8 +325,8 @@ impl<'a> Run<'a> {
                     ctx,
                     j,
                     c,
-                    needs_thaw && !was_ready[j],
-                    needs_thaw,
+                    thaw_needed[j] && !was_ready[j],
+                    thaw_needed[j],
                     spool.chunk_path(&run, j as u64),
                 )
             })
@@ -332,12 +342,13 @@ impl<'a> Run<'a> {
                 () = self.cancel.cancelled() => return Err(RestoreError::Cancelled { target: self.opts.target.to_string() }.into()),
             };
             let Some(fetched) = next else { break };
-            let Fetched { index, path, thaw_requests, polls } = fetched?;
-            self.polls += polls;
-            self.thaw_sent += u64::from(thaw_requests);
+            let Fetched { index, path, thaw, archived } = fetched?;
+            self.polls += thaw.polls;
+            self.thaw_sent += u64::from(thaw.requests);
             {
                 let c = &mut self.file.rec().chunks[i][index];
-                if needs_thaw && !c.ready {
+                c.archived |= archived;
+                if (thaw_needed[index] || archived) && !c.ready {
                     c.ready = true;
                     let _ =
                         self.ready_ahead.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -345,7 +356,7 @@ impl<'a> Run<'a> {
                         });
                 }
                 c.downloaded = true;
-                c.thaw_requests += thaw_requests;
+                c.thaw_requests += thaw.requests;
             }
             if index == 0
                 && let Err(e) = self.check_stream_header(step, &path).await
@@ -565,12 +576,13 @@ async fn fetch_chunk(
     needs_thaw: bool,
     path: PathBuf,
 ) -> Result<Fetched, RestoreError> {
-    let mut thaw_requests = 0u32;
-    let mut polls = 0u64;
+    let mut t = ChunkThaw::default();
     let mut counted = !count_ready;
+    let mut needs_thaw = needs_thaw;
+    let mut found_archived = false;
     loop {
         if needs_thaw {
-            wait_ready(ctx, &c.key, &mut thaw_requests, &mut polls).await?;
+            wait_ready(ctx, &c.key, &mut t).await?;
             if !counted {
                 counted = true;
                 ctx.ready_ahead.fetch_add(1, Ordering::Relaxed);
@@ -578,8 +590,17 @@ async fn fetch_chunk(
             }
         }
         match download(ctx, c, &path).await {
-            Ok(()) => return Ok(Fetched { index, path, thaw_requests, polls }),
-            Err(DownloadError::NotThawed) => ask_again(ctx, &c.key, &mut thaw_requests).await?,
+            Ok(()) => return Ok(Fetched { index, path, thaw: t, archived: found_archived }),
+            Err(DownloadError::NotThawed) => {
+                not_thawed(ctx, &c.key, needs_thaw, &mut t).await?;
+                if !needs_thaw {
+                    // Archived behind the manifest's back: thawed like the others from now on.
+                    found_archived = true;
+                    needs_thaw = true;
+                    counted = false;
+                    ctx.progress.send_modify(|p| p.thaw_needed += 1);
+                }
+            }
             Err(DownloadError::Other(e)) => return Err(e),
         }
     }

@@ -27,6 +27,10 @@ pub struct ChunkProgress {
     pub ready: bool,
     pub downloaded: bool,
     pub received: bool,
+    /// Found archived by HEAD or GET although its manifest gives a class that needs no thaw
+    /// (a bucket lifecycle rule moved it): thawed like the manifest's archived chunks.
+    #[serde(default)]
+    pub archived: bool,
 }
 
 /// The restore's durable record, one JSON file per target.
@@ -76,6 +80,15 @@ impl RestoreRecord {
             steps_received: 0,
             finished_at: None,
         }
+    }
+
+    /// Chunks that need a thaw: in an archive class by their manifest, or found archived.
+    pub(super) fn thaw_needed(&self) -> u64 {
+        let found: u64 = (self.plan.steps.iter().zip(&self.chunks))
+            .filter(|(s, _)| !s.needs_thaw())
+            .map(|(_, cs)| cs.iter().filter(|c| c.archived).count() as u64)
+            .sum();
+        self.plan.thaw_objects() + found
     }
 
     pub(super) fn count(&self, f: impl Fn(&ChunkProgress) -> bool) -> u64 {
