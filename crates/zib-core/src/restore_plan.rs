@@ -42,6 +42,10 @@ impl PlanStep {
     }
 }
 
+/// Download rate assumed when planning how long thawed copies must stay readable: 10 MiB/s, a
+/// modest link (a faster one only leaves more slack).
+pub const PLANNED_DOWNLOAD_BYTES_PER_SEC: u64 = 10 << 20;
+
 /// Everything a restore of `dataset@snapshot` reads, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestorePlan {
@@ -90,6 +94,22 @@ impl RestorePlan {
             .iter()
             .enumerate()
             .flat_map(|(i, s)| s.chunks.iter().map(move |c| (i, c, s.needs_thaw())))
+    }
+
+    /// Hours the downloads are expected to take at [`PLANNED_DOWNLOAD_BYTES_PER_SEC`].
+    pub fn expected_download_hours(&self) -> f64 {
+        self.total_bytes() as f64 / PLANNED_DOWNLOAD_BYTES_PER_SEC as f64 / 3600.0
+    }
+
+    /// Days the thawed copies must stay readable so that none expires before its download:
+    /// all thaws are asked for at once and finish over up to `ready_within_hours` (the tier's),
+    /// the last copy may be the first one downloaded, and the downloads take the expected time
+    /// (S3 counts the days from each thaw's completion). `requested` (`--days`) may raise it,
+    /// never lower it; at most 365.
+    pub fn thaw_days(&self, requested: u32, ready_within_hours: u32) -> u32 {
+        let hours = f64::from(ready_within_hours) + self.expected_download_hours();
+        let needed = (hours / 24.0).ceil() as u32;
+        requested.max(needed).min(365)
     }
 
     pub fn volume(&self) -> RestoreVolume {
@@ -203,6 +223,26 @@ mod tests {
         assert!((st.retrieval - gb * 0.02).abs() < 1e-12);
         assert!((st.restore_requests - 5.0 / 1000.0 * 0.10).abs() < 1e-12);
         assert_eq!((bulk.ready_within_hours, st.ready_within_hours), (48, 12));
+    }
+
+    /// Issue 11 #6: thawed copies last long enough for the thaws' spread and the download.
+    #[test]
+    fn thaw_days_cover_the_thaws_and_the_expected_download() {
+        let mut p = RestorePlan::new("", &catalog(), None).unwrap();
+        // 3 GiB at 10 MiB/s: 0.085 h; after 48 h of thaws: 3 days.
+        assert_eq!(p.thaw_days(1, 48), 3);
+        assert_eq!(p.thaw_days(7, 48), 7, "--days may ask for more");
+        assert_eq!(p.thaw_days(1, 12), 1);
+        // 10 TiB at 10 MiB/s is about 12 days of downloading.
+        p.steps[0].stream_size = 10 << 40;
+        assert!(
+            (p.expected_download_hours() - 291.27).abs() < 0.1,
+            "{}",
+            p.expected_download_hours()
+        );
+        assert_eq!(p.thaw_days(7, 48), 15);
+        p.steps[0].stream_size = 1 << 60;
+        assert_eq!(p.thaw_days(7, 48), 365);
     }
 
     #[test]

@@ -843,3 +843,93 @@ async fn objects_a_lifecycle_rule_archived_behind_the_manifest_are_thawed_and_wa
     }
     moto.unset_restore_transition();
 }
+
+/// Issue 11 #6: when the thawed copies expired during a long restore (here: between a crash
+/// and the resume), the first expiry found asks again for every remaining chunk at once, not
+/// for each one as its download comes up; and `days` follows the plan's expected download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_thaws_are_asked_for_again_all_at_once() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rrethaw").await;
+    let chain = chain3();
+    let ms = seed(&client, &bucket, "tank/photos", &chain, StorageClass::DeepArchive).await;
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let ep = proxy.endpoint();
+    let b = bucket_args(&bucket, &ep);
+    let zfs = FakeZfs::new();
+    let work = tempfile::tempdir().unwrap();
+    let run = [
+        "run",
+        "--to",
+        "pool/r",
+        "--work-dir",
+        work.path().to_str().unwrap(),
+        "--poll-initial-secs",
+        "0.05",
+        "--parallel",
+        "1",
+        "--days",
+        "1",
+    ];
+    let args = [&run[..], &b[..]].concat();
+    // The first run stops after one chunk, as a crash would.
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
+    c.args(["--config", "/nonexistent/zibd.toml", "restore"]).args(&args);
+    for (k, v) in test_env(&ep) {
+        c.env(k, v);
+    }
+    let o = c
+        .env("ZIB_ZFS_BIN", &zfs.bin)
+        .env("ZIB_FAILPOINT", "restore-after-chunk:1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{:?}", text(&o));
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("restore-pool%2Fr.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["days"], 3, "1 day asked for, but Bulk thaws take up to 48 h");
+    // Every thawed copy expires meanwhile: the objects are archived again with no copy.
+    let keys: Vec<String> =
+        ms.iter().flat_map(|m| m.chunks.iter().map(|c| c.key.clone())).collect();
+    for (k, data) in keys.iter().zip(chain.iter().flat_map(|c| c.data.chunks(CHUNK as usize))) {
+        client
+            .put_object()
+            .bucket(&bucket)
+            .key(k)
+            .storage_class(aws_sdk_s3::types::StorageClass::DeepArchive)
+            .body(data.to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let seen = proxy.requests().len();
+    let o = zibd(&ep, &zfs.bin, &args);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let reqs = &proxy.requests()[seen..];
+    let is_thaw =
+        |r: &&zib_testkit::RecordedRequest| r.method == "POST" && r.query.contains("restore");
+    let thaws: Vec<_> = reqs.iter().filter(is_thaw).collect();
+    let mut asked: Vec<String> = thaws.iter().map(|r| r.key.clone().unwrap()).collect();
+    asked.sort();
+    let mut want = keys.clone();
+    want.sort();
+    assert_eq!(asked, want, "each chunk asked for again once");
+    // All of them before the second chunk download of this run.
+    let gets: Vec<u64> = reqs
+        .iter()
+        .filter(|r| r.method == "GET" && r.key.as_ref().is_some_and(|k| keys.contains(k)))
+        .map(|r| r.id)
+        .collect();
+    let last_thaw = thaws.iter().map(|r| r.id).max().unwrap();
+    assert!(
+        gets.len() >= 2 && last_thaw < gets[1],
+        "thaws {:?}, gets {gets:?}",
+        thaws.iter().map(|r| r.id).collect::<Vec<_>>()
+    );
+    assert_eq!(zfs.received().last(), chain.last().map(|c| &c.data));
+    // The plan says how long the copies are kept, and why.
+    let o = zibd(&ep, &zfs.bin, &[&["plan", "--days", "1"], &b[..]].concat());
+    let out = text(&o).0;
+    assert!(out.contains("kept 3 days") && out.contains("expected to take about"), "{out}");
+}

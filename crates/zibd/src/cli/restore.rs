@@ -210,6 +210,8 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
             let ds = parse_opt(dataset.as_deref(), DatasetName::new)?;
             let snap = parse_opt(snapshot.as_deref(), SnapName::new)?;
             let p = plan(&engine, ds.as_ref(), snap.as_ref(), None).await?;
+            // Thawed copies must outlast the thaws and the download (the slower tier's thaws).
+            let days = p.thaw_days(days, pricing.tier_prices(RestoreTier::Bulk).2);
             let q = p.quote(&pricing, days);
             if json {
                 let v = serde_json::json!({
@@ -219,6 +221,8 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
                     "thaw_bytes": p.thaw_bytes(),
                     "thaw_objects": p.thaw_objects(),
                     "quote": q,
+                    "days": days,
+                    "expected_download_hours": p.expected_download_hours(),
                     "pricing": pricing,
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);

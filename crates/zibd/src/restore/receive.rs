@@ -19,7 +19,7 @@ use zib_core::{
 use super::{
     PollBackoff, RestoreEngine, RestoreError, RestoreOptions, RestorePhase, RestoreProgress,
     RestoreProgressFile, RestoreRecord, RestoreReport, io_err, plan,
-    thaw::{ChunkThaw, ManifestThaw, not_thawed, wait_ready},
+    thaw::{ChunkThaw, ManifestThaw, Rethaw, not_thawed, wait_ready},
 };
 use crate::{
     failpoint,
@@ -82,12 +82,25 @@ pub async fn run(
             if engine.zfs.dataset_exists(opts.target.as_str()).await? {
                 return Err(RestoreError::TargetExists { target: opts.target.to_string() });
             }
-            file.record = Some(RestoreRecord::new(engine.s3.bucket(), opts, plan));
+            let ready_within = zib_core::pricing::Pricing::default().tier_prices(opts.tier).2;
+            let days = plan.thaw_days(opts.days, ready_within);
+            if days > opts.days {
+                tracing::info!(
+                    days,
+                    asked = opts.days,
+                    download_hours = plan.expected_download_hours(),
+                    "thawed copies are kept longer than asked, so that none expires before its download"
+                );
+            }
+            let mut rec = RestoreRecord::new(engine.s3.bucket(), opts, plan);
+            rec.days = days;
+            file.record = Some(rec);
             file.save().await?;
             false
         }
     };
     let ready_ahead = AtomicU64::new(0);
+    let rethaw = Rethaw::default();
     let mut run = Run {
         engine,
         opts,
@@ -98,6 +111,7 @@ pub async fn run(
         thaw_sent: 0,
         polls: 0,
         ready_ahead: &ready_ahead,
+        rethaw: &rethaw,
     };
     run.publish(RestorePhase::Planning, None);
     run.file.spool.clean().await;
@@ -125,6 +139,7 @@ pub(super) struct Run<'a> {
     pub(super) polls: u64,
     /// Chunks of the current stream seen thawed by a download but not yet recorded as ready.
     pub(super) ready_ahead: &'a AtomicU64,
+    pub(super) rethaw: &'a Rethaw,
 }
 
 /// Everything a chunk download needs, shareable across concurrent downloads.
@@ -138,6 +153,7 @@ pub(super) struct FetchCtx<'a> {
     pub(super) progress: &'a watch::Sender<RestoreProgress>,
     pub(super) target: &'a DatasetName,
     pub(super) ready_ahead: &'a std::sync::atomic::AtomicU64,
+    pub(super) rethaw: &'a Rethaw,
 }
 
 /// What a finished download reports back to the receiver.
@@ -219,6 +235,7 @@ impl<'a> Run<'a> {
             progress: self.progress,
             target: &opts.target,
             ready_ahead: self.ready_ahead,
+            rethaw: self.rethaw,
         }
     }
 
@@ -308,6 +325,11 @@ impl<'a> Run<'a> {
     ) -> Result<(), Feed> {
         let spool = self.file.spool.clone();
         spool.create().await.map_err(io_err("cannot create spool directory", spool.dir()))?;
+        let remaining: Vec<String> = self.file.rec().plan.steps[i..]
+            .iter()
+            .flat_map(|s| s.chunks.iter().map(|c| c.key.clone()))
+            .collect();
+        self.rethaw.remaining(remaining).await;
         let ctx = self.ctx();
         let run = i.to_string();
         let was_ready: Vec<bool> = self.file.rec().chunks[i].iter().map(|c| c.ready).collect();
@@ -344,7 +366,8 @@ impl<'a> Run<'a> {
             let Some(fetched) = next else { break };
             let Fetched { index, path, thaw, archived } = fetched?;
             self.polls += thaw.polls;
-            self.thaw_sent += u64::from(thaw.requests);
+            self.thaw_sent +=
+                u64::from(thaw.requests) + self.rethaw.sent.swap(0, Ordering::Relaxed);
             {
                 let c = &mut self.file.rec().chunks[i][index];
                 c.archived |= archived;

@@ -116,6 +116,13 @@ pub fn format_plan(plan: &RestorePlan, quote: &zib_core::pricing::Quote) -> Stri
     );
     let _ = writeln!(
         s,
+        "restored copies are kept {} days: the download is expected to take about {:.1} h at {}/s, after thaws that finish within the tier's time (--days can ask for more, not less)",
+        quote.days,
+        plan.expected_download_hours(),
+        human_bytes(zib_core::restore_plan::PLANNED_DOWNLOAD_BYTES_PER_SEC)
+    );
+    let _ = writeln!(
+        s,
         "quote (price table: `[pricing]` in the config overrides it; restored copies kept {} days):",
         quote.days
     );

@@ -231,7 +231,7 @@ pub(super) async fn ask_again(
     request_thaw(ctx.s3, key, ctx.tier, ctx.days).await?;
     t.requests += 1;
     t.expiries += 1;
-    Ok(())
+    ctx.rethaw.sweep(ctx, key).await
 }
 
 /// How [`super::load_catalog`] deals with an archived manifest: a run thaws it (`Some`), and
@@ -277,5 +277,62 @@ pub(super) async fn thaw_object(
             () = thaw.cancel.cancelled() => return Err(RestoreError::Cancelled { target: thaw.target.to_string() }),
         }
         delay = (delay * 2).min(thaw.poll.max);
+    }
+}
+
+/// Once one thawed copy turned out to have expired, the others asked for at about the same time
+/// are gone or about to go: every remaining chunk whose copy HEAD shows gone is asked for again
+/// at once, rather than each one as its download comes up (with `--parallel 2` that adds a
+/// whole thaw time per two chunks). One sweep per stream; the chunks' own fetches then wait.
+#[derive(Debug, Default)]
+pub(super) struct Rethaw {
+    state: tokio::sync::Mutex<RethawState>,
+    /// RestoreObject requests the sweeps sent.
+    pub(super) sent: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct RethawState {
+    keys: Vec<String>,
+    swept: bool,
+}
+
+impl Rethaw {
+    /// The chunks still to download: the current stream's and the later streams'.
+    pub(super) async fn remaining(&self, keys: Vec<String>) {
+        *self.state.lock().await = RethawState { keys, swept: false };
+    }
+
+    async fn sweep(&self, ctx: FetchCtx<'_>, expired: &str) -> Result<(), RestoreError> {
+        // Held across the HEADs on purpose: a second expiry meanwhile waits for this sweep.
+        let mut st = self.state.lock().await;
+        if st.swept {
+            return Ok(());
+        }
+        st.swept = true;
+        let keys: Vec<&String> = st.keys.iter().filter(|k| k.as_str() != expired).collect();
+        let heads: Vec<_> = keys.iter().map(|k| head_chunk(ctx.s3, k)).collect();
+        let heads: Vec<_> = futures::stream::iter(heads).buffered(HEAD_AHEAD).try_collect().await?;
+        let mut sent = 0u64;
+        for (key, head) in keys.iter().zip(heads) {
+            if thaw_state(&head) == ThawState::NotRequested {
+                request_thaw(ctx.s3, key, ctx.tier, ctx.days).await?;
+                sent += 1;
+            }
+        }
+        if sent > 0 {
+            tracing::warn!(
+                sent,
+                "a thawed copy expired before its download: asked again, at once, for every other remaining chunk whose copy is gone too"
+            );
+            ctx.progress.send_modify(|p| {
+                p.message = Some(format!(
+                    "thawed copies expired: {} chunks asked for again at once",
+                    sent + 1
+                ))
+            });
+        }
+        self.sent.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }
