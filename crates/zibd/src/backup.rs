@@ -124,6 +124,11 @@ pub enum BackupError {
         "a snapshot named {snapshot} exists but was not taken for this backup ({why}); zib does not adopt it"
     )]
     ForeignSnapshot { snapshot: String, why: String },
+    #[error(
+        "a restore into {dataset} is unfinished ({}): zib does not snapshot a dataset that is being restored; the backups of {dataset} go on once that restore has finished (run it again to continue it, or remove that file if the restore is abandoned)",
+        record.display()
+    )]
+    RestoreInProgress { dataset: String, record: PathBuf },
     #[error("zfs send of {0} produced no data")]
     EmptyStream(String),
     #[error(
@@ -205,6 +210,13 @@ pub async fn run(
     progress: &watch::Sender<Progress>,
     cancel: &CancellationToken,
 ) -> Result<BackupReport, BackupError> {
+    // A receive in progress (by the daemon or by `zibd restore run`): snapshotting the target
+    // now would back up a half-restored dataset.
+    if let Some(record) =
+        crate::restore::unfinished_restore(&cfg.daemon.state_dir.join("restore"), &ds.name)
+    {
+        return Err(BackupError::RestoreInProgress { dataset: ds.name.to_string(), record });
+    }
     let res =
         Backup { engine, ds, target: cfg.resolve(ds), locked, progress, cancel, resumed: false }
             .run(opts)

@@ -530,9 +530,27 @@ impl DaemonCore {
             Ok(o) => o,
             Err(e) => return Response::error(ErrorKind::InvalidRequest, e.to_string()),
         };
+        // Into a dataset this daemon backs up (the natural disaster-recovery step): its backup
+        // job is held while the restore is unfinished (see job's restore_in_progress), and a
+        // backup running right now would snapshot what the restore is receiving into.
+        let backed_up = locked(&self.jobs).get(&opts.target).cloned();
+        if let Some(j) = &backed_up
+            && j.is_running()
+        {
+            return Response::error(
+                ErrorKind::Busy,
+                format!(
+                    "a backup of {} is running; restore into it when that has ended (`zibctl cancel {}` stops it)",
+                    opts.target, opts.target
+                ),
+            );
+        }
         let engine = self.restore_engine(req.bucket.as_deref(), req.prefix.as_deref()).await;
         match self.restores.start(engine, opts) {
             Ok(id) => {
+                if backed_up.is_some() {
+                    tracing::warn!(%id, "{id} is backed up by this daemon: its backups wait until this restore has finished");
+                }
                 tracing::info!(%id, dataset = %req.dataset, "restore job started");
                 Response::RestoreStarted { id }
             }

@@ -630,6 +630,20 @@ fn stall() -> FaultAction {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_dataset_with_an_unfinished_restore_is_not_snapshotted() {
+    // `zibd restore run` into tank/photos was interrupted (its record is in the default work
+    // dir; one that cannot be read counts as unfinished too).
+    let (_s, _p, bed) = s3s_bed(false).await;
+    let work = bed.root.join("state/restore");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("restore-tank%2Fphotos.json"), b"{}").unwrap();
+    let err = failed(&bed.backup(&[]));
+    assert!(err.contains("a restore into tank/photos is unfinished"), "{err}");
+    let snaps = std::fs::read_dir(bed.root.join("zfs/snap")).map_or(0, |d| d.count());
+    assert_eq!(snaps, 0, "a dataset being restored was snapshotted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_snapshot_taken_just_before_a_crash_is_adopted() {
     let (_s, _p, bed) = s3s_bed(false).await;
     ok(&bed.backup(&[]));

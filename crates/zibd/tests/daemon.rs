@@ -50,6 +50,8 @@ if [ "$1" = send ] && [[ " $* " != *" -nvP "* ]]; then
     exit 0
   fi
 fi
+# A restore's receive takes the stream and keeps nothing.
+[ "$1" = receive ] && { echo "$*" >> "$FAKE_ZFS_LOG"; cat > /dev/null; exit 0; }
 exec __SUPPORT__/fake_zfs.sh "$@"
 "#;
 
@@ -312,6 +314,73 @@ async fn trigger_full_starts_a_new_chain_when_the_base_is_gone() {
     assert!(message.contains("(full backup #2)"), "{message}");
     let s = status(&core, ds).await;
     assert_eq!((s.chain_length, s.state), (1, JobState::Scheduled), "{s:?}");
+    assert!(d.stop().await);
+}
+
+/// One request over the control socket, and its one reply.
+async fn over_the_socket(path: &Path, r: Request) -> Response {
+    let mut s = UnixStream::connect(path).await.unwrap();
+    write_frame(&mut s, &encode_request(&r)).await.unwrap();
+    let body = read_frame(&mut s).await.unwrap().expect("a reply");
+    decode_response(&body).unwrap().response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_into_a_backed_up_dataset_holds_its_backups_while_it_runs() {
+    let mut bed = Bed::new().await;
+    let ds = "dr/data";
+    // S3 through a proxy, which holds the restore's chunk downloads from the second on.
+    let proxy = zib_testkit::FaultProxy::start(&bed.endpoint).await;
+    bed.endpoint = proxy.endpoint();
+    bed.write_config(&[(ds, "0 * * * * *")]);
+    let d = bed.start().await;
+    let core = d.core();
+    let done = trigger_and_wait(&core, ds, false).await;
+    assert!(matches!(&done, Response::Done { ok: true, .. }), "{done:?}");
+    // The disaster: the dataset is gone. Its recovery: restore it into itself.
+    destroy_snapshots_and_bookmarks(ds);
+    let hang = zib_testkit::FaultAction::Delay(Duration::from_secs(3600));
+    proxy.add_fault(
+        zib_testkit::Fault::new(zib_testkit::Matcher::get().path_contains("/a00/"), hang)
+            .nth(2)
+            .always(),
+    );
+    let start = zib_protocol::RestoreStart {
+        dataset: ds.into(),
+        snapshot: None,
+        to: ds.into(),
+        tier: zib_protocol::RestoreTier::Bulk,
+        days: 1,
+        bucket: None,
+        prefix: None,
+    };
+    let r = over_the_socket(&bed.socket(), Request::RestoreStart(start)).await;
+    assert!(matches!(&r, Response::RestoreStarted { id } if id == ds), "{r:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r =
+            over_the_socket(&bed.socket(), Request::RestoreStatus { id: Some(ds.into()) }).await;
+        let Response::RestoreStatus { jobs } = r else { panic!("{r:?}") };
+        if jobs[0].state == zib_protocol::RestoreState::Receiving {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restore never got to receiving: {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = snapshots_taken(ds);
+    // A trigger is refused, naming the restore.
+    let r = over_the_socket(
+        &bed.socket(),
+        Request::Trigger { dataset: ds.into(), wait: false, full: false },
+    )
+    .await;
+    let e = expect_err(r, ErrorKind::Conflict);
+    assert!(e.contains("a restore into dr/data is unfinished"), "{e}");
+    // A scheduled run is skipped (and counted as missed).
+    bed.clock.set(t("2026-01-01T00:01:00Z"));
+    let s = wait_for(&core, ds, "the tick skipped", |s| s.missed_ticks == 1).await;
+    assert!(s.progress.is_none(), "{s:?}");
+    assert_eq!(snapshots_taken(ds), before, "a dataset being restored was snapshotted");
     assert!(d.stop().await);
 }
 

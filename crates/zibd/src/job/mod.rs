@@ -449,6 +449,9 @@ impl Task {
             }
             if self.ctx.shutdown.is_cancelled() {
                 // Stopping: start nothing new.
+            } else if let Some(why) = self.restore_in_progress() {
+                self.shared().missed_ticks += 1;
+                tracing::warn!(dataset = %self.name, "scheduled run skipped: {why}");
             } else if let Err(e) = self.start_run(BackupOptions::default()) {
                 tracing::error!(dataset = %self.name, error = %e, "scheduled run could not start");
             }
@@ -509,6 +512,9 @@ impl Task {
             )
             .into();
         }
+        if let Some(why) = self.restore_in_progress() {
+            return Response::error(ErrorKind::Conflict, why).into();
+        }
         if let Some(run) = &self.run {
             if wait && !full && run.stop.is_none() {
                 // Follow the run that is going instead of starting a second one (a full backup
@@ -530,6 +536,15 @@ impl Task {
             Ok(_) => Response::ok(format!("started {kind} of {}", self.name)).into(),
             Err(e) => Response::error(ErrorKind::Internal, e).into(),
         }
+    }
+
+    /// Why no backup may start now: a restore into this dataset is unfinished (its job is
+    /// held for the restore's life; the engine checks again before it snapshots).
+    fn restore_in_progress(&self) -> Option<String> {
+        let work = self.settings.cfg.daemon.state_dir.join("restore");
+        crate::restore::unfinished_restore(&work, &self.name).map(|record| {
+            BackupError::RestoreInProgress { dataset: self.name.to_string(), record }.to_string()
+        })
     }
 
     fn pause(&mut self) -> Response {

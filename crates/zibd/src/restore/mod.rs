@@ -51,7 +51,7 @@ pub use jobs::{RestoreJobs, options_from_request};
 pub use receive::run;
 pub use record::{
     ChunkProgress, RECORD_VERSION, RestorePhase, RestoreProgress, RestoreProgressFile,
-    RestoreRecord,
+    RestoreRecord, unfinished_restore,
 };
 pub use report::{RestoreReport, format_catalog, format_plan, human_bytes};
 pub use thaw::ManifestThaw;

@@ -96,6 +96,19 @@ impl RestoreRecord {
     }
 }
 
+/// The record of a restore into `target` under `work_dir` that has not finished (running,
+/// interrupted, or failed, and so to be continued), if there is one: while it is there the
+/// target is half-restored and must not be snapshotted. An unreadable record counts as
+/// unfinished.
+pub fn unfinished_restore(work_dir: &Path, target: &DatasetName) -> Option<PathBuf> {
+    let path = work_dir.join(format!("restore-{}.json", target.file_stem()));
+    let bytes = std::fs::read(&path).ok()?;
+    match serde_json::from_slice::<RestoreRecord>(&bytes) {
+        Ok(r) if r.finished_at.is_some() => None,
+        _ => Some(path),
+    }
+}
+
 /// The locked progress file of the restore into one target dataset.
 #[derive(Debug)]
 pub struct RestoreProgressFile {

@@ -5,7 +5,8 @@
 # Knobs: FAKE_ZFS_SIZE (bytes per snapshot stream), FAKE_ZFS_RANDOM=1 (send prints fresh
 # random bytes every time: a non-reproducible stream), FAKE_ZFS_FAIL_AFTER=N (send prints N
 # bytes then fails), FAKE_ZFS_ESTIMATE (the size `send -nvP` reports instead of the real one),
-# FAKE_ZFS_LOG (append each command line).
+# FAKE_ZFS_LOG (append each command line). `list -H -o name DS` (no -t): a dataset exists
+# while it has a snapshot.
 set -euo pipefail
 D=${FAKE_ZFS_DIR:?FAKE_ZFS_DIR not set}
 mkdir -p "$D/snap" "$D/book" "$D/data"
@@ -34,8 +35,12 @@ case "$cmd" in
         rm -f "$f" "$D/data/$(enc "$full")" ;;
     esac ;;
   list)
-    kind=snapshot; ds=""
+    kind=""; ds=""
     while [ $# -gt 0 ]; do case "$1" in -t) kind=$2; shift 2;; -o|-s|-d) shift 2;; -H|-p) shift;; *) ds=$1; shift;; esac; done
+    if [ -z "$kind" ]; then
+      compgen -G "$D/snap/$(enc "$ds")@*" > /dev/null && { echo "$ds"; exit 0; }
+      echo "cannot open '$ds': dataset does not exist" >&2; exit 1
+    fi
     dir=snap; sep=@; [ "$kind" = bookmark ] && { dir=book; sep='#'; }
     for f in "$D/$dir"/*; do
       [ -e "$f" ] || continue
