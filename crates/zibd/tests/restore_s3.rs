@@ -416,6 +416,35 @@ async fn clear_errors_broken_chain_and_restore_object_denied() {
     let o =
         zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/r3", "--tier", "expedited"], &b[..]].concat());
     assert!(text(&o).1.contains("Expedited tier does not exist"), "{}", text(&o).1);
+    // A 403 InvalidObjectState on RestoreObject is not a permission problem: it is named as
+    // what it is, not as missing s3:RestoreObject rights.
+    proxy.clear_faults();
+    proxy.add_fault(
+        Fault::new(
+            Matcher::post().query_contains("restore"),
+            FaultAction::status(
+                403,
+                "InvalidObjectState",
+                "The operation is not valid for the object's storage class",
+            ),
+        )
+        .always(),
+    );
+    let other = tempfile::tempdir().unwrap();
+    let o = zibd(
+        &ep,
+        &zfs.bin,
+        &[&["run", "--to", "pool/r4", "--work-dir", other.path().to_str().unwrap()], &b[..]]
+            .concat(),
+    );
+    let err = text(&o).1;
+    assert!(!o.status.success());
+    assert!(
+        err.contains("RestoreObject")
+            && err.contains("InvalidObjectState")
+            && !err.contains("may not thaw"),
+        "{err}"
+    );
 
     // Remove the middle manifest: the chain to the newest is broken, the full alone is fine.
     let layout = KeyLayout::new(PREFIX, &DatasetName::new("tank/photos").unwrap());
