@@ -12,7 +12,14 @@ use crate::names::{DatasetName, SnapName};
 use crate::storage_class::StorageClass;
 
 pub const FORMAT: &str = "zib-manifest";
+/// The version of manifests whose chunks all carry a SHA-256 (everything zib uploads itself).
 pub const VERSION: u32 = 1;
+/// The version of manifests that adopt chunks of another tool ([`Manifest::legacy`]): their
+/// chunks carry an MD5 instead of a SHA-256. Only these are written as version 2, so a zib
+/// that predates them refuses them by name instead of misreading them.
+pub const VERSION_LEGACY: u32 = 2;
+/// The newest version this zib reads.
+pub const NEWEST_VERSION: u32 = VERSION_LEGACY;
 
 /// The largest manifest zib writes or reads back: 64 MiB. Every reader of a manifest uses this
 /// limit, and a backup whose manifest would exceed it is not committed.
@@ -43,8 +50,35 @@ pub struct SnapRef {
 pub struct ChunkRecord {
     pub key: String,
     pub size: u64,
-    /// Lowercase hex SHA-256 of the chunk's bytes.
+    /// Lowercase hex SHA-256 of the chunk's bytes; empty (and absent from the JSON) for a chunk
+    /// adopted from another tool, which has only `md5`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    /// Lowercase hex MD5 of the chunk's bytes (its ETag, a single-part PUT's), for an adopted
+    /// chunk only; restore checks it and the size before any byte reaches `zfs receive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+}
+
+impl ChunkRecord {
+    /// A chunk zib uploaded itself.
+    pub fn new(key: String, size: u64, sha256: String) -> Self {
+        Self { key, size, sha256, md5: None }
+    }
+    /// A chunk adopted from another tool: known by its size and MD5 only.
+    pub fn adopted(key: String, size: u64, md5: String) -> Self {
+        Self { key, size, sha256: String::new(), md5: Some(md5) }
+    }
+}
+
+/// Where an adopted stream came from: the chunks of another tool's upload, left where they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyOrigin {
+    /// The tool that uploaded the chunks, e.g. "zfs-incremental-backup".
+    pub tool: String,
+    /// The key the tool's chunks share (`<stream_key>/<i>`).
+    pub stream_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,10 +103,15 @@ pub struct Manifest {
     pub storage_class: StorageClass,
     pub chunk_size: u64,
     pub stream_size: u64,
-    /// SHA-256 of the whole stream (hex).
+    /// SHA-256 of the whole stream (hex); empty (and absent) for an adopted stream, whose
+    /// chunks are checked by MD5 one by one instead.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stream_sha256: String,
     pub chunks: Vec<ChunkRecord>,
     pub zib_version: String,
+    /// Set when the chunks were uploaded by another tool and adopted (version 2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<LegacyOrigin>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,10 +163,10 @@ impl Manifest {
             return Err(invalid(format!("format is {:?}, expected {FORMAT:?}", head.format)));
         }
         match head.version {
-            Some(VERSION) => {}
-            Some(v) if v > VERSION => {
+            Some(VERSION | VERSION_LEGACY) => {}
+            Some(v) if v > NEWEST_VERSION => {
                 return Err(invalid(format!(
-                    "format version {v} is newer than this zib understands ({VERSION}); upgrade zib"
+                    "format version {v} is newer than this zib understands ({NEWEST_VERSION}); upgrade zib"
                 )));
             }
             v => return Err(invalid(format!("unsupported format version {v:?}"))),
@@ -159,10 +198,35 @@ impl Manifest {
         if self.seq == 0 {
             return Err("seq must start at 1".into());
         }
+        let legacy = self.legacy.is_some();
+        let want = if legacy { VERSION_LEGACY } else { VERSION };
+        if self.version != want {
+            return Err(format!(
+                "version {} with{} adopted chunks (expected version {want})",
+                self.version,
+                if legacy { "" } else { "out" }
+            ));
+        }
         let last = self.chunks.len() - 1;
         for (i, c) in self.chunks.iter().enumerate() {
-            if !is_sha256_hex(&c.sha256) {
-                return Err(format!("chunk {} has a malformed sha256 {:?}", c.key, c.sha256));
+            match (&c.md5, legacy) {
+                (None, _) if !is_sha256_hex(&c.sha256) => {
+                    return Err(format!("chunk {} has a malformed sha256 {:?}", c.key, c.sha256));
+                }
+                (None, _) => {}
+                (Some(md5), true) if c.sha256.is_empty() && is_md5_hex(md5) => {}
+                (Some(md5), true) => {
+                    return Err(format!(
+                        "adopted chunk {} needs an MD5 and no SHA-256 (md5 {md5:?})",
+                        c.key
+                    ));
+                }
+                (Some(_), false) => {
+                    return Err(format!(
+                        "chunk {} has an MD5 but the stream is not adopted",
+                        c.key
+                    ));
+                }
             }
             let bad_size = if i < last {
                 c.size != self.chunk_size
@@ -176,7 +240,11 @@ impl Manifest {
                 ));
             }
         }
-        if !is_sha256_hex(&self.stream_sha256) {
+        if legacy {
+            if !self.stream_sha256.is_empty() {
+                return Err("an adopted stream has no stream_sha256".into());
+            }
+        } else if !is_sha256_hex(&self.stream_sha256) {
             return Err("malformed stream_sha256".into());
         }
         Ok(())
@@ -184,7 +252,15 @@ impl Manifest {
 }
 
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    is_lower_hex(s, 64)
+}
+
+pub fn is_md5_hex(s: &str) -> bool {
+    is_lower_hex(s, 32)
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -212,11 +288,12 @@ pub(crate) fn sample() -> Manifest {
         stream_size: 25,
         stream_sha256: h.clone(),
         chunks: vec![
-            ChunkRecord { key: "k/0".into(), size: 10, sha256: h.clone() },
-            ChunkRecord { key: "k/1".into(), size: 10, sha256: h.clone() },
-            ChunkRecord { key: "k/2".into(), size: 5, sha256: h },
+            ChunkRecord::new("k/0".into(), 10, h.clone()),
+            ChunkRecord::new("k/1".into(), 10, h.clone()),
+            ChunkRecord::new("k/2".into(), 5, h),
         ],
         zib_version: "0.1.0".into(),
+        legacy: None,
     }
 }
 
@@ -266,6 +343,66 @@ mod tests {
         assert_eq!(m.seq, 1);
         assert!(m.is_full());
         assert_eq!(m.chunks.len(), 2);
+    }
+
+    fn adopted_sample() -> Manifest {
+        let mut m = sample();
+        m.version = VERSION_LEGACY;
+        m.stream_sha256 = String::new();
+        m.legacy = Some(LegacyOrigin {
+            tool: "zfs-incremental-backup".into(),
+            stream_key: "photos/backup1_backup2".into(),
+        });
+        for c in &mut m.chunks {
+            *c = ChunkRecord::adopted(c.key.clone(), c.size, "0f".repeat(16));
+        }
+        m
+    }
+
+    #[test]
+    fn adopted_manifest_round_trips_as_version_2_without_sha256() {
+        let m = adopted_sample();
+        let json = String::from_utf8(m.to_json()).unwrap();
+        assert!(!json.contains("sha256"), "{json}");
+        assert!(json.contains("\"version\": 2"), "{json}");
+        assert_eq!(Manifest::from_json("k", json.as_bytes()).unwrap(), m);
+        // A zib-made manifest stays version 1 and gains no field.
+        let plain = String::from_utf8(sample().to_json()).unwrap();
+        assert!(!plain.contains("md5") && !plain.contains("legacy"), "{plain}");
+    }
+
+    #[test]
+    fn adopted_manifest_fixture_parses() {
+        let m = Manifest::from_json(
+            "fixture",
+            include_bytes!("../tests/fixtures/manifest-v2-adopted.json"),
+        )
+        .unwrap();
+        assert!(m.legacy.is_some());
+        assert!(m.chunks.iter().all(|c| c.md5.is_some() && c.sha256.is_empty()));
+    }
+
+    #[test]
+    fn rejects_mixed_up_adopted_manifests() {
+        let bad = |m: &Manifest, what: &str| {
+            let e = Manifest::from_json("k", &m.to_json()).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        };
+        let mut m = adopted_sample();
+        m.version = VERSION;
+        bad(&m, "expected version 2");
+        let mut m = adopted_sample();
+        m.chunks[1].md5 = Some("nothex".into());
+        bad(&m, "needs an MD5");
+        let mut m = adopted_sample();
+        m.chunks[1].md5 = None;
+        bad(&m, "malformed sha256");
+        let mut m = sample();
+        m.chunks[0].md5 = Some("0f".repeat(16));
+        bad(&m, "not adopted");
+        let mut m = sample();
+        m.version = VERSION_LEGACY;
+        bad(&m, "expected version 1");
     }
 
     #[test]

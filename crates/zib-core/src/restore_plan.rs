@@ -164,11 +164,7 @@ mod tests {
         x.chunks = sizes
             .iter()
             .enumerate()
-            .map(|(i, s)| ChunkRecord {
-                key: format!("k{seq}/{i}"),
-                size: *s,
-                sha256: "cd".repeat(32),
-            })
+            .map(|(i, s)| ChunkRecord::new(format!("k{seq}/{i}"), *s, "cd".repeat(32)))
             .collect();
         x.stream_size = sizes.iter().sum();
         x

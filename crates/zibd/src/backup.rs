@@ -766,7 +766,7 @@ impl Backup<'_> {
                     failpoint::hit("after-put");
                     let _ = tokio::fs::remove_file(&path).await;
                     uploaded += 1;
-                    self.record_chunk(ChunkRecord { key, size, sha256 }).await?;
+                    self.record_chunk(ChunkRecord::new(key, size, sha256)).await?;
                     failpoint::hit("after-save");
                     size
                 }
@@ -812,6 +812,7 @@ impl Backup<'_> {
             stream_sha256: sha256,
             chunks: p.chunks.clone(),
             zib_version: env!("CARGO_PKG_VERSION").into(),
+            legacy: None,
         };
         Ok(m)
     }

@@ -43,10 +43,8 @@ pub(super) fn manifest(
     m.chunks = sizes
         .iter()
         .enumerate()
-        .map(|(i, s)| ChunkRecord {
-            key: l.chunk_key(seq, &snap(seq), 0, i as u64),
-            size: *s,
-            sha256: "ab".repeat(32),
+        .map(|(i, s)| {
+            ChunkRecord::new(l.chunk_key(seq, &snap(seq), 0, i as u64), *s, "ab".repeat(32))
         })
         .collect();
     m.stream_size = sizes.iter().sum();

@@ -107,7 +107,7 @@ pub async fn seed_chunked(
                 .send()
                 .await
                 .unwrap();
-            chunks.push(ChunkRecord { key, size: part.len() as u64, sha256: sha(part) });
+            chunks.push(ChunkRecord::new(key, part.len() as u64, sha(part)));
         }
         let from = (i > 0).then(|| SnapRef {
             name: SnapName::new(chain[i - 1].snap).unwrap(),
@@ -130,6 +130,7 @@ pub async fn seed_chunked(
             stream_sha256: sha(&b.data),
             chunks,
             zib_version: "test".into(),
+            legacy: None,
         };
         m.check().unwrap();
         client
