@@ -6,6 +6,7 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod failpoint;
+pub mod import_legacy;
 pub mod job;
 pub mod lifecycle;
 pub mod process;

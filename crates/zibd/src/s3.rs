@@ -205,6 +205,8 @@ pub enum PutOutcome {
 pub struct ListedObject {
     pub key: String,
     pub size: u64,
+    /// As S3 lists it (quoted); the MD5 of the body for a single-part PUT without SSE-KMS.
+    pub etag: Option<String>,
     pub storage_class: Option<String>,
     pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -589,6 +591,7 @@ impl S3Store {
                 out.push(ListedObject {
                     key: o.key().unwrap_or_default().to_owned(),
                     size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().map(str::to_owned),
                     storage_class: o.storage_class().map(|c| c.as_str().to_owned()),
                     last_modified: o
                         .last_modified()
@@ -598,6 +601,19 @@ impl S3Store {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// The object's tags (GetObjectTagging), as (key, value) pairs.
+    pub async fn tags(&self, key: &str) -> Result<Vec<(String, String)>, S3Error> {
+        let out = self
+            .client
+            .get_object_tagging()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| req_err("GetObjectTagging", &self.bucket, key, e))?;
+        Ok(out.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect())
     }
 
     /// Deletes an object. Deleting a key that is already gone succeeds (S3 answers 204 either

@@ -64,6 +64,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Adopt a bucket made by zfs-incremental-backup: check each stream it completed is whole
+    /// and write zib manifests pointing at its chunks as they are (nothing re-uploaded, copied
+    /// or overwritten); the next backup continues its chain incrementally.
+    ImportLegacy {
+        /// The tool's RON save file (its `--save-data-path`).
+        #[arg(long)]
+        state_file: PathBuf,
+        /// Check and show what would be adopted and what it costs to keep; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Restore from the bucket alone: `list` the catalog, `plan` (with a cost quote), `run`.
     #[command(subcommand)]
     Restore(Box<restore::RestoreCommand>),
@@ -109,6 +120,13 @@ pub fn main() -> ExitCode {
             let opts = crate::lifecycle::PruneOptions { dry_run, allow_early_deletion };
             report(runtime().block_on(prune_once(cfg, &dataset, opts, json)))
         }
+        Command::ImportLegacy { state_file, dry_run } => {
+            let cfg = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            report(runtime().block_on(import_legacy(cfg, &state_file, dry_run)))
+        }
         Command::Restore(cmd) => restore::main(*cmd, &cli.config),
         Command::Run => crate::daemon::main(cli.config),
     }
@@ -140,6 +158,20 @@ async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow:
     for p in &r.pruned {
         println!("pruned {p}");
     }
+    Ok(())
+}
+
+/// `zibd import-legacy`: adopts the bucket, prints what it adopted and the cost to keep it.
+async fn import_legacy(
+    cfg: Config,
+    state_file: &std::path::Path,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let s3 = S3Store::from_config(&cfg).await;
+    let zfs = crate::zfs::Zfs::default();
+    let opts = crate::import_legacy::ImportOptions { dry_run };
+    let r = crate::import_legacy::import(&cfg, &s3, &zfs, state_file, opts).await?;
+    print!("{}", crate::import_legacy::format_report(&r));
     Ok(())
 }
 

@@ -444,7 +444,9 @@ impl<'a> Run<'a> {
     /// contradicts itself.
     fn check_stream_hash(&self, step: &PlanStep, hashed: Sha256) -> Result<(), RestoreError> {
         let sha = hex::encode(hashed.finalize());
-        if sha == step.stream_sha256 {
+        // An adopted stream has no stream SHA-256: each of its chunks matched its MD5 and size.
+        let adopted = step.stream_sha256.is_empty() && step.chunks.iter().all(|c| c.md5.is_some());
+        if sha == step.stream_sha256 || adopted {
             return Ok(());
         }
         Err(RestoreError::ChunkCorrupt {
@@ -668,6 +670,8 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
             .await
             .map_err(io_err("cannot create spool file", path))?;
         let mut hasher = Sha256::new();
+        // An adopted chunk (another tool's) is known by its MD5, checked as its SHA-256 would be.
+        let mut md5 = c.md5.as_ref().map(|_| <md5::Md5 as md5::Digest>::new());
         let mut size = 0u64;
         let mut reader = body.into_async_read();
         let mut buf = vec![0u8; 256 * 1024];
@@ -682,6 +686,9 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
                     return Ok(()); // too long: reported below, no need to read further
                 }
                 hasher.update(&buf[..n]);
+                if let Some(m) = md5.as_mut() {
+                    md5::Digest::update(m, &buf[..n]);
+                }
                 file.write_all(&buf[..n]).await.map_err(|e| {
                     std::io::Error::other(format!("writing {}: {e}", path.display()))
                 })?;
@@ -712,6 +719,9 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
                 if size > c.size { "more than " } else { "" },
                 c.size
             ))
+        } else if let (Some(want), Some(m)) = (&c.md5, md5) {
+            let got = hex::encode(md5::Digest::finalize(m));
+            (&got != want).then(|| format!("MD5 {got}, the manifest says {want}"))
         } else if sha != c.sha256 {
             Some(format!("SHA-256 {sha}, the manifest says {}", c.sha256))
         } else {

@@ -1,0 +1,345 @@
+//! Host tests of `zibd import-legacy` against moto: a bucket written the way
+//! zfs-incremental-backup writes it (one PUT per chunk with `If-None-Match: *`, its 5 tags,
+//! DEEP_ARCHIVE, more than 10 chunks per stream, its RON save file), the stand-in `zfs`
+//! (tests/support/fake_zfs.sh) for the snapshots, then one zib backup and restores across the
+//! legacy and zib parts (the restore stand-in of tests/support/restore_catalog.rs).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use aws_sdk_s3::{primitives::ByteStream, types::StorageClass as S3Class};
+use zib_core::Manifest;
+use zib_testkit::{MotoServer, get_bytes, test_env};
+
+#[path = "support/restore_catalog.rs"]
+mod catalog;
+
+const FAKE_ZFS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake_zfs.sh");
+/// The legacy tool's chunk size here: streams of 11_500 bytes are 12 chunks.
+const LEGACY_CHUNK: usize = 1000;
+const LEGACY_LEN: usize = 11_500;
+
+struct Bed {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+    save_file: PathBuf,
+    endpoint: String,
+    bucket: String,
+    client: aws_sdk_s3::Client,
+}
+
+impl Bed {
+    /// Snapshots tank/photos@backup0..2 (stand-in zfs) and their streams uploaded as the
+    /// legacy tool does, with its save file saying 3 backed up.
+    async fn new(moto: &MotoServer, name: &str) -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let client = moto.client();
+        let bucket = moto.create_bucket(name).await;
+        let config = root.join("zibd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[daemon]
+state_dir = "{root}/state"
+spool_dir = "{root}/spool"
+socket = "{root}/zibd.sock"
+
+[target]
+bucket = "{bucket}"
+endpoint = "{endpoint}"
+prefix = "zib"
+storage_class = "DEEP_ARCHIVE"
+chunk_size = 65536
+
+[[dataset]]
+name = "tank/photos"
+schedule = "0 3 * * *"
+# The stand-in's streams are all alike in size: no re-baseline for that.
+rebaseline_ratio = "off"
+"#,
+                root = root.display(),
+                endpoint = moto.endpoint()
+            ),
+        )
+        .unwrap();
+        let save_file = root.join("save_data.ron");
+        std::fs::write(
+            &save_file,
+            format!(
+                r#"(
+    config: (
+        dataset: (
+            zpool: "tank",
+            dataset: "photos",
+        ),
+        bucket: "{bucket}",
+        snapshot_prefix: "backup",
+        object_prefix: "legacy/",
+    ),
+    state: (
+        snapshots_backed_up: 3,
+        backing_up_progress: None,
+    ),
+)"#
+            ),
+        )
+        .unwrap();
+        let bed = Bed {
+            _dir: dir,
+            root,
+            config,
+            save_file,
+            endpoint: moto.endpoint().to_owned(),
+            bucket,
+            client,
+        };
+        for n in 0..3 {
+            bed.fake_zfs(&["snapshot", &format!("tank/photos@backup{n}")], LEGACY_LEN);
+            let stream = bed.stream_of(&format!("backup{n}"));
+            let key = if n == 0 {
+                "legacy/backup0".to_owned()
+            } else {
+                format!("legacy/backup{}_backup{n}", n - 1)
+            };
+            bed.legacy_upload(&key, &stream).await;
+        }
+        bed
+    }
+
+    fn fake_zfs(&self, args: &[&str], size: usize) {
+        let o = std::process::Command::new(FAKE_ZFS)
+            .args(args)
+            .env("FAKE_ZFS_DIR", self.root.join("zfs"))
+            .env("FAKE_ZFS_SIZE", size.to_string())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// The bytes the stand-in's `zfs send` gives for tank/photos@`snap`.
+    fn stream_of(&self, snap: &str) -> Vec<u8> {
+        std::fs::read(self.root.join(format!("zfs/data/tank%2Fphotos@{snap}"))).unwrap()
+    }
+
+    /// As zfs-incremental-backup uploads a stream: chunk by chunk, `<key>/<i>`, one plain PUT
+    /// with the storage class, `If-None-Match: *` and its tags.
+    async fn legacy_upload(&self, key: &str, stream: &[u8]) {
+        let count = stream.len().div_ceil(LEGACY_CHUNK);
+        for (i, part) in stream.chunks(LEGACY_CHUNK).enumerate() {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(format!("{key}/{i}"))
+                .storage_class(S3Class::DeepArchive)
+                .body(ByteStream::from(part.to_vec()))
+                .content_length(part.len() as i64)
+                .tagging(format!(
+                    "file={key}&total_len={}&chunks_count={count}&chunk_size={LEGACY_CHUNK}&chunk_number={i}",
+                    stream.len()
+                ))
+                .if_none_match("*")
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+
+    fn zibd(&self, args: &[&str], zfs: &Path, extra: &[(&str, &str)]) -> Output {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
+        c.arg("--config").arg(&self.config).args(args);
+        for (k, v) in test_env(&self.endpoint) {
+            c.env(k, v);
+        }
+        c.env("ZIB_ZFS_BIN", zfs)
+            .env("FAKE_ZFS_DIR", self.root.join("zfs"))
+            .env("FAKE_ZFS_SIZE", "300000")
+            .env_remove("ZIB_FAILPOINT")
+            .env_remove("ZIBD_CONFIG");
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    /// `zibd restore run --to TARGET` (moto thaws at once; poll it often) plus `extra`.
+    fn restore(&self, target: &str, extra: &[&str], zfs: &Path, work: &Path) -> Output {
+        let args = ["restore", "run", "--to", target, "--work-dir", work.to_str().unwrap()];
+        let poll = ["--poll-initial-secs", "0.05", "--poll-max-secs", "0.2"];
+        self.zibd(&[&args[..], &poll[..], extra].concat(), zfs, &[])
+    }
+
+    fn import(&self, extra: &[&str]) -> Output {
+        let save = self.save_file.to_str().unwrap();
+        self.zibd(
+            &[&["import-legacy", "--state-file", save][..], extra].concat(),
+            FAKE_ZFS.as_ref(),
+            &[],
+        )
+    }
+
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        let out =
+            self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).send().await.unwrap();
+        out.contents().iter().map(|o| o.key().unwrap().to_owned()).collect()
+    }
+
+    async fn manifests(&self) -> Vec<Manifest> {
+        let mut v = Vec::new();
+        for k in self.keys("zib/").await {
+            if k.ends_with(".manifest.json") {
+                v.push(
+                    Manifest::from_json(&k, &get_bytes(&self.client, &self.bucket, &k).await)
+                        .unwrap(),
+                );
+            }
+        }
+        v.sort_by_key(|m| m.seq);
+        v
+    }
+}
+
+fn out(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_then_a_zib_backup_continue_the_chain_and_restore_across_both() {
+    let moto = MotoServer::start();
+    let bed = Bed::new(&moto, "legacy").await;
+    let legacy_keys = bed.keys("legacy/").await;
+    assert_eq!(legacy_keys.len(), 36);
+
+    // A text-sorted join of a stream's listing is not the stream: numeric order matters.
+    let listed: Vec<String> =
+        legacy_keys.iter().filter(|k| k.starts_with("legacy/backup0/")).cloned().collect();
+    assert_eq!(listed[2], "legacy/backup0/10", "S3 lists in text order");
+    // The bytes of each chunk as uploaded (a GET of DEEP_ARCHIVE needs a thaw).
+    let full = bed.stream_of("backup0");
+    let parts: Vec<&[u8]> = full.chunks(LEGACY_CHUNK).collect();
+    let join = |keys: &[String]| -> Vec<u8> {
+        keys.iter()
+            .flat_map(|k| parts[k.rsplit('/').next().unwrap().parse::<usize>().unwrap()].to_vec())
+            .collect()
+    };
+    assert!(join(&listed) != full, "the text-sorted join would corrupt the stream");
+
+    // A dry run writes nothing.
+    let o = bed.import(&["--dry-run"]);
+    let (stdout, stderr) = out(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("would adopt 3 streams"), "{stdout}");
+    assert!(bed.keys("zib/").await.is_empty());
+
+    let o = bed.import(&[]);
+    let (stdout, stderr) = out(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("adopted 3 streams of tank/photos"), "{stdout}");
+    assert!(stdout.contains("to keep: $"), "{stdout}");
+    assert!(stdout.contains("34500 bytes in DEEP_ARCHIVE"), "{stdout}");
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 3);
+    let numeric: Vec<String> = ms[0].chunks.iter().map(|c| c.key.clone()).collect();
+    assert!(join(&numeric) == full, "the adopted manifest joins the stream in numeric order");
+    for (n, m) in ms.iter().enumerate() {
+        assert_eq!(m.to.name.as_str(), format!("backup{n}"));
+        assert_eq!(m.chunks.len(), 12);
+        assert_eq!(m.chunks[10].key, format!("{}/10", m.legacy.as_ref().unwrap().stream_key));
+        assert!(m.chunks.iter().all(|c| c.md5.is_some()));
+        assert_eq!(m.stream_size, LEGACY_LEN as u64);
+    }
+    // Nothing of the tool's was touched; importing again writes nothing and succeeds.
+    assert_eq!(bed.keys("legacy/").await, legacy_keys);
+    let o = bed.import(&[]);
+    let (stdout, stderr) = out(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("wrote 0 manifests (3 already there)"), "{stdout}");
+
+    // The next zib backup is an incremental from the last legacy snapshot.
+    let o = bed.zibd(&["backup", "tank/photos"], FAKE_ZFS.as_ref(), &[]);
+    let (stdout, stderr) = out(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("incremental backup #4"), "{stdout}\n{stderr}");
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 4);
+    let zib = &ms[3];
+    assert_eq!(zib.from.as_ref().unwrap(), &ms[2].to);
+    assert!(zib.legacy.is_none());
+
+    // Restore the newest (legacy + zib streams) and an older snapshot (legacy only).
+    let fake = catalog::FakeZfs::new();
+    let work = tempfile::tempdir().unwrap();
+    let o = bed.restore("pool/new", &[], &fake.bin, work.path());
+    let (stdout, stderr) = out(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let got = fake.received();
+    assert_eq!(got.len(), 4, "{}", fake.calls());
+    for n in 0..3 {
+        assert!(got[n] == bed.stream_of(&format!("backup{n}")), "legacy stream {n} differs");
+    }
+    assert!(got[3] == bed.stream_of(zib.to.name.as_str()), "the zib stream differs");
+
+    let fake = catalog::FakeZfs::new();
+    let work = tempfile::tempdir().unwrap();
+    let o = bed.restore("pool/old", &["--snapshot", "backup1"], &fake.bin, work.path());
+    let (stdout, stderr) = out(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let got = fake.received();
+    assert_eq!(got.len(), 2, "{}", fake.calls());
+    assert!(got[1] == bed.stream_of("backup1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_middle_chunk_is_refused_with_its_key_and_nothing_is_written() {
+    let moto = MotoServer::start();
+    let bed = Bed::new(&moto, "legacy-gap").await;
+    bed.client
+        .delete_object()
+        .bucket(&bed.bucket)
+        .key("legacy/backup0_backup1/5")
+        .send()
+        .await
+        .unwrap();
+    let o = bed.import(&[]);
+    let (stdout, stderr) = out(&o);
+    assert!(!o.status.success(), "{stdout}");
+    assert!(stderr.contains("legacy/backup0_backup1/5 is missing"), "{stderr}");
+    assert!(bed.keys("zib/").await.is_empty());
+    assert!(!bed.root.join("state/tank%2Fphotos.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_chunk_that_does_not_match_its_md5_never_reaches_zfs_receive() {
+    let moto = MotoServer::start();
+    let bed = Bed::new(&moto, "legacy-md5").await;
+    let o = bed.import(&[]);
+    assert!(o.status.success(), "{:?}", out(&o));
+    // The manifest of the full says chunk 3 has another MD5 (as if the object had been replaced).
+    let key = "zib/tank/photos@zib/000001-backup0.manifest.json";
+    let mut m = Manifest::from_json(key, &get_bytes(&bed.client, &bed.bucket, key).await).unwrap();
+    m.chunks[3].md5 = Some("0".repeat(32));
+    bed.client
+        .put_object()
+        .bucket(&bed.bucket)
+        .key(key)
+        .body(ByteStream::from(m.to_json()))
+        .send()
+        .await
+        .unwrap();
+    let fake = catalog::FakeZfs::new();
+    let work = tempfile::tempdir().unwrap();
+    let o = bed.restore("pool/r", &[], &fake.bin, work.path());
+    let (stdout, stderr) = out(&o);
+    assert!(!o.status.success(), "{stdout}");
+    assert!(stderr.contains("legacy/backup0/3") && stderr.contains("MD5"), "{stderr}");
+    let got = fake.received();
+    assert!(
+        got.iter().map(Vec::len).sum::<usize>() <= 3 * LEGACY_CHUNK,
+        "bytes past the bad chunk reached zfs receive"
+    );
+}
