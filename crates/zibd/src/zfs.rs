@@ -155,7 +155,9 @@ impl StreamHeader {
             return Err("it is a replication package (zfs send -R or -p, carrying properties), not the single raw stream zib sends".into());
         }
         let guid = |g: &str| g.parse::<u64>().ok();
-        if guid(to_guid) != Some(self.to_guid) {
+        // An adopted stream whose snapshot was gone at import has no GUID to compare with.
+        let unknown = zib_core::legacy::adopt::is_unknown_guid;
+        if !unknown(to_guid) && guid(to_guid) != Some(self.to_guid) {
             return Err(format!(
                 "it is a stream of snapshot GUID {}, the manifest says {to_guid}",
                 self.to_guid
@@ -173,7 +175,7 @@ impl StreamHeader {
                     "it is a full stream, the manifest says an incremental from {f}"
                 ));
             }
-            Some(f) if guid(f) != Some(self.from_guid) => {
+            Some(f) if !unknown(f) && guid(f) != Some(self.from_guid) => {
                 return Err(format!(
                     "it is a stream from GUID {}, the manifest says from {f}",
                     self.from_guid

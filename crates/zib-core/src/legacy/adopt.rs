@@ -62,6 +62,11 @@ pub fn unknown_guid(snapshot: &str) -> String {
     format!("unknown-legacy-{snapshot}")
 }
 
+/// Whether `guid` is an [`unknown_guid`] (checks against a stream's header skip it).
+pub fn is_unknown_guid(guid: &str) -> bool {
+    guid.starts_with("unknown-legacy-")
+}
+
 /// Plans the manifests of every whole stream; refuses when one the save file calls complete
 /// is not whole, or when the local snapshots contradict the save file.
 pub fn plan_adoption(input: AdoptInput<'_>) -> Result<AdoptPlan, LegacyError> {
@@ -308,6 +313,7 @@ mod tests {
         let snaps: Vec<_> = local(3).into_iter().skip(1).collect();
         let p = plan_adoption(input(&s, &l, &snaps, None)).unwrap();
         assert_eq!(p.manifests[0].1.to.guid, unknown_guid("backup0"));
+        assert!(is_unknown_guid(&p.manifests[0].1.to.guid) && !is_unknown_guid("1001"));
         assert_eq!(p.manifests[1].1.from.as_ref().unwrap().guid, unknown_guid("backup0"));
         let snaps: Vec<_> = local(2);
         let e = plan_adoption(input(&s, &l, &snaps, None)).unwrap_err().to_string();
