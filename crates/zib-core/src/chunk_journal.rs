@@ -75,11 +75,11 @@ mod tests {
     use crate::names::DatasetName;
 
     fn chunk(i: u64) -> ChunkRecord {
-        ChunkRecord {
-            key: format!("zib/tank/photos@zib/000004-zib-20261126T030000Z/a00/{i:08}"),
-            size: 1048576,
-            sha256: format!("{i}").repeat(64)[..64].to_owned(),
-        }
+        ChunkRecord::new(
+            format!("zib/tank/photos@zib/000004-zib-20261126T030000Z/a00/{i:08}"),
+            1048576,
+            format!("{i}").repeat(64)[..64].to_owned(),
+        )
     }
 
     #[test]

@@ -317,11 +317,7 @@ mod tests {
         let mut m = sample();
         m.chunk_size = crate::config::MAX_CHUNK_SIZE;
         m.chunks = (0..MAX_CHUNKS)
-            .map(|i| ChunkRecord {
-                key: format!("{key}{i:08}"),
-                size: m.chunk_size,
-                sha256: h.clone(),
-            })
+            .map(|i| ChunkRecord::new(format!("{key}{i:08}"), m.chunk_size, h.clone()))
             .collect();
         m.stream_size = m.chunk_size * MAX_CHUNKS;
         let bytes = m.to_json_for_commit().unwrap();

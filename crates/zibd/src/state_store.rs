@@ -341,11 +341,11 @@ mod tests {
     }
 
     fn chunk(i: u64) -> ChunkRecord {
-        ChunkRecord {
-            key: format!("zib/tank/photos@zib/000001-zib-20261126T030000Z/a00/{i:08}"),
-            size: 65536,
-            sha256: "ab".repeat(32),
-        }
+        ChunkRecord::new(
+            format!("zib/tank/photos@zib/000001-zib-20261126T030000Z/a00/{i:08}"),
+            65536,
+            "ab".repeat(32),
+        )
     }
 
     fn pending(chunks: u64) -> zib_core::state::Pending {

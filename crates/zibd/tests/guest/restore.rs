@@ -698,7 +698,7 @@ async fn put_backup(
     for (j, part) in stream.chunks(chunk).enumerate() {
         let key = layout.chunk_key(1, &to, 0, j as u64);
         zib_testkit::put_bytes(client, bucket, &key, part.to_vec()).await;
-        chunks.push(ChunkRecord { key, size: part.len() as u64, sha256: sha256_hex(part) });
+        chunks.push(ChunkRecord::new(key, part.len() as u64, sha256_hex(part)));
     }
     let m = Manifest {
         format: manifest::FORMAT.into(),
@@ -717,6 +717,7 @@ async fn put_backup(
         stream_sha256: sha256_hex(stream),
         chunks,
         zib_version: "guest-test".into(),
+        legacy: None,
     };
     m.check().unwrap();
     zib_testkit::put_bytes(client, bucket, &layout.manifest_key(1, &to), m.to_json()).await;
