@@ -672,6 +672,17 @@ mod tests {
         assert!(err(not_begin, "7", None).contains("type 5"));
         // Without -w in the manifest, a plain stream is what it says.
         StreamHeader::parse(&header(false, 1, 0, 7, 0)).unwrap().check("7", None, false).unwrap();
+        // An adopted legacy snapshot that was gone at import has no GUID to compare; the
+        // full/incremental and raw checks still apply.
+        let unknown = zib_core::legacy::adopt::unknown_guid("backup0");
+        let inc = StreamHeader::parse(&header(false, 1, raw, 8, 7)).unwrap();
+        inc.check("8", Some(&unknown), true).unwrap();
+        StreamHeader::parse(&header(false, 1, raw, 7, 0))
+            .unwrap()
+            .check(&unknown, None, true)
+            .unwrap();
+        assert!(err(header(false, 1, raw, 8, 0), "8", Some(&unknown)).contains("a full stream"));
+        assert!(err(header(false, 1, 0, 7, 0), &unknown, None).contains("not sent raw"));
     }
 
     #[tokio::test]
