@@ -3,7 +3,9 @@
 //! # Wire format
 //!
 //! A connection carries frames in both directions: a `u32` big-endian length, then that many
-//! bytes of UTF-8 JSON; at most [`MAX_FRAME_LEN`] (1 MiB) per frame. See [`frame`].
+//! bytes of UTF-8 JSON; at most [`MAX_FRAME_LEN`] (1 MiB) per frame. See [`frame`];
+//! [`Client`] is the one client side (connect, call, stream) that zibctl, zibd's self-check and
+//! the tests use.
 //!
 //! The client sends [`RequestFrame`]s, the daemon answers each with one [`ResponseFrame`], except
 //! `Trigger { wait: true }`, answered by any number of `progress` frames and then one final frame
@@ -33,9 +35,11 @@
 //! versions. The JSON of every v1 message is kept as a fixture under `tests/fixtures/v1/` and must
 //! keep parsing forever (`tests/backward_compat.rs`).
 
+pub mod client;
 pub mod frame;
 pub mod message;
 
+pub use client::{Client, ClientError, REPLY_TIMEOUT};
 pub use frame::{
     FrameError, MAX_FRAME_LEN, read_frame, read_frame_capped, read_json, write_frame, write_json,
 };

@@ -4,13 +4,8 @@
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use tokio::net::UnixStream;
-use zib_protocol::{
-    ErrorKind, FrameError, Request, Response, decode_response, encode_request, read_frame,
-    write_frame,
-};
+use zib_protocol::{ClientError, ErrorKind, ProgressUpdate, Request, Response};
 
 /// Exit codes (also listed in `zibctl --help`).
 pub mod exit {
@@ -68,9 +63,6 @@ impl CliError {
     }
 }
 
-/// How long to wait for a reply to a request that is answered at once.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Explains a failed `connect` to the socket.
 pub fn connect_error(path: &Path, e: &io::Error) -> CliError {
     let p = path.display();
@@ -112,71 +104,71 @@ fn socket_group(path: &Path) -> Option<String> {
     nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten().map(|g| g.name)
 }
 
-/// A connection to zibd.
+/// A connection to zibd: [`zib_protocol::Client`], with every failure and every `error` reply
+/// turned into a [`CliError`].
 #[derive(Debug)]
 pub struct Client {
-    stream: UnixStream,
+    inner: zib_protocol::Client,
     path: PathBuf,
 }
 
 impl Client {
     pub async fn connect(path: &Path) -> Result<Client, CliError> {
-        let stream = UnixStream::connect(path).await.map_err(|e| connect_error(path, &e))?;
-        Ok(Client { stream, path: path.to_owned() })
-    }
-
-    pub async fn send(&mut self, request: &Request) -> Result<(), CliError> {
-        write_frame(&mut self.stream, &encode_request(request)).await.map_err(|e| {
-            CliError::Unreachable(format!("sending to zibd at {}: {e}", self.path.display()))
-        })
-    }
-
-    /// Reads the next response frame, waiting at most `timeout` (none: wait as long as it takes).
-    pub async fn recv(&mut self, timeout: Option<Duration>) -> Result<Response, CliError> {
-        let read = read_frame(&mut self.stream);
-        let body = match timeout {
-            Some(t) => tokio::time::timeout(t, read).await.map_err(|_| {
-                CliError::Unreachable(format!(
-                    "zibd did not answer within {} s on {}",
-                    t.as_secs(),
-                    self.path.display()
-                ))
-            })?,
-            None => read.await,
-        };
-        let body = match body {
-            Ok(Some(body)) => body,
-            Ok(None) | Err(FrameError::Truncated { .. }) => {
-                return Err(CliError::Unreachable(
-                    "zibd closed the connection without an answer (did it stop?)".into(),
-                ));
-            }
-            Err(FrameError::Io(e)) => {
-                return Err(CliError::Unreachable(format!("reading from zibd: {e}")));
-            }
-            Err(e) => return Err(CliError::Protocol(format!("bad reply from zibd: {e}"))),
-        };
-        let frame = decode_response(&body).map_err(|e| {
-            CliError::Protocol(format!(
-                "cannot read zibd's reply ({e}); is zibd of the same release as zibctl {}?",
-                env!("CARGO_PKG_VERSION")
-            ))
+        let inner = zib_protocol::Client::connect(path).await.map_err(|e| match e {
+            ClientError::Connect { source, .. } => connect_error(path, &source),
+            e => CliError::Unreachable(e.to_string()),
         })?;
-        match frame.response {
+        Ok(Client { inner, path: path.to_owned() })
+    }
+
+    /// One request, one reply (within [`zib_protocol::REPLY_TIMEOUT`]).
+    pub async fn call(&mut self, request: &Request) -> Result<Response, CliError> {
+        let reply = self.inner.call(request).await;
+        self.reply(reply)
+    }
+
+    /// A streamed request (`trigger --wait`): `progress` sees each progress frame, the final
+    /// reply is returned; no time limit (a run takes as long as it takes).
+    pub async fn stream(
+        &mut self,
+        request: &Request,
+        progress: impl FnMut(&ProgressUpdate),
+    ) -> Result<Response, CliError> {
+        let reply = self.inner.stream(request, None, progress).await;
+        self.reply(reply)
+    }
+
+    fn reply(&self, reply: Result<Response, ClientError>) -> Result<Response, CliError> {
+        match reply.map_err(|e| self.client_error(e))? {
             Response::Error { kind, message } => Err(CliError::from_reply(kind, message)),
             Response::Unknown => Err(CliError::Protocol(format!(
                 "zibd (protocol {}) sent a reply this zibctl (protocol {}) does not know; upgrade zibctl",
-                frame.protocol,
+                self.inner.peer_protocol().unwrap_or_default(),
                 zib_protocol::PROTOCOL_VERSION
             ))),
             r => Ok(r),
         }
     }
 
-    /// One request, one reply.
-    pub async fn call(&mut self, request: &Request) -> Result<Response, CliError> {
-        self.send(request).await?;
-        self.recv(Some(REPLY_TIMEOUT)).await
+    fn client_error(&self, e: ClientError) -> CliError {
+        let p = self.path.display();
+        match e {
+            ClientError::Connect { source, .. } => connect_error(&self.path, &source),
+            ClientError::Send(e) => CliError::Unreachable(format!("sending to zibd at {p}: {e}")),
+            ClientError::Timeout(t) => CliError::Unreachable(format!(
+                "zibd did not answer within {} s on {p}",
+                t.as_secs()
+            )),
+            ClientError::Closed => CliError::Unreachable(
+                "zibd closed the connection without an answer (did it stop?)".into(),
+            ),
+            ClientError::Read(e) => CliError::Unreachable(format!("reading from zibd: {e}")),
+            ClientError::BadFrame(e) => CliError::Protocol(format!("bad reply from zibd: {e}")),
+            ClientError::Decode(e) => CliError::Protocol(format!(
+                "cannot read zibd's reply ({e}); is zibd of the same release as zibctl {}?",
+                env!("CARGO_PKG_VERSION")
+            )),
+        }
     }
 }
 

@@ -200,32 +200,29 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Trigger { dataset, wait: true, full } => {
             let request = Request::Trigger { dataset: dataset.clone(), wait: true, full };
-            client.send(&request).await?;
             let mut stdout = std::io::stdout();
-            loop {
-                match client.recv(None).await? {
-                    Response::Progress(update) => {
-                        let _ = writeln!(stdout, "{}", format::progress_line(&update));
-                        let _ = stdout.flush();
-                    }
-                    Response::Done { ok: true, message, .. } => {
-                        println!("{dataset}: done: {message}");
-                        return Ok(exit::OK);
-                    }
-                    Response::Done { ok: false, message, .. } => {
-                        return Err(CliError::Failed(format!(
-                            "backup of {dataset} failed: {message}"
-                        )));
-                    }
-                    Response::Ok { message } => {
-                        println!(
-                            "{}",
-                            message.unwrap_or_else(|| format!("triggered a backup of {dataset}"))
-                        );
-                        return Ok(exit::OK);
-                    }
-                    other => return Err(unexpected(&request, &other)),
+            let last = client
+                .stream(&request, |update| {
+                    let _ = writeln!(stdout, "{}", format::progress_line(update));
+                    let _ = stdout.flush();
+                })
+                .await?;
+            match last {
+                Response::Done { ok: true, message, .. } => {
+                    println!("{dataset}: done: {message}");
+                    Ok(exit::OK)
                 }
+                Response::Done { ok: false, message, .. } => {
+                    Err(CliError::Failed(format!("backup of {dataset} failed: {message}")))
+                }
+                Response::Ok { message } => {
+                    println!(
+                        "{}",
+                        message.unwrap_or_else(|| format!("triggered a backup of {dataset}"))
+                    );
+                    Ok(exit::OK)
+                }
+                other => Err(unexpected(&request, &other)),
             }
         }
         Command::Pause { dataset } => {

@@ -25,13 +25,10 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use tokio::{net::UnixStream, sync::Notify, task::JoinHandle};
+use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zib_core::{Config, DatasetName, config::ConfigError};
-use zib_protocol::{
-    DaemonInfo, ErrorKind, JobState, PROTOCOL_VERSION, Request, Response, decode_response,
-    encode_request, read_frame, write_frame,
-};
+use zib_protocol::{Client, DaemonInfo, ErrorKind, JobState, PROTOCOL_VERSION, Request, Response};
 
 use crate::{
     backup::Engine,
@@ -289,15 +286,8 @@ impl Daemon {
 /// Connects to our own socket and asks for the version: READY=1 only once this works.
 async fn self_check(path: &Path) -> Result<(), String> {
     let attempt = async {
-        let mut s = UnixStream::connect(path).await.map_err(|e| format!("connect: {e}"))?;
-        write_frame(&mut s, &encode_request(&Request::Version))
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let body = read_frame(&mut s)
-            .await
-            .map_err(|e| format!("read: {e}"))?
-            .ok_or("connection closed without a reply")?;
-        match decode_response(&body).map_err(|e| format!("reply: {e}"))?.response {
+        let mut client = Client::connect(path).await.map_err(|e| e.to_string())?;
+        match client.call(&Request::Version).await.map_err(|e| e.to_string())? {
             Response::Version { .. } => Ok(()),
             other => Err(format!("unexpected reply {other:?}")),
         }

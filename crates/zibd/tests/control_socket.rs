@@ -9,12 +9,10 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use tokio::io::AsyncWriteExt;
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use zib_protocol::{
-    DaemonInfo, DatasetStatus, ErrorKind, JobState, MAX_FRAME_LEN, PROTOCOL_VERSION,
-    ProgressUpdate, Request, Response, RunProgress, decode_response, encode_request, read_frame,
-    write_frame,
+    Client, ClientError, DaemonInfo, DatasetStatus, ErrorKind, JobState, MAX_FRAME_LEN,
+    PROTOCOL_VERSION, ProgressUpdate, Request, Response, RunProgress,
 };
 use zibd::control::{
     Access, ControlConfig, ControlError, ControlSocket, Handler, Peer, Reply, authorize, serve,
@@ -181,23 +179,31 @@ impl Server {
     }
 }
 
-async fn send(stream: &mut UnixStream, request: &Request) {
-    write_frame(stream, &encode_request(request)).await.unwrap();
+async fn connect(path: &Path) -> Client {
+    Client::connect(path).await.unwrap()
 }
 
-async fn recv(stream: &mut UnixStream) -> Option<Response> {
-    let body = tokio::time::timeout(Duration::from_secs(10), read_frame(stream))
-        .await
-        .expect("reply in time")
-        .ok()??;
-    let frame = decode_response(&body).expect("a valid response frame");
-    assert_eq!(frame.protocol, PROTOCOL_VERSION);
-    Some(frame.response)
+async fn send(client: &mut Client, request: &Request) {
+    client.send(request).await.unwrap();
+}
+
+/// The next frame within 10 s; `None` once the server closed the connection.
+async fn recv(client: &mut Client) -> Option<Response> {
+    match client.recv_frame(Some(Duration::from_secs(10))).await {
+        Ok(frame) => {
+            assert_eq!(frame.protocol, PROTOCOL_VERSION);
+            Some(frame.response)
+        }
+        Err(e @ (ClientError::Timeout(_) | ClientError::Decode(_))) => {
+            panic!("expected a valid reply in time: {e}")
+        }
+        Err(_) => None,
+    }
 }
 
 /// Sends one request on a new connection, returns every frame up to the final one.
 async fn call(path: &Path, request: Request) -> Vec<Response> {
-    let mut s = UnixStream::connect(path).await.unwrap();
+    let mut s = connect(path).await;
     send(&mut s, &request).await;
     let mut out = Vec::new();
     loop {
@@ -211,17 +217,12 @@ async fn call(path: &Path, request: Request) -> Vec<Response> {
 }
 
 /// Reads until the server closes the connection; returns the frames it sent before.
-async fn drain_until_closed(s: &mut UnixStream) -> Vec<Response> {
+async fn drain_until_closed(s: &mut Client) -> Vec<Response> {
     let mut out = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), read_frame(s))
-            .await
-            .expect("server closes in time")
-        {
-            Ok(Some(body)) => out.push(decode_response(&body).unwrap().response),
-            Ok(None) | Err(_) => return out,
-        }
+    while let Some(r) = recv(s).await {
+        out.push(r);
     }
+    out
 }
 
 async fn assert_still_serves(path: &Path) {
@@ -245,7 +246,7 @@ fn error_kind(r: &Response) -> ErrorKind {
 #[tokio::test]
 async fn answers_requests_and_keeps_the_connection() {
     let server = Server::start().await;
-    let mut s = UnixStream::connect(&server.path).await.unwrap();
+    let mut s = connect(&server.path).await;
     send(&mut s, &Request::Version).await;
     assert!(matches!(recv(&mut s).await, Some(Response::Version { .. })));
     send(&mut s, &Request::Status { dataset: None }).await;
@@ -265,9 +266,9 @@ async fn answers_requests_and_keeps_the_connection() {
 #[tokio::test]
 async fn garbage_bytes_get_an_error_and_a_close() {
     let server = Server::start().await;
-    let mut s = UnixStream::connect(&server.path).await.unwrap();
+    let mut s = connect(&server.path).await;
     // "GET " as a length prefix is ~1.2 GB: over the cap.
-    s.write_all(b"GET / HTTP/1.1\r\nHost: zibd\r\n\r\n").await.unwrap();
+    s.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: zibd\r\n\r\n").await.unwrap();
     let frames = drain_until_closed(&mut s).await;
     assert_eq!(frames.len(), 1, "{frames:?}");
     assert_eq!(error_kind(&frames[0]), ErrorKind::FrameTooLarge);
@@ -279,17 +280,17 @@ async fn garbage_bytes_get_an_error_and_a_close() {
 #[tokio::test]
 async fn four_gib_length_prefix_is_refused() {
     let server = Server::start().await;
-    let mut s = UnixStream::connect(&server.path).await.unwrap();
-    s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    s.write_all(&[b'{'; 64]).await.unwrap();
+    let mut s = connect(&server.path).await;
+    s.get_mut().write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    s.get_mut().write_all(&[b'{'; 64]).await.unwrap();
     let frames = drain_until_closed(&mut s).await;
     assert_eq!(frames.len(), 1);
     let Response::Error { kind, message } = &frames[0] else { panic!("{frames:?}") };
     assert_eq!(*kind, ErrorKind::FrameTooLarge);
     assert!(message.contains(&u32::MAX.to_string()), "{message}");
     // Exactly one over the cap is refused too.
-    let mut s = UnixStream::connect(&server.path).await.unwrap();
-    s.write_all(&(MAX_FRAME_LEN + 1).to_be_bytes()).await.unwrap();
+    let mut s = connect(&server.path).await;
+    s.get_mut().write_all(&(MAX_FRAME_LEN + 1).to_be_bytes()).await.unwrap();
     let frames = drain_until_closed(&mut s).await;
     assert_eq!(error_kind(&frames[0]), ErrorKind::FrameTooLarge);
     assert_still_serves(&server.path).await;
@@ -300,9 +301,9 @@ async fn four_gib_length_prefix_is_refused() {
 async fn half_a_frame_then_eof_closes_quietly() {
     let server = Server::start().await;
     for partial in [&[0u8, 0][..], &[0, 0, 0, 100, b'{', b'"', b't'][..]] {
-        let mut s = UnixStream::connect(&server.path).await.unwrap();
-        s.write_all(partial).await.unwrap();
-        s.shutdown().await.unwrap();
+        let mut s = connect(&server.path).await;
+        s.get_mut().write_all(partial).await.unwrap();
+        s.get_mut().shutdown().await.unwrap();
         assert!(drain_until_closed(&mut s).await.is_empty());
     }
     assert_still_serves(&server.path).await;
@@ -312,7 +313,7 @@ async fn half_a_frame_then_eof_closes_quietly() {
 #[tokio::test]
 async fn invalid_json_gets_invalid_request_and_the_connection_goes_on() {
     let server = Server::start().await;
-    let mut s = UnixStream::connect(&server.path).await.unwrap();
+    let mut s = connect(&server.path).await;
     for bad in [
         &b"{not json"[..],
         b"\xff\xfe\x00garbage",
@@ -322,7 +323,7 @@ async fn invalid_json_gets_invalid_request_and_the_connection_goes_on() {
         b"{\"protocol\":1,\"request\":{\"type\":\"trigger\",\"dataset\":7}}",
         b"",
     ] {
-        write_frame(&mut s, bad).await.unwrap();
+        s.send_frame(bad).await.unwrap();
         let r = recv(&mut s).await.expect("an error reply");
         assert_eq!(error_kind(&r), ErrorKind::InvalidRequest, "{:?}", String::from_utf8_lossy(bad));
     }
@@ -334,18 +335,15 @@ async fn invalid_json_gets_invalid_request_and_the_connection_goes_on() {
 #[tokio::test]
 async fn unknown_request_type_and_protocol_get_unsupported() {
     let server = Server::start().await;
-    let mut s = UnixStream::connect(&server.path).await.unwrap();
-    write_frame(
-        &mut s,
-        br#"{"protocol":1,"request":{"type":"prune","dataset":"tank/a","keep":3}}"#,
-    )
-    .await
-    .unwrap();
+    let mut s = connect(&server.path).await;
+    s.send_frame(br#"{"protocol":1,"request":{"type":"prune","dataset":"tank/a","keep":3}}"#)
+        .await
+        .unwrap();
     let r = recv(&mut s).await.unwrap();
     assert_eq!(error_kind(&r), ErrorKind::Unsupported);
     let Response::Error { message, .. } = r else { unreachable!() };
     assert!(message.contains("prune"), "{message}");
-    write_frame(&mut s, br#"{"protocol":2,"request":{"type":"version"}}"#).await.unwrap();
+    s.send_frame(br#"{"protocol":2,"request":{"type":"version"}}"#).await.unwrap();
     assert_eq!(error_kind(&recv(&mut s).await.unwrap()), ErrorKind::Unsupported);
     send(&mut s, &Request::Version).await;
     assert!(matches!(recv(&mut s).await, Some(Response::Version { .. })));
@@ -357,13 +355,13 @@ async fn idle_clients_are_disconnected() {
     let server =
         Server::start_with(FakeHandler::default(), |c| c.read_timeout = Duration::from_millis(200))
             .await;
-    let mut idle = UnixStream::connect(&server.path).await.unwrap();
+    let mut idle = connect(&server.path).await;
     let started = std::time::Instant::now();
     assert!(drain_until_closed(&mut idle).await.is_empty());
     assert!(started.elapsed() < Duration::from_secs(5));
     // A client that sent half a frame and stalls is dropped too.
-    let mut stalled = UnixStream::connect(&server.path).await.unwrap();
-    stalled.write_all(&[0, 0, 0, 50, b'{']).await.unwrap();
+    let mut stalled = connect(&server.path).await;
+    stalled.get_mut().write_all(&[0, 0, 0, 50, b'{']).await.unwrap();
     assert!(drain_until_closed(&mut stalled).await.is_empty());
     assert_still_serves(&server.path).await;
     server.shutdown().await;
@@ -376,8 +374,8 @@ async fn idle_clients_cannot_starve_the_slots() {
         c.max_connections = 2;
     })
     .await;
-    let _a = UnixStream::connect(&server.path).await.unwrap();
-    let _b = UnixStream::connect(&server.path).await.unwrap();
+    let _a = connect(&server.path).await;
+    let _b = connect(&server.path).await;
     // Both slots are taken by idle clients; a third waits in the backlog until they time out.
     tokio::time::timeout(Duration::from_secs(5), assert_still_serves(&server.path)).await.unwrap();
     server.shutdown().await;
@@ -406,7 +404,7 @@ async fn trigger_wait_streams_progress_then_done() {
     assert!(matches!(frames.last(), Some(Response::Done { ok: false, .. })));
 
     // After a streamed reply the connection takes further requests.
-    let mut s = UnixStream::connect(&server.path).await.unwrap();
+    let mut s = connect(&server.path).await;
     send(&mut s, &Request::Trigger { dataset: "tank/a".into(), wait: true, full: false }).await;
     while !recv(&mut s).await.unwrap().is_final() {}
     send(&mut s, &Request::Version).await;
@@ -417,7 +415,7 @@ async fn trigger_wait_streams_progress_then_done() {
 #[tokio::test]
 async fn a_client_leaving_mid_stream_frees_its_slot() {
     let server = Server::start_with(FakeHandler::default(), |c| c.max_connections = 1).await;
-    let mut s = UnixStream::connect(&server.path).await.unwrap();
+    let mut s = connect(&server.path).await;
     send(&mut s, &Request::Trigger { dataset: "slow".into(), wait: true, full: false }).await;
     assert!(matches!(recv(&mut s).await, Some(Response::Progress(_))));
     drop(s);
@@ -428,7 +426,7 @@ async fn a_client_leaving_mid_stream_frees_its_slot() {
 #[tokio::test]
 async fn shutdown_ends_streams_and_removes_the_socket() {
     let server = Server::start().await;
-    let mut s = UnixStream::connect(&server.path).await.unwrap();
+    let mut s = connect(&server.path).await;
     send(&mut s, &Request::Trigger { dataset: "slow".into(), wait: true, full: false }).await;
     assert!(matches!(recv(&mut s).await, Some(Response::Progress(_))));
     let path = server.path.clone();
@@ -459,7 +457,7 @@ async fn many_concurrent_clients() {
     for i in 0..100 {
         let path = server.path.clone();
         tasks.push(tokio::spawn(async move {
-            let mut s = UnixStream::connect(&path).await.unwrap();
+            let mut s = connect(&path).await;
             for _ in 0..5 {
                 send(&mut s, &Request::Status { dataset: Some(format!("tank/{i}")) }).await;
                 let Some(Response::Status { datasets, .. }) = recv(&mut s).await else {

@@ -14,11 +14,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use tokio::net::UnixStream;
-use zib_protocol::{
-    DatasetStatus, ErrorKind, JobState, Request, Response, decode_response, encode_request,
-    read_frame, write_frame,
-};
+use zib_protocol::{Client, DatasetStatus, ErrorKind, JobState, Request, Response};
 use zib_testkit::{S3sFsServer, test_env};
 use zibd::{
     control::{Handler, Peer, Reply},
@@ -647,28 +643,16 @@ async fn trigger_wait_streams_progress_over_the_socket_then_done() {
     bed.write_config(&[(ds, "0 0 3 * * *")]);
     let d = bed.start().await;
 
-    let mut s = UnixStream::connect(bed.socket()).await.unwrap();
-    write_frame(
-        &mut s,
-        &encode_request(&Request::Trigger { dataset: ds.into(), wait: true, full: false }),
-    )
-    .await
-    .unwrap();
+    let mut s = Client::connect(&bed.socket()).await.unwrap();
     let mut progress = 0;
-    let done = loop {
-        let body = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut s))
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("a frame");
-        match decode_response(&body).unwrap().response {
-            Response::Progress(p) => {
-                assert_eq!(p.dataset, ds);
-                progress += 1;
-            }
-            other => break other,
-        }
-    };
+    let request = Request::Trigger { dataset: ds.into(), wait: true, full: false };
+    let done = s
+        .stream(&request, Some(Duration::from_secs(30)), |p| {
+            assert_eq!(p.dataset, ds);
+            progress += 1;
+        })
+        .await
+        .unwrap();
     match done {
         Response::Done { ok, snapshot, bytes, message } => {
             assert!(ok, "{message}");
@@ -699,9 +683,7 @@ async fn trigger_wait_streams_progress_over_the_socket_then_done() {
     };
     expect_err(ask(&core, Request::RestoreStart(bad)).await, ErrorKind::InvalidRequest);
     // The connection stays usable after the stream.
-    write_frame(&mut s, &encode_request(&Request::Version)).await.unwrap();
-    let body = read_frame(&mut s).await.unwrap().unwrap();
-    assert!(matches!(decode_response(&body).unwrap().response, Response::Version { .. }));
+    assert!(matches!(s.call(&Request::Version).await.unwrap(), Response::Version { .. }));
     assert!(d.stop().await);
     assert!(!bed.socket().exists(), "the socket file is removed on shutdown");
 }
@@ -783,12 +765,8 @@ schedule = "0 3 * * *"
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let version = |path: &Path| -> Result<(), String> {
         rt.block_on(async {
-            let mut s = UnixStream::connect(path).await.map_err(|e| e.to_string())?;
-            write_frame(&mut s, &encode_request(&Request::Version))
-                .await
-                .map_err(|e| e.to_string())?;
-            let body = read_frame(&mut s).await.map_err(|e| e.to_string())?.ok_or("eof")?;
-            match decode_response(&body).map_err(|e| e.to_string())?.response {
+            let mut s = Client::connect(path).await.map_err(|e| e.to_string())?;
+            match s.call(&Request::Version).await.map_err(|e| e.to_string())? {
                 Response::Version { .. } => Ok(()),
                 other => Err(format!("{other:?}")),
             }
@@ -846,9 +824,8 @@ schedule = "0 3 * * *"
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let names = rt.block_on(async {
-            let mut s = UnixStream::connect(&socket).await.unwrap();
-            write_frame(&mut s, &encode_request(&Request::Status { dataset: None })).await.unwrap();
-            match decode_response(&read_frame(&mut s).await.unwrap().unwrap()).unwrap().response {
+            let mut s = Client::connect(&socket).await.unwrap();
+            match s.call(&Request::Status { dataset: None }).await.unwrap() {
                 Response::Status { datasets, .. } => {
                     datasets.into_iter().map(|d| d.dataset).collect::<Vec<_>>()
                 }
