@@ -131,19 +131,10 @@ fn default_restore_days() -> u32 {
     7
 }
 
-/// S3 Glacier / Deep Archive retrieval tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RestoreTier {
-    /// Cheapest; up to 48 h for Deep Archive.
-    #[default]
-    Bulk,
-    /// Up to 12 h for Deep Archive.
-    Standard,
-    /// A tier this build does not know (from a newer peer).
-    #[serde(other)]
-    Unknown,
-}
+/// The retrieval tier: zib-core's one type, `"bulk"` or `"standard"` on the wire. A request with
+/// another tier is refused as `invalid_request`; a status reply naming a tier this build does not
+/// know reads it as `None` (see [`RestoreJobStatus::tier`]).
+pub use zib_core::pricing::RestoreTier;
 
 /// A reply from the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -463,8 +454,9 @@ pub struct RestoreJobStatus {
     pub snapshot: Option<String>,
     /// The dataset received into.
     pub to: String,
-    /// The retrieval tier.
-    pub tier: RestoreTier,
+    /// The retrieval tier; `None` for a tier this build does not know (from a newer daemon).
+    #[serde(default, deserialize_with = "known_tier")]
+    pub tier: Option<RestoreTier>,
     /// What the job is doing.
     pub state: RestoreState,
     /// When the job started.
@@ -488,4 +480,10 @@ pub struct RestoreJobStatus {
     /// Why it failed.
     #[serde(default)]
     pub error: Option<String>,
+}
+
+/// A tier this build knows, else `None` (a newer daemon's status stays readable).
+fn known_tier<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RestoreTier>, D::Error> {
+    let name = Option::<String>::deserialize(d)?;
+    Ok(name.and_then(|n| n.parse().ok()))
 }

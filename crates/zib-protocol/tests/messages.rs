@@ -184,7 +184,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                     dataset: "tank/photos".into(),
                     snapshot: Some("zib-20260101T030000Z".into()),
                     to: "tank/restored".into(),
-                    tier: RestoreTier::Bulk,
+                    tier: Some(RestoreTier::Bulk),
                     state: RestoreState::Thawing,
                     started_at: t(1_767_225_600),
                     objects_total: 12,
@@ -323,7 +323,7 @@ fn no_orphan_fixtures() {
 }
 
 /// What a newer daemon might send: unknown response types, states, error kinds and fields parse
-/// as `Unknown` / are ignored, so an older zibctl degrades instead of failing.
+/// as `Unknown` (an unknown restore tier as `None`) / are ignored, so an older zibctl degrades instead of failing.
 #[test]
 fn newer_daemon_replies_still_parse() {
     let f = decode_response(&read_fixture("future-response-unknown-type")).unwrap();
@@ -332,6 +332,9 @@ fn newer_daemon_replies_still_parse() {
     let Response::Status { datasets, .. } = f.response else { panic!("not a status: {f:?}") };
     assert_eq!(datasets[0].state, JobState::Unknown);
     assert_eq!(datasets[0].dataset, "tank/photos");
+    let f = decode_response(&read_fixture("future-response-unknown-tier")).unwrap();
+    let Response::RestoreStatus { jobs } = f.response else { panic!("not a restore status: {f:?}") };
+    assert_eq!((jobs[0].tier, jobs[1].tier), (None, Some(RestoreTier::Standard)));
     let f = decode_response(&read_fixture("future-response-unknown-error-kind")).unwrap();
     assert_eq!(f.response, Response::error(ErrorKind::Unknown, "quota exceeded"));
 }

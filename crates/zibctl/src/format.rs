@@ -504,7 +504,7 @@ tank/photos: 2 scheduled runs skipped while a run was still going
             dataset: "tank/photos".into(),
             snapshot: Some("zib-20260101T030000Z".into()),
             to: "tank/restored".into(),
-            tier: RestoreTier::Bulk,
+            tier: Some(RestoreTier::Bulk),
             state: RestoreState::Thawing,
             started_at: t(NOW - 3600),
             objects_total: 12,

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 use client::{CliError, Client, exit, unexpected};
 use zib_protocol::{
     DEFAULT_SOCKET_PATH, PROTOCOL_VERSION, Request, Response, RestoreStart, RestoreTier,
@@ -94,9 +94,10 @@ enum RestoreCommand {
         /// Restore up to this snapshot (default: the newest).
         #[arg(long)]
         snapshot: Option<String>,
-        /// Retrieval tier for objects in cold storage.
-        #[arg(long, value_enum, default_value_t = Tier::Bulk)]
-        tier: Tier,
+        /// Retrieval tier for objects in cold storage: bulk (cheapest; up to 48 h from Deep
+        /// Archive) or standard (up to 12 h).
+        #[arg(long, default_value = "bulk")]
+        tier: RestoreTier,
         /// Days the thawed copies stay readable.
         #[arg(long, default_value_t = 7)]
         days: u32,
@@ -116,14 +117,6 @@ enum RestoreCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Tier {
-    /// Cheapest; up to 48 h from Deep Archive.
-    Bulk,
-    /// Up to 12 h from Deep Archive.
-    Standard,
 }
 
 fn main() -> ExitCode {
@@ -257,10 +250,6 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Restore {
             command: RestoreCommand::Start { dataset, to, snapshot, tier, days, bucket, prefix },
         } => {
-            let tier = match tier {
-                Tier::Bulk => RestoreTier::Bulk,
-                Tier::Standard => RestoreTier::Standard,
-            };
             let request = Request::RestoreStart(RestoreStart {
                 dataset,
                 snapshot,
@@ -330,9 +319,14 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Restore {
-                command: RestoreCommand::Start { tier: Tier::Standard, days: 7, .. }
+                command: RestoreCommand::Start { tier: RestoreTier::Standard, days: 7, .. }
             }
         ));
+        let e = Cli::try_parse_from([
+            "zibctl", "restore", "start", "tank/a", "--to", "tank/r", "--tier", "expedited",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("Expedited tier does not exist"), "{e}");
         assert!(Cli::try_parse_from(["zibctl", "cancel"]).is_err());
     }
 

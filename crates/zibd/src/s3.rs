@@ -24,7 +24,7 @@ use aws_sdk_s3::{
     types::{ChecksumAlgorithm, ChecksumMode, GlacierJobParameters, RestoreRequest, Tier},
 };
 use base64::Engine as _;
-use zib_core::{StorageClass, config::Config};
+use zib_core::{StorageClass, config::Config, pricing::RestoreTier};
 
 /// User metadata key carrying the chunk's SHA-256 (hex), readable by HEAD even on archived
 /// objects and on servers that do not keep additional checksums.
@@ -228,14 +228,6 @@ pub const MIN_PUT_RATE: u64 = 64 * 1024;
 /// per [`MIN_PUT_RATE`] bytes (a 256 MiB chunk: 120 s + 4096 s).
 pub fn put_attempt_timeout(request_timeout: Duration, size: u64) -> Duration {
     request_timeout + Duration::from_secs(size.div_ceil(MIN_PUT_RATE))
-}
-
-/// Thaw tier for archived objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ThawTier {
-    Bulk,
-    Standard,
-    Expedited,
 }
 
 /// How the thaw of an object stands, from HEAD's `x-amz-restore`.
@@ -629,11 +621,15 @@ impl S3Store {
     }
 
     /// Asks S3 to thaw an archived object for `days`. "Already in progress" counts as asked.
-    pub async fn request_thaw(&self, key: &str, tier: ThawTier, days: i32) -> Result<(), S3Error> {
+    pub async fn request_thaw(
+        &self,
+        key: &str,
+        tier: RestoreTier,
+        days: i32,
+    ) -> Result<(), S3Error> {
         let tier = match tier {
-            ThawTier::Bulk => Tier::Bulk,
-            ThawTier::Standard => Tier::Standard,
-            ThawTier::Expedited => Tier::Expedited,
+            RestoreTier::Bulk => Tier::Bulk,
+            RestoreTier::Standard => Tier::Standard,
         };
         let params = GlacierJobParameters::builder().tier(tier).build().expect("tier is set");
         let req = RestoreRequest::builder().days(days).glacier_job_parameters(params).build();

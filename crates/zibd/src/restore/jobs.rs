@@ -23,15 +23,7 @@ pub fn options_from_request(
     let mut o = RestoreOptions::new(DatasetName::new(&req.to).map_err(bad)?);
     o.dataset = Some(DatasetName::new(&req.dataset).map_err(bad)?);
     o.snapshot = req.snapshot.as_deref().map(SnapName::new).transpose().map_err(bad)?;
-    o.tier = match req.tier {
-        zib_protocol::RestoreTier::Bulk => RestoreTier::Bulk,
-        zib_protocol::RestoreTier::Standard => RestoreTier::Standard,
-        zib_protocol::RestoreTier::Unknown => {
-            return Err(RestoreError::DatasetChoice(
-                "unknown restore tier: use bulk or standard".into(),
-            ));
-        }
-    };
+    o.tier = req.tier;
     o.days = req.days;
     Ok(o)
 }
@@ -202,10 +194,7 @@ impl RestoreJobs {
                     dataset: p.dataset.clone().unwrap_or_else(|| j.dataset.clone()),
                     snapshot: p.snapshot.clone(),
                     to: k.clone(),
-                    tier: match j.tier {
-                        RestoreTier::Bulk => zib_protocol::RestoreTier::Bulk,
-                        RestoreTier::Standard => zib_protocol::RestoreTier::Standard,
-                    },
+                    tier: Some(j.tier),
                     state,
                     started_at: p.started_at.unwrap_or(j.started_at),
                     objects_total: p.thaw_needed,

@@ -11,15 +11,8 @@ use super::{
 };
 use crate::{
     failpoint,
-    s3::{S3ErrorKind, S3Store, ThawState, ThawTier, thaw_state},
+    s3::{S3ErrorKind, S3Store, ThawState, thaw_state},
 };
-
-pub(super) fn thaw_tier(t: RestoreTier) -> ThawTier {
-    match t {
-        RestoreTier::Bulk => ThawTier::Bulk,
-        RestoreTier::Standard => ThawTier::Standard,
-    }
-}
 
 impl Run<'_> {
     /// One RestoreObject per archived chunk of the streams still to receive, unless the record
@@ -122,7 +115,7 @@ pub(super) async fn request_thaw(
     days: u32,
 ) -> Result<(), RestoreError> {
     tracing::info!(%key, %tier, days, "requesting thaw");
-    match s3.request_thaw(key, thaw_tier(tier), days as i32).await {
+    match s3.request_thaw(key, tier, days as i32).await {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == S3ErrorKind::AccessDenied => Err(RestoreError::RestoreDenied {
             bucket: s3.bucket().into(),
