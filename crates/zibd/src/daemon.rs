@@ -87,6 +87,36 @@ impl StartError {
     }
 }
 
+/// Why a reload was refused; the running configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("zibd is shutting down")]
+    ShuttingDown,
+    #[error("{0}; keeping the running configuration")]
+    Config(#[source] ConfigError),
+    #[error(
+        "cannot add dataset {0} yet: its task from before an earlier reload is still finishing a backup; reload again when it is done (keeping the running configuration)"
+    )]
+    StillFinishing(DatasetName),
+    #[error("cannot add dataset {name}: {source}; keeping the running configuration")]
+    Lock {
+        name: DatasetName,
+        #[source]
+        source: StateStoreError,
+    },
+}
+
+impl ReloadError {
+    /// The kind of the `error` reply to a `reload` request.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ReloadError::ShuttingDown => ErrorKind::ShuttingDown,
+            ReloadError::StillFinishing(_) => ErrorKind::Busy,
+            ReloadError::Config(_) | ReloadError::Lock { .. } => ErrorKind::Conflict,
+        }
+    }
+}
+
 /// The daemon's shared core: the jobs, the config in force, and the request handler.
 #[derive(Debug)]
 pub struct DaemonCore {
@@ -205,7 +235,7 @@ impl Daemon {
     }
 
     /// Re-reads the config (as SIGHUP).
-    pub async fn reload(&self) -> Result<String, String> {
+    pub async fn reload(&self) -> Result<String, ReloadError> {
         self.core.reload().await
     }
 
@@ -376,17 +406,17 @@ impl DaemonCore {
 
     /// Re-reads the config file and applies it; on any problem the running config stays and
     /// the error says why.
-    pub async fn reload(&self) -> Result<String, String> {
+    pub async fn reload(&self) -> Result<String, ReloadError> {
         let _one = self.reload_lock.lock().await;
         if self.ctx.shutdown.is_cancelled() {
-            return Err("zibd is shutting down".into());
+            return Err(ReloadError::ShuttingDown);
         }
         let path = &self.config_path;
         let mut new = match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "reload refused; keeping the running configuration");
-                return Err(format!("{e}; keeping the running configuration"));
+                return Err(ReloadError::Config(e));
             }
         };
         let old = self.config();
@@ -421,18 +451,14 @@ impl DaemonCore {
                 Err(StateStoreError::Locked { pid, .. })
                     if pid.trim() == std::process::id().to_string() =>
                 {
-                    let msg = format!(
-                        "cannot add dataset {name} yet: its task from before an earlier reload is still finishing a backup; reload again when it is done (keeping the running configuration)"
-                    );
-                    tracing::error!("reload refused: {msg}");
-                    return Err(msg);
+                    let e = ReloadError::StillFinishing((*name).clone());
+                    tracing::error!("reload refused: {e}");
+                    return Err(e);
                 }
-                Err(e) => {
-                    let msg = format!(
-                        "cannot add dataset {name}: {e}; keeping the running configuration"
-                    );
-                    tracing::error!("reload refused: {msg}");
-                    return Err(msg);
+                Err(source) => {
+                    let e = ReloadError::Lock { name: (*name).clone(), source };
+                    tracing::error!("reload refused: {e}");
+                    return Err(e);
                 }
             }
         }
@@ -642,7 +668,7 @@ impl Handler for DaemonCore {
             },
             Request::Reload => match self.reload().await {
                 Ok(m) => Response::ok(m).into(),
-                Err(m) => Response::error(ErrorKind::Conflict, m).into(),
+                Err(e) => Response::error(e.kind(), e.to_string()).into(),
             },
             Request::RestoreStart(req) => self.restore_start(&req).await.into(),
             Request::RestoreStatus { id } => {

@@ -605,7 +605,7 @@ async fn reload_adds_and_removes_datasets_and_rejects_an_invalid_config() {
         d.reload()
             .await
             .map(Response::ok)
-            .unwrap_or_else(|e| Response::error(ErrorKind::Conflict, e)),
+            .unwrap_or_else(|e| Response::error(e.kind(), e.to_string())),
     );
     assert!(msg.contains("removed rel/a") && msg.contains("added rel/c"), "{msg}");
     assert_eq!(names(&core).await, [b, c]);
@@ -634,6 +634,9 @@ async fn reload_adds_and_removes_datasets_and_rejects_an_invalid_config() {
     bed.clock.set(t("2026-01-01T00:01:30Z"));
     wait_for(&core, b, "b's first backup", |s| s.last_success.is_some()).await;
     assert!(d.stop().await);
+    // Once shutting down, a reload is refused as such (not as a conflict).
+    let e = expect_err(ask(&core, Request::Reload).await, ErrorKind::ShuttingDown);
+    assert!(e.contains("shutting down"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
