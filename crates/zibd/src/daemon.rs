@@ -197,7 +197,8 @@ impl Daemon {
             jobs: Mutex::new(jobs),
             ctx: ctx.clone(),
             reload_lock: tokio::sync::Mutex::new(()),
-            restores: RestoreJobs::new(d.state_dir.join("restore"), ctx.shutdown.clone()),
+            restores: RestoreJobs::new(d.state_dir.join("restore"), ctx.shutdown.clone())
+                .with_tracker(ctx.tracker.clone()),
         });
         let socket_path = socket.path().to_owned();
         let server = tokio::spawn(control::serve(
@@ -245,7 +246,7 @@ impl Daemon {
             return;
         }
         let (core, n, stop) = (self.core.clone(), self.notifier, self.core.ctx.shutdown.clone());
-        tokio::spawn(async move {
+        self.core.ctx.tracker.spawn(async move {
             let mut last = String::new();
             loop {
                 let line = core.status_line();
@@ -263,7 +264,7 @@ impl Daemon {
         if let Some(every) = self.notifier.watchdog_interval() {
             let (n, stop) = (self.notifier, self.core.ctx.shutdown.clone());
             tracing::info!(interval_ms = every.as_millis() as u64, "systemd watchdog enabled");
-            tokio::spawn(async move {
+            self.core.ctx.tracker.spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tokio::select! {
@@ -290,15 +291,10 @@ impl Daemon {
         let ctx = &self.core.ctx;
         ctx.shutdown.cancel();
         ctx.tracker.close();
-        let restores = &self.core.restores;
-        let all_stopped = async {
-            ctx.tracker.wait().await;
-            // Restore jobs stop on the same token; their records stay for the restart.
-            while restores.running() > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        let in_time = tokio::time::timeout(timeout, all_stopped).await.is_ok();
+        // Every task the daemon started is on the tracker: dataset tasks and their runs,
+        // restore jobs (which stop on the same token; their records stay for the restart),
+        // progress waiters and the notifiers.
+        let in_time = tokio::time::timeout(timeout, ctx.tracker.wait()).await.is_ok();
         if in_time {
             tracing::info!("all jobs stopped");
         } else {

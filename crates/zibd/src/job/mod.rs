@@ -763,7 +763,7 @@ impl Task {
         let (tx, rx) = mpsc::channel(16);
         let name = self.name.clone();
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        self.ctx.tracker.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut last: Option<ProgressUpdate> = None;

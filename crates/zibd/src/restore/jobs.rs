@@ -5,7 +5,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zib_core::{DatasetName, SnapName, pricing::RestoreTier};
 
 use super::{
@@ -51,13 +51,27 @@ pub struct RestoreJobs {
     shutdown: CancellationToken,
     /// Thaw polling of resumed jobs.
     poll: PollBackoff,
+    /// Where the jobs' tasks run (the daemon's, so that its shutdown waits for them).
+    tracker: TaskTracker,
     jobs: Arc<std::sync::Mutex<std::collections::BTreeMap<String, JobSlot>>>,
 }
 
 impl RestoreJobs {
     /// `shutdown` stops every job at its next safe point (their records stay for the restart).
     pub fn new(work_dir: PathBuf, shutdown: CancellationToken) -> Self {
-        Self { work_dir, shutdown, poll: PollBackoff::default(), jobs: Default::default() }
+        Self {
+            work_dir,
+            shutdown,
+            poll: PollBackoff::default(),
+            tracker: TaskTracker::new(),
+            jobs: Default::default(),
+        }
+    }
+
+    /// Runs the jobs' tasks on `tracker` (the daemon's: its shutdown waits for them).
+    pub fn with_tracker(mut self, tracker: TaskTracker) -> Self {
+        self.tracker = tracker;
+        self
     }
 
     /// How resumed jobs poll thaws (default [`PollBackoff::default`]).
@@ -99,7 +113,7 @@ impl RestoreJobs {
         };
         self.lock().insert(id.clone(), slot);
         let job_id = id.clone();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let r = run(&engine, &opts, &mut file, &tx, &cancel).await;
             let r = match r {
                 Ok(rep) => {
