@@ -20,7 +20,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -37,6 +37,7 @@ use crate::{
     restore::{self, RestoreEngine, RestoreJobs},
     s3::S3Store,
     state_store::{StateStore, StateStoreError},
+    sync::locked,
     systemd::{Notifier, StatusSummary, status_line},
     zfs::Zfs,
 };
@@ -132,10 +133,6 @@ pub struct DaemonCore {
     reload_lock: tokio::sync::Mutex<()>,
     /// Restore jobs (`restore_start` / `restore_status`), records under `<state_dir>/restore`.
     restores: RestoreJobs,
-}
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A running daemon.

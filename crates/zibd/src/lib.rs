@@ -14,5 +14,6 @@ pub mod restore;
 pub mod s3;
 pub mod spool;
 pub mod state_store;
+pub mod sync;
 pub mod systemd;
 pub mod zfs;

@@ -42,6 +42,7 @@ use crate::{
     backup::{self, BackupError, BackupOptions, BackupReport, Engine, Phase, Progress},
     control::Reply,
     state_store::{LockedState, StateStore},
+    sync::locked as lock,
 };
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -118,10 +119,6 @@ pub struct JobHandle {
     name: DatasetName,
     tx: mpsc::UnboundedSender<Command>,
     shared: Arc<Mutex<Shared>>,
-}
-
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn gone(name: &DatasetName) -> Response {

@@ -8,6 +8,8 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zib_core::{DatasetName, SnapName, pricing::RestoreTier};
 
+use crate::sync::locked;
+
 use super::{
     PollBackoff, RestoreEngine, RestoreError, RestoreOptions, RestorePhase, RestoreProgress,
     RestoreProgressFile, RestoreRecord, run,
@@ -81,7 +83,7 @@ impl RestoreJobs {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, JobSlot>> {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.jobs)
     }
 
     /// Starts (or continues, if its record is unfinished) the restore into `opts.target`.
@@ -95,7 +97,7 @@ impl RestoreJobs {
         if self
             .lock()
             .get(&id)
-            .is_some_and(|j| j.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_none())
+            .is_some_and(|j| locked(&j.outcome).is_none())
         {
             return Err(RestoreError::Locked { target: id, path: self.work_dir.clone() });
         }
@@ -125,7 +127,7 @@ impl RestoreJobs {
                     Err((matches!(e, RestoreError::Cancelled { .. }), e.to_string()))
                 }
             };
-            *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some((Utc::now(), r));
+            *locked(&outcome) = Some((Utc::now(), r));
         });
         Ok(id)
     }
@@ -175,7 +177,7 @@ impl RestoreJobs {
     pub fn running(&self) -> usize {
         self.lock()
             .values()
-            .filter(|j| j.outcome.lock().unwrap_or_else(|p| p.into_inner()).is_none())
+            .filter(|j| locked(&j.outcome).is_none())
             .count()
     }
 
@@ -187,7 +189,7 @@ impl RestoreJobs {
             .filter(|(k, _)| id.is_none_or(|i| i == k.as_str()))
             .map(|(k, j)| {
                 let p = j.progress.borrow().clone();
-                let outcome = j.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let outcome = locked(&j.outcome).clone();
                 let (state, finished_at, error) = match outcome {
                     None => (
                         match p.phase {
