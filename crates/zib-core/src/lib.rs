@@ -6,6 +6,7 @@ pub mod backup_plan;
 pub mod catalog;
 pub mod chunk_journal;
 pub mod config;
+pub mod human;
 pub mod legacy;
 pub mod lifecycle;
 pub mod manifest;

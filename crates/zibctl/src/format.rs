@@ -2,48 +2,14 @@
 //! is always a parameter so everything here is unit-tested.
 
 use chrono::{DateTime, Utc};
+pub use zib_core::human::{human_bytes, human_duration};
 use zib_protocol::{
     DaemonInfo, DatasetStatus, JobState, ProgressUpdate, RestoreJobStatus, RunProgress,
 };
 
-/// Bytes in binary units with one decimal: `0 B`, `512 B`, `1.5 KiB`, `3.0 GiB`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1023.95 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 /// A rate in bytes per second: `50.0 MiB/s`.
 pub fn human_rate(bytes_per_sec: u64) -> String {
-    format!("{}/s", human_size(bytes_per_sec))
-}
-
-/// A duration, at most two units: `45s`, `2m 23s`, `3h`, `3h 20m`, `2d 4h`.
-pub fn human_duration(secs: u64) -> String {
-    const MIN: u64 = 60;
-    const HOUR: u64 = 60 * MIN;
-    const DAY: u64 = 24 * HOUR;
-    let two = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
-        if small == 0 {
-            format!("{big}{big_unit}")
-        } else {
-            format!("{big}{big_unit} {small}{small_unit}")
-        }
-    };
-    match secs {
-        s if s < MIN => format!("{s}s"),
-        s if s < HOUR => two(s / MIN, "m", s % MIN, "s"),
-        s if s < DAY => two(s / HOUR, "h", s % HOUR / MIN, "m"),
-        s => two(s / DAY, "d", s % DAY / HOUR, "h"),
-    }
+    format!("{}/s", human_bytes(bytes_per_sec))
 }
 
 /// `t` relative to `now`, coarsely: `in 3h`, `5m ago`, `in 30s`, `now` (seconds are shown only
@@ -70,11 +36,11 @@ pub fn progress_summary(p: &RunProgress) -> String {
     let mut s = match p.bytes_total_estimate {
         Some(total) => format!(
             "{} / {} ({}%)",
-            human_size(p.bytes_sent),
-            human_size(total),
+            human_bytes(p.bytes_sent),
+            human_bytes(total),
             percent(p.bytes_sent, total)
         ),
-        None => format!("{} sent", human_size(p.bytes_sent)),
+        None => format!("{} sent", human_bytes(p.bytes_sent)),
     };
     let current = p.chunks_done + 1;
     match p.chunks_total_estimate {
@@ -165,7 +131,7 @@ pub fn status_table(daemon: &DaemonInfo, datasets: &[DatasetStatus], now: DateTi
                 None => (DASH.into(), DASH.into(), DASH.into()),
             };
             let last = match &d.last_success {
-                Some(s) => format!("{} ({})", relative_time(s.at, now), human_size(s.bytes)),
+                Some(s) => format!("{} ({})", relative_time(s.at, now), human_bytes(s.bytes)),
                 None => "never".into(),
             };
             let next = match (d.next_run, d.paused) {
@@ -259,11 +225,11 @@ pub fn restore_table(jobs: &[RestoreJobStatus], now: DateTime<Utc>) -> String {
             let received = match j.bytes_total {
                 Some(total) if total > 0 => format!(
                     "{} / {} ({}%)",
-                    human_size(j.bytes_received),
-                    human_size(total),
+                    human_bytes(j.bytes_received),
+                    human_bytes(total),
                     percent(j.bytes_received, total)
                 ),
-                _ => human_size(j.bytes_received),
+                _ => human_bytes(j.bytes_received),
             };
             let note = if let Some(e) = &j.error {
                 e.clone()
@@ -310,28 +276,8 @@ mod tests {
     const NOW: i64 = 1_767_240_000;
 
     #[test]
-    fn sizes() {
-        assert_eq!(human_size(0), "0 B");
-        assert_eq!(human_size(1023), "1023 B");
-        assert_eq!(human_size(1024), "1.0 KiB");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(1024 * 1024 - 1), "1.0 MiB");
-        assert_eq!(human_size(3 * 1024 * 1024 * 1024), "3.0 GiB");
-        assert_eq!(human_size(5_000_000_000), "4.7 GiB");
-        assert_eq!(human_size(u64::MAX), "16.0 EiB");
+    fn rates() {
         assert_eq!(human_rate(50 * 1024 * 1024), "50.0 MiB/s");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(human_duration(0), "0s");
-        assert_eq!(human_duration(59), "59s");
-        assert_eq!(human_duration(60), "1m");
-        assert_eq!(human_duration(143), "2m 23s");
-        assert_eq!(human_duration(3 * 3600), "3h");
-        assert_eq!(human_duration(3 * 3600 + 20 * 60 + 59), "3h 20m");
-        assert_eq!(human_duration(86_400), "1d");
-        assert_eq!(human_duration(2 * 86_400 + 4 * 3600 + 7), "2d 4h");
     }
 
     #[test]

@@ -12,11 +12,11 @@ use zib_core::{
         RetentionPolicy, StoredObject,
         retention::{ChainFate, KeepReason, PruneRequest},
     },
+    human::human_bytes,
     manifest,
     pricing::format_money,
 };
 
-use crate::restore::human_bytes;
 use crate::s3::{ListedObject, S3Error, S3Store};
 
 #[derive(Debug, thiserror::Error)]

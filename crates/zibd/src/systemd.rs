@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sd_notify::NotifyState;
+use zib_core::human::human_duration;
 
 /// Talks to the service manager, if any.
 #[derive(Debug, Clone, Copy)]
@@ -122,16 +123,6 @@ pub fn status_line(s: &StatusSummary, now: DateTime<Utc>) -> String {
         ));
     }
     parts.join(", ")
-}
-
-/// 45s, 12m, 3h, 2d (rounded down to the largest unit).
-pub fn human_duration(secs: u64) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86_400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub use record::{
     ChunkProgress, RECORD_VERSION, RestorePhase, RestoreProgress, RestoreProgressFile,
     RestoreRecord, unfinished_restore,
 };
-pub use report::{RestoreReport, format_catalog, format_plan, human_bytes};
+pub use report::{RestoreReport, format_catalog, format_plan};
 pub use thaw::ManifestThaw;
 
 use crate::{

@@ -1,7 +1,7 @@
 //! What a restore reports: the outcome of a run, and the text of `zibd restore list|plan`.
 
 use serde::Serialize;
-use zib_core::{DatasetName, SnapName, restore_plan::RestorePlan};
+use zib_core::{DatasetName, SnapName, human::human_bytes, restore_plan::RestorePlan};
 
 use super::BucketCatalog;
 
@@ -146,27 +146,4 @@ pub fn format_plan(plan: &RestorePlan, quote: &zib_core::pricing::Quote) -> Stri
         );
     }
     s
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_bytes(5), "5 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(5_000_000_000), "4.7 GiB");
-    }
 }
