@@ -35,6 +35,31 @@ pub struct BucketArgs {
     pub endpoint: Option<String>,
 }
 
+/// What to restore, for `plan` and `run`: which backed-up dataset, up to which snapshot, and
+/// how long thawed copies stay readable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    /// The backed-up dataset (needed when the prefix holds several).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Restore up to this snapshot (default: the newest).
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Days the thawed copies stay readable (billed at STANDARD meanwhile).
+    #[arg(long, default_value_t = 7)]
+    pub days: u32,
+}
+
+impl RestoreArgs {
+    /// The dataset and snapshot, checked as names.
+    fn names(&self) -> anyhow::Result<(Option<DatasetName>, Option<SnapName>)> {
+        Ok((
+            parse_opt(self.dataset.as_deref(), DatasetName::new)?,
+            parse_opt(self.snapshot.as_deref(), SnapName::new)?,
+        ))
+    }
+}
+
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum RestoreCommand {
     /// List the datasets and backups in the bucket's catalog.
@@ -52,15 +77,8 @@ pub enum RestoreCommand {
     Plan {
         #[command(flatten)]
         bucket: BucketArgs,
-        /// The backed-up dataset (needed when the prefix holds several).
-        #[arg(long)]
-        dataset: Option<String>,
-        /// Restore up to this snapshot (default: the newest).
-        #[arg(long)]
-        snapshot: Option<String>,
-        /// Days the thawed copies stay readable (billed at STANDARD meanwhile).
-        #[arg(long, default_value_t = 7)]
-        days: u32,
+        #[command(flatten)]
+        what: RestoreArgs,
         /// Print the plan and quote as JSON.
         #[arg(long)]
         json: bool,
@@ -73,18 +91,11 @@ pub enum RestoreCommand {
         /// The dataset to create, e.g. pool/restored (must not exist).
         #[arg(long)]
         to: String,
-        /// The backed-up dataset (needed when the prefix holds several).
-        #[arg(long)]
-        dataset: Option<String>,
-        /// Restore up to this snapshot (default: the newest).
-        #[arg(long)]
-        snapshot: Option<String>,
+        #[command(flatten)]
+        what: RestoreArgs,
         /// Thaw tier for archived chunks: bulk (within 48 h, cheapest) or standard (within 12 h).
         #[arg(long, default_value = "bulk")]
         tier: RestoreTier,
-        /// Days the thawed copies stay readable.
-        #[arg(long, default_value_t = 7)]
-        days: u32,
         /// Mountpoint of the restored dataset (`zfs receive -o mountpoint=...`); it is mounted
         /// at the end when its key is available.
         #[arg(long)]
@@ -205,13 +216,12 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
             }
             Ok(())
         }
-        RestoreCommand::Plan { bucket, dataset, snapshot, days, json } => {
+        RestoreCommand::Plan { bucket, what, json } => {
             let engine = connect(&bucket, cfg.as_ref()).await?;
-            let ds = parse_opt(dataset.as_deref(), DatasetName::new)?;
-            let snap = parse_opt(snapshot.as_deref(), SnapName::new)?;
+            let (ds, snap) = what.names()?;
             let p = plan(&engine, ds.as_ref(), snap.as_ref(), None).await?;
             // Thawed copies must outlast the thaws and the download (the slower tier's thaws).
-            let days = p.thaw_days(days, pricing.tier_prices(RestoreTier::Bulk).2);
+            let days = p.thaw_days(what.days, pricing.tier_prices(RestoreTier::Bulk).2);
             let q = p.quote(&pricing, days);
             if json {
                 let v = serde_json::json!({
@@ -234,10 +244,8 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
         RestoreCommand::Run {
             bucket,
             to,
-            dataset,
-            snapshot,
+            what,
             tier,
-            days,
             mountpoint,
             no_mount,
             key_location,
@@ -248,10 +256,9 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
         } => {
             let engine = connect(&bucket, cfg.as_ref()).await?;
             let mut opts = RestoreOptions::new(DatasetName::new(&to)?);
-            opts.dataset = parse_opt(dataset.as_deref(), DatasetName::new)?;
-            opts.snapshot = parse_opt(snapshot.as_deref(), SnapName::new)?;
+            (opts.dataset, opts.snapshot) = what.names()?;
             opts.tier = tier;
-            opts.days = days;
+            opts.days = what.days;
             opts.mountpoint = mountpoint;
             opts.no_mount = no_mount;
             opts.key_location = key_location;
