@@ -177,7 +177,9 @@ mod tests {
         let mut seen = Vec::new();
         let request = Request::Trigger { dataset: "tank/a".into(), wait: true, full: false };
         let last = client
-            .stream(&request, Some(Duration::from_secs(30)), |p| seen.push(p.message.clone().unwrap()))
+            .stream(&request, Some(Duration::from_secs(30)), |p| {
+                seen.push(p.message.clone().unwrap())
+            })
             .await
             .unwrap();
         assert_eq!(last, Response::ok("done"));

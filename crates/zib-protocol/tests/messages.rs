@@ -333,7 +333,9 @@ fn newer_daemon_replies_still_parse() {
     assert_eq!(datasets[0].state, JobState::Unknown);
     assert_eq!(datasets[0].dataset, "tank/photos");
     let f = decode_response(&read_fixture("future-response-unknown-tier")).unwrap();
-    let Response::RestoreStatus { jobs } = f.response else { panic!("not a restore status: {f:?}") };
+    let Response::RestoreStatus { jobs } = f.response else {
+        panic!("not a restore status: {f:?}")
+    };
     assert_eq!((jobs[0].tier, jobs[1].tier), (None, Some(RestoreTier::Standard)));
     let f = decode_response(&read_fixture("future-response-unknown-error-kind")).unwrap();
     assert_eq!(f.response, Response::error(ErrorKind::Unknown, "quota exceeded"));

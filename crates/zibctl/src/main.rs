@@ -323,7 +323,14 @@ mod tests {
             }
         ));
         let e = Cli::try_parse_from([
-            "zibctl", "restore", "start", "tank/a", "--to", "tank/r", "--tier", "expedited",
+            "zibctl",
+            "restore",
+            "start",
+            "tank/a",
+            "--to",
+            "tank/r",
+            "--tier",
+            "expedited",
         ])
         .unwrap_err();
         assert!(e.to_string().contains("Expedited tier does not exist"), "{e}");

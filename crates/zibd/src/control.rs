@@ -40,6 +40,8 @@ use zib_protocol::{
     encode_response, read_frame, write_frame,
 };
 
+use crate::path_error::{PathError, io_err};
+
 /// Mode of the socket file: owner and group may connect.
 pub const SOCKET_MODE: u32 = 0o660;
 /// Mode of the socket's directory when zibd creates it.
@@ -223,12 +225,8 @@ pub enum ControlError {
     #[error("{}: exists and is not a socket; refusing to remove it", .0.display())]
     NotASocket(PathBuf),
     /// A file-system operation failed.
-    #[error("{action} {}: {source}", path.display())]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
-}
-
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ControlError + 'a {
-    move |source| ControlError::Io { action, path: path.to_owned(), source }
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// A bound control socket, ready for [`serve`]. Binding needs no async runtime.
@@ -285,7 +283,7 @@ impl ControlSocket {
                 std::fs::remove_file(path).map_err(io_err("removing stale socket", path))?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("inspecting", path)(e)),
+            Err(e) => return Err(io_err("inspecting", path)(e).into()),
         }
 
         let listener =

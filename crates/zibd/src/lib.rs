@@ -9,6 +9,7 @@ pub mod failpoint;
 pub mod import_legacy;
 pub mod job;
 pub mod lifecycle;
+pub mod path_error;
 pub mod process;
 pub mod restore;
 pub mod s3;

@@ -7,12 +7,12 @@ use tokio_util::sync::CancellationToken;
 use zib_core::{
     Config, DatasetConfig, DatasetName, DatasetState, KeyLayout, Manifest,
     catalog::Catalog,
+    human::human_bytes,
     lifecycle::{
         ChainSummary, PrunePlan, RebaselineDecision, RebaselinePolicy, RebaselineReason,
         RetentionPolicy, StoredObject,
         retention::{ChainFate, KeepReason, PruneRequest},
     },
-    human::human_bytes,
     manifest,
     pricing::format_money,
 };

@@ -19,21 +19,16 @@ use std::{
 use nix::fcntl::{Flock, FlockArg};
 use zib_core::{ChunkRecord, DatasetName, DatasetState, chunk_journal::JournalEntry};
 
+use crate::path_error::{PathError, io_err};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateStoreError {
     #[error("state for {dataset} is locked by another zib process (pid {pid}); lock file {path}")]
     Locked { dataset: DatasetName, pid: String, path: PathBuf },
-    #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error(transparent)]
     Corrupt(#[from] zib_core::state::StateError),
-}
-
-fn io<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> StateStoreError + 'a {
-    move |source| StateStoreError::Io { action, path: path.to_owned(), source }
 }
 
 /// The directory holding `<dataset>.json` state files, `<dataset>.chunks` chunk journals and
@@ -97,15 +92,13 @@ impl StateStore {
     /// Takes the dataset's lock (without waiting) and loads its state (a fresh one if none).
     pub fn lock(&self, ds: &DatasetName) -> Result<LockedState, StateStoreError> {
         std::fs::create_dir_all(&self.dir)
-            .map_err(io("cannot create state directory", &self.dir))?;
+            .map_err(io_err("cannot create state directory", &self.dir))?;
         let lock_path = self.dir.join(format!("{}.lock", ds.file_stem()));
         let lock = lock_exclusive(&lock_path).map_err(|e| match e {
             LockError::Held { pid } => {
                 StateStoreError::Locked { dataset: ds.clone(), pid, path: lock_path.clone() }
             }
-            LockError::Io { action, source } => {
-                StateStoreError::Io { action, path: lock_path.clone(), source }
-            }
+            LockError::Io(e) => e.into(),
         })?;
         let (state, had_journal) = self.load(ds)?;
         let locked = LockedState {
@@ -127,7 +120,7 @@ fn read_if_exists(path: &Path, action: &'static str) -> Result<Option<Vec<u8>>, 
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StateStoreError::Io { action, path: path.to_owned(), source: e }),
+        Err(e) => Err(io_err(action, path)(e).into()),
     }
 }
 
@@ -195,16 +188,18 @@ pub enum LockError {
     Held {
         pid: String,
     },
-    Io {
-        action: &'static str,
-        source: std::io::Error,
-    },
+    Io(PathError),
+}
+
+impl From<PathError> for LockError {
+    fn from(e: PathError) -> Self {
+        LockError::Io(e)
+    }
 }
 
 /// Takes an exclusive flock on `lock_path` without waiting and writes our pid into it, so the
 /// next process to try can say who holds it. The lock lives as long as the returned value.
 pub fn lock_exclusive(lock_path: &Path) -> Result<Flock<File>, LockError> {
-    let io = |action| move |source| LockError::Io { action, source };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -213,7 +208,7 @@ pub fn lock_exclusive(lock_path: &Path) -> Result<Flock<File>, LockError> {
         .mode(PRIVATE_FILE_MODE)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(lock_path)
-        .map_err(io("cannot open lock file"))?;
+        .map_err(io_err("cannot open lock file", lock_path))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -222,11 +217,12 @@ pub fn lock_exclusive(lock_path: &Path) -> Result<Flock<File>, LockError> {
             let pid = if pid.trim().is_empty() { "unknown".into() } else { pid.trim().to_owned() };
             return Err(LockError::Held { pid });
         }
-        Err((_, e)) => return Err(LockError::Io { action: "cannot lock", source: e.into() }),
+        Err((_, e)) => return Err(io_err("cannot lock", lock_path)(e.into()).into()),
     };
-    lock.set_len(0).map_err(io("cannot write lock file"))?;
-    lock.rewind().map_err(io("cannot write lock file"))?;
-    writeln!(lock, "{}", std::process::id()).map_err(io("cannot write lock file"))?;
+    lock.set_len(0).map_err(io_err("cannot write lock file", lock_path))?;
+    lock.rewind().map_err(io_err("cannot write lock file", lock_path))?;
+    writeln!(lock, "{}", std::process::id())
+        .map_err(io_err("cannot write lock file", lock_path))?;
     Ok(lock)
 }
 
@@ -270,11 +266,7 @@ fn save_whole(path: &Path, journal: &Path, bytes: &[u8]) -> Result<(), StateStor
     match std::fs::remove_file(journal) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StateStoreError::Io {
-            action: "cannot remove chunk journal",
-            path: journal.to_owned(),
-            source: e,
-        }),
+        Err(e) => Err(io_err("cannot remove chunk journal", journal)(e).into()),
     }
 }
 
@@ -285,15 +277,17 @@ fn append_synced(path: &Path, line: &[u8]) -> Result<(), StateStoreError> {
     let (mut f, new) = match open(true) {
         Ok(f) => (f, true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            (open(false).map_err(io("cannot open", path))?, false)
+            (open(false).map_err(io_err("cannot open", path))?, false)
         }
-        Err(e) => return Err(io("cannot create", path)(e)),
+        Err(e) => return Err(io_err("cannot create", path)(e).into()),
     };
-    f.write_all(line).map_err(io("cannot append to", path))?;
-    f.sync_data().map_err(io("cannot fsync", path))?;
+    f.write_all(line).map_err(io_err("cannot append to", path))?;
+    f.sync_data().map_err(io_err("cannot fsync", path))?;
     if new {
         let dir = path.parent().unwrap_or(Path::new("."));
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io("cannot fsync directory", dir))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("cannot fsync directory", dir))?;
     }
     Ok(())
 }
@@ -303,13 +297,13 @@ fn append_synced(path: &Path, line: &[u8]) -> Result<(), StateStoreError> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateStoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("json.tmp");
-    remove_stale(&tmp).map_err(io("cannot remove stale", &tmp))?;
-    let mut f = new_private_file().open(&tmp).map_err(io("cannot create", &tmp))?;
-    f.write_all(bytes).map_err(io("cannot write", &tmp))?;
-    f.sync_all().map_err(io("cannot fsync", &tmp))?;
+    remove_stale(&tmp).map_err(io_err("cannot remove stale", &tmp))?;
+    let mut f = new_private_file().open(&tmp).map_err(io_err("cannot create", &tmp))?;
+    f.write_all(bytes).map_err(io_err("cannot write", &tmp))?;
+    f.sync_all().map_err(io_err("cannot fsync", &tmp))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(io("cannot rename into place", path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("cannot fsync directory", dir))?;
+    std::fs::rename(&tmp, path).map_err(io_err("cannot rename into place", path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("cannot fsync directory", dir))?;
     Ok(())
 }
 

@@ -94,11 +94,7 @@ impl RestoreJobs {
         opts: RestoreOptions,
     ) -> Result<String, RestoreError> {
         let id = opts.target.to_string();
-        if self
-            .lock()
-            .get(&id)
-            .is_some_and(|j| locked(&j.outcome).is_none())
-        {
+        if self.lock().get(&id).is_some_and(|j| locked(&j.outcome).is_none()) {
             return Err(RestoreError::Locked { target: id, path: self.work_dir.clone() });
         }
         let mut file = RestoreProgressFile::open(&self.work_dir, &opts.target)?;
@@ -175,10 +171,7 @@ impl RestoreJobs {
 
     /// Jobs still running.
     pub fn running(&self) -> usize {
-        self.lock()
-            .values()
-            .filter(|j| locked(&j.outcome).is_none())
-            .count()
+        self.lock().values().filter(|j| locked(&j.outcome).is_none()).count()
     }
 
     /// Status of one job or all, in the control protocol's shape.

@@ -42,7 +42,7 @@ mod record;
 mod report;
 mod thaw;
 
-use std::{path::Path, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use zib_core::{DatasetName, SnapName, catalog::ChainError, pricing::RestoreTier};
 
@@ -57,6 +57,7 @@ pub use report::{RestoreReport, format_catalog, format_plan};
 pub use thaw::ManifestThaw;
 
 use crate::{
+    path_error::{PathError, io_err},
     s3::S3Error,
     s3::S3Store,
     zfs::{Zfs, ZfsError},
@@ -196,21 +197,14 @@ pub enum RestoreError {
     S3(#[from] S3Error),
     #[error(transparent)]
     Zfs(#[from] ZfsError),
-    #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("restore progress file {path}: {message}")]
     Progress { path: PathBuf, message: String },
     #[error("another zib process is restoring into {target} (lock {path})")]
     Locked { target: String, path: PathBuf },
     #[error("the restore into {target} was cancelled; running it again continues where it stopped")]
     Cancelled { target: String },
-}
-
-fn io_err<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> RestoreError + 'a {
-    move |source| RestoreError::Io { action, path: path.to_owned(), source }
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use zib_core::{
 };
 
 use super::{
-    PollBackoff, RestoreEngine, RestoreError, RestoreOptions, RestorePhase, RestoreProgress,
-    RestoreProgressFile, RestoreRecord, RestoreReport, io_err, plan,
+    PathError, PollBackoff, RestoreEngine, RestoreError, RestoreOptions, RestorePhase,
+    RestoreProgress, RestoreProgressFile, RestoreRecord, RestoreReport, io_err, plan,
     thaw::{ChunkThaw, ManifestThaw, Rethaw, not_thawed, wait_ready},
 };
 use crate::{
@@ -298,11 +298,8 @@ impl<'a> Run<'a> {
             Err(Feed::ReceiveStopped(source)) => {
                 // zfs receive stopped reading: its exit status and stderr say why.
                 sink.finish().await?;
-                Err(RestoreError::Io {
-                    action: "zfs receive stopped reading its input",
-                    path: PathBuf::from(target.as_str()),
-                    source,
-                })
+                let target = Path::new(target.as_str());
+                Err(io_err("zfs receive stopped reading its input", target)(source).into())
             }
             Err(Feed::Failed(e)) => {
                 // Nothing unverified was written and the stream's last chunk was held back, so
@@ -553,6 +550,12 @@ impl From<RestoreError> for Feed {
     }
 }
 
+impl From<PathError> for Feed {
+    fn from(e: PathError) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
 /// Reads spool file `path` in `buf`-sized pieces into `hash` and/or `sink`.
 async fn copy_spool(
     path: &Path,
@@ -642,6 +645,12 @@ impl From<RestoreError> for DownloadError {
     }
 }
 
+impl From<PathError> for DownloadError {
+    fn from(e: PathError) -> Self {
+        Self::Other(e.into())
+    }
+}
+
 /// GET into `path`, hashing; verifies size and SHA-256 against the manifest. Retries a body
 /// that breaks off mid-way (the SDK retries only the request itself).
 async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(), DownloadError> {
@@ -702,12 +711,7 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
                 continue;
             }
             Err(e) => {
-                return Err(RestoreError::Io {
-                    action: "downloading",
-                    path: PathBuf::from(&c.key),
-                    source: e,
-                }
-                .into());
+                return Err(io_err("downloading", Path::new(&c.key))(e).into());
             }
         }
         file.flush().await.map_err(io_err("cannot write spool file", path))?;

@@ -133,9 +133,7 @@ impl RestoreProgressFile {
             crate::state_store::LockError::Held { .. } => {
                 RestoreError::Locked { target: target.to_string(), path: lock_path.clone() }
             }
-            crate::state_store::LockError::Io { action, source } => {
-                RestoreError::Io { action, path: lock_path.clone(), source }
-            }
+            crate::state_store::LockError::Io(e) => e.into(),
         })?;
         let path = work_dir.join(format!("{stem}.json"));
         let record = match std::fs::File::open(&path) {
@@ -164,7 +162,7 @@ impl RestoreProgressFile {
                 Some(r)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(RestoreError::Io { action: "cannot read", path, source: e }),
+            Err(e) => return Err(io_err("cannot read", &path)(e).into()),
         };
         let spool = crate::spool::Spool::new(&work_dir.join("restore-spool"), target);
         Ok(Self { _lock: lock, path, spool, record })
