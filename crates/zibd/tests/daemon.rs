@@ -315,10 +315,7 @@ async fn trigger_full_starts_a_new_chain_when_the_base_is_gone() {
 
 /// One request over the control socket, and its one reply.
 async fn over_the_socket(path: &Path, r: Request) -> Response {
-    let mut s = UnixStream::connect(path).await.unwrap();
-    write_frame(&mut s, &encode_request(&r)).await.unwrap();
-    let body = read_frame(&mut s).await.unwrap().expect("a reply");
-    decode_response(&body).unwrap().response
+    Client::connect(path).await.unwrap().call(&r).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
