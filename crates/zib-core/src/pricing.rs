@@ -378,6 +378,16 @@ impl Pricing {
         self.min_storage_days.get(&class).copied().unwrap_or(0)
     }
 
+    /// The first moment an object stored in `class` since `since` may be deleted free of
+    /// charge (its class's minimum storage duration later).
+    pub fn free_deletion_from(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        class: StorageClass,
+    ) -> chrono::DateTime<chrono::Utc> {
+        since + chrono::TimeDelta::days(i64::from(self.min_storage_days(class)))
+    }
+
     /// Bytes of an object of `size` that the class bills as storage (its own price).
     fn billed_bytes(size: u64, class: StorageClass) -> u64 {
         use StorageClass::*;

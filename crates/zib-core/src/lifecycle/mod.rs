@@ -2,12 +2,16 @@
 //! chains and abandoned uploads may leave the bucket (retention). Pure decisions on plain data;
 //! zibd gathers the inputs (catalog, listing, clock) and carries the decisions out.
 
+pub mod cost_ledger;
 pub mod rebaseline;
 pub mod retention;
 
+pub use cost_ledger::{CostLedger, LedgerRequest};
 pub use rebaseline::{ChainSummary, RebaselineDecision, RebaselinePolicy, RebaselineReason};
 pub use retention::{PrunePlan, RetentionPolicy, StoredObject};
 
+#[cfg(test)]
+mod cost_ledger_cases;
 #[cfg(test)]
 mod retention_cases;
 #[cfg(test)]

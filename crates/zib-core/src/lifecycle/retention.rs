@@ -313,7 +313,7 @@ impl PruneRequest<'_> {
 
     /// The date from which an object may go free of charge.
     fn free_from(&self, since: DateTime<Utc>, class: StorageClass) -> DateTime<Utc> {
-        since + Period::days(self.pricing.min_storage_days(class)).as_duration()
+        self.pricing.free_deletion_from(since, class)
     }
 
     fn deletion(&self, c: &Candidate<'_>) -> Deletion {
