@@ -224,6 +224,8 @@ mod tests {
                 prefix: None,
             }),
             Request::RestoreStatus { id: None },
+            Request::Cost { dataset: None },
+            Request::PruneNow { dataset: None, dry_run: true },
         ];
         assert_eq!(all.len(), Request::KNOWN_TYPES.len());
         for r in all {
@@ -243,5 +245,8 @@ mod tests {
         assert!(Request::Pause { dataset: None }.is_mutating());
         assert!(Request::Resume { dataset: None }.is_mutating());
         assert!(Request::Cancel { dataset: "a".into() }.is_mutating());
+        // Both make paid S3 requests; a prune (not a dry run) deletes.
+        assert!(Request::Cost { dataset: None }.is_mutating());
+        assert!(Request::PruneNow { dataset: None, dry_run: true }.is_mutating());
     }
 }

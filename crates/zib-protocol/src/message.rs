@@ -61,6 +61,23 @@ pub enum Request {
         #[serde(default)]
         id: Option<String>,
     },
+    /// The cost ledger of one dataset's backups, or of every backup under the configured
+    /// prefix (`None`), as `zibd cost` computes it. Reply: [`Response::Report`].
+    Cost {
+        #[serde(default)]
+        dataset: Option<String>,
+    },
+    /// Remote retention of one dataset, or of every configured one (`None`), now, as `zibd
+    /// prune` runs it, under the dataset's job lock (refused while its backup runs). Reply:
+    /// [`Response::Report`]. (Not `"prune"`: a v1 fixture sends a future `prune` with fields
+    /// this one lacks, which must stay unsupported rather than delete.)
+    PruneNow {
+        #[serde(default)]
+        dataset: Option<String>,
+        /// Report what would be deleted; delete nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -80,6 +97,8 @@ impl Request {
         "version",
         "restore_start",
         "restore_status",
+        "cost",
+        "prune_now",
     ];
 
     /// Whether this request changes anything (and so needs root or the socket group).
@@ -99,6 +118,8 @@ impl Request {
             Request::Version => "version",
             Request::RestoreStart(_) => "restore_start",
             Request::RestoreStatus { .. } => "restore_status",
+            Request::Cost { .. } => "cost",
+            Request::PruneNow { .. } => "prune_now",
         }
     }
 }
@@ -169,6 +190,9 @@ pub enum Response {
     RestoreStarted { id: String },
     /// Reply to [`Request::RestoreStatus`].
     RestoreStatus { jobs: Vec<RestoreJobStatus> },
+    /// Reply to [`Request::Cost`] and [`Request::PruneNow`]: the report of the matching zibd
+    /// foreground command, `text` as it prints it and `json` as its `--json` prints it.
+    Report { text: String, json: serde_json::Value },
     /// A reply this build does not know (from a newer daemon).
     #[serde(other)]
     Unknown,

@@ -80,6 +80,13 @@ fn requests() -> Vec<(&'static str, Request)> {
         ),
         ("request-restore-status-all", Request::RestoreStatus { id: None }),
         ("request-restore-status-one", Request::RestoreStatus { id: Some("r-1".into()) }),
+        ("request-cost-all", Request::Cost { dataset: None }),
+        ("request-cost-one", Request::Cost { dataset: Some("tank/photos".into()) }),
+        ("request-prune-now-all", Request::PruneNow { dataset: None, dry_run: false }),
+        (
+            "request-prune-now-dry-run",
+            Request::PruneNow { dataset: Some("tank/photos".into()), dry_run: true },
+        ),
     ]
 }
 
@@ -197,6 +204,13 @@ fn responses() -> Vec<(&'static str, Response)> {
                 }],
             },
         ),
+        (
+            "response-report",
+            Response::Report {
+                text: "prune of tank/photos (dry run): would delete 0 objects (0 B)\n".into(),
+                json: serde_json::json!({ "dataset": "tank/photos", "dry_run": true, "deleted": 0 }),
+            },
+        ),
     ];
     for (name, kind) in [
         ("response-error-permission-denied", ErrorKind::PermissionDenied),
@@ -253,6 +267,7 @@ fn every_variant_has_a_sample() {
         "done",
         "restore_started",
         "restore_status",
+        "report",
     ];
     assert_eq!(resps, expected.iter().map(|s| s.to_string()).collect());
 }

@@ -74,6 +74,27 @@ enum Command {
     /// Show the versions of zibctl and zibd and their protocol.
     Version,
     /// Restore jobs run by zibd.
+    /// The cost ledger (as `zibd cost`): stored bytes and objects per storage class, archive
+    /// index overhead, estimated monthly cost, when each chain may be deleted free of charge,
+    /// and what a full restore of each dataset's newest snapshot would cost today. Without
+    /// DATASET: every backup under the configured prefix.
+    Cost {
+        dataset: Option<String>,
+        /// Print the ledger as JSON (as `zibd cost --json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply remote retention now (as `zibd prune`, run by zibd under the dataset's lock;
+    /// refused while its backup runs). Without DATASET: every configured dataset.
+    Prune {
+        dataset: Option<String>,
+        /// Show what would be deleted, the bytes freed, the monthly saving and any charge.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON (as `zibd prune --json`).
+        #[arg(long)]
+        json: bool,
+    },
     Restore {
         #[command(subcommand)]
         command: RestoreCommand,
@@ -163,6 +184,25 @@ fn ok_message(response: Response, request: &Request, default: String) -> Result<
     }
 }
 
+/// A request answered with a [`Response::Report`]: its text, or its JSON. No reply timeout: a
+/// large bucket takes a while to list, a prune to delete.
+async fn report(client: &mut Client, request: Request, json: bool) -> Result<u8, CliError> {
+    client.send(&request).await?;
+    match client.recv(None).await? {
+        Response::Report { text, json: value } => {
+            if json {
+                let text = serde_json::to_string_pretty(&value)
+                    .map_err(|e| CliError::Failed(e.to_string()))?;
+                println!("{text}");
+            } else {
+                print!("{text}");
+            }
+            Ok(exit::OK)
+        }
+        other => Err(unexpected(&request, &other)),
+    }
+}
+
 async fn run(cli: Cli) -> Result<u8, CliError> {
     let now = chrono::Utc::now();
     if let Command::Version = cli.command {
@@ -239,6 +279,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Reload => {
             let response = client.call(&Request::Reload).await?;
             ok_message(response, &Request::Reload, "configuration reloaded".into())
+        }
+        Command::Cost { dataset, json } => {
+            report(&mut client, Request::Cost { dataset }, json).await
+        }
+        Command::Prune { dataset, dry_run, json } => {
+            report(&mut client, Request::PruneNow { dataset, dry_run }, json).await
         }
         Command::Version => match client.call(&Request::Version).await? {
             Response::Version { daemon_version, protocol_version } => {

@@ -605,6 +605,71 @@ impl DaemonCore {
         *have = want;
     }
 
+    /// `zibd cost` of one configured dataset (its prefix, its objects only) or of everything
+    /// under the configured prefix.
+    async fn cost(&self, dataset: Option<&str>) -> Response {
+        let cfg = self.config();
+        let (prefix, name) = match dataset {
+            Some(n) => {
+                let job = match self.job(n) {
+                    Ok(j) => j,
+                    Err(e) => return *e,
+                };
+                let Some(ds) = cfg.dataset(job.name()) else {
+                    return Response::error(
+                        ErrorKind::NotFound,
+                        format!("{n} is not in the config"),
+                    );
+                };
+                (cfg.resolve(ds).prefix, Some(job.name().clone()))
+            }
+            None => (cfg.target.prefix.clone(), None),
+        };
+        let s3 = locked(&self.engine).s3.clone();
+        let now = chrono::Utc::now();
+        let days = crate::cost::RESTORE_QUOTE_DAYS;
+        match crate::cost::cost_report(&s3, &prefix, name.as_ref(), &cfg.pricing, now, days).await {
+            Ok(r) => match serde_json::to_value(&r) {
+                Ok(json) => Response::Report { text: crate::cost::format_cost(&r), json },
+                Err(e) => Response::error(ErrorKind::Internal, e.to_string()),
+            },
+            Err(e @ crate::restore::RestoreError::NoCatalog { .. }) => {
+                Response::error(ErrorKind::NotFound, e.to_string())
+            }
+            Err(e) => Response::error(ErrorKind::Internal, e.to_string()),
+        }
+    }
+
+    /// Prunes one dataset or each in turn; several reports are joined (text) and listed (JSON).
+    async fn prune(&self, dataset: Option<&str>, dry_run: bool) -> Response {
+        let jobs = match self.targets(dataset) {
+            Ok(j) => j,
+            Err(e) => return *e,
+        };
+        let mut texts = String::new();
+        let mut reports = Vec::new();
+        for j in &jobs {
+            match j.prune(dry_run).await {
+                Response::Report { text, json } => {
+                    texts.push_str(&text);
+                    reports.push(json);
+                }
+                other if dataset.is_some() => return other,
+                Response::Error { kind, message } => {
+                    return Response::error(
+                        kind,
+                        format!("{message} (after {} datasets)", reports.len()),
+                    );
+                }
+                other => return other,
+            }
+        }
+        match (dataset, reports.len()) {
+            (Some(_), 1) => Response::Report { text: texts, json: reports.remove(0) },
+            _ => Response::Report { text: texts, json: serde_json::Value::Array(reports) },
+        }
+    }
+
     async fn for_each(
         &self,
         dataset: Option<&str>,
@@ -663,6 +728,10 @@ impl Handler for DaemonCore {
                 Ok(m) => Response::ok(m).into(),
                 Err(e) => Response::error(e.kind(), e.to_string()).into(),
             },
+            Request::Cost { dataset } => self.cost(dataset.as_deref()).await.into(),
+            Request::PruneNow { dataset, dry_run } => {
+                self.prune(dataset.as_deref(), dry_run).await.into()
+            }
             Request::RestoreStart(req) => self.restore_start(&req).await.into(),
             Request::RestoreStatus { id } => {
                 let jobs = self.restores.status(id.as_deref());

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod cli;
 pub mod control;
+pub mod cost;
 pub mod daemon;
 pub mod failpoint;
 pub mod import_legacy;

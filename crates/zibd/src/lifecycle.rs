@@ -135,7 +135,8 @@ pub struct PruneReport {
     pub deleted: u64,
 }
 
-fn stored_object(o: &ListedObject) -> StoredObject {
+/// A listed object as zib-core's lifecycle decisions see it.
+pub fn stored_object(o: &ListedObject) -> StoredObject {
     StoredObject {
         key: o.key.clone(),
         size: o.size,

@@ -192,6 +192,25 @@ max_attempts = 3
     fn socket(&self) -> PathBuf {
         self.dir.path().join("run/zibd.sock")
     }
+
+    /// Every key in the bucket.
+    async fn keys(&self) -> Vec<String> {
+        let out = self._s3.client().list_objects_v2().bucket(&self.bucket).send().await.unwrap();
+        out.contents().iter().map(|o| o.key().unwrap().to_owned()).collect()
+    }
+}
+
+/// Triggers a backup of `ds` and waits until it succeeded with a snapshot other than `last`
+/// (which it then updates).
+async fn back_up(core: &DaemonCore, ds: &str, last: &mut Option<String>) -> DatasetStatus {
+    expect_ok(ask(core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
+    let s = wait_for(core, ds, "the backup is done", |s| {
+        let snap = s.last_success.as_ref().and_then(|l| l.snapshot.clone());
+        snap.is_some() && snap != *last && s.state == JobState::Scheduled
+    })
+    .await;
+    *last = s.last_success.as_ref().and_then(|l| l.snapshot.clone());
+    s
 }
 
 fn root() -> Peer {
@@ -923,21 +942,10 @@ async fn a_successful_backup_applies_remote_retention() {
     std::fs::write(&bed.config, cfg).unwrap();
     let d = bed.start().await;
     let core = d.core();
-    let keys = || async {
-        let out = bed._s3.client().list_objects_v2().bucket(&bed.bucket).send().await.unwrap();
-        out.contents().iter().map(|o| o.key().unwrap().to_owned()).collect::<Vec<_>>()
-    };
+    let keys = || bed.keys();
     let mut last_snapshot = None;
     for n in 1..=2u64 {
-        expect_ok(
-            ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await,
-        );
-        let s = wait_for(&core, ds, "the backup is done", |s| {
-            let snap = s.last_success.as_ref().and_then(|l| l.snapshot.clone());
-            snap.is_some() && snap != last_snapshot && s.state == JobState::Scheduled
-        })
-        .await;
-        last_snapshot = s.last_success.and_then(|l| l.snapshot);
+        let s = back_up(&core, ds, &mut last_snapshot).await;
         // Each backup is a chain of its own (max_chain = 1).
         assert_eq!(s.chain_length, 1);
         // 1 MiB in 64 KiB chunks: 16 chunks and a manifest per backup.
@@ -945,5 +953,129 @@ async fn a_successful_backup_applies_remote_retention() {
         assert_eq!(k.len(), 17, "after backup #{n}: {k:?}");
         assert!(k.iter().all(|k| k.contains(&format!("/{n:06}-"))), "after backup #{n}: {k:?}");
     }
+    assert!(d.stop().await);
+}
+
+/// One request over the control socket, one reply.
+async fn over_socket(bed: &Bed, r: &Request) -> Response {
+    let mut s = UnixStream::connect(bed.socket()).await.unwrap();
+    write_frame(&mut s, &encode_request(r)).await.unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut s))
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a frame");
+    decode_response(&body).unwrap().response
+}
+
+fn expect_report(r: Response) -> (String, serde_json::Value) {
+    match r {
+        Response::Report { text, json } => (text, json),
+        other => panic!("expected a report, got {other:?}"),
+    }
+}
+
+/// `zibd ARGS` (the binary, foreground) with the bed's config and the test credentials.
+fn zibd_cmd(bed: &Bed, args: &[&str]) -> (String, String, bool) {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
+    c.arg("--config").arg(&bed.config).args(args);
+    for (k, v) in test_env(&bed.endpoint) {
+        c.env(k, v);
+    }
+    c.env("ZIB_ZFS_BIN", zfs_dir().join("fake-zfs")).env("ZIB_LOG", "warn");
+    let o = c.output().unwrap();
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        o.status.success(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_and_prune_through_the_control_socket() {
+    let bed = Bed::new().await;
+    let ds = "ledger/data";
+    bed.write_config(&[(ds, "0 0 3 * * *")]);
+    // Every backup a chain of its own, no retention yet: two backups leave two chains.
+    let base = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(&bed.config, format!("{base}max_chain = 1\n")).unwrap();
+    let d = bed.start().await;
+    let core = d.core();
+    let keys = || bed.keys();
+    let mut last_snapshot = None;
+    for _ in 1..=2u64 {
+        back_up(&core, ds, &mut last_snapshot).await;
+    }
+    assert_eq!(keys().await.len(), 34);
+
+    // zibctl cost: two chains of 1 MiB in 16 STANDARD chunks of 64 KiB and a manifest each.
+    let (text, json) =
+        expect_report(over_socket(&bed, &Request::Cost { dataset: Some(ds.into()) }).await);
+    let classes = json["ledger"]["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 1, "{classes:?}");
+    assert_eq!(
+        (classes[0]["storage_class"].as_str(), classes[0]["objects"].as_u64()),
+        (Some("STANDARD"), Some(34))
+    );
+    let bytes = classes[0]["bytes"].as_u64().unwrap();
+    assert!(bytes > 2 << 20 && bytes < (2 << 20) + 20_000, "{bytes}");
+    let monthly = classes[0]["monthly"].as_f64().unwrap();
+    assert!((monthly - bytes as f64 / (1u64 << 30) as f64 * 0.023).abs() < 1e-15, "{monthly}");
+    assert_eq!(json["ledger"]["datasets"][0]["chains"].as_array().unwrap().len(), 2);
+    assert!(text.contains("chain #1..#1") && text.contains("chain #2..#2"), "{text}");
+    // The same ledger as `zibd cost` from the bucket alone.
+    let (out, err, ok) = zibd_cmd(&bed, &["cost", "--dataset", ds, "--json"]);
+    assert!(ok, "{err}");
+    let fg: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(fg["ledger"]["classes"], json["ledger"]["classes"]);
+    assert_eq!(fg["ledger"]["datasets"][0]["chains"], json["ledger"]["datasets"][0]["chains"]);
+    // An unknown dataset is named.
+    let e = expect_err(
+        ask(&core, Request::Cost { dataset: Some("no/such".into()) }).await,
+        ErrorKind::NotFound,
+    );
+    assert!(e.contains("no/such"), "{e}");
+
+    // keep_chains = 1 from now on; the daemon has not pruned yet (no backup since).
+    std::fs::write(&bed.config, format!("{base}max_chain = 1\nkeep_chains = 1\n")).unwrap();
+    expect_ok(ask(&core, Request::Reload).await);
+    let dry = Request::PruneNow { dataset: Some(ds.into()), dry_run: true };
+    let (text, json) = expect_report(over_socket(&bed, &dry).await);
+    assert!(text.contains("(dry run): would delete 17 objects"), "{text}");
+    assert_eq!(json["plan"]["objects"].as_u64(), Some(17));
+    assert_eq!(json["deleted"].as_u64(), Some(0));
+    // Equal to `zibd prune --dry-run`'s output (a dry run takes no lock, so it runs beside zibd).
+    let (out, err, ok) = zibd_cmd(&bed, &["prune", "--dry-run", ds]);
+    assert!(ok, "{err}");
+    assert_eq!(out, text);
+    let (out, _, _) = zibd_cmd(&bed, &["prune", "--dry-run", "--json", ds]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), json);
+    assert_eq!(keys().await.len(), 34, "a dry run deletes nothing");
+
+    // While a backup runs, prune is refused as busy (the backup prunes after itself).
+    hold(ds, true);
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
+    wait_for(&core, ds, "uploading", |s| s.state == JobState::Uploading).await;
+    let prune = Request::PruneNow { dataset: Some(ds.into()), dry_run: false };
+    let e = expect_err(over_socket(&bed, &prune).await, ErrorKind::Busy);
+    assert!(e.contains("is running"), "{e}");
+    expect_ok(ask(&core, Request::Cancel { dataset: ds.into() }).await);
+    hold(ds, false);
+    wait_for(&core, ds, "the run stopped", |s| {
+        s.progress.is_none() && s.state != JobState::Cancelling
+    })
+    .await;
+
+    // Now it prunes: chain #1 goes, chain #2 stays; run again, nothing is left to delete.
+    let (text, json) = expect_report(over_socket(&bed, &prune).await);
+    assert!(text.contains("deleted 17 objects"), "{text}");
+    assert_eq!(json["deleted"].as_u64(), Some(17));
+    let k = keys().await;
+    assert!(k.iter().all(|k| !k.contains("/000001-")), "{k:?}");
+    assert!(k.iter().filter(|k| k.contains("/000002-")).count() == 17, "{k:?}");
+    let all = Request::PruneNow { dataset: None, dry_run: false };
+    let (text, json) = expect_report(over_socket(&bed, &all).await);
+    assert!(text.contains("deleted 0 objects"), "{text}");
+    assert_eq!(json.as_array().map(Vec::len), Some(1));
     assert!(d.stop().await);
 }

@@ -53,14 +53,7 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
     let client = moto.client();
     let bucket = moto.create_bucket("rlist").await;
     let ms = seed(&client, &bucket, "tank/photos", &chain3(), StorageClass::DeepArchive).await;
-    seed(
-        &client,
-        &bucket,
-        "tank/home",
-        &[Backup { snap: "zib-20261105T000000Z", guid: "9", data: send_stream(9, 400, 9, 0) }],
-        StorageClass::Standard,
-    )
-    .await;
+    seed_home(&client, &bucket).await;
     let ep = moto.endpoint();
     let zfs = FakeZfs::new();
     let b = bucket_args(&bucket, ep);

@@ -75,6 +75,22 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The cost ledger, from the bucket alone: stored bytes and objects per storage class,
+    /// archive index overhead, estimated monthly cost, when each chain may be deleted free of
+    /// charge, and what a full restore of each dataset's newest snapshot would cost today.
+    Cost {
+        #[command(flatten)]
+        bucket: restore::BucketArgs,
+        /// Only this backed-up dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Days the thawed copies of the restore quote stay readable.
+        #[arg(long, default_value_t = crate::cost::RESTORE_QUOTE_DAYS)]
+        days: u32,
+        /// Print the ledger as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore from the bucket alone: `list` the catalog, `plan` (with a cost quote), `run`.
     #[command(subcommand)]
     Restore(Box<restore::RestoreCommand>),
@@ -126,6 +142,13 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             report(runtime().block_on(import_legacy(cfg, &state_file, dry_run)))
+        }
+        Command::Cost { bucket, dataset, days, json } => {
+            let cfg = match restore::optional_config(&bucket, &cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            report(runtime().block_on(cost_once(bucket, cfg, dataset, days, json)))
         }
         Command::Restore(cmd) => restore::main(*cmd, &cli.config),
         Command::Run => crate::daemon::main(cli.config),
@@ -209,6 +232,34 @@ async fn prune_once(
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print!("{}", crate::lifecycle::format_prune(&r));
+    }
+    Ok(())
+}
+
+/// `zibd cost`: the ledger of the bucket prefix the flags (or the config) name.
+async fn cost_once(
+    bucket: restore::BucketArgs,
+    cfg: Option<Config>,
+    dataset: Option<String>,
+    days: u32,
+    json: bool,
+) -> anyhow::Result<()> {
+    let pricing = cfg.as_ref().map(|c| c.pricing.clone()).unwrap_or_default();
+    let engine = restore::connect(&bucket, cfg.as_ref()).await?;
+    let ds = restore::parse_opt(dataset.as_deref(), DatasetName::new)?;
+    let r = crate::cost::cost_report(
+        &engine.s3,
+        &engine.prefix,
+        ds.as_ref(),
+        &pricing,
+        chrono::Utc::now(),
+        days,
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", crate::cost::format_cost(&r));
     }
     Ok(())
 }

@@ -122,7 +122,7 @@ pub enum RestoreCommand {
 }
 
 /// Resolves the bucket flags against an optional config.
-async fn connect(
+pub(super) async fn connect(
     args: &BucketArgs,
     cfg: Option<&zib_core::Config>,
 ) -> anyhow::Result<RestoreEngine> {
@@ -162,7 +162,7 @@ async fn connect(
     Ok(RestoreEngine { zfs: Zfs::default(), s3, prefix })
 }
 
-fn parse_opt<T, E: std::fmt::Display>(
+pub(super) fn parse_opt<T, E: std::fmt::Display>(
     v: Option<&str>,
     f: impl Fn(&str) -> Result<T, E>,
 ) -> anyhow::Result<Option<T>> {
@@ -176,24 +176,35 @@ pub fn main(cmd: RestoreCommand, config: &Path) -> std::process::ExitCode {
         | RestoreCommand::Plan { bucket, .. }
         | RestoreCommand::Run { bucket, .. } => bucket.clone(),
     };
-    let cfg = if bucket_args.bucket.is_none() || config.exists() {
+    let cfg = match optional_config(&bucket_args, config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    report(runtime().block_on(restore_cmd(cmd, cfg)))
+}
+
+/// The config, loaded when it exists or when no --bucket is given (then it must load).
+pub(super) fn optional_config(
+    bucket_args: &BucketArgs,
+    config: &Path,
+) -> Result<Option<zib_core::Config>, std::process::ExitCode> {
+    if bucket_args.bucket.is_none() || config.exists() {
         match zib_core::Config::load(config) {
-            Ok(c) => Some(c),
+            Ok(c) => Ok(Some(c)),
             Err(e) if bucket_args.bucket.is_some() => {
                 tracing::warn!("ignoring the config file: {e}");
-                None
+                Ok(None)
             }
             Err(e) => {
                 eprintln!(
-                    "zibd: {e}\nzibd: give --bucket (and --prefix, --region/--endpoint) to restore without a config file"
+                    "zibd: {e}\nzibd: give --bucket (and --prefix, --region/--endpoint) to work without a config file"
                 );
-                return std::process::ExitCode::from(EXIT_CONFIG);
+                Err(std::process::ExitCode::from(EXIT_CONFIG))
             }
         }
     } else {
-        None
-    };
-    report(runtime().block_on(restore_cmd(cmd, cfg)))
+        Ok(None)
+    }
 }
 
 async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyhow::Result<()> {

@@ -78,6 +78,7 @@ enum Command {
     Pause { reply: oneshot::Sender<Response> },
     Resume { reply: oneshot::Sender<Response> },
     Cancel { reply: oneshot::Sender<Response> },
+    Prune { dry_run: bool, reply: oneshot::Sender<Response> },
     Update(Box<JobSettings>),
     Retire,
 }
@@ -163,6 +164,12 @@ impl JobHandle {
 
     pub async fn cancel(&self) -> Response {
         self.ask(|reply| Command::Cancel { reply }).await
+    }
+
+    /// Remote retention now, under the dataset's lock (refused while a backup runs); the
+    /// reply is the report of `zibd prune`.
+    pub async fn prune(&self, dry_run: bool) -> Response {
+        self.ask(|reply| Command::Prune { dry_run, reply }).await
     }
 
     /// New settings from a reloaded config (applies from the next run).
@@ -382,6 +389,11 @@ impl Task {
             tokio::select! {
                 () = self.ctx.shutdown.cancelled() => break,
                 cmd = self.rx.recv() => match cmd {
+                    // Awaited here: commands and ticks that come meanwhile wait for it.
+                    Some(Command::Prune { dry_run, reply }) => {
+                        let r = self.prune(dry_run).await;
+                        let _ = reply.send(r);
+                    }
                     Some(cmd) => self.on_command(cmd),
                     None => self.retiring = true,
                 },
@@ -410,9 +422,10 @@ impl Task {
         let r = gone(&self.name);
         match cmd {
             Command::Trigger { reply, .. } => drop(reply.send(r.into())),
-            Command::Pause { reply } | Command::Resume { reply } | Command::Cancel { reply } => {
-                drop(reply.send(r))
-            }
+            Command::Pause { reply }
+            | Command::Resume { reply }
+            | Command::Cancel { reply }
+            | Command::Prune { reply, .. } => drop(reply.send(r)),
             Command::Update(_) | Command::Retire => {}
         }
     }
@@ -479,6 +492,10 @@ impl Task {
                 };
                 let _ = reply.send(Response::ok(msg));
             }
+            Command::Prune { reply, .. } => {
+                // Run from the task's loop (it awaits); not reached.
+                let _ = reply.send(Response::error(ErrorKind::Internal, "prune not run"));
+            }
             Command::Update(settings) => {
                 let old = &self.settings;
                 let reschedule = old.ds.schedule != settings.ds.schedule
@@ -542,6 +559,50 @@ impl Task {
         crate::restore::unfinished_restore(&work, &self.name).map(|record| {
             BackupError::RestoreInProgress { dataset: self.name.to_string(), record }.to_string()
         })
+    }
+    /// `zibd prune` with the task's lock: the same code and report. Refused while a backup
+    /// runs (or waits for a slot): it prunes after itself when retention is configured.
+    async fn prune(&mut self, dry_run: bool) -> Response {
+        if self.ctx.shutdown.is_cancelled() {
+            return Response::error(ErrorKind::ShuttingDown, "zibd is shutting down");
+        }
+        if self.run.is_some() {
+            return Response::error(
+                ErrorKind::Busy,
+                format!(
+                    "a backup of {} is running; prune when it has finished (see `zibctl status {}`)",
+                    self.name, self.name
+                ),
+            );
+        }
+        let Some(locked) = self.locked.as_ref() else {
+            return Response::error(
+                ErrorKind::Internal,
+                format!("the state lock of {} is lost (see the log); restart zibd", self.name),
+            );
+        };
+        let opts = crate::lifecycle::PruneOptions { dry_run, allow_early_deletion: false };
+        let s = &self.settings;
+        tracing::info!(dataset = %self.name, dry_run, "prune requested");
+        let r = crate::lifecycle::prune(
+            &s.engine.s3,
+            &s.cfg,
+            &s.ds,
+            &locked.state,
+            opts,
+            Utc::now(), // object ages are against S3's clock, not the schedule's
+            &self.ctx.shutdown.child_token(),
+        )
+        .await;
+        match r {
+            Ok(r) => match serde_json::to_value(&r) {
+                Ok(json) => Response::Report { text: crate::lifecycle::format_prune(&r), json },
+                Err(e) => Response::error(ErrorKind::Internal, e.to_string()),
+            },
+            Err(e) => {
+                Response::error(ErrorKind::Internal, format!("prune of {} failed: {e}", self.name))
+            }
+        }
     }
 
     fn pause(&mut self) -> Response {

@@ -20,7 +20,7 @@ use super::{
     RestoreEngine, RestoreError,
     thaw::{MAX_THAW_EXPIRIES, ManifestThaw, thaw_object},
 };
-use crate::s3::{S3ErrorKind, S3Store};
+use crate::s3::{ListedObject, S3ErrorKind, S3Store};
 
 /// Every dataset's catalog found under a prefix.
 #[derive(Debug, Clone)]
@@ -91,16 +91,25 @@ pub async fn load_catalog(
     dataset: Option<&DatasetName>,
     thaw: Option<ManifestThaw<'_>>,
 ) -> Result<BucketCatalog, RestoreError> {
+    Ok(load_catalog_and_listing(s3, prefix, dataset, thaw).await?.0)
+}
+
+/// [`load_catalog`], and the listing it was read from (every object under the listed prefix).
+pub async fn load_catalog_and_listing(
+    s3: &S3Store,
+    prefix: &str,
+    dataset: Option<&DatasetName>,
+    thaw: Option<ManifestThaw<'_>>,
+) -> Result<(BucketCatalog, Vec<ListedObject>), RestoreError> {
     let prefix = normalize_prefix(prefix);
     let list_prefix = match dataset {
         Some(d) => zib_core::KeyLayout::new(&prefix, d).root().to_owned(),
         None => prefix.clone(),
     };
-    let keys: Vec<(DatasetName, String)> = s3
-        .list(&list_prefix)
-        .await?
-        .into_iter()
-        .filter_map(|o| dataset_of_manifest_key(&prefix, &o.key).map(|d| (d, o.key)))
+    let listing = s3.list(&list_prefix).await?;
+    let keys: Vec<(DatasetName, String)> = listing
+        .iter()
+        .filter_map(|o| dataset_of_manifest_key(&prefix, &o.key).map(|d| (d, o.key.clone())))
         .collect();
     if keys.is_empty() {
         return Err(RestoreError::NoCatalog { bucket: s3.bucket().into(), prefix: list_prefix });
@@ -127,12 +136,13 @@ pub async fn load_catalog(
             list.join(", ")
         )));
     }
-    Ok(BucketCatalog {
+    let catalog = BucketCatalog {
         bucket: s3.bucket().into(),
         prefix,
         datasets: by_ds.into_iter().map(|(d, ms)| Catalog::new(d, ms)).collect(),
         skipped,
-    })
+    };
+    Ok((catalog, listing))
 }
 
 /// Reads one manifest; Ok(Err) when it is to be skipped (see the module's header).

@@ -46,7 +46,7 @@ use std::{path::PathBuf, time::Duration};
 
 use zib_core::{DatasetName, SnapName, catalog::ChainError, pricing::RestoreTier};
 
-pub use catalog::{BucketCatalog, SkippedManifest, load_catalog, plan};
+pub use catalog::{BucketCatalog, SkippedManifest, load_catalog, load_catalog_and_listing, plan};
 pub use jobs::{RestoreJobs, options_from_request};
 pub use receive::run;
 pub use record::{

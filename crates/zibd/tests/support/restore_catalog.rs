@@ -146,6 +146,13 @@ pub async fn seed_chunked(
     out
 }
 
+/// A second dataset beside [`chain3`]'s: tank/home, one 400-byte backup in STANDARD.
+pub async fn seed_home(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<Manifest> {
+    let home =
+        [Backup { snap: "zib-20261105T000000Z", guid: "9", data: send_stream(9, 400, 9, 0) }];
+    seed(client, bucket, "tank/home", &home, StorageClass::Standard).await
+}
+
 pub fn chain3() -> Vec<Backup> {
     vec![
         Backup { snap: "zib-20261101T000000Z", guid: "111", data: send_stream(1, 3500, 111, 0) },
