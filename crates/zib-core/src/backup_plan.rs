@@ -36,6 +36,14 @@ pub fn choose_base<'a>(
     }
 }
 
+/// Whether a run is skipped as idle (issue 12): a scheduled or triggered incremental with
+/// fewer than `min_change` bytes written since its base (`written@<base>`; `None` when that is
+/// unknown, e.g. the base snapshot is gone) takes no snapshot and uploads nothing. `min_change`
+/// 0 never skips, and neither does a forced full: the user asked for a new chain.
+pub fn skip_idle(min_change: u64, written_since_base: Option<u64>, force_full: bool) -> bool {
+    !force_full && min_change > 0 && written_since_base.is_some_and(|w| w < min_change)
+}
+
 /// The seq of the next backup: after the local record's and after everything listed, so a new
 /// chain never reuses a number the catalog already has.
 pub fn next_seq<'a>(
@@ -73,6 +81,16 @@ mod tests {
         assert_eq!(choose_base(Some(&committed(2, "elsewhere")), listed), Base::NotListed);
         assert_eq!(choose_base(Some(&committed(5, "m5")), []), Base::NotListed);
         assert_eq!(next_seq(Some(&committed(5, "m5")), listed), 6);
+    }
+
+    #[test]
+    fn an_idle_run_is_skipped_unless_forced_or_unknown_or_off() {
+        assert!(skip_idle(65_536, Some(0), false));
+        assert!(skip_idle(65_536, Some(65_535), false));
+        assert!(!skip_idle(65_536, Some(65_536), false), "at min_change a backup is taken");
+        assert!(!skip_idle(65_536, Some(0), true), "--full never skips");
+        assert!(!skip_idle(65_536, None, false), "unknown change: back up");
+        assert!(!skip_idle(0, Some(0), false), "min_change = 0 never skips");
     }
 
     #[test]

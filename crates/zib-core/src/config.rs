@@ -172,8 +172,19 @@ pub struct DatasetConfig {
     /// rule). With neither rule set, nothing is ever deleted from the bucket.
     #[serde(default)]
     pub keep_within: Option<Period>,
+    /// Skip idle days: a run finds fewer bytes than this written since zib's last snapshot of
+    /// the dataset (`written@<snapshot>`) and takes no snapshot and uploads nothing. 0 never
+    /// skips. `--full` never skips.
+    #[serde(default = "default_min_change")]
+    pub min_change: ByteSize,
 }
 
+/// `min_change` when the config does not say: 64 KiB. Far less than a day of real use, far
+/// more than the metadata `zfs` itself writes to an idle dataset (atime updates and the like).
+pub const DEFAULT_MIN_CHANGE: u64 = 64 * 1024;
+fn default_min_change() -> ByteSize {
+    ByteSize(DEFAULT_MIN_CHANGE)
+}
 fn default_keep() -> u32 {
     2
 }
@@ -476,6 +487,28 @@ impl From<ChunkSize> for u64 {
     }
 }
 
+/// A number of bytes: an integer, or a string with a unit ("64KiB", "1MB"); 0 allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "u64")]
+pub struct ByteSize(pub u64);
+
+impl TryFrom<SizeRepr> for ByteSize {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<Self, String> {
+        match r {
+            SizeRepr::Int(i) => {
+                u64::try_from(i).map(Self).map_err(|_| format!("size {i} is negative"))
+            }
+            SizeRepr::Text(s) => parse_size(&s).map(Self),
+        }
+    }
+}
+impl From<ByteSize> for u64 {
+    fn from(c: ByteSize) -> u64 {
+        c.0
+    }
+}
+
 /// Parses "123", "64KiB", "5GB", "1.5 GiB" into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -625,6 +658,17 @@ mod tests {
             c.datasets[0].rebaseline_policy(),
             RebaselinePolicy { max_chain: Some(30), ..RebaselinePolicy::OFF }
         );
+    }
+
+    #[test]
+    fn min_change_has_a_default_takes_units_and_zero() {
+        assert_eq!(parse(MIN).unwrap().datasets[0].min_change.0, 64 * 1024);
+        let c = parse(&format!("{MIN}min_change = \"1MiB\"\n")).unwrap();
+        assert_eq!(c.datasets[0].min_change.0, 1 << 20);
+        let c = parse(&format!("{MIN}min_change = 0\n")).unwrap();
+        assert_eq!(c.datasets[0].min_change.0, 0);
+        let e = err(&format!("{MIN}min_change = \"lots\"\n"));
+        assert!(e.contains("line 7") && e.contains("min_change"), "{e}");
     }
 
     #[test]

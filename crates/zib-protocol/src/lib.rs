@@ -45,7 +45,8 @@ pub use frame::{
 };
 pub use message::{
     DaemonInfo, DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate,
-    Request, Response, RestoreJobStatus, RestoreStart, RestoreState, RestoreTier, RunProgress,
+    Request, Response, RestoreJobStatus, RestoreStart, RestoreState, RestoreTier, RunNote,
+    RunProgress,
 };
 
 use serde::{Deserialize, Serialize};

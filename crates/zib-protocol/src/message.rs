@@ -363,6 +363,19 @@ pub struct DatasetStatus {
     /// Schedule ticks skipped because a run was still going (since the daemon started).
     #[serde(default)]
     pub missed_ticks: u64,
+    /// What the last run that did not fail wants the operator to know, e.g. `skipped (no
+    /// change): ...` or that it started a new chain because the base was gone (since the daemon
+    /// started; absent from older daemons).
+    #[serde(default)]
+    pub last_note: Option<RunNote>,
+}
+
+/// A note on a dataset's last run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunNote {
+    /// When the run ended.
+    pub at: DateTime<Utc>,
+    pub message: String,
 }
 
 /// Progress of a running backup.

@@ -30,6 +30,18 @@ fn progress() -> RunProgress {
     }
 }
 
+fn daemon_info(jobs_running: u32) -> DaemonInfo {
+    DaemonInfo {
+        version: "0.1.0".into(),
+        protocol_version: 1,
+        started_at: t(1_767_225_600),
+        uptime_secs: 10_800,
+        jobs_running,
+        jobs_max: Some(2),
+        restores_running: 0,
+    }
+}
+
 /// One sample of every request variant, named as its fixture file.
 fn requests() -> Vec<(&'static str, Request)> {
     vec![
@@ -98,15 +110,7 @@ fn responses() -> Vec<(&'static str, Response)> {
         (
             "response-status",
             Response::Status {
-                daemon: DaemonInfo {
-                    version: "0.1.0".into(),
-                    protocol_version: 1,
-                    started_at: t(1_767_225_600),
-                    uptime_secs: 10_800,
-                    jobs_running: 1,
-                    jobs_max: Some(2),
-                    restores_running: 0,
-                },
+                daemon: daemon_info(1),
                 datasets: vec![
                     DatasetStatus {
                         dataset: "tank/photos".into(),
@@ -126,6 +130,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                         next_run: Some(t(1_767_322_800)),
                         chain_length: 4,
                         missed_ticks: 1,
+                        last_note: None,
                     },
                     DatasetStatus {
                         dataset: "tank/docs".into(),
@@ -138,8 +143,31 @@ fn responses() -> Vec<(&'static str, Response)> {
                         next_run: None,
                         chain_length: 0,
                         missed_ticks: 0,
+                        last_note: None,
                     },
                 ],
+            },
+        ),
+        (
+            "response-status-note",
+            Response::Status {
+                daemon: daemon_info(0),
+                datasets: vec![DatasetStatus {
+                    dataset: "tank/photos".into(),
+                    state: JobState::Scheduled,
+                    paused: false,
+                    schedule: Some("0 3 * * *".into()),
+                    progress: None,
+                    last_success: None,
+                    last_error: None,
+                    next_run: Some(t(1_767_322_800)),
+                    chain_length: 1,
+                    missed_ticks: 0,
+                    last_note: Some(RunNote {
+                        at: t(1_767_236_400),
+                        message: "skipped (no change): 0 bytes written since tank/photos@zib-20251231T030000Z, less than min_change (65536 bytes); no snapshot taken, nothing uploaded".into(),
+                    }),
+                }],
             },
         ),
         (

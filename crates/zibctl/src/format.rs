@@ -172,6 +172,17 @@ pub fn status_table(daemon: &DaemonInfo, datasets: &[DatasetStatus], now: DateTi
                 ));
             }
         }
+        if let Some(n) = &d.last_note {
+            let newer_error = d.last_error.as_ref().is_some_and(|e| e.at > n.at);
+            if !newer_error {
+                notes.push_str(&format!(
+                    "{}: {} ({})\n",
+                    d.dataset,
+                    n.message,
+                    relative_time(n.at, now)
+                ));
+            }
+        }
         if d.missed_ticks > 0 {
             let s = if d.missed_ticks == 1 { "" } else { "s" };
             notes.push_str(&format!(
@@ -355,6 +366,7 @@ mod tests {
             next_run: Some(t(NOW + 3 * 3600)),
             chain_length: 0,
             missed_ticks: 0,
+            last_note: None,
         }
     }
 

@@ -84,6 +84,7 @@ fn status_reply() -> Response {
             next_run: Some(now + Duration::hours(3) + Duration::seconds(30)),
             chain_length: 3,
             missed_ticks: 0,
+            last_note: None,
         }],
     }
 }

@@ -102,6 +102,33 @@ pub struct BackupReport {
     pub pruned: Vec<String>,
 }
 
+/// What a run did.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Committed(BackupReport),
+    /// Idle: fewer than `min_change` bytes written since the base; no snapshot, no upload.
+    Skipped(Skipped),
+}
+
+/// A run skipped as idle (issue 12).
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    /// The base the bytes were counted from (zib's last backed-up snapshot), `ds@snap`.
+    pub base: String,
+    pub written: u64,
+    pub min_change: u64,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "skipped (no change): {} bytes written since {}, less than min_change ({} bytes); no snapshot taken, nothing uploaded",
+            self.written, self.base, self.min_change
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error(transparent)]
@@ -209,7 +236,7 @@ pub async fn run(
     opts: BackupOptions,
     progress: &watch::Sender<Progress>,
     cancel: &CancellationToken,
-) -> Result<BackupReport, BackupError> {
+) -> Result<Outcome, BackupError> {
     // A receive in progress (by the daemon or by `zibd restore run`): snapshotting the target
     // now would back up a half-restored dataset.
     if let Some(record) =
@@ -263,7 +290,7 @@ impl Backup<'_> {
         Ok(self.locked.save_async().await?)
     }
 
-    async fn run(mut self, opts: BackupOptions) -> Result<BackupReport, BackupError> {
+    async fn run(mut self, opts: BackupOptions) -> Result<Outcome, BackupError> {
         let name = self.ds.name.clone();
         self.set_progress(|p| {
             *p = Progress {
@@ -301,9 +328,12 @@ impl Backup<'_> {
         }
         self.resumed = self.locked.state.pending.is_some();
         if !self.resumed {
-            self.plan_new(opts).await?;
+            if let Some(skipped) = self.plan_new(opts).await? {
+                tracing::info!(dataset = %name, "{skipped}");
+                return Ok(Outcome::Skipped(skipped));
+            }
         } else if let Some(m) = self.already_committed().await? {
-            return self.finish_commit(m, true, 0, 0).await;
+            return self.finish_commit(m, true, 0, 0).await.map(Outcome::Committed);
         } else {
             self.check_recorded_chunks().await?;
         }
@@ -338,7 +368,10 @@ impl Backup<'_> {
             match streamed {
                 Streamed::Done { size, sha256 } => {
                     let m = self.manifest(&args, size, sha256).await?;
-                    return self.finish_commit(m, false, uploaded, reused).await;
+                    return self
+                        .finish_commit(m, false, uploaded, reused)
+                        .await
+                        .map(Outcome::Committed);
                 }
                 Streamed::Diverged { index, why } if !restarted => {
                     restarted = true;
@@ -441,8 +474,9 @@ impl Backup<'_> {
     }
 
     /// Decides the next backup (full or incremental from the newest committed one, found in the
-    /// state or, when the state is new or behind, in the bucket's catalog) and records it.
-    async fn plan_new(&mut self, opts: BackupOptions) -> Result<(), BackupError> {
+    /// state or, when the state is new or behind, in the bucket's catalog) and records it; or
+    /// skips an idle incremental (nothing recorded, no snapshot).
+    async fn plan_new(&mut self, opts: BackupOptions) -> Result<Option<Skipped>, BackupError> {
         let layout = self.layout();
         let here = self.target.destination();
         let listing = self.engine.s3.list(layout.root()).await?;
@@ -502,6 +536,12 @@ impl Backup<'_> {
             }
             (None, RebaselineDecision::Incremental) => None,
         };
+        if let Some(base) = &from
+            && let Some(skipped) = self.idle_since(base, opts).await
+        {
+            self.save().await?; // what the catalog taught (Base::Catalog) is kept
+            return Ok(Some(skipped));
+        }
         // Snapshot names have one-second resolution: never reuse the base's name, nor that of
         // any snapshot there is (two backups within one second, or a clock that went back,
         // would otherwise adopt a snapshot this backup did not take).
@@ -534,7 +574,38 @@ impl Backup<'_> {
         self.locked.state.pending = Some(pending);
         self.save().await?;
         failpoint::hit("after-pending");
-        Ok(())
+        Ok(None)
+    }
+
+    /// The run is idle if fewer than `min_change` bytes were written since `base`, zib's last
+    /// backed-up snapshot. `written@<base>` counts from that snapshot, not from the dataset's
+    /// newest one (which may be someone else's, taken after zib's): changes made before a
+    /// foreign snapshot still count. Unknown (the base snapshot is gone, or zfs failed): not idle.
+    async fn idle_since(&self, base: &SnapRef, opts: BackupOptions) -> Option<Skipped> {
+        let min_change = self.ds.min_change.0;
+        if opts.force_full || min_change == 0 {
+            return None;
+        }
+        let (zfs, name) = (&self.engine.zfs, &self.ds.name);
+        let written = match zfs.snapshot_info(name, &base.name).await {
+            Ok(Some(s)) if s.guid == base.guid => match zfs.written_since(name, &base.name).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read what was written since the last backup; backing up");
+                    None
+                }
+            },
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not find the last backed-up snapshot; backing up");
+                None
+            }
+        };
+        backup_plan::skip_idle(min_change, written, opts.force_full).then(|| Skipped {
+            base: name.snapshot(&base.name),
+            written: written.unwrap_or(0),
+            min_change,
+        })
     }
 
     /// A crash after the manifest PUT but before the state save leaves a committed backup that

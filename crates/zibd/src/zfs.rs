@@ -381,6 +381,28 @@ impl Zfs {
         Ok(if v.is_empty() || v == "-" { None } else { Some(v.to_owned()) })
     }
 
+    /// Bytes written to `ds` since its snapshot `since` (the `written@<snapshot>` property);
+    /// None when zfs has no value (the snapshot is gone: `NotFound` or "-").
+    pub async fn written_since(
+        &self,
+        ds: &DatasetName,
+        since: &SnapName,
+    ) -> Result<Option<u64>, ZfsError> {
+        let prop = format!("written@{since}");
+        let v = match self.get_property(ds.as_str(), &prop).await {
+            Ok(v) => v,
+            Err(ZfsError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        v.map(|v| {
+            v.parse().map_err(|_| ZfsError::Parse {
+                cmd: render(&["get", "-H", "-p", "-o", "value", &prop, ds.as_str()]),
+                output: v,
+            })
+        })
+        .transpose()
+    }
+
     /// `zfs receive -A`: discards the partial state an interrupted `zfs receive -s` left.
     pub async fn abort_partial_receive(&self, target: &DatasetName) -> Result<(), ZfsError> {
         self.run(&["receive", "-A", target.as_str()]).await.map(drop)

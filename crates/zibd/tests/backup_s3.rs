@@ -1104,3 +1104,43 @@ async fn a_spool_dir_others_can_write_to_is_refused_and_the_spool_is_private() {
     assert_eq!(mode(&state.join("tank%2Fphotos.json")), 0o600);
     assert_eq!(mode(&state.join("tank%2Fphotos.lock")), 0o600);
 }
+
+/// Issue 12: an idle day (fewer than `min_change` bytes written since zib's last snapshot, by
+/// `written@<that snapshot>`, not since a newer foreign one) takes no snapshot and makes zero
+/// PUTs; a busier day, `--full` and `min_change = 0` back up.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_day_is_skipped_with_zero_puts_and_no_snapshot() {
+    let (_s, proxy, bed) = s3s_bed(true).await;
+    let proxy = proxy.unwrap();
+    ok(&bed.backup(&[]));
+    let base = bed.state()["last"]["snapshot"]["name"].as_str().unwrap().to_owned();
+    // Someone else's snapshot, newer than zib's: the change is counted from zib's.
+    std::fs::write(bed.root.join("zfs/snap/tank%2Fphotos@theirs"), "9 999 1700000000\n").unwrap();
+    let snaps = || std::fs::read_dir(bed.root.join("zfs/snap")).unwrap().count();
+    let before = snaps();
+    proxy.reset_counts();
+    let log = bed.root.join("zfs.log");
+    let idle =
+        [("FAKE_ZFS_WRITTEN", "65535".to_owned()), ("FAKE_ZFS_LOG", log.display().to_string())];
+    let out = bed.backup(&idle);
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("skipped (no change)") && stdout.contains("65535 bytes"), "{stdout}");
+    assert_eq!(proxy.puts_per_key().len(), 0, "an idle day makes zero PUTs");
+    assert_eq!(snaps(), before, "and takes no snapshot");
+    let asked = std::fs::read_to_string(&log).unwrap();
+    assert!(asked.contains(&format!("written@{base} tank/photos")), "{asked}");
+    assert!(bed.state()["pending"].is_null());
+    assert_eq!(bed.manifests().await.len(), 1);
+    // 64 KiB written (the default min_change): backed up.
+    ok(&bed.backup(&[("FAKE_ZFS_WRITTEN", "65536".into())]));
+    assert_eq!(bed.manifests().await.len(), 2);
+    // --full never skips.
+    ok(&bed.zibd(&["backup", "--full", "tank/photos"], &[("FAKE_ZFS_WRITTEN", "0".into())]));
+    assert_eq!(bed.manifests().await.len(), 3);
+    // min_change = 0 never skips.
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(&bed.config, text + "min_change = 0\n").unwrap();
+    ok(&bed.backup(&[("FAKE_ZFS_WRITTEN", "0".into())]));
+    assert_eq!(bed.manifests().await.len(), 4);
+}

@@ -52,6 +52,7 @@ fn dataset(name: &str) -> DatasetStatus {
         next_run: None,
         chain_length: 0,
         missed_ticks: 0,
+        last_note: None,
     }
 }
 

@@ -1087,3 +1087,30 @@ async fn cost_and_prune_through_the_control_socket() {
     assert_eq!(json.as_array().map(Vec::len), Some(1));
     assert!(d.stop().await);
 }
+
+/// Issue 12: a triggered run on an idle day is done without a snapshot, and status says
+/// `skipped (no change)` (zibctl prints the note).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_run_shows_skipped_no_change_in_status() {
+    let bed = Bed::new().await;
+    let ds = "idle/data";
+    bed.write_config(&[(ds, "0 0 3 * * *")]);
+    let d = bed.start().await;
+    let core = d.core();
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
+    wait_for(&core, ds, "the first backup", |s| {
+        s.last_success.is_some() && s.state == JobState::Scheduled
+    })
+    .await;
+    assert_eq!(snapshots_taken(ds), 1);
+    let written = zfs_dir().join("zfs/written");
+    std::fs::create_dir_all(&written).unwrap();
+    std::fs::write(written.join(ds.replace('/', "%2F")), "0\n").unwrap();
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
+    let s = wait_for(&core, ds, "the idle run", |s| s.last_note.is_some()).await;
+    let note = s.last_note.unwrap().message;
+    assert!(note.starts_with("skipped (no change)"), "{note}");
+    assert_eq!(s.state, JobState::Scheduled);
+    assert_eq!(snapshots_taken(ds), 1, "no snapshot on an idle day");
+    assert!(d.stop().await);
+}

@@ -165,7 +165,13 @@ async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow:
     let engine = Engine::from_config(&cfg).await;
     let cancel = cancel_on_ctrl_c("interrupted: stopping at the next safe point");
     let (progress, _rx) = tokio::sync::watch::channel(backup::Progress::default());
-    let r = backup::run(&engine, &cfg, &ds, &mut locked, opts, &progress, &cancel).await?;
+    let r = match backup::run(&engine, &cfg, &ds, &mut locked, opts, &progress, &cancel).await? {
+        backup::Outcome::Committed(r) => r,
+        backup::Outcome::Skipped(s) => {
+            println!("{name}: {s} (min_change = 0 backs up every run)");
+            return Ok(());
+        }
+    };
     println!(
         "{} backup #{} of {}@{}: {} bytes, {} chunks uploaded, {} already stored (attempt {}), manifest {}",
         if r.full { "full" } else { "incremental" },

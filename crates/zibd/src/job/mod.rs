@@ -34,12 +34,12 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zib_core::{Config, DatasetConfig, DatasetName};
 use zib_protocol::{
-    DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate, Response,
+    DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate, Response, RunNote,
     RunProgress,
 };
 
 use crate::{
-    backup::{self, BackupError, BackupOptions, BackupReport, Engine, Phase, Progress},
+    backup::{self, BackupError, BackupOptions, Engine, Outcome, Phase, Progress},
     control::Reply,
     state_store::{LockedState, StateStore},
     sync::locked as lock,
@@ -109,6 +109,7 @@ struct Shared {
     next_run: Option<DateTime<Utc>>,
     chain_length: u32,
     missed_ticks: u64,
+    last_note: Option<RunNote>,
 }
 
 /// Rate samples kept: the rate is averaged over the last ~10 seconds.
@@ -202,6 +203,7 @@ impl JobHandle {
             next_run: if s.paused { None } else { s.next_run },
             chain_length: s.chain_length,
             missed_ticks: s.missed_ticks,
+            last_note: s.last_note.clone(),
         }
     }
 }
@@ -293,6 +295,7 @@ pub fn spawn(ctx: JobContext, settings: JobSettings, locked: LockedState) -> Job
         next_run: None,
         chain_length: chain_length(&locked),
         missed_ticks: 0,
+        last_note: None,
     }));
     let (tx, rx) = mpsc::unbounded_channel();
     let now = ctx.clock.now();
@@ -322,7 +325,7 @@ fn chain_length(locked: &LockedState) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-type RunResult = (LockedState, Result<BackupReport, BackupError>);
+type RunResult = (LockedState, Result<Outcome, BackupError>);
 
 /// Why a run was asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -712,7 +715,21 @@ impl Task {
         let final_response = match res {
             Ok((mut locked, result)) => {
                 let response = match result {
-                    Ok(report) => {
+                    Ok(Outcome::Skipped(skipped)) => {
+                        let message = skipped.to_string();
+                        {
+                            let mut s = self.shared();
+                            s.last_note = Some(RunNote { at: now, message: message.clone() });
+                            s.failed = false;
+                        }
+                        Response::Done {
+                            ok: true,
+                            message: format!("{}: {message}", self.name),
+                            snapshot: None,
+                            bytes: Some(0),
+                        }
+                    }
+                    Ok(Outcome::Committed(report)) => {
                         let snapshot = self.name.snapshot(&report.snapshot);
                         {
                             let mut s = self.shared();
@@ -723,6 +740,7 @@ impl Task {
                             });
                             s.failed = false;
                             s.chain_length = chain_length(&locked);
+                            s.last_note = None;
                         }
                         let message = format!(
                             "backed up {snapshot} ({} backup #{}): {} bytes, {} chunks uploaded, {} already stored",
@@ -902,7 +920,8 @@ async fn run_backup(
             never = sample(rx, &shared) => match never {},
         }
     };
-    if result.is_ok() && settings.ds.retention_policy().is_configured() {
+    if matches!(result, Ok(Outcome::Committed(_))) && settings.ds.retention_policy().is_configured()
+    {
         apply_retention(&settings, &locked, &progress, &cancel).await;
     }
     (locked, result)

@@ -5,8 +5,9 @@
 # Knobs: FAKE_ZFS_SIZE (bytes per snapshot stream), FAKE_ZFS_RANDOM=1 (send prints fresh
 # random bytes every time: a non-reproducible stream), FAKE_ZFS_FAIL_AFTER=N (send prints N
 # bytes then fails), FAKE_ZFS_ESTIMATE (the size `send -nvP` reports instead of the real one),
-# FAKE_ZFS_LOG (append each command line). `list -H -o name DS` (no -t): a dataset exists
-# while it has a snapshot.
+# FAKE_ZFS_WRITTEN (what `get written@<snap>` reports; the file written/<dataset> overrides it;
+# default the stream size: every run has changes), FAKE_ZFS_LOG (append each command line).
+# `list -H -o name DS` (no -t): a dataset exists while it has a snapshot.
 set -euo pipefail
 D=${FAKE_ZFS_DIR:?FAKE_ZFS_DIR not set}
 mkdir -p "$D/snap" "$D/book" "$D/data"
@@ -56,5 +57,16 @@ case "$cmd" in
     if [ $est = 1 ]; then e=${FAKE_ZFS_ESTIMATE:-$size}; printf 'full\t%s\t%s\nsize\t%s\n' "$last" "$e" "$e"; exit 0; fi
     if [ -n "${FAKE_ZFS_FAIL_AFTER:-}" ]; then head -c "$FAKE_ZFS_FAIL_AFTER" "$data"; echo "fake zfs: send broke off" >&2; exit 1; fi
     if [ "${FAKE_ZFS_RANDOM:-0}" = 1 ]; then head -c "$size" /dev/urandom; else cat "$data"; fi ;;
+  get)
+    # Only `get -H -p -o value written@<snap> <ds>`.
+    [ "$1 $2 $3 $4" = "-H -p -o value" ] || { echo "fake zfs: unsupported get $*" >&2; exit 2; }
+    prop=$5; ds=$6
+    case "$prop" in
+      written@*) snap=${prop#written@}
+        [ -e "$D/snap/$(enc "$ds@$snap")" ] || { echo "cannot open '$ds@$snap': snapshot does not exist" >&2; exit 1; }
+        w="$D/written/$(enc "$ds")"
+        if [ -e "$w" ]; then cat "$w"; else echo "${FAKE_ZFS_WRITTEN:-${FAKE_ZFS_SIZE:-300000}}"; fi ;;
+      *) echo "fake zfs: unsupported property $prop" >&2; exit 2 ;;
+    esac ;;
   *) echo "fake zfs: unsupported command $cmd" >&2; exit 2 ;;
 esac
