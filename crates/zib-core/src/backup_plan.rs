@@ -5,6 +5,9 @@
 //! prefix, or an emptied or expired bucket would otherwise give incrementals whose base is not
 //! there, and the restore would find a broken chain long after status said success.
 
+use chrono::{DateTime, Utc};
+
+use crate::names::{SnapName, SnapPrefix};
 use crate::state::Committed;
 
 /// The base of the next backup.
@@ -54,6 +57,36 @@ pub fn next_seq<'a>(
     last.map_or(0, |c| c.seq).max(listed) + 1
 }
 
+/// The snapshot a backup starting at `now` takes, or `None` if that name is the base's own or
+/// one of the snapshots `taken` already (names have one-second resolution: two backups within
+/// one second, or a clock that went back, would otherwise adopt a snapshot this backup did not
+/// take); the caller asks again a moment later.
+pub fn next_snapshot_name(
+    prefix: &SnapPrefix,
+    now: DateTime<Utc>,
+    base: Option<&SnapName>,
+    taken: &[String],
+) -> Option<SnapName> {
+    let name = SnapName::for_backup(prefix, now);
+    let free = base != Some(&name) && !taken.iter().any(|t| t == name.as_str());
+    free.then_some(name)
+}
+
+/// Which local snapshots to destroy once a backup of `newest` is committed: of `snapshots`
+/// (oldest first, as `zfs list -s createtxg` gives them) the zib-made ones under `prefix` beyond
+/// the newest `keep` (at least 1). Never a snapshot zib did not make, never `newest`.
+pub fn snapshots_to_prune<'a>(
+    snapshots: &'a [SnapName],
+    prefix: &SnapPrefix,
+    keep: u32,
+    newest: &SnapName,
+) -> Vec<&'a SnapName> {
+    let ours: Vec<&SnapName> = snapshots.iter().filter(|s| s.is_zib_made(prefix)).collect();
+    let keep = keep.max(1) as usize;
+    let excess = ours.len().saturating_sub(keep);
+    ours.into_iter().take(excess).filter(|s| *s != newest).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +114,59 @@ mod tests {
         assert_eq!(choose_base(Some(&committed(2, "elsewhere")), listed), Base::NotListed);
         assert_eq!(choose_base(Some(&committed(5, "m5")), []), Base::NotListed);
         assert_eq!(next_seq(Some(&committed(5, "m5")), listed), 6);
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    #[test]
+    fn the_next_snapshot_name_never_repeats_the_base() {
+        let prefix = SnapPrefix::default();
+        let name = next_snapshot_name(&prefix, at("2026-11-25T03:00:00Z"), None, &[]).unwrap();
+        assert_eq!(name.as_str(), "zib-20261125T030000Z");
+        let base = name.clone();
+        // Within the same second: no name, ask again.
+        let same_second = at("2026-11-25T03:00:00.900Z");
+        assert_eq!(next_snapshot_name(&prefix, same_second, Some(&base), &[]), None);
+        let later = at("2026-11-25T03:00:01Z");
+        let next = next_snapshot_name(&prefix, later, Some(&base), &[]).unwrap();
+        assert_eq!(next.as_str(), "zib-20261125T030001Z");
+        // A snapshot of that name exists already (the clock went back): ask again.
+        let taken = ["manual".to_owned(), "zib-20261125T030001Z".to_owned()];
+        assert_eq!(next_snapshot_name(&prefix, later, Some(&base), &taken), None);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_never_touches_foreign_snapshots() {
+        let prefix = SnapPrefix::default();
+        let snaps: Vec<SnapName> = [
+            "zib-20261101T030000Z",
+            "manual",
+            "zib-20261102T030000Z",
+            "zib-not-a-time",
+            "zib-20261103T030000Z",
+            "zib-20261104T030000Z",
+        ]
+        .iter()
+        .map(|n| SnapName::new(n).unwrap())
+        .collect();
+        let newest = &snaps[5];
+        let names = |v: Vec<&SnapName>| v.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            names(snapshots_to_prune(&snaps, &prefix, 2, newest)),
+            ["zib-20261101T030000Z", "zib-20261102T030000Z"]
+        );
+        // keep 0 is taken as 1: the newest stays.
+        assert_eq!(snapshots_to_prune(&snaps, &prefix, 0, newest).len(), 3);
+        assert!(snapshots_to_prune(&snaps, &prefix, 4, newest).is_empty());
+        assert!(snapshots_to_prune(&snaps, &prefix, 9, newest).is_empty());
+        // A `newest` that is listed among the older ones (clock moved back) is still kept.
+        let odd = &snaps[0];
+        assert_eq!(
+            names(snapshots_to_prune(&snaps, &prefix, 2, odd)),
+            ["zib-20261102T030000Z"]
+        );
     }
 
     #[test]

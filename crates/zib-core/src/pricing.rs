@@ -345,6 +345,12 @@ impl Pricing {
         }
     }
 
+    /// How long a thaw of `tier` takes at most, in hours (the table's `bulk_hours` /
+    /// `standard_hours`).
+    pub fn thaw_hours(&self, tier: RestoreTier) -> u32 {
+        self.tier_prices(tier).2
+    }
+
     /// The quote of one tier for a restore reading `v` and keeping restored copies `days` days.
     pub fn quote_tier(&self, v: &RestoreVolume, tier: RestoreTier, days: u32) -> TierQuote {
         let (per_gb, per_1000, hours) = self.tier_prices(tier);

@@ -112,6 +112,33 @@ impl RestorePlan {
         requested.max(needed).min(365)
     }
 
+    /// Bytes handed to `zfs receive` so far: every stream before `steps_received`, and of the
+    /// stream after them the chunks whose flag in `received` (in chunk order) is set.
+    pub fn bytes_received(
+        &self,
+        steps_received: usize,
+        received: impl IntoIterator<Item = bool>,
+    ) -> u64 {
+        let done: u64 = self.steps.iter().take(steps_received).map(|s| s.stream_size).sum();
+        let current = self.steps.get(steps_received).map_or(0, |s| {
+            s.chunks.iter().zip(received).filter(|(_, r)| *r).map(|(c, _)| c.size).sum()
+        });
+        done + current
+    }
+
+    /// When the thaw should be complete: `hours` (the tier's, from the price table, see
+    /// [`Pricing::thaw_hours`]) after the first RestoreObject; `None` before that, or when the
+    /// plan needs no thaw.
+    pub fn thaw_expected_at(
+        &self,
+        first_request: Option<chrono::DateTime<chrono::Utc>>,
+        hours: u32,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        first_request
+            .filter(|_| self.thaw_objects() > 0)
+            .map(|t| t + chrono::Duration::hours(i64::from(hours)))
+    }
+
     pub fn volume(&self) -> RestoreVolume {
         RestoreVolume {
             objects: self.total_objects(),
@@ -239,6 +266,35 @@ mod tests {
         assert_eq!(p.thaw_days(7, 48), 15);
         p.steps[0].stream_size = 1 << 60;
         assert_eq!(p.thaw_days(7, 48), 365);
+    }
+
+    #[test]
+    fn bytes_received_count_whole_streams_then_received_chunks() {
+        let p = RestorePlan::new("", &catalog(), None).unwrap();
+        let g = 1u64 << 30;
+        assert_eq!(p.bytes_received(0, []), 0);
+        assert_eq!(p.bytes_received(0, [true, false, true]), g + 5);
+        assert_eq!(p.bytes_received(1, [false, true]), 2 * g + 5 + 100);
+        assert_eq!(p.bytes_received(3, [true]), p.total_bytes(), "all streams received");
+    }
+
+    #[test]
+    fn thaw_end_uses_the_tiers_hours_from_the_price_table() {
+        let p = RestorePlan::new("", &catalog(), None).unwrap();
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().to_utc();
+        let pricing = Pricing { bulk_hours: 5, standard_hours: 2, ..Pricing::default() };
+        let bulk = pricing.thaw_hours(RestoreTier::Bulk);
+        assert_eq!(p.thaw_expected_at(Some(t0), bulk), Some(t0 + chrono::Duration::hours(5)));
+        let standard = pricing.thaw_hours(RestoreTier::Standard);
+        assert_eq!(p.thaw_expected_at(Some(t0), standard), Some(t0 + chrono::Duration::hours(2)));
+        assert_eq!(Pricing::default().thaw_hours(RestoreTier::Bulk), 48);
+        assert_eq!(p.thaw_expected_at(None, bulk), None, "nothing asked yet");
+        let standard_only =
+            RestorePlan::new("", &catalog(), None).map(|mut p| {
+                p.steps.retain(|s| !s.needs_thaw());
+                p
+            });
+        assert_eq!(standard_only.unwrap().thaw_expected_at(Some(t0), bulk), None);
     }
 
     #[test]

@@ -549,15 +549,14 @@ impl Backup<'_> {
             Ok(s) => s.into_iter().map(|s| s.name).collect(),
             Err(_) => Vec::new(), // the snapshot itself will say what is wrong
         };
-        let mut now = Utc::now();
-        let mut to = SnapName::for_backup(&self.ds.snapshot_prefix, now);
-        while self.locked.state.last.as_ref().is_some_and(|c| c.snapshot.name == to)
-            || taken.iter().any(|t| t == to.as_str())
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            now = Utc::now();
-            to = SnapName::for_backup(&self.ds.snapshot_prefix, now);
-        }
+        let base = self.locked.state.last.as_ref().map(|c| &c.snapshot.name);
+        let (now, to) = loop {
+            let now = Utc::now();
+            match backup_plan::next_snapshot_name(&self.ds.snapshot_prefix, now, base, &taken) {
+                Some(to) => break (now, to),
+                None => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        };
         let pending = Pending {
             seq,
             from,
@@ -984,21 +983,13 @@ impl Backup<'_> {
                 return Vec::new();
             }
         };
-        let ours: Vec<SnapName> = snaps
-            .iter()
-            .filter_map(|s| SnapName::new(&s.name).ok())
-            .filter(|s| s.is_zib_made(&self.ds.snapshot_prefix))
-            .collect();
-        let keep = self.ds.keep_snapshots.max(1) as usize;
-        if ours.len() > keep {
-            for s in &ours[..ours.len() - keep] {
-                if s == newest {
-                    continue;
-                }
-                match zfs.destroy_snapshot(name, s).await {
-                    Ok(()) => pruned.push(name.snapshot(s)),
-                    Err(e) => tracing::warn!(error = %e, "could not prune {}", name.snapshot(s)),
-                }
+        let snaps: Vec<SnapName> =
+            snaps.iter().filter_map(|s| SnapName::new(&s.name).ok()).collect();
+        let prefix = &self.ds.snapshot_prefix;
+        for s in backup_plan::snapshots_to_prune(&snaps, prefix, self.ds.keep_snapshots, newest) {
+            match zfs.destroy_snapshot(name, s).await {
+                Ok(()) => pruned.push(name.snapshot(s)),
+                Err(e) => tracing::warn!(error = %e, "could not prune {}", name.snapshot(s)),
             }
         }
         pruned

@@ -195,7 +195,8 @@ impl Daemon {
             ctx: ctx.clone(),
             reload_lock: tokio::sync::Mutex::new(()),
             restores: RestoreJobs::new(d.state_dir.join("restore"), ctx.shutdown.clone())
-                .with_tracker(ctx.tracker.clone()),
+                .with_tracker(ctx.tracker.clone())
+                .with_pricing(cfg.pricing.clone()),
         });
         let socket_path = socket.path().to_owned();
         let server = tokio::spawn(control::serve(
@@ -536,7 +537,7 @@ impl DaemonCore {
             return Response::error(ErrorKind::ShuttingDown, "zibd is shutting down");
         }
         let opts = match restore::options_from_request(req) {
-            Ok(o) => o,
+            Ok(o) => restore::RestoreOptions { pricing: self.config().pricing.clone(), ..o },
             Err(e) => return Response::error(ErrorKind::InvalidRequest, e.to_string()),
         };
         // Into a dataset this daemon backs up (the natural disaster-recovery step): its backup

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use zib_core::{DatasetName, StorageClass};
+use zib_core::{DatasetName, StorageClass, pricing::Pricing};
 use zib_protocol::RestoreState;
 use zib_testkit::{FaultProxy, Matcher, MotoServer, test_env};
 use zibd::{
@@ -116,8 +116,11 @@ fn a_restore_job_survives_a_daemon_restart_without_asking_twice() {
         // "Restart": a new daemon continues the recorded restore.
         let fast =
             PollBackoff { initial: Duration::from_millis(50), max: Duration::from_millis(100) };
-        let jobs =
-            RestoreJobs::new(work.path().to_owned(), CancellationToken::new()).with_poll(fast);
+        // Its price table says bulk thaws take 5 h: the expected end follows it.
+        let pricing = Pricing { bulk_hours: 5, ..Pricing::default() };
+        let jobs = RestoreJobs::new(work.path().to_owned(), CancellationToken::new())
+            .with_poll(fast)
+            .with_pricing(pricing);
         let b = bucket.clone();
         let ep2 = ep.clone();
         let resumed = jobs
@@ -135,6 +138,11 @@ fn a_restore_job_survives_a_daemon_restart_without_asking_twice() {
         .await;
         assert_eq!(s.state, RestoreState::Done, "{s:?}");
         assert_eq!(s.bytes_received, 5400);
+        let hours = |h| s.started_at + chrono::Duration::hours(h);
+        assert!(
+            s.thaw_expected_at.is_some_and(|t| t > hours(4) && t < hours(6)),
+            "the price table's bulk_hours (5 h), not a fixed 48 h: {s:?}"
+        );
         let got: Vec<Vec<u8>> = zfs.received().into_iter().filter(|r| !r.is_empty()).collect();
         assert_eq!(got.len(), 3);
         for (g, b) in got.iter().zip(&chain) {

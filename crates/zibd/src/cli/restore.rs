@@ -270,6 +270,7 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
             (opts.dataset, opts.snapshot) = what.names()?;
             opts.tier = tier;
             opts.days = what.days;
+            opts.pricing = pricing;
             opts.mountpoint = mountpoint;
             opts.no_mount = no_mount;
             opts.key_location = key_location;

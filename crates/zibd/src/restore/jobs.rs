@@ -6,7 +6,10 @@ use std::{path::PathBuf, sync::Arc};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use zib_core::{DatasetName, SnapName, pricing::RestoreTier};
+use zib_core::{
+    DatasetName, SnapName,
+    pricing::{Pricing, RestoreTier},
+};
 
 use crate::sync::locked;
 
@@ -55,6 +58,8 @@ pub struct RestoreJobs {
     poll: PollBackoff,
     /// Where the jobs' tasks run (the daemon's, so that its shutdown waits for them).
     tracker: TaskTracker,
+    /// The price table of resumed jobs (their thaw hours per tier).
+    pricing: Pricing,
     jobs: Arc<std::sync::Mutex<std::collections::BTreeMap<String, JobSlot>>>,
 }
 
@@ -66,8 +71,15 @@ impl RestoreJobs {
             shutdown,
             poll: PollBackoff::default(),
             tracker: TaskTracker::new(),
+            pricing: Pricing::default(),
             jobs: Default::default(),
         }
+    }
+
+    /// The price table resumed jobs use (default [`Pricing::default`]).
+    pub fn with_pricing(mut self, pricing: Pricing) -> Self {
+        self.pricing = pricing;
+        self
     }
 
     /// Runs the jobs' tasks on `tracker` (the daemon's: its shutdown waits for them).
@@ -150,8 +162,11 @@ impl RestoreJobs {
             match rec {
                 Some(r) if r.finished_at.is_none() => {
                     let engine = engine_for(r.bucket.clone(), r.plan.prefix.clone()).await;
-                    let opts =
-                        RestoreOptions { poll: self.poll, ..RestoreOptions::from_record(&r) };
+                    let opts = RestoreOptions {
+                        poll: self.poll,
+                        pricing: self.pricing.clone(),
+                        ..RestoreOptions::from_record(&r)
+                    };
                     out.push(self.start(engine, opts));
                 }
                 Some(_) => {}

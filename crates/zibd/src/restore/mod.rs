@@ -44,7 +44,11 @@ mod thaw;
 
 use std::{path::PathBuf, time::Duration};
 
-use zib_core::{DatasetName, SnapName, catalog::ChainError, pricing::RestoreTier};
+use zib_core::{
+    DatasetName, SnapName,
+    catalog::ChainError,
+    pricing::{Pricing, RestoreTier},
+};
 
 pub use catalog::{BucketCatalog, SkippedManifest, load_catalog, load_catalog_and_listing, plan};
 pub use jobs::{RestoreJobs, options_from_request};
@@ -121,6 +125,8 @@ pub struct RestoreOptions {
     /// `parallel + 1` chunk files exist at once).
     pub parallel: usize,
     pub poll: PollBackoff,
+    /// The price table; its thaw hours per tier say when a thaw should be complete.
+    pub pricing: Pricing,
 }
 
 impl RestoreOptions {
@@ -136,6 +142,7 @@ impl RestoreOptions {
             key_location: None,
             parallel: 2,
             poll: PollBackoff::default(),
+            pricing: Pricing::default(),
         }
     }
 }

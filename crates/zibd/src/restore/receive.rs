@@ -168,26 +168,12 @@ pub(super) struct Fetched {
 impl<'a> Run<'a> {
     pub(super) fn publish(&self, phase: RestorePhase, message: Option<String>) {
         let rec = self.file.record.as_ref().expect("record");
-        let hours = f64::from(match rec.tier {
-            RestoreTier::Bulk => 48u32,
-            RestoreTier::Standard => 12,
-        });
         let first_request = rec.chunks.iter().flatten().filter_map(|c| c.thaw_requested_at).min();
-        let received_bytes: u64 =
-            rec.plan.steps[..rec.steps_received].iter().map(|s| s.stream_size).sum::<u64>()
-                + rec
-                    .plan
-                    .steps
-                    .get(rec.steps_received)
-                    .map(|s| {
-                        s.chunks
-                            .iter()
-                            .zip(&rec.chunks[rec.steps_received])
-                            .filter(|(_, p)| p.received)
-                            .map(|(c, _)| c.size)
-                            .sum()
-                    })
-                    .unwrap_or(0);
+        let thaw_expected_at =
+            rec.plan.thaw_expected_at(first_request, self.opts.pricing.thaw_hours(rec.tier));
+        let current = rec.chunks.get(rec.steps_received).into_iter().flatten();
+        let received_bytes =
+            rec.plan.bytes_received(rec.steps_received, current.map(|c| c.received));
         let thaw_needed = rec.thaw_needed();
         let polls = self.polls;
         let ready_ahead = self.ready_ahead.load(Ordering::Relaxed);
@@ -205,9 +191,7 @@ impl<'a> Run<'a> {
             p.chunks_received = rec.count(|c| c.received);
             p.bytes_total = rec.plan.total_bytes();
             p.bytes_received = received_bytes;
-            p.thaw_expected_at = first_request
-                .filter(|_| thaw_needed > 0)
-                .map(|t| t + chrono::Duration::seconds((hours * 3600.0) as i64));
+            p.thaw_expected_at = thaw_expected_at;
             p.polls = p.polls.max(polls);
             if message.is_some() {
                 p.message = message;
