@@ -127,6 +127,16 @@ impl Client {
         self.reply(reply)
     }
 
+    /// One request, one reply, with no time limit (a report on a large bucket takes a while to
+    /// list, a prune to delete).
+    pub async fn call_unbounded(&mut self, request: &Request) -> Result<Response, CliError> {
+        let reply = match self.inner.send(request).await {
+            Ok(()) => self.inner.recv(None).await,
+            Err(e) => Err(e),
+        };
+        self.reply(reply)
+    }
+
     /// A streamed request (`trigger --wait`): `progress` sees each progress frame, the final
     /// reply is returned; no time limit (a run takes as long as it takes).
     pub async fn stream(

@@ -187,8 +187,7 @@ fn ok_message(response: Response, request: &Request, default: String) -> Result<
 /// A request answered with a [`Response::Report`]: its text, or its JSON. No reply timeout: a
 /// large bucket takes a while to list, a prune to delete.
 async fn report(client: &mut Client, request: Request, json: bool) -> Result<u8, CliError> {
-    client.send(&request).await?;
-    match client.recv(None).await? {
+    match client.call_unbounded(&request).await? {
         Response::Report { text, json: value } => {
             if json {
                 let text = serde_json::to_string_pretty(&value)

@@ -14,7 +14,8 @@ use zib_core::{
     pricing::{Pricing, RestoreTier, format_money},
 };
 
-use crate::restore::{RestoreError, human_bytes, load_catalog_and_listing};
+use crate::restore::{RestoreError, load_catalog_and_listing};
+use zib_core::human::human_bytes;
 use crate::s3::S3Store;
 
 /// Days the thawed copies of the restore quote stay readable, as `restore plan` defaults to.

@@ -958,14 +958,8 @@ async fn a_successful_backup_applies_remote_retention() {
 
 /// One request over the control socket, one reply.
 async fn over_socket(bed: &Bed, r: &Request) -> Response {
-    let mut s = UnixStream::connect(bed.socket()).await.unwrap();
-    write_frame(&mut s, &encode_request(r)).await.unwrap();
-    let body = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut s))
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("a frame");
-    decode_response(&body).unwrap().response
+    let c = Client::connect(&bed.socket()).await.unwrap();
+    c.with_reply_timeout(Duration::from_secs(60)).call(r).await.unwrap()
 }
 
 fn expect_report(r: Response) -> (String, serde_json::Value) {
