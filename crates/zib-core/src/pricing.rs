@@ -11,7 +11,8 @@
 //! standard_retrieval_per_gb = 0.02        # Deep Archive Standard retrieval, $/GB
 //! standard_requests_per_1000 = 0.10       # Deep Archive Standard restore requests, $/1,000
 //! restored_copy_per_gb_month = 0.023      # the restored copy is billed at S3 STANDARD
-//! get_requests_per_1000 = 0.0004          # GET requests (S3 STANDARD price)
+//! get_requests_per_1000 = 0.0004          # GET and HEAD requests (S3 STANDARD price)
+//! list_requests_per_1000 = 0.005          # LIST requests (S3 STANDARD price)
 //! egress_per_gb = 0.09                    # data transfer out to the internet
 //! egress_free_gb = 100.0                  # free transfer out per month
 //! bulk_hours = 48                         # Bulk: restored within 48 hours
@@ -152,6 +153,8 @@ pub struct Pricing {
     pub standard_requests_per_1000: f64,
     pub restored_copy_per_gb_month: f64,
     pub get_requests_per_1000: f64,
+    /// LIST requests (`zibd verify` quotes its listing with it).
+    pub list_requests_per_1000: f64,
     pub egress_per_gb: f64,
     pub egress_free_gb: f64,
     pub bulk_hours: u32,
@@ -172,6 +175,7 @@ impl Default for Pricing {
             standard_requests_per_1000: 0.10,
             restored_copy_per_gb_month: 0.023,
             get_requests_per_1000: 0.0004,
+            list_requests_per_1000: 0.005,
             egress_per_gb: 0.09,
             egress_free_gb: 100.0,
             bulk_hours: 48,
@@ -193,6 +197,7 @@ struct PricingRepr {
     standard_requests_per_1000: f64,
     restored_copy_per_gb_month: f64,
     get_requests_per_1000: f64,
+    list_requests_per_1000: f64,
     egress_per_gb: f64,
     egress_free_gb: f64,
     bulk_hours: u32,
@@ -212,6 +217,7 @@ impl Default for PricingRepr {
             standard_requests_per_1000: p.standard_requests_per_1000,
             restored_copy_per_gb_month: p.restored_copy_per_gb_month,
             get_requests_per_1000: p.get_requests_per_1000,
+            list_requests_per_1000: p.list_requests_per_1000,
             egress_per_gb: p.egress_per_gb,
             egress_free_gb: p.egress_free_gb,
             bulk_hours: p.bulk_hours,
@@ -233,6 +239,7 @@ impl TryFrom<PricingRepr> for Pricing {
             standard_requests_per_1000: r.standard_requests_per_1000,
             restored_copy_per_gb_month: r.restored_copy_per_gb_month,
             get_requests_per_1000: r.get_requests_per_1000,
+            list_requests_per_1000: r.list_requests_per_1000,
             egress_per_gb: r.egress_per_gb,
             egress_free_gb: r.egress_free_gb,
             bulk_hours: r.bulk_hours,
@@ -307,6 +314,7 @@ impl Pricing {
             ("standard_requests_per_1000", self.standard_requests_per_1000),
             ("restored_copy_per_gb_month", self.restored_copy_per_gb_month),
             ("get_requests_per_1000", self.get_requests_per_1000),
+            ("list_requests_per_1000", self.list_requests_per_1000),
             ("egress_per_gb", self.egress_per_gb),
             ("egress_free_gb", self.egress_free_gb),
         ];

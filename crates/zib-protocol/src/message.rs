@@ -78,6 +78,13 @@ pub enum Request {
         #[serde(default)]
         dry_run: bool,
     },
+    /// Verify one dataset's backups, or every backup under the configured prefix (`None`), as
+    /// `zibd verify` does: one LIST per 1,000 keys and one HEAD per chunk, nothing downloaded
+    /// or thawed. Reply: [`Response::Report`] (its JSON says `clean`).
+    Verify {
+        #[serde(default)]
+        dataset: Option<String>,
+    },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -99,6 +106,7 @@ impl Request {
         "restore_status",
         "cost",
         "prune_now",
+        "verify",
     ];
 
     /// Whether this request changes anything (and so needs root or the socket group).
@@ -120,6 +128,7 @@ impl Request {
             Request::RestoreStatus { .. } => "restore_status",
             Request::Cost { .. } => "cost",
             Request::PruneNow { .. } => "prune_now",
+            Request::Verify { .. } => "verify",
         }
     }
 }
@@ -190,7 +199,7 @@ pub enum Response {
     RestoreStarted { id: String },
     /// Reply to [`Request::RestoreStatus`].
     RestoreStatus { jobs: Vec<RestoreJobStatus> },
-    /// Reply to [`Request::Cost`] and [`Request::PruneNow`]: the report of the matching zibd
+    /// Reply to [`Request::Cost`], [`Request::PruneNow`] and [`Request::Verify`]: the report of the matching zibd
     /// foreground command, `text` as it prints it and `json` as its `--json` prints it.
     Report { text: String, json: serde_json::Value },
     /// A reply this build does not know (from a newer daemon).

@@ -99,6 +99,8 @@ fn requests() -> Vec<(&'static str, Request)> {
             "request-prune-now-dry-run",
             Request::PruneNow { dataset: Some("tank/photos".into()), dry_run: true },
         ),
+        ("request-verify-all", Request::Verify { dataset: None }),
+        ("request-verify-one", Request::Verify { dataset: Some("tank/photos".into()) }),
     ]
 }
 

@@ -84,6 +84,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the backups in the bucket without downloading or thawing anything (as `zibd
+    /// verify`, run by zibd): every chunk there with its size and checksum, every backup linked
+    /// back to a full, objects no manifest names. Exits 1 when something is wrong. Without
+    /// DATASET: every backup under the configured prefix.
+    Verify {
+        dataset: Option<String>,
+        /// Print the report as JSON (as `zibd verify --json`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply remote retention now (as `zibd prune`, run by zibd under the dataset's lock;
     /// refused while its backup runs). Without DATASET: every configured dataset.
     Prune {
@@ -187,6 +197,17 @@ fn ok_message(response: Response, request: &Request, default: String) -> Result<
 /// A request answered with a [`Response::Report`]: its text, or its JSON. No reply timeout: a
 /// large bucket takes a while to list, a prune to delete.
 async fn report(client: &mut Client, request: Request, json: bool) -> Result<u8, CliError> {
+    report_with(client, request, json, |_| true).await?;
+    Ok(exit::OK)
+}
+
+/// [`report`], and what `judge` says of the report's JSON.
+async fn report_with(
+    client: &mut Client,
+    request: Request,
+    json: bool,
+    judge: impl FnOnce(&serde_json::Value) -> bool,
+) -> Result<bool, CliError> {
     match client.call_unbounded(&request).await? {
         Response::Report { text, json: value } => {
             if json {
@@ -196,7 +217,7 @@ async fn report(client: &mut Client, request: Request, json: bool) -> Result<u8,
             } else {
                 print!("{text}");
             }
-            Ok(exit::OK)
+            Ok(judge(&value))
         }
         other => Err(unexpected(&request, &other)),
     }
@@ -281,6 +302,13 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Cost { dataset, json } => {
             report(&mut client, Request::Cost { dataset }, json).await
+        }
+        Command::Verify { dataset, json } => {
+            let clean = report_with(&mut client, Request::Verify { dataset }, json, |v| {
+                v["report"]["clean"].as_bool() == Some(true)
+            })
+            .await?;
+            Ok(if clean { exit::OK } else { exit::FAILED })
         }
         Command::Prune { dataset, dry_run, json } => {
             report(&mut client, Request::PruneNow { dataset, dry_run }, json).await

@@ -608,37 +608,59 @@ impl DaemonCore {
 
     /// `zibd cost` of one configured dataset (its prefix, its objects only) or of everything
     /// under the configured prefix.
-    async fn cost(&self, dataset: Option<&str>) -> Response {
+    /// The prefix and dataset a report on `dataset` (or on every backup under the configured
+    /// prefix) reads.
+    fn report_scope(
+        &self,
+        dataset: Option<&str>,
+    ) -> Result<(String, Option<DatasetName>), Box<Response>> {
         let cfg = self.config();
-        let (prefix, name) = match dataset {
+        match dataset {
             Some(n) => {
-                let job = match self.job(n) {
-                    Ok(j) => j,
-                    Err(e) => return *e,
-                };
+                let job = self.job(n)?;
                 let Some(ds) = cfg.dataset(job.name()) else {
-                    return Response::error(
+                    return Err(Box::new(Response::error(
                         ErrorKind::NotFound,
                         format!("{n} is not in the config"),
-                    );
+                    )));
                 };
-                (cfg.resolve(ds).prefix, Some(job.name().clone()))
+                Ok((cfg.resolve(ds).prefix, Some(job.name().clone())))
             }
-            None => (cfg.target.prefix.clone(), None),
+            None => Ok((cfg.target.prefix.clone(), None)),
+        }
+    }
+
+    async fn cost(&self, dataset: Option<&str>) -> Response {
+        let (prefix, name) = match self.report_scope(dataset) {
+            Ok(s) => s,
+            Err(r) => return *r,
         };
+        let cfg = self.config();
         let s3 = locked(&self.engine).s3.clone();
         let now = chrono::Utc::now();
         let days = crate::cost::RESTORE_QUOTE_DAYS;
-        match crate::cost::cost_report(&s3, &prefix, name.as_ref(), &cfg.pricing, now, days).await {
-            Ok(r) => match serde_json::to_value(&r) {
-                Ok(json) => Response::Report { text: crate::cost::format_cost(&r), json },
-                Err(e) => Response::error(ErrorKind::Internal, e.to_string()),
-            },
-            Err(e @ crate::restore::RestoreError::NoCatalog { .. }) => {
-                Response::error(ErrorKind::NotFound, e.to_string())
+        let r =
+            crate::cost::cost_report(&s3, &prefix, name.as_ref(), &cfg.pricing, now, days).await;
+        report_reply(r, crate::cost::format_cost)
+    }
+
+    async fn verify(&self, dataset: Option<&str>) -> Response {
+        let (prefix, name) = match self.report_scope(dataset) {
+            Ok(s) => s,
+            Err(r) => return *r,
+        };
+        let cfg = self.config();
+        let s3 = locked(&self.engine).s3.clone();
+        let r = crate::verify::verify(&s3, &prefix, name.as_ref(), &cfg.pricing).await;
+        if let Ok(o) = &r {
+            let errors = o.report.problems.len();
+            if o.report.clean {
+                tracing::info!(prefix = %prefix, "verify: clean");
+            } else {
+                tracing::warn!(prefix = %prefix, problems = errors, "verify found problems");
             }
-            Err(e) => Response::error(ErrorKind::Internal, e.to_string()),
         }
+        report_reply(r, crate::verify::format_verify)
     }
 
     /// Prunes one dataset or each in turn; several reports are joined (text) and listed (JSON).
@@ -730,6 +752,7 @@ impl Handler for DaemonCore {
                 Err(e) => Response::error(e.kind(), e.to_string()).into(),
             },
             Request::Cost { dataset } => self.cost(dataset.as_deref()).await.into(),
+            Request::Verify { dataset } => self.verify(dataset.as_deref()).await.into(),
             Request::PruneNow { dataset, dry_run } => {
                 self.prune(dataset.as_deref(), dry_run).await.into()
             }
@@ -791,4 +814,22 @@ async fn run(config_path: PathBuf) -> ExitCode {
     }
     daemon.stop().await;
     ExitCode::SUCCESS
+}
+
+/// A report as [`Response::Report`]: its text for people and its JSON; a bucket prefix with
+/// no backups is "not found".
+fn report_reply<T: serde::Serialize>(
+    r: Result<T, crate::restore::RestoreError>,
+    text: fn(&T) -> String,
+) -> Response {
+    match r {
+        Ok(r) => match serde_json::to_value(&r) {
+            Ok(json) => Response::Report { text: text(&r), json },
+            Err(e) => Response::error(ErrorKind::Internal, e.to_string()),
+        },
+        Err(e @ crate::restore::RestoreError::NoCatalog { .. }) => {
+            Response::error(ErrorKind::NotFound, e.to_string())
+        }
+        Err(e) => Response::error(ErrorKind::Internal, e.to_string()),
+    }
 }

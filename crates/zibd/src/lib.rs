@@ -18,4 +18,5 @@ pub mod spool;
 pub mod state_store;
 pub mod sync;
 pub mod systemd;
+pub mod verify;
 pub mod zfs;

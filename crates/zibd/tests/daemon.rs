@@ -1082,6 +1082,52 @@ async fn cost_and_prune_through_the_control_socket() {
     assert!(d.stop().await);
 }
 
+/// Issue 16: `zibctl verify` through the socket gives the report `zibd verify` prints, clean
+/// after two real backups, and names the chunk once one is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_through_the_control_socket() {
+    let bed = Bed::new().await;
+    let ds = "verify/data";
+    bed.write_config(&[(ds, "0 0 3 * * *")]);
+    let d = bed.start().await;
+    let core = d.core();
+    let mut last_snapshot = None;
+    for _ in 0..2 {
+        back_up(&core, ds, &mut last_snapshot).await;
+    }
+    let req = Request::Verify { dataset: Some(ds.into()) };
+    let (text, json) = expect_report(over_socket(&bed, &req).await);
+    assert_eq!(json["report"]["clean"], true, "{json:#}");
+    assert_eq!(json["report"]["problems"].as_array().map(Vec::len), Some(0), "{json:#}");
+    let chunks = json["report"]["datasets"][0]["chunks"].as_u64().unwrap();
+    assert_eq!(json["report"]["datasets"][0]["chunks_sound"].as_u64(), Some(chunks));
+    assert!(chunks >= 2, "{json:#}");
+    assert_eq!(json["report"]["requests"]["head"].as_u64(), Some(chunks));
+    assert!(text.contains(": clean"), "{text}");
+    // The same report as `zibd verify`.
+    let (out, err, ok) = zibd_cmd(&bed, &["verify", "--dataset", ds]);
+    assert!(ok, "{err}");
+    assert_eq!(out, text);
+
+    // A chunk deleted behind zib's back: named, not clean.
+    let gone = bed.keys().await.into_iter().find(|k| k.ends_with("/a00/00000000")).unwrap();
+    bed._s3.client().delete_object().bucket(&bed.bucket).key(&gone).send().await.unwrap();
+    let (text, json) = expect_report(over_socket(&bed, &req).await);
+    assert_eq!(json["report"]["clean"], false);
+    assert_eq!(json["report"]["problems"][0]["key"], gone.as_str());
+    assert_eq!(json["report"]["problems"][0]["kind"], "missing_chunk");
+    assert!(text.contains("PROBLEMS FOUND") && text.contains(&gone), "{text}");
+    let (_, _, ok) = zibd_cmd(&bed, &["verify", "--dataset", ds]);
+    assert!(!ok, "zibd verify exits non-zero on a damaged bucket");
+    // An unknown dataset is named.
+    let e = expect_err(
+        ask(&core, Request::Verify { dataset: Some("no/such".into()) }).await,
+        ErrorKind::NotFound,
+    );
+    assert!(e.contains("no/such"), "{e}");
+    assert!(d.stop().await);
+}
+
 /// Issue 12: a triggered run on an idle day is done without a snapshot, and status says
 /// `skipped (no change)` (zibctl prints the note).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

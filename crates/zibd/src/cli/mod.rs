@@ -91,6 +91,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the bucket without downloading or thawing anything: every chunk a manifest names
+    /// is there with its size and stored SHA-256 (one HEAD each), every backup links back to a
+    /// full, and objects no manifest names are listed. Exits 1 when something is wrong.
+    Verify {
+        #[command(flatten)]
+        bucket: restore::BucketArgs,
+        /// Only this backed-up dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore from the bucket alone: `list` the catalog, `plan` (with a cost quote), `run`.
     #[command(subcommand)]
     Restore(Box<restore::RestoreCommand>),
@@ -149,6 +162,13 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             report(runtime().block_on(cost_once(bucket, cfg, dataset, days, json)))
+        }
+        Command::Verify { bucket, dataset, json } => {
+            let cfg = match restore::optional_config(&bucket, &cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            report(runtime().block_on(verify_once(bucket, cfg, dataset, json)))
         }
         Command::Restore(cmd) => restore::main(*cmd, &cli.config),
         Command::Run => crate::daemon::main(cli.config),
@@ -268,4 +288,34 @@ async fn cost_once(
         print!("{}", crate::cost::format_cost(&r));
     }
     Ok(())
+}
+
+/// `zibd verify`: the report of the bucket prefix the flags (or the config) name; an error
+/// (exit 1) after the report when it is not clean.
+async fn verify_once(
+    bucket: restore::BucketArgs,
+    cfg: Option<Config>,
+    dataset: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let pricing = cfg.as_ref().map(|c| c.pricing.clone()).unwrap_or_default();
+    let engine = restore::connect(&bucket, cfg.as_ref()).await?;
+    let ds = restore::parse_opt(dataset.as_deref(), DatasetName::new)?;
+    let o = crate::verify::verify(&engine.s3, &engine.prefix, ds.as_ref(), &pricing).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&o)?);
+    } else {
+        print!("{}", crate::verify::format_verify(&o));
+    }
+    if o.report.clean {
+        Ok(())
+    } else {
+        let errors = o
+            .report
+            .problems
+            .iter()
+            .filter(|p| p.severity == zib_core::verify::Severity::Error)
+            .count();
+        anyhow::bail!("verify found {errors} error(s) in s3://{}/{}", o.bucket, o.prefix)
+    }
 }

@@ -98,15 +98,7 @@ pub async fn seed_chunked(
         let mut chunks = Vec::new();
         for (j, part) in b.data.chunks(chunk as usize).enumerate() {
             let key = layout.chunk_key(seq, &to, 0, j as u64);
-            client
-                .put_object()
-                .bucket(bucket)
-                .key(&key)
-                .storage_class(S3Class::from(class.as_str()))
-                .body(ByteStream::from(part.to_vec()))
-                .send()
-                .await
-                .unwrap();
+            put_chunk(client, bucket, &key, part, class).await;
             chunks.push(ChunkRecord::new(key, part.len() as u64, sha(part)));
         }
         let from = (i > 0).then(|| SnapRef {
@@ -144,6 +136,31 @@ pub async fn seed_chunked(
         out.push(m);
     }
     out
+}
+
+/// PUTs one chunk as zib does: in `class`, with its SHA-256 as the additional checksum (which
+/// the server checks and keeps) and as `zib-sha256` metadata.
+pub async fn put_chunk(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    bytes: &[u8],
+    class: StorageClass,
+) {
+    use base64::Engine as _;
+    let digest = Sha256::digest(bytes);
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .storage_class(S3Class::from(class.as_str()))
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+        .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(digest))
+        .metadata("zib-sha256", hex::encode(digest))
+        .body(ByteStream::from(bytes.to_vec()))
+        .send()
+        .await
+        .unwrap();
 }
 
 /// A second dataset beside [`chain3`]'s: tank/home, one 400-byte backup in STANDARD.
