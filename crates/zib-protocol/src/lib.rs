@@ -227,6 +227,7 @@ mod tests {
             Request::RestoreStatus { id: None },
             Request::Cost { dataset: None },
             Request::PruneNow { dataset: None, dry_run: true },
+            Request::Verify { dataset: None },
         ];
         assert_eq!(all.len(), Request::KNOWN_TYPES.len());
         for r in all {
