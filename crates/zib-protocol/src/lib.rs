@@ -137,6 +137,11 @@ pub fn decode_request(body: &[u8]) -> Result<RequestFrame, Rejected> {
     let request = obj.remove("request").ok_or_else(|| {
         Rejected::new(ErrorKind::InvalidRequest, "frame has no \"request\" field")
     })?;
+    // serde would also take an array whose first element is the tag (`["status"]`): only the
+    // object form is the protocol.
+    if !request.is_object() {
+        return Err(Rejected::new(ErrorKind::InvalidRequest, "\"request\" is not a JSON object"));
+    }
     let type_name = request.get("type").and_then(serde_json::Value::as_str).map(str::to_owned);
     match serde_json::from_value::<Request>(request) {
         Ok(request) => Ok(RequestFrame { protocol: protocol as u32, request }),
