@@ -22,7 +22,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use zib_core::{
-    ChunkRecord, DatasetConfig, KeyLayout, Manifest, SnapName, SnapRef,
+    ChunkRecord, DatasetConfig, DatasetName, KeyLayout, Manifest, SnapName, SnapRef,
     backup_plan::{self, Base},
     config::{Config, ResolvedTarget},
     lifecycle::RebaselineDecision,
@@ -249,6 +249,9 @@ pub async fn run(
             .run(opts)
             .await;
     if let Err(e) = &res {
+        if let Some(p) = &locked.state.pending {
+            release_send_hold(&engine.zfs, &ds.name, &p.to).await;
+        }
         if let BackupError::TooLarge { .. } = e {
             // It can never commit with this chunk size; the next run plans with the config's.
             locked.state.pending = None;
@@ -327,6 +330,7 @@ impl Backup<'_> {
             self.save().await?;
         }
         self.resumed = self.locked.state.pending.is_some();
+        self.release_stale_holds().await;
         if !self.resumed {
             if let Some(skipped) = self.plan_new(opts).await? {
                 tracing::info!(dataset = %name, "{skipped}");
@@ -352,6 +356,9 @@ impl Backup<'_> {
             }
             r => r?,
         }
+        // Nothing may destroy the snapshot mid-stream; released after the commit or a failure.
+        let to = self.locked.state.pending.as_ref().expect("pending").to.clone();
+        self.engine.zfs.hold_for_send(&name, &to).await?;
         let mut restarted = false;
         loop {
             let args = self.send_args().await?;
@@ -933,6 +940,7 @@ impl Backup<'_> {
         st.stats.last_error_at = None;
         self.save().await?;
         tracing::info!(dataset = %self.ds.name, seq = p.seq, snapshot = %p.to, bytes = stream_size, chunks = p.chunks.len(), "backup committed: {key}");
+        release_send_hold(&self.engine.zfs, &self.ds.name, &p.to).await;
 
         self.set_progress(|pr| pr.phase = Phase::Pruning);
         let pruned = self.bookmark_and_prune(&to).await;
@@ -1043,6 +1051,31 @@ impl Backup<'_> {
         }
     }
 
+    /// At the start of a run: zib's send holds that a crashed run left on zib-made snapshots,
+    /// except on the snapshot of the backup this run continues (whose hold it reuses), are
+    /// released, so pruning can destroy those snapshots. Holds of other tags stay. Best effort.
+    async fn release_stale_holds(&self) {
+        let (zfs, name) = (&self.engine.zfs, &self.ds.name);
+        let keep = self.locked.state.pending.as_ref().map(|p| &p.to);
+        let snaps: Vec<SnapName> = match zfs.list(name, "snapshot").await {
+            Ok(s) => s.iter().filter_map(|s| SnapName::new(&s.name).ok()).collect(),
+            Err(_) => return, // the run's own zfs calls say what is wrong
+        };
+        let zibs: Vec<SnapName> = snaps
+            .into_iter()
+            .filter(|s| s.is_zib_made(&self.ds.snapshot_prefix) && Some(s) != keep)
+            .collect();
+        match zfs.send_holds(name, &zibs).await {
+            Ok(held) => {
+                for s in held {
+                    tracing::info!(dataset = %name, "releasing the hold a crashed run left on {}", name.snapshot(&s));
+                    release_send_hold(zfs, name, &s).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list zib's holds"),
+        }
+    }
+
     /// Destroys zib-made bookmarks older than `newest`'s (by creation txg). Bookmarks named
     /// like zib's but not older are left alone.
     async fn prune_bookmarks(&self, newest: &SnapRef) -> Vec<String> {
@@ -1070,6 +1103,20 @@ impl Backup<'_> {
             }
         }
         pruned
+    }
+}
+
+/// Releases zib's send hold on `ds@snap` if it has one. Best effort: a failure is logged (the
+/// next run releases a hold left behind).
+async fn release_send_hold(zfs: &Zfs, ds: &DatasetName, snap: &SnapName) {
+    let released = match zfs.send_holds(ds, std::slice::from_ref(snap)).await {
+        Ok(held) if held.is_empty() => return,
+        Ok(_) => zfs.release_send_hold(ds, snap).await,
+        Err(ZfsError::NotFound { .. }) => return,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "could not release zib's hold on {}", ds.snapshot(snap));
     }
 }
 

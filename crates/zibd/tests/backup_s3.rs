@@ -1144,3 +1144,70 @@ async fn an_idle_day_is_skipped_with_zero_puts_and_no_snapshot() {
     ok(&bed.backup(&[("FAKE_ZFS_WRITTEN", "0".into())]));
     assert_eq!(bed.manifests().await.len(), 4);
 }
+
+/// The stand-in zfs's user holds on tank/photos's snapshots: short name -> tags.
+fn holds(bed: &Bed) -> BTreeMap<String, Vec<String>> {
+    let dir = bed.root.join("zfs/hold");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return BTreeMap::new() };
+    entries
+        .map(|e| {
+            let e = e.unwrap();
+            let n = e.file_name().to_string_lossy().into_owned();
+            let tags = std::fs::read_to_string(e.path()).unwrap();
+            (n.split_once('@').unwrap().1.to_owned(), tags.lines().map(str::to_owned).collect())
+        })
+        .filter(|(_, t): &(String, Vec<String>)| !t.is_empty())
+        .collect()
+}
+
+fn fake_zfs(bed: &Bed, args: &[&str]) -> Output {
+    std::process::Command::new(FAKE_ZFS)
+        .args(args)
+        .env("FAKE_ZFS_DIR", bed.root.join("zfs"))
+        .output()
+        .unwrap()
+}
+
+/// Issue 12: the snapshot being sent carries zib's hold (`zib-send`) from before the send
+/// until its manifest is committed, so it cannot be destroyed mid-stream; a failed run
+/// releases it, a crashed run's hold is reused by the resume or released by the next run that
+/// abandons that backup, and holds zib did not make stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_snapshot_being_sent_is_held_until_its_commit() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    let log = bed.root.join("zfs.log");
+    let logged = [("FAKE_ZFS_LOG", log.display().to_string())];
+    // Killed after the first chunk's PUT: mid-stream, the snapshot is held.
+    let env = [logged[0].clone(), ("ZIB_FAILPOINT", "after-put:1".into())];
+    failed(&bed.backup(&env));
+    let snap = bed.state()["pending"]["to"].as_str().unwrap().to_owned();
+    assert_eq!(holds(&bed), BTreeMap::from([(snap.clone(), vec!["zib-send".to_owned()])]));
+    let asked = std::fs::read_to_string(&log).unwrap();
+    let (hold, send) = (asked.find("hold zib-send").unwrap(), asked.find("send -w").unwrap());
+    assert!(hold < send, "held before the send: {asked}");
+    let o = fake_zfs(&bed, &["destroy", &format!("tank/photos@{snap}")]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("busy"));
+    // Someone else's hold on it too; the resume reuses zib's and releases only that one.
+    fake_zfs(&bed, &["hold", "theirs", &format!("tank/photos@{snap}")]);
+    ok(&bed.backup(&[]));
+    assert_eq!(bed.state()["last"]["snapshot"]["name"], snap.as_str());
+    assert_eq!(holds(&bed), BTreeMap::from([(snap.clone(), vec!["theirs".to_owned()])]));
+    fake_zfs(&bed, &["release", "theirs", &format!("tank/photos@{snap}")]);
+
+    // A send that fails: the run ends with its hold released (the backup stays pending).
+    failed(&bed.backup(&[("FAKE_ZFS_FAIL_AFTER", "1000".into())]));
+    assert!(bed.state()["pending"].is_object());
+    assert_eq!(holds(&bed), BTreeMap::new());
+    ok(&bed.backup(&[]));
+    assert_eq!(holds(&bed), BTreeMap::new());
+
+    // A crash leaves a hold; a `--full` that abandons that backup releases it at its start,
+    // so the abandoned snapshot can be pruned.
+    failed(&bed.backup(&[("ZIB_FAILPOINT", "after-put:1".into())]));
+    let abandoned = bed.state()["pending"]["to"].as_str().unwrap().to_owned();
+    assert_eq!(holds(&bed).keys().collect::<Vec<_>>(), [&abandoned]);
+    ok(&bed.zibd(&["backup", "--full", "tank/photos"], &[]));
+    assert_eq!(holds(&bed), BTreeMap::new());
+    let o = fake_zfs(&bed, &["destroy", &format!("tank/photos@{abandoned}")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -244,3 +244,53 @@ async fn bookmarks_are_repaired_checked_by_guid_and_pruned() {
     let mp = load_key_and_mount(&target, &ds.key_location());
     assert_eq!(checksum_tree(&mp), checksum_tree(&ds.mountpoint));
 }
+
+/// Issue 12 with real holds: while zib sends a snapshot (its first PUT held back at the
+/// proxy), the snapshot carries zib's `zib-send` hold and `zfs destroy` of it fails; once
+/// the manifest is committed no hold remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_being_sent_cannot_be_destroyed_and_is_released_after_the_commit() {
+    use zib_testkit::{Fault, FaultAction, Matcher};
+    let s3 = S3sFsServer::start();
+    let bucket = s3.create_bucket("ghold").await;
+    let proxy = FaultProxy::start(s3.endpoint()).await;
+    let delay = FaultAction::Delay(std::time::Duration::from_secs(30));
+    proxy.add_fault(Fault::new(Matcher::put(), delay));
+    let src = TestPool::create("zghold");
+    let ds = create_encrypted_dataset(&src, "data", PASSPHRASE);
+    write_files(&ds.mountpoint, 41, 5, 50_000);
+    let zibd = Zibd::new(&proxy.endpoint(), &bucket, &ds.name, "STANDARD");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_zibd"));
+    c.arg("--config").arg(&zibd.config).args(["backup", &ds.name]);
+    for (k, v) in test_env(&zibd.endpoint) {
+        c.env(k, v);
+    }
+    let child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = child.spawn().unwrap();
+    // Wait for the hold on the snapshot being sent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let snap = loop {
+        let snaps = short_names(&ds.name, "snapshot");
+        if let Some(s) = snaps.iter().rfind(|s| s.starts_with("zib-")) {
+            let held = zfs(&["holds", "-H", &format!("{}@{s}", ds.name)]);
+            if held.lines().any(|l| l.split('\t').nth(1) == Some("zib-send")) {
+                break s.clone();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no zib-send hold appeared");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let full = format!("{}@{snap}", ds.name);
+    let err = try_run("zfs", &["destroy", &full]).unwrap_err();
+    assert!(err.contains("busy"), "{err}");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("full backup #1"));
+    assert_eq!(zfs(&["holds", "-H", &full]).trim(), "", "no hold after the commit");
+    assert_eq!(zfs_get(&full, "userrefs"), "0");
+}

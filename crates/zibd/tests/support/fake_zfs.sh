@@ -7,10 +7,11 @@
 # bytes then fails), FAKE_ZFS_ESTIMATE (the size `send -nvP` reports instead of the real one),
 # FAKE_ZFS_WRITTEN (what `get written@<snap>` reports; the file written/<dataset> overrides it;
 # default the stream size: every run has changes), FAKE_ZFS_LOG (append each command line).
+# User holds: hold/<snapshot> lists its tags, one a line; a held snapshot cannot be destroyed.
 # `list -H -o name DS` (no -t): a dataset exists while it has a snapshot.
 set -euo pipefail
 D=${FAKE_ZFS_DIR:?FAKE_ZFS_DIR not set}
-mkdir -p "$D/snap" "$D/book" "$D/data"
+mkdir -p "$D/snap" "$D/book" "$D/data" "$D/hold"
 [ -n "${FAKE_ZFS_LOG:-}" ] && echo "$*" >> "$FAKE_ZFS_LOG"
 enc() { printf '%s' "$1" | sed 's#/#%2F#g'; }
 txg() { local n; n=$(cat "$D/txg" 2>/dev/null || echo 100); n=$((n+1)); echo $n > "$D/txg"; echo $n; }
@@ -33,7 +34,8 @@ case "$cmd" in
         rm -f "$f" ;;
       *) f="$D/snap/$(enc "$full")"
         [ -e "$f" ] || { echo "could not find any snapshots to destroy; check snapshot names." >&2; exit 1; }
-        rm -f "$f" "$D/data/$(enc "$full")" ;;
+        [ -s "$D/hold/$(enc "$full")" ] && { echo "cannot destroy snapshot $full: dataset is busy" >&2; exit 1; }
+        rm -f "$f" "$D/data/$(enc "$full")" "$D/hold/$(enc "$full")" ;;
     esac ;;
   list)
     kind=""; ds=""
@@ -57,6 +59,24 @@ case "$cmd" in
     if [ $est = 1 ]; then e=${FAKE_ZFS_ESTIMATE:-$size}; printf 'full\t%s\t%s\nsize\t%s\n' "$last" "$e" "$e"; exit 0; fi
     if [ -n "${FAKE_ZFS_FAIL_AFTER:-}" ]; then head -c "$FAKE_ZFS_FAIL_AFTER" "$data"; echo "fake zfs: send broke off" >&2; exit 1; fi
     if [ "${FAKE_ZFS_RANDOM:-0}" = 1 ]; then head -c "$size" /dev/urandom; else cat "$data"; fi ;;
+  hold|release)
+    tag=$1; full=$2; h="$D/hold/$(enc "$full")"
+    [ -e "$D/snap/$(enc "$full")" ] || { echo "cannot $cmd '$full': dataset does not exist" >&2; exit 1; }
+    has=0; [ -e "$h" ] && grep -qxF -- "$tag" "$h" && has=1
+    if [ "$cmd" = hold ]; then
+      [ $has = 1 ] && { echo "cannot hold snapshot '$full': tag already exists on this dataset" >&2; exit 1; }
+      echo "$tag" >> "$h"
+    else
+      [ $has = 1 ] || { echo "cannot release hold from snapshot '$full': no such tag on this dataset" >&2; exit 1; }
+      grep -vxF -- "$tag" "$h" > "$h.new" || true; mv "$h.new" "$h"
+    fi ;;
+  holds)
+    [ "$1" = -H ] || { echo "fake zfs: unsupported holds $*" >&2; exit 2; }; shift
+    for full in "$@"; do
+      [ -e "$D/snap/$(enc "$full")" ] || { echo "cannot open '$full': dataset does not exist" >&2; exit 1; }
+      h="$D/hold/$(enc "$full")"; [ -e "$h" ] || continue
+      while read -r tag; do printf '%s\t%s\tWed Dec  2 04:00 2026\n' "$full" "$tag"; done < "$h"
+    done ;;
   get)
     # Only `get -H -p -o value written@<snap> <ds>`.
     [ "$1 $2 $3 $4" = "-H -p -o value" ] || { echo "fake zfs: unsupported get $*" >&2; exit 2; }
