@@ -25,7 +25,7 @@ use zib_core::{
     ChunkRecord, DatasetConfig, DatasetName, KeyLayout, Manifest, SnapName, SnapRef,
     backup_plan::{self, Base},
     config::{Config, ResolvedTarget},
-    lifecycle::RebaselineDecision,
+    lifecycle::{BaseDecision, OnBrokenChain, RebaselineDecision},
     manifest,
     state::{Committed, Forgotten, Pending},
 };
@@ -100,6 +100,9 @@ pub struct BackupReport {
     pub attempt: u32,
     pub manifest_key: String,
     pub pruned: Vec<String>,
+    /// Something the user should know about this backup (shown in status): e.g. that it
+    /// started a new chain because the base of the incremental was gone.
+    pub note: Option<String>,
 }
 
 /// What a run did.
@@ -144,9 +147,9 @@ pub enum BackupError {
     #[error("backup of {dataset} cancelled; it resumes from the last stored chunk on the next run")]
     Cancelled { dataset: String },
     #[error(
-        "the base of the next incremental, {dataset}@{base} (guid {guid}), is gone and has no bookmark, so the chain cannot continue; start a new chain with a full backup: `zibctl trigger --full {dataset}` while zibd runs, else `zibd backup --full {dataset}`"
+        "the base of the next incremental, {dataset}@{base} (guid {guid}), {why}, so the chain cannot continue; start a new chain with a full backup: `zibctl trigger --full {dataset}` while zibd runs, else `zibd backup --full {dataset}` (on_broken_chain = \"full\" does this by itself)"
     )]
-    BaseMissing { dataset: String, base: String, guid: String },
+    BaseMissing { dataset: String, base: String, guid: String, why: String },
     #[error(
         "a snapshot named {snapshot} exists but was not taken for this backup ({why}); zib does not adopt it"
     )]
@@ -244,10 +247,18 @@ pub async fn run(
     {
         return Err(BackupError::RestoreInProgress { dataset: ds.name.to_string(), record });
     }
-    let res =
-        Backup { engine, ds, target: cfg.resolve(ds), locked, progress, cancel, resumed: false }
-            .run(opts)
-            .await;
+    let res = Backup {
+        engine,
+        ds,
+        target: cfg.resolve(ds),
+        locked,
+        progress,
+        cancel,
+        resumed: false,
+        note: None,
+    }
+    .run(opts)
+    .await;
     if let Err(e) = &res {
         if let Some(p) = &locked.state.pending {
             release_send_hold(&engine.zfs, &ds.name, &p.to).await;
@@ -274,6 +285,8 @@ struct Backup<'a> {
     cancel: &'a CancellationToken,
     /// This run continues a backup an earlier run started.
     resumed: bool,
+    /// For [`BackupReport::note`].
+    note: Option<String>,
 }
 
 impl Backup<'_> {
@@ -319,6 +332,18 @@ impl Backup<'_> {
                     self.save().await?;
                 }
             }
+        }
+        // An unfinished incremental whose base is gone since it was planned cannot be sent:
+        // with on_broken_chain = "full" it is abandoned and planned again (as a new chain).
+        if self.ds.on_broken_chain == OnBrokenChain::Full
+            && let Some(p) = self.locked.state.pending.clone()
+            && let Some(base) = &p.from
+            && let BaseDecision::NewChain(why) =
+                self.base_decision(base, OnBrokenChain::Full).await?
+        {
+            tracing::warn!(dataset = %name, seq = p.seq, snapshot = %p.to, "the base of the unfinished incremental, {}, {why}: abandoning it to start a new chain (on_broken_chain = \"full\")", name.snapshot(&base.name));
+            self.locked.state.pending = None;
+            self.save().await?;
         }
         // `--full` replaces an unfinished backup: an incremental whose base is gone, or any
         // backup that cannot commit. Its chunks have no manifest and stay invisible to restore.
@@ -543,6 +568,22 @@ impl Backup<'_> {
             }
             (None, RebaselineDecision::Incremental) => None,
         };
+        let from = match from {
+            Some(base) => match self.base_decision(&base, self.ds.on_broken_chain).await? {
+                BaseDecision::Snapshot | BaseDecision::Bookmark => Some(base),
+                BaseDecision::NewChain(why) => {
+                    let note = format!(
+                        "the base of the next incremental, {}, {why}: started a new chain with a full backup (on_broken_chain = \"full\")",
+                        self.ds.name.snapshot(&base.name)
+                    );
+                    tracing::warn!(dataset = %self.ds.name, "{note}");
+                    self.note = Some(note);
+                    None
+                }
+                BaseDecision::Fail(why) => return Err(self.base_missing(&base, &why)),
+            },
+            None => None,
+        };
         if let Some(base) = &from
             && let Some(skipped) = self.idle_since(base, opts).await
         {
@@ -709,26 +750,44 @@ impl Backup<'_> {
         let p = self.locked.state.pending.as_ref().expect("pending");
         let mut from = None;
         if let Some(base) = &p.from {
-            let snap = self.engine.zfs.snapshot_info(name, &base.name).await?;
-            from = Some(if snap.is_some_and(|s| s.guid == base.guid) {
-                SendBase::Snapshot(base.name.clone())
-            } else if self
-                .engine
-                .zfs
-                .bookmark_info(name, &base.name)
-                .await?
-                .is_some_and(|b| b.guid == base.guid)
-            {
-                SendBase::Bookmark(base.name.clone())
-            } else {
-                return Err(BackupError::BaseMissing {
-                    dataset: name.to_string(),
-                    base: base.name.to_string(),
-                    guid: base.guid.clone(),
-                });
+            // Planned as an incremental: whatever the policy, this stream is one (a base gone
+            // since the run started fails it; the next run plans again).
+            from = Some(match self.base_decision(base, OnBrokenChain::Fail).await? {
+                BaseDecision::Snapshot => SendBase::Snapshot(base.name.clone()),
+                BaseDecision::Bookmark => SendBase::Bookmark(base.name.clone()),
+                BaseDecision::NewChain(why) | BaseDecision::Fail(why) => {
+                    return Err(self.base_missing(base, &why));
+                }
             });
         }
         Ok(SendArgs { dataset: name.clone(), to: p.to.clone(), from })
+    }
+
+    /// Whether `base` can still be sent from (its snapshot, else its bookmark, by GUID), and
+    /// what `policy` says if not (zib-core decides).
+    async fn base_decision(
+        &self,
+        base: &SnapRef,
+        policy: OnBrokenChain,
+    ) -> Result<BaseDecision, BackupError> {
+        let (zfs, name) = (&self.engine.zfs, &self.ds.name);
+        let snap = zfs.snapshot_info(name, &base.name).await?;
+        let book = zfs.bookmark_info(name, &base.name).await?;
+        Ok(zib_core::lifecycle::broken_chain::decide_base(
+            &base.guid,
+            snap.as_ref().map(|s| s.guid.as_str()),
+            book.as_ref().map(|b| b.guid.as_str()),
+            policy,
+        ))
+    }
+
+    fn base_missing(&self, base: &SnapRef, why: &zib_core::lifecycle::BrokenBase) -> BackupError {
+        BackupError::BaseMissing {
+            dataset: self.ds.name.to_string(),
+            base: base.name.to_string(),
+            guid: base.guid.clone(),
+            why: why.to_string(),
+        }
     }
 
     /// One pass over the send stream: re-hash stored chunks, spool and PUT the rest.
@@ -954,6 +1013,7 @@ impl Backup<'_> {
             attempt: p.attempt,
             manifest_key: key,
             pruned,
+            note: self.note.clone(),
         })
     }
 

@@ -790,6 +790,8 @@ async fn a_second_process_is_refused_while_the_state_is_locked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_base_is_explained_and_full_starts_a_new_chain() {
     let (_s, _p, bed) = s3s_bed(false).await;
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(&bed.config, text + "on_broken_chain = \"fail\"\n").unwrap();
     ok(&bed.backup(&[]));
     // Destroy the base snapshot (and there is no bookmark of it before the first prune... the
     // engine made one: remove it too, as an admin might).
@@ -800,7 +802,8 @@ async fn missing_base_is_explained_and_full_starts_a_new_chain() {
     }
     let err = failed(&bed.backup(&[]));
     assert!(err.contains("is gone and has no bookmark") && err.contains("--full"), "{err}");
-    assert!(bed.state()["pending"]["from"].is_object());
+    assert!(bed.state()["pending"].is_null(), "refused when planning: no snapshot taken");
+    assert!(std::fs::read_dir(bed.root.join("zfs/snap")).unwrap().next().is_none());
     // `--full` abandons that incremental and starts a new chain, which restores on its own.
     let out = bed.zibd(&["backup", "--full", "tank/photos"], &[]);
     ok(&out);
@@ -1186,7 +1189,7 @@ async fn the_snapshot_being_sent_is_held_until_its_commit() {
     let (hold, send) = (asked.find("hold zib-send").unwrap(), asked.find("send -w").unwrap());
     assert!(hold < send, "held before the send: {asked}");
     let o = fake_zfs(&bed, &["destroy", &format!("tank/photos@{snap}")]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("busy"));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("being held"));
     // Someone else's hold on it too; the resume reuses zib's and releases only that one.
     fake_zfs(&bed, &["hold", "theirs", &format!("tank/photos@{snap}")]);
     ok(&bed.backup(&[]));
@@ -1210,4 +1213,72 @@ async fn the_snapshot_being_sent_is_held_until_its_commit() {
     assert_eq!(holds(&bed), BTreeMap::new());
     let o = fake_zfs(&bed, &["destroy", &format!("tank/photos@{abandoned}")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn restore_steps(bed: &Bed, args: &[&str]) -> Vec<u64> {
+    let o = bed.zibd(&[&["restore", "plan", "--json"], args].concat(), &[]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["plan"]["steps"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect()
+}
+
+/// Issue 12, chain safety: with on_broken_chain = "full" (the default) a base that is gone
+/// with its bookmark, or whose name now has another GUID, makes the next backup a new chain's
+/// full, with a log line and a note (status shows it as last_note); an unfinished incremental
+/// whose base vanished since is abandoned for one. Each new chain restores on its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_base_starts_a_new_chain_by_default_with_a_note() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    let base_files = |bed: &Bed| {
+        let name = bed.state()["last"]["snapshot"]["name"].as_str().unwrap().to_owned();
+        let snap = bed.root.join("zfs/snap").join(format!("tank%2Fphotos@{name}"));
+        (name.clone(), snap, bookmark_file(bed, &name))
+    };
+    ok(&bed.backup(&[]));
+    // Gone: snapshot and bookmark destroyed.
+    let (b1, snap, book) = base_files(&bed);
+    std::fs::remove_file(snap).unwrap();
+    std::fs::remove_file(book).unwrap();
+    let o = bed.backup(&[]);
+    let err = ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let said = format!(
+        "the base of the next incremental, tank/photos@{b1}, is gone and has no bookmark: started a new chain with a full backup (on_broken_chain = \"full\")"
+    );
+    assert!(out.contains("full backup #2") && out.contains(&format!("note: {said}")), "{out}");
+    assert!(err.contains(&said), "{err}");
+    assert_eq!(restore_steps(&bed, &[]), vec![2]);
+
+    // Another GUID under the base's name (the snapshot re-made by hand), no bookmark.
+    ok(&bed.backup(&[]));
+    let (b3, snap, book) = base_files(&bed);
+    std::fs::write(&snap, "99 9999 1700000000\n").unwrap();
+    std::fs::remove_file(book).unwrap();
+    let o = bed.backup(&[]);
+    ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("full backup #4")
+            && out.contains(&format!("tank/photos@{b3}, exists only with another GUID (99)")),
+        "{out}"
+    );
+    assert_eq!(restore_steps(&bed, &[]), vec![4]);
+
+    // An incremental interrupted mid-upload whose base then vanishes: abandoned, and the
+    // next run sends a full instead.
+    failed(&bed.backup(&[("ZIB_FAILPOINT", "after-put:1".into())]));
+    assert!(bed.state()["pending"]["from"].is_object());
+    let (_, snap, book) = base_files(&bed);
+    std::fs::remove_file(snap).unwrap();
+    std::fs::remove_file(book).unwrap();
+    let o = bed.backup(&[]);
+    let err = ok(&o);
+    assert!(err.contains("abandoning it to start a new chain"), "{err}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("full backup #5"));
+    assert_eq!(restore_steps(&bed, &[]), vec![5]);
+    // The earlier chains are untouched and restore too.
+    let ms = bed.manifests().await;
+    let fulls: Vec<u64> = ms.iter().filter(|m| m.is_full()).map(|m| m.seq).collect();
+    assert_eq!(fulls, vec![1, 2, 4, 5]);
+    assert_eq!(restore_steps(&bed, &["--snapshot", ms[2].to.name.as_str()]), vec![2, 3]);
 }

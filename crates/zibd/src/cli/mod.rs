@@ -187,6 +187,9 @@ async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow:
     for p in &r.pruned {
         println!("pruned {p}");
     }
+    if let Some(note) = &r.note {
+        println!("note: {note}");
+    }
     Ok(())
 }
 

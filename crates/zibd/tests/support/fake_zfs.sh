@@ -34,7 +34,7 @@ case "$cmd" in
         rm -f "$f" ;;
       *) f="$D/snap/$(enc "$full")"
         [ -e "$f" ] || { echo "could not find any snapshots to destroy; check snapshot names." >&2; exit 1; }
-        [ -s "$D/hold/$(enc "$full")" ] && { echo "cannot destroy snapshot $full: dataset is busy" >&2; exit 1; }
+        [ -s "$D/hold/$(enc "$full")" ] && { echo "cannot destroy snapshot $full: it's being held. Run 'zfs holds -r $full' to see holders." >&2; exit 1; }
         rm -f "$f" "$D/data/$(enc "$full")" "$D/hold/$(enc "$full")" ;;
     esac ;;
   list)
