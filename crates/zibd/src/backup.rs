@@ -546,13 +546,14 @@ impl Backup<'_> {
         let seq = backup_plan::next_seq(self.locked.state.last.as_ref(), listed.iter().copied());
         let last_key = self.locked.state.last.as_ref().map(|c| c.manifest_key.as_str());
         let policy = self.ds.rebaseline_policy();
-        let decision = crate::lifecycle::decide_rebaseline(
+        let (decision, chain) = crate::lifecycle::decide_rebaseline(
             &self.engine.s3,
             &layout,
             &listing,
             last_key,
+            self.locked.state.chain.as_ref(),
             &policy,
-            Utc::now(),
+            crate::now::utc(),
             opts.force_full,
         )
         .await
@@ -560,6 +561,16 @@ impl Backup<'_> {
             crate::lifecycle::LifecycleError::S3(e) => BackupError::S3(e),
             crate::lifecycle::LifecycleError::Catalog(m) => BackupError::Catalog(m),
         })?;
+        self.locked.state.chain = chain; // saved with the plan, or with the skip
+        // A re-baseline a rule calls for waits out an idle day: its full would hold nothing
+        // new, and the chain does not grow meanwhile.
+        if let (Some(c), RebaselineDecision::Full(reason)) = (&self.locked.state.last, &decision)
+            && reason.waits_for_change()
+            && let Some(skipped) = self.idle_since(&c.snapshot.clone(), opts).await
+        {
+            self.save().await?;
+            return Ok(Some(skipped));
+        }
         let from = match (&self.locked.state.last, &decision) {
             (Some(c), RebaselineDecision::Incremental) => Some(c.snapshot.clone()),
             (_, RebaselineDecision::Full(reason)) => {
@@ -599,7 +610,7 @@ impl Backup<'_> {
         };
         let base = self.locked.state.last.as_ref().map(|c| &c.snapshot.name);
         let (now, to) = loop {
-            let now = Utc::now();
+            let now = crate::now::utc();
             match backup_plan::next_snapshot_name(&self.ds.snapshot_prefix, now, base, &taken) {
                 Some(to) => break (now, to),
                 None => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
@@ -939,7 +950,7 @@ impl Backup<'_> {
             from: p.from.clone(),
             to: SnapRef { name: p.to.clone(), guid: p.to_guid.clone().expect("snapshot taken") },
             snapshot_created: created,
-            committed_at: Utc::now(),
+            committed_at: crate::now::utc(),
             send_args: args.argv(),
             attempt: p.attempt,
             storage_class: p.storage_class,
@@ -975,8 +986,11 @@ impl Backup<'_> {
         let stream_size = m.stream_size;
         failpoint::hit("after-manifest");
         let to = SnapRef { name: p.to.clone(), guid: p.to_guid.clone().expect("snapshot taken") };
-        let now = Utc::now();
+        let now = crate::now::utc();
         let st = &mut self.locked.state;
+        let prev_key = st.last.as_ref().map(|c| c.manifest_key.as_str());
+        st.chain =
+            zib_core::lifecycle::ChainCache::after_commit(st.chain.take(), prev_key, &key, &m);
         // A full starts a chain; an incremental continues its base's (the previous `last`).
         let chain_full_seq = match &p.from {
             None => Some(p.seq),

@@ -10,9 +10,12 @@ use std::{
 };
 
 use zib_core::{DatasetName, KeyLayout, Manifest, SnapName};
-use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, S3sFsServer, test_env};
+use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, S3sFsServer};
 
-const FAKE_ZFS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake_zfs.sh");
+#[path = "support/host_config.rs"]
+mod host_config;
+
+use host_config::FAKE_ZFS;
 const CHUNK: u64 = 64 * 1024;
 
 struct Bed {
@@ -29,31 +32,10 @@ impl Bed {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let config = root.join("zibd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[daemon]
-state_dir = "{root}/state"
-spool_dir = "{root}/spool"
-socket = "{root}/zibd.sock"
-
-[target]
-bucket = "{bucket}"
-endpoint = "{endpoint}"
-prefix = "backups"
-storage_class = "{class}"
-chunk_size = {CHUNK}
-max_attempts = 8
-
-[[dataset]]
-name = "tank/photos"
-schedule = "0 3 * * *"
-"#,
-                root = root.display()
-            ),
-        )
-        .unwrap();
+        let tables = host_config::daemon_and_target(&root, &bucket, endpoint, class, CHUNK);
+        let dataset =
+            "max_attempts = 8\n\n[[dataset]]\nname = \"tank/photos\"\nschedule = \"0 3 * * *\"\n";
+        std::fs::write(&config, tables + dataset).unwrap();
         Bed { _dir: dir, root, config, endpoint: endpoint.into(), bucket, client }
     }
 
@@ -102,18 +84,8 @@ schedule = "0 3 * * *"
     }
 
     fn zibd(&self, args: &[&str], env: &[(&str, String)]) -> Output {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
-        c.arg("--config").arg(&self.config).args(args);
-        for (k, v) in test_env(&self.endpoint) {
-            c.env(k, v);
-        }
-        c.env("ZIB_ZFS_BIN", FAKE_ZFS)
-            .env("FAKE_ZFS_DIR", self.root.join("zfs"))
-            .env("FAKE_ZFS_SIZE", "300000");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
+        let env = [&[("FAKE_ZFS_SIZE", "300000".to_owned())], env].concat();
+        host_config::zibd(&self.config, &self.root, &self.endpoint, args, &env)
     }
 
     fn backup(&self, env: &[(&str, String)]) -> Output {
@@ -1281,4 +1253,39 @@ async fn a_broken_base_starts_a_new_chain_by_default_with_a_note() {
     let fulls: Vec<u64> = ms.iter().filter(|m| m.is_full()).map(|m| m.seq).collect();
     assert_eq!(fulls, vec![1, 2, 4, 5]);
     assert_eq!(restore_steps(&bed, &["--snapshot", ms[2].to.name.as_str()]), vec![2, 3]);
+}
+
+/// Issue 12: the re-baseline decision reads the current chain from the local state's cache,
+/// not from the bucket (zero manifest GETs), while the cache ends with the newest backup and
+/// every link is listed; without a cache it reads each link once and keeps it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rebaseline_decision_reads_the_chain_from_the_local_cache() {
+    let (_s, proxy, bed) = s3s_bed(true).await;
+    let proxy = proxy.unwrap();
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(&bed.config, text + "max_chain = 5\nrebaseline_ratio = \"off\"\n").unwrap();
+    let manifest_gets = || proxy.count(&Matcher::get().path_contains(".manifest.json"));
+    for _ in 0..3 {
+        ok(&bed.backup(&[]));
+    }
+    proxy.reset_counts();
+    ok(&bed.backup(&[]));
+    assert_eq!(manifest_gets(), 0, "the chain came from the cache");
+    assert_eq!(bed.state()["chain"]["keys"].as_array().unwrap().len(), 4);
+    // A state without the cache (an older file): the chain is read from the bucket, once.
+    let file = bed.root.join("state/tank%2Fphotos.json");
+    let mut st: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    st.as_object_mut().unwrap().remove("chain").unwrap();
+    std::fs::write(&file, serde_json::to_vec(&st).unwrap()).unwrap();
+    proxy.reset_counts();
+    ok(&bed.backup(&[]));
+    assert_eq!(manifest_gets(), 4, "one GET per link of the chain");
+    assert_eq!(bed.state()["chain"]["summary"]["incremental_sizes"].as_array().unwrap().len(), 4);
+    // The chain holds 5 streams: the next backup starts a new one, decided from the cache.
+    proxy.reset_counts();
+    let out = bed.backup(&[]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("full backup #6"));
+    assert_eq!(manifest_gets(), 0);
+    assert_eq!(bed.state()["chain"]["keys"].as_array().unwrap().len(), 1);
 }

@@ -4,11 +4,13 @@
 //! zibd gathers the inputs (catalog, listing, clock) and carries the decisions out.
 
 pub mod broken_chain;
+pub mod chain_cache;
 pub mod cost_ledger;
 pub mod rebaseline;
 pub mod retention;
 
 pub use broken_chain::{BaseDecision, BrokenBase, OnBrokenChain};
+pub use chain_cache::ChainCache;
 pub use cost_ledger::{CostLedger, LedgerRequest};
 pub use rebaseline::{ChainSummary, RebaselineDecision, RebaselinePolicy, RebaselineReason};
 pub use retention::{PrunePlan, RetentionPolicy, StoredObject};

@@ -233,7 +233,7 @@ async fn prune_once(
         &ds,
         &state,
         opts,
-        chrono::Utc::now(),
+        crate::now::utc(),
         &tokio_util::sync::CancellationToken::new(),
     )
     .await?;
@@ -261,7 +261,7 @@ async fn cost_once(
         &engine.prefix,
         ds.as_ref(),
         &pricing,
-        chrono::Utc::now(),
+        crate::now::utc(),
         days,
     )
     .await?;
