@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::lifecycle::{RebaselinePolicy, RetentionPolicy, rebaseline};
+use crate::lifecycle::{OnBrokenChain, RebaselinePolicy, RetentionPolicy, rebaseline};
 use crate::names::{DatasetName, KeyLayout, SnapName, SnapPrefix, normalize_prefix};
 use crate::period::Period;
 use crate::schedule::CronSchedule;
@@ -177,6 +177,11 @@ pub struct DatasetConfig {
     /// skips. `--full` never skips.
     #[serde(default = "default_min_change")]
     pub min_change: ByteSize,
+    /// When the base of the next incremental is gone (its snapshot and bookmark, or both
+    /// replaced by others of another GUID): "full" starts a new chain with a full backup (a log
+    /// line and a status note say so), "fail" fails the backup until `--full` is asked for.
+    #[serde(default)]
+    pub on_broken_chain: OnBrokenChain,
 }
 
 /// `min_change` when the config does not say: 64 KiB. Far less than a day of real use, far
@@ -658,6 +663,17 @@ mod tests {
             c.datasets[0].rebaseline_policy(),
             RebaselinePolicy { max_chain: Some(30), ..RebaselinePolicy::OFF }
         );
+    }
+
+    #[test]
+    fn on_broken_chain_is_full_by_default_or_fail() {
+        assert_eq!(parse(MIN).unwrap().datasets[0].on_broken_chain, OnBrokenChain::Full);
+        let c = parse(&format!("{MIN}on_broken_chain = \"fail\"\n")).unwrap();
+        assert_eq!(c.datasets[0].on_broken_chain, OnBrokenChain::Fail);
+        let c = parse(&format!("{MIN}on_broken_chain = \"full\"\n")).unwrap();
+        assert_eq!(c.datasets[0].on_broken_chain, OnBrokenChain::Full);
+        let e = err(&format!("{MIN}on_broken_chain = \"ignore\"\n"));
+        assert!(e.contains("line 7") && e.contains("on_broken_chain") && e.contains("fail"), "{e}");
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct DatasetState {
     pub pending: Option<Pending>,
     #[serde(default)]
     pub stats: Stats,
+    /// The chain `last` ends, for the re-baseline decision (a cache of the bucket's manifests:
+    /// None when unknown, e.g. in files written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<crate::lifecycle::ChainCache>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +132,7 @@ impl DatasetState {
             destination: None,
             pending: None,
             stats: Stats::default(),
+            chain: None,
         }
     }
 

@@ -232,6 +232,41 @@ impl MotoServer {
         MotoServer { endpoint, process: Some(process) }
     }
 
+    /// Spawns a private server whose clock (object times such as LastModified, restore
+    /// expiries) reads the Unix seconds in `clock_file` on every use, the wall clock while the
+    /// file is absent or unreadable: for tests that simulate months of daily runs. moto has no
+    /// clock of its own to set, so its `utcnow` is replaced before the server starts.
+    pub fn spawn_with_clock(clock_file: &Path) -> MotoServer {
+        const BOOT: &str = r#"
+import datetime, sys
+clock = sys.argv.pop(1)
+import moto.core.utils as utils
+import moto.s3.models as s3models
+wall = utils.utcnow
+def utcnow():
+    try:
+        with open(clock) as f:
+            t = float(f.read().strip())
+    except (OSError, ValueError):
+        return wall()
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).replace(tzinfo=None)
+utils.utcnow = utcnow
+s3models.utcnow = utcnow
+from moto.server import main
+sys.exit(main())
+"#;
+        let (endpoint, process) = spawn_server("moto server", "moto_server", |bin, port, _| {
+            // The interpreter of the moto_server script (its #! line).
+            let script = std::fs::read_to_string(bin.canonicalize().expect("moto_server"))
+                .expect("read moto_server");
+            let python = script.lines().next().and_then(|l| l.strip_prefix("#!")).expect("#!");
+            let mut c = Command::new(python.trim());
+            c.args(["-c", BOOT]).arg(clock_file).args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            c
+        });
+        MotoServer { endpoint, process: Some(process) }
+    }
+
     /// Makes restores slow: every restore stays `ongoing-request="true"` for `times`
     /// requests on the key (moto's manual state transition). Server-wide: use
     /// [`Self::spawn`] for a private server when tests run in parallel.

@@ -22,10 +22,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use zib_core::{
-    ChunkRecord, DatasetConfig, KeyLayout, Manifest, SnapName, SnapRef,
+    ChunkRecord, DatasetConfig, DatasetName, KeyLayout, Manifest, SnapName, SnapRef,
     backup_plan::{self, Base},
     config::{Config, ResolvedTarget},
-    lifecycle::RebaselineDecision,
+    lifecycle::{BaseDecision, OnBrokenChain, RebaselineDecision},
     manifest,
     state::{Committed, Forgotten, Pending},
 };
@@ -100,6 +100,9 @@ pub struct BackupReport {
     pub attempt: u32,
     pub manifest_key: String,
     pub pruned: Vec<String>,
+    /// Something the user should know about this backup (shown in status): e.g. that it
+    /// started a new chain because the base of the incremental was gone.
+    pub note: Option<String>,
 }
 
 /// What a run did.
@@ -144,9 +147,9 @@ pub enum BackupError {
     #[error("backup of {dataset} cancelled; it resumes from the last stored chunk on the next run")]
     Cancelled { dataset: String },
     #[error(
-        "the base of the next incremental, {dataset}@{base} (guid {guid}), is gone and has no bookmark, so the chain cannot continue; start a new chain with a full backup: `zibctl trigger --full {dataset}` while zibd runs, else `zibd backup --full {dataset}`"
+        "the base of the next incremental, {dataset}@{base} (guid {guid}), {why}, so the chain cannot continue; start a new chain with a full backup: `zibctl trigger --full {dataset}` while zibd runs, else `zibd backup --full {dataset}` (on_broken_chain = \"full\" does this by itself)"
     )]
-    BaseMissing { dataset: String, base: String, guid: String },
+    BaseMissing { dataset: String, base: String, guid: String, why: String },
     #[error(
         "a snapshot named {snapshot} exists but was not taken for this backup ({why}); zib does not adopt it"
     )]
@@ -244,11 +247,22 @@ pub async fn run(
     {
         return Err(BackupError::RestoreInProgress { dataset: ds.name.to_string(), record });
     }
-    let res =
-        Backup { engine, ds, target: cfg.resolve(ds), locked, progress, cancel, resumed: false }
-            .run(opts)
-            .await;
+    let res = Backup {
+        engine,
+        ds,
+        target: cfg.resolve(ds),
+        locked,
+        progress,
+        cancel,
+        resumed: false,
+        note: None,
+    }
+    .run(opts)
+    .await;
     if let Err(e) = &res {
+        if let Some(p) = &locked.state.pending {
+            release_send_hold(&engine.zfs, &ds.name, &p.to).await;
+        }
         if let BackupError::TooLarge { .. } = e {
             // It can never commit with this chunk size; the next run plans with the config's.
             locked.state.pending = None;
@@ -271,6 +285,8 @@ struct Backup<'a> {
     cancel: &'a CancellationToken,
     /// This run continues a backup an earlier run started.
     resumed: bool,
+    /// For [`BackupReport::note`].
+    note: Option<String>,
 }
 
 impl Backup<'_> {
@@ -317,6 +333,18 @@ impl Backup<'_> {
                 }
             }
         }
+        // An unfinished incremental whose base is gone since it was planned cannot be sent:
+        // with on_broken_chain = "full" it is abandoned and planned again (as a new chain).
+        if self.ds.on_broken_chain == OnBrokenChain::Full
+            && let Some(p) = self.locked.state.pending.clone()
+            && let Some(base) = &p.from
+            && let BaseDecision::NewChain(why) =
+                self.base_decision(base, OnBrokenChain::Full).await?
+        {
+            tracing::warn!(dataset = %name, seq = p.seq, snapshot = %p.to, "the base of the unfinished incremental, {}, {why}: abandoning it to start a new chain (on_broken_chain = \"full\")", name.snapshot(&base.name));
+            self.locked.state.pending = None;
+            self.save().await?;
+        }
         // `--full` replaces an unfinished backup: an incremental whose base is gone, or any
         // backup that cannot commit. Its chunks have no manifest and stay invisible to restore.
         if opts.force_full
@@ -327,6 +355,7 @@ impl Backup<'_> {
             self.save().await?;
         }
         self.resumed = self.locked.state.pending.is_some();
+        self.release_stale_holds().await;
         if !self.resumed {
             if let Some(skipped) = self.plan_new(opts).await? {
                 tracing::info!(dataset = %name, "{skipped}");
@@ -352,6 +381,9 @@ impl Backup<'_> {
             }
             r => r?,
         }
+        // Nothing may destroy the snapshot mid-stream; released after the commit or a failure.
+        let to = self.locked.state.pending.as_ref().expect("pending").to.clone();
+        self.engine.zfs.hold_for_send(&name, &to).await?;
         let mut restarted = false;
         loop {
             let args = self.send_args().await?;
@@ -514,13 +546,14 @@ impl Backup<'_> {
         let seq = backup_plan::next_seq(self.locked.state.last.as_ref(), listed.iter().copied());
         let last_key = self.locked.state.last.as_ref().map(|c| c.manifest_key.as_str());
         let policy = self.ds.rebaseline_policy();
-        let decision = crate::lifecycle::decide_rebaseline(
+        let (decision, chain) = crate::lifecycle::decide_rebaseline(
             &self.engine.s3,
             &layout,
             &listing,
             last_key,
+            self.locked.state.chain.as_ref(),
             &policy,
-            Utc::now(),
+            crate::now::utc(),
             opts.force_full,
         )
         .await
@@ -528,6 +561,16 @@ impl Backup<'_> {
             crate::lifecycle::LifecycleError::S3(e) => BackupError::S3(e),
             crate::lifecycle::LifecycleError::Catalog(m) => BackupError::Catalog(m),
         })?;
+        self.locked.state.chain = chain; // saved with the plan, or with the skip
+        // A re-baseline a rule calls for waits out an idle day: its full would hold nothing
+        // new, and the chain does not grow meanwhile.
+        if let (Some(c), RebaselineDecision::Full(reason)) = (&self.locked.state.last, &decision)
+            && reason.waits_for_change()
+            && let Some(skipped) = self.idle_since(&c.snapshot.clone(), opts).await
+        {
+            self.save().await?;
+            return Ok(Some(skipped));
+        }
         let from = match (&self.locked.state.last, &decision) {
             (Some(c), RebaselineDecision::Incremental) => Some(c.snapshot.clone()),
             (_, RebaselineDecision::Full(reason)) => {
@@ -535,6 +578,22 @@ impl Backup<'_> {
                 None
             }
             (None, RebaselineDecision::Incremental) => None,
+        };
+        let from = match from {
+            Some(base) => match self.base_decision(&base, self.ds.on_broken_chain).await? {
+                BaseDecision::Snapshot | BaseDecision::Bookmark => Some(base),
+                BaseDecision::NewChain(why) => {
+                    let note = format!(
+                        "the base of the next incremental, {}, {why}: started a new chain with a full backup (on_broken_chain = \"full\")",
+                        self.ds.name.snapshot(&base.name)
+                    );
+                    tracing::warn!(dataset = %self.ds.name, "{note}");
+                    self.note = Some(note);
+                    None
+                }
+                BaseDecision::Fail(why) => return Err(self.base_missing(&base, &why)),
+            },
+            None => None,
         };
         if let Some(base) = &from
             && let Some(skipped) = self.idle_since(base, opts).await
@@ -551,7 +610,7 @@ impl Backup<'_> {
         };
         let base = self.locked.state.last.as_ref().map(|c| &c.snapshot.name);
         let (now, to) = loop {
-            let now = Utc::now();
+            let now = crate::now::utc();
             match backup_plan::next_snapshot_name(&self.ds.snapshot_prefix, now, base, &taken) {
                 Some(to) => break (now, to),
                 None => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
@@ -702,26 +761,44 @@ impl Backup<'_> {
         let p = self.locked.state.pending.as_ref().expect("pending");
         let mut from = None;
         if let Some(base) = &p.from {
-            let snap = self.engine.zfs.snapshot_info(name, &base.name).await?;
-            from = Some(if snap.is_some_and(|s| s.guid == base.guid) {
-                SendBase::Snapshot(base.name.clone())
-            } else if self
-                .engine
-                .zfs
-                .bookmark_info(name, &base.name)
-                .await?
-                .is_some_and(|b| b.guid == base.guid)
-            {
-                SendBase::Bookmark(base.name.clone())
-            } else {
-                return Err(BackupError::BaseMissing {
-                    dataset: name.to_string(),
-                    base: base.name.to_string(),
-                    guid: base.guid.clone(),
-                });
+            // Planned as an incremental: whatever the policy, this stream is one (a base gone
+            // since the run started fails it; the next run plans again).
+            from = Some(match self.base_decision(base, OnBrokenChain::Fail).await? {
+                BaseDecision::Snapshot => SendBase::Snapshot(base.name.clone()),
+                BaseDecision::Bookmark => SendBase::Bookmark(base.name.clone()),
+                BaseDecision::NewChain(why) | BaseDecision::Fail(why) => {
+                    return Err(self.base_missing(base, &why));
+                }
             });
         }
         Ok(SendArgs { dataset: name.clone(), to: p.to.clone(), from })
+    }
+
+    /// Whether `base` can still be sent from (its snapshot, else its bookmark, by GUID), and
+    /// what `policy` says if not (zib-core decides).
+    async fn base_decision(
+        &self,
+        base: &SnapRef,
+        policy: OnBrokenChain,
+    ) -> Result<BaseDecision, BackupError> {
+        let (zfs, name) = (&self.engine.zfs, &self.ds.name);
+        let snap = zfs.snapshot_info(name, &base.name).await?;
+        let book = zfs.bookmark_info(name, &base.name).await?;
+        Ok(zib_core::lifecycle::broken_chain::decide_base(
+            &base.guid,
+            snap.as_ref().map(|s| s.guid.as_str()),
+            book.as_ref().map(|b| b.guid.as_str()),
+            policy,
+        ))
+    }
+
+    fn base_missing(&self, base: &SnapRef, why: &zib_core::lifecycle::BrokenBase) -> BackupError {
+        BackupError::BaseMissing {
+            dataset: self.ds.name.to_string(),
+            base: base.name.to_string(),
+            guid: base.guid.clone(),
+            why: why.to_string(),
+        }
     }
 
     /// One pass over the send stream: re-hash stored chunks, spool and PUT the rest.
@@ -873,7 +950,7 @@ impl Backup<'_> {
             from: p.from.clone(),
             to: SnapRef { name: p.to.clone(), guid: p.to_guid.clone().expect("snapshot taken") },
             snapshot_created: created,
-            committed_at: Utc::now(),
+            committed_at: crate::now::utc(),
             send_args: args.argv(),
             attempt: p.attempt,
             storage_class: p.storage_class,
@@ -909,8 +986,11 @@ impl Backup<'_> {
         let stream_size = m.stream_size;
         failpoint::hit("after-manifest");
         let to = SnapRef { name: p.to.clone(), guid: p.to_guid.clone().expect("snapshot taken") };
-        let now = Utc::now();
+        let now = crate::now::utc();
         let st = &mut self.locked.state;
+        let prev_key = st.last.as_ref().map(|c| c.manifest_key.as_str());
+        st.chain =
+            zib_core::lifecycle::ChainCache::after_commit(st.chain.take(), prev_key, &key, &m);
         // A full starts a chain; an incremental continues its base's (the previous `last`).
         let chain_full_seq = match &p.from {
             None => Some(p.seq),
@@ -933,6 +1013,7 @@ impl Backup<'_> {
         st.stats.last_error_at = None;
         self.save().await?;
         tracing::info!(dataset = %self.ds.name, seq = p.seq, snapshot = %p.to, bytes = stream_size, chunks = p.chunks.len(), "backup committed: {key}");
+        release_send_hold(&self.engine.zfs, &self.ds.name, &p.to).await;
 
         self.set_progress(|pr| pr.phase = Phase::Pruning);
         let pruned = self.bookmark_and_prune(&to).await;
@@ -946,6 +1027,7 @@ impl Backup<'_> {
             attempt: p.attempt,
             manifest_key: key,
             pruned,
+            note: self.note.clone(),
         })
     }
 
@@ -1043,6 +1125,31 @@ impl Backup<'_> {
         }
     }
 
+    /// At the start of a run: zib's send holds that a crashed run left on zib-made snapshots,
+    /// except on the snapshot of the backup this run continues (whose hold it reuses), are
+    /// released, so pruning can destroy those snapshots. Holds of other tags stay. Best effort.
+    async fn release_stale_holds(&self) {
+        let (zfs, name) = (&self.engine.zfs, &self.ds.name);
+        let keep = self.locked.state.pending.as_ref().map(|p| &p.to);
+        let snaps: Vec<SnapName> = match zfs.list(name, "snapshot").await {
+            Ok(s) => s.iter().filter_map(|s| SnapName::new(&s.name).ok()).collect(),
+            Err(_) => return, // the run's own zfs calls say what is wrong
+        };
+        let zibs: Vec<SnapName> = snaps
+            .into_iter()
+            .filter(|s| s.is_zib_made(&self.ds.snapshot_prefix) && Some(s) != keep)
+            .collect();
+        match zfs.send_holds(name, &zibs).await {
+            Ok(held) => {
+                for s in held {
+                    tracing::info!(dataset = %name, "releasing the hold a crashed run left on {}", name.snapshot(&s));
+                    release_send_hold(zfs, name, &s).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list zib's holds"),
+        }
+    }
+
     /// Destroys zib-made bookmarks older than `newest`'s (by creation txg). Bookmarks named
     /// like zib's but not older are left alone.
     async fn prune_bookmarks(&self, newest: &SnapRef) -> Vec<String> {
@@ -1070,6 +1177,20 @@ impl Backup<'_> {
             }
         }
         pruned
+    }
+}
+
+/// Releases zib's send hold on `ds@snap` if it has one. Best effort: a failure is logged (the
+/// next run releases a hold left behind).
+async fn release_send_hold(zfs: &Zfs, ds: &DatasetName, snap: &SnapName) {
+    let released = match zfs.send_holds(ds, std::slice::from_ref(snap)).await {
+        Ok(held) if held.is_empty() => return,
+        Ok(_) => zfs.release_send_hold(ds, snap).await,
+        Err(ZfsError::NotFound { .. }) => return,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "could not release zib's hold on {}", ds.snapshot(snap));
     }
 }
 

@@ -9,8 +9,8 @@ use zib_core::{
     catalog::Catalog,
     human::human_bytes,
     lifecycle::{
-        ChainSummary, PrunePlan, RebaselineDecision, RebaselinePolicy, RebaselineReason,
-        RetentionPolicy, StoredObject,
+        ChainCache, ChainSummary, PrunePlan, RebaselineDecision, RebaselinePolicy,
+        RebaselineReason, RetentionPolicy, StoredObject,
         retention::{ChainFate, KeepReason, PruneRequest},
     },
     manifest,
@@ -83,22 +83,32 @@ pub async fn current_chain(
 }
 
 /// Full or incremental for the next backup of a dataset whose newest committed backup has
-/// the manifest `newest_key` (None: there is none).
+/// the manifest `newest_key` (None: there is none), and the chain it ends for the local cache.
+/// The chain comes from `cache` while zib-core trusts it against the listing (no GET), else
+/// from the bucket, link by link (one GET each).
+#[allow(clippy::too_many_arguments)]
 pub async fn decide_rebaseline(
     s3: &S3Store,
     layout: &KeyLayout,
     listing: &[ListedObject],
     newest_key: Option<&str>,
+    cache: Option<&ChainCache>,
     policy: &RebaselinePolicy,
     now: chrono::DateTime<chrono::Utc>,
     force_full: bool,
-) -> Result<RebaselineDecision, LifecycleError> {
+) -> Result<(RebaselineDecision, Option<ChainCache>), LifecycleError> {
     let Some(newest_key) = newest_key.filter(|_| !force_full) else {
-        return Ok(policy.decide(None, now, force_full));
+        return Ok((policy.decide(None, now, force_full), None));
     };
     if *policy == RebaselinePolicy::OFF {
         // No rule looks at the chain: skip the GETs.
-        return Ok(RebaselineDecision::Incremental);
+        return Ok((RebaselineDecision::Incremental, cache.cloned()));
+    }
+    let listed: std::collections::HashSet<&str> = listing.iter().map(|o| o.key.as_str()).collect();
+    if let Some(c) = cache
+        && let Some(summary) = c.summary_if_listed(newest_key, |k| listed.contains(k))
+    {
+        return Ok((policy.decide(Some(summary), now, false), Some(c.clone())));
     }
     match current_chain(s3, layout, listing, newest_key).await? {
         Ok(chain) => {
@@ -108,9 +118,13 @@ pub async fn decide_rebaseline(
                     "the chain of {newest_key} does not start with a full"
                 ))
             })?;
-            Ok(policy.decide(Some(&summary), now, false))
+            let keys = chain.iter().map(|m| layout.manifest_key(m.seq, &m.to.name)).collect();
+            let decision = policy.decide(Some(&summary), now, false);
+            Ok((decision, Some(ChainCache { keys, summary })))
         }
-        Err(detail) => Ok(RebaselineDecision::Full(RebaselineReason::BrokenChain { detail })),
+        Err(detail) => {
+            Ok((RebaselineDecision::Full(RebaselineReason::BrokenChain { detail }), None))
+        }
     }
 }
 

@@ -201,6 +201,10 @@ pub struct SnapInfo {
     pub creation: i64,
 }
 
+/// The user hold tag zib puts on the snapshot it sends, from before the send until the
+/// manifest is committed (or the run failed). zib releases only holds with this tag.
+pub const SEND_HOLD: &str = "zib-send";
+
 /// Runs `zfs` (the binary named by `ZIB_ZFS_BIN`, default `zfs` on PATH).
 #[derive(Debug, Clone)]
 pub struct Zfs {
@@ -272,6 +276,42 @@ impl Zfs {
         snap: &SnapName,
     ) -> Result<(), ZfsError> {
         self.run(&["destroy", &ds.bookmark(snap)]).await.map(drop)
+    }
+
+    /// Puts zib's user hold ([`SEND_HOLD`]) on `ds@snap`, so nothing can destroy the snapshot
+    /// while it is being sent. Already held by zib (a crashed run's hold): reused.
+    pub async fn hold_for_send(&self, ds: &DatasetName, snap: &SnapName) -> Result<(), ZfsError> {
+        if !self.send_holds(ds, std::slice::from_ref(snap)).await?.is_empty() {
+            return Ok(());
+        }
+        self.run(&["hold", SEND_HOLD, &ds.snapshot(snap)]).await.map(drop)
+    }
+
+    /// Releases zib's user hold on `ds@snap`; other holds stay.
+    pub async fn release_send_hold(
+        &self,
+        ds: &DatasetName,
+        snap: &SnapName,
+    ) -> Result<(), ZfsError> {
+        self.run(&["release", SEND_HOLD, &ds.snapshot(snap)]).await.map(drop)
+    }
+
+    /// Which of `snaps` (snapshots of `ds`) carry zib's user hold: one `zfs holds` for all.
+    pub async fn send_holds(
+        &self,
+        ds: &DatasetName,
+        snaps: &[SnapName],
+    ) -> Result<Vec<SnapName>, ZfsError> {
+        if snaps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let full: Vec<String> = snaps.iter().map(|s| ds.snapshot(s)).collect();
+        let mut args = vec!["holds", "-H"];
+        args.extend(full.iter().map(String::as_str));
+        let out = self.run(&args).await?;
+        let held = parse_holds(&out, ds)
+            .ok_or_else(|| ZfsError::Parse { cmd: render(&args), output: out.clone() })?;
+        Ok(held.into_iter().filter(|(_, tag)| tag == SEND_HOLD).map(|(s, _)| s).collect())
     }
 
     /// Whether the dataset exists.
@@ -516,6 +556,20 @@ impl ReceiveSink {
     }
 }
 
+/// `zfs holds -H` output (`ds@snap<TAB>tag<TAB>time`): each hold on a snapshot of `ds`.
+fn parse_holds(out: &str, ds: &DatasetName) -> Option<Vec<(SnapName, String)>> {
+    let mut holds = Vec::new();
+    for l in out.lines().filter(|l| !l.is_empty()) {
+        let mut f = l.split('\t');
+        let (name, tag) = (f.next()?, f.next()?);
+        let (d, snap) = name.rsplit_once('@')?;
+        if d == ds.as_str() {
+            holds.push((SnapName::new(snap).ok()?, tag.to_owned()));
+        }
+    }
+    Some(holds)
+}
+
 fn parse_list(out: &str, sep: char) -> Option<Vec<SnapInfo>> {
     out.lines()
         .filter(|l| !l.is_empty())
@@ -567,6 +621,19 @@ mod tests {
         std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         (dir, Zfs { bin: p.into() })
+    }
+
+    #[test]
+    fn parses_zfs_holds() {
+        let ds = DatasetName::new("tank/a").unwrap();
+        let out = "tank/a@zib-1\tzib-send\tWed Dec  2 04:00 2026\ntank/a@zib-1\ttheirs\tWed Dec  2 04:01 2026\n";
+        let v = parse_holds(out, &ds).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].0.as_str(), v[0].1.as_str()), ("zib-1", "zib-send"));
+        assert_eq!(v[1].1, "theirs");
+        assert_eq!(parse_holds("tank/b@x\tzib-send\tt\n", &ds).unwrap(), vec![]);
+        assert!(parse_holds("garbage\n", &ds).is_none());
+        assert_eq!(parse_holds("", &ds).unwrap(), vec![]);
     }
 
     #[tokio::test]

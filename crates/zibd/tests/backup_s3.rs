@@ -10,9 +10,12 @@ use std::{
 };
 
 use zib_core::{DatasetName, KeyLayout, Manifest, SnapName};
-use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, S3sFsServer, test_env};
+use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, S3sFsServer};
 
-const FAKE_ZFS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake_zfs.sh");
+#[path = "support/host_config.rs"]
+mod host_config;
+
+use host_config::FAKE_ZFS;
 const CHUNK: u64 = 64 * 1024;
 
 struct Bed {
@@ -29,31 +32,10 @@ impl Bed {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let config = root.join("zibd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[daemon]
-state_dir = "{root}/state"
-spool_dir = "{root}/spool"
-socket = "{root}/zibd.sock"
-
-[target]
-bucket = "{bucket}"
-endpoint = "{endpoint}"
-prefix = "backups"
-storage_class = "{class}"
-chunk_size = {CHUNK}
-max_attempts = 8
-
-[[dataset]]
-name = "tank/photos"
-schedule = "0 3 * * *"
-"#,
-                root = root.display()
-            ),
-        )
-        .unwrap();
+        let tables = host_config::daemon_and_target(&root, &bucket, endpoint, class, CHUNK);
+        let dataset =
+            "max_attempts = 8\n\n[[dataset]]\nname = \"tank/photos\"\nschedule = \"0 3 * * *\"\n";
+        std::fs::write(&config, tables + dataset).unwrap();
         Bed { _dir: dir, root, config, endpoint: endpoint.into(), bucket, client }
     }
 
@@ -102,18 +84,8 @@ schedule = "0 3 * * *"
     }
 
     fn zibd(&self, args: &[&str], env: &[(&str, String)]) -> Output {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
-        c.arg("--config").arg(&self.config).args(args);
-        for (k, v) in test_env(&self.endpoint) {
-            c.env(k, v);
-        }
-        c.env("ZIB_ZFS_BIN", FAKE_ZFS)
-            .env("FAKE_ZFS_DIR", self.root.join("zfs"))
-            .env("FAKE_ZFS_SIZE", "300000");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
+        let env = [&[("FAKE_ZFS_SIZE", "300000".to_owned())], env].concat();
+        host_config::zibd(&self.config, &self.root, &self.endpoint, args, &env)
     }
 
     fn backup(&self, env: &[(&str, String)]) -> Output {
@@ -790,6 +762,8 @@ async fn a_second_process_is_refused_while_the_state_is_locked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_base_is_explained_and_full_starts_a_new_chain() {
     let (_s, _p, bed) = s3s_bed(false).await;
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(&bed.config, text + "on_broken_chain = \"fail\"\n").unwrap();
     ok(&bed.backup(&[]));
     // Destroy the base snapshot (and there is no bookmark of it before the first prune... the
     // engine made one: remove it too, as an admin might).
@@ -800,7 +774,8 @@ async fn missing_base_is_explained_and_full_starts_a_new_chain() {
     }
     let err = failed(&bed.backup(&[]));
     assert!(err.contains("is gone and has no bookmark") && err.contains("--full"), "{err}");
-    assert!(bed.state()["pending"]["from"].is_object());
+    assert!(bed.state()["pending"].is_null(), "refused when planning: no snapshot taken");
+    assert!(std::fs::read_dir(bed.root.join("zfs/snap")).unwrap().next().is_none());
     // `--full` abandons that incremental and starts a new chain, which restores on its own.
     let out = bed.zibd(&["backup", "--full", "tank/photos"], &[]);
     ok(&out);
@@ -1143,4 +1118,174 @@ async fn an_idle_day_is_skipped_with_zero_puts_and_no_snapshot() {
     std::fs::write(&bed.config, text + "min_change = 0\n").unwrap();
     ok(&bed.backup(&[("FAKE_ZFS_WRITTEN", "0".into())]));
     assert_eq!(bed.manifests().await.len(), 4);
+}
+
+/// The stand-in zfs's user holds on tank/photos's snapshots: short name -> tags.
+fn holds(bed: &Bed) -> BTreeMap<String, Vec<String>> {
+    let dir = bed.root.join("zfs/hold");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return BTreeMap::new() };
+    entries
+        .map(|e| {
+            let e = e.unwrap();
+            let n = e.file_name().to_string_lossy().into_owned();
+            let tags = std::fs::read_to_string(e.path()).unwrap();
+            (n.split_once('@').unwrap().1.to_owned(), tags.lines().map(str::to_owned).collect())
+        })
+        .filter(|(_, t): &(String, Vec<String>)| !t.is_empty())
+        .collect()
+}
+
+fn fake_zfs(bed: &Bed, args: &[&str]) -> Output {
+    std::process::Command::new(FAKE_ZFS)
+        .args(args)
+        .env("FAKE_ZFS_DIR", bed.root.join("zfs"))
+        .output()
+        .unwrap()
+}
+
+/// Issue 12: the snapshot being sent carries zib's hold (`zib-send`) from before the send
+/// until its manifest is committed, so it cannot be destroyed mid-stream; a failed run
+/// releases it, a crashed run's hold is reused by the resume or released by the next run that
+/// abandons that backup, and holds zib did not make stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_snapshot_being_sent_is_held_until_its_commit() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    let log = bed.root.join("zfs.log");
+    let logged = [("FAKE_ZFS_LOG", log.display().to_string())];
+    // Killed after the first chunk's PUT: mid-stream, the snapshot is held.
+    let env = [logged[0].clone(), ("ZIB_FAILPOINT", "after-put:1".into())];
+    failed(&bed.backup(&env));
+    let snap = bed.state()["pending"]["to"].as_str().unwrap().to_owned();
+    assert_eq!(holds(&bed), BTreeMap::from([(snap.clone(), vec!["zib-send".to_owned()])]));
+    let asked = std::fs::read_to_string(&log).unwrap();
+    let (hold, send) = (asked.find("hold zib-send").unwrap(), asked.find("send -w").unwrap());
+    assert!(hold < send, "held before the send: {asked}");
+    let o = fake_zfs(&bed, &["destroy", &format!("tank/photos@{snap}")]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("being held"));
+    // Someone else's hold on it too; the resume reuses zib's and releases only that one.
+    fake_zfs(&bed, &["hold", "theirs", &format!("tank/photos@{snap}")]);
+    ok(&bed.backup(&[]));
+    assert_eq!(bed.state()["last"]["snapshot"]["name"], snap.as_str());
+    assert_eq!(holds(&bed), BTreeMap::from([(snap.clone(), vec!["theirs".to_owned()])]));
+    fake_zfs(&bed, &["release", "theirs", &format!("tank/photos@{snap}")]);
+
+    // A send that fails: the run ends with its hold released (the backup stays pending).
+    failed(&bed.backup(&[("FAKE_ZFS_FAIL_AFTER", "1000".into())]));
+    assert!(bed.state()["pending"].is_object());
+    assert_eq!(holds(&bed), BTreeMap::new());
+    ok(&bed.backup(&[]));
+    assert_eq!(holds(&bed), BTreeMap::new());
+
+    // A crash leaves a hold; a `--full` that abandons that backup releases it at its start,
+    // so the abandoned snapshot can be pruned.
+    failed(&bed.backup(&[("ZIB_FAILPOINT", "after-put:1".into())]));
+    let abandoned = bed.state()["pending"]["to"].as_str().unwrap().to_owned();
+    assert_eq!(holds(&bed).keys().collect::<Vec<_>>(), [&abandoned]);
+    ok(&bed.zibd(&["backup", "--full", "tank/photos"], &[]));
+    assert_eq!(holds(&bed), BTreeMap::new());
+    let o = fake_zfs(&bed, &["destroy", &format!("tank/photos@{abandoned}")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn restore_steps(bed: &Bed, args: &[&str]) -> Vec<u64> {
+    let o = bed.zibd(&[&["restore", "plan", "--json"], args].concat(), &[]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["plan"]["steps"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect()
+}
+
+/// Issue 12, chain safety: with on_broken_chain = "full" (the default) a base that is gone
+/// with its bookmark, or whose name now has another GUID, makes the next backup a new chain's
+/// full, with a log line and a note (status shows it as last_note); an unfinished incremental
+/// whose base vanished since is abandoned for one. Each new chain restores on its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_base_starts_a_new_chain_by_default_with_a_note() {
+    let (_s, _p, bed) = s3s_bed(false).await;
+    let base_files = |bed: &Bed| {
+        let name = bed.state()["last"]["snapshot"]["name"].as_str().unwrap().to_owned();
+        let snap = bed.root.join("zfs/snap").join(format!("tank%2Fphotos@{name}"));
+        (name.clone(), snap, bookmark_file(bed, &name))
+    };
+    ok(&bed.backup(&[]));
+    // Gone: snapshot and bookmark destroyed.
+    let (b1, snap, book) = base_files(&bed);
+    std::fs::remove_file(snap).unwrap();
+    std::fs::remove_file(book).unwrap();
+    let o = bed.backup(&[]);
+    let err = ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let said = format!(
+        "the base of the next incremental, tank/photos@{b1}, is gone and has no bookmark: started a new chain with a full backup (on_broken_chain = \"full\")"
+    );
+    assert!(out.contains("full backup #2") && out.contains(&format!("note: {said}")), "{out}");
+    assert!(err.contains(&said), "{err}");
+    assert_eq!(restore_steps(&bed, &[]), vec![2]);
+
+    // Another GUID under the base's name (the snapshot re-made by hand), no bookmark.
+    ok(&bed.backup(&[]));
+    let (b3, snap, book) = base_files(&bed);
+    std::fs::write(&snap, "99 9999 1700000000\n").unwrap();
+    std::fs::remove_file(book).unwrap();
+    let o = bed.backup(&[]);
+    ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("full backup #4")
+            && out.contains(&format!("tank/photos@{b3}, exists only with another GUID (99)")),
+        "{out}"
+    );
+    assert_eq!(restore_steps(&bed, &[]), vec![4]);
+
+    // An incremental interrupted mid-upload whose base then vanishes: abandoned, and the
+    // next run sends a full instead.
+    failed(&bed.backup(&[("ZIB_FAILPOINT", "after-put:1".into())]));
+    assert!(bed.state()["pending"]["from"].is_object());
+    let (_, snap, book) = base_files(&bed);
+    std::fs::remove_file(snap).unwrap();
+    std::fs::remove_file(book).unwrap();
+    let o = bed.backup(&[]);
+    let err = ok(&o);
+    assert!(err.contains("abandoning it to start a new chain"), "{err}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("full backup #5"));
+    assert_eq!(restore_steps(&bed, &[]), vec![5]);
+    // The earlier chains are untouched and restore too.
+    let ms = bed.manifests().await;
+    let fulls: Vec<u64> = ms.iter().filter(|m| m.is_full()).map(|m| m.seq).collect();
+    assert_eq!(fulls, vec![1, 2, 4, 5]);
+    assert_eq!(restore_steps(&bed, &["--snapshot", ms[2].to.name.as_str()]), vec![2, 3]);
+}
+
+/// Issue 12: the re-baseline decision reads the current chain from the local state's cache,
+/// not from the bucket (zero manifest GETs), while the cache ends with the newest backup and
+/// every link is listed; without a cache it reads each link once and keeps it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rebaseline_decision_reads_the_chain_from_the_local_cache() {
+    let (_s, proxy, bed) = s3s_bed(true).await;
+    let proxy = proxy.unwrap();
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(&bed.config, text + "max_chain = 5\nrebaseline_ratio = \"off\"\n").unwrap();
+    let manifest_gets = || proxy.count(&Matcher::get().path_contains(".manifest.json"));
+    for _ in 0..3 {
+        ok(&bed.backup(&[]));
+    }
+    proxy.reset_counts();
+    ok(&bed.backup(&[]));
+    assert_eq!(manifest_gets(), 0, "the chain came from the cache");
+    assert_eq!(bed.state()["chain"]["keys"].as_array().unwrap().len(), 4);
+    // A state without the cache (an older file): the chain is read from the bucket, once.
+    let file = bed.root.join("state/tank%2Fphotos.json");
+    let mut st: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    st.as_object_mut().unwrap().remove("chain").unwrap();
+    std::fs::write(&file, serde_json::to_vec(&st).unwrap()).unwrap();
+    proxy.reset_counts();
+    ok(&bed.backup(&[]));
+    assert_eq!(manifest_gets(), 4, "one GET per link of the chain");
+    assert_eq!(bed.state()["chain"]["summary"]["incremental_sizes"].as_array().unwrap().len(), 4);
+    // The chain holds 5 streams: the next backup starts a new one, decided from the cache.
+    proxy.reset_counts();
+    let out = bed.backup(&[]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("full backup #6"));
+    assert_eq!(manifest_gets(), 0);
+    assert_eq!(bed.state()["chain"]["keys"].as_array().unwrap().len(), 1);
 }

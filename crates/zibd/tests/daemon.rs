@@ -307,7 +307,7 @@ fn destroy_snapshots_and_bookmarks(ds: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trigger_full_starts_a_new_chain_when_the_base_is_gone() {
+async fn a_gone_base_starts_a_new_chain_with_a_status_note_and_trigger_full_works() {
     let bed = Bed::new().await;
     let ds = "full/data";
     bed.write_config(&[(ds, "0 0 3 * * *")]);
@@ -318,17 +318,24 @@ async fn trigger_full_starts_a_new_chain_when_the_base_is_gone() {
     destroy_snapshots_and_bookmarks(ds);
     // Snapshot names have one-second resolution: let the next run get its own.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let Response::Done { ok: false, message, .. } = trigger_and_wait(&core, ds, false).await else {
-        panic!("the incremental cannot go on")
-    };
-    // The way out it names works while the daemon holds the dataset's lock.
-    assert!(message.contains(&format!("`zibctl trigger --full {ds}`")), "{message}");
-    let Response::Done { ok: true, message, .. } = trigger_and_wait(&core, ds, true).await else {
-        panic!("trigger --full starts a new chain")
+    // The incremental cannot go on: on_broken_chain = "full" (the default) starts a new chain,
+    // and status says why (issue 12).
+    let Response::Done { ok: true, message, .. } = trigger_and_wait(&core, ds, false).await else {
+        panic!("a new chain starts by itself")
     };
     assert!(message.contains("(full backup #2)"), "{message}");
     let s = status(&core, ds).await;
+    let note = s.last_note.as_ref().map(|n| n.message.clone()).unwrap_or_default();
+    assert!(note.contains("is gone and has no bookmark: started a new chain"), "{s:?}");
+    // `trigger --full` works while the daemon holds the dataset's lock.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let Response::Done { ok: true, message, .. } = trigger_and_wait(&core, ds, true).await else {
+        panic!("trigger --full starts a new chain")
+    };
+    assert!(message.contains("(full backup #3)"), "{message}");
+    let s = status(&core, ds).await;
     assert_eq!((s.chain_length, s.state), (1, JobState::Scheduled), "{s:?}");
+    assert!(s.last_note.is_none(), "a plain full has no note: {s:?}");
     assert!(d.stop().await);
 }
 

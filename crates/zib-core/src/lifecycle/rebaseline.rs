@@ -114,6 +114,15 @@ pub enum RebaselineReason {
     },
 }
 
+impl RebaselineReason {
+    /// Whether this full may wait for a day with changes (issue 12, idle days cost nothing):
+    /// a rule's re-baseline (chain length, age, ratio) may; a first backup, a forced one and a
+    /// broken chain's may not, as the bucket holds nothing restorable to go on from.
+    pub fn waits_for_change(&self) -> bool {
+        matches!(self, Self::MaxChain { .. } | Self::FullEvery { .. } | Self::Ratio { .. })
+    }
+}
+
 impl fmt::Display for RebaselineReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -190,6 +199,18 @@ impl RebaselinePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_rules_rebaseline_waits_for_a_day_with_changes() {
+        use RebaselineReason::*;
+        let every = Period::days(180);
+        assert!(MaxChain { links: 3, max_chain: 3 }.waits_for_change());
+        assert!(FullEvery { full_age_days: 200, full_every: every }.waits_for_change());
+        assert!(Ratio { incremental_bytes: 2, full_bytes: 1, ratio: 1.0 }.waits_for_change());
+        assert!(!FirstBackup.waits_for_change());
+        assert!(!Forced.waits_for_change());
+        assert!(!BrokenChain { detail: "gone".into() }.waits_for_change());
+    }
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().to_utc()

@@ -207,6 +207,9 @@ async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow:
     for p in &r.pruned {
         println!("pruned {p}");
     }
+    if let Some(note) = &r.note {
+        println!("note: {note}");
+    }
     Ok(())
 }
 
@@ -250,7 +253,7 @@ async fn prune_once(
         &ds,
         &state,
         opts,
-        chrono::Utc::now(),
+        crate::now::utc(),
         &tokio_util::sync::CancellationToken::new(),
     )
     .await?;
@@ -278,7 +281,7 @@ async fn cost_once(
         &engine.prefix,
         ds.as_ref(),
         &pricing,
-        chrono::Utc::now(),
+        crate::now::utc(),
         days,
     )
     .await?;

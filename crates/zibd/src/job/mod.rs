@@ -740,7 +740,11 @@ impl Task {
                             });
                             s.failed = false;
                             s.chain_length = chain_length(&locked);
-                            s.last_note = None;
+                            // e.g. a new chain because the base was gone; else none.
+                            s.last_note = report
+                                .note
+                                .as_ref()
+                                .map(|m| RunNote { at: now, message: m.clone() });
                         }
                         let message = format!(
                             "backed up {snapshot} ({} backup #{}): {} bytes, {} chunks uploaded, {} already stored",

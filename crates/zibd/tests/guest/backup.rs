@@ -244,3 +244,95 @@ async fn bookmarks_are_repaired_checked_by_guid_and_pruned() {
     let mp = load_key_and_mount(&target, &ds.key_location());
     assert_eq!(checksum_tree(&mp), checksum_tree(&ds.mountpoint));
 }
+
+/// Issue 12 with real holds: while zib sends a snapshot (its first PUT held back at the
+/// proxy), the snapshot carries zib's `zib-send` hold and `zfs destroy` of it fails; once
+/// the manifest is committed no hold remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_being_sent_cannot_be_destroyed_and_is_released_after_the_commit() {
+    use zib_testkit::{Fault, FaultAction, Matcher};
+    let s3 = S3sFsServer::start();
+    let bucket = s3.create_bucket("ghold").await;
+    let proxy = FaultProxy::start(s3.endpoint()).await;
+    let delay = FaultAction::Delay(std::time::Duration::from_secs(30));
+    proxy.add_fault(Fault::new(Matcher::put(), delay));
+    let src = TestPool::create("zghold");
+    let ds = create_encrypted_dataset(&src, "data", PASSPHRASE);
+    write_files(&ds.mountpoint, 41, 5, 50_000);
+    let zibd = Zibd::new(&proxy.endpoint(), &bucket, &ds.name, "STANDARD");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_zibd"));
+    c.arg("--config").arg(&zibd.config).args(["backup", &ds.name]);
+    for (k, v) in test_env(&zibd.endpoint) {
+        c.env(k, v);
+    }
+    let child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = child.spawn().unwrap();
+    // Wait for the hold on the snapshot being sent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let snap = loop {
+        let snaps = short_names(&ds.name, "snapshot");
+        if let Some(s) = snaps.iter().rfind(|s| s.starts_with("zib-")) {
+            let held = zfs(&["holds", "-H", &format!("{}@{s}", ds.name)]);
+            if held.lines().any(|l| l.split('\t').nth(1) == Some("zib-send")) {
+                break s.clone();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no zib-send hold appeared");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let full = format!("{}@{snap}", ds.name);
+    let err = try_run("zfs", &["destroy", &full]).unwrap_err();
+    assert!(err.contains("it's being held"), "{err}");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("full backup #1"));
+    assert_eq!(zfs(&["holds", "-H", &full]).trim(), "", "no hold after the commit");
+    assert_eq!(zfs_get(&full, "userrefs"), "0");
+}
+
+/// Issue 12, chain safety with real ZFS: the base of the next incremental is destroyed with
+/// its bookmark; the next backup (on_broken_chain = "full", the default) starts a new chain
+/// with a full, says so, and that chain restores on its own with `zibd restore run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_destroyed_with_its_bookmark_starts_a_new_chain_that_restores() {
+    let s3 = S3sFsServer::start();
+    let bucket = s3.create_bucket("gbroken").await;
+    let src = TestPool::create("zgbrk");
+    let ds = create_encrypted_dataset(&src, "data", PASSPHRASE);
+    write_files(&ds.mountpoint, 51, 5, 50_000);
+    let zibd = Zibd::new(s3.endpoint(), &bucket, &ds.name, "STANDARD");
+    assert!(zibd.backup_ok(&ds.name).contains("full backup #1"));
+    let b1 = newest_zib_snapshot(&ds.name);
+    zfs(&["destroy", &format!("{}#{b1}", ds.name)]);
+    zfs(&["destroy", &format!("{}@{b1}", ds.name)]);
+    write_files(&ds.mountpoint.join("two"), 52, 5, 50_000);
+    let o = zibd.run(&["backup", &ds.name], &[]);
+    let (out, err) =
+        (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("full backup #2") && out.contains("started a new chain"), "{out}");
+    assert!(err.contains("is gone and has no bookmark"), "{err}");
+    let b2 = newest_zib_snapshot(&ds.name);
+
+    // The new chain restores from the bucket alone, to the files as they are now.
+    let dst = TestPool::create("zgbrkd");
+    let target = dst.dataset("r");
+    let work = work_dir("gbrk");
+    let work = work.join("restore");
+    let args = ["restore", "run", "--dataset", &ds.name, "--to", &target];
+    let o = zibd.run(&[&args[..], &["--work-dir", work.to_str().unwrap()]].concat(), &[]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(short_names(&target, "snapshot"), [b2]);
+    let mp = load_key_and_mount(&target, &ds.key_location());
+    assert_eq!(checksum_tree(&mp), checksum_tree(&ds.mountpoint));
+}

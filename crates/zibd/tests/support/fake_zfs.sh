@@ -7,10 +7,15 @@
 # bytes then fails), FAKE_ZFS_ESTIMATE (the size `send -nvP` reports instead of the real one),
 # FAKE_ZFS_WRITTEN (what `get written@<snap>` reports; the file written/<dataset> overrides it;
 # default the stream size: every run has changes), FAKE_ZFS_LOG (append each command line).
+# User holds: hold/<snapshot> lists its tags, one a line; a held snapshot cannot be destroyed.
+# A growing dataset: FAKE_ZFS_FULL_SIZE (bytes of a full stream of a snapshot taken now, kept
+# in full/<snap>; FAKE_ZFS_SIZE stays the incremental's), FAKE_ZFS_HEADER=1 (each stream starts
+# with a zfs send begin record naming the snapshot's and the base's GUIDs, as restore checks),
+# ZIB_TEST_NOW (Unix seconds: the creation time of a snapshot taken now, as zibd's clock).
 # `list -H -o name DS` (no -t): a dataset exists while it has a snapshot.
 set -euo pipefail
 D=${FAKE_ZFS_DIR:?FAKE_ZFS_DIR not set}
-mkdir -p "$D/snap" "$D/book" "$D/data"
+mkdir -p "$D/snap" "$D/book" "$D/data" "$D/hold" "$D/full"
 [ -n "${FAKE_ZFS_LOG:-}" ] && echo "$*" >> "$FAKE_ZFS_LOG"
 enc() { printf '%s' "$1" | sed 's#/#%2F#g'; }
 txg() { local n; n=$(cat "$D/txg" 2>/dev/null || echo 100); n=$((n+1)); echo $n > "$D/txg"; echo $n; }
@@ -20,8 +25,10 @@ case "$cmd" in
   snapshot)
     full=$1; f="$D/snap/$(enc "$full")"
     [ -e "$f" ] && { echo "cannot create snapshot '$full': dataset already exists" >&2; exit 1; }
-    echo "$(guid) $(txg) $(date +%s)" > "$f"
-    head -c "${FAKE_ZFS_SIZE:-300000}" /dev/urandom > "$D/data/$(enc "$full")" ;;
+    echo "$(guid) $(txg) ${ZIB_TEST_NOW:-$(date +%s)}" > "$f"
+    head -c "${FAKE_ZFS_SIZE:-300000}" /dev/urandom > "$D/data/$(enc "$full")"
+    [ -n "${FAKE_ZFS_FULL_SIZE:-}" ] && head -c "$FAKE_ZFS_FULL_SIZE" /dev/urandom > "$D/full/$(enc "$full")"
+    true ;;
   bookmark)
     src=$1; dst=$2; [ -e "$D/snap/$(enc "$src")" ] || { echo "no such snapshot $src" >&2; exit 1; }
     read -r g t c < "$D/snap/$(enc "$src")"; echo "$g $t $c" > "$D/book/$(enc "$dst")" ;;
@@ -33,7 +40,8 @@ case "$cmd" in
         rm -f "$f" ;;
       *) f="$D/snap/$(enc "$full")"
         [ -e "$f" ] || { echo "could not find any snapshots to destroy; check snapshot names." >&2; exit 1; }
-        rm -f "$f" "$D/data/$(enc "$full")" ;;
+        [ -s "$D/hold/$(enc "$full")" ] && { echo "cannot destroy snapshot $full: it's being held. Run 'zfs holds -r $full' to see holders." >&2; exit 1; }
+        rm -f "$f" "$D/data/$(enc "$full")" "$D/full/$(enc "$full")" "$D/hold/$(enc "$full")" ;;
     esac ;;
   list)
     kind=""; ds=""
@@ -49,14 +57,44 @@ case "$cmd" in
       case "$name" in "$ds$sep"*) read -r g t c < "$f"; printf '%s\t%s\t%s\t%s\n' "$name" "$g" "$t" "$c";; esac
     done | sort -t$'\t' -k3 -n ;;
   send)
-    est=0; last=""
-    for a in "$@"; do case "$a" in -nvP) est=1;; *) last=$a;; esac; done
+    est=0; last=""; from=""; prev=""
+    for a in "$@"; do case "$a" in -nvP) est=1;; *) [ "$prev" = -i ] && from=$a; last=$a;; esac; prev=$a; done
     data="$D/data/$(enc "$last")"
     [ -e "$data" ] || { echo "could not find snapshot $last" >&2; exit 1; }
+    [ -z "$from" ] && [ -e "$D/full/$(enc "$last")" ] && data="$D/full/$(enc "$last")"
     size=$(stat -c %s "$data")
     if [ $est = 1 ]; then e=${FAKE_ZFS_ESTIMATE:-$size}; printf 'full\t%s\t%s\nsize\t%s\n' "$last" "$e" "$e"; exit 0; fi
     if [ -n "${FAKE_ZFS_FAIL_AFTER:-}" ]; then head -c "$FAKE_ZFS_FAIL_AFTER" "$data"; echo "fake zfs: send broke off" >&2; exit 1; fi
+    if [ "${FAKE_ZFS_HEADER:-0}" = 1 ]; then
+      # DRR_BEGIN, little-endian: type, length, magic, versioninfo (substream, raw and
+      # compressed), creation, DMU_OST_ZFS, flags, toguid, fromguid.
+      le() { local v=$1 n=$2 i; for ((i = 0; i < n; i++)); do printf "\\x$(printf %02x $(((v >> (8 * i)) & 255)))"; done; }
+      read -r tog _ < "$D/snap/$(enc "$last")"; fromg=0
+      if [ -n "$from" ]; then
+        case "$from" in *#*) read -r fromg _ < "$D/book/$(enc "$from")";; *) read -r fromg _ < "$D/snap/$(enc "$from")";; esac
+      fi
+      le 0 4; le 0 4; le $((0x2F5BACBAC)) 8; le $((1 | (((1 << 24) | (1 << 22)) << 2))) 8; le 0 8; le 2 4; le 0 4
+      le "$tog" 8; le "$fromg" 8
+    fi
     if [ "${FAKE_ZFS_RANDOM:-0}" = 1 ]; then head -c "$size" /dev/urandom; else cat "$data"; fi ;;
+  hold|release)
+    tag=$1; full=$2; h="$D/hold/$(enc "$full")"
+    [ -e "$D/snap/$(enc "$full")" ] || { echo "cannot $cmd '$full': dataset does not exist" >&2; exit 1; }
+    has=0; [ -e "$h" ] && grep -qxF -- "$tag" "$h" && has=1
+    if [ "$cmd" = hold ]; then
+      [ $has = 1 ] && { echo "cannot hold snapshot '$full': tag already exists on this dataset" >&2; exit 1; }
+      echo "$tag" >> "$h"
+    else
+      [ $has = 1 ] || { echo "cannot release hold from snapshot '$full': no such tag on this dataset" >&2; exit 1; }
+      grep -vxF -- "$tag" "$h" > "$h.new" || true; mv "$h.new" "$h"
+    fi ;;
+  holds)
+    [ "$1" = -H ] || { echo "fake zfs: unsupported holds $*" >&2; exit 2; }; shift
+    for full in "$@"; do
+      [ -e "$D/snap/$(enc "$full")" ] || { echo "cannot open '$full': dataset does not exist" >&2; exit 1; }
+      h="$D/hold/$(enc "$full")"; [ -e "$h" ] || continue
+      while read -r tag; do printf '%s\t%s\tWed Dec  2 04:00 2026\n' "$full" "$tag"; done < "$h"
+    done ;;
   get)
     # Only `get -H -p -o value written@<snap> <ds>`.
     [ "$1 $2 $3 $4" = "-H -p -o value" ] || { echo "fake zfs: unsupported get $*" >&2; exit 2; }
