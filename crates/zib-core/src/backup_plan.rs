@@ -163,10 +163,7 @@ mod tests {
         assert!(snapshots_to_prune(&snaps, &prefix, 9, newest).is_empty());
         // A `newest` that is listed among the older ones (clock moved back) is still kept.
         let odd = &snaps[0];
-        assert_eq!(
-            names(snapshots_to_prune(&snaps, &prefix, 2, odd)),
-            ["zib-20261102T030000Z"]
-        );
+        assert_eq!(names(snapshots_to_prune(&snaps, &prefix, 2, odd)), ["zib-20261102T030000Z"]);
     }
 
     #[test]

@@ -289,11 +289,10 @@ mod tests {
         assert_eq!(p.thaw_expected_at(Some(t0), standard), Some(t0 + chrono::Duration::hours(2)));
         assert_eq!(Pricing::default().thaw_hours(RestoreTier::Bulk), 48);
         assert_eq!(p.thaw_expected_at(None, bulk), None, "nothing asked yet");
-        let standard_only =
-            RestorePlan::new("", &catalog(), None).map(|mut p| {
-                p.steps.retain(|s| !s.needs_thaw());
-                p
-            });
+        let standard_only = RestorePlan::new("", &catalog(), None).map(|mut p| {
+            p.steps.retain(|s| !s.needs_thaw());
+            p
+        });
         assert_eq!(standard_only.unwrap().thaw_expected_at(Some(t0), bulk), None);
     }
 

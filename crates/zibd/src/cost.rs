@@ -15,8 +15,8 @@ use zib_core::{
 };
 
 use crate::restore::{RestoreError, load_catalog_and_listing};
-use zib_core::human::human_bytes;
 use crate::s3::S3Store;
+use zib_core::human::human_bytes;
 
 /// Days the thawed copies of the restore quote stay readable, as `restore plan` defaults to.
 pub const RESTORE_QUOTE_DAYS: u32 = 7;
