@@ -522,3 +522,22 @@ async fn an_unfinished_upload_the_send_does_not_reproduce_is_uploaded_again_and_
     assert_eq!(got.len(), 3);
     assert!(got[2] == other, "the re-uploaded stream differs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_gone_before_import_gets_a_placeholder_guid_and_the_chain_still_restores() {
+    let moto = MotoServer::start();
+    let bed = Bed::new(&moto, "legacy-gone").await;
+    let streams: Vec<Vec<u8>> = (0..3).map(|n| bed.stream_of(&format!("backup{n}"))).collect();
+    bed.fake_zfs(&["destroy", "tank/photos@backup0"], 0);
+    let stdout = ok(&bed.import(&[]));
+    assert!(stdout.contains("adopted 3 streams"), "{stdout}");
+    let ms = bed.manifests().await;
+    let gone = zib_core::legacy::adopt::unknown_guid("backup0");
+    assert_eq!(by_seq(&ms, 1).to.guid, gone);
+    assert_eq!(by_seq(&ms, 2).from.as_ref().unwrap().guid, gone);
+    assert_eq!(by_seq(&ms, 2).to.guid, bed.guid_of("backup1").to_string());
+    // The chain links through the placeholder, and the full's stream (whose begin record has
+    // the real GUID) is not refused for it.
+    assert!(bed.restored("backup2") == streams, "the restored chain differs");
+    assert!(bed.restored("backup0") == streams[..1], "the full alone differs");
+}

@@ -230,9 +230,7 @@ impl<'a> Run<'a> {
         let step = self.file.rec().plan.steps[i].clone();
 
         // A receive that completed before a crash left its snapshot behind.
-        if snapshot_guid(zfs, &target, &step.to.name).await?.as_deref()
-            == Some(step.to.guid.as_str())
-        {
+        if step.received_as(snapshot_guid(zfs, &target, &step.to.name).await?.as_deref()) {
             tracing::info!(%target, snapshot = %step.to.name, "stream already received (found its snapshot on the target)");
             return self.step_done(i).await;
         }
