@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use aws_sdk_s3::{primitives::ByteStream, types::StorageClass as S3Class};
+use aws_sdk_s3::primitives::ByteStream;
 use zib_core::Manifest;
 use zib_testkit::{FaultProxy, MotoServer, Outcome as ProxyOutcome, get_bytes, test_env};
 
@@ -131,7 +131,15 @@ rebaseline_ratio = "off"
                 std::cmp::Ordering::Equal => legacy.unfinished_chunks as usize,
                 std::cmp::Ordering::Greater => 0,
             };
-            bed.legacy_upload(&key, &stream, chunks).await;
+            zib_testkit::legacy_upload(
+                &bed.client,
+                &bed.bucket,
+                &key,
+                &stream,
+                LEGACY_CHUNK,
+                chunks,
+            )
+            .await;
         }
         bed
     }
@@ -155,29 +163,6 @@ rebaseline_ratio = "off"
     /// The bytes the stand-in's `zfs send` gives for tank/photos@`snap`.
     fn stream_of(&self, snap: &str) -> Vec<u8> {
         std::fs::read(self.root.join(format!("zfs/data/tank%2Fphotos@{snap}"))).unwrap()
-    }
-
-    /// As zfs-incremental-backup uploads a stream: chunk by chunk, `<key>/<i>`, one plain PUT
-    /// with the storage class, `If-None-Match: *` and its tags; its first `chunks` only.
-    async fn legacy_upload(&self, key: &str, stream: &[u8], chunks: usize) {
-        let count = stream.len().div_ceil(LEGACY_CHUNK);
-        for (i, part) in stream.chunks(LEGACY_CHUNK).enumerate().take(chunks) {
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(format!("{key}/{i}"))
-                .storage_class(S3Class::DeepArchive)
-                .body(ByteStream::from(part.to_vec()))
-                .content_length(part.len() as i64)
-                .tagging(format!(
-                    "file={key}&total_len={}&chunks_count={count}&chunk_size={LEGACY_CHUNK}&chunk_number={i}",
-                    stream.len()
-                ))
-                .if_none_match("*")
-                .send()
-                .await
-                .unwrap();
-        }
     }
 
     /// Each object under `prefix` with its ETag and modification time.
