@@ -139,3 +139,76 @@ async fn a_legacy_bucket_is_imported_continued_by_zib_and_restored_from_the_buck
     assert!(o.status.success(), "{}", out(&o));
     check_restored(&older, &mp2, &src, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_legacy_upload_is_finished_against_a_fresh_real_send_and_restores() {
+    require_zfs();
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("glegunf").await;
+    let ep = moto.endpoint().to_owned();
+    let mut src = Source::new(&ep, &bucket, "lunf");
+    let (pool, rel) =
+        src.ds.name.split_once('/').map(|(p, r)| (p.to_owned(), r.to_owned())).unwrap();
+
+    // backup0 whole; backup1 killed after the PUT of chunk 4, before the save of its count.
+    for (n, (files, max)) in [(12, 60_000), (8, 80_000)].into_iter().enumerate() {
+        write_files(&src.ds.mountpoint, n as u64 + 11, files, max);
+        let want = checksum_tree(&src.ds.mountpoint);
+        let snap = src.ds.snapshot(&format!("backup{n}"));
+        if n == 0 {
+            let stream = send(&["-w", &snap], &src.work, "u0");
+            legacy_upload(&client, &bucket, "legacy/backup0", &stream, LEGACY_CHUNK, usize::MAX)
+                .await;
+        } else {
+            let base = format!("{}@backup0", src.ds.name);
+            let stream = send(&["-w", "-i", &base, &snap], &src.work, "u1");
+            assert!(stream.len() > 8 * LEGACY_CHUNK, "stream 1 is only {} bytes", stream.len());
+            legacy_upload(&client, &bucket, "legacy/backup0_backup1", &stream, LEGACY_CHUNK, 5)
+                .await;
+        }
+        src.snaps.push((format!("backup{n}"), want));
+    }
+    let save = src.work.join("save_data.ron");
+    std::fs::write(
+        &save,
+        format!(
+            "(config: (dataset: (zpool: \"{pool}\", dataset: \"{rel}\"), bucket: \"{bucket}\", snapshot_prefix: \"backup\", object_prefix: \"legacy/\"), state: (snapshots_backed_up: 1, backing_up_progress: Some(Uploading((parts_uploaded: 4, upload_save_data: Uploading)))))"
+        ),
+    )
+    .unwrap();
+    let listing = || async {
+        let l = client.list_objects_v2().bucket(&bucket).prefix("legacy/").send().await.unwrap();
+        l.contents()
+            .iter()
+            .map(|o| (o.key().unwrap().to_owned(), o.e_tag().unwrap().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let before = listing().await;
+
+    let o = zibd(&ep)
+        .arg("--config")
+        .arg(&src.config)
+        .args(["import-legacy", "--state-file"])
+        .arg(&save)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains("finished the unfinished upload legacy/backup0_backup1 of @backup1 (the save file records 4 chunks): 5 of its chunks matched a fresh zfs send"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(listing().await, before, "the tool's objects changed");
+
+    src.wipe_local();
+    let dst = TestPool::create("zludst");
+    let target = dst.dataset("back");
+    let mp = mountpoint("lunf");
+    let work = work_dir("luwork");
+    let key = src.ds.key_location();
+    let args = restore_args(&target, mp.to_str().unwrap(), &key, work.to_str().unwrap());
+    let o = src.restore(&ep, &args, &[]);
+    assert!(o.status.success(), "{}", out(&o));
+    check_restored(&target, &mp, &src, 1);
+}
