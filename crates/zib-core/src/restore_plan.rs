@@ -36,6 +36,19 @@ impl PlanStep {
     pub fn is_full(&self) -> bool {
         self.from.is_none()
     }
+    /// Whether the snapshot found on the restore's target under this stream's `to` name, with
+    /// GUID `found` (None: no such snapshot), means the stream was received already (a crash
+    /// after `zfs receive` exited, before the record was saved). The GUID must match; for an
+    /// adopted snapshot that was gone at import (a placeholder GUID, never a real one) the name
+    /// decides: the target was created by this restore, and a chain's snapshot names are
+    /// distinct, so only this stream's receive can have made it.
+    pub fn received_as(&self, found: Option<&str>) -> bool {
+        match found {
+            None => false,
+            Some(_) if crate::legacy::adopt::is_unknown_guid(&self.to.guid) => true,
+            Some(g) => g == self.to.guid,
+        }
+    }
     /// Whether this stream's chunks must be thawed before a GET.
     pub fn needs_thaw(&self) -> bool {
         self.storage_class.needs_thaw()
@@ -230,6 +243,37 @@ mod tests {
             RestorePlan::new("backups", &catalog(), Some(&SnapName::new("a").unwrap())).unwrap();
         assert_eq!(older.steps.len(), 1);
         assert_eq!((older.total_objects(), older.thaw_objects()), (3, 3));
+    }
+
+    #[test]
+    fn placeholder_guids_link_the_chain_and_a_received_one_is_known_by_name() {
+        use crate::legacy::adopt::unknown_guid;
+        let gone = unknown_guid("a");
+        let c = Catalog::new(
+            DatasetName::new("tank/photos").unwrap(),
+            vec![
+                m(1, None, ("a", &gone), StorageClass::DeepArchive, &[5]),
+                m(2, Some(("a", &gone)), ("b", "2"), StorageClass::DeepArchive, &[5]),
+                m(3, Some(("b", "2")), ("c", "3"), StorageClass::Standard, &[7]),
+            ],
+        );
+        let p = RestorePlan::new("", &c, None).unwrap();
+        assert_eq!(p.steps.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        // The placeholder stands for whatever GUID the received snapshot got.
+        assert!(p.steps[0].received_as(Some("987654321")));
+        assert!(!p.steps[0].received_as(None));
+        // A real GUID must match.
+        assert!(p.steps[1].received_as(Some("2")));
+        assert!(!p.steps[1].received_as(Some("987654321")));
+        // Another placeholder does not link: the chain is broken, not guessed.
+        let c = Catalog::new(
+            DatasetName::new("tank/photos").unwrap(),
+            vec![
+                m(1, None, ("a", &gone), StorageClass::DeepArchive, &[5]),
+                m(2, Some(("a", &unknown_guid("x"))), ("b", "2"), StorageClass::DeepArchive, &[5]),
+            ],
+        );
+        assert!(RestorePlan::new("", &c, None).is_err());
     }
 
     #[test]

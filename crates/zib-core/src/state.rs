@@ -10,7 +10,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{ChunkRecord, SnapRef};
+use crate::manifest::{ChunkRecord, LegacyOrigin, SnapRef};
 use crate::names::{DatasetName, SnapName};
 use crate::storage_class::StorageClass;
 
@@ -73,6 +73,21 @@ pub struct Pending {
     /// Where the chunks go. None in files written before zib recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<Destination>,
+    /// Set when this backup finishes an upload another tool left unfinished: the first
+    /// `chunks` are that tool's (known by MD5, see [`ChunkRecord::adopted`]), the manifest is
+    /// an adopted one. Cleared when the stream is uploaded again as a new attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<LegacyOrigin>,
+}
+
+impl Pending {
+    /// Starts the upload again as a new attempt under a new key prefix: nothing stored so
+    /// far is used, another tool's chunks included (they stay where they are).
+    pub fn new_attempt(&mut self) {
+        self.attempt += 1;
+        self.chunks.clear();
+        self.legacy = None;
+    }
 }
 
 /// Where a dataset's backups go. A base or a pending upload recorded for one destination means

@@ -89,6 +89,39 @@ pub async fn put_bytes(client: &aws_sdk_s3::Client, bucket: &str, key: &str, dat
     }
 }
 
+/// Uploads `stream` as zfs-incremental-backup does: cut into chunks of `chunk_size`, each one
+/// plain PUT of `<key>/<i>` (i from 0, decimal) as DEEP_ARCHIVE with `If-None-Match: *` and the
+/// tool's tags; only the first `chunks` of them (a run the tool did not finish). Panics on
+/// failure.
+pub async fn legacy_upload(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    stream: &[u8],
+    chunk_size: usize,
+    chunks: usize,
+) {
+    let count = stream.len().div_ceil(chunk_size);
+    for (i, part) in stream.chunks(chunk_size).enumerate().take(chunks) {
+        if let Err(e) = client
+            .put_object()
+            .bucket(bucket)
+            .key(format!("{key}/{i}"))
+            .storage_class(aws_sdk_s3::types::StorageClass::DeepArchive)
+            .body(aws_sdk_s3::primitives::ByteStream::from(part.to_vec()))
+            .tagging(format!(
+                "file={key}&total_len={}&chunks_count={count}&chunk_size={chunk_size}&chunk_number={i}",
+                stream.len()
+            ))
+            .if_none_match("*")
+            .send()
+            .await
+        {
+            panic!("PUT {bucket}/{key}/{i}: {}", aws_sdk_s3::error::DisplayErrorContext(&e));
+        }
+    }
+}
+
 /// GETs `bucket/key` whole; panics on failure.
 pub async fn get_bytes(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
     let out = match client.get_object().bucket(bucket).key(key).send().await {

@@ -418,8 +418,7 @@ impl Backup<'_> {
                             "an earlier run left an object this chunk cannot be matched against ({detail}); uploading the stream again as a new attempt under a new key prefix"
                         ),
                     }
-                    p.attempt += 1;
-                    p.chunks.clear();
+                    p.new_attempt();
                     self.save().await?;
                     self.set_progress(|pr| {
                         pr.bytes_done = 0;
@@ -486,7 +485,11 @@ impl Backup<'_> {
             return Ok(());
         }
         let prefix = self.layout().attempt_prefix(p.seq, &p.to, p.attempt);
-        let listing = self.engine.s3.list(&prefix).await?;
+        let mut listing = self.engine.s3.list(&prefix).await?;
+        // A finished legacy upload starts with the other tool's chunks, under its keys.
+        if let Some(l) = &p.legacy {
+            listing.extend(self.engine.s3.list(&format!("{}/", l.stream_key)).await?);
+        }
         let missing =
             p.chunks.iter().find(|c| !listing.iter().any(|o| o.key == c.key && o.size == c.size));
         if let Some(c) = missing {
@@ -497,8 +500,7 @@ impl Backup<'_> {
                 c.key
             );
             let p = self.locked.state.pending.as_mut().expect("pending");
-            p.attempt += 1;
-            p.chunks.clear();
+            p.new_attempt();
             p.destination = Some(here);
             self.save().await?;
         }
@@ -627,6 +629,7 @@ impl Backup<'_> {
             started_at: now,
             chunks: Vec::new(),
             destination: Some(here),
+            legacy: None,
         };
         tracing::info!(dataset = %self.ds.name, seq = pending.seq, snapshot = %pending.to, full = pending.from.is_none(), "starting backup");
         self.locked.state.pending = Some(pending);
@@ -961,6 +964,16 @@ impl Backup<'_> {
             zib_version: env!("CARGO_PKG_VERSION").into(),
             legacy: None,
         };
+        // Finishing another tool's upload: its chunks have an MD5, no SHA-256 (manifest v2).
+        let m = match p.legacy.clone().filter(|_| p.chunks.iter().any(|c| c.md5.is_some())) {
+            Some(origin) => Manifest {
+                version: manifest::VERSION_LEGACY,
+                stream_sha256: String::new(),
+                legacy: Some(origin),
+                ..m
+            },
+            None => m,
+        };
         Ok(m)
     }
 
@@ -1244,6 +1257,8 @@ async fn read_stream(
             }
         };
         let mut hasher = Sha256::new();
+        // Another tool's chunk is known by its MD5 (its ETag).
+        let mut md5 = reuse.and_then(|r| r.md5.as_ref()).map(|_| <md5::Md5 as md5::Digest>::new());
         let mut n = 0u64;
         while n < chunk_size {
             let want = buf.len().min((chunk_size - n) as usize);
@@ -1271,6 +1286,9 @@ async fn read_stream(
             }
             hasher.update(&buf[..r]);
             whole.update(&buf[..r]);
+            if let Some(m) = md5.as_mut() {
+                md5::Digest::update(m, &buf[..r]);
+            }
             if let Some(f) = file.as_mut() {
                 f.write_all(&buf[..r]).await.map_err(spool_err)?;
             }
@@ -1295,8 +1313,15 @@ async fn read_stream(
         }
         total += n;
         let sha256 = hex::encode(hasher.finalize());
+        let same = reuse.is_some_and(|rec| {
+            rec.size == n
+                && match (&rec.md5, md5) {
+                    (Some(want), Some(m)) => &hex::encode(md5::Digest::finalize(m)) == want,
+                    _ => rec.sha256 == sha256,
+                }
+        });
         match reuse {
-            Some(rec) if rec.size == n && rec.sha256 == sha256 => {
+            Some(_) if same => {
                 let _ = tx.send(Spooled::Reused { size: n });
             }
             Some(_) => return Ok(Streamed::Diverged { index, why: Divergence::Resent }),

@@ -354,6 +354,7 @@ mod tests {
             started_at: chrono::Utc::now(),
             chunks: (0..chunks).map(chunk).collect(),
             destination: None,
+            legacy: None,
         }
     }
 

@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use aws_sdk_s3::{primitives::ByteStream, types::StorageClass as S3Class};
+use aws_sdk_s3::primitives::ByteStream;
 use zib_core::Manifest;
-use zib_testkit::{MotoServer, get_bytes, test_env};
+use zib_testkit::{FaultProxy, MotoServer, Outcome as ProxyOutcome, get_bytes, test_env};
 
 #[path = "support/restore_catalog.rs"]
 mod catalog;
@@ -29,10 +29,26 @@ struct Bed {
     client: aws_sdk_s3::Client,
 }
 
+/// What the legacy tool left: `done` streams complete, then maybe an unfinished one.
+struct Legacy {
+    done: u64,
+    /// `backing_up_progress` as RON.
+    progress: &'static str,
+    /// The chunks of stream `done` already in the bucket.
+    unfinished_chunks: u64,
+}
+
 impl Bed {
     /// Snapshots tank/photos@backup0..2 (stand-in zfs) and their streams uploaded as the
     /// legacy tool does, with its save file saying 3 backed up.
     async fn new(moto: &MotoServer, name: &str) -> Bed {
+        let legacy = Legacy { done: 3, progress: "None", unfinished_chunks: 0 };
+        Bed::build(moto, name, moto.endpoint(), legacy).await
+    }
+
+    /// Snapshots backup0..2; streams 0..done uploaded as the tool does, and the first
+    /// chunks of stream `done`; zibd talks to S3 at `endpoint`.
+    async fn build(moto: &MotoServer, name: &str, endpoint: &str, legacy: Legacy) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let client = moto.client();
@@ -61,7 +77,6 @@ schedule = "0 3 * * *"
 rebaseline_ratio = "off"
 "#,
                 root = root.display(),
-                endpoint = moto.endpoint()
             ),
         )
         .unwrap();
@@ -80,10 +95,12 @@ rebaseline_ratio = "off"
         object_prefix: "legacy/",
     ),
     state: (
-        snapshots_backed_up: 3,
-        backing_up_progress: None,
+        snapshots_backed_up: {done},
+        backing_up_progress: {progress},
     ),
-)"#
+)"#,
+                done = legacy.done,
+                progress = legacy.progress,
             ),
         )
         .unwrap();
@@ -92,7 +109,7 @@ rebaseline_ratio = "off"
             root,
             config,
             save_file,
-            endpoint: moto.endpoint().to_owned(),
+            endpoint: endpoint.to_owned(),
             bucket,
             client,
         };
@@ -109,7 +126,20 @@ rebaseline_ratio = "off"
             } else {
                 format!("legacy/backup{}_backup{n}", n - 1)
             };
-            bed.legacy_upload(&key, &stream).await;
+            let chunks = match n.cmp(&legacy.done) {
+                std::cmp::Ordering::Less => usize::MAX,
+                std::cmp::Ordering::Equal => legacy.unfinished_chunks as usize,
+                std::cmp::Ordering::Greater => 0,
+            };
+            zib_testkit::legacy_upload(
+                &bed.client,
+                &bed.bucket,
+                &key,
+                &stream,
+                LEGACY_CHUNK,
+                chunks,
+            )
+            .await;
         }
         bed
     }
@@ -135,27 +165,17 @@ rebaseline_ratio = "off"
         std::fs::read(self.root.join(format!("zfs/data/tank%2Fphotos@{snap}"))).unwrap()
     }
 
-    /// As zfs-incremental-backup uploads a stream: chunk by chunk, `<key>/<i>`, one plain PUT
-    /// with the storage class, `If-None-Match: *` and its tags.
-    async fn legacy_upload(&self, key: &str, stream: &[u8]) {
-        let count = stream.len().div_ceil(LEGACY_CHUNK);
-        for (i, part) in stream.chunks(LEGACY_CHUNK).enumerate() {
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(format!("{key}/{i}"))
-                .storage_class(S3Class::DeepArchive)
-                .body(ByteStream::from(part.to_vec()))
-                .content_length(part.len() as i64)
-                .tagging(format!(
-                    "file={key}&total_len={}&chunks_count={count}&chunk_size={LEGACY_CHUNK}&chunk_number={i}",
-                    stream.len()
-                ))
-                .if_none_match("*")
-                .send()
-                .await
-                .unwrap();
-        }
+    /// Each object under `prefix` with its ETag and modification time.
+    async fn objects(&self, prefix: &str) -> Vec<(String, String, String)> {
+        let out =
+            self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).send().await.unwrap();
+        out.contents()
+            .iter()
+            .map(|o| {
+                let m = o.last_modified().map(|t| t.to_string()).unwrap_or_default();
+                (o.key().unwrap().to_owned(), o.e_tag().unwrap_or_default().to_owned(), m)
+            })
+            .collect()
     }
 
     fn zibd(&self, args: &[&str], zfs: &Path, extra: &[(&str, &str)]) -> Output {
@@ -209,6 +229,23 @@ rebaseline_ratio = "off"
         }
         v.sort_by_key(|m| m.seq);
         v
+    }
+}
+
+/// The stdout of a run that must have succeeded.
+fn ok(o: &Output) -> String {
+    let (stdout, stderr) = out(o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    stdout
+}
+
+impl Bed {
+    /// The streams a restore of `snapshot` (to a stand-in target) fed to `zfs receive`.
+    fn restored(&self, snapshot: &str) -> Vec<Vec<u8>> {
+        let fake = catalog::FakeZfs::new();
+        let work = tempfile::tempdir().unwrap();
+        ok(&self.restore("pool/new", &["--snapshot", snapshot], &fake.bin, work.path()));
+        fake.received()
     }
 }
 
@@ -354,4 +391,138 @@ async fn a_legacy_chunk_that_does_not_match_its_md5_never_reaches_zfs_receive() 
         got.iter().map(Vec::len).sum::<usize>() <= 3 * LEGACY_CHUNK,
         "bytes past the bad chunk reached zfs receive"
     );
+}
+
+/// The tool was killed after the PUT of chunk 4 of backup1_backup2, before it saved
+/// `parts_uploaded: 5`: its own next run PUTs chunk 4 again and dies on 412, for ever.
+const UNFINISHED: &str = "Some(Uploading((parts_uploaded: 4, upload_save_data: Uploading)))";
+
+/// The manifest of `seq` in the bucket.
+fn by_seq(ms: &[Manifest], seq: u64) -> &Manifest {
+    ms.iter().find(|m| m.seq == seq).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_legacy_upload_is_finished_without_a_412_and_without_overwriting() {
+    let moto = MotoServer::start();
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let legacy = Legacy { done: 2, progress: UNFINISHED, unfinished_chunks: 5 };
+    let bed = Bed::build(&moto, "legacy-unfinished", &proxy.endpoint(), legacy).await;
+    let before = bed.objects("legacy/").await;
+    assert_eq!(before.len(), 2 * 12 + 5);
+
+    let stdout = ok(&bed.import(&["--dry-run"]));
+    assert!(
+        stdout.contains("would finish the unfinished upload legacy/backup1_backup2 of @backup2 as zib backup #3: its first 5 chunks in the bucket (the save file records 4)"),
+        "{stdout}"
+    );
+    assert!(bed.keys("zib/").await.is_empty());
+
+    proxy.reset_counts();
+    let stdout = ok(&bed.import(&[]));
+    assert!(stdout.contains("adopted 2 streams of tank/photos"), "{stdout}");
+    assert!(
+        stdout.contains("finished the unfinished upload legacy/backup1_backup2 of @backup2 (the save file records 4 chunks): 5 of its chunks matched a fresh zfs send (size and MD5) and are kept where they are, 7 uploaded under zib's keys; committed as backup #3"),
+        "{stdout}"
+    );
+    // Nothing was written to the tool's keys, no request was refused with 412, and every
+    // object of the tool's is as it was (same ETag, same modification time).
+    let requests = proxy.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        let legacy_key = r.key.as_deref().is_some_and(|k| k.starts_with("legacy/"));
+        assert!(!(legacy_key && r.method != "GET" && r.method != "HEAD"), "{r:?}");
+        assert_ne!(r.outcome, Some(ProxyOutcome::Forwarded(412)), "{r:?}");
+    }
+    assert_eq!(bed.objects("legacy/").await, before);
+
+    let ms = bed.manifests().await;
+    assert_eq!(ms.len(), 3);
+    let m = by_seq(&ms, 3);
+    assert_eq!(m.to.name.as_str(), "backup2");
+    assert_eq!(m.from.as_ref(), Some(&by_seq(&ms, 2).to));
+    assert_eq!(m.version, zib_core::manifest::VERSION_LEGACY);
+    assert_eq!(m.legacy.as_ref().unwrap().stream_key, "legacy/backup1_backup2");
+    assert_eq!((m.chunks.len(), m.stream_size), (12, LEGACY_LEN as u64));
+    let stream = bed.stream_of("backup2");
+    for (i, (c, part)) in m.chunks.iter().zip(stream.chunks(LEGACY_CHUNK)).enumerate() {
+        if i < 5 {
+            assert_eq!(c.key, format!("legacy/backup1_backup2/{i}"));
+            assert!(c.md5.is_some() && c.sha256.is_empty(), "{c:?}");
+        } else {
+            assert!(c.key.starts_with("zib/tank/photos@zib/000003-backup2/"), "{c:?}");
+            assert_eq!((c.md5.as_ref(), c.sha256.as_str()), (None, catalog::sha(part).as_str()));
+        }
+    }
+    // Importing again finds it finished and writes nothing.
+    let stdout = ok(&bed.import(&[]));
+    assert!(stdout.contains("finished by an earlier import"), "{stdout}");
+    assert!(stdout.contains("wrote 0 manifests (2 already there)"), "{stdout}");
+    assert_eq!(bed.manifests().await.len(), 3);
+
+    // The stream restores, legacy and zib chunks alike.
+    let got = bed.restored("backup2");
+    assert_eq!(got.len(), 3);
+    assert!(got[2] == stream, "the finished stream differs");
+
+    // The next zib backup continues from it.
+    let stdout = ok(&bed.zibd(&["backup", "tank/photos"], FAKE_ZFS.as_ref(), &[]));
+    assert!(stdout.contains("incremental backup #4"), "{stdout}");
+    assert_eq!(by_seq(&bed.manifests().await, 4).from.as_ref(), Some(&m.to));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_upload_the_send_does_not_reproduce_is_uploaded_again_and_reported() {
+    let moto = MotoServer::start();
+    let legacy = Legacy { done: 2, progress: UNFINISHED, unfinished_chunks: 5 };
+    let bed = Bed::build(&moto, "legacy-resent", moto.endpoint(), legacy).await;
+    // The same snapshots now send other bytes (openzfs#13778).
+    let (to, from) = (bed.guid_of("backup2"), bed.guid_of("backup1"));
+    let other = catalog::send_stream(77, LEGACY_LEN, to, from);
+    std::fs::write(bed.root.join("zfs/data/tank%2Fphotos@backup2"), &other).unwrap();
+    let before = bed.objects("legacy/").await;
+
+    let stdout = ok(&bed.import(&[]));
+    assert!(
+        stdout.contains("finished the unfinished upload legacy/backup1_backup2 of @backup2 under zib's layout (12 chunks uploaded): zfs send did not reproduce the tool's chunks"),
+        "{stdout}"
+    );
+    let left: Vec<String> = (0..5).map(|i| format!("legacy/backup1_backup2/{i}")).collect();
+    assert!(
+        stdout.contains(&format!(
+            "left in the bucket, unused (zib never deletes them without being asked): {}",
+            left.join(", ")
+        )),
+        "{stdout}"
+    );
+    assert_eq!(bed.objects("legacy/").await, before, "the tool's chunks are left as they were");
+
+    let ms = bed.manifests().await;
+    let m = by_seq(&ms, 3);
+    assert_eq!((m.version, m.legacy.as_ref()), (zib_core::manifest::VERSION, None));
+    assert!(m.chunks.iter().all(|c| c.key.starts_with("zib/") && c.md5.is_none()), "{m:?}");
+    assert_eq!(m.stream_sha256, catalog::sha(&other));
+
+    let got = bed.restored("backup2");
+    assert_eq!(got.len(), 3);
+    assert!(got[2] == other, "the re-uploaded stream differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_gone_before_import_gets_a_placeholder_guid_and_the_chain_still_restores() {
+    let moto = MotoServer::start();
+    let bed = Bed::new(&moto, "legacy-gone").await;
+    let streams: Vec<Vec<u8>> = (0..3).map(|n| bed.stream_of(&format!("backup{n}"))).collect();
+    bed.fake_zfs(&["destroy", "tank/photos@backup0"], 0);
+    let stdout = ok(&bed.import(&[]));
+    assert!(stdout.contains("adopted 3 streams"), "{stdout}");
+    let ms = bed.manifests().await;
+    let gone = zib_core::legacy::adopt::unknown_guid("backup0");
+    assert_eq!(by_seq(&ms, 1).to.guid, gone);
+    assert_eq!(by_seq(&ms, 2).from.as_ref().unwrap().guid, gone);
+    assert_eq!(by_seq(&ms, 2).to.guid, bed.guid_of("backup1").to_string());
+    // The chain links through the placeholder, and the full's stream (whose begin record has
+    // the real GUID) is not refused for it.
+    assert!(bed.restored("backup2") == streams, "the restored chain differs");
+    assert!(bed.restored("backup0") == streams[..1], "the full alone differs");
 }

@@ -219,7 +219,7 @@ fn local_refs(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::layout::{LegacyObject, streams_from_listing};
     use super::*;
 
@@ -247,7 +247,8 @@ mod tests {
         v
     }
 
-    fn local(n: u64) -> Vec<LocalSnapshot> {
+    /// Snapshots backup0..n with GUIDs 1000.. in creation order.
+    pub(in crate::legacy) fn local(n: u64) -> Vec<LocalSnapshot> {
         (0..n)
             .map(|i| LocalSnapshot {
                 name: format!("backup{i}"),

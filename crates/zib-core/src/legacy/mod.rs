@@ -8,10 +8,12 @@
 
 pub mod adopt;
 pub mod layout;
+pub mod resume;
 pub mod save_file;
 
 pub use adopt::{AdoptInput, AdoptPlan, LocalSnapshot, plan_adoption};
 pub use layout::{ChunkTags, LegacyObject, LegacyStream, streams_from_listing};
+pub use resume::{Resume, ResumeDecision, ResumeTarget, plan_resume};
 pub use save_file::{Progress, SaveFile};
 
 /// The tool named in adopted manifests.

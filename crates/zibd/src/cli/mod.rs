@@ -219,10 +219,10 @@ async fn import_legacy(
     state_file: &std::path::Path,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    let s3 = S3Store::from_config(&cfg).await;
-    let zfs = crate::zfs::Zfs::default();
+    let engine = Engine::from_config(&cfg).await;
+    let cancel = cancel_on_ctrl_c("interrupted: stopping at the next safe point");
     let opts = crate::import_legacy::ImportOptions { dry_run };
-    let r = crate::import_legacy::import(&cfg, &s3, &zfs, state_file, opts).await?;
+    let r = crate::import_legacy::import(&cfg, &engine, state_file, opts, &cancel).await?;
     print!("{}", crate::import_legacy::format_report(&r));
     Ok(())
 }

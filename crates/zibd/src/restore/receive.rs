@@ -230,9 +230,7 @@ impl<'a> Run<'a> {
         let step = self.file.rec().plan.steps[i].clone();
 
         // A receive that completed before a crash left its snapshot behind.
-        if snapshot_guid(zfs, &target, &step.to.name).await?.as_deref()
-            == Some(step.to.guid.as_str())
-        {
+        if step.received_as(snapshot_guid(zfs, &target, &step.to.name).await?.as_deref()) {
             tracing::info!(%target, snapshot = %step.to.name, "stream already received (found its snapshot on the target)");
             return self.step_done(i).await;
         }
@@ -425,8 +423,9 @@ impl<'a> Run<'a> {
     /// contradicts itself.
     fn check_stream_hash(&self, step: &PlanStep, hashed: Sha256) -> Result<(), RestoreError> {
         let sha = hex::encode(hashed.finalize());
-        // An adopted stream has no stream SHA-256: each of its chunks matched its MD5 and size.
-        let adopted = step.stream_sha256.is_empty() && step.chunks.iter().all(|c| c.md5.is_some());
+        // An adopted stream has no stream SHA-256: each of its chunks matched its MD5 (another
+        // tool's) or its SHA-256 (zib's, for an unfinished upload zib finished) and its size.
+        let adopted = step.stream_sha256.is_empty() && step.chunks.iter().any(|c| c.md5.is_some());
         if sha == step.stream_sha256 || adopted {
             return Ok(());
         }

@@ -23,4 +23,5 @@ mod backup;
 mod bed;
 mod common;
 mod daemon;
+mod legacy;
 mod restore;

@@ -17,18 +17,18 @@ const PASSPHRASE: &str = "zib restore test passphrase";
 const PREFIX: &str = "guest-restore";
 
 /// An encrypted source dataset backed up by the real zibd binary.
-struct Source {
+pub(crate) struct Source {
     _pool: TestPool,
-    ds: EncryptedDataset,
-    work: PathBuf,
-    config: PathBuf,
+    pub(crate) ds: EncryptedDataset,
+    pub(crate) work: PathBuf,
+    pub(crate) config: PathBuf,
     endpoint: String,
     bucket: String,
     /// (snapshot name, checksums of the files at that snapshot), oldest first.
-    snaps: Vec<(String, BTreeMap<String, String>)>,
+    pub(crate) snaps: Vec<(String, BTreeMap<String, String>)>,
 }
 
-fn zibd(endpoint: &str) -> Command {
+pub(crate) fn zibd(endpoint: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_zibd"));
     for (k, v) in test_env(endpoint) {
         c.env(k, v);
@@ -37,7 +37,7 @@ fn zibd(endpoint: &str) -> Command {
     c
 }
 
-fn out(o: &Output) -> String {
+pub(crate) fn out(o: &Output) -> String {
     format!(
         "status {}\nstdout:\n{}\nstderr:\n{}",
         o.status,
@@ -47,7 +47,7 @@ fn out(o: &Output) -> String {
 }
 
 impl Source {
-    fn new(endpoint: &str, bucket: &str, tag: &str) -> Source {
+    pub(crate) fn new(endpoint: &str, bucket: &str, tag: &str) -> Source {
         let pool = TestPool::create(&format!("zr{tag}"));
         let ds = create_encrypted_dataset(&pool, "data", PASSPHRASE);
         let work = work_dir(&format!("restore-{tag}"));
@@ -75,7 +75,7 @@ impl Source {
     }
 
     /// Changes some files, then runs `zibd backup`; records the snapshot and its files.
-    fn change_and_backup(&mut self, seed: u64, files: usize, max: usize) {
+    pub(crate) fn change_and_backup(&mut self, seed: u64, files: usize, max: usize) {
         write_files(&self.ds.mountpoint, seed, files, max);
         if seed > 1 {
             let _ = std::fs::remove_file(
@@ -102,14 +102,14 @@ impl Source {
     }
 
     /// Nothing local is left: no state, no spool, no source dataset.
-    fn wipe_local(&self) {
+    pub(crate) fn wipe_local(&self) {
         zfs(&["destroy", "-r", &self.ds.name]);
         let _ = std::fs::remove_dir_all(self.work.join("state"));
         let _ = std::fs::remove_dir_all(self.work.join("spool"));
     }
 
     /// `zibd restore ARGS` with no config file: bucket, prefix and endpoint as flags.
-    fn restore(&self, endpoint: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    pub(crate) fn restore(&self, endpoint: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = zibd(endpoint);
         c.args(["--config", "/nonexistent/zibd.toml", "restore"]).args(args);
         c.args(["--bucket", &self.bucket, "--prefix", PREFIX, "--endpoint", endpoint]);
@@ -139,7 +139,12 @@ fn snapshots(ds: &str) -> Vec<String> {
         .collect()
 }
 
-fn restore_args<'a>(target: &'a str, mp: &'a str, key: &'a str, work: &'a str) -> Vec<&'a str> {
+pub(crate) fn restore_args<'a>(
+    target: &'a str,
+    mp: &'a str,
+    key: &'a str,
+    work: &'a str,
+) -> Vec<&'a str> {
     vec![
         "run",
         "--to",
@@ -157,7 +162,7 @@ fn restore_args<'a>(target: &'a str, mp: &'a str, key: &'a str, work: &'a str) -
     ]
 }
 
-fn check_restored(target: &str, mp: &Path, src: &Source, upto: usize) {
+pub(crate) fn check_restored(target: &str, mp: &Path, src: &Source, upto: usize) {
     assert_eq!(zfs_get(target, "encryption"), "aes-256-gcm");
     assert_eq!(zfs_get(target, "keystatus"), "available");
     assert_eq!(zfs_get(target, "mounted"), "yes");
