@@ -68,6 +68,10 @@ pub struct DaemonConfig {
     pub max_concurrent_jobs: usize,
     /// Time zone for cron schedules.
     pub timezone: TimeZone,
+    /// The most bytes per second all backup uploads together send ("40MiB/s"); unset: no limit.
+    pub max_upload_rate: Option<ByteRate>,
+    /// The most bytes per second all restore downloads together receive; unset: no limit.
+    pub max_download_rate: Option<ByteRate>,
 }
 
 impl Default for DaemonConfig {
@@ -80,6 +84,8 @@ impl Default for DaemonConfig {
             shutdown_timeout_secs: 30,
             max_concurrent_jobs: 2,
             timezone: TimeZone::Utc,
+            max_upload_rate: None,
+            max_download_rate: None,
         }
     }
 }
@@ -547,6 +553,40 @@ impl From<ByteSize> for u64 {
     }
 }
 
+/// A rate in bytes per second: a size with "/s" ("40MiB/s", "100MB/s"), or an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "String")]
+pub struct ByteRate(pub u64);
+
+/// The least rate a limit may be set to: below it a 5 GB chunk would take more than a day.
+pub const MIN_RATE: u64 = 64 * 1024;
+
+impl TryFrom<SizeRepr> for ByteRate {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<Self, String> {
+        let n = match r {
+            SizeRepr::Int(i) => u64::try_from(i).map_err(|_| format!("rate {i} is negative"))?,
+            SizeRepr::Text(s) => {
+                let size = s.trim().strip_suffix("/s").ok_or_else(|| {
+                    format!("invalid rate {s:?}: expected bytes per second, e.g. \"40MiB/s\"")
+                })?;
+                parse_size(size)?
+            }
+        };
+        if n < MIN_RATE {
+            return Err(format!(
+                "rate {n} bytes/s is below the least allowed, {MIN_RATE} (64KiB/s); leave the setting out for no limit"
+            ));
+        }
+        Ok(Self(n))
+    }
+}
+impl From<ByteRate> for String {
+    fn from(r: ByteRate) -> String {
+        format!("{}/s", r.0)
+    }
+}
+
 /// Parses "123", "64KiB", "5GB", "1.5 GiB" into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -756,6 +796,24 @@ mod tests {
         );
         let e = err(&MIN.replace("[target]", "[target]\nmax_parallel_puts = 0"));
         assert!(e.contains("target.max_parallel_puts must be between 1 and 32, got 0"), "{e}");
+    }
+
+    #[test]
+    fn rates_take_units_per_second_and_refuse_nonsense() {
+        let c = parse(MIN).unwrap();
+        assert_eq!((c.daemon.max_upload_rate, c.daemon.max_download_rate), (None, None));
+        let c = parse(&format!(
+            "[daemon]\nmax_upload_rate = \"40MiB/s\"\nmax_download_rate = 1000000\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(c.daemon.max_upload_rate, Some(ByteRate(40 << 20)));
+        assert_eq!(c.daemon.max_download_rate, Some(ByteRate(1_000_000)));
+        let back: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.daemon.max_upload_rate, Some(ByteRate(40 << 20)));
+        let e = err(&format!("[daemon]\nmax_upload_rate = \"40MiB\"\n{MIN}"));
+        assert!(e.contains("line 2") && e.contains("expected bytes per second"), "{e}");
+        let e = err(&format!("[daemon]\nmax_download_rate = \"1KiB/s\"\n{MIN}"));
+        assert!(e.contains("below the least allowed"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod restore_plan;
 pub mod schedule;
 pub mod state;
 pub mod storage_class;
+pub mod token_bucket;
 
 pub use config::{Config, DatasetConfig};
 pub use manifest::{ChunkRecord, Manifest, SnapRef};

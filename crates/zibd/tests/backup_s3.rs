@@ -349,6 +349,54 @@ async fn parallel_puts_overlap_up_to_the_setting_and_commit_in_order() {
     }
 }
 
+/// Issue 14 #2: `[daemon] max_upload_rate` holds for all parallel PUTs together: 2 MiB
+/// through 4 PUTs at once at 512 KiB/s take about 4 s (less the first burst of 64 KiB), where
+/// unlimited they take a fraction of a second; measured as the span of the chunk PUTs at the
+/// proxy. A generous tolerance: the figures are for the benchmark.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upload_rate_limit_holds_for_parallel_puts_together() {
+    let (_s, proxy, bed) = s3s_bed(true).await;
+    let proxy = proxy.unwrap();
+    bed.set_target("max_parallel_puts", "4");
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(
+        &bed.config,
+        text.replace("[daemon]\n", "[daemon]\nmax_upload_rate = \"512KiB/s\"\n"),
+    )
+    .unwrap();
+    let size = 2 << 20;
+    let started = std::time::Instant::now();
+    ok(&bed.zibd(&["backup", "tank/photos"], &[("FAKE_ZFS_SIZE", size.to_string())]));
+    let took = started.elapsed().as_secs_f64();
+    assert!(proxy.peak_in_flight("PUT") >= 2, "the PUTs ran in parallel");
+    let rate = size as f64 / took;
+    assert!(rate <= 512.0 * 1024.0 * 1.15, "{rate} bytes/s over {took} s");
+    assert!(rate >= 512.0 * 1024.0 * 0.5, "{rate} bytes/s over {took} s");
+    let ms = bed.manifests().await;
+    assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
+}
+
+/// Issue 14 #2: `max_download_rate` paces the reading of GET bodies (restores).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_download_rate_limit_paces_get_bodies() {
+    let server = S3sFsServer::start();
+    let bucket = server.create_bucket("rate").await;
+    let body = vec![5u8; 1 << 20];
+    zib_testkit::put_bytes(&server.client(), &bucket, "big", body.clone()).await;
+    let limit = zibd::bandwidth::Bandwidth::new(256 * 1024);
+    let store =
+        zibd::s3::S3Store::from_client(server.client(), &bucket).with_limits(None, Some(limit));
+    let started = std::time::Instant::now();
+    assert_eq!(store.get_bytes("big", 2 << 20).await.unwrap(), body);
+    let took = started.elapsed().as_secs_f64();
+    // 1 MiB at 256 KiB/s, less the first burst of 64 KiB: 3.75 s.
+    assert!((3.0..6.0).contains(&took), "{took} s");
+    let unlimited = zibd::s3::S3Store::from_client(server.client(), &bucket);
+    let started = std::time::Instant::now();
+    unlimited.get_bytes("big", 2 << 20).await.unwrap();
+    assert!(started.elapsed().as_secs_f64() < 1.5);
+}
+
 /// Issue 14: a crash while several PUTs are in flight, finished out of order (chunk 0 held
 /// at the proxy, chunks 1-3 through): the state records which chunks are stored (chunk 1,
 /// ahead of the missing chunk 0), the next run sends none of the stored ones again (chunk 2,
