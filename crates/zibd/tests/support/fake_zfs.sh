@@ -6,7 +6,9 @@
 # random bytes every time: a non-reproducible stream), FAKE_ZFS_FAIL_AFTER=N (send prints N
 # bytes then fails), FAKE_ZFS_ESTIMATE (the size `send -nvP` reports instead of the real one),
 # FAKE_ZFS_WRITTEN (what `get written@<snap>` reports; the file written/<dataset> overrides it;
-# default the stream size: every run has changes), FAKE_ZFS_LOG (append each command line).
+# default the stream size: every run has changes), FAKE_ZFS_LOG (append each command line),
+# FAKE_ZFS_INPUT (a file: every snapshot's stream is its bytes, linked, not generated; the
+# benchmark's input).
 # `list -H -o name DS` (no -t): a dataset exists while it has a snapshot.
 set -euo pipefail
 D=${FAKE_ZFS_DIR:?FAKE_ZFS_DIR not set}
@@ -21,7 +23,8 @@ case "$cmd" in
     full=$1; f="$D/snap/$(enc "$full")"
     [ -e "$f" ] && { echo "cannot create snapshot '$full': dataset already exists" >&2; exit 1; }
     echo "$(guid) $(txg) $(date +%s)" > "$f"
-    head -c "${FAKE_ZFS_SIZE:-300000}" /dev/urandom > "$D/data/$(enc "$full")" ;;
+    if [ -n "${FAKE_ZFS_INPUT:-}" ]; then ln -s "$FAKE_ZFS_INPUT" "$D/data/$(enc "$full")"
+    else head -c "${FAKE_ZFS_SIZE:-300000}" /dev/urandom > "$D/data/$(enc "$full")"; fi ;;
   bookmark)
     src=$1; dst=$2; [ -e "$D/snap/$(enc "$src")" ] || { echo "no such snapshot $src" >&2; exit 1; }
     read -r g t c < "$D/snap/$(enc "$src")"; echo "$g $t $c" > "$D/book/$(enc "$dst")" ;;
@@ -53,7 +56,7 @@ case "$cmd" in
     for a in "$@"; do case "$a" in -nvP) est=1;; *) last=$a;; esac; done
     data="$D/data/$(enc "$last")"
     [ -e "$data" ] || { echo "could not find snapshot $last" >&2; exit 1; }
-    size=$(stat -c %s "$data")
+    size=$(stat -L -c %s "$data")
     if [ $est = 1 ]; then e=${FAKE_ZFS_ESTIMATE:-$size}; printf 'full\t%s\t%s\nsize\t%s\n' "$last" "$e" "$e"; exit 0; fi
     if [ -n "${FAKE_ZFS_FAIL_AFTER:-}" ]; then head -c "$FAKE_ZFS_FAIL_AFTER" "$data"; echo "fake zfs: send broke off" >&2; exit 1; fi
     if [ "${FAKE_ZFS_RANDOM:-0}" = 1 ]; then head -c "$size" /dev/urandom; else cat "$data"; fi ;;
