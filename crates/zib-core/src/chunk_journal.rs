@@ -7,6 +7,10 @@
 //! written whole at the other durable steps (it then lists every chunk so far, and the journal
 //! is dropped), and at commit, which ends the pending backup; state files with chunk records
 //! inside, from before the journal, load as they are.
+//!
+//! With parallel PUTs, chunks are stored (and journaled) out of order: each line names its
+//! chunk's index, and folding records it by index (`Pending::record`), so the journal says
+//! which chunks are stored, not how many.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,15 +29,9 @@ pub struct JournalEntry {
 }
 
 impl JournalEntry {
-    /// The entry recording `chunk` as the next chunk of `p`.
-    pub fn next_of(p: &Pending, chunk: ChunkRecord) -> Self {
-        Self {
-            seq: p.seq,
-            to: p.to.clone(),
-            attempt: p.attempt,
-            index: p.chunks.len() as u64,
-            chunk,
-        }
+    /// The entry recording `chunk` as chunk `index` of `p`.
+    pub fn at(p: &Pending, index: u64, chunk: ChunkRecord) -> Self {
+        Self { seq: p.seq, to: p.to.clone(), attempt: p.attempt, index, chunk }
     }
 
     /// The line as appended: compact JSON and a newline.
@@ -45,12 +43,12 @@ impl JournalEntry {
 }
 
 impl DatasetState {
-    /// Adds the journal's chunks to the pending backup: the entries of its current attempt
-    /// that continue its recorded chunks, in order. Anything else is ignored: entries of an
-    /// earlier attempt or another backup, entries the state file already holds (a crash after
-    /// writing it, before dropping the journal), and a last line torn by a crash (its chunk
-    /// counts as not recorded; the next run meets it with a HEAD, as after any crash between a
-    /// PUT and its record). Returns how many chunks were added.
+    /// Adds the journal's chunks to the pending backup: the entries of its current attempt, by
+    /// index (in any order: parallel PUTs finish out of order). Anything else is ignored:
+    /// entries of an earlier attempt or another backup, entries the state file already holds
+    /// (a crash after writing it, before dropping the journal), and a last line torn by a
+    /// crash (its chunk counts as not recorded; the next run meets it with a 412 and a HEAD,
+    /// as after any crash between a PUT and its record). Returns how many chunks were added.
     pub fn fold_journal(&mut self, journal: &[u8]) -> usize {
         let Some(p) = self.pending.as_mut() else { return 0 };
         let mut added = 0;
@@ -59,9 +57,10 @@ impl DatasetState {
             if e.seq == p.seq
                 && e.to == p.to
                 && e.attempt == p.attempt
-                && e.index == p.chunks.len() as u64
+                && e.index < crate::manifest::MAX_CHUNKS
+                && p.recorded(e.index).is_none()
             {
-                p.chunks.push(e.chunk);
+                p.record(e.index, e.chunk);
                 added += 1;
             }
         }
@@ -102,20 +101,25 @@ mod tests {
     }
 
     #[test]
-    fn entries_continue_the_recorded_chunks_in_order() {
+    fn entries_out_of_order_are_recorded_by_index() {
         let ds = DatasetName::new("tank/photos").unwrap();
         let fixture = include_bytes!("../tests/fixtures/state-v1.json");
         let mut s = DatasetState::from_json("fixture", fixture, &ds).unwrap();
         let p = s.pending.clone().unwrap();
-        let e1 = JournalEntry::next_of(&p, chunk(1));
-        assert_eq!(e1.index, 1);
-        let mut later = p.clone();
-        later.chunks.push(chunk(1));
-        let e2 = JournalEntry::next_of(&later, chunk(2));
-        // Out of order: entry 2 before entry 1 leaves only entry 1.
-        let mut j = e2.to_line();
-        j.extend(e1.to_line());
+        // Parallel PUTs: chunk 3 and then chunk 1 finished; chunk 2 is still on its way.
+        let mut j = JournalEntry::at(&p, 3, chunk(3)).to_line();
+        j.extend(JournalEntry::at(&p, 1, chunk(1)).to_line());
+        assert_eq!(s.fold_journal(&j), 2);
+        let got = s.pending.as_ref().unwrap();
+        assert_eq!(got.chunks.len(), 2, "chunks 0 and 1 in order");
+        assert_eq!(got.stored_ahead.keys().copied().collect::<Vec<_>>(), [3]);
+        assert!(got.recorded(2).is_none(), "chunk 2 is not stored");
+        // Chunk 2 lands (and a torn line after it): 0-3 in order, nothing ahead.
+        let mut j = JournalEntry::at(&p, 2, chunk(2)).to_line();
+        j.extend(&JournalEntry::at(&p, 4, chunk(4)).to_line()[..20]);
         assert_eq!(s.fold_journal(&j), 1);
-        assert_eq!(s.pending.as_ref().unwrap().chunks.len(), 2);
+        let got = s.pending.as_ref().unwrap();
+        assert_eq!(got.chunks[1..], [chunk(1), chunk(2), chunk(3)]);
+        assert!(got.stored_ahead.is_empty());
     }
 }

@@ -68,6 +68,10 @@ pub struct DaemonConfig {
     pub max_concurrent_jobs: usize,
     /// Time zone for cron schedules.
     pub timezone: TimeZone,
+    /// The most bytes per second all backup uploads together send ("40MiB/s"); unset: no limit.
+    pub max_upload_rate: Option<ByteRate>,
+    /// The most bytes per second all restore downloads together receive; unset: no limit.
+    pub max_download_rate: Option<ByteRate>,
 }
 
 impl Default for DaemonConfig {
@@ -80,6 +84,8 @@ impl Default for DaemonConfig {
             shutdown_timeout_secs: 30,
             max_concurrent_jobs: 2,
             timezone: TimeZone::Utc,
+            max_upload_rate: None,
+            max_download_rate: None,
         }
     }
 }
@@ -104,8 +110,13 @@ pub struct TargetConfig {
     #[serde(default)]
     pub chunk_size: ChunkSize,
     /// Chunks spooled and in flight per job (1 = read the next chunk only after the last PUT).
+    /// At least `max_parallel_puts` + 1: one chunk is read while that many are uploaded.
     #[serde(default = "default_spooled")]
     pub max_spooled_chunks: usize,
+    /// Chunk PUTs of one job in flight at once (default [`DEFAULT_PARALLEL_PUTS`], or
+    /// `max_spooled_chunks` - 1 when that is set lower). A dataset may override it.
+    #[serde(default)]
+    pub max_parallel_puts: Option<usize>,
     /// Attempts per S3 request before a job fails (throttling, 5xx, connection errors).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
@@ -123,8 +134,13 @@ fn default_prefix() -> String {
     "zib/".into()
 }
 fn default_spooled() -> usize {
-    2
+    DEFAULT_PARALLEL_PUTS + 1
 }
+/// `max_parallel_puts` when the config does not say: one connection to S3 carries about
+/// 85-90 MB/s (AWS's guidelines), so 4 fill a 2.5 Gbit/s uplink.
+pub const DEFAULT_PARALLEL_PUTS: usize = 4;
+/// The most chunk PUTs of one job in flight at once.
+pub const MAX_PARALLEL_PUTS: usize = 32;
 fn default_attempts() -> u32 {
     8
 }
@@ -153,6 +169,9 @@ pub struct DatasetConfig {
     pub storage_class: Option<StorageClass>,
     #[serde(default)]
     pub chunk_size: Option<ChunkSize>,
+    /// Overrides `target.max_parallel_puts` for this dataset.
+    #[serde(default)]
+    pub max_parallel_puts: Option<usize>,
     #[serde(default)]
     pub prefix: Option<String>,
     /// Re-baseline when the chain holds this many streams (the full included); "off" never.
@@ -251,6 +270,9 @@ pub struct ResolvedTarget {
     pub storage_class: StorageClass,
     pub chunk_size: u64,
     pub max_spooled_chunks: usize,
+    /// Chunk PUTs in flight at once; always less than `max_spooled_chunks` (or 1 when that
+    /// is 1: read, then upload, one chunk at a time).
+    pub max_parallel_puts: usize,
 }
 
 impl ResolvedTarget {
@@ -339,8 +361,27 @@ impl Config {
             }
         }
         let t = &self.target;
-        if !(1..=8).contains(&t.max_spooled_chunks) {
-            return Err("target.max_spooled_chunks must be between 1 and 8".into());
+        if !(1..=MAX_PARALLEL_PUTS + 1).contains(&t.max_spooled_chunks) {
+            return Err(format!(
+                "target.max_spooled_chunks must be between 1 and {}",
+                MAX_PARALLEL_PUTS + 1
+            ));
+        }
+        let explicit = t.max_parallel_puts.map(|n| ("target.max_parallel_puts".to_owned(), n));
+        let per_dataset = self.datasets.iter().filter_map(|d| {
+            d.max_parallel_puts.map(|n| (format!("dataset {}: max_parallel_puts", d.name), n))
+        });
+        for (what, n) in explicit.into_iter().chain(per_dataset) {
+            if !(1..=MAX_PARALLEL_PUTS).contains(&n) {
+                return Err(format!("{what} must be between 1 and {MAX_PARALLEL_PUTS}, got {n}"));
+            }
+            if t.max_spooled_chunks < n + 1 {
+                return Err(format!(
+                    "{what} = {n} needs target.max_spooled_chunks of at least {} (each PUT in flight holds a spooled chunk, and one more is read meanwhile), got {}; raise max_spooled_chunks (spool space: that many x chunk_size per job) or lower max_parallel_puts",
+                    n + 1,
+                    t.max_spooled_chunks
+                ));
+            }
         }
         if !(1..=100).contains(&t.max_attempts) {
             return Err("target.max_attempts must be between 1 and 100".into());
@@ -390,6 +431,9 @@ impl Config {
             storage_class: ds.storage_class.unwrap_or(self.target.storage_class),
             chunk_size: ds.chunk_size.unwrap_or(self.target.chunk_size).0,
             max_spooled_chunks: self.target.max_spooled_chunks,
+            max_parallel_puts: ds.max_parallel_puts.or(self.target.max_parallel_puts).unwrap_or(
+                DEFAULT_PARALLEL_PUTS.min(self.target.max_spooled_chunks.saturating_sub(1)).max(1),
+            ),
         }
     }
 
@@ -511,6 +555,40 @@ impl TryFrom<SizeRepr> for ByteSize {
 impl From<ByteSize> for u64 {
     fn from(c: ByteSize) -> u64 {
         c.0
+    }
+}
+
+/// A rate in bytes per second: a size with "/s" ("40MiB/s", "100MB/s"), or an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "String")]
+pub struct ByteRate(pub u64);
+
+/// The least rate a limit may be set to: below it a 5 GB chunk would take more than a day.
+pub const MIN_RATE: u64 = 64 * 1024;
+
+impl TryFrom<SizeRepr> for ByteRate {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<Self, String> {
+        let n = match r {
+            SizeRepr::Int(i) => u64::try_from(i).map_err(|_| format!("rate {i} is negative"))?,
+            SizeRepr::Text(s) => {
+                let size = s.trim().strip_suffix("/s").ok_or_else(|| {
+                    format!("invalid rate {s:?}: expected bytes per second, e.g. \"40MiB/s\"")
+                })?;
+                parse_size(size)?
+            }
+        };
+        if n < MIN_RATE {
+            return Err(format!(
+                "rate {n} bytes/s is below the least allowed, {MIN_RATE} (64KiB/s); leave the setting out for no limit"
+            ));
+        }
+        Ok(Self(n))
+    }
+}
+impl From<ByteRate> for String {
+    fn from(r: ByteRate) -> String {
+        format!("{}/s", r.0)
     }
 }
 
@@ -703,6 +781,55 @@ mod tests {
         assert!(e.contains("keep_within") && e.contains("invalid period"), "{e}");
         let e = err(&format!("{MIN}keep_chain = 2\n"));
         assert!(e.contains("unknown field `keep_chain`"), "{e}");
+    }
+
+    #[test]
+    fn parallel_puts_default_to_four_and_need_a_spooled_chunk_more() {
+        let c = parse(MIN).unwrap();
+        let r = c.resolve(&c.datasets[0]);
+        assert_eq!((r.max_parallel_puts, r.max_spooled_chunks), (4, 5));
+        // An older config that set the spool bound lower: as many PUTs as it leaves room for.
+        for (spooled, puts) in [(1, 1), (2, 1), (3, 2), (8, 4)] {
+            let t = MIN.replace("[target]", &format!("[target]\nmax_spooled_chunks = {spooled}"));
+            let c = parse(&t).unwrap();
+            assert_eq!(c.resolve(&c.datasets[0]).max_parallel_puts, puts, "{spooled}");
+        }
+        let t = MIN.replace("[target]", "[target]\nmax_parallel_puts = 8\nmax_spooled_chunks = 9");
+        let c = parse(&format!("{t}max_parallel_puts = 2\n")).unwrap();
+        assert_eq!(c.resolve(&c.datasets[0]).max_parallel_puts, 2, "the dataset's override");
+        let e = err(&MIN.replace("[target]", "[target]\nmax_parallel_puts = 8"));
+        assert!(
+            e.contains(
+                "target.max_parallel_puts = 8 needs target.max_spooled_chunks of at least 9"
+            ) && e.contains("got 5"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}max_parallel_puts = 6\n"));
+        assert!(
+            e.contains("dataset tank/photos: max_parallel_puts = 6 needs")
+                && e.contains("at least 7"),
+            "{e}"
+        );
+        let e = err(&MIN.replace("[target]", "[target]\nmax_parallel_puts = 0"));
+        assert!(e.contains("target.max_parallel_puts must be between 1 and 32, got 0"), "{e}");
+    }
+
+    #[test]
+    fn rates_take_units_per_second_and_refuse_nonsense() {
+        let c = parse(MIN).unwrap();
+        assert_eq!((c.daemon.max_upload_rate, c.daemon.max_download_rate), (None, None));
+        let c = parse(&format!(
+            "[daemon]\nmax_upload_rate = \"40MiB/s\"\nmax_download_rate = 1000000\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(c.daemon.max_upload_rate, Some(ByteRate(40 << 20)));
+        assert_eq!(c.daemon.max_download_rate, Some(ByteRate(1_000_000)));
+        let back: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.daemon.max_upload_rate, Some(ByteRate(40 << 20)));
+        let e = err(&format!("[daemon]\nmax_upload_rate = \"40MiB\"\n{MIN}"));
+        assert!(e.contains("line 2") && e.contains("expected bytes per second"), "{e}");
+        let e = err(&format!("[daemon]\nmax_download_rate = \"1KiB/s\"\n{MIN}"));
+        assert!(e.contains("below the least allowed"), "{e}");
     }
 
     #[test]

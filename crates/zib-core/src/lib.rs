@@ -18,6 +18,7 @@ pub mod schedule;
 pub mod state;
 pub mod storage_class;
 pub mod verify;
+pub mod token_bucket;
 
 pub use config::{Config, DatasetConfig};
 pub use manifest::{ChunkRecord, Manifest, SnapRef};

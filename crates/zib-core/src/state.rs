@@ -5,7 +5,7 @@
 //! the base of the next incremental. If it is lost, the next run rebuilds it from the catalog
 //! and `zfs list`. Versioned; older versions are kept as test fixtures.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -68,8 +68,13 @@ pub struct Pending {
     pub chunk_size: u64,
     pub storage_class: StorageClass,
     pub started_at: DateTime<Utc>,
-    /// Chunks of this attempt already stored and verified, in order.
+    /// Chunks of this attempt already stored and verified, in order: chunks 0..len.
     pub chunks: Vec<ChunkRecord>,
+    /// Chunks stored beyond `chunks`, by index: parallel PUTs finish out of order, so chunk 7
+    /// may be stored while chunk 6 is still on its way. Each moves into `chunks` once every
+    /// chunk before it is stored. Absent in files written before parallel PUTs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stored_ahead: BTreeMap<u64, ChunkRecord>,
     /// Where the chunks go. None in files written before zib recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<Destination>,
@@ -85,7 +90,7 @@ impl Pending {
     /// far is used, another tool's chunks included (they stay where they are).
     pub fn new_attempt(&mut self) {
         self.attempt += 1;
-        self.chunks.clear();
+        self.clear_chunks();
         self.legacy = None;
     }
 }
@@ -136,6 +141,47 @@ pub enum StateError {
     Json { path: String, source: serde_json::Error },
     #[error("state file {path}: {message}")]
     Invalid { path: String, message: String },
+}
+
+impl Pending {
+    /// The record of chunk `index`, if it is stored.
+    pub fn recorded(&self, index: u64) -> Option<&ChunkRecord> {
+        match usize::try_from(index) {
+            Ok(i) if i < self.chunks.len() => Some(&self.chunks[i]),
+            _ => self.stored_ahead.get(&index),
+        }
+    }
+
+    /// Records chunk `index` as stored. A chunk recorded already keeps its first record.
+    pub fn record(&mut self, index: u64, chunk: ChunkRecord) {
+        if self.recorded(index).is_some() {
+            return;
+        }
+        if index == self.chunks.len() as u64 {
+            self.chunks.push(chunk);
+            while let Some(next) = self.stored_ahead.remove(&(self.chunks.len() as u64)) {
+                self.chunks.push(next);
+            }
+        } else {
+            self.stored_ahead.insert(index, chunk);
+        }
+    }
+
+    /// One past the highest stored chunk: a stream with fewer chunks does not match.
+    pub fn recorded_end(&self) -> u64 {
+        self.stored_ahead.last_key_value().map_or(self.chunks.len() as u64, |(&i, _)| i + 1)
+    }
+
+    /// Every stored chunk's record, in index order.
+    pub fn all_recorded(&self) -> impl Iterator<Item = &ChunkRecord> {
+        self.chunks.iter().chain(self.stored_ahead.values())
+    }
+
+    /// Forgets every stored chunk (a new attempt starts under a new key prefix).
+    pub fn clear_chunks(&mut self) {
+        self.chunks.clear();
+        self.stored_ahead.clear();
+    }
 }
 
 impl DatasetState {
@@ -225,6 +271,38 @@ mod tests {
         let p = s.pending.as_ref().unwrap();
         assert_eq!(p.chunks.len(), 1);
         assert_eq!(DatasetState::from_json("x", &s.to_json(), &ds).unwrap(), s);
+    }
+
+    #[test]
+    fn chunks_stored_out_of_order_are_kept_by_index_and_fixture() {
+        let ds = DatasetName::new("tank/photos").unwrap();
+        // Written with parallel PUTs in flight: chunks 0-1 stored, 3 and 4 too, 2 not.
+        let fixture = include_bytes!("../tests/fixtures/state-v1-stored-ahead.json");
+        let s = DatasetState::from_json("fixture", fixture, &ds).unwrap();
+        let mut p = s.pending.clone().unwrap();
+        assert_eq!(p.chunks.len(), 2);
+        assert_eq!(p.stored_ahead.keys().copied().collect::<Vec<_>>(), [3, 4]);
+        assert!(p.recorded(2).is_none() && p.recorded(3).is_some() && p.recorded(5).is_none());
+        assert_eq!(p.recorded_end(), 5);
+        assert_eq!(DatasetState::from_json("x", &s.to_json(), &ds).unwrap(), s);
+        // Chunk 2 lands: 3 and 4 follow it into the ordered list.
+        let two = ChunkRecord::new("k2".into(), 1, "2".repeat(64));
+        p.record(2, two.clone());
+        assert_eq!(p.chunks.len(), 5);
+        assert_eq!(p.chunks[2], two);
+        assert!(p.stored_ahead.is_empty());
+        // A second record of a stored chunk does not replace the first.
+        p.record(2, ChunkRecord::new("other".into(), 1, "9".repeat(64)));
+        assert_eq!(p.chunks[2], two);
+        assert_eq!(p.all_recorded().count(), 5);
+        p.clear_chunks();
+        assert_eq!(p.recorded_end(), 0);
+        // An old file (one ordered list, no `stored_ahead`) loads with nothing ahead and is
+        // written back without the new field.
+        let old = include_bytes!("../tests/fixtures/state-v1.json");
+        let s = DatasetState::from_json("fixture", old, &ds).unwrap();
+        assert!(s.pending.as_ref().unwrap().stored_ahead.is_empty());
+        assert!(!String::from_utf8(s.to_json()).unwrap().contains("stored_ahead"));
     }
 
     fn dest(bucket: &str, prefix: &str) -> Destination {

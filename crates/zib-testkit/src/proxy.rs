@@ -17,6 +17,11 @@
 //! assert_eq!(proxy.puts_per_key().get("data/0001").copied(), Some(3));
 //! # }
 //! ```
+//!
+//! It also measures how many requests of a method were in flight at once
+//! ([`FaultProxy::peak_in_flight`]: do parallel PUTs really overlap?), and
+//! [`FaultProxy::start_capped`] caps the rate at which it reads each client connection, the
+//! regime of real S3 where one connection, not the server, is the limit.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -204,6 +209,36 @@ struct State {
     next_id: u64,
     requests: Vec<RecordedRequest>,
     faults: Vec<Fault>,
+    /// Requests per method between arrival and their response (or failure).
+    in_flight: BTreeMap<String, usize>,
+    /// The most of `in_flight` ever seen per method.
+    peak: BTreeMap<String, usize>,
+}
+
+/// Counts a request as in flight until dropped.
+struct InFlight {
+    st: Arc<Mutex<State>>,
+    method: String,
+}
+
+impl InFlight {
+    fn new(st: &Arc<Mutex<State>>, method: &str) -> InFlight {
+        let mut s = lock(st);
+        let n = s.in_flight.entry(method.to_owned()).or_insert(0);
+        *n += 1;
+        let n = *n;
+        let peak = s.peak.entry(method.to_owned()).or_insert(0);
+        *peak = (*peak).max(n);
+        InFlight { st: st.clone(), method: method.to_owned() }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.st).in_flight.get_mut(&self.method) {
+            *n -= 1;
+        }
+    }
 }
 
 /// The proxy. Listens on 127.0.0.1 on a free port until dropped.
@@ -224,6 +259,12 @@ impl FaultProxy {
     /// Starts a proxy in front of `upstream` (`http://HOST:PORT`). Must be called within a
     /// tokio runtime; the proxy runs on it until dropped.
     pub async fn start(upstream: &str) -> FaultProxy {
+        Self::start_capped(upstream, None).await
+    }
+
+    /// Like [`FaultProxy::start`], reading each client connection at most at `cap` bytes per
+    /// second (request bodies: uploads), when given.
+    pub async fn start_capped(upstream: &str, cap: Option<u64>) -> FaultProxy {
         let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
         assert!(!upstream.contains('/'), "upstream must be http://HOST:PORT, got {upstream}");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
@@ -238,7 +279,7 @@ impl FaultProxy {
                 };
                 let st = st.clone();
                 let upstream = upstream.clone();
-                conns.spawn(serve_connection(stream, upstream, st));
+                conns.spawn(serve_connection(Capped::new(stream, cap), upstream, st));
                 while conns.try_join_next().is_some() {}
             }
         });
@@ -275,9 +316,30 @@ impl FaultProxy {
         self.lock().requests.iter().filter(|r| matcher.matches_request(r)).count()
     }
 
+    /// The most requests with `method` that were in flight at once (from their arrival to
+    /// their response).
+    pub fn peak_in_flight(&self, method: &str) -> usize {
+        self.lock().peak.get(&method.to_ascii_uppercase()).copied().unwrap_or(0)
+    }
+
     /// Number of PUT requests (including multipart part uploads) per object key.
     pub fn puts_per_key(&self) -> BTreeMap<String, usize> {
         self.per_key("PUT")
+    }
+
+    /// Number of PUT requests per object key that the server answered with a 2xx: how often
+    /// each key was actually written. A PUT cut off by a crashed client, or answered 412
+    /// (the key exists), does not count.
+    pub fn successful_puts_per_key(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for r in self.lock().requests.iter() {
+            if let (Some(k), Some(Outcome::Forwarded(200..=299))) = (&r.key, &r.outcome)
+                && r.method.eq_ignore_ascii_case("PUT")
+            {
+                *out.entry(k.clone()).or_insert(0) += 1;
+            }
+        }
+        out
     }
 
     /// Number of requests with `method` per object key.
@@ -302,7 +364,7 @@ fn lock(st: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     st.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn serve_connection(stream: TcpStream, upstream: String, st: Arc<Mutex<State>>) {
+async fn serve_connection(stream: Capped, upstream: String, st: Arc<Mutex<State>>) {
     let sender: Arc<tokio::sync::Mutex<Option<SendRequest<Incoming>>>> = Arc::default();
     let svc = service_fn(move |req: Request<Incoming>| {
         let st = st.clone();
@@ -324,6 +386,7 @@ async fn handle(
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let _in_flight = InFlight::new(&st, &method.to_ascii_uppercase());
     let (id, action) = {
         let mut s = lock(&st);
         let id = s.next_id;
@@ -437,6 +500,96 @@ async fn drain(mut body: Incoming) {
 
 fn full(s: String) -> ProxyBody {
     Full::new(Bytes::from(s)).map_err(|e: Infallible| match e {}).boxed()
+}
+
+/// A client connection, read at most at `cap` bytes per second (a token bucket holding up to
+/// a tenth of a second of bytes, so the rate holds over any stretch longer than that).
+#[derive(Debug)]
+struct Capped {
+    inner: TcpStream,
+    cap: Option<u64>,
+    /// Bytes that may be read now, and when that was last refilled.
+    tokens: f64,
+    refilled: tokio::time::Instant,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    scratch: Vec<u8>,
+}
+
+impl Capped {
+    fn new(inner: TcpStream, cap: Option<u64>) -> Capped {
+        Capped {
+            inner,
+            cap,
+            tokens: 0.0,
+            refilled: tokio::time::Instant::now(),
+            sleep: None,
+            scratch: if cap.is_some() { vec![0; 64 * 1024] } else { Vec::new() },
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Capped {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let Some(cap) = this.cap else {
+            return std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        let burst = (cap as f64 / 10.0).max(1.0);
+        loop {
+            if let Some(sleep) = this.sleep.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.sleep = None;
+            }
+            let now = tokio::time::Instant::now();
+            let elapsed = now.duration_since(this.refilled).as_secs_f64();
+            this.tokens = (this.tokens + elapsed * cap as f64).min(burst);
+            this.refilled = now;
+            if this.tokens >= 1.0 {
+                break;
+            }
+            let wait = (1.0 - this.tokens) / cap as f64;
+            this.sleep =
+                Some(Box::pin(tokio::time::sleep(Duration::from_secs_f64(wait.max(0.001)))));
+        }
+        let allowed = (this.tokens as usize).min(buf.remaining()).min(this.scratch.len());
+        let mut limited = tokio::io::ReadBuf::new(&mut this.scratch[..allowed]);
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut limited);
+        if let Poll::Ready(Ok(())) = &r {
+            let n = limited.filled().len();
+            buf.put_slice(limited.filled());
+            this.tokens -= n as f64;
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// "/bucket/a%20b/c" -> Some("a b/c"); "/bucket" or "/bucket/" -> None.

@@ -4,8 +4,9 @@
 //! 1. `pending` with the snapshot name (so a crash adopts that snapshot instead of taking another;
 //!    only one created after the plan and newer than the base, by createtxg);
 //! 2. the snapshot's GUID once it exists;
-//! 3. each chunk after its PUT succeeded (a crash between PUT and save is met by a 412 and a
-//!    HEAD that must show the same size and SHA-256);
+//! 3. each chunk after its PUT succeeded, by index: up to `max_parallel_puts` PUTs are in
+//!    flight and finish in any order (a crash between PUT and save is met by a HEAD, or a 412
+//!    and a HEAD, that must show the same size and SHA-256);
 //! 4. the manifest (the commit point), then `last`, then bookmark and pruning.
 //!
 //! On resume the send is re-run and the bytes of already stored chunks are re-hashed: they are
@@ -15,6 +16,7 @@
 use std::{path::PathBuf, sync::Arc};
 
 use chrono::{DateTime, Utc};
+use futures::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -22,9 +24,9 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use zib_core::{
-    ChunkRecord, DatasetConfig, DatasetName, KeyLayout, Manifest, SnapName, SnapRef,
+    ChunkRecord, DatasetConfig, DatasetName, KeyLayout, Manifest, SnapName, SnapRef, StorageClass,
     backup_plan::{self, Base},
-    config::{Config, ResolvedTarget},
+    config::{Config, MAX_PARALLEL_PUTS, ResolvedTarget},
     lifecycle::{BaseDecision, OnBrokenChain, RebaselineDecision},
     manifest,
     state::{Committed, Forgotten, Pending},
@@ -179,13 +181,17 @@ enum Spooled {
     Reused {
         size: u64,
     },
-    New {
-        index: u64,
-        path: PathBuf,
-        size: u64,
-        sha256: String,
-        _permit: OwnedSemaphorePermit,
-    },
+    New(NewChunk),
+}
+
+/// A chunk spooled for its PUT. It holds its spool permit until its PUT is done.
+struct NewChunk {
+    index: u64,
+    path: PathBuf,
+    size: u64,
+    sha256: String,
+    class: StorageClass,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Why a streaming attempt ended without error.
@@ -481,7 +487,7 @@ impl Backup<'_> {
     /// the attempt's prefix. If any is missing, the upload starts again as a new attempt.
     async fn check_recorded_chunks(&mut self) -> Result<(), BackupError> {
         let p = self.locked.state.pending.as_ref().expect("pending");
-        if p.chunks.is_empty() {
+        if p.recorded_end() == 0 {
             return Ok(());
         }
         let prefix = self.layout().attempt_prefix(p.seq, &p.to, p.attempt);
@@ -491,7 +497,7 @@ impl Backup<'_> {
             listing.extend(self.engine.s3.list(&format!("{}/", l.stream_key)).await?);
         }
         let missing =
-            p.chunks.iter().find(|c| !listing.iter().any(|o| o.key == c.key && o.size == c.size));
+            p.all_recorded().find(|c| !listing.iter().any(|o| o.key == c.key && o.size == c.size));
         if let Some(c) = missing {
             let here = self.target.destination();
             tracing::warn!(
@@ -628,6 +634,7 @@ impl Backup<'_> {
             storage_class: self.target.storage_class,
             started_at: now,
             chunks: Vec::new(),
+            stored_ahead: Default::default(),
             destination: Some(here),
             legacy: None,
         };
@@ -817,11 +824,11 @@ impl Backup<'_> {
             dataset: self.ds.name.to_string(),
         };
         let cancel = self.cancel;
-        // Set when the reader failed: the uploader finishes the PUT in flight, records it, and
-        // takes no further chunk. Dropping a PUT half-way can leave an object the next run
+        // Set when the reader failed: the uploader finishes the PUTs in flight, records them,
+        // and takes no further chunk. Dropping a PUT half-way can leave an object the next run
         // cannot verify (some servers keep the body without its checksum).
         let stop = CancellationToken::new();
-        let reader = read_stream(send, p.chunk_size, &p.chunks, spool, permits, tx, cancel);
+        let reader = read_stream(send, &p, spool, permits, tx, cancel);
         let uploader = self.upload(rx, &p, &stop);
         tokio::pin!(reader, uploader);
         let (streamed, done) = tokio::select! {
@@ -853,6 +860,12 @@ impl Backup<'_> {
         Ok((streamed, done.uploaded, done.reused))
     }
 
+    /// Takes spooled chunks from the reader and PUTs up to `max_parallel_puts` of them at once,
+    /// recording each by its index as soon as its PUT succeeded (they finish in any order; the
+    /// manifest lists them in stream order from the state). When one PUT fails, or the reader
+    /// stops, no further chunk is taken and the PUTs in flight finish and are recorded before
+    /// the error is returned: dropping a PUT half-way can leave an object the next run cannot
+    /// verify (some servers keep the body without its checksum).
     async fn upload(
         &mut self,
         mut rx: mpsc::UnboundedReceiver<Spooled>,
@@ -860,79 +873,86 @@ impl Backup<'_> {
         stop: &CancellationToken,
     ) -> Result<Uploaded, BackupError> {
         let layout = self.layout();
-        let (mut uploaded, mut reused) = (0, 0);
-        loop {
-            // A pause or SIGTERM must not wait for the next chunk to be read (up to 5 GB).
-            let item = tokio::select! {
-                biased;
-                () = stop.cancelled() => None,
-                item = rx.recv() => item,
-                () = self.cancel.cancelled() => return Err(BackupError::Cancelled { dataset: self.ds.name.to_string() }),
+        let parallel = self.target.max_parallel_puts.max(1);
+        // After a crash with PUTs in flight, any of the chunks after the last recorded one may
+        // be stored already: a HEAD first avoids sending them again (a 412 and a HEAD would
+        // catch them too, after sending the body).
+        let probe_end = p.recorded_end() + MAX_PARALLEL_PUTS as u64;
+        let put = |s3: S3Store, key: String, chunk: NewChunk, probe: bool| async move {
+            let r = if probe {
+                s3.put_chunk_probing(&key, &chunk.path, chunk.size, &chunk.sha256, chunk.class)
+                    .await
+            } else {
+                s3.put_chunk(&key, &chunk.path, chunk.size, &chunk.sha256, chunk.class).await
             };
-            let Some(item) = item else { break };
-            let size = match item {
-                Spooled::Reused { size } => {
-                    reused += 1;
-                    size
-                }
-                Spooled::New { index, path, size, sha256, _permit } => {
-                    let key = layout.chunk_key(p.seq, &p.to, p.attempt, index);
-                    // The first new chunk after recorded ones may be stored already (a crash
-                    // between its PUT and the state save): probe it with a HEAD first.
-                    let probe = self.resumed && index as usize == p.chunks.len();
-                    let put = async {
-                        if probe {
-                            self.engine
-                                .s3
-                                .put_chunk_probing(&key, &path, size, &sha256, p.storage_class)
-                                .await
-                        } else {
-                            self.engine
-                                .s3
-                                .put_chunk(&key, &path, size, &sha256, p.storage_class)
-                                .await
-                        }
-                    };
-                    let outcome = tokio::select! {
-                        r = put => r,
-                        () = self.cancel.cancelled() => return Err(BackupError::Cancelled { dataset: self.ds.name.to_string() }),
-                    };
-                    let outcome = match outcome {
-                        Ok(o) => o,
-                        // Not recorded, so not ours to trust: go on under a new key prefix.
-                        Err(e @ S3Error::Conflict { .. }) => {
-                            let _ = tokio::fs::remove_file(&path).await;
-                            return Ok(Uploaded {
-                                uploaded,
-                                reused,
-                                conflict: Some((index, e.to_string())),
+            (key, chunk, r)
+        };
+        let mut in_flight = FuturesUnordered::new();
+        let (mut uploaded, mut reused) = (0, 0);
+        let mut taking = true;
+        let mut failure: Option<BackupError> = None;
+        let mut conflict = None;
+        while taking || !in_flight.is_empty() {
+            tokio::select! {
+                biased;
+                // A pause or SIGTERM must not wait for the next chunk to be read (up to 5 GB).
+                () = self.cancel.cancelled() => return Err(BackupError::Cancelled { dataset: self.ds.name.to_string() }),
+                Some((key, chunk, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let NewChunk { index, path, size, sha256, .. } = chunk;
+                    let _ = tokio::fs::remove_file(&path).await;
+                    match outcome {
+                        Ok(o) => {
+                            if o == PutOutcome::AlreadyPresent {
+                                tracing::info!(%key, "chunk was already stored with the same SHA-256 (a PUT before a crash)");
+                            }
+                            failpoint::hit("after-put");
+                            uploaded += 1;
+                            self.record_chunk(index, ChunkRecord::new(key, size, sha256)).await?;
+                            failpoint::hit("after-save");
+                            self.set_progress(|pr| {
+                                pr.bytes_done += size;
+                                pr.chunks_done += 1;
                             });
                         }
-                        Err(e) => return Err(e.into()),
-                    };
-                    if outcome == PutOutcome::AlreadyPresent {
-                        tracing::info!(%key, "chunk was already stored with the same SHA-256 (a PUT before a crash)");
+                        // Not recorded, so not ours to trust: go on under a new key prefix.
+                        Err(e @ S3Error::Conflict { .. }) => {
+                            taking = false;
+                            conflict.get_or_insert((index, e.to_string()));
+                        }
+                        Err(e) => {
+                            taking = false;
+                            failure.get_or_insert(e.into());
+                        }
                     }
-                    failpoint::hit("after-put");
-                    let _ = tokio::fs::remove_file(&path).await;
-                    uploaded += 1;
-                    self.record_chunk(ChunkRecord::new(key, size, sha256)).await?;
-                    failpoint::hit("after-save");
-                    size
                 }
-            };
-            self.set_progress(|pr| {
-                pr.bytes_done += size;
-                pr.chunks_done += 1;
-            });
+                () = stop.cancelled(), if taking => taking = false,
+                item = rx.recv(), if taking && in_flight.len() < parallel => match item {
+                    None => taking = false,
+                    Some(Spooled::Reused { size }) => {
+                        reused += 1;
+                        self.set_progress(|pr| {
+                            pr.bytes_done += size;
+                            pr.chunks_done += 1;
+                        });
+                    }
+                    Some(Spooled::New(chunk)) => {
+                        let key = layout.chunk_key(p.seq, &p.to, p.attempt, chunk.index);
+                        let probe = self.resumed && chunk.index < probe_end;
+                        in_flight.push(put(self.engine.s3.clone(), key, chunk, probe));
+                    }
+                },
+            }
         }
-        Ok(Uploaded { uploaded, reused, conflict: None })
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(Uploaded { uploaded, reused, conflict })
     }
 }
 
 impl Backup<'_> {
-    async fn record_chunk(&mut self, c: ChunkRecord) -> Result<(), BackupError> {
-        Ok(self.locked.record_chunk(c).await?)
+    async fn record_chunk(&mut self, index: u64, c: ChunkRecord) -> Result<(), BackupError> {
+        Ok(self.locked.record_chunk(index, c).await?)
     }
 
     async fn manifest(
@@ -942,6 +962,12 @@ impl Backup<'_> {
         sha256: String,
     ) -> Result<Manifest, BackupError> {
         let p = self.locked.state.pending.as_ref().expect("pending");
+        if let Some(i) = (0..p.recorded_end()).find(|&i| p.recorded(i).is_none()) {
+            // Every chunk was uploaded or found stored; a gap would be a manifest that lies.
+            return Err(BackupError::Catalog(format!(
+                "refusing to commit: chunk {i} of the stream is not recorded as stored"
+            )));
+        }
         let info = self.engine.zfs.snapshot_info(&self.ds.name, &p.to).await?;
         let created =
             info.and_then(|i| DateTime::from_timestamp(i.creation, 0)).unwrap_or(p.started_at);
@@ -1222,14 +1248,14 @@ struct SpoolTarget {
 /// stream that died early never has its truncated tail stored.
 async fn read_stream(
     send: SendStream,
-    chunk_size: u64,
-    recorded: &[ChunkRecord],
+    recorded: &Pending,
     spool: SpoolTarget,
     permits: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<Spooled>,
     cancel: &CancellationToken,
 ) -> Result<Streamed, BackupError> {
     let mut send = Some(send);
+    let chunk_size = recorded.chunk_size;
     spool
         .spool
         .create()
@@ -1245,7 +1271,7 @@ async fn read_stream(
             p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
             () = cancel.cancelled() => return Err(BackupError::Cancelled { dataset: spool.dataset.clone() }),
         };
-        let reuse = recorded.get(index as usize);
+        let reuse = recorded.recorded(index);
         let path = spool.spool.chunk_path(&spool.run, index);
         let spool_err = |source| BackupError::Spool { path: path.clone(), source };
         let mut file = match reuse {
@@ -1302,7 +1328,7 @@ async fn read_stream(
             send.take().expect("finished once").finish().await?;
             if n == 0 {
                 let _ = tokio::fs::remove_file(&path).await;
-                if (index as usize) < recorded.len() {
+                if index < recorded.recorded_end() {
                     return Ok(Streamed::Diverged { index, why: Divergence::Resent });
                 }
                 if total == 0 {
@@ -1326,8 +1352,9 @@ async fn read_stream(
             }
             Some(_) => return Ok(Streamed::Diverged { index, why: Divergence::Resent }),
             None => {
-                if tx.send(Spooled::New { index, path, size: n, sha256, _permit: permit }).is_err()
-                {
+                let class = recorded.storage_class;
+                let chunk = NewChunk { index, path, size: n, sha256, class, _permit: permit };
+                if tx.send(Spooled::New(chunk)).is_err() {
                     // The uploader stopped; its error is what try_join reports.
                     return Ok(Streamed::Done { size: total, sha256: String::new() });
                 }
@@ -1338,7 +1365,7 @@ async fn read_stream(
             break;
         }
     }
-    if (index as usize) < recorded.len() {
+    if index < recorded.recorded_end() {
         return Ok(Streamed::Diverged { index, why: Divergence::Resent });
     }
     drop(tx);

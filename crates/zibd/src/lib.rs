@@ -2,6 +2,7 @@
 //! them. `main.rs` only calls [`cli::main`].
 
 pub mod backup;
+pub mod bandwidth;
 pub mod cli;
 pub mod control;
 pub mod cost;

@@ -10,6 +10,7 @@
 
 use std::{path::Path, time::Duration};
 
+use crate::bandwidth::Bandwidth;
 use aws_sdk_s3::{
     Client,
     config::{
@@ -218,6 +219,10 @@ pub struct S3Store {
     /// Per attempt of a request (a chunk PUT gets more, see [`put_attempt_timeout`]), and the
     /// longest a GET body may deliver nothing.
     request_timeout: Duration,
+    /// `[daemon] max_upload_rate`: chunk PUT bodies are sent within it.
+    upload_limit: Option<Bandwidth>,
+    /// `[daemon] max_download_rate`: GET bodies are read within it.
+    download_limit: Option<Bandwidth>,
 }
 
 /// The slowest upload rate a chunk PUT is given time for: a slow link that still moves bytes
@@ -267,6 +272,7 @@ impl S3Store {
     /// chain (environment, profile, instance role), never from the config file.
     pub async fn from_config(cfg: &Config) -> Self {
         let t = &cfg.target;
+        let d = &cfg.daemon;
         Self::connect(
             &t.region,
             t.endpoint.as_ref().map(|e| e.0.as_str()),
@@ -276,6 +282,15 @@ impl S3Store {
             &t.bucket.0,
         )
         .await
+        .with_limits(
+            d.max_upload_rate.map(|r| Bandwidth::new(r.0)),
+            d.max_download_rate.map(|r| Bandwidth::new(r.0)),
+        )
+    }
+
+    /// The same store with these bandwidth limits (shared with every clone of them).
+    pub fn with_limits(self, upload: Option<Bandwidth>, download: Option<Bandwidth>) -> Self {
+        Self { upload_limit: upload, download_limit: download, ..self }
     }
 
     pub async fn connect(
@@ -309,7 +324,13 @@ impl S3Store {
         if let Some(ep) = endpoint {
             b = b.endpoint_url(ep);
         }
-        Self { client: Client::from_conf(b.build()), bucket: bucket.to_owned(), request_timeout }
+        Self {
+            client: Client::from_conf(b.build()),
+            bucket: bucket.to_owned(),
+            request_timeout,
+            upload_limit: None,
+            download_limit: None,
+        }
     }
 
     /// Wraps a client built elsewhere (tests, or callers with their own credential setup);
@@ -319,6 +340,8 @@ impl S3Store {
             client,
             bucket: bucket.to_owned(),
             request_timeout: Duration::from_secs(zib_core::config::DEFAULT_REQUEST_TIMEOUT_SECS),
+            upload_limit: None,
+            download_limit: None,
         }
     }
 
@@ -331,6 +354,12 @@ impl S3Store {
     ) -> std::io::Result<usize> {
         use tokio::io::AsyncReadExt;
         match tokio::time::timeout(self.request_timeout, body.read(buf)).await {
+            Ok(Ok(n)) => {
+                if let Some(limit) = &self.download_limit {
+                    limit.take(n as u64).await;
+                }
+                Ok(n)
+            }
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -407,10 +436,13 @@ impl S3Store {
         sha256_hex: &str,
         class: StorageClass,
     ) -> Result<PutOutcome, S3Error> {
-        let body = ByteStream::from_path(path).await.map_err(|e| S3Error::Local {
-            path: path.display().to_string(),
-            source: std::io::Error::other(e),
-        })?;
+        let body = match &self.upload_limit {
+            Some(limit) => limit.file_body(path.to_owned()),
+            None => ByteStream::from_path(path).await.map_err(|e| S3Error::Local {
+                path: path.display().to_string(),
+                source: std::io::Error::other(e),
+            })?,
+        };
         if self
             .put_if_absent(key, body, size, sha256_hex, class, "application/octet-stream")
             .await?

@@ -247,16 +247,21 @@ impl LockedState {
             .expect("save task panicked")
     }
 
-    /// Records `chunk` as the next stored chunk of the pending backup: one line appended to
-    /// the journal and fsynced, whatever the number of chunks already recorded.
-    pub async fn record_chunk(&mut self, chunk: ChunkRecord) -> Result<(), StateStoreError> {
+    /// Records `chunk` as stored chunk `index` of the pending backup (parallel PUTs finish in
+    /// any order): one line appended to the journal and fsynced, whatever the number of
+    /// chunks already recorded.
+    pub async fn record_chunk(
+        &mut self,
+        index: u64,
+        chunk: ChunkRecord,
+    ) -> Result<(), StateStoreError> {
         let p = self.state.pending.as_mut().expect("a pending backup records chunks");
-        let line = JournalEntry::next_of(p, chunk.clone()).to_line();
+        let line = JournalEntry::at(p, index, chunk.clone()).to_line();
         let journal = self.journal.clone();
         tokio::task::spawn_blocking(move || append_synced(&journal, &line))
             .await
             .expect("journal task panicked")?;
-        p.chunks.push(chunk);
+        p.record(index, chunk);
         Ok(())
     }
 }
@@ -353,6 +358,7 @@ mod tests {
             storage_class: zib_core::StorageClass::DeepArchive,
             started_at: chrono::Utc::now(),
             chunks: (0..chunks).map(chunk).collect(),
+            stored_ahead: Default::default(),
             destination: None,
             legacy: None,
         }
@@ -367,7 +373,7 @@ mod tests {
         s.save().unwrap();
         let journal_len = || std::fs::metadata(store.journal_path(ds)).map_or(0, |m| m.len());
         let (inode, journal) = (std::fs::metadata(s.path()).unwrap().ino(), journal_len());
-        s.record_chunk(chunk(n - 1)).await.unwrap();
+        s.record_chunk(n - 1, chunk(n - 1)).await.unwrap();
         let state = std::fs::metadata(s.path()).unwrap();
         let rewritten = if state.ino() == inode { 0 } else { state.len() };
         let written = journal_len() - journal + rewritten;
@@ -404,9 +410,9 @@ mod tests {
         drop(s);
         // Two chunks journaled, the second line torn by a crash.
         let mut p = pending(1);
-        let mut j = JournalEntry::next_of(&p, chunk(1)).to_line();
+        let mut j = JournalEntry::at(&p, 1, chunk(1)).to_line();
         p.chunks.push(chunk(1));
-        j.extend(&JournalEntry::next_of(&p, chunk(2)).to_line()[..40]);
+        j.extend(&JournalEntry::at(&p, 2, chunk(2)).to_line()[..40]);
         std::fs::write(store.journal_path(&ds), j).unwrap();
         assert_eq!(store.read(&ds).unwrap().pending.unwrap().chunks.len(), 2);
         let s = store.lock(&ds).unwrap();

@@ -127,6 +127,7 @@ pub fn plan_resume(
         storage_class: storage_class.unwrap_or(target.storage_class),
         started_at: now,
         chunks,
+        stored_ahead: Default::default(),
         destination: Some(target.destination.clone()),
         legacy: (adopted > 0)
             .then(|| LegacyOrigin { tool: TOOL.into(), stream_key: stream.stream_key.clone() }),

@@ -6,7 +6,9 @@
 # random bytes every time: a non-reproducible stream), FAKE_ZFS_FAIL_AFTER=N (send prints N
 # bytes then fails), FAKE_ZFS_ESTIMATE (the size `send -nvP` reports instead of the real one),
 # FAKE_ZFS_WRITTEN (what `get written@<snap>` reports; the file written/<dataset> overrides it;
-# default the stream size: every run has changes), FAKE_ZFS_LOG (append each command line).
+# default the stream size: every run has changes), FAKE_ZFS_LOG (append each command line),
+# FAKE_ZFS_INPUT (a file: every snapshot's stream is its bytes, linked, not generated; the
+# benchmark's input).
 # User holds: hold/<snapshot> lists its tags, one a line; a held snapshot cannot be destroyed.
 # A growing dataset: FAKE_ZFS_FULL_SIZE (bytes of a full stream of a snapshot taken now, kept
 # in full/<snap>; FAKE_ZFS_SIZE stays the incremental's), FAKE_ZFS_HEADER=1 (each stream starts
@@ -26,7 +28,8 @@ case "$cmd" in
     full=$1; f="$D/snap/$(enc "$full")"
     [ -e "$f" ] && { echo "cannot create snapshot '$full': dataset already exists" >&2; exit 1; }
     echo "$(guid) $(txg) ${ZIB_TEST_NOW:-$(date +%s)}" > "$f"
-    head -c "${FAKE_ZFS_SIZE:-300000}" /dev/urandom > "$D/data/$(enc "$full")"
+    if [ -n "${FAKE_ZFS_INPUT:-}" ]; then ln -s "$FAKE_ZFS_INPUT" "$D/data/$(enc "$full")"
+    else head -c "${FAKE_ZFS_SIZE:-300000}" /dev/urandom > "$D/data/$(enc "$full")"; fi
     [ -n "${FAKE_ZFS_FULL_SIZE:-}" ] && head -c "$FAKE_ZFS_FULL_SIZE" /dev/urandom > "$D/full/$(enc "$full")"
     true ;;
   bookmark)
@@ -62,7 +65,7 @@ case "$cmd" in
     data="$D/data/$(enc "$last")"
     [ -e "$data" ] || { echo "could not find snapshot $last" >&2; exit 1; }
     [ -z "$from" ] && [ -e "$D/full/$(enc "$last")" ] && data="$D/full/$(enc "$last")"
-    size=$(stat -c %s "$data")
+    size=$(stat -L -c %s "$data")
     if [ $est = 1 ]; then e=${FAKE_ZFS_ESTIMATE:-$size}; printf 'full\t%s\t%s\nsize\t%s\n' "$last" "$e" "$e"; exit 0; fi
     if [ -n "${FAKE_ZFS_FAIL_AFTER:-}" ]; then head -c "$FAKE_ZFS_FAIL_AFTER" "$data"; echo "fake zfs: send broke off" >&2; exit 1; fi
     if [ "${FAKE_ZFS_HEADER:-0}" = 1 ]; then
