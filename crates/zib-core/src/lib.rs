@@ -10,6 +10,7 @@ pub mod human;
 pub mod legacy;
 pub mod lifecycle;
 pub mod manifest;
+pub mod metrics;
 pub mod names;
 pub mod period;
 pub mod pricing;
