@@ -68,6 +68,11 @@ pub struct DaemonConfig {
     pub max_concurrent_jobs: usize,
     /// Time zone for cron schedules.
     pub timezone: TimeZone,
+    /// Serve the Prometheus metrics over plain HTTP here (`"127.0.0.1:9813"`); off when unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Write the metrics for node exporter's textfile collector here (atomically, after every
+    /// run); off when unset.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -80,6 +85,8 @@ impl Default for DaemonConfig {
             shutdown_timeout_secs: 30,
             max_concurrent_jobs: 2,
             timezone: TimeZone::Utc,
+            metrics_listen: None,
+            metrics_textfile: None,
         }
     }
 }
@@ -324,14 +331,26 @@ impl Config {
         if !(1..=64).contains(&d.max_concurrent_jobs) {
             return Err("daemon.max_concurrent_jobs must be between 1 and 64".into());
         }
+        let textfile = d.metrics_textfile.as_ref().map(|p| ("daemon.metrics_textfile", p));
         for (key, p) in [
             ("daemon.socket", &d.socket),
             ("daemon.state_dir", &d.state_dir),
             ("daemon.spool_dir", &d.spool_dir),
-        ] {
+        ]
+        .into_iter()
+        .chain(textfile)
+        {
             if !p.is_absolute() {
                 return Err(format!("{key} must be an absolute path, got {}", p.display()));
             }
+        }
+        if let Some(p) = &d.metrics_textfile
+            && p.extension().is_none_or(|e| e != "prom")
+        {
+            return Err(format!(
+                "daemon.metrics_textfile must end in .prom (node exporter reads only those), got {}",
+                p.display()
+            ));
         }
         let t = &self.target;
         if !(1..=8).contains(&t.max_spooled_chunks) {
@@ -587,6 +606,28 @@ mod tests {
 
     fn err(t: &str) -> String {
         parse(t).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn metrics_settings_are_off_by_default_and_checked() {
+        let c = parse(MIN).unwrap();
+        assert_eq!((c.daemon.metrics_listen, c.daemon.metrics_textfile), (None, None));
+        let with = |v: &str| format!("[daemon]\n{v}\n{MIN}");
+        let c = parse(&with(
+            "metrics_listen = \"127.0.0.1:9813\"\nmetrics_textfile = \"/var/lib/node_exporter/zib.prom\"",
+        ))
+        .unwrap();
+        assert_eq!(c.daemon.metrics_listen, Some("127.0.0.1:9813".parse().unwrap()));
+        assert_eq!(
+            c.daemon.metrics_textfile.as_deref(),
+            Some(Path::new("/var/lib/node_exporter/zib.prom"))
+        );
+        let e = err(&with("metrics_listen = \"localhost\""));
+        assert!(e.contains("metrics_listen") && e.contains("line 2"), "{e}");
+        let e = err(&with("metrics_textfile = \"zib.prom\""));
+        assert!(e.contains("daemon.metrics_textfile must be an absolute path"), "{e}");
+        let e = err(&with("metrics_textfile = \"/var/lib/node_exporter/zib.txt\""));
+        assert!(e.contains("daemon.metrics_textfile must end in .prom"), "{e}");
     }
 
     #[test]

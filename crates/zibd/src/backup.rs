@@ -79,6 +79,9 @@ pub struct Progress {
     pub chunk_size: u64,
     pub attempt: u32,
     pub started_at: Option<DateTime<Utc>>,
+    /// Bytes and objects PUT by this run (chunks and the manifest), for the metrics' counters.
+    pub bytes_uploaded: u64,
+    pub puts: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -836,6 +839,10 @@ impl Backup<'_> {
                     failpoint::hit("after-put");
                     let _ = tokio::fs::remove_file(&path).await;
                     uploaded += 1;
+                    self.set_progress(|pr| {
+                        pr.bytes_uploaded += size;
+                        pr.puts += 1;
+                    });
                     self.record_chunk(ChunkRecord::new(key, size, sha256)).await?;
                     failpoint::hit("after-save");
                     size
@@ -904,7 +911,12 @@ impl Backup<'_> {
             let bytes = m.to_json_for_commit().map_err(|e| {
                 BackupError::Catalog(format!("refusing to commit the manifest {key}: {e}"))
             })?;
+            let len = bytes.len() as u64;
             self.engine.s3.put_small_once(&key, bytes, "application/json").await?;
+            self.set_progress(|pr| {
+                pr.bytes_uploaded += len;
+                pr.puts += 1;
+            });
         }
         let stream_size = m.stream_size;
         failpoint::hit("after-manifest");

@@ -10,6 +10,7 @@ pub mod failpoint;
 pub mod import_legacy;
 pub mod job;
 pub mod lifecycle;
+pub mod metrics;
 pub mod path_error;
 pub mod process;
 pub mod restore;

@@ -1154,3 +1154,176 @@ async fn an_idle_run_shows_skipped_no_change_in_status() {
     assert_eq!(snapshots_taken(ds), 1, "no snapshot on an idle day");
     assert!(d.stop().await);
 }
+
+#[path = "support/prom_text.rs"]
+mod prom_text;
+
+/// Adds `lines` to the config's `[daemon]` table.
+fn daemon_settings(bed: &Bed, lines: &str) {
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(&bed.config, text.replacen("[daemon]\n", &format!("[daemon]\n{lines}\n"), 1))
+        .unwrap();
+}
+
+/// One plain HTTP/1.0 GET: the status line and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf))
+        .await
+        .expect("the metrics endpoint answers")
+        .unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").expect("a header block");
+    (head.to_owned(), body.to_owned())
+}
+
+/// Scrapes `/metrics` and parses it strictly.
+async fn scrape(addr: std::net::SocketAddr) -> prom_text::Exposition {
+    let (head, body) = http_get(addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    prom_text::parse(&body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_and_textfile_follow_a_backup_and_a_failure() {
+    let bed = Bed::new().await;
+    let ds = "metrics/data";
+    bed.write_config(&[(ds, "0 0 3 * * *")]);
+    let textfile = bed.dir.path().join("node_exporter/zib.prom");
+    std::fs::create_dir_all(textfile.parent().unwrap()).unwrap();
+    daemon_settings(
+        &bed,
+        &format!("metrics_listen = \"127.0.0.1:0\"\nmetrics_textfile = \"{}\"", textfile.display()),
+    );
+    let d = bed.start().await;
+    let core = d.core();
+    let addr = d.metrics_addr().expect("the endpoint is on");
+    let l = [("dataset", ds)];
+    let state = |m: &prom_text::Exposition, st: &str| {
+        m.get("zib_dataset_state", &[("dataset", ds), ("state", st)])
+    };
+
+    // Before any backup: scheduled, nothing uploaded, no last success series.
+    let m = scrape(addr).await;
+    assert_eq!(state(&m, "scheduled"), Some(1.0));
+    assert_eq!(state(&m, "running"), Some(0.0));
+    assert_eq!(m.get("zib_dataset_puts_total", &l), Some(0.0));
+    assert_eq!(m.get("zib_dataset_last_success_timestamp_seconds", &l), None);
+    // The clock stands at 00:00:30; the schedule's next tick is 03:00:00.
+    assert_eq!(m.get("zib_dataset_next_run_seconds", &l), Some(3.0 * 3600.0 - 30.0));
+    assert_eq!(m.get("zib_jobs_max", &[]), Some(2.0));
+    let info = m.samples.iter().find(|s| s.name == "zib_daemon_info").expect("info");
+    assert_eq!(info.labels["version"], env!("CARGO_PKG_VERSION"));
+    let started = m.get("zib_daemon_start_time_seconds", &[]).unwrap();
+    assert!((Utc::now().timestamp() as f64 - started).abs() < 60.0, "{started}");
+    // The textfile is written at start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !textfile.exists() {
+        assert!(Instant::now() < deadline, "no textfile written at start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // During a (held) backup: running, and the counters grow while it uploads.
+    hold(ds, true);
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
+    wait_for(&core, ds, "uploading", |s| s.state == JobState::Uploading).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let during = loop {
+        let m = scrape(addr).await;
+        if m.get("zib_dataset_puts_total", &l).unwrap() >= 1.0 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no PUT counted during the backup");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state(&during, "running"), Some(1.0));
+    assert_eq!(state(&during, "scheduled"), Some(0.0));
+    assert_eq!(during.get("zib_jobs_running", &[]), Some(1.0));
+    let puts = during.get("zib_dataset_puts_total", &l).unwrap();
+    let bytes = during.get("zib_dataset_uploaded_bytes_total", &l).unwrap();
+    // Chunks are 64 KiB; the manifest comes last.
+    assert_eq!(bytes, puts * 65536.0, "{puts} PUTs, {bytes} bytes");
+    hold(ds, false);
+    let s = wait_for(&core, ds, "success", |s| {
+        s.last_success.is_some() && s.state == JobState::Scheduled
+    })
+    .await;
+
+    // After it: the last backup's figures, 16 chunks and the manifest.
+    let m = scrape(addr).await;
+    let at = s.last_success.as_ref().unwrap().at;
+    let last = m.get("zib_dataset_last_success_timestamp_seconds", &l).unwrap();
+    assert_eq!(last, at.timestamp_millis() as f64 / 1000.0);
+    assert_eq!(m.get("zib_dataset_last_attempt_timestamp_seconds", &l), Some(last));
+    assert_eq!(m.get("zib_dataset_last_attempt_success", &l), Some(1.0));
+    assert_eq!(m.get("zib_dataset_last_backup_bytes", &l), Some(1048576.0));
+    assert_eq!(m.get("zib_dataset_last_backup_objects", &l), Some(17.0));
+    assert_eq!(m.get("zib_dataset_puts_total", &l), Some(17.0));
+    let up = m.get("zib_dataset_uploaded_bytes_total", &l).unwrap();
+    assert!(up > 1048576.0 && up < 1048576.0 + 65536.0, "chunks and a manifest: {up}");
+    assert_eq!(m.get("zib_dataset_chain_length", &l), Some(1.0));
+    assert_eq!(m.get("zib_dataset_failures_total", &l), Some(0.0));
+    assert_eq!(state(&m, "scheduled"), Some(1.0));
+    assert_eq!(m.get("zib_jobs_running", &[]), Some(0.0));
+    // The textfile has it too, written after the run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let f = prom_text::parse(&std::fs::read_to_string(&textfile).unwrap());
+        if f.get("zib_dataset_last_backup_bytes", &l) == Some(1048576.0) {
+            assert_eq!(f.get("zib_dataset_puts_total", &l), Some(17.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the textfile was not rewritten after the run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A failed run: counted, last attempt 0, state failed; the last success stays.
+    destroy_snapshots_and_bookmarks(ds);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let done = trigger_and_wait(&core, ds, false).await;
+    assert!(matches!(done, Response::Done { ok: false, .. }), "{done:?}");
+    let m = scrape(addr).await;
+    assert_eq!(m.get("zib_dataset_failures_total", &l), Some(1.0));
+    assert_eq!(m.get("zib_dataset_last_attempt_success", &l), Some(0.0));
+    assert!(m.get("zib_dataset_last_attempt_timestamp_seconds", &l).unwrap() > last);
+    assert_eq!(m.get("zib_dataset_last_success_timestamp_seconds", &l), Some(last));
+    assert_eq!(state(&m, "failed"), Some(1.0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let f = prom_text::parse(&std::fs::read_to_string(&textfile).unwrap());
+        if f.get("zib_dataset_failures_total", &l) == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the textfile was not rewritten after the failure");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Only /metrics (and /) is served.
+    let (head, _) = http_get(addr, "/nope").await;
+    assert!(head.contains(" 404 "), "{head}");
+    assert!(d.stop().await);
+    // The endpoint is gone with the daemon.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening after stop");
+}
+
+#[test]
+fn the_strict_parser_rejects_what_the_format_does_not_allow() {
+    let ok = "# HELP a_total x\n# TYPE a_total counter\na_total{l=\"q\\\"\\\\\\n\"} 1\n";
+    assert_eq!(prom_text::parse(ok).get("a_total", &[("l", "q\"\\\n")]), Some(1.0));
+    for bad in [
+        "# HELP a x\n# TYPE a gauge\na 1", // no final line feed
+        "# HELP a x\n# TYPE a gauge\na{l=\"\\t\"} 1\n", // unknown escape
+        "# HELP a x\n# TYPE a gauge\na 1\na 2\n", // a series twice
+        "# HELP a x\n# TYPE a counter\na 1\n", // counter without _total
+        "# TYPE a gauge\na 1\n",           // no HELP
+        "# HELP a x\n# TYPE a gauge\nb 1\n", // sample outside its family
+        "# HELP a x\n# TYPE a gauge\na one\n", // not a number
+        "# HELP a x\n# TYPE a gauge\n# HELP b y\n# TYPE b gauge\na 1\n", // family split
+    ] {
+        let r = std::panic::catch_unwind(|| prom_text::parse(bad));
+        assert!(r.is_err(), "accepted {bad:?}");
+    }
+}
