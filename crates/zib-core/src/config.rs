@@ -73,6 +73,11 @@ pub struct DaemonConfig {
     /// Write the metrics for node exporter's textfile collector here (atomically, after every
     /// run); off when unset.
     pub metrics_textfile: Option<PathBuf>,
+    /// Run on a failed backup, a recovery and a stale dataset, with the details in `ZIB_*`
+    /// environment variables (and no other environment); off when unset.
+    pub notify_command: Option<Vec<String>>,
+    /// How long one notify command may run before it is killed.
+    pub notify_timeout_secs: u64,
 }
 
 impl Default for DaemonConfig {
@@ -87,6 +92,8 @@ impl Default for DaemonConfig {
             timezone: TimeZone::Utc,
             metrics_listen: None,
             metrics_textfile: None,
+            notify_command: None,
+            notify_timeout_secs: 30,
         }
     }
 }
@@ -184,6 +191,10 @@ pub struct DatasetConfig {
     /// skips. `--full` never skips.
     #[serde(default = "default_min_change")]
     pub min_change: ByteSize,
+    /// Notify (`daemon.notify_command`) when the last success is this old ("26h", "2d");
+    /// twice the schedule's interval, at least an hour, when unset.
+    #[serde(default)]
+    pub stale_after: Option<crate::alerts::Span>,
 }
 
 /// `min_change` when the config does not say: 64 KiB. Far less than a day of real use, far
@@ -343,6 +354,20 @@ impl Config {
             if !p.is_absolute() {
                 return Err(format!("{key} must be an absolute path, got {}", p.display()));
             }
+        }
+        if let Some(cmd) = &d.notify_command {
+            match cmd.first() {
+                None => return Err("daemon.notify_command must name a program (got [])".into()),
+                Some(p) if !Path::new(p).is_absolute() => {
+                    return Err(format!(
+                        "daemon.notify_command: the program must be an absolute path (it runs with an empty PATH of its own), got {p:?}"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if !(1..=3600).contains(&d.notify_timeout_secs) {
+            return Err("daemon.notify_timeout_secs must be between 1 and 3600".into());
         }
         if let Some(p) = &d.metrics_textfile
             && p.extension().is_none_or(|e| e != "prom")
@@ -628,6 +653,32 @@ mod tests {
         assert!(e.contains("daemon.metrics_textfile must be an absolute path"), "{e}");
         let e = err(&with("metrics_textfile = \"/var/lib/node_exporter/zib.txt\""));
         assert!(e.contains("daemon.metrics_textfile must end in .prom"), "{e}");
+    }
+
+    #[test]
+    fn notify_settings_are_checked() {
+        let c = parse(MIN).unwrap();
+        assert_eq!((c.daemon.notify_command, c.daemon.notify_timeout_secs), (None, 30));
+        assert_eq!(c.datasets[0].stale_after, None);
+        let with = |v: &str| format!("[daemon]\n{v}\n{MIN}");
+        let c = parse(&format!(
+            "{}stale_after = \"26h\"\n",
+            with("notify_command = [\"/usr/local/bin/notify\", \"--to\", \"me\"]")
+        ))
+        .unwrap();
+        assert_eq!(
+            c.daemon.notify_command,
+            Some(vec!["/usr/local/bin/notify".into(), "--to".into(), "me".into()])
+        );
+        assert_eq!(c.datasets[0].stale_after.unwrap().0.as_secs(), 26 * 3600);
+        let e = err(&with("notify_command = []"));
+        assert!(e.contains("daemon.notify_command must name a program"), "{e}");
+        let e = err(&with("notify_command = [\"notify\"]"));
+        assert!(e.contains("must be an absolute path"), "{e}");
+        let e = err(&with("notify_timeout_secs = 0"));
+        assert!(e.contains("daemon.notify_timeout_secs must be between 1 and 3600"), "{e}");
+        let e = err(&format!("{MIN}stale_after = \"soon\"\n"));
+        assert!(e.contains("invalid duration") && e.contains("line 7"), "{e}");
     }
 
     #[test]

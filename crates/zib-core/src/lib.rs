@@ -2,6 +2,7 @@
 //! (catalog) format, chain planning and the state record. No sockets, processes or AWS here, so
 //! everything is testable with plain unit tests; the daemon's I/O modules build on it.
 
+pub mod alerts;
 pub mod backup_plan;
 pub mod catalog;
 pub mod chunk_journal;

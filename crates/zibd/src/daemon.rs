@@ -230,6 +230,8 @@ impl Daemon {
         );
         daemon.core.resume_restores().await;
         daemon.spawn_metrics(metrics_listener);
+        // Always watching: a reload may set daemon.notify_command.
+        crate::alerts::spawn(daemon.core.clone());
         daemon.notifier.ready(&daemon.core.status_line());
         daemon.spawn_notifier_tasks();
         Ok(daemon)
@@ -409,6 +411,11 @@ impl DaemonCore {
             },
             datasets,
         }
+    }
+
+    /// What the daemon's tasks share (clock, tracker, shutdown token, run counter).
+    pub fn job_context(&self) -> &JobContext {
+        &self.ctx
     }
 
     /// What the metrics show now.

@@ -7,6 +7,7 @@
 #![allow(unsafe_code)] // std::env::set_var, once, before any runtime starts (see `setup`)
 
 use std::{
+    collections::BTreeMap,
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     sync::{Arc, OnceLock},
@@ -1326,4 +1327,131 @@ fn the_strict_parser_rejects_what_the_format_does_not_allow() {
         let r = std::panic::catch_unwind(|| prom_text::parse(bad));
         assert!(r.is_err(), "accepted {bad:?}");
     }
+}
+
+/// The notifications recorded by the notify command of [`notify_settings`]: (event, its
+/// environment), oldest first.
+fn notifications(dir: &Path) -> Vec<(String, BTreeMap<String, String>)> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.to_string_lossy().ends_with(".tmp"))
+            .collect(),
+        Err(_) => vec![],
+    };
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let env: BTreeMap<String, String> = std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+                .collect();
+            (env.get("ZIB_EVENT").cloned().unwrap_or_default(), env)
+        })
+        .collect()
+}
+
+/// `daemon.notify_command`: a script that writes its environment to one file per call in `dir`
+/// (a temp name renamed into place, so a reader never sees half a file).
+fn notify_settings(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = r#"f="$0/$(date +%s%N)-$ZIB_EVENT"; env > "$f.tmp"; mv "$f.tmp" "$f""#;
+    format!(
+        "notify_command = [\"/bin/sh\", \"-c\", {script:?}, {:?}]\nnotify_timeout_secs = 10",
+        dir.display().to_string()
+    )
+}
+
+async fn wait_notifications(dir: &Path, n: usize) -> Vec<(String, BTreeMap<String, String>)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = notifications(dir);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{n} notifications expected, got {got:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_command_runs_on_failure_recovery_and_staleness_without_secrets() {
+    let bed = Bed::new().await;
+    let (ds, idle) = ("alerts/data", "alerts/idle");
+    bed.write_config(&[(ds, "0 0 3 * * *"), (idle, "0 0 3 * * *")]);
+    let events = bed.dir.path().join("events");
+    daemon_settings(&bed, &notify_settings(&events));
+    // The idle dataset (never backed up) is stale an hour after the daemon started watching.
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(&bed.config, format!("{text}stale_after = \"1h\"\n")).unwrap();
+    // The daemon's environment holds credentials; the notify command must not see them.
+    assert!(std::env::var("AWS_SECRET_ACCESS_KEY").is_ok());
+    let d = bed.start().await;
+    let core = d.core();
+
+    // A success is quiet.
+    let done = trigger_and_wait(&core, ds, false).await;
+    assert!(matches!(done, Response::Done { ok: true, .. }), "{done:?}");
+    let success_at = status(&core, ds).await.last_success.unwrap().at;
+
+    // A failure: its error, the last success.
+    destroy_snapshots_and_bookmarks(ds);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let done = trigger_and_wait(&core, ds, false).await;
+    assert!(matches!(done, Response::Done { ok: false, .. }), "{done:?}");
+    let got = wait_notifications(&events, 1).await;
+    assert_eq!(got.len(), 1, "only the failure so far: {got:#?}");
+    let (event, env) = &got[0];
+    assert_eq!(event, "failure");
+    assert_eq!(env["ZIB_DATASET"], ds);
+    assert!(env["ZIB_ERROR"].contains(&format!("`zibctl trigger --full {ds}`")), "{env:?}");
+    assert_eq!(
+        env["ZIB_LAST_SUCCESS"],
+        success_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    assert!(env["ZIB_MESSAGE"].contains(&format!("backup of {ds} failed")), "{env:?}");
+    assert!(env.contains_key("ZIB_LAST_ATTEMPT") && env.contains_key("ZIB_HOST"), "{env:?}");
+
+    // The recovery.
+    let done = trigger_and_wait(&core, ds, true).await;
+    assert!(matches!(done, Response::Done { ok: true, .. }), "{done:?}");
+    let got = wait_notifications(&events, 2).await;
+    let (event, env) = &got[1];
+    assert_eq!(event, "recovery");
+    assert_eq!(env["ZIB_DATASET"], ds);
+    assert!(!env.contains_key("ZIB_ERROR"), "{env:?}");
+    assert!(env["ZIB_MESSAGE"].contains("succeeded again"), "{env:?}");
+
+    // Staleness: an hour and a minute later by the daemon's clock (no tick falls in between).
+    bed.clock.set(t("2026-01-01T01:01:00Z"));
+    let got = wait_notifications(&events, 3).await;
+    let (event, env) = &got[2];
+    assert_eq!(event, "stale");
+    assert_eq!(env["ZIB_DATASET"], idle);
+    assert_eq!(env["ZIB_STALE_AFTER_SECS"], "3600");
+    assert!(!env.contains_key("ZIB_LAST_SUCCESS"), "never backed up: {env:?}");
+    assert!(env["ZIB_MESSAGE"].contains("no successful backup of alerts/idle"), "{env:?}");
+    // Once per stale spell: later looks are quiet.
+    bed.clock.set(t("2026-01-01T01:05:00Z"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = notifications(&events);
+    assert_eq!(
+        got.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(),
+        ["failure", "recovery", "stale"]
+    );
+
+    // No secret and nothing else of the daemon's environment reached the command.
+    for (_, env) in &got {
+        for k in env.keys() {
+            assert!(
+                k.starts_with("ZIB_")
+                    || ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "PWD", "SHLVL", "_"]
+                        .contains(&k.as_str()),
+                "{k} reached the notify command"
+            );
+        }
+    }
+    assert!(d.stop().await);
 }
