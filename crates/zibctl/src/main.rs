@@ -140,6 +140,12 @@ enum RestoreCommand {
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Stop a restore job at its next safe point. A restart of zibd does not continue it;
+    /// `zibctl restore start` with the same target does, from where it stopped.
+    Cancel {
+        /// The job (its target dataset, as `restore status` lists it).
+        id: String,
+    },
     /// Show restore jobs.
     Status {
         /// Only this job.
@@ -239,7 +245,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             match response {
                 Response::Status { daemon, datasets } => {
-                    print!("{}", format::status_table(&daemon, &datasets, now))
+                    print!("{}", format::status_table(&daemon, &datasets, now, &chrono::Local))
                 }
                 other => return Err(unexpected(&request, &other)),
             }
@@ -341,6 +347,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 }
                 other => Err(unexpected(&request, &other)),
             }
+        }
+        Command::Restore { command: RestoreCommand::Cancel { id } } => {
+            let default = format!("cancelling restore job {id}");
+            let request = Request::RestoreCancel { id };
+            let response = client.call(&request).await?;
+            ok_message(response, &request, default)
         }
         Command::Restore { command: RestoreCommand::Status { id, json } } => {
             let request = Request::RestoreStatus { id };

@@ -820,6 +820,7 @@ impl Handler for DaemonCore {
                 self.prune(dataset.as_deref(), dry_run).await.into()
             }
             Request::RestoreStart(req) => self.restore_start(&req).await.into(),
+            Request::RestoreCancel { id } => self.restores.cancel_request(&id).into(),
             Request::RestoreStatus { id } => {
                 let jobs = self.restores.status(id.as_deref());
                 match id {

@@ -338,19 +338,20 @@ async fn over_the_socket(path: &Path, r: Request) -> Response {
     Client::connect(path).await.unwrap().call(&r).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restore_into_a_backed_up_dataset_holds_its_backups_while_it_runs() {
-    let mut bed = Bed::new().await;
-    let ds = "dr/data";
-    // S3 through a proxy, which holds the restore's chunk downloads, from the first on: the
-    // restore stays in its receiving phase (the stand-in's stream has no zfs send header, so a
-    // first chunk let through would end the restore at its header check, racing the test).
+/// A backed-up dataset lost and being restored into itself, its restore held in the receiving
+/// phase: S3 goes through a proxy which holds the restore's chunk downloads from the first on
+/// (the stand-in's stream has no zfs send header, so a first chunk let through would end the
+/// restore at its header check, racing the test). The proxy must outlive the test's daemons.
+async fn restore_held_in_receiving(
+    bed: &mut Bed,
+    ds: &str,
+    schedule: &str,
+) -> (Daemon, zib_testkit::FaultProxy, zib_protocol::RestoreStart) {
     let proxy = zib_testkit::FaultProxy::start(&bed.endpoint).await;
     bed.endpoint = proxy.endpoint();
-    bed.write_config(&[(ds, "0 * * * * *")]);
+    bed.write_config(&[(ds, schedule)]);
     let d = bed.start().await;
-    let core = d.core();
-    let done = trigger_and_wait(&core, ds, false).await;
+    let done = trigger_and_wait(&d.core(), ds, false).await;
     assert!(matches!(&done, Response::Done { ok: true, .. }), "{done:?}");
     // The disaster: the dataset is gone. Its recovery: restore it into itself.
     destroy_snapshots_and_bookmarks(ds);
@@ -369,19 +370,19 @@ async fn a_restore_into_a_backed_up_dataset_holds_its_backups_while_it_runs() {
         bucket: None,
         prefix: None,
     };
-    let r = over_the_socket(&bed.socket(), Request::RestoreStart(start)).await;
+    let r = over_the_socket(&bed.socket(), Request::RestoreStart(start.clone())).await;
     assert!(matches!(&r, Response::RestoreStarted { id } if id == ds), "{r:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r =
-            over_the_socket(&bed.socket(), Request::RestoreStatus { id: Some(ds.into()) }).await;
-        let Response::RestoreStatus { jobs } = r else { panic!("{r:?}") };
-        if jobs[0].state == zib_protocol::RestoreState::Receiving {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the restore never got to receiving: {jobs:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    use zib_protocol::RestoreState as S;
+    restore_job_until(bed, ds, "receiving", |j| j.state == S::Receiving).await;
+    (d, proxy, start)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_into_a_backed_up_dataset_holds_its_backups_while_it_runs() {
+    let mut bed = Bed::new().await;
+    let ds = "dr/data";
+    let (d, _proxy, _) = restore_held_in_receiving(&mut bed, ds, "0 * * * * *").await;
+    let core = d.core();
     let before = snapshots_taken(ds);
     // A trigger is refused, naming the restore.
     let r = over_the_socket(
@@ -1453,5 +1454,69 @@ async fn notify_command_runs_on_failure_recovery_and_staleness_without_secrets()
             );
         }
     }
+    assert!(d.stop().await);
+}
+
+/// The restore job `id` over the socket, once it is in a state `pred` accepts (30 s at most).
+async fn restore_job_until(
+    bed: &Bed,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&zib_protocol::RestoreJobStatus) -> bool,
+) -> zib_protocol::RestoreJobStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r =
+            over_the_socket(&bed.socket(), Request::RestoreStatus { id: Some(id.into()) }).await;
+        let Response::RestoreStatus { mut jobs } = r else { panic!("{r:?}") };
+        if pred(&jobs[0]) {
+            return jobs.remove(0);
+        }
+        assert!(Instant::now() < deadline, "restore {id}: {what}; last {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_restore_stops_and_a_restart_does_not_continue_it() {
+    let mut bed = Bed::new().await;
+    let ds = "rcancel/data";
+    let (d, _proxy, start) = restore_held_in_receiving(&mut bed, ds, "0 0 3 * * *").await;
+    use zib_protocol::RestoreState as S;
+
+    // Unknown ids are not found; the running job is cancelled.
+    let e = expect_err(
+        over_the_socket(&bed.socket(), Request::RestoreCancel { id: "no/such".into() }).await,
+        ErrorKind::NotFound,
+    );
+    assert!(e.contains("no restore job no/such") && e.contains(ds), "{e}");
+    let msg =
+        expect_ok(over_the_socket(&bed.socket(), Request::RestoreCancel { id: ds.into() }).await);
+    assert!(msg.contains("cancelling restore job") && msg.contains("does not continue"), "{msg}");
+    let j = restore_job_until(&bed, ds, "cancelled", |j| j.state == S::Cancelled).await;
+    assert!(j.finished_at.is_some() && j.error.is_some(), "{j:?}");
+    // A second cancel: not running any more.
+    let e = expect_err(
+        over_the_socket(&bed.socket(), Request::RestoreCancel { id: ds.into() }).await,
+        ErrorKind::Conflict,
+    );
+    assert!(e.contains("is not running: it was cancelled"), "{e}");
+    assert!(d.stop().await);
+
+    // The restart does not continue it: no job, and the record says cancelled.
+    let d = bed.start().await;
+    let r = over_the_socket(&bed.socket(), Request::RestoreStatus { id: None }).await;
+    let Response::RestoreStatus { jobs } = r else { panic!("{r:?}") };
+    assert!(jobs.is_empty(), "a cancelled restore was continued: {jobs:?}");
+    let record = bed.dir.path().join("state/restore/restore-rcancel%2Fdata.json");
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert!(rec["cancelled_at"].is_string(), "{rec}");
+    assert!(rec["finished_at"].is_null(), "{rec}");
+    // Starting it again continues it, and clears the mark (a restart would continue it now).
+    let r = over_the_socket(&bed.socket(), Request::RestoreStart(start)).await;
+    assert!(matches!(&r, Response::RestoreStarted { id } if id == ds), "{r:?}");
+    restore_job_until(&bed, ds, "receiving again", |j| j.state == S::Receiving).await;
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert!(rec.get("cancelled_at").is_none_or(|v| v.is_null()), "{rec}");
     assert!(d.stop().await);
 }
