@@ -111,6 +111,9 @@ enum Command {
     },
     /// Print a shell completion script (e.g. `zibctl completions bash > /etc/bash_completion.d/zibctl`).
     Completions { shell: clap_complete::Shell },
+    /// Write the man pages (zibctl.1 and one per subcommand) into DIR (for packagers).
+    #[command(hide = true)]
+    Man { dir: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +170,17 @@ fn main() -> ExitCode {
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "zibctl", &mut std::io::stdout());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Man { dir } = &cli.command {
+        return match std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("zibctl: cannot write the man pages to {}: {e}", dir.display());
+                ExitCode::from(exit::FAILED)
+            }
+        };
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -367,7 +381,9 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             Ok(exit::OK)
         }
-        Command::Completions { .. } => unreachable!("handled before connecting"),
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 

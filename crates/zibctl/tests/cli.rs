@@ -347,3 +347,18 @@ async fn permission_denied_on_the_socket_names_the_group() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("group 'daemon'"), "{}", stderr(&out));
 }
+
+#[test]
+fn man_pages_come_from_the_command_line_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zibctl"))
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(dir.path().join("zibctl.1")).unwrap();
+    assert!(page.contains(".TH zibctl 1") && page.contains("Exit codes"), "{page}");
+    let cancel = std::fs::read_to_string(dir.path().join("zibctl-restore-cancel.1")).unwrap();
+    assert!(cancel.contains("does not continue it"), "{cancel}");
+}

@@ -1520,3 +1520,73 @@ async fn a_cancelled_restore_stops_and_a_restart_does_not_continue_it() {
     assert!(rec.get("cancelled_at").is_none_or(|v| v.is_null()), "{rec}");
     assert!(d.stop().await);
 }
+
+#[test]
+fn json_logs_are_one_object_a_line_with_the_events_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    let config = dir.path().join("zibd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{root}/state\"\nspool_dir = \"{root}/spool\"\nsocket = \"{root}/zibd.sock\"\n\
+             [target]\nbucket = \"json-logs\"\nendpoint = \"http://127.0.0.1:9\"\n\
+             [[dataset]]\nname = \"tank/a\"\nschedule = \"0 3 * * *\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_zibd"))
+            .arg("--config")
+            .arg(&config)
+            .env_remove("NOTIFY_SOCKET")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("ZIB_LOG_FORMAT", "json")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let socket = dir.path().join("zibd.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "zibd never bound its socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(child.0.wait().unwrap().success(), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let ready = lines
+        .iter()
+        .find(|v| v["message"].as_str().is_some_and(|m| m.ends_with(" ready")))
+        .unwrap_or_else(|| panic!("no ready line in {err}"));
+    assert_eq!(ready["level"], "INFO", "{ready}");
+    assert_eq!(ready["datasets"], 1, "the event's fields are top-level keys: {ready}");
+    assert!(ready["timestamp"].is_string(), "{ready}");
+}
+
+#[test]
+fn man_pages_come_from_the_command_line_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"))
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(dir.path().join("zibd.1")).unwrap();
+    assert!(page.contains(".TH zibd 1") && page.contains("cold storage"), "{page}");
+    let backup = std::fs::read_to_string(dir.path().join("zibd-backup.1")).unwrap();
+    assert!(backup.contains("\\-\\-full"), "{backup}");
+    // A packaging command, not one for users: hidden from --help.
+    let help =
+        std::process::Command::new(env!("CARGO_BIN_EXE_zibd")).arg("--help").output().unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("man "), "listed in --help");
+}
