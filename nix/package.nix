@@ -1,6 +1,7 @@
 # zibd and zibctl, built from this repository with nixpkgs' Rust tooling and Cargo.lock
 # (every dependency comes from crates.io, so no outputHashes are needed).
 { lib
+, stdenv
 , rustPlatform
 , cmake
 ,
@@ -40,6 +41,14 @@ rustPlatform.buildRustPackage {
   # The workspace's tests include end-to-end tests that need a ZFS guest and S3 servers;
   # the flake's `checks.tests` runs the ones that work in the sandbox.
   doCheck = false;
+
+  # Man pages from the clap definitions (`zibd man DIR`, `zibctl man DIR`): the binaries must
+  # run on the build machine, so a cross build goes without them.
+  postInstall = lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
+    mkdir -p $out/share/man/man1
+    $out/bin/zibd man $out/share/man/man1
+    $out/bin/zibctl man $out/share/man/man1
+  '';
 
   meta = {
     description = "Incremental raw ZFS backups to S3 cold storage (Glacier Deep Archive), with restore";

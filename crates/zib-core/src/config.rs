@@ -72,6 +72,16 @@ pub struct DaemonConfig {
     pub max_upload_rate: Option<ByteRate>,
     /// The most bytes per second all restore downloads together receive; unset: no limit.
     pub max_download_rate: Option<ByteRate>,
+    /// Serve the Prometheus metrics over plain HTTP here (`"127.0.0.1:9813"`); off when unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Write the metrics for node exporter's textfile collector here (atomically, after every
+    /// run); off when unset.
+    pub metrics_textfile: Option<PathBuf>,
+    /// Run on a failed backup, a recovery and a stale dataset, with the details in `ZIB_*`
+    /// environment variables (and no other environment); off when unset.
+    pub notify_command: Option<Vec<String>>,
+    /// How long one notify command may run before it is killed.
+    pub notify_timeout_secs: u64,
 }
 
 impl Default for DaemonConfig {
@@ -86,6 +96,10 @@ impl Default for DaemonConfig {
             timezone: TimeZone::Utc,
             max_upload_rate: None,
             max_download_rate: None,
+            metrics_listen: None,
+            metrics_textfile: None,
+            notify_command: None,
+            notify_timeout_secs: 30,
         }
     }
 }
@@ -201,6 +215,10 @@ pub struct DatasetConfig {
     /// line and a status note say so), "fail" fails the backup until `--full` is asked for.
     #[serde(default)]
     pub on_broken_chain: OnBrokenChain,
+    /// Notify (`daemon.notify_command`) when the last success is this old ("26h", "2d");
+    /// twice the schedule's interval, at least an hour, when unset.
+    #[serde(default)]
+    pub stale_after: Option<crate::alerts::Span>,
 }
 
 /// `min_change` when the config does not say: 64 KiB. Far less than a day of real use, far
@@ -351,14 +369,40 @@ impl Config {
         if !(1..=64).contains(&d.max_concurrent_jobs) {
             return Err("daemon.max_concurrent_jobs must be between 1 and 64".into());
         }
+        let textfile = d.metrics_textfile.as_ref().map(|p| ("daemon.metrics_textfile", p));
         for (key, p) in [
             ("daemon.socket", &d.socket),
             ("daemon.state_dir", &d.state_dir),
             ("daemon.spool_dir", &d.spool_dir),
-        ] {
+        ]
+        .into_iter()
+        .chain(textfile)
+        {
             if !p.is_absolute() {
                 return Err(format!("{key} must be an absolute path, got {}", p.display()));
             }
+        }
+        if let Some(cmd) = &d.notify_command {
+            match cmd.first() {
+                None => return Err("daemon.notify_command must name a program (got [])".into()),
+                Some(p) if !Path::new(p).is_absolute() => {
+                    return Err(format!(
+                        "daemon.notify_command: the program must be an absolute path (it runs with an empty PATH of its own), got {p:?}"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if !(1..=3600).contains(&d.notify_timeout_secs) {
+            return Err("daemon.notify_timeout_secs must be between 1 and 3600".into());
+        }
+        if let Some(p) = &d.metrics_textfile
+            && p.extension().is_none_or(|e| e != "prom")
+        {
+            return Err(format!(
+                "daemon.metrics_textfile must end in .prom (node exporter reads only those), got {}",
+                p.display()
+            ));
         }
         let t = &self.target;
         if !(1..=MAX_PARALLEL_PUTS + 1).contains(&t.max_spooled_chunks) {
@@ -670,6 +714,54 @@ mod tests {
 
     fn err(t: &str) -> String {
         parse(t).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn metrics_settings_are_off_by_default_and_checked() {
+        let c = parse(MIN).unwrap();
+        assert_eq!((c.daemon.metrics_listen, c.daemon.metrics_textfile), (None, None));
+        let with = |v: &str| format!("[daemon]\n{v}\n{MIN}");
+        let c = parse(&with(
+            "metrics_listen = \"127.0.0.1:9813\"\nmetrics_textfile = \"/var/lib/node_exporter/zib.prom\"",
+        ))
+        .unwrap();
+        assert_eq!(c.daemon.metrics_listen, Some("127.0.0.1:9813".parse().unwrap()));
+        assert_eq!(
+            c.daemon.metrics_textfile.as_deref(),
+            Some(Path::new("/var/lib/node_exporter/zib.prom"))
+        );
+        let e = err(&with("metrics_listen = \"localhost\""));
+        assert!(e.contains("metrics_listen") && e.contains("line 2"), "{e}");
+        let e = err(&with("metrics_textfile = \"zib.prom\""));
+        assert!(e.contains("daemon.metrics_textfile must be an absolute path"), "{e}");
+        let e = err(&with("metrics_textfile = \"/var/lib/node_exporter/zib.txt\""));
+        assert!(e.contains("daemon.metrics_textfile must end in .prom"), "{e}");
+    }
+
+    #[test]
+    fn notify_settings_are_checked() {
+        let c = parse(MIN).unwrap();
+        assert_eq!((c.daemon.notify_command, c.daemon.notify_timeout_secs), (None, 30));
+        assert_eq!(c.datasets[0].stale_after, None);
+        let with = |v: &str| format!("[daemon]\n{v}\n{MIN}");
+        let c = parse(&format!(
+            "{}stale_after = \"26h\"\n",
+            with("notify_command = [\"/usr/local/bin/notify\", \"--to\", \"me\"]")
+        ))
+        .unwrap();
+        assert_eq!(
+            c.daemon.notify_command,
+            Some(vec!["/usr/local/bin/notify".into(), "--to".into(), "me".into()])
+        );
+        assert_eq!(c.datasets[0].stale_after.unwrap().0.as_secs(), 26 * 3600);
+        let e = err(&with("notify_command = []"));
+        assert!(e.contains("daemon.notify_command must name a program"), "{e}");
+        let e = err(&with("notify_command = [\"notify\"]"));
+        assert!(e.contains("must be an absolute path"), "{e}");
+        let e = err(&with("notify_timeout_secs = 0"));
+        assert!(e.contains("daemon.notify_timeout_secs must be between 1 and 3600"), "{e}");
+        let e = err(&format!("{MIN}stale_after = \"soon\"\n"));
+        assert!(e.contains("invalid duration") && e.contains("line 7"), "{e}");
     }
 
     #[test]

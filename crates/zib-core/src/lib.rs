@@ -2,6 +2,7 @@
 //! (catalog) format, chain planning and the state record. No sockets, processes or AWS here, so
 //! everything is testable with plain unit tests; the daemon's I/O modules build on it.
 
+pub mod alerts;
 pub mod backup_plan;
 pub mod catalog;
 pub mod chunk_journal;
@@ -10,6 +11,7 @@ pub mod human;
 pub mod legacy;
 pub mod lifecycle;
 pub mod manifest;
+pub mod metrics;
 pub mod names;
 pub mod period;
 pub mod pricing;

@@ -230,6 +230,7 @@ mod tests {
                 prefix: None,
             }),
             Request::RestoreStatus { id: None },
+            Request::RestoreCancel { id: "b".into() },
             Request::Cost { dataset: None },
             Request::PruneNow { dataset: None, dry_run: true },
             Request::Verify { dataset: None },
@@ -247,6 +248,7 @@ mod tests {
         assert!(!Request::Status { dataset: None }.is_mutating());
         assert!(!Request::Version.is_mutating());
         assert!(!Request::RestoreStatus { id: None }.is_mutating());
+        assert!(Request::RestoreCancel { id: "b".into() }.is_mutating());
         assert!(Request::Reload.is_mutating());
         assert!(Request::Trigger { dataset: "a".into(), wait: true, full: false }.is_mutating());
         assert!(Request::Pause { dataset: None }.is_mutating());

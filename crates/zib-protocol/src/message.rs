@@ -61,6 +61,10 @@ pub enum Request {
         #[serde(default)]
         id: Option<String>,
     },
+    /// Stop restore job `id` at its next safe point; a daemon restart does not continue it
+    /// (`restore start` of the same target does). Reply: [`Response::Ok`], or `not_found`.
+    /// Added within v1: an older daemon answers `unsupported`.
+    RestoreCancel { id: String },
     /// The cost ledger of one dataset's backups, or of every backup under the configured
     /// prefix (`None`), as `zibd cost` computes it. Reply: [`Response::Report`].
     Cost {
@@ -103,6 +107,7 @@ impl Request {
         "reload",
         "version",
         "restore_start",
+        "restore_cancel",
         "restore_status",
         "cost",
         "prune_now",
@@ -126,6 +131,7 @@ impl Request {
             Request::Version => "version",
             Request::RestoreStart(_) => "restore_start",
             Request::RestoreStatus { .. } => "restore_status",
+            Request::RestoreCancel { .. } => "restore_cancel",
             Request::Cost { .. } => "cost",
             Request::PruneNow { .. } => "prune_now",
             Request::Verify { .. } => "verify",

@@ -92,6 +92,7 @@ fn requests() -> Vec<(&'static str, Request)> {
         ),
         ("request-restore-status-all", Request::RestoreStatus { id: None }),
         ("request-restore-status-one", Request::RestoreStatus { id: Some("r-1".into()) }),
+        ("request-restore-cancel", Request::RestoreCancel { id: "tank/restored".into() }),
         ("request-cost-all", Request::Cost { dataset: None }),
         ("request-cost-one", Request::Cost { dataset: Some("tank/photos".into()) }),
         ("request-prune-now-all", Request::PruneNow { dataset: None, dry_run: false }),

@@ -26,6 +26,21 @@ pub fn relative_time(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
+/// The next run for people: relative and in the local time `tz`, e.g. `in 17h (Thu 03:00)`;
+/// the date instead of the weekday from 6 days on.
+pub fn next_run_label<Tz: chrono::TimeZone>(t: DateTime<Utc>, now: DateTime<Utc>, tz: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let local = t.with_timezone(tz);
+    let when = if (t - now).num_days().abs() < 6 {
+        local.format("%a %H:%M")
+    } else {
+        local.format("%Y-%m-%d %H:%M")
+    };
+    format!("{} ({when})", relative_time(t, now))
+}
+
 /// Percentage of `part` in `total`, floored, capped at 100 (estimates can be exceeded).
 fn percent(part: u64, total: u64) -> u64 {
     if total == 0 { 100 } else { (u128::from(part) * 100 / u128::from(total)).min(100) as u64 }
@@ -116,7 +131,16 @@ pub fn daemon_line(d: &DaemonInfo) -> String {
 }
 
 /// The `zibctl status` table, then one note line per dataset with an error or missed ticks.
-pub fn status_table(daemon: &DaemonInfo, datasets: &[DatasetStatus], now: DateTime<Utc>) -> String {
+/// The `zibctl status` table; next runs are shown in the time zone `tz` too.
+pub fn status_table<Tz: chrono::TimeZone>(
+    daemon: &DaemonInfo,
+    datasets: &[DatasetStatus],
+    now: DateTime<Utc>,
+    tz: &Tz,
+) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
     let header =
         ["DATASET", "STATE", "PROGRESS", "RATE", "ETA", "LAST SUCCESS", "NEXT RUN", "CHAIN"];
     let rows: Vec<Vec<String>> = datasets
@@ -136,7 +160,7 @@ pub fn status_table(daemon: &DaemonInfo, datasets: &[DatasetStatus], now: DateTi
             };
             let next = match (d.next_run, d.paused) {
                 (_, true) => "paused".into(),
-                (Some(t), false) => relative_time(t, now),
+                (Some(t), false) => next_run_label(t, now, tz),
                 (None, false) => DASH.into(),
             };
             vec![
@@ -400,14 +424,14 @@ mod tests {
             last_error: Some(LastError { at: t(NOW - 7200), message: "old".into() }),
             ..idle("tank/vm")
         };
-        let out = status_table(&daemon(), &[uploading, paused, fixed_error], t(NOW));
+        let out = status_table(&daemon(), &[uploading, paused, fixed_error], t(NOW), &Utc);
         let expected = "\
 zibd 0.1.0 (protocol 1), up 3h, 1 of 2 jobs running
 
-DATASET      STATE      PROGRESS                              RATE        ETA     LAST SUCCESS        NEXT RUN  CHAIN
-tank/photos  uploading  3.0 GiB / 10.0 GiB (30%), chunk 4/10  50.0 MiB/s  2m 23s  1d ago (123.0 MiB)  in 17h    4
-tank/docs    paused     -                                     -           -       never               paused    0
-tank/vm      scheduled  -                                     -           -       1m ago (0 B)        in 3h     0
+DATASET      STATE      PROGRESS                              RATE        ETA     LAST SUCCESS        NEXT RUN            CHAIN
+tank/photos  uploading  3.0 GiB / 10.0 GiB (30%), chunk 4/10  50.0 MiB/s  2m 23s  1d ago (123.0 MiB)  in 17h (Thu 21:00)  4
+tank/docs    paused     -                                     -           -       never               paused              0
+tank/vm      scheduled  -                                     -           -       1m ago (0 B)        in 3h (Thu 07:00)   0
 
 tank/photos: failed 5m ago: S3 503 SlowDown after 8 attempts
 tank/photos: 2 scheduled runs skipped while a run was still going
@@ -416,9 +440,18 @@ tank/photos: 2 scheduled runs skipped while a run was still going
     }
 
     #[test]
+    fn next_runs_show_local_time_too() {
+        let now = t(NOW); // Thursday 2026-01-01 04:00 UTC
+        assert_eq!(next_run_label(t(NOW + 3600), now, &Utc), "in 1h (Thu 05:00)");
+        let cet = chrono::FixedOffset::east_opt(3600).unwrap();
+        assert_eq!(next_run_label(t(NOW + 23 * 3600), now, &cet), "in 23h (Fri 04:00)");
+        assert_eq!(next_run_label(t(NOW + 10 * 86_400), now, &cet), "in 10d (2026-01-11 05:00)");
+    }
+
+    #[test]
     fn status_table_empty_and_pausing() {
         assert_eq!(
-            status_table(&daemon(), &[], t(NOW)),
+            status_table(&daemon(), &[], t(NOW), &Utc),
             "zibd 0.1.0 (protocol 1), up 3h, 1 of 2 jobs running\nno datasets configured\n"
         );
         assert_eq!(state_label(JobState::Uploading, true), "uploading (pausing)");

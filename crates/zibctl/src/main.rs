@@ -111,6 +111,9 @@ enum Command {
     },
     /// Print a shell completion script (e.g. `zibctl completions bash > /etc/bash_completion.d/zibctl`).
     Completions { shell: clap_complete::Shell },
+    /// Write the man pages (zibctl.1 and one per subcommand) into DIR (for packagers).
+    #[command(hide = true)]
+    Man { dir: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +143,12 @@ enum RestoreCommand {
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Stop a restore job at its next safe point. A restart of zibd does not continue it;
+    /// `zibctl restore start` with the same target does, from where it stopped.
+    Cancel {
+        /// The job (its target dataset, as `restore status` lists it).
+        id: String,
+    },
     /// Show restore jobs.
     Status {
         /// Only this job.
@@ -161,6 +170,17 @@ fn main() -> ExitCode {
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "zibctl", &mut std::io::stdout());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Man { dir } = &cli.command {
+        return match std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("zibctl: cannot write the man pages to {}: {e}", dir.display());
+                ExitCode::from(exit::FAILED)
+            }
+        };
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -239,7 +259,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             match response {
                 Response::Status { daemon, datasets } => {
-                    print!("{}", format::status_table(&daemon, &datasets, now))
+                    print!("{}", format::status_table(&daemon, &datasets, now, &chrono::Local))
                 }
                 other => return Err(unexpected(&request, &other)),
             }
@@ -342,6 +362,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 other => Err(unexpected(&request, &other)),
             }
         }
+        Command::Restore { command: RestoreCommand::Cancel { id } } => {
+            let default = format!("cancelling restore job {id}");
+            let request = Request::RestoreCancel { id };
+            let response = client.call(&request).await?;
+            ok_message(response, &request, default)
+        }
         Command::Restore { command: RestoreCommand::Status { id, json } } => {
             let request = Request::RestoreStatus { id };
             let response = client.call(&request).await?;
@@ -355,7 +381,9 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             Ok(exit::OK)
         }
-        Command::Completions { .. } => unreachable!("handled before connecting"),
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 

@@ -35,7 +35,8 @@ fn fake_daemon(
 
 async fn zibctl(socket: &Path, args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_zibctl"));
-    cmd.arg("--socket").arg(socket).args(args).env_remove("ZIBCTL_SOCKET");
+    // Local times in UTC, whatever the machine's zone.
+    cmd.arg("--socket").arg(socket).args(args).env_remove("ZIBCTL_SOCKET").env("TZ", "UTC");
     cmd.output().await.unwrap()
 }
 
@@ -102,6 +103,14 @@ async fn status_table() {
         "{text}"
     );
     assert!(text.contains("5m ago (2.0 KiB)") && text.contains("in 3h"), "{text}");
+    // The next run in local time too (TZ=UTC here), and the chain since the last full.
+    let next = (Utc::now() + Duration::hours(3) + Duration::seconds(30)).format("(%a %H:%M)");
+    let next_alt = (Utc::now() + Duration::hours(3) + Duration::seconds(29)).format("(%a %H:%M)");
+    assert!(text.contains(&next.to_string()) || text.contains(&next_alt.to_string()), "{text}");
+    assert!(
+        text.contains("CHAIN") && text.trim_end().lines().nth(3).unwrap().ends_with(" 3"),
+        "{text}"
+    );
     assert_eq!(task.await.unwrap(), [Request::Status { dataset: None }]);
 }
 
@@ -206,6 +215,11 @@ async fn mutating_commands_print_the_daemon_message() {
             Request::Cancel { dataset: "tank/a".into() },
         ),
         (&["reload"][..], "configuration reloaded\n", Request::Reload),
+        (
+            &["restore", "cancel", "tank/r"][..],
+            "cancelling restore job tank/r\n",
+            Request::RestoreCancel { id: "tank/r".into() },
+        ),
         (
             &["trigger", "tank/a"][..],
             "triggered a backup of tank/a\n",
@@ -332,4 +346,19 @@ async fn permission_denied_on_the_socket_names_the_group() {
     };
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("group 'daemon'"), "{}", stderr(&out));
+}
+
+#[test]
+fn man_pages_come_from_the_command_line_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zibctl"))
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(dir.path().join("zibctl.1")).unwrap();
+    assert!(page.contains(".TH zibctl 1") && page.contains("Exit codes"), "{page}");
+    let cancel = std::fs::read_to_string(dir.path().join("zibctl-restore-cancel.1")).unwrap();
+    assert!(cancel.contains("does not continue it"), "{cancel}");
 }

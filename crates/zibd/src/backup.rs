@@ -81,6 +81,9 @@ pub struct Progress {
     pub chunk_size: u64,
     pub attempt: u32,
     pub started_at: Option<DateTime<Utc>>,
+    /// Bytes and objects PUT by this run (chunks and the manifest), for the metrics' counters.
+    pub bytes_uploaded: u64,
+    pub puts: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -912,6 +915,8 @@ impl Backup<'_> {
                             self.set_progress(|pr| {
                                 pr.bytes_done += size;
                                 pr.chunks_done += 1;
+                                pr.bytes_uploaded += size;
+                                pr.puts += 1;
                             });
                         }
                         // Not recorded, so not ours to trust: go on under a new key prefix.
@@ -1020,7 +1025,12 @@ impl Backup<'_> {
             let bytes = m.to_json_for_commit().map_err(|e| {
                 BackupError::Catalog(format!("refusing to commit the manifest {key}: {e}"))
             })?;
+            let len = bytes.len() as u64;
             self.engine.s3.put_small_once(&key, bytes, "application/json").await?;
+            self.set_progress(|pr| {
+                pr.bytes_uploaded += len;
+                pr.puts += 1;
+            });
         }
         let stream_size = m.stream_size;
         failpoint::hit("after-manifest");

@@ -76,6 +76,8 @@ pub enum StartError {
     Control(#[from] ControlError),
     #[error("the control socket {} does not answer: {detail}", path.display())]
     SelfCheck { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::http::ListenError),
 }
 
 impl StartError {
@@ -142,6 +144,8 @@ pub struct Daemon {
     notifier: Notifier,
     server: JoinHandle<()>,
     socket_path: PathBuf,
+    /// Where the metrics endpoint listens (`daemon.metrics_listen`, its port resolved).
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Daemon {
@@ -171,6 +175,11 @@ impl Daemon {
             replace_stale: true,
             ..ControlConfig::new(&d.socket, d.socket_group.clone())
         })?;
+        let metrics_listener = match d.metrics_listen {
+            Some(addr) => Some(crate::metrics::http::bind(addr).await?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let engine = Engine::from_config(&cfg).await;
         let ctx = JobContext {
@@ -179,6 +188,7 @@ impl Daemon {
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             changed: Arc::new(Notify::new()),
+            run_ended: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         let mut jobs = BTreeMap::new();
         for (ds, lock) in cfg.datasets.iter().zip(locks) {
@@ -204,7 +214,7 @@ impl Daemon {
             core.clone(),
             ctx.shutdown.clone().cancelled_owned(),
         ));
-        let daemon = Daemon { core, notifier: opts.notifier, server, socket_path };
+        let daemon = Daemon { core, notifier: opts.notifier, server, socket_path, metrics_addr };
 
         if let Err(detail) = self_check(&daemon.socket_path).await {
             let path = daemon.socket_path.clone();
@@ -219,9 +229,37 @@ impl Daemon {
             env!("CARGO_PKG_VERSION")
         );
         daemon.core.resume_restores().await;
+        daemon.spawn_metrics(metrics_listener);
+        // Always watching: a reload may set daemon.notify_command.
+        crate::alerts::spawn(daemon.core.clone());
         daemon.notifier.ready(&daemon.core.status_line());
         daemon.spawn_notifier_tasks();
         Ok(daemon)
+    }
+
+    /// Where the metrics endpoint listens, if it is on.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics endpoint and the textfile writer, when configured.
+    fn spawn_metrics(&self, listener: Option<tokio::net::TcpListener>) {
+        let core = self.core.clone();
+        let render: Arc<dyn Fn() -> String + Send + Sync> =
+            Arc::new(move || zib_core::metrics::render(&core.metrics()));
+        let ctx = &self.core.ctx;
+        if let Some(l) = listener {
+            crate::metrics::http::serve(l, render.clone(), &ctx.tracker, ctx.shutdown.clone());
+        }
+        if let Some(path) = self.core.config().daemon.metrics_textfile.clone() {
+            crate::metrics::textfile::spawn_writer(
+                path,
+                render,
+                ctx.run_ended.subscribe(),
+                &ctx.tracker,
+                ctx.shutdown.clone(),
+            );
+        }
     }
 
     /// The request handler (what the control socket calls).
@@ -372,6 +410,31 @@ impl DaemonCore {
                 restores_running: self.restores.running() as u32,
             },
             datasets,
+        }
+    }
+
+    /// What the daemon's tasks share (clock, tracker, shutdown token, run counter).
+    pub fn job_context(&self) -> &JobContext {
+        &self.ctx
+    }
+
+    /// What the metrics show now.
+    pub fn metrics(&self) -> zib_core::metrics::MetricsSnapshot {
+        let all = self.jobs();
+        zib_core::metrics::MetricsSnapshot {
+            now: self.ctx.clock.now(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: PROTOCOL_VERSION,
+            started_at: self.started_at,
+            jobs_running: all.iter().filter(|j| j.is_running()).count() as u32,
+            jobs_max: self.config().daemon.max_concurrent_jobs as u32,
+            datasets: all.iter().map(JobHandle::metrics).collect(),
+            restores: self
+                .restores
+                .status(None)
+                .iter()
+                .map(crate::metrics::restore_metrics)
+                .collect(),
         }
     }
 
@@ -757,6 +820,7 @@ impl Handler for DaemonCore {
                 self.prune(dataset.as_deref(), dry_run).await.into()
             }
             Request::RestoreStart(req) => self.restore_start(&req).await.into(),
+            Request::RestoreCancel { id } => self.restores.cancel_request(&id).into(),
             Request::RestoreStatus { id } => {
                 let jobs = self.restores.status(id.as_deref());
                 match id {

@@ -1,6 +1,7 @@
 //! zibd as a library: the daemon's I/O modules (zfs, S3, state store) and the jobs built on
 //! them. `main.rs` only calls [`cli::main`].
 
+pub mod alerts;
 pub mod backup;
 pub mod bandwidth;
 pub mod cli;
@@ -11,6 +12,8 @@ pub mod failpoint;
 pub mod import_legacy;
 pub mod job;
 pub mod lifecycle;
+pub mod metrics;
+pub mod notify_command;
 pub mod now;
 pub mod path_error;
 pub mod process;

@@ -7,6 +7,7 @@
 #![allow(unsafe_code)] // std::env::set_var, once, before any runtime starts (see `setup`)
 
 use std::{
+    collections::BTreeMap,
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     sync::{Arc, OnceLock},
@@ -344,19 +345,20 @@ async fn over_the_socket(path: &Path, r: Request) -> Response {
     Client::connect(path).await.unwrap().call(&r).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restore_into_a_backed_up_dataset_holds_its_backups_while_it_runs() {
-    let mut bed = Bed::new().await;
-    let ds = "dr/data";
-    // S3 through a proxy, which holds the restore's chunk downloads, from the first on: the
-    // restore stays in its receiving phase (the stand-in's stream has no zfs send header, so a
-    // first chunk let through would end the restore at its header check, racing the test).
+/// A backed-up dataset lost and being restored into itself, its restore held in the receiving
+/// phase: S3 goes through a proxy which holds the restore's chunk downloads from the first on
+/// (the stand-in's stream has no zfs send header, so a first chunk let through would end the
+/// restore at its header check, racing the test). The proxy must outlive the test's daemons.
+async fn restore_held_in_receiving(
+    bed: &mut Bed,
+    ds: &str,
+    schedule: &str,
+) -> (Daemon, zib_testkit::FaultProxy, zib_protocol::RestoreStart) {
     let proxy = zib_testkit::FaultProxy::start(&bed.endpoint).await;
     bed.endpoint = proxy.endpoint();
-    bed.write_config(&[(ds, "0 * * * * *")]);
+    bed.write_config(&[(ds, schedule)]);
     let d = bed.start().await;
-    let core = d.core();
-    let done = trigger_and_wait(&core, ds, false).await;
+    let done = trigger_and_wait(&d.core(), ds, false).await;
     assert!(matches!(&done, Response::Done { ok: true, .. }), "{done:?}");
     // The disaster: the dataset is gone. Its recovery: restore it into itself.
     destroy_snapshots_and_bookmarks(ds);
@@ -375,19 +377,19 @@ async fn a_restore_into_a_backed_up_dataset_holds_its_backups_while_it_runs() {
         bucket: None,
         prefix: None,
     };
-    let r = over_the_socket(&bed.socket(), Request::RestoreStart(start)).await;
+    let r = over_the_socket(&bed.socket(), Request::RestoreStart(start.clone())).await;
     assert!(matches!(&r, Response::RestoreStarted { id } if id == ds), "{r:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r =
-            over_the_socket(&bed.socket(), Request::RestoreStatus { id: Some(ds.into()) }).await;
-        let Response::RestoreStatus { jobs } = r else { panic!("{r:?}") };
-        if jobs[0].state == zib_protocol::RestoreState::Receiving {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the restore never got to receiving: {jobs:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    use zib_protocol::RestoreState as S;
+    restore_job_until(bed, ds, "receiving", |j| j.state == S::Receiving).await;
+    (d, proxy, start)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_into_a_backed_up_dataset_holds_its_backups_while_it_runs() {
+    let mut bed = Bed::new().await;
+    let ds = "dr/data";
+    let (d, _proxy, _) = restore_held_in_receiving(&mut bed, ds, "0 * * * * *").await;
+    let core = d.core();
     let before = snapshots_taken(ds);
     // A trigger is refused, naming the restore.
     let r = over_the_socket(
@@ -1160,4 +1162,438 @@ async fn an_idle_run_shows_skipped_no_change_in_status() {
     assert_eq!(s.state, JobState::Scheduled);
     assert_eq!(snapshots_taken(ds), 1, "no snapshot on an idle day");
     assert!(d.stop().await);
+}
+
+#[path = "support/prom_text.rs"]
+mod prom_text;
+
+/// Adds `lines` to the config's `[daemon]` table.
+fn daemon_settings(bed: &Bed, lines: &str) {
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(&bed.config, text.replacen("[daemon]\n", &format!("[daemon]\n{lines}\n"), 1))
+        .unwrap();
+}
+
+/// One plain HTTP/1.0 GET: the status line and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf))
+        .await
+        .expect("the metrics endpoint answers")
+        .unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").expect("a header block");
+    (head.to_owned(), body.to_owned())
+}
+
+/// Scrapes `/metrics` and parses it strictly.
+async fn scrape(addr: std::net::SocketAddr) -> prom_text::Exposition {
+    let (head, body) = http_get(addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    prom_text::parse(&body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_and_textfile_follow_a_backup_and_a_failure() {
+    let bed = Bed::new().await;
+    let ds = "metrics/data";
+    bed.write_config(&[(ds, "0 0 3 * * *")]);
+    let textfile = bed.dir.path().join("node_exporter/zib.prom");
+    std::fs::create_dir_all(textfile.parent().unwrap()).unwrap();
+    daemon_settings(
+        &bed,
+        &format!("metrics_listen = \"127.0.0.1:0\"\nmetrics_textfile = \"{}\"", textfile.display()),
+    );
+    let d = bed.start().await;
+    let core = d.core();
+    let addr = d.metrics_addr().expect("the endpoint is on");
+    let l = [("dataset", ds)];
+    let state = |m: &prom_text::Exposition, st: &str| {
+        m.get("zib_dataset_state", &[("dataset", ds), ("state", st)])
+    };
+
+    // Before any backup: scheduled, nothing uploaded, no last success series.
+    let m = scrape(addr).await;
+    assert_eq!(state(&m, "scheduled"), Some(1.0));
+    assert_eq!(state(&m, "running"), Some(0.0));
+    assert_eq!(m.get("zib_dataset_puts_total", &l), Some(0.0));
+    assert_eq!(m.get("zib_dataset_last_success_timestamp_seconds", &l), None);
+    // The clock stands at 00:00:30; the schedule's next tick is 03:00:00.
+    assert_eq!(m.get("zib_dataset_next_run_seconds", &l), Some(3.0 * 3600.0 - 30.0));
+    assert_eq!(m.get("zib_jobs_max", &[]), Some(2.0));
+    let info = m.samples.iter().find(|s| s.name == "zib_daemon_info").expect("info");
+    assert_eq!(info.labels["version"], env!("CARGO_PKG_VERSION"));
+    let started = m.get("zib_daemon_start_time_seconds", &[]).unwrap();
+    assert!((Utc::now().timestamp() as f64 - started).abs() < 60.0, "{started}");
+    // The textfile is written at start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !textfile.exists() {
+        assert!(Instant::now() < deadline, "no textfile written at start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // During a (held) backup: running, and the counters grow while it uploads.
+    hold(ds, true);
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
+    wait_for(&core, ds, "uploading", |s| s.state == JobState::Uploading).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let during = loop {
+        let m = scrape(addr).await;
+        if m.get("zib_dataset_puts_total", &l).unwrap() >= 1.0 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no PUT counted during the backup");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state(&during, "running"), Some(1.0));
+    assert_eq!(state(&during, "scheduled"), Some(0.0));
+    assert_eq!(during.get("zib_jobs_running", &[]), Some(1.0));
+    let puts = during.get("zib_dataset_puts_total", &l).unwrap();
+    let bytes = during.get("zib_dataset_uploaded_bytes_total", &l).unwrap();
+    // Chunks are 64 KiB; the manifest comes last.
+    assert_eq!(bytes, puts * 65536.0, "{puts} PUTs, {bytes} bytes");
+    hold(ds, false);
+    let s = wait_for(&core, ds, "success", |s| {
+        s.last_success.is_some() && s.state == JobState::Scheduled
+    })
+    .await;
+
+    // After it: the last backup's figures, 16 chunks and the manifest.
+    let m = scrape(addr).await;
+    let at = s.last_success.as_ref().unwrap().at;
+    let last = m.get("zib_dataset_last_success_timestamp_seconds", &l).unwrap();
+    assert_eq!(last, at.timestamp_millis() as f64 / 1000.0);
+    assert_eq!(m.get("zib_dataset_last_attempt_timestamp_seconds", &l), Some(last));
+    assert_eq!(m.get("zib_dataset_last_attempt_success", &l), Some(1.0));
+    assert_eq!(m.get("zib_dataset_last_backup_bytes", &l), Some(1048576.0));
+    assert_eq!(m.get("zib_dataset_last_backup_objects", &l), Some(17.0));
+    assert_eq!(m.get("zib_dataset_puts_total", &l), Some(17.0));
+    let up = m.get("zib_dataset_uploaded_bytes_total", &l).unwrap();
+    assert!(up > 1048576.0 && up < 1048576.0 + 65536.0, "chunks and a manifest: {up}");
+    assert_eq!(m.get("zib_dataset_chain_length", &l), Some(1.0));
+    assert_eq!(m.get("zib_dataset_failures_total", &l), Some(0.0));
+    assert_eq!(state(&m, "scheduled"), Some(1.0));
+    assert_eq!(m.get("zib_jobs_running", &[]), Some(0.0));
+    // The textfile has it too, written after the run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let f = prom_text::parse(&std::fs::read_to_string(&textfile).unwrap());
+        if f.get("zib_dataset_last_backup_bytes", &l) == Some(1048576.0) {
+            assert_eq!(f.get("zib_dataset_puts_total", &l), Some(17.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the textfile was not rewritten after the run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A failed run: counted, last attempt 0, state failed; the last success stays.
+    destroy_snapshots_and_bookmarks(ds);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let done = trigger_and_wait(&core, ds, false).await;
+    assert!(matches!(done, Response::Done { ok: false, .. }), "{done:?}");
+    let m = scrape(addr).await;
+    assert_eq!(m.get("zib_dataset_failures_total", &l), Some(1.0));
+    assert_eq!(m.get("zib_dataset_last_attempt_success", &l), Some(0.0));
+    assert!(m.get("zib_dataset_last_attempt_timestamp_seconds", &l).unwrap() > last);
+    assert_eq!(m.get("zib_dataset_last_success_timestamp_seconds", &l), Some(last));
+    assert_eq!(state(&m, "failed"), Some(1.0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let f = prom_text::parse(&std::fs::read_to_string(&textfile).unwrap());
+        if f.get("zib_dataset_failures_total", &l) == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the textfile was not rewritten after the failure");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Only /metrics (and /) is served.
+    let (head, _) = http_get(addr, "/nope").await;
+    assert!(head.contains(" 404 "), "{head}");
+    assert!(d.stop().await);
+    // The endpoint is gone with the daemon.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening after stop");
+}
+
+#[test]
+fn the_strict_parser_rejects_what_the_format_does_not_allow() {
+    let ok = "# HELP a_total x\n# TYPE a_total counter\na_total{l=\"q\\\"\\\\\\n\"} 1\n";
+    assert_eq!(prom_text::parse(ok).get("a_total", &[("l", "q\"\\\n")]), Some(1.0));
+    for bad in [
+        "# HELP a x\n# TYPE a gauge\na 1", // no final line feed
+        "# HELP a x\n# TYPE a gauge\na{l=\"\\t\"} 1\n", // unknown escape
+        "# HELP a x\n# TYPE a gauge\na 1\na 2\n", // a series twice
+        "# HELP a x\n# TYPE a counter\na 1\n", // counter without _total
+        "# TYPE a gauge\na 1\n",           // no HELP
+        "# HELP a x\n# TYPE a gauge\nb 1\n", // sample outside its family
+        "# HELP a x\n# TYPE a gauge\na one\n", // not a number
+        "# HELP a x\n# TYPE a gauge\n# HELP b y\n# TYPE b gauge\na 1\n", // family split
+    ] {
+        let r = std::panic::catch_unwind(|| prom_text::parse(bad));
+        assert!(r.is_err(), "accepted {bad:?}");
+    }
+}
+
+/// The notifications recorded by the notify command of [`notify_settings`]: (event, its
+/// environment), oldest first.
+fn notifications(dir: &Path) -> Vec<(String, BTreeMap<String, String>)> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.to_string_lossy().ends_with(".tmp"))
+            .collect(),
+        Err(_) => vec![],
+    };
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let env: BTreeMap<String, String> = std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+                .collect();
+            (env.get("ZIB_EVENT").cloned().unwrap_or_default(), env)
+        })
+        .collect()
+}
+
+/// `daemon.notify_command`: a script that writes its environment to one file per call in `dir`
+/// (a temp name renamed into place, so a reader never sees half a file).
+fn notify_settings(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = r#"f="$0/$(date +%s%N)-$ZIB_EVENT"; env > "$f.tmp"; mv "$f.tmp" "$f""#;
+    format!(
+        "notify_command = [\"/bin/sh\", \"-c\", {script:?}, {:?}]\nnotify_timeout_secs = 10",
+        dir.display().to_string()
+    )
+}
+
+async fn wait_notifications(dir: &Path, n: usize) -> Vec<(String, BTreeMap<String, String>)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = notifications(dir);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{n} notifications expected, got {got:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_command_runs_on_failure_recovery_and_staleness_without_secrets() {
+    let bed = Bed::new().await;
+    let (ds, idle) = ("alerts/data", "alerts/idle");
+    bed.write_config(&[(ds, "0 0 3 * * *"), (idle, "0 0 3 * * *")]);
+    let events = bed.dir.path().join("events");
+    daemon_settings(&bed, &notify_settings(&events));
+    // The idle dataset (never backed up) is stale an hour after the daemon started watching.
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(&bed.config, format!("{text}stale_after = \"1h\"\n")).unwrap();
+    // The daemon's environment holds credentials; the notify command must not see them.
+    assert!(std::env::var("AWS_SECRET_ACCESS_KEY").is_ok());
+    let d = bed.start().await;
+    let core = d.core();
+
+    // A success is quiet.
+    let done = trigger_and_wait(&core, ds, false).await;
+    assert!(matches!(done, Response::Done { ok: true, .. }), "{done:?}");
+    let success_at = status(&core, ds).await.last_success.unwrap().at;
+
+    // A failure: its error, the last success.
+    destroy_snapshots_and_bookmarks(ds);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let done = trigger_and_wait(&core, ds, false).await;
+    assert!(matches!(done, Response::Done { ok: false, .. }), "{done:?}");
+    let got = wait_notifications(&events, 1).await;
+    assert_eq!(got.len(), 1, "only the failure so far: {got:#?}");
+    let (event, env) = &got[0];
+    assert_eq!(event, "failure");
+    assert_eq!(env["ZIB_DATASET"], ds);
+    assert!(env["ZIB_ERROR"].contains(&format!("`zibctl trigger --full {ds}`")), "{env:?}");
+    assert_eq!(
+        env["ZIB_LAST_SUCCESS"],
+        success_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    assert!(env["ZIB_MESSAGE"].contains(&format!("backup of {ds} failed")), "{env:?}");
+    assert!(env.contains_key("ZIB_LAST_ATTEMPT") && env.contains_key("ZIB_HOST"), "{env:?}");
+
+    // The recovery.
+    let done = trigger_and_wait(&core, ds, true).await;
+    assert!(matches!(done, Response::Done { ok: true, .. }), "{done:?}");
+    let got = wait_notifications(&events, 2).await;
+    let (event, env) = &got[1];
+    assert_eq!(event, "recovery");
+    assert_eq!(env["ZIB_DATASET"], ds);
+    assert!(!env.contains_key("ZIB_ERROR"), "{env:?}");
+    assert!(env["ZIB_MESSAGE"].contains("succeeded again"), "{env:?}");
+
+    // Staleness: an hour and a minute later by the daemon's clock (no tick falls in between).
+    bed.clock.set(t("2026-01-01T01:01:00Z"));
+    let got = wait_notifications(&events, 3).await;
+    let (event, env) = &got[2];
+    assert_eq!(event, "stale");
+    assert_eq!(env["ZIB_DATASET"], idle);
+    assert_eq!(env["ZIB_STALE_AFTER_SECS"], "3600");
+    assert!(!env.contains_key("ZIB_LAST_SUCCESS"), "never backed up: {env:?}");
+    assert!(env["ZIB_MESSAGE"].contains("no successful backup of alerts/idle"), "{env:?}");
+    // Once per stale spell: later looks are quiet.
+    bed.clock.set(t("2026-01-01T01:05:00Z"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = notifications(&events);
+    assert_eq!(
+        got.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(),
+        ["failure", "recovery", "stale"]
+    );
+
+    // No secret and nothing else of the daemon's environment reached the command.
+    for (_, env) in &got {
+        for k in env.keys() {
+            assert!(
+                k.starts_with("ZIB_")
+                    || ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "PWD", "SHLVL", "_"]
+                        .contains(&k.as_str()),
+                "{k} reached the notify command"
+            );
+        }
+    }
+    assert!(d.stop().await);
+}
+
+/// The restore job `id` over the socket, once it is in a state `pred` accepts (30 s at most).
+async fn restore_job_until(
+    bed: &Bed,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&zib_protocol::RestoreJobStatus) -> bool,
+) -> zib_protocol::RestoreJobStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r =
+            over_the_socket(&bed.socket(), Request::RestoreStatus { id: Some(id.into()) }).await;
+        let Response::RestoreStatus { mut jobs } = r else { panic!("{r:?}") };
+        if pred(&jobs[0]) {
+            return jobs.remove(0);
+        }
+        assert!(Instant::now() < deadline, "restore {id}: {what}; last {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_restore_stops_and_a_restart_does_not_continue_it() {
+    let mut bed = Bed::new().await;
+    let ds = "rcancel/data";
+    let (d, _proxy, start) = restore_held_in_receiving(&mut bed, ds, "0 0 3 * * *").await;
+    use zib_protocol::RestoreState as S;
+
+    // Unknown ids are not found; the running job is cancelled.
+    let e = expect_err(
+        over_the_socket(&bed.socket(), Request::RestoreCancel { id: "no/such".into() }).await,
+        ErrorKind::NotFound,
+    );
+    assert!(e.contains("no restore job no/such") && e.contains(ds), "{e}");
+    let msg =
+        expect_ok(over_the_socket(&bed.socket(), Request::RestoreCancel { id: ds.into() }).await);
+    assert!(msg.contains("cancelling restore job") && msg.contains("does not continue"), "{msg}");
+    let j = restore_job_until(&bed, ds, "cancelled", |j| j.state == S::Cancelled).await;
+    assert!(j.finished_at.is_some() && j.error.is_some(), "{j:?}");
+    // A second cancel: not running any more.
+    let e = expect_err(
+        over_the_socket(&bed.socket(), Request::RestoreCancel { id: ds.into() }).await,
+        ErrorKind::Conflict,
+    );
+    assert!(e.contains("is not running: it was cancelled"), "{e}");
+    assert!(d.stop().await);
+
+    // The restart does not continue it: no job, and the record says cancelled.
+    let d = bed.start().await;
+    let r = over_the_socket(&bed.socket(), Request::RestoreStatus { id: None }).await;
+    let Response::RestoreStatus { jobs } = r else { panic!("{r:?}") };
+    assert!(jobs.is_empty(), "a cancelled restore was continued: {jobs:?}");
+    let record = bed.dir.path().join("state/restore/restore-rcancel%2Fdata.json");
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert!(rec["cancelled_at"].is_string(), "{rec}");
+    assert!(rec["finished_at"].is_null(), "{rec}");
+    // Starting it again continues it, and clears the mark (a restart would continue it now).
+    let r = over_the_socket(&bed.socket(), Request::RestoreStart(start)).await;
+    assert!(matches!(&r, Response::RestoreStarted { id } if id == ds), "{r:?}");
+    restore_job_until(&bed, ds, "receiving again", |j| j.state == S::Receiving).await;
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert!(rec.get("cancelled_at").is_none_or(|v| v.is_null()), "{rec}");
+    assert!(d.stop().await);
+}
+
+#[test]
+fn json_logs_are_one_object_a_line_with_the_events_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    let config = dir.path().join("zibd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{root}/state\"\nspool_dir = \"{root}/spool\"\nsocket = \"{root}/zibd.sock\"\n\
+             [target]\nbucket = \"json-logs\"\nendpoint = \"http://127.0.0.1:9\"\n\
+             [[dataset]]\nname = \"tank/a\"\nschedule = \"0 3 * * *\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_zibd"))
+            .arg("--config")
+            .arg(&config)
+            .env_remove("NOTIFY_SOCKET")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("ZIB_LOG_FORMAT", "json")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let socket = dir.path().join("zibd.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "zibd never bound its socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(child.0.wait().unwrap().success(), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let ready = lines
+        .iter()
+        .find(|v| v["message"].as_str().is_some_and(|m| m.ends_with(" ready")))
+        .unwrap_or_else(|| panic!("no ready line in {err}"));
+    assert_eq!(ready["level"], "INFO", "{ready}");
+    assert_eq!(ready["datasets"], 1, "the event's fields are top-level keys: {ready}");
+    assert!(ready["timestamp"].is_string(), "{ready}");
+}
+
+#[test]
+fn man_pages_come_from_the_command_line_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"))
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(dir.path().join("zibd.1")).unwrap();
+    assert!(page.contains(".TH zibd 1") && page.contains("cold storage"), "{page}");
+    let backup = std::fs::read_to_string(dir.path().join("zibd-backup.1")).unwrap();
+    assert!(backup.contains("\\-\\-full"), "{backup}");
+    // A packaging command, not one for users: hidden from --help.
+    let help =
+        std::process::Command::new(env!("CARGO_BIN_EXE_zibd")).arg("--help").output().unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("man "), "listed in --help");
 }

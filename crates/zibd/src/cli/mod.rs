@@ -107,6 +107,9 @@ pub enum Command {
     /// Restore from the bucket alone: `list` the catalog, `plan` (with a cost quote), `run`.
     #[command(subcommand)]
     Restore(Box<restore::RestoreCommand>),
+    /// Write the man pages (zibd.1 and one per subcommand) into DIR (for packagers).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -120,6 +123,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command.unwrap_or(Command::Run) {
+        Command::Man { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match std::fs::create_dir_all(&dir).and_then(|()| clap_mangen::generate_to(cmd, &dir)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("zibd: cannot write the man pages to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::CheckConfig { file } => {
             let path = file.unwrap_or(cli.config);
             match load_config(&path) {

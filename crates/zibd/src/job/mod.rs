@@ -32,7 +32,10 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use zib_core::{Config, DatasetConfig, DatasetName};
+use zib_core::{
+    Config, DatasetConfig, DatasetName,
+    metrics::{AttemptResult, DatasetActivity, DatasetMetrics},
+};
 use zib_protocol::{
     DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate, Response, RunNote,
     RunProgress,
@@ -60,6 +63,9 @@ pub struct JobContext {
     pub shutdown: CancellationToken,
     /// Poked whenever a job's status changes (keeps systemd's STATUS= current).
     pub changed: Arc<Notify>,
+    /// Counts runs that ended, bumped once the outcome is in the status (the metrics textfile
+    /// and notifications watch it).
+    pub run_ended: Arc<watch::Sender<u64>>,
 }
 
 /// The configuration a job runs with. A running backup keeps the settings it started with;
@@ -110,6 +116,13 @@ struct Shared {
     chain_length: u32,
     missed_ticks: u64,
     last_note: Option<RunNote>,
+    /// For the metrics: the last run's end and result (runs stopped on request not counted),
+    /// objects of the last backup committed by this daemon, and counters since the start.
+    last_attempt: Option<(DateTime<Utc>, AttemptResult)>,
+    last_backup_objects: Option<u64>,
+    uploaded_bytes: u64,
+    puts: u64,
+    failures: u64,
 }
 
 /// Rate samples kept: the rate is averaged over the last ~10 seconds.
@@ -206,6 +219,42 @@ impl JobHandle {
             last_note: s.last_note.clone(),
         }
     }
+
+    /// The dataset's metrics; the counters include what the running backup has PUT so far.
+    pub fn metrics(&self) -> DatasetMetrics {
+        let s = lock(&self.shared);
+        let (run_bytes, run_puts) = match &s.progress {
+            Some(p) if s.activity != Activity::Idle => {
+                let p = p.borrow();
+                (p.bytes_uploaded, p.puts)
+            }
+            _ => (0, 0),
+        };
+        let activity = match job_state(&s) {
+            JobState::Snapshotting
+            | JobState::Uploading
+            | JobState::Finishing
+            | JobState::Cancelling => DatasetActivity::Running,
+            JobState::Queued => DatasetActivity::Queued,
+            JobState::Paused => DatasetActivity::Paused,
+            JobState::Failed => DatasetActivity::Failed,
+            JobState::Scheduled => DatasetActivity::Scheduled,
+            _ => DatasetActivity::Idle,
+        };
+        DatasetMetrics {
+            dataset: self.name.to_string(),
+            activity,
+            last_success_at: s.last_success.as_ref().map(|l| l.at),
+            last_attempt: s.last_attempt,
+            last_backup_bytes: s.last_success.as_ref().map(|l| l.bytes),
+            last_backup_objects: s.last_backup_objects,
+            chain_length: s.chain_length,
+            uploaded_bytes: s.uploaded_bytes + run_bytes,
+            puts: s.puts + run_puts,
+            failures: s.failures,
+            next_run: if s.paused { None } else { s.next_run },
+        }
+    }
 }
 
 fn job_state(s: &Shared) -> JobState {
@@ -296,6 +345,16 @@ pub fn spawn(ctx: JobContext, settings: JobSettings, locked: LockedState) -> Job
         chain_length: chain_length(&locked),
         missed_ticks: 0,
         last_note: None,
+        last_attempt: match (st.stats.last_success_at, st.stats.last_error_at) {
+            (Some(ok), Some(err)) if err > ok => Some((err, AttemptResult::Failure)),
+            (Some(ok), _) => Some((ok, AttemptResult::Success)),
+            (None, Some(err)) => Some((err, AttemptResult::Failure)),
+            (None, None) => None,
+        },
+        last_backup_objects: None,
+        uploaded_bytes: 0,
+        puts: 0,
+        failures: 0,
     }));
     let (tx, rx) = mpsc::unbounded_channel();
     let now = ctx.clock.now();
@@ -721,6 +780,7 @@ impl Task {
                             let mut s = self.shared();
                             s.last_note = Some(RunNote { at: now, message: message.clone() });
                             s.failed = false;
+                            s.last_attempt = Some((now, AttemptResult::Skipped));
                         }
                         Response::Done {
                             ok: true,
@@ -745,6 +805,10 @@ impl Task {
                                 .note
                                 .as_ref()
                                 .map(|m| RunNote { at: now, message: m.clone() });
+                            s.last_attempt = Some((now, AttemptResult::Success));
+                            // The chunks and the manifest.
+                            s.last_backup_objects =
+                                Some(report.chunks_uploaded + report.chunks_reused + 1);
                         }
                         let message = format!(
                             "backed up {snapshot} ({} backup #{}): {} bytes, {} chunks uploaded, {} already stored",
@@ -792,6 +856,8 @@ impl Task {
                         let mut s = self.shared();
                         s.last_error = Some(LastError { at: now, message: message.clone() });
                         s.failed = true;
+                        s.last_attempt = Some((now, AttemptResult::Failure));
+                        s.failures += 1;
                         Response::Done {
                             ok: false,
                             message: format!("backup of {} failed: {message}", self.name),
@@ -817,17 +883,24 @@ impl Task {
                 let mut s = self.shared();
                 s.last_error = Some(LastError { at: now, message: message.clone() });
                 s.failed = true;
+                s.last_attempt = Some((now, AttemptResult::Failure));
+                s.failures += 1;
                 Response::Done { ok: false, message, snapshot: None, bytes: None }
             }
         };
         {
             let mut s = self.shared();
+            if let Some(p) = s.progress.take() {
+                let p = p.borrow();
+                s.uploaded_bytes += p.bytes_uploaded;
+                s.puts += p.puts;
+            }
             s.activity = Activity::Idle;
-            s.progress = None;
             s.samples.clear();
         }
         let _ = run.done.send(Some(final_response));
         self.changed();
+        self.ctx.run_ended.send_modify(|n| *n += 1);
         let stopping = self.retiring || self.ctx.shutdown.is_cancelled();
         if run.stop == Some(Stop::Paused) && !self.paused && self.resume_interrupted && !stopping {
             // Resumed while the run was still stopping: continue it now.

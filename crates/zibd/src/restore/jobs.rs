@@ -123,8 +123,26 @@ impl RestoreJobs {
         };
         self.lock().insert(id.clone(), slot);
         let job_id = id.clone();
+        let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
+            if let Some(rec) = file.record.as_mut().filter(|r| r.cancelled_at.is_some()) {
+                // Started again after a cancel: a restart continues it from now on.
+                rec.cancelled_at = None;
+                if let Err(e) = file.save().await {
+                    tracing::warn!(job = %job_id, error = %e, "could not clear the cancel mark of the restore record");
+                }
+            }
             let r = run(&engine, &opts, &mut file, &tx, &cancel).await;
+            if matches!(r, Err(RestoreError::Cancelled { .. }))
+                && !shutdown.is_cancelled()
+                && let Some(rec) = file.record.as_mut()
+            {
+                // Cancelled on request, not by a shutdown: a restart must not continue it.
+                rec.cancelled_at = Some(Utc::now());
+                if let Err(e) = file.save().await {
+                    tracing::error!(job = %job_id, error = %e, "could not record the cancel; a restart of zibd would continue this restore");
+                }
+            }
             let r = match r {
                 Ok(rep) => {
                     tracing::info!(target = %rep.target, snapshot = %rep.snapshot, "restore job done; {}", rep.next_steps.join("; "));
@@ -160,6 +178,9 @@ impl RestoreJobs {
             let rec: Option<RestoreRecord> =
                 std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
             match rec {
+                Some(r) if r.cancelled_at.is_some() && r.finished_at.is_none() => {
+                    tracing::info!(target = %r.target, "a cancelled restore job is not continued; `zibctl restore start` continues it");
+                }
                 Some(r) if r.finished_at.is_none() => {
                     let engine = engine_for(r.bucket.clone(), r.plan.prefix.clone()).await;
                     let opts = RestoreOptions {
@@ -182,6 +203,36 @@ impl RestoreJobs {
     /// Asks a running job to stop at its next safe point; false if there is no such job.
     pub fn cancel(&self, id: &str) -> bool {
         self.lock().get(id).map(|j| j.cancel.cancel()).is_some()
+    }
+
+    /// `zibctl restore cancel`: the reply to a request to cancel job `id`.
+    pub fn cancel_request(&self, id: &str) -> zib_protocol::Response {
+        use zib_protocol::{ErrorKind, Response};
+        let jobs = self.lock();
+        let Some(j) = jobs.get(id) else {
+            let known: Vec<&str> = jobs.keys().map(String::as_str).collect();
+            let known = if known.is_empty() { "none".into() } else { known.join(", ") };
+            return Response::error(
+                ErrorKind::NotFound,
+                format!("no restore job {id} (jobs: {known})"),
+            );
+        };
+        if let Some((at, outcome)) = locked(&j.outcome).clone() {
+            let how = match outcome {
+                Ok(()) => "finished",
+                Err((true, _)) => "was cancelled",
+                Err((false, _)) => "failed",
+            };
+            return Response::error(
+                ErrorKind::Conflict,
+                format!("restore job {id} is not running: it {how} at {}", at.to_rfc3339()),
+            );
+        }
+        j.cancel.cancel();
+        tracing::info!(job = %id, "restore job cancel requested");
+        Response::ok(format!(
+            "cancelling restore job {id}: it stops at its next safe point; a restart of zibd does not continue it, `zibctl restore start` into {id} does"
+        ))
     }
 
     /// Jobs still running.

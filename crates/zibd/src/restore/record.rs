@@ -55,6 +55,10 @@ pub struct RestoreRecord {
     /// Per step, per chunk.
     pub chunks: Vec<Vec<ChunkProgress>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Cancelled on request (`zibctl restore cancel`): a daemon restart does not continue it;
+    /// starting the same restore again does (and clears this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<DateTime<Utc>>,
 }
 
 impl RestoreRecord {
@@ -79,6 +83,7 @@ impl RestoreRecord {
             updated_at: now,
             steps_received: 0,
             finished_at: None,
+            cancelled_at: None,
         }
     }
 

@@ -1,0 +1,101 @@
+//! Carries out zib-core's [`zib_core::alerts`] decisions: looks at every dataset at start,
+//! after every run and once a minute (by the daemon's clock), and runs `daemon.notify_command`
+//! for each event, one at a time. A failing notify command is logged, never retried (the next
+//! event gets its own run).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use zib_core::alerts::{AlertMemory, Observed, decide, default_stale_after};
+use zib_protocol::Response;
+
+use crate::{
+    daemon::DaemonCore,
+    notify_command::{self, Notification},
+};
+
+/// How often staleness is looked at between runs.
+pub const LOOK_EVERY: Duration = Duration::from_secs(60);
+
+/// Starts the watcher on the daemon's tracker. Events come due whether or not
+/// `daemon.notify_command` is set (a reload may set it); without one they are only logged.
+pub fn spawn(core: Arc<DaemonCore>) {
+    let ctx = core.job_context().clone();
+    let mut run_ended = ctx.run_ended.subscribe();
+    ctx.tracker.clone().spawn(async move {
+        let mut memory: BTreeMap<String, AlertMemory> = BTreeMap::new();
+        loop {
+            for n in look(&core, &mut memory) {
+                let cfg = core.config();
+                let Some(argv) = cfg.daemon.notify_command.as_ref() else {
+                    tracing::info!(dataset = %n.dataset, event = n.event.as_str(), "{} (no daemon.notify_command)", n.message(&notify_command::host_name()));
+                    continue;
+                };
+                let timeout = Duration::from_secs(cfg.daemon.notify_timeout_secs);
+                tracing::info!(dataset = %n.dataset, event = n.event.as_str(), "running the notify command");
+                tokio::select! {
+                    () = ctx.shutdown.cancelled() => return,
+                    r = notify_command::run(argv, &n, timeout) => match r {
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(dataset = %n.dataset, event = n.event.as_str(), error = %e, "notification not sent"),
+                    },
+                }
+            }
+            let next = ctx.clock.now() + LOOK_EVERY;
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return,
+                r = run_ended.changed() => if r.is_err() { return },
+                () = ctx.clock.sleep_until(next) => {}
+            }
+        }
+    });
+}
+
+/// One look at every dataset: the notifications due.
+fn look(core: &DaemonCore, memory: &mut BTreeMap<String, AlertMemory>) -> Vec<Notification> {
+    let cfg = core.config();
+    let metrics = core.metrics();
+    let now = metrics.now;
+    let errors: BTreeMap<String, String> = match core.status(None) {
+        Response::Status { datasets, .. } => datasets
+            .into_iter()
+            .filter_map(|d| d.last_error.map(|e| (d.dataset, e.message)))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    memory.retain(|name, _| metrics.datasets.iter().any(|d| &d.dataset == name));
+    let mut out = Vec::new();
+    for d in &metrics.datasets {
+        let Some(ds) = cfg.datasets.iter().find(|c| c.name.as_str() == d.dataset) else {
+            continue;
+        };
+        let obs = Observed { last_attempt: d.last_attempt, last_success_at: d.last_success_at };
+        let mem = memory.entry(d.dataset.clone()).or_insert_with(|| AlertMemory::new(&obs, now));
+        let stale_after = ds
+            .stale_after
+            .map(|s| s.0)
+            .or_else(|| default_stale_after(&ds.schedule, cfg.daemon.timezone, now));
+        // No next tick: never stale.
+        let events = decide(mem, &obs, stale_after.unwrap_or(Duration::MAX), now);
+        for event in events {
+            let since = d.last_success_at.unwrap_or(mem.watched_since());
+            out.push(Notification {
+                event,
+                dataset: d.dataset.clone(),
+                error: match event {
+                    zib_core::alerts::AlertEvent::Recovery => None,
+                    _ if d.activity == zib_core::metrics::DatasetActivity::Failed
+                        || event == zib_core::alerts::AlertEvent::Failure =>
+                    {
+                        errors.get(&d.dataset).cloned()
+                    }
+                    _ => None,
+                },
+                last_success: d.last_success_at,
+                last_attempt: d.last_attempt.map(|(t, _)| t),
+                stale_after,
+                age: (now - since).to_std().ok(),
+            });
+        }
+    }
+    out
+}
