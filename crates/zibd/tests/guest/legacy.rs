@@ -22,47 +22,68 @@ fn send(args: &[&str], work: &Path, name: &str) -> Vec<u8> {
     std::fs::read(&f).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_legacy_bucket_is_imported_continued_by_zib_and_restored_from_the_bucket_alone() {
+/// Moto with a fresh bucket, and an encrypted source dataset whose zibd config names it.
+async fn setup(tag: &str) -> (MotoServer, aws_sdk_s3::Client, String, Source) {
     require_zfs();
     let moto = MotoServer::start();
     let client = moto.client();
-    let bucket = moto.create_bucket("glegacy").await;
-    let ep = moto.endpoint().to_owned();
-    let mut src = Source::new(&ep, &bucket, "legacy");
-    let (pool, rel) =
-        src.ds.name.split_once('/').map(|(p, r)| (p.to_owned(), r.to_owned())).unwrap();
+    let bucket = moto.create_bucket(&format!("g{tag}")).await;
+    let src = Source::new(moto.endpoint(), &bucket, tag);
+    (moto, client, bucket, src)
+}
 
-    // The tool's three backups: backup0 (full), backup1 and backup2 (incrementals).
-    let mut streams = Vec::new();
-    for (n, (files, max)) in [(30, 150_000), (8, 120_000), (8, 120_000)].into_iter().enumerate() {
-        write_files(&src.ds.mountpoint, n as u64 + 1, files, max);
-        if n > 0 {
-            let _ =
-                std::fs::remove_file(src.ds.mountpoint.join(format!("d1/f1-{}.bin", n * 4 + 1)));
-        }
-        let want = checksum_tree(&src.ds.mountpoint);
-        let snap = src.ds.snapshot(&format!("backup{n}"));
-        let (key, stream) = if n == 0 {
-            ("legacy/backup0".to_owned(), send(&["-w", &snap], &src.work, "s0"))
-        } else {
-            let base = format!("{}@backup{}", src.ds.name, n - 1);
-            let key = format!("legacy/backup{}_backup{n}", n - 1);
-            (key, send(&["-w", "-i", &base, &snap], &src.work, &format!("s{n}")))
-        };
-        assert!(stream.len() > 10 * LEGACY_CHUNK, "stream {n} is only {} bytes", stream.len());
-        legacy_upload(&client, &bucket, &key, &stream, LEGACY_CHUNK, usize::MAX).await;
-        src.snaps.push((format!("backup{n}"), want));
-        streams.push(stream);
+/// Snapshot `backup<n>` of the source as the tool takes it, after writing files (`seed`):
+/// recorded with its files in `src.snaps`; returns its `zfs send -w` stream (`-i` from
+/// `backup<n-1>` after the first).
+fn legacy_snapshot(src: &mut Source, n: usize, seed: u64, files: usize, max: usize) -> Vec<u8> {
+    write_files(&src.ds.mountpoint, seed, files, max);
+    if n > 0 {
+        let _ = std::fs::remove_file(src.ds.mountpoint.join(format!("d1/f1-{}.bin", n * 4 + 1)));
     }
+    let want = checksum_tree(&src.ds.mountpoint);
+    let snap = src.ds.snapshot(&format!("backup{n}"));
+    src.snaps.push((format!("backup{n}"), want));
+    let name = format!("s{n}");
+    if n == 0 {
+        send(&["-w", &snap], &src.work, &name)
+    } else {
+        let base = format!("{}@backup{}", src.ds.name, n - 1);
+        send(&["-w", "-i", &base, &snap], &src.work, &name)
+    }
+}
+
+/// The tool's save file for the source: `done` backups, then `progress` (RON).
+fn save_file(src: &Source, bucket: &str, done: u64, progress: &str) -> std::path::PathBuf {
+    let (pool, rel) = src.ds.name.split_once('/').unwrap();
     let save = src.work.join("save_data.ron");
     std::fs::write(
         &save,
         format!(
-            "(\n    config: (\n        dataset: (\n            zpool: \"{pool}\",\n            dataset: \"{rel}\",\n        ),\n        bucket: \"{bucket}\",\n        snapshot_prefix: \"backup\",\n        object_prefix: \"legacy/\",\n    ),\n    state: (\n        snapshots_backed_up: 3,\n        backing_up_progress: None,\n    ),\n)"
+            "(\n    config: (\n        dataset: (\n            zpool: \"{pool}\",\n            dataset: \"{rel}\",\n        ),\n        bucket: \"{bucket}\",\n        snapshot_prefix: \"backup\",\n        object_prefix: \"legacy/\",\n    ),\n    state: (\n        snapshots_backed_up: {done},\n        backing_up_progress: {progress},\n    ),\n)"
         ),
     )
     .unwrap();
+    save
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_bucket_is_imported_continued_by_zib_and_restored_from_the_bucket_alone() {
+    let (moto, client, bucket, mut src) = setup("legacy").await;
+    let ep = moto.endpoint().to_owned();
+
+    // The tool's three backups: backup0 (full), backup1 and backup2 (incrementals).
+    let mut streams = Vec::new();
+    for (n, (files, max)) in [(30, 150_000), (8, 120_000), (8, 120_000)].into_iter().enumerate() {
+        let stream = legacy_snapshot(&mut src, n, n as u64 + 1, files, max);
+        let key = match n {
+            0 => "legacy/backup0".to_owned(),
+            _ => format!("legacy/backup{}_backup{n}", n - 1),
+        };
+        assert!(stream.len() > 10 * LEGACY_CHUNK, "stream {n} is only {} bytes", stream.len());
+        legacy_upload(&client, &bucket, &key, &stream, LEGACY_CHUNK, usize::MAX).await;
+        streams.push(stream);
+    }
+    let save = save_file(&src, &bucket, 3, "None");
 
     // A text-sorted join of the full's listing (10 before 2) is not the stream: zfs receive
     // refuses it. Joined by chunk number it is the stream.
@@ -142,41 +163,17 @@ async fn a_legacy_bucket_is_imported_continued_by_zib_and_restored_from_the_buck
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinished_legacy_upload_is_finished_against_a_fresh_real_send_and_restores() {
-    require_zfs();
-    let moto = MotoServer::start();
-    let client = moto.client();
-    let bucket = moto.create_bucket("glegunf").await;
+    let (moto, client, bucket, mut src) = setup("lunf").await;
     let ep = moto.endpoint().to_owned();
-    let mut src = Source::new(&ep, &bucket, "lunf");
-    let (pool, rel) =
-        src.ds.name.split_once('/').map(|(p, r)| (p.to_owned(), r.to_owned())).unwrap();
 
     // backup0 whole; backup1 killed after the PUT of chunk 4, before the save of its count.
-    for (n, (files, max)) in [(12, 60_000), (8, 80_000)].into_iter().enumerate() {
-        write_files(&src.ds.mountpoint, n as u64 + 11, files, max);
-        let want = checksum_tree(&src.ds.mountpoint);
-        let snap = src.ds.snapshot(&format!("backup{n}"));
-        if n == 0 {
-            let stream = send(&["-w", &snap], &src.work, "u0");
-            legacy_upload(&client, &bucket, "legacy/backup0", &stream, LEGACY_CHUNK, usize::MAX)
-                .await;
-        } else {
-            let base = format!("{}@backup0", src.ds.name);
-            let stream = send(&["-w", "-i", &base, &snap], &src.work, "u1");
-            assert!(stream.len() > 8 * LEGACY_CHUNK, "stream 1 is only {} bytes", stream.len());
-            legacy_upload(&client, &bucket, "legacy/backup0_backup1", &stream, LEGACY_CHUNK, 5)
-                .await;
-        }
-        src.snaps.push((format!("backup{n}"), want));
-    }
-    let save = src.work.join("save_data.ron");
-    std::fs::write(
-        &save,
-        format!(
-            "(config: (dataset: (zpool: \"{pool}\", dataset: \"{rel}\"), bucket: \"{bucket}\", snapshot_prefix: \"backup\", object_prefix: \"legacy/\"), state: (snapshots_backed_up: 1, backing_up_progress: Some(Uploading((parts_uploaded: 4, upload_save_data: Uploading)))))"
-        ),
-    )
-    .unwrap();
+    let full = legacy_snapshot(&mut src, 0, 11, 12, 60_000);
+    legacy_upload(&client, &bucket, "legacy/backup0", &full, LEGACY_CHUNK, usize::MAX).await;
+    let incr = legacy_snapshot(&mut src, 1, 12, 8, 80_000);
+    assert!(incr.len() > 8 * LEGACY_CHUNK, "stream 1 is only {} bytes", incr.len());
+    legacy_upload(&client, &bucket, "legacy/backup0_backup1", &incr, LEGACY_CHUNK, 5).await;
+    let progress = "Some(Uploading((parts_uploaded: 4, upload_save_data: Uploading)))";
+    let save = save_file(&src, &bucket, 1, progress);
     let listing = || async {
         let l = client.list_objects_v2().bucket(&bucket).prefix("legacy/").send().await.unwrap();
         l.contents()
