@@ -19,8 +19,8 @@ pub mod restore_plan;
 pub mod schedule;
 pub mod state;
 pub mod storage_class;
-pub mod verify;
 pub mod token_bucket;
+pub mod verify;
 
 pub use config::{Config, DatasetConfig};
 pub use manifest::{ChunkRecord, Manifest, SnapRef};

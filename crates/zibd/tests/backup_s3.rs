@@ -480,9 +480,11 @@ async fn a_send_that_fails_commits_nothing() {
     let err = failed(&bed.backup(&[("FAKE_ZFS_FAIL_AFTER", "200000".into())]));
     assert!(err.contains("send broke off"), "stderr of zfs send is reported: {err}");
     assert!(bed.manifests().await.is_empty());
-    // The truncated tail was never stored: at most the 3 full chunks before the failure.
+    // The truncated tail was never stored: at most the 3 full chunks before the failure. (How
+    // many of those were PUT before the failure was seen depends on timing with parallel PUTs:
+    // on a busy machine none may have been, so "at least one" is not asserted.)
     let keys = bed.keys().await;
-    assert!(!keys.is_empty() && keys.len() <= 3, "{keys:?}");
+    assert!(keys.len() <= 3, "{keys:?}");
     for (k, _) in &keys {
         let head = bed.client.head_object().bucket(&bed.bucket).key(k).send().await.unwrap();
         assert_eq!(head.content_length(), Some(CHUNK as i64), "{k}");

@@ -1207,6 +1207,13 @@ async fn metrics_endpoint_and_textfile_follow_a_backup_and_a_failure() {
         &bed,
         &format!("metrics_listen = \"127.0.0.1:0\"\nmetrics_textfile = \"{}\"", textfile.display()),
     );
+    // The failure below destroys the base: fail on it rather than start a new chain.
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    let text = text.replace(
+        "name = \"metrics/data\"\n",
+        "name = \"metrics/data\"\non_broken_chain = \"fail\"\n",
+    );
+    std::fs::write(&bed.config, text).unwrap();
     let d = bed.start().await;
     let core = d.core();
     let addr = d.metrics_addr().expect("the endpoint is on");
@@ -1393,6 +1400,11 @@ async fn notify_command_runs_on_failure_recovery_and_staleness_without_secrets()
     daemon_settings(&bed, &notify_settings(&events));
     // The idle dataset (never backed up) is stale an hour after the daemon started watching.
     let text = std::fs::read_to_string(&bed.config).unwrap();
+    // The failure below destroys the base: fail on it rather than start a new chain.
+    let text = text.replace(
+        "name = \"alerts/data\"\n",
+        "name = \"alerts/data\"\non_broken_chain = \"fail\"\n",
+    );
     std::fs::write(&bed.config, format!("{text}stale_after = \"1h\"\n")).unwrap();
     // The daemon's environment holds credentials; the notify command must not see them.
     assert!(std::env::var("AWS_SECRET_ACCESS_KEY").is_ok());
