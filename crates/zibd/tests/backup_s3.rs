@@ -370,8 +370,8 @@ async fn the_download_rate_limit_paces_get_bodies() {
 }
 
 /// Issue 14: a crash while several PUTs are in flight, finished out of order (chunk 0 held
-/// at the proxy, chunks 1-3 through): the state records which chunks are stored (chunk 1,
-/// ahead of the missing chunk 0), the next run sends none of the stored ones again (chunk 2,
+/// at the proxy, chunk 3 delayed): the state records which chunks are stored (chunk 1 or 2,
+/// ahead of the missing chunk 0), the next run sends none of the stored ones again (the other,
 /// stored but not recorded, is found by its HEAD) and commits, and no key is written twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn parallel_puts_crashed_with_several_in_flight_resume_without_resending() {
@@ -382,17 +382,22 @@ async fn parallel_puts_crashed_with_several_in_flight_resume_without_resending()
     proxy.add_fault(Fault::new(first, FaultAction::Delay(std::time::Duration::from_secs(3))));
     let late = Matcher::put().path_contains("/a00/00000003");
     proxy.add_fault(Fault::new(late, FaultAction::Delay(std::time::Duration::from_secs(2))));
-    // Killed when the second PUT has finished (chunk 1 recorded, chunk 2 stored, not recorded).
+    // Killed when the second PUT has finished (one of chunks 1 and 2 recorded, the other stored, not recorded).
     let err = failed(&bed.backup(&[("ZIB_FAILPOINT", "after-put:2".into())]));
     assert!(err.contains("failpoint after-put"), "{err}");
     let st = bed.state();
     let p = &st["pending"];
     assert_eq!(p["chunks"].as_array().unwrap().len(), 0, "chunk 0 was not stored: {p}");
-    let ahead: Vec<&String> = p["stored_ahead"].as_object().unwrap().keys().collect();
-    assert_eq!(ahead, ["1"], "{p}");
+    // Chunks 1 and 2 go through at once: the first to finish is recorded (ahead of chunk 0),
+    // the second is stored but not recorded (the kill). Which is first is the server's timing.
+    let ahead: Vec<u64> =
+        p["stored_ahead"].as_object().unwrap().keys().map(|k| k.parse().unwrap()).collect();
+    assert!(ahead == [1] || ahead == [2], "{p}");
+    let unrecorded = 3 - ahead[0];
     assert!(proxy.peak_in_flight("PUT") >= 3, "{}", proxy.peak_in_flight("PUT"));
     let key = |i| pending_chunk_key(&st, i);
-    assert_eq!(proxy.successful_puts_per_key().get(&key(2)), Some(&1), "chunk 2 was stored");
+    let stored = proxy.successful_puts_per_key();
+    assert_eq!(stored.get(&key(unrecorded)), Some(&1), "chunk {unrecorded} was stored");
     proxy.clear_faults();
     proxy.reset_counts();
     let err = ok(&bed.backup(&[]));
@@ -427,14 +432,21 @@ async fn chunks_stored_but_never_recorded_are_found_and_not_written_again() {
     let stored_before: Vec<String> = chunk_puts(&proxy).into_keys().collect();
     assert!(!stored_before.is_empty());
     proxy.reset_counts();
-    ok(&bed.backup(&[]));
+    let log = ok(&bed.backup(&[]));
     let written = proxy.successful_puts_per_key();
     for k in &stored_before {
         assert_eq!(written.get(k), None, "{k} written twice");
     }
     let ms = bed.manifests().await;
     assert_eq!(ms.len(), 1);
-    assert_eq!(ms[0].attempt, 0);
+    // Attempt 0 unless the kill cut a PUT off inside the server: s3s-fs drops a request whose
+    // client went away after writing the body but before its metadata, leaving an object with
+    // no SHA-256 (seen on the loaded machine). zib cannot match such an object and never
+    // overwrites it: it uploads the stream again as attempt 1, and says why.
+    if ms[0].attempt != 0 {
+        assert_eq!(ms[0].attempt, 1, "{log}");
+        assert!(log.contains("the stored object has no SHA-256 to compare"), "{log}");
+    }
     assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
 }
 
