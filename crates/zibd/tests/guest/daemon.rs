@@ -153,8 +153,12 @@ fn state(state_dir: &Path, ds: &str) -> serde_json::Value {
     serde_json::to_value(st).unwrap()
 }
 
+/// Chunks the pending backup has stored: the contiguous ones and those stored ahead of a gap
+/// (parallel PUTs finish in any order).
 fn pending_chunks(st: &serde_json::Value) -> usize {
-    st["pending"]["chunks"].as_array().map_or(0, Vec::len)
+    let p = &st["pending"];
+    p["chunks"].as_array().map_or(0, Vec::len)
+        + p["stored_ahead"].as_object().map_or(0, |m| m.len())
 }
 
 /// Triggers a backup; a tick may have started one a moment earlier (then zibd says so).
