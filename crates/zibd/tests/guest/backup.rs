@@ -52,13 +52,20 @@ impl Zibd {
 
     pub fn backup_ok(&self, dataset: &str) -> String {
         let o = self.run(&["backup", dataset], &[]);
-        assert!(
-            o.status.success(),
-            "zibd backup failed ({:?}): {}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        if !o.status.success() {
+            // A signal (zibd once died of SIGSEGV here with no output, under load, not alone):
+            // the guest kernel's last words say where.
+            let dmesg = Command::new("dmesg").output().map(|d| d.stdout).unwrap_or_default();
+            let dmesg = String::from_utf8_lossy(&dmesg);
+            let tail: Vec<&str> = dmesg.lines().rev().take(30).collect();
+            panic!(
+                "zibd backup failed ({:?}): {}\n{}\nguest dmesg (last lines, newest first):\n{}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                tail.join("\n")
+            );
+        }
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }
