@@ -428,6 +428,7 @@ impl Zfs {
         ds: &DatasetName,
         since: &SnapName,
     ) -> Result<Option<u64>, ZfsError> {
+        self.sync_pool(ds.pool()).await;
         let prop = format!("written@{since}");
         let v = match self.get_property(ds.as_str(), &prop).await {
             Ok(v) => v,
@@ -441,6 +442,42 @@ impl Zfs {
             })
         })
         .transpose()
+    }
+
+    /// `zpool sync POOL`, best effort: `written` counts only what a committed transaction
+    /// group holds, so without it the last seconds' writes (up to a txg interval, 5 s by
+    /// default) are missed and a run right after them would be taken for an idle one.
+    async fn sync_pool(&self, pool: &str) {
+        let Some(bin) = self.zpool_bin() else { return };
+        let out = Command::new(&bin)
+            .args(["sync", pool])
+            .kill_on_drop(true)
+            .stdin(Stdio::null())
+            .output();
+        match out.await {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => tracing::warn!(
+                pool,
+                stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+                "zpool sync failed; the last seconds' writes may not count as changes"
+            ),
+            Err(e) => {
+                tracing::warn!(pool, error = %e, "cannot run zpool sync; the last seconds' writes may not count as changes")
+            }
+        }
+    }
+
+    /// `ZIB_ZPOOL_BIN`; beside a `ZIB_ZFS_BIN` when that is set (none there: a stand-in zfs
+    /// with no pool to sync); else `zpool` on PATH.
+    fn zpool_bin(&self) -> Option<OsString> {
+        if let Some(b) = std::env::var_os("ZIB_ZPOOL_BIN") {
+            return Some(b);
+        }
+        if std::env::var_os("ZIB_ZFS_BIN").is_some() {
+            let p = std::path::Path::new(&self.bin).with_file_name("zpool");
+            return p.exists().then(|| p.into_os_string());
+        }
+        Some("zpool".into())
     }
 
     /// `zfs receive -A`: discards the partial state an interrupted `zfs receive -s` left.

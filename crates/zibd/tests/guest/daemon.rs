@@ -279,8 +279,9 @@ schedule = "0 * * * * *"
     zibctl_ok(&socket, &["pause", &a.name], &zibd).await;
     let s = wait_status(&socket, &a.name, &zibd, "paused", |s| s.state == JobState::Paused).await;
     assert!(s.paused && s.next_run.is_none() && s.progress.is_none(), "{s:?}");
-    let n1 = pending_chunks(&state(&state_dir, &a.name));
-    assert!(n1 >= 2, "chunks stored before the pause: {n1}");
+    let st1 = state(&state_dir, &a.name);
+    let n1 = pending_chunks(&st1);
+    assert!(n1 >= 2, "chunks stored before the pause: {n1}; state: {st1:#}; status: {s:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pending_chunks(&state(&state_dir, &a.name)), n1, "uploaded while paused");
     assert_eq!(status(&socket, &a.name, &zibd).await.state, JobState::Paused);
