@@ -213,6 +213,9 @@ prefix = "zib"
 storage_class = "DEEP_ARCHIVE"
 chunk_size = "64KiB"
 max_attempts = 5
+# One PUT at a time: the proxy slows each PUT so that the upload is still running at the pause
+# and the SIGTERM; four at once finished the whole stream before the pause.
+max_parallel_puts = 1
 
 [[dataset]]
 name = "{a}"
