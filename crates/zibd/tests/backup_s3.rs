@@ -394,7 +394,9 @@ async fn parallel_puts_crashed_with_several_in_flight_resume_without_resending()
         p["stored_ahead"].as_object().unwrap().keys().map(|k| k.parse().unwrap()).collect();
     assert!(ahead == [1] || ahead == [2], "{p}");
     let unrecorded = 3 - ahead[0];
-    assert!(proxy.peak_in_flight("PUT") >= 3, "{}", proxy.peak_in_flight("PUT"));
+    // Chunk 0 (held) was still in flight when the other two finished: at least 2 at once (a
+    // third in flight as well depends on how fast the reader spools on a busy machine).
+    assert!(proxy.peak_in_flight("PUT") >= 2, "{}", proxy.peak_in_flight("PUT"));
     let key = |i| pending_chunk_key(&st, i);
     let stored = proxy.successful_puts_per_key();
     assert_eq!(stored.get(&key(unrecorded)), Some(&1), "chunk {unrecorded} was stored");
