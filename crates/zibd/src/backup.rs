@@ -34,6 +34,7 @@ use zib_core::{
 
 use crate::{
     failpoint,
+    outside::Outside,
     s3::{PutOutcome, S3Error, S3Store},
     spool::Spool,
     state_store::{LockedState, StateStoreError},
@@ -49,12 +50,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The engine a config describes: `zfs` on PATH (or `ZIB_ZFS_BIN`), the config's bucket,
-    /// its spool directory. The one place an engine is built from a config.
-    pub async fn from_config(cfg: &zib_core::Config) -> Self {
+    /// The engine a config describes: `outside`'s zfs, the config's bucket (with `outside`'s
+    /// credentials), its spool directory. The one place an engine is built from a config.
+    pub async fn from_config(cfg: &zib_core::Config, outside: &Outside) -> Self {
         Self {
-            zfs: Zfs::default(),
-            s3: S3Store::from_config(cfg).await,
+            zfs: outside.zfs.clone(),
+            s3: S3Store::from_config(cfg, outside.s3_credentials.as_ref()).await,
             spool_dir: cfg.daemon.spool_dir.clone(),
         }
     }

@@ -34,12 +34,12 @@ use crate::{
     backup::Engine,
     control::{self, ControlConfig, ControlError, ControlSocket, Handler, Peer, Reply},
     job::{self, Clock, JobContext, JobHandle, JobSettings, SystemClock},
+    outside::Outside,
     restore::{self, RestoreEngine, RestoreJobs},
     s3::S3Store,
     state_store::{StateStore, StateStoreError},
     sync::locked,
     systemd::{Notifier, StatusSummary, status_line},
-    zfs::Zfs,
 };
 
 /// How a daemon is started.
@@ -50,6 +50,8 @@ pub struct DaemonOptions {
     pub clock: Arc<dyn Clock>,
     /// sd_notify target ([`Notifier::from_env`] in production).
     pub notifier: Notifier,
+    /// The zfs binary and S3 credentials of every engine ([`Outside::from_env`] in production).
+    pub outside: Outside,
 }
 
 impl DaemonOptions {
@@ -59,6 +61,7 @@ impl DaemonOptions {
             config_path: config_path.into(),
             clock: Arc::new(SystemClock),
             notifier: Notifier::from_env(),
+            outside: Outside::from_env(),
         }
     }
 }
@@ -127,6 +130,7 @@ pub struct DaemonCore {
     started_at: DateTime<Utc>,
     config: Mutex<Arc<Config>>,
     engine: Mutex<Engine>,
+    outside: Outside,
     jobs: Mutex<BTreeMap<DatasetName, JobHandle>>,
     ctx: JobContext,
     /// Permits the slot semaphore is meant to have (`max_concurrent_jobs`).
@@ -181,7 +185,7 @@ impl Daemon {
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        let engine = Engine::from_config(&cfg).await;
+        let engine = Engine::from_config(&cfg, &opts.outside).await;
         let ctx = JobContext {
             clock: opts.clock.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(d.max_concurrent_jobs)),
@@ -201,6 +205,7 @@ impl Daemon {
             slots_max: Mutex::new(d.max_concurrent_jobs),
             config: Mutex::new(cfg.clone()),
             engine: Mutex::new(engine),
+            outside: opts.outside.clone(),
             jobs: Mutex::new(jobs),
             ctx: ctx.clone(),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -521,7 +526,7 @@ impl DaemonCore {
         }
 
         let engine = if new.target != old.target {
-            let e = Engine::from_config(&new).await;
+            let e = Engine::from_config(&new, &self.outside).await;
             *locked(&self.engine) = e.clone();
             e
         } else {
@@ -588,11 +593,16 @@ impl DaemonCore {
                     t.max_attempts,
                     Duration::from_secs(t.request_timeout_secs),
                     b,
+                    self.outside.s3_credentials.as_ref(),
                 )
                 .await
             }
         };
-        RestoreEngine { zfs: Zfs::default(), s3, prefix: prefix.unwrap_or(&t.prefix).to_owned() }
+        RestoreEngine {
+            zfs: self.outside.zfs.clone(),
+            s3,
+            prefix: prefix.unwrap_or(&t.prefix).to_owned(),
+        }
     }
 
     async fn restore_start(&self, req: &zib_protocol::RestoreStart) -> Response {

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod notify_command;
 pub mod now;
+pub mod outside;
 pub mod path_error;
 pub mod process;
 pub mod restore;

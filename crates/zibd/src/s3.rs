@@ -10,7 +10,7 @@
 
 use std::{path::Path, time::Duration};
 
-use crate::bandwidth::Bandwidth;
+use crate::{bandwidth::Bandwidth, outside::S3Credentials};
 use aws_sdk_s3::{
     Client,
     config::{
@@ -269,8 +269,8 @@ pub fn thaw_state(head: &ObjectHead) -> ThawState {
 
 impl S3Store {
     /// Builds a client from the config's `[target]`; credentials come from the standard AWS
-    /// chain (environment, profile, instance role), never from the config file.
-    pub async fn from_config(cfg: &Config) -> Self {
+    /// chain (environment, profile, instance role) unless given, never from the config file.
+    pub async fn from_config(cfg: &Config, credentials: Option<&S3Credentials>) -> Self {
         let t = &cfg.target;
         let d = &cfg.daemon;
         Self::connect(
@@ -280,6 +280,7 @@ impl S3Store {
             t.max_attempts,
             Duration::from_secs(t.request_timeout_secs),
             &t.bucket.0,
+            credentials,
         )
         .await
         .with_limits(
@@ -300,12 +301,17 @@ impl S3Store {
         max_attempts: u32,
         request_timeout: Duration,
         bucket: &str,
+        credentials: Option<&S3Credentials>,
     ) -> Self {
         let retry = RetryConfig::standard()
             .with_max_attempts(max_attempts)
             .with_initial_backoff(Duration::from_millis(200))
             .with_max_backoff(Duration::from_secs(20));
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(c.clone());
+        }
+        let sdk = loader
             .region(Region::new(region.to_owned()))
             .retry_config(retry)
             .timeout_config(

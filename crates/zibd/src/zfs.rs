@@ -205,15 +205,20 @@ pub struct SnapInfo {
 /// manifest is committed (or the run failed). zib releases only holds with this tag.
 pub const SEND_HOLD: &str = "zib-send";
 
-/// Runs `zfs` (the binary named by `ZIB_ZFS_BIN`, default `zfs` on PATH).
+/// Runs `zfs`: `zfs` on PATH by default; [`Zfs::from_env`] (the binaries' choice) honours
+/// `ZIB_ZFS_BIN`; [`Zfs::with_bin`] names another binary (a stand-in in tests), and
+/// [`Zfs::env`] gives it environment variables of its own.
 #[derive(Debug, Clone)]
 pub struct Zfs {
     bin: OsString,
+    /// Whether `bin` was named (not `zfs` on PATH): `zpool` is then looked for beside it.
+    named: bool,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl Default for Zfs {
     fn default() -> Self {
-        Self { bin: std::env::var_os("ZIB_ZFS_BIN").unwrap_or_else(|| "zfs".into()) }
+        Self { bin: "zfs".into(), named: false, env: Vec::new() }
     }
 }
 
@@ -227,9 +232,31 @@ fn render(args: &[&str]) -> String {
 }
 
 impl Zfs {
+    /// The binary `ZIB_ZFS_BIN` names, else `zfs` on PATH: what `zibd` runs.
+    pub fn from_env() -> Self {
+        match std::env::var_os("ZIB_ZFS_BIN") {
+            Some(bin) => Self::with_bin(bin),
+            None => Self::default(),
+        }
+    }
+
+    /// Runs `bin` instead of `zfs` on PATH.
+    pub fn with_bin(bin: impl Into<OsString>) -> Self {
+        Self { bin: bin.into(), named: true, env: Vec::new() }
+    }
+
+    /// The same, with `key=value` in the environment of every command it runs.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.args(args).kill_on_drop(true).stdin(Stdio::null());
+        c.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .kill_on_drop(true)
+            .stdin(Stdio::null());
         c
     }
 
@@ -467,13 +494,13 @@ impl Zfs {
         }
     }
 
-    /// `ZIB_ZPOOL_BIN`; beside a `ZIB_ZFS_BIN` when that is set (none there: a stand-in zfs
-    /// with no pool to sync); else `zpool` on PATH.
+    /// `ZIB_ZPOOL_BIN`; beside a named zfs binary (`ZIB_ZFS_BIN`, [`Zfs::with_bin`]; none
+    /// there: a stand-in zfs with no pool to sync); else `zpool` on PATH.
     fn zpool_bin(&self) -> Option<OsString> {
         if let Some(b) = std::env::var_os("ZIB_ZPOOL_BIN") {
             return Some(b);
         }
-        if std::env::var_os("ZIB_ZFS_BIN").is_some() {
+        if self.named {
             let p = std::path::Path::new(&self.bin).with_file_name("zpool");
             return p.exists().then(|| p.into_os_string());
         }
@@ -657,7 +684,7 @@ mod tests {
         let p = dir.path().join("zfs");
         std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        (dir, Zfs { bin: p.into() })
+        (dir, Zfs::with_bin(p))
     }
 
     #[test]

@@ -12,10 +12,9 @@ use std::{
 use zib_core::{DatasetName, KeyLayout, Manifest, SnapName};
 use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, S3sFsServer};
 
-#[path = "support/host_config.rs"]
-mod host_config;
+mod support;
 
-use host_config::FAKE_ZFS;
+use support::{ConfigToml, FakeZfs, config::quoted, fake_zfs::SCRIPT as FAKE_ZFS};
 const CHUNK: u64 = 64 * 1024;
 
 struct Bed {
@@ -32,10 +31,12 @@ impl Bed {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let config = root.join("zibd.toml");
-        let tables = host_config::daemon_and_target(&root, &bucket, endpoint, class, CHUNK);
-        let dataset =
-            "max_attempts = 8\n\n[[dataset]]\nname = \"tank/photos\"\nschedule = \"0 3 * * *\"\n";
-        std::fs::write(&config, tables + dataset).unwrap();
+        ConfigToml::new(&root, &bucket, endpoint)
+            .target("storage_class", quoted(class))
+            .target("chunk_size", CHUNK)
+            .target("max_attempts", 8)
+            .dataset("tank/photos", "0 3 * * *")
+            .write(&config);
         Bed { _dir: dir, root, config, endpoint: endpoint.into(), bucket, client }
     }
 
@@ -85,7 +86,7 @@ impl Bed {
 
     fn zibd(&self, args: &[&str], env: &[(&str, String)]) -> Output {
         let env = [&[("FAKE_ZFS_SIZE", "300000".to_owned())], env].concat();
-        host_config::zibd(&self.config, &self.root, &self.endpoint, args, &env)
+        support::zibd(&self.config, &self.root, &self.endpoint, args, &env)
     }
 
     fn backup(&self, env: &[(&str, String)]) -> Output {
@@ -1087,6 +1088,8 @@ fn fake_zfs_is_only_a_fake() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    let out = FakeZfs::new().run(&["rollback", "tank/photos@x"]);
+    assert!(!out.status.success());
     assert!(Path::new(FAKE_ZFS).exists());
 }
 
@@ -1333,11 +1336,7 @@ fn holds(bed: &Bed) -> BTreeMap<String, Vec<String>> {
 }
 
 fn fake_zfs(bed: &Bed, args: &[&str]) -> Output {
-    std::process::Command::new(FAKE_ZFS)
-        .args(args)
-        .env("FAKE_ZFS_DIR", bed.root.join("zfs"))
-        .output()
-        .unwrap()
+    FakeZfs::at(bed.root.join("zfs")).run(args)
 }
 
 /// Issue 12: the snapshot being sent carries zib's hold (`zib-send`) from before the send

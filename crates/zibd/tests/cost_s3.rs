@@ -9,9 +9,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use zib_core::{DatasetName, KeyLayout, SnapName, StorageClass};
 use zib_testkit::{MotoServer, test_env};
 
-#[path = "support/restore_catalog.rs"]
-mod catalog;
-use catalog::*;
+mod support;
+use support::catalog::*;
 
 const GB: f64 = (1u64 << 30) as f64;
 

@@ -4,8 +4,6 @@
 //! plus the real `zibd` binary under a fake service manager (sd_notify READY/STATUS/WATCHDOG/
 //! STOPPING, SIGTERM exits 0).
 
-#![allow(unsafe_code)] // std::env::set_var, once, before any runtime starts (see `setup`)
-
 use std::{
     collections::BTreeMap,
     os::unix::net::UnixDatagram,
@@ -17,93 +15,44 @@ use std::{
 use chrono::{DateTime, Utc};
 use zib_protocol::{Client, DatasetStatus, ErrorKind, JobState, Request, Response};
 use zib_testkit::{S3sFsServer, test_env};
+
+mod support;
+use support::{ConfigToml, FakeZfs, config::quoted};
 use zibd::{
     control::{Handler, Peer, Reply},
     daemon::{Daemon, DaemonCore, DaemonOptions},
     job::ManualClock,
+    outside::Outside,
     systemd::Notifier,
 };
 
-/// The stand-in `zfs` of the engine tests (tests/support/fake_zfs.sh), wrapped: its state
-/// lives in $D/zfs, every command line goes to $D/log, and `send` of a dataset streams slowly
-/// (16 KiB every 0.2 s) while the file $D/hold/<dataset> exists, so a test can keep a run busy
-/// for ~13 s (each stream is 1 MiB) and still see it stop at a safe point when cancelled.
-const FAKE_ZFS: &str = r#"#!/bin/bash
-set -euo pipefail
-D=__DIR__
-export FAKE_ZFS_DIR="$D/zfs" FAKE_ZFS_SIZE=1048576 FAKE_ZFS_LOG="$D/log"
-if [ "$1" = send ] && [[ " $* " != *" -nvP "* ]]; then
-  last=${!#}
-  hold="$D/hold/$(printf '%s' "${last%@*}" | tr '/' '+')"
-  if [ -e "$hold" ]; then
-    echo "$*" >> "$FAKE_ZFS_LOG"
-    data="$FAKE_ZFS_DIR/data/$(printf '%s' "$last" | sed 's#/#%2F#g')"
-    size=$(stat -c %s "$data"); off=0
-    while [ -e "$hold" ] && [ $off -lt $size ]; do
-      dd if="$data" bs=16384 skip=$((off / 16384)) count=1 status=none
-      off=$((off + 16384)); sleep 0.2
-    done
-    [ $off -lt $size ] && tail -c +$((off + 1)) "$data"
-    exit 0
-  fi
-fi
-# A restore's receive takes the stream and keeps nothing.
-[ "$1" = receive ] && { echo "$*" >> "$FAKE_ZFS_LOG"; cat > /dev/null; exit 0; }
-exec __SUPPORT__/fake_zfs.sh "$@"
-"#;
-
-/// The fake zfs's directory (one per test process: tests use distinct dataset names).
-fn zfs_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // Under target/tmp, kept after the run (for a look at $D/log; `cargo clean` removes it);
-        // never cleared here, as other test processes may share the target directory.
+/// The stand-in zfs of these tests (tests/support/fake_zfs.sh), one per test process (tests
+/// use distinct dataset names): streams of 1 MiB, so a slow send (16 KiB every 0.2 s, see
+/// [`FakeZfs::slow`]) keeps a run busy for ~13 s and still stops at a safe point when
+/// cancelled. Its state is under target/tmp, kept after the run (for a look at its `calls`;
+/// `cargo clean` removes it); never cleared here, as other test processes may share the target
+/// directory.
+fn fake_zfs() -> &'static FakeZfs {
+    static ZFS: OnceLock<FakeZfs> = OnceLock::new();
+    ZFS.get_or_init(|| {
         let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("daemon-test");
         std::fs::create_dir_all(&base).unwrap();
         let dir = tempfile::Builder::new().prefix("fake-zfs").tempdir_in(&base).unwrap().keep();
-        let script = dir.join("fake-zfs");
-        let support = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support");
-        std::fs::write(
-            &script,
-            FAKE_ZFS.replace("__DIR__", &dir.display().to_string()).replace("__SUPPORT__", support),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::create_dir_all(dir.join("hold")).unwrap();
-        dir
+        FakeZfs::at(dir).knob("FAKE_ZFS_SIZE", "1048576")
     })
 }
 
-/// Process-wide environment for the in-process daemons: the fake zfs and test credentials.
-fn setup(endpoint: &str) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    let dir = zfs_dir();
-    ONCE.call_once(|| {
-        // SAFETY: set before this test's runtime exists; every test sets the same values, and
-        // the endpoint comes from the config file, not from this environment.
-        unsafe {
-            std::env::set_var("ZIB_ZFS_BIN", dir.join("fake-zfs"));
-            for (k, v) in test_env(endpoint) {
-                if k != "AWS_ENDPOINT_URL" {
-                    std::env::set_var(k, v);
-                }
-            }
-        }
-    });
+/// What the in-process daemons reach the outside with: the stand-in zfs, the test credentials.
+fn outside() -> Outside {
+    Outside { zfs: fake_zfs().zfs(), s3_credentials: Some(zib_testkit::test_credentials()) }
 }
 
 fn hold(ds: &str, on: bool) {
-    let f = zfs_dir().join("hold").join(ds.replace('/', "+"));
-    if on {
-        std::fs::write(f, b"").unwrap();
-    } else {
-        let _ = std::fs::remove_file(f);
-    }
+    fake_zfs().slow(ds, on);
 }
 
 fn snapshots_taken(ds: &str) -> usize {
-    let log = std::fs::read_to_string(zfs_dir().join("log")).unwrap_or_default();
+    let log = fake_zfs().calls();
     log.lines().filter(|l| l.starts_with(&format!("snapshot {ds}@"))).count()
 }
 
@@ -133,7 +82,6 @@ struct Bed {
 impl Bed {
     async fn new() -> Bed {
         let s3 = S3sFsServer::start();
-        setup(s3.endpoint());
         let bucket = s3.create_bucket("daemon").await;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("zibd.toml");
@@ -154,31 +102,18 @@ impl Bed {
 
     /// The same, with `daemon.max_concurrent_jobs = max_jobs`.
     fn write_config_jobs(&self, datasets: &[(&str, &str)], max_jobs: usize) {
-        let root = self.dir.path().display();
-        let mut text = format!(
-            r#"
-[daemon]
-state_dir = "{root}/state"
-spool_dir = "{root}/spool"
-socket = "{root}/run/zibd.sock"
-shutdown_timeout_secs = 10
-max_concurrent_jobs = {max_jobs}
-
-[target]
-bucket = "{bucket}"
-endpoint = "{endpoint}"
-prefix = "backups"
-storage_class = "STANDARD"
-chunk_size = "64KiB"
-max_attempts = 3
-"#,
-            bucket = self.bucket,
-            endpoint = self.endpoint
-        );
+        let root = self.dir.path();
+        let mut c = ConfigToml::new(root, &self.bucket, &self.endpoint)
+            .daemon("socket", quoted(root.join("run/zibd.sock").display()))
+            .daemon("shutdown_timeout_secs", 10)
+            .daemon("max_concurrent_jobs", max_jobs)
+            .target("storage_class", quoted("STANDARD"))
+            .target("chunk_size", quoted("64KiB"))
+            .target("max_attempts", 3);
         for (ds, schedule) in datasets {
-            text.push_str(&format!("\n[[dataset]]\nname = \"{ds}\"\nschedule = \"{schedule}\"\n"));
+            c = c.dataset(ds, schedule);
         }
-        std::fs::write(&self.config, text).unwrap();
+        c.write(&self.config);
     }
 
     async fn start(&self) -> Daemon {
@@ -186,6 +121,7 @@ max_attempts = 3
             config_path: self.config.clone(),
             clock: Arc::new(self.clock.clone()),
             notifier: Notifier::disabled(),
+            outside: outside(),
         };
         Daemon::start(opts).await.expect("daemon starts")
     }
@@ -297,7 +233,7 @@ async fn trigger_and_wait(core: &DaemonCore, ds: &str, full: bool) -> Response {
 fn destroy_snapshots_and_bookmarks(ds: &str) {
     let stem = ds.replace('/', "%2F");
     for dir in ["snap", "book"] {
-        for e in std::fs::read_dir(zfs_dir().join("zfs").join(dir)).unwrap() {
+        for e in std::fs::read_dir(fake_zfs().dir.join(dir)).unwrap() {
             let e = e.unwrap();
             let n = e.file_name().to_string_lossy().into_owned();
             if n.starts_with(&format!("{stem}@")) || n.starts_with(&format!("{stem}#")) {
@@ -754,28 +690,11 @@ async fn shutdown_stops_a_running_backup_at_a_safe_point_and_a_restart_resumes()
 #[test]
 fn sd_notify_ready_only_after_the_control_socket_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().display().to_string();
     let config = dir.path().join("zibd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[daemon]
-state_dir = "{root}/state"
-spool_dir = "{root}/spool"
-socket = "{root}/run/zibd.sock"
-
-[target]
-bucket = "notify-test"
-endpoint = "http://127.0.0.1:9"
-
-[[dataset]]
-name = "tank/photos"
-schedule = "0 3 * * *"
-"#
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(dir.path(), "notify-test", "http://127.0.0.1:9")
+        .daemon("socket", quoted(dir.path().join("run/zibd.sock").display()))
+        .dataset("tank/photos", "0 3 * * *")
+        .write(&config);
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -897,13 +816,10 @@ schedule = "0 3 * * *"
 #[test]
 fn second_daemon_and_invalid_config_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().display().to_string();
     let config = dir.path().join("zibd.toml");
-    let text = format!(
-        "[daemon]\nstate_dir = \"{root}/state\"\nspool_dir = \"{root}/spool\"\nsocket = \"{root}/zibd.sock\"\n\
-         [target]\nbucket = \"second-test\"\nendpoint = \"http://127.0.0.1:9\"\n\
-         [[dataset]]\nname = \"tank/a\"\nschedule = \"0 3 * * *\"\n"
-    );
+    let text = ConfigToml::new(dir.path(), "second-test", "http://127.0.0.1:9")
+        .dataset("tank/a", "0 3 * * *")
+        .render();
     std::fs::write(&config, &text).unwrap();
     let zibd = || {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
@@ -985,7 +901,7 @@ fn zibd_cmd(bed: &Bed, args: &[&str]) -> (String, String, bool) {
     for (k, v) in test_env(&bed.endpoint) {
         c.env(k, v);
     }
-    c.env("ZIB_ZFS_BIN", zfs_dir().join("fake-zfs")).env("ZIB_LOG", "warn");
+    c.envs(fake_zfs().env()).env("ZIB_LOG", "warn");
     let o = c.output().unwrap();
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -1152,7 +1068,7 @@ async fn an_idle_run_shows_skipped_no_change_in_status() {
     })
     .await;
     assert_eq!(snapshots_taken(ds), 1);
-    let written = zfs_dir().join("zfs/written");
+    let written = fake_zfs().dir.join("written");
     std::fs::create_dir_all(&written).unwrap();
     std::fs::write(written.join(ds.replace('/', "%2F")), "0\n").unwrap();
     expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
@@ -1164,8 +1080,7 @@ async fn an_idle_run_shows_skipped_no_change_in_status() {
     assert!(d.stop().await);
 }
 
-#[path = "support/prom_text.rs"]
-mod prom_text;
+use support::prom_text;
 
 /// Adds `lines` to the config's `[daemon]` table.
 fn daemon_settings(bed: &Bed, lines: &str) {
@@ -1391,8 +1306,33 @@ async fn wait_notifications(dir: &Path, n: usize) -> Vec<(String, BTreeMap<Strin
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_command_runs_on_failure_recovery_and_staleness_without_secrets() {
+/// The daemon's environment must hold credentials the notify command must not see. Nothing in
+/// these tests sets the process environment, so without them the test runs itself again as a
+/// child process of this test binary with the test credentials in its environment.
+#[test]
+fn notify_command_runs_on_failure_recovery_and_staleness_without_secrets() {
+    const NAME: &str = "notify_command_runs_on_failure_recovery_and_staleness_without_secrets";
+    if std::env::var_os("AWS_SECRET_ACCESS_KEY").is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads", "1", "--nocapture"])
+            .env("AWS_ACCESS_KEY_ID", zib_testkit::TEST_ACCESS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", zib_testkit::TEST_SECRET_ACCESS_KEY)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the test in a child process:\n{stdout}\n{stderr}"
+        );
+        return;
+    }
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(notify_command_with_credentials_in_the_environment());
+}
+
+async fn notify_command_with_credentials_in_the_environment() {
     let bed = Bed::new().await;
     let (ds, idle) = ("alerts/data", "alerts/idle");
     bed.write_config(&[(ds, "0 0 3 * * *"), (idle, "0 0 3 * * *")]);
@@ -1543,17 +1483,10 @@ async fn a_cancelled_restore_stops_and_a_restart_does_not_continue_it() {
 #[test]
 fn json_logs_are_one_object_a_line_with_the_events_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().display().to_string();
     let config = dir.path().join("zibd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nstate_dir = \"{root}/state\"\nspool_dir = \"{root}/spool\"\nsocket = \"{root}/zibd.sock\"\n\
-             [target]\nbucket = \"json-logs\"\nendpoint = \"http://127.0.0.1:9\"\n\
-             [[dataset]]\nname = \"tank/a\"\nschedule = \"0 3 * * *\"\n"
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(dir.path(), "json-logs", "http://127.0.0.1:9")
+        .dataset("tank/a", "0 3 * * *")
+        .write(&config);
     let mut child = Killed(
         std::process::Command::new(env!("CARGO_BIN_EXE_zibd"))
             .arg("--config")

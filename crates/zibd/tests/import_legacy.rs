@@ -9,12 +9,11 @@ use std::process::Output;
 
 use aws_sdk_s3::primitives::ByteStream;
 use zib_core::Manifest;
-use zib_testkit::{FaultProxy, MotoServer, Outcome as ProxyOutcome, get_bytes, test_env};
+use zib_testkit::{FaultProxy, MotoServer, Outcome as ProxyOutcome, get_bytes};
 
-#[path = "support/restore_catalog.rs"]
-mod catalog;
+mod support;
+use support::{ConfigToml, FakeZfs, catalog, config::quoted};
 
-const FAKE_ZFS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake_zfs.sh");
 /// The legacy tool's chunk size here: streams of 11_500 bytes are 12 chunks.
 const LEGACY_CHUNK: usize = 1000;
 const LEGACY_LEN: usize = 11_500;
@@ -54,32 +53,14 @@ impl Bed {
         let client = moto.client();
         let bucket = moto.create_bucket(name).await;
         let config = root.join("zibd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[daemon]
-state_dir = "{root}/state"
-spool_dir = "{root}/spool"
-socket = "{root}/zibd.sock"
-
-[target]
-bucket = "{bucket}"
-endpoint = "{endpoint}"
-prefix = "zib"
-storage_class = "DEEP_ARCHIVE"
-chunk_size = 65536
-
-[[dataset]]
-name = "tank/photos"
-schedule = "0 3 * * *"
-# The stand-in's streams are all alike in size: no re-baseline for that.
-rebaseline_ratio = "off"
-"#,
-                root = root.display(),
-            ),
-        )
-        .unwrap();
+        ConfigToml::new(&root, &bucket, endpoint)
+            .target("prefix", quoted("zib"))
+            .target("storage_class", quoted("DEEP_ARCHIVE"))
+            .target("chunk_size", 65536)
+            .dataset("tank/photos", "0 3 * * *")
+            // The stand-in's streams are all alike in size: no re-baseline for that.
+            .dataset_key("rebaseline_ratio", quoted("off"))
+            .write(&config);
         let save_file = root.join("save_data.ron");
         std::fs::write(
             &save_file,
@@ -144,14 +125,13 @@ rebaseline_ratio = "off"
         bed
     }
 
+    /// The stand-in zfs of the backups (its state in `root/zfs`).
+    fn backup_zfs(&self) -> FakeZfs {
+        FakeZfs::at(self.root.join("zfs")).knob("FAKE_ZFS_SIZE", "300000")
+    }
+
     fn fake_zfs(&self, args: &[&str], size: usize) {
-        let o = std::process::Command::new(FAKE_ZFS)
-            .args(args)
-            .env("FAKE_ZFS_DIR", self.root.join("zfs"))
-            .env("FAKE_ZFS_SIZE", size.to_string())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        FakeZfs::at(self.root.join("zfs")).knob("FAKE_ZFS_SIZE", size.to_string()).run_ok(args);
     }
 
     /// The stand-in's GUID of tank/photos@`snap`.
@@ -178,17 +158,9 @@ rebaseline_ratio = "off"
             .collect()
     }
 
-    fn zibd(&self, args: &[&str], zfs: &Path, extra: &[(&str, &str)]) -> Output {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
+    fn zibd(&self, args: &[&str], zfs: &FakeZfs, extra: &[(&str, &str)]) -> Output {
+        let mut c = support::zibd_command(&self.endpoint, zfs);
         c.arg("--config").arg(&self.config).args(args);
-        for (k, v) in test_env(&self.endpoint) {
-            c.env(k, v);
-        }
-        c.env("ZIB_ZFS_BIN", zfs)
-            .env("FAKE_ZFS_DIR", self.root.join("zfs"))
-            .env("FAKE_ZFS_SIZE", "300000")
-            .env_remove("ZIB_FAILPOINT")
-            .env_remove("ZIBD_CONFIG");
         for (k, v) in extra {
             c.env(k, v);
         }
@@ -196,7 +168,7 @@ rebaseline_ratio = "off"
     }
 
     /// `zibd restore run --to TARGET` (moto thaws at once; poll it often) plus `extra`.
-    fn restore(&self, target: &str, extra: &[&str], zfs: &Path, work: &Path) -> Output {
+    fn restore(&self, target: &str, extra: &[&str], zfs: &FakeZfs, work: &Path) -> Output {
         let args = ["restore", "run", "--to", target, "--work-dir", work.to_str().unwrap()];
         let poll = ["--poll-initial-secs", "0.05", "--poll-max-secs", "0.2"];
         self.zibd(&[&args[..], &poll[..], extra].concat(), zfs, &[])
@@ -206,7 +178,7 @@ rebaseline_ratio = "off"
         let save = self.save_file.to_str().unwrap();
         self.zibd(
             &[&["import-legacy", "--state-file", save][..], extra].concat(),
-            FAKE_ZFS.as_ref(),
+            &self.backup_zfs(),
             &[],
         )
     }
@@ -242,9 +214,9 @@ fn ok(o: &Output) -> String {
 impl Bed {
     /// The streams a restore of `snapshot` (to a stand-in target) fed to `zfs receive`.
     fn restored(&self, snapshot: &str) -> Vec<Vec<u8>> {
-        let fake = catalog::FakeZfs::new();
+        let fake = FakeZfs::new();
         let work = tempfile::tempdir().unwrap();
-        ok(&self.restore("pool/new", &["--snapshot", snapshot], &fake.bin, work.path()));
+        ok(&self.restore("pool/new", &["--snapshot", snapshot], &fake, work.path()));
         fake.received()
     }
 }
@@ -309,7 +281,7 @@ async fn import_then_a_zib_backup_continues_the_chain_and_legacy_snapshots_resto
     assert!(stdout.contains("wrote 0 manifests (3 already there)"), "{stdout}");
 
     // The next zib backup is an incremental from the last legacy snapshot.
-    let o = bed.zibd(&["backup", "tank/photos"], FAKE_ZFS.as_ref(), &[]);
+    let o = bed.zibd(&["backup", "tank/photos"], &bed.backup_zfs(), &[]);
     let (stdout, stderr) = out(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("incremental backup #4"), "{stdout}\n{stderr}");
@@ -320,11 +292,11 @@ async fn import_then_a_zib_backup_continues_the_chain_and_legacy_snapshots_resto
     assert!(zib.legacy.is_none());
 
     // Restore the newest (legacy + zib streams) and an older snapshot (legacy only).
-    let fake = catalog::FakeZfs::new();
+    let fake = FakeZfs::new();
     let work = tempfile::tempdir().unwrap();
     // The newest legacy snapshot (the stand-in's zib stream has no begin record, so the zib
     // part is restored by the guest test with real ZFS).
-    let o = bed.restore("pool/new", &["--snapshot", "backup2"], &fake.bin, work.path());
+    let o = bed.restore("pool/new", &["--snapshot", "backup2"], &fake, work.path());
     let (stdout, stderr) = out(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     let got = fake.received();
@@ -333,9 +305,9 @@ async fn import_then_a_zib_backup_continues_the_chain_and_legacy_snapshots_resto
         assert!(g == &bed.stream_of(&format!("backup{n}")), "legacy stream {n} differs");
     }
 
-    let fake = catalog::FakeZfs::new();
+    let fake = FakeZfs::new();
     let work = tempfile::tempdir().unwrap();
-    let o = bed.restore("pool/old", &["--snapshot", "backup1"], &fake.bin, work.path());
+    let o = bed.restore("pool/old", &["--snapshot", "backup1"], &fake, work.path());
     let (stdout, stderr) = out(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     let got = fake.received();
@@ -380,9 +352,9 @@ async fn a_legacy_chunk_that_does_not_match_its_md5_never_reaches_zfs_receive() 
         .send()
         .await
         .unwrap();
-    let fake = catalog::FakeZfs::new();
+    let fake = FakeZfs::new();
     let work = tempfile::tempdir().unwrap();
-    let o = bed.restore("pool/r", &[], &fake.bin, work.path());
+    let o = bed.restore("pool/r", &[], &fake, work.path());
     let (stdout, stderr) = out(&o);
     assert!(!o.status.success(), "{stdout}");
     assert!(stderr.contains("legacy/backup0/3") && stderr.contains("MD5"), "{stderr}");
@@ -466,7 +438,7 @@ async fn an_unfinished_legacy_upload_is_finished_without_a_412_and_without_overw
     assert!(got[2] == stream, "the finished stream differs");
 
     // The next zib backup continues from it.
-    let stdout = ok(&bed.zibd(&["backup", "tank/photos"], FAKE_ZFS.as_ref(), &[]));
+    let stdout = ok(&bed.zibd(&["backup", "tank/photos"], &bed.backup_zfs(), &[]));
     assert!(stdout.contains("incremental backup #4"), "{stdout}");
     assert_eq!(by_seq(&bed.manifests().await, 4).from.as_ref(), Some(&m.to));
 }

@@ -1,27 +1,26 @@
 //! The daemon's side of restore: [`zibd::restore::RestoreJobs`] runs a restore as a job whose
 //! status shows the thaw, stops at shutdown, and continues after a "daemon restart" (a new
-//! `RestoreJobs` over the same work dir) without asking for any thaw twice. One test per
-//! binary: it sets the process environment (the stand-in zfs, the test credentials) first.
+//! `RestoreJobs` over the same work dir) without asking for any thaw twice. The stand-in zfs
+//! and the test credentials are given to the engine, not set in the process environment.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use zib_core::{DatasetName, StorageClass, pricing::Pricing};
 use zib_protocol::RestoreState;
-use zib_testkit::{FaultProxy, Matcher, MotoServer, test_env};
+use zib_testkit::{FaultProxy, Matcher, MotoServer, test_credentials};
 use zibd::{
     restore::{PollBackoff, RestoreEngine, RestoreJobs, RestoreOptions},
     s3::S3Store,
     zfs::Zfs,
 };
 
-#[path = "support/restore_catalog.rs"]
-mod catalog;
-use catalog::*;
+mod support;
+use support::{FakeZfs, catalog::*};
 
-async fn engine(endpoint: &str, bucket: &str) -> RestoreEngine {
+async fn engine(endpoint: &str, bucket: &str, zfs: &Zfs) -> RestoreEngine {
     RestoreEngine {
-        zfs: Zfs::default(),
+        zfs: zfs.clone(),
         s3: S3Store::connect(
             "us-east-1",
             Some(endpoint),
@@ -29,6 +28,7 @@ async fn engine(endpoint: &str, bucket: &str) -> RestoreEngine {
             3,
             Duration::from_secs(120),
             bucket,
+            Some(&test_credentials()),
         )
         .await,
         prefix: PREFIX.into(),
@@ -54,15 +54,8 @@ async fn wait_for(
 #[test]
 fn a_restore_job_survives_a_daemon_restart_without_asking_twice() {
     let zfs = FakeZfs::new();
+    let z = zfs.zfs();
     let moto = MotoServer::spawn();
-    // Safety: this is the only test of this binary, and no other thread runs yet.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::env::set_var("ZIB_ZFS_BIN", &zfs.bin);
-        for (k, v) in test_env(moto.endpoint()) {
-            std::env::set_var(k, v);
-        }
-    }
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
@@ -81,7 +74,7 @@ fn a_restore_job_survives_a_daemon_restart_without_asking_twice() {
 
         let shutdown = CancellationToken::new();
         let jobs = RestoreJobs::new(work.path().to_owned(), shutdown.clone());
-        let id = jobs.start(engine(&ep, &bucket).await, opts.clone()).unwrap();
+        let id = jobs.start(engine(&ep, &bucket, &z).await, opts.clone()).unwrap();
         assert_eq!(id, "pool/restored");
         let s = wait_for(&jobs, "thawing, after a poll", |s| {
             s.state == RestoreState::Thawing
@@ -98,7 +91,7 @@ fn a_restore_job_survives_a_daemon_restart_without_asking_twice() {
             "{s:?}"
         );
         // The same target twice is refused while it runs.
-        assert!(jobs.start(engine(&ep, &bucket).await, opts.clone()).is_err());
+        assert!(jobs.start(engine(&ep, &bucket, &z).await, opts.clone()).is_err());
         assert_eq!(proxy.count(&Matcher::post().query_contains("restore")), 7);
         assert_eq!(jobs.running(), 1);
 
@@ -126,8 +119,8 @@ fn a_restore_job_survives_a_daemon_restart_without_asking_twice() {
         let resumed = jobs
             .resume_unfinished(|bucket, prefix| {
                 assert_eq!((bucket.as_str(), prefix.as_str()), (b.as_str(), "backups/"));
-                let ep2 = ep2.clone();
-                async move { engine(&ep2, &bucket).await }
+                let (ep2, z) = (ep2.clone(), z.clone());
+                async move { engine(&ep2, &bucket, &z).await }
             })
             .await;
         assert_eq!(resumed.len(), 1);

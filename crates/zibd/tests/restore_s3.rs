@@ -5,23 +5,16 @@
 use std::{path::Path, process::Output};
 
 use zib_core::{DatasetName, KeyLayout, StorageClass, pricing::Pricing};
-use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, put_bytes, test_env};
+use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, put_bytes};
 
-#[path = "support/restore_catalog.rs"]
-mod catalog;
-use catalog::*;
+mod support;
+use support::{FakeZfs, catalog::*};
 
 /// Runs `zibd restore ARGS` with no config file and the test credentials.
-fn zibd(endpoint: &str, zfs: &Path, args: &[&str]) -> Output {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
+fn zibd(endpoint: &str, zfs: &FakeZfs, args: &[&str]) -> Output {
+    let mut c = support::zibd_command(endpoint, zfs);
     c.arg("--config").arg("/nonexistent/zibd.toml").arg("restore").args(args);
-    for (k, v) in test_env(endpoint) {
-        c.env(k, v);
-    }
-    c.env("ZIB_ZFS_BIN", zfs)
-        .env("ZIB_LOG", "info")
-        .env_remove("ZIB_FAILPOINT")
-        .env_remove("ZIBD_CONFIG");
+    c.env("ZIB_LOG", "info");
     c.output().unwrap()
 }
 
@@ -58,7 +51,7 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
     let zfs = FakeZfs::new();
     let b = bucket_args(&bucket, ep);
 
-    let o = zibd(ep, &zfs.bin, &[&["list"], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&["list"], &b[..]].concat());
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     for s in [
@@ -74,7 +67,7 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
         assert!(out.contains(s), "{s} missing from:\n{out}");
     }
 
-    let o = zibd(ep, &zfs.bin, &[&["list", "--json", "--dataset", "tank/photos"], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&["list", "--json", "--dataset", "tank/photos"], &b[..]].concat());
     assert!(o.status.success(), "{}", text(&o).1);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["datasets"].as_array().unwrap().len(), 1);
@@ -91,7 +84,7 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
     );
 
     // Several datasets: plan must be told which.
-    let o = zibd(ep, &zfs.bin, &[&["plan"], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&["plan"], &b[..]].concat());
     assert!(!o.status.success());
     assert!(
         text(&o).1.contains("several datasets") && text(&o).1.contains("--dataset"),
@@ -102,7 +95,7 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
     // The plan of an older snapshot: two streams, 5 chunks to thaw, quotes from the table.
     let o = zibd(
         ep,
-        &zfs.bin,
+        &zfs,
         &[
             &[
                 "plan",
@@ -147,7 +140,7 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
     assert_eq!(ms[1].chunks.len() + ms[0].chunks.len(), 6);
 
     // Human output names the tiers and their times.
-    let o = zibd(ep, &zfs.bin, &[&["plan", "--dataset", "tank/photos"], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&["plan", "--dataset", "tank/photos"], &b[..]].concat());
     let (out, _) = text(&o);
     assert!(
         out.contains("3 streams")
@@ -158,15 +151,12 @@ async fn list_and_plan_read_the_catalog_from_the_bucket_alone() {
     );
 
     // No catalog under another prefix.
-    let o = zibd(
-        ep,
-        &zfs.bin,
-        &["list", "--bucket", &bucket, "--prefix", "elsewhere", "--endpoint", ep],
-    );
+    let o =
+        zibd(ep, &zfs, &["list", "--bucket", &bucket, "--prefix", "elsewhere", "--endpoint", ep]);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("no zib catalog under s3://"), "{}", text(&o).1);
     // No bucket and no config.
-    let o = zibd(ep, &zfs.bin, &["list"]);
+    let o = zibd(ep, &zfs, &["list"]);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("--bucket"), "{}", text(&o).1);
 }
@@ -188,7 +178,7 @@ async fn a_slow_thaw_is_requested_once_per_chunk_polled_and_received_in_order() 
     let b = bucket_args(&bucket, &ep);
     let o = zibd(
         &ep,
-        &zfs.bin,
+        &zfs,
         &[
             &[
                 "run",
@@ -253,11 +243,8 @@ async fn a_slow_thaw_is_requested_once_per_chunk_polled_and_received_in_order() 
 
     // Running it again: the target exists now.
     std::fs::remove_file(work.path().join("restore-pool%2Frestored.json")).unwrap();
-    let o = zibd(
-        &ep,
-        &zfs.bin,
-        &[&["run", "--to", "pool/restored", "--work-dir", wd], &b[..]].concat(),
-    );
+    let o =
+        zibd(&ep, &zfs, &[&["run", "--to", "pool/restored", "--work-dir", wd], &b[..]].concat());
     assert!(!o.status.success());
     assert!(text(&o).1.contains("pool/restored already exists"), "{}", text(&o).1);
     moto.unset_restore_transition();
@@ -279,7 +266,7 @@ async fn a_corrupt_chunk_is_caught_before_zfs_receive_and_named() {
     let b = bucket_args(&bucket, ep);
     let o = zibd(
         ep,
-        &zfs.bin,
+        &zfs,
         &[
             &[
                 "run",
@@ -319,7 +306,7 @@ async fn a_corrupt_chunk_is_caught_before_zfs_receive_and_named() {
     client.delete_object().bucket(&bucket).key(&bad_key).send().await.unwrap();
     let o = zibd(
         ep,
-        &zfs.bin,
+        &zfs,
         &[&["run", "--to", "pool/r2", "--work-dir", work.path().to_str().unwrap()], &b[..]]
             .concat(),
     );
@@ -350,7 +337,7 @@ async fn a_stream_hash_mismatch_holds_back_the_last_chunk() {
     let work = tempfile::tempdir().unwrap();
     let b = bucket_args(&bucket, ep);
     let wd = work.path().to_str().unwrap();
-    let o = zibd(ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", wd], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&["run", "--to", "pool/r", "--work-dir", wd], &b[..]].concat());
     let (out, err) = text(&o);
     assert!(!o.status.success(), "{out}");
     assert!(err.contains("the stream's SHA-256 is"), "{err}");
@@ -384,7 +371,7 @@ async fn clear_errors_broken_chain_and_restore_object_denied() {
     let b = bucket_args(&bucket, &ep);
     let o = zibd(
         &ep,
-        &zfs.bin,
+        &zfs,
         &[&["run", "--to", "pool/r", "--work-dir", wd, "--tier", "standard"], &b[..]].concat(),
     );
     let (_, err) = text(&o);
@@ -397,7 +384,7 @@ async fn clear_errors_broken_chain_and_restore_object_denied() {
     // The refused restore is recorded; running it again with another snapshot is refused clearly.
     let o = zibd(
         &ep,
-        &zfs.bin,
+        &zfs,
         &[
             &["run", "--to", "pool/r", "--work-dir", wd, "--snapshot", "zib-20261101T000000Z"],
             &b[..],
@@ -406,8 +393,7 @@ async fn clear_errors_broken_chain_and_restore_object_denied() {
     );
     assert!(text(&o).1.contains("unfinished restore"), "{}", text(&o).1);
     // Expedited does not exist for Deep Archive.
-    let o =
-        zibd(&ep, &zfs.bin, &[&["run", "--to", "pool/r3", "--tier", "expedited"], &b[..]].concat());
+    let o = zibd(&ep, &zfs, &[&["run", "--to", "pool/r3", "--tier", "expedited"], &b[..]].concat());
     assert!(text(&o).1.contains("Expedited tier does not exist"), "{}", text(&o).1);
     // A 403 InvalidObjectState on RestoreObject is not a permission problem: it is named as
     // what it is, not as missing s3:RestoreObject rights.
@@ -426,7 +412,7 @@ async fn clear_errors_broken_chain_and_restore_object_denied() {
     let other = tempfile::tempdir().unwrap();
     let o = zibd(
         &ep,
-        &zfs.bin,
+        &zfs,
         &[&["run", "--to", "pool/r4", "--work-dir", other.path().to_str().unwrap()], &b[..]]
             .concat(),
     );
@@ -448,14 +434,13 @@ async fn clear_errors_broken_chain_and_restore_object_denied() {
         .send()
         .await
         .unwrap();
-    let o = zibd(&ep, &zfs.bin, &[&["plan"], &b[..]].concat());
+    let o = zibd(&ep, &zfs, &[&["plan"], &b[..]].concat());
     assert!(
         text(&o).1.contains("broken chain") && text(&o).1.contains("zib-20261102T000000Z"),
         "{}",
         text(&o).1
     );
-    let o =
-        zibd(&ep, &zfs.bin, &[&["plan", "--snapshot", "zib-20261101T000000Z"], &b[..]].concat());
+    let o = zibd(&ep, &zfs, &[&["plan", "--snapshot", "zib-20261101T000000Z"], &b[..]].concat());
     assert!(o.status.success(), "{}", text(&o).1);
 }
 
@@ -488,7 +473,7 @@ async fn a_thaw_that_expired_before_the_download_is_requested_again() {
     let b = bucket_args(&bucket, &ep);
     let o = zibd(
         &ep,
-        &zfs.bin,
+        &zfs,
         &[
             &[
                 "run",
@@ -546,11 +531,7 @@ async fn restore_work_files_are_private_and_planted_symlinks_are_not_followed() 
     let b = bucket_args(&bucket, ep);
     let tmp = tempfile::tempdir().unwrap();
     let run = |zfs: &FakeZfs, to: &str, wd: &Path| {
-        zibd(
-            ep,
-            &zfs.bin,
-            &[&["run", "--to", to, "--work-dir", wd.to_str().unwrap()], &b[..]].concat(),
-        )
+        zibd(ep, zfs, &[&["run", "--to", to, "--work-dir", wd.to_str().unwrap()], &b[..]].concat())
     };
 
     // A shared directory (like /tmp) is refused by name before anything is read.
@@ -645,7 +626,7 @@ async fn a_bad_manifest_is_skipped_by_name_and_the_rest_restores() {
     let ep = moto.endpoint();
     let b = bucket_args(&bucket, ep);
     let zfs = FakeZfs::new();
-    let o = zibd(ep, &zfs.bin, &[&["list"], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&["list"], &b[..]].concat());
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("zib-20261103T000000Z") && out.contains("skipped 4"), "{out}");
@@ -654,15 +635,15 @@ async fn a_bad_manifest_is_skipped_by_name_and_the_rest_restores() {
         assert!(err.contains(k.as_str()), "no warning naming {k}:\n{err}");
     }
     assert!(out.contains("newer than this zib"), "{out}");
-    let o = zibd(ep, &zfs.bin, &[&["list", "--json"], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&["list", "--json"], &b[..]].concat());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["skipped"].as_array().unwrap().len(), 4, "{v}");
 
-    let o = zibd(ep, &zfs.bin, &[&["plan", "--dataset", "tank/photos"], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&["plan", "--dataset", "tank/photos"], &b[..]].concat());
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(text(&o).0.contains("3 streams"), "{}", text(&o).0);
     // Every manifest of tank/home is bad: the error lists them.
-    let o = zibd(ep, &zfs.bin, &[&["plan", "--dataset", "tank/home"], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&["plan", "--dataset", "tank/home"], &b[..]].concat());
     assert!(!o.status.success());
     assert!(text(&o).1.contains(&garbage_key) && text(&o).1.contains("skipped"), "{}", text(&o).1);
 
@@ -676,14 +657,14 @@ async fn a_bad_manifest_is_skipped_by_name_and_the_rest_restores() {
         "--work-dir",
         work.path().to_str().unwrap(),
     ];
-    let o = zibd(ep, &zfs.bin, &[&run[..], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&run[..], &b[..]].concat());
     assert!(o.status.success(), "{:?}", text(&o));
     assert_eq!(zfs.received(), chain.iter().map(|c| c.data.clone()).collect::<Vec<_>>());
 
     // A chain that needed a skipped manifest: the broken-chain error names it.
     let middle = photos.manifest_key(2, &snap("zib-20261102T000000Z"));
     put(middle.clone(), b"\x00\x01 not a manifest".to_vec()).await;
-    let o = zibd(ep, &zfs.bin, &[&["plan", "--dataset", "tank/photos"], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&["plan", "--dataset", "tank/photos"], &b[..]].concat());
     let err = text(&o).1;
     assert!(!o.status.success());
     assert!(err.contains("broken chain") && err.contains(&middle), "{err}");
@@ -709,7 +690,7 @@ async fn receive_keeps_a_streams_mountpoint_canmount_and_shares_off_the_host() {
 
     // No mountpoint asked for: it mounts nowhere by itself, not even at the next boot.
     let zfs = FakeZfs::new();
-    let o = zibd(ep, &zfs.bin, &[&["run", "--to", "pool/r", "--work-dir", wd], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&["run", "--to", "pool/r", "--work-dir", wd], &b[..]].concat());
     assert!(o.status.success(), "{:?}", text(&o));
     let off = "receive -s -u -x sharenfs -x sharesmb -x mountpoint -o canmount=noauto pool/r";
     assert_eq!(receives(&zfs), vec![off; 3]);
@@ -718,7 +699,7 @@ async fn receive_keeps_a_streams_mountpoint_canmount_and_shares_off_the_host() {
     // the incrementals.
     let zfs = FakeZfs::new();
     let run = ["run", "--to", "pool/m", "--work-dir", wd, "--mountpoint", "/mnt/m"];
-    let o = zibd(ep, &zfs.bin, &[&run[..], &b[..]].concat());
+    let o = zibd(ep, &zfs, &[&run[..], &b[..]].concat());
     assert!(o.status.success(), "{:?}", text(&o));
     let inc = "receive -s -u -x sharenfs -x sharesmb -x mountpoint -x canmount pool/m";
     assert_eq!(
@@ -759,7 +740,7 @@ async fn a_stream_unlike_its_manifest_is_refused_before_zfs_receive() {
         let work = tempfile::tempdir().unwrap();
         let run =
             ["run", "--dataset", ds, "--to", "pool/r", "--work-dir", work.path().to_str().unwrap()];
-        let o = zibd(ep, &zfs.bin, &[&run[..], &b[..]].concat());
+        let o = zibd(ep, &zfs, &[&run[..], &b[..]].concat());
         let (out, err) = text(&o);
         assert!(!o.status.success(), "{ds}: {out}\n{err}");
         assert!(
@@ -823,7 +804,7 @@ async fn objects_a_lifecycle_rule_archived_behind_the_manifest_are_thawed_and_wa
     let zfs = FakeZfs::new();
 
     // plan reads without thawing: it names the archived manifest and says how to go on.
-    let o = zibd(&ep, &zfs.bin, &[&["plan"], &b[..]].concat());
+    let o = zibd(&ep, &zfs, &[&["plan"], &b[..]].concat());
     let err = text(&o).1;
     assert!(!o.status.success());
     assert!(err.contains(&archived_manifest) && err.contains("restore run` thaws it"), "{err}");
@@ -840,7 +821,7 @@ async fn objects_a_lifecycle_rule_archived_behind_the_manifest_are_thawed_and_wa
         "--poll-max-secs",
         "0.2",
     ];
-    let o = zibd(&ep, &zfs.bin, &[&run[..], &b[..]].concat());
+    let o = zibd(&ep, &zfs, &[&run[..], &b[..]].concat());
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(err.contains("lifecycle"), "{err}");
@@ -896,16 +877,9 @@ async fn expired_thaws_are_asked_for_again_all_at_once() {
     ];
     let args = [&run[..], &b[..]].concat();
     // The first run stops after one chunk, as a crash would.
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
+    let mut c = support::zibd_command(&ep, &zfs);
     c.args(["--config", "/nonexistent/zibd.toml", "restore"]).args(&args);
-    for (k, v) in test_env(&ep) {
-        c.env(k, v);
-    }
-    let o = c
-        .env("ZIB_ZFS_BIN", &zfs.bin)
-        .env("ZIB_FAILPOINT", "restore-after-chunk:1")
-        .output()
-        .unwrap();
+    let o = c.env("ZIB_FAILPOINT", "restore-after-chunk:1").output().unwrap();
     assert!(!o.status.success(), "{:?}", text(&o));
     let rec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(work.path().join("restore-pool%2Fr.json")).unwrap())
@@ -926,7 +900,7 @@ async fn expired_thaws_are_asked_for_again_all_at_once() {
             .unwrap();
     }
     let seen = proxy.requests().len();
-    let o = zibd(&ep, &zfs.bin, &args);
+    let o = zibd(&ep, &zfs, &args);
     assert!(o.status.success(), "{:?}", text(&o));
     let reqs = &proxy.requests()[seen..];
     let is_thaw =
@@ -951,7 +925,7 @@ async fn expired_thaws_are_asked_for_again_all_at_once() {
     );
     assert_eq!(zfs.received().last(), chain.last().map(|c| &c.data));
     // The plan says how long the copies are kept, and why.
-    let o = zibd(&ep, &zfs.bin, &[&["plan", "--days", "1"], &b[..]].concat());
+    let o = zibd(&ep, &zfs, &[&["plan", "--days", "1"], &b[..]].concat());
     let out = text(&o).0;
     assert!(out.contains("kept 3 days") && out.contains("expected to take about"), "{out}");
 }

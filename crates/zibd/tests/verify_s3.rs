@@ -6,9 +6,8 @@
 use zib_core::{DatasetName, KeyLayout, SnapName, StorageClass};
 use zib_testkit::{FaultProxy, Matcher, MotoServer, test_env};
 
-#[path = "support/restore_catalog.rs"]
-mod catalog;
-use catalog::*;
+mod support;
+use support::catalog::*;
 
 /// `zibd verify --json ARGS` against `endpoint`: (exit code, report, stderr).
 async fn zibd_verify(

@@ -14,11 +14,8 @@ use sha2::{Digest, Sha256};
 use zib_core::Manifest;
 use zib_testkit::{FaultProxy, Matcher, MotoServer};
 
-#[path = "support/restore_catalog.rs"]
-mod catalog;
-#[path = "support/host_config.rs"]
-mod host_config;
-use catalog::FakeZfs;
+mod support;
+use support::{ConfigToml, FakeZfs, config::quoted};
 
 const DAY: i64 = 86_400;
 const DAYS: i64 = 365;
@@ -65,7 +62,7 @@ struct Year {
 impl Year {
     fn zibd(&self, args: &[&str], env: &[(&str, String)]) -> Output {
         let env = [&[("ZIB_LOG", "warn".to_owned())], env].concat();
-        host_config::zibd(&self.config, &self.root, &self.endpoint, args, &env)
+        support::zibd(&self.config, &self.root, &self.endpoint, args, &env)
     }
 
     fn count(&self, dir: &str) -> usize {
@@ -97,12 +94,16 @@ async fn a_simulated_year_of_daily_backups_stays_bounded_restorable_and_costed()
     let bucket = moto.create_bucket("year").await;
     let proxy = FaultProxy::start(moto.endpoint()).await;
     let config = root.join("zibd.toml");
-    let tables =
-        host_config::daemon_and_target(&root, &bucket, &proxy.endpoint(), "DEEP_ARCHIVE", CHUNK);
-    let dataset = format!(
-        "\n[[dataset]]\nname = \"tank/photos\"\nschedule = \"0 3 * * *\"\nkeep_snapshots = {KEEP_SNAPSHOTS}\nmax_chain = {MAX_CHAIN}\nfull_every = \"{FULL_EVERY_DAYS}d\"\nrebaseline_ratio = \"off\"\nkeep_chains = {KEEP_CHAINS}\n"
-    );
-    std::fs::write(&config, tables + &dataset).unwrap();
+    ConfigToml::new(&root, &bucket, &proxy.endpoint())
+        .target("storage_class", quoted("DEEP_ARCHIVE"))
+        .target("chunk_size", CHUNK)
+        .dataset("tank/photos", "0 3 * * *")
+        .dataset_key("keep_snapshots", KEEP_SNAPSHOTS)
+        .dataset_key("max_chain", MAX_CHAIN)
+        .dataset_key("full_every", quoted(format!("{FULL_EVERY_DAYS}d")))
+        .dataset_key("rebaseline_ratio", quoted("off"))
+        .dataset_key("keep_chains", KEEP_CHAINS)
+        .write(&config);
     let year = Year { _dir: dir, root: root.clone(), config, endpoint: proxy.endpoint() };
     // Day 0 is the next 03:00 UTC, so the simulated clock never runs behind the real one.
     let now = chrono::Utc::now().timestamp();
@@ -242,7 +243,7 @@ async fn a_simulated_year_of_daily_backups_stays_bounded_restorable_and_costed()
                 "--poll-max-secs",
                 "1",
             ],
-            &[("ZIB_ZFS_BIN", zfs.bin.display().to_string())],
+            &zfs.env(),
         );
         ok(&o);
         let got = zfs.received();

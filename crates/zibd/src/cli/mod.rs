@@ -11,6 +11,7 @@ mod restore;
 
 use crate::{
     backup::{self, BackupOptions, Engine},
+    outside::Outside,
     process::{EXIT_CONFIG, cancel_on_ctrl_c, init_tracing, report, runtime},
     s3::S3Store,
     state_store::StateStore,
@@ -195,7 +196,7 @@ async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow:
         cfg.dataset(&name).with_context(|| format!("dataset {name} is not in the config"))?.clone();
     let store = StateStore::new(&cfg.daemon.state_dir);
     let mut locked = store.lock(&name)?;
-    let engine = Engine::from_config(&cfg).await;
+    let engine = Engine::from_config(&cfg, &Outside::from_env()).await;
     let cancel = cancel_on_ctrl_c("interrupted: stopping at the next safe point");
     let (progress, _rx) = tokio::sync::watch::channel(backup::Progress::default());
     let r = match backup::run(&engine, &cfg, &ds, &mut locked, opts, &progress, &cancel).await? {
@@ -232,7 +233,7 @@ async fn import_legacy(
     state_file: &std::path::Path,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    let engine = Engine::from_config(&cfg).await;
+    let engine = Engine::from_config(&cfg, &Outside::from_env()).await;
     let cancel = cancel_on_ctrl_c("interrupted: stopping at the next safe point");
     let opts = crate::import_legacy::ImportOptions { dry_run };
     let r = crate::import_legacy::import(&cfg, &engine, state_file, opts, &cancel).await?;
@@ -259,7 +260,7 @@ async fn prune_once(
         let state = locked.state.clone();
         (Some(locked), state)
     };
-    let s3 = S3Store::from_config(&cfg).await;
+    let s3 = S3Store::from_config(&cfg, None).await;
     let r = crate::lifecycle::prune(
         &s3,
         &cfg,

@@ -9,13 +9,13 @@ use tokio::sync::watch;
 use zib_core::{DatasetName, SnapName, pricing::RestoreTier};
 
 use crate::{
+    outside::Outside,
     process::{EXIT_CONFIG, cancel_on_ctrl_c, report, runtime},
     restore::{
         PollBackoff, RestoreEngine, RestoreOptions, RestoreProgress, RestoreProgressFile,
         format_catalog, format_plan, load_catalog, plan, run,
     },
     s3::S3Store,
-    zfs::Zfs,
 };
 
 /// Where the bucket is: flags, else the config's `[target]`.
@@ -157,9 +157,19 @@ pub(super) async fn connect(
     let timeout = std::time::Duration::from_secs(
         t.map_or(zib_core::config::DEFAULT_REQUEST_TIMEOUT_SECS, |t| t.request_timeout_secs),
     );
-    let s3 = S3Store::connect(&region, endpoint.as_deref(), path_style, attempts, timeout, &bucket)
-        .await;
-    Ok(RestoreEngine { zfs: Zfs::default(), s3, prefix })
+    let outside = Outside::from_env();
+    let creds = outside.s3_credentials.as_ref();
+    let s3 = S3Store::connect(
+        &region,
+        endpoint.as_deref(),
+        path_style,
+        attempts,
+        timeout,
+        &bucket,
+        creds,
+    )
+    .await;
+    Ok(RestoreEngine { zfs: outside.zfs, s3, prefix })
 }
 
 pub(super) fn parse_opt<T, E: std::fmt::Display>(

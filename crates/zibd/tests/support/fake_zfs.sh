@@ -14,10 +14,16 @@
 # in full/<snap>; FAKE_ZFS_SIZE stays the incremental's), FAKE_ZFS_HEADER=1 (each stream starts
 # with a zfs send begin record naming the snapshot's and the base's GUIDs, as restore checks),
 # ZIB_TEST_NOW (Unix seconds: the creation time of a snapshot taken now, as zibd's clock).
-# `list -H -o name DS` (no -t): a dataset exists while it has a snapshot.
+# A slow send: while the file slow/<dataset> exists, `send` of that dataset's snapshots streams
+# 16 KiB every 0.2 s (a test keeps a run busy, and it still stops at a safe point when cancelled).
+# Restore: `receive ... TARGET` marks TARGET received and becomes (exec) a `cat` of its stdin
+# to recv.N (N = the receive's number, from 1), so killing it stops the reader itself;
+# `receive -A` succeeds; `mount` succeeds on a dataset that exists; `get` of
+# receive_resume_token, encryption or keystatus prints "-".
+# `list -H -o name DS` (no -t): a dataset exists while it has a snapshot or was received.
 set -euo pipefail
 D=${FAKE_ZFS_DIR:?FAKE_ZFS_DIR not set}
-mkdir -p "$D/snap" "$D/book" "$D/data" "$D/hold" "$D/full"
+mkdir -p "$D/snap" "$D/book" "$D/data" "$D/hold" "$D/full" "$D/slow" "$D/received"
 [ -n "${FAKE_ZFS_LOG:-}" ] && echo "$*" >> "$FAKE_ZFS_LOG"
 enc() { printf '%s' "$1" | sed 's#/#%2F#g'; }
 txg() { local n; n=$(cat "$D/txg" 2>/dev/null || echo 100); n=$((n+1)); echo $n > "$D/txg"; echo $n; }
@@ -51,6 +57,7 @@ case "$cmd" in
     while [ $# -gt 0 ]; do case "$1" in -t) kind=$2; shift 2;; -o|-s|-d) shift 2;; -H|-p) shift;; *) ds=$1; shift;; esac; done
     if [ -z "$kind" ]; then
       compgen -G "$D/snap/$(enc "$ds")@*" > /dev/null && { echo "$ds"; exit 0; }
+      [ -e "$D/received/$(enc "$ds")" ] && { echo "$ds"; exit 0; }
       echo "cannot open '$ds': dataset does not exist" >&2; exit 1
     fi
     dir=snap; sep=@; [ "$kind" = bookmark ] && { dir=book; sep='#'; }
@@ -67,6 +74,16 @@ case "$cmd" in
     [ -z "$from" ] && [ -e "$D/full/$(enc "$last")" ] && data="$D/full/$(enc "$last")"
     size=$(stat -L -c %s "$data")
     if [ $est = 1 ]; then e=${FAKE_ZFS_ESTIMATE:-$size}; printf 'full\t%s\t%s\nsize\t%s\n' "$last" "$e" "$e"; exit 0; fi
+    slow="$D/slow/$(enc "${last%@*}")"
+    if [ -e "$slow" ]; then
+      off=0
+      while [ -e "$slow" ] && [ $off -lt $size ]; do
+        dd if="$data" bs=16384 skip=$((off / 16384)) count=1 status=none
+        off=$((off + 16384)); sleep 0.2
+      done
+      [ $off -lt $size ] && tail -c +$((off + 1)) "$data"
+      exit 0
+    fi
     if [ -n "${FAKE_ZFS_FAIL_AFTER:-}" ]; then head -c "$FAKE_ZFS_FAIL_AFTER" "$data"; echo "fake zfs: send broke off" >&2; exit 1; fi
     if [ "${FAKE_ZFS_HEADER:-0}" = 1 ]; then
       # DRR_BEGIN, little-endian: type, length, magic, versioninfo (substream, raw and
@@ -107,7 +124,20 @@ case "$cmd" in
         [ -e "$D/snap/$(enc "$ds@$snap")" ] || { echo "cannot open '$ds@$snap': snapshot does not exist" >&2; exit 1; }
         w="$D/written/$(enc "$ds")"
         if [ -e "$w" ]; then cat "$w"; else echo "${FAKE_ZFS_WRITTEN:-${FAKE_ZFS_SIZE:-300000}}"; fi ;;
+      receive_resume_token|encryption|keystatus) echo "-" ;;
       *) echo "fake zfs: unsupported property $prop" >&2; exit 2 ;;
     esac ;;
+  receive)
+    [ "${1:-}" = -A ] && exit 0
+    [ $# -gt 0 ] || { echo "fake zfs: receive needs a target" >&2; exit 2; }
+    for a in "$@"; do last=$a; done
+    : > "$D/received/$(enc "${last%%@*}")"
+    n=$(ls "$D" | grep -c '^recv\.' || true)
+    exec cat > "$D/recv.$((n + 1))" ;;
+  mount)
+    ds=$1
+    compgen -G "$D/snap/$(enc "$ds")@*" > /dev/null || [ -e "$D/received/$(enc "$ds")" ] \
+      || { echo "cannot open '$ds': dataset does not exist" >&2; exit 1; }
+    ;;
   *) echo "fake zfs: unsupported command $cmd" >&2; exit 2 ;;
 esac

@@ -1,9 +1,6 @@
-//! Shared by the restore host tests: a zib catalog written straight through the S3 API, and a
-//! stand-in `zfs` whose `receive` writes its input to files.
-
-#![allow(dead_code)]
-
-use std::path::PathBuf;
+//! A zib catalog written straight through the S3 API (chunks and manifests as zib writes
+//! them), and stand-in `zfs send` streams with the begin record restore checks: for the restore,
+//! cost and verify host tests.
 
 use aws_sdk_s3::{primitives::ByteStream, types::StorageClass as S3Class};
 use chrono::Utc;
@@ -176,61 +173,4 @@ pub fn chain3() -> Vec<Backup> {
         Backup { snap: "zib-20261102T000000Z", guid: "222", data: send_stream(2, 1200, 222, 111) },
         Backup { snap: "zib-20261103T000000Z", guid: "333", data: send_stream(3, 700, 333, 222) },
     ]
-}
-
-/// A stand-in `zfs`: `receive` marks its target dataset as existing and becomes (exec) a `cat` of its
-/// stdin to `recv.N` (N = the receive's number), so killing it stops the reader itself;
-/// `list` says "does not exist" until then; `get` prints "-".
-pub struct FakeZfs {
-    _dir: tempfile::TempDir,
-    pub dir: PathBuf,
-    pub bin: PathBuf,
-}
-
-impl FakeZfs {
-    pub fn new() -> Self {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_owned();
-        let bin = d.join("zfs");
-        std::fs::write(
-            &bin,
-            format!(
-                r#"#!/bin/sh
-D='{d}'
-echo "$*" >> "$D/calls"
-# The dataset named by the last argument, as a file name: exists.pool_r for pool/r@snap.
-dataset() {{ for a; do l=$a; done; echo "exists.${{l%%@*}}" | tr / _; }}
-case "$1" in
-receive)
-    if [ "$2" = "-A" ]; then exit 0; fi
-    n=$(ls "$D" | grep -c '^recv\.')
-    touch "$D/$(dataset "$@")"
-    exec cat > "$D/recv.$((n + 1))" ;;
-list)
-    if [ -f "$D/$(dataset "$@")" ]; then
-        case "$*" in *snapshot*) exit 0 ;; *) for a; do last=$a; done; echo "$last"; exit 0 ;; esac
-    fi
-    echo "cannot open 'x': dataset does not exist" >&2; exit 1 ;;
-get) echo "-" ;;
-*) exit 0 ;;
-esac
-"#,
-                d = d.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        FakeZfs { _dir: dir, dir: d, bin }
-    }
-    pub fn received(&self) -> Vec<Vec<u8>> {
-        (1..)
-            .map(|n| self.dir.join(format!("recv.{n}")))
-            .take_while(|p| p.exists())
-            .map(|p| std::fs::read(p).unwrap())
-            .collect()
-    }
-    pub fn calls(&self) -> String {
-        std::fs::read_to_string(self.dir.join("calls")).unwrap_or_default()
-    }
 }
