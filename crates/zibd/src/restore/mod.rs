@@ -36,10 +36,12 @@
 //! daemon. Test hook: `ZIB_FAILPOINT=restore-after-chunk:N` (and `restore-after-thaw-request`).
 
 mod catalog;
+mod fetch;
 mod jobs;
 mod receive;
 mod record;
 mod report;
+mod run;
 mod thaw;
 
 use std::{path::PathBuf, time::Duration};
@@ -52,12 +54,12 @@ use zib_core::{
 
 pub use catalog::{BucketCatalog, SkippedManifest, load_catalog, load_catalog_and_listing, plan};
 pub use jobs::{RestoreJobs, options_from_request};
-pub use receive::run;
 pub use record::{
     ChunkProgress, RECORD_VERSION, RestorePhase, RestoreProgress, RestoreProgressFile,
     RestoreRecord, unfinished_restore,
 };
 pub use report::{RestoreReport, format_catalog, format_plan};
+pub use run::run;
 pub use thaw::ManifestThaw;
 
 use crate::{

@@ -5,10 +5,7 @@ use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 use zib_core::pricing::RestoreTier;
 
-use super::{
-    RestoreError, RestorePhase,
-    receive::{FetchCtx, Run},
-};
+use super::{RestoreError, RestorePhase, fetch::FetchCtx, run::Run};
 use crate::{
     failpoint,
     s3::{S3ErrorKind, S3Store, ThawState, thaw_state},
