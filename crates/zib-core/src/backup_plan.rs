@@ -87,6 +87,22 @@ pub fn snapshots_to_prune<'a>(
     ours.into_iter().take(excess).filter(|s| *s != newest).collect()
 }
 
+/// Which bookmarks to destroy once `newest` is committed and bookmarked: of `bookmarks` (name
+/// and creation txg, as `zfs list -t bookmark` gives them) the zib-made ones under `prefix`
+/// older, by creation txg, than `newest`'s own. Bookmarks named like zib's but not older are
+/// left alone, and none goes while `newest` has no bookmark (nothing would be left to send an
+/// incremental from).
+pub fn bookmarks_to_prune<'a>(
+    bookmarks: &'a [(SnapName, u64)],
+    prefix: &SnapPrefix,
+    newest: &SnapName,
+) -> Vec<&'a SnapName> {
+    let Some(txg) = bookmarks.iter().find(|(b, _)| b == newest).map(|(_, txg)| *txg) else {
+        return Vec::new();
+    };
+    bookmarks.iter().filter(|(b, t)| b.is_zib_made(prefix) && *t < txg).map(|(b, _)| b).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +180,36 @@ mod tests {
         // A `newest` that is listed among the older ones (clock moved back) is still kept.
         let odd = &snaps[0];
         assert_eq!(names(snapshots_to_prune(&snaps, &prefix, 2, odd)), ["zib-20261102T030000Z"]);
+    }
+
+    #[test]
+    fn bookmarks_older_than_the_newest_go_foreign_and_newer_ones_stay() {
+        let prefix = SnapPrefix::default();
+        let books: Vec<(SnapName, u64)> = [
+            ("zib-20261101T030000Z", 10),
+            ("manual", 11),
+            ("zib-20261102T030000Z", 12),
+            ("zib-20261103T030000Z", 14),
+            // Named like zib's, created after the newest (a clock that went back).
+            ("zib-20261001T030000Z", 15),
+            ("zib-20261104T030000Z", 14),
+        ]
+        .iter()
+        .map(|(n, t)| (SnapName::new(n).unwrap(), *t))
+        .collect();
+        let names = |v: Vec<&SnapName>| v.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>();
+        let newest = SnapName::new("zib-20261103T030000Z").unwrap();
+        assert_eq!(
+            names(bookmarks_to_prune(&books, &prefix, &newest)),
+            ["zib-20261101T030000Z", "zib-20261102T030000Z"],
+            "older zib-made ones only: not `manual`, not the newest, not one of the same or a later txg"
+        );
+        // The newest has no bookmark: none goes.
+        let unbookmarked = SnapName::new("zib-20261105T030000Z").unwrap();
+        assert!(bookmarks_to_prune(&books, &prefix, &unbookmarked).is_empty());
+        // Another prefix: zib made none of these.
+        let other = SnapPrefix::new("other-").unwrap();
+        assert!(bookmarks_to_prune(&books, &other, &newest).is_empty());
     }
 
     #[test]

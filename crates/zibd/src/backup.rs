@@ -1200,8 +1200,8 @@ impl Backup<'_> {
         }
     }
 
-    /// Destroys zib-made bookmarks older than `newest`'s (by creation txg). Bookmarks named
-    /// like zib's but not older are left alone.
+    /// Destroys the bookmarks zib-core's `bookmarks_to_prune` picks: zib-made ones older than
+    /// `newest`'s (by creation txg).
     async fn prune_bookmarks(&self, newest: &SnapRef) -> Vec<String> {
         let (zfs, name) = (&self.engine.zfs, &self.ds.name);
         let books = match zfs.list(name, "bookmark").await {
@@ -1211,19 +1211,16 @@ impl Backup<'_> {
                 return Vec::new();
             }
         };
-        let Some(txg) = books.iter().find(|b| b.name == newest.name.as_str()).map(|b| b.createtxg)
-        else {
-            return Vec::new();
-        };
+        let books: Vec<(SnapName, u64)> = books
+            .iter()
+            .filter_map(|b| SnapName::new(&b.name).ok().map(|s| (s, b.createtxg)))
+            .collect();
         let mut pruned = Vec::new();
-        for b in &books {
-            let Ok(snap) = SnapName::new(&b.name) else { continue };
-            if !snap.is_zib_made(&self.ds.snapshot_prefix) || b.createtxg >= txg {
-                continue;
-            }
-            match zfs.destroy_bookmark(name, &snap).await {
-                Ok(()) => pruned.push(name.bookmark(&snap)),
-                Err(e) => tracing::warn!(error = %e, "could not prune {}", name.bookmark(&snap)),
+        for snap in backup_plan::bookmarks_to_prune(&books, &self.ds.snapshot_prefix, &newest.name)
+        {
+            match zfs.destroy_bookmark(name, snap).await {
+                Ok(()) => pruned.push(name.bookmark(snap)),
+                Err(e) => tracing::warn!(error = %e, "could not prune {}", name.bookmark(snap)),
             }
         }
         pruned

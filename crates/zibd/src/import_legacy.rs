@@ -198,7 +198,8 @@ pub async fn import(
                 "the catalog of {name} already holds {key}, which this import would not write: import only into an empty catalog"
             );
         };
-        let stored = Manifest::from_json(key, &s3.get_bytes(key, 64 << 20).await?)?;
+        let stored =
+            Manifest::from_json(key, &s3.get_bytes(key, manifest::MAX_MANIFEST_BYTES).await?)?;
         if stored.chunks != planned.chunks || stored.to != planned.to || stored.from != planned.from
         {
             bail!(
