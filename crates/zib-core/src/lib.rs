@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod names;
 pub mod period;
 pub mod pricing;
+pub mod request_ledger;
 pub mod restore_plan;
 pub mod schedule;
 pub mod state;

@@ -24,6 +24,9 @@
 //!
 //! [pricing.min_storage_days]              # minimum storage duration, days, per class
 //! DEEP_ARCHIVE = 180
+//!
+//! [pricing.put_requests_per_1000]         # PUT requests, $/1,000, per class of the object
+//! DEEP_ARCHIVE = 0.05
 //! ```
 //!
 //! Units and assumptions of a quote:
@@ -89,6 +92,21 @@ fn default_min_storage_days() -> BTreeMap<StorageClass, u32> {
     ])
 }
 
+/// Default PUT (and COPY, POST) request prices per class of the object written, $/1,000
+/// (us-east-1 list prices, 2025–2026).
+fn default_put_request_prices() -> BTreeMap<StorageClass, f64> {
+    use StorageClass::*;
+    BTreeMap::from([
+        (Standard, 0.005),
+        (StandardIa, 0.01),
+        (OnezoneIa, 0.01),
+        (IntelligentTiering, 0.005),
+        (GlacierIr, 0.02),
+        (Glacier, 0.03),
+        (DeepArchive, 0.05),
+    ])
+}
+
 /// Overrides per class, keyed by the class's S3 name; the classes not named keep their default.
 fn merge_per_class<T: Copy>(
     table: &str,
@@ -103,7 +121,9 @@ fn merge_per_class<T: Copy>(
 }
 
 /// Restore (thaw) tiers that Deep Archive offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RestoreTier {
     /// Cheapest; within 48 hours for Deep Archive.
@@ -163,6 +183,8 @@ pub struct Pricing {
     pub storage_per_gb_month: BTreeMap<StorageClass, f64>,
     /// Minimum storage duration per class, days; every class has an entry.
     pub min_storage_days: BTreeMap<StorageClass, u32>,
+    /// PUT request price per class of the object written, $/1,000; every class has an entry.
+    pub put_requests_per_1000: BTreeMap<StorageClass, f64>,
 }
 
 impl Default for Pricing {
@@ -182,6 +204,7 @@ impl Default for Pricing {
             standard_hours: 12,
             storage_per_gb_month: default_storage_prices(),
             min_storage_days: default_min_storage_days(),
+            put_requests_per_1000: default_put_request_prices(),
         }
     }
 }
@@ -204,6 +227,7 @@ struct PricingRepr {
     standard_hours: u32,
     storage_per_gb_month: BTreeMap<String, f64>,
     min_storage_days: BTreeMap<String, u32>,
+    put_requests_per_1000: BTreeMap<String, f64>,
 }
 
 impl Default for PricingRepr {
@@ -224,6 +248,7 @@ impl Default for PricingRepr {
             standard_hours: p.standard_hours,
             storage_per_gb_month: BTreeMap::new(),
             min_storage_days: BTreeMap::new(),
+            put_requests_per_1000: BTreeMap::new(),
         }
     }
 }
@@ -253,6 +278,11 @@ impl TryFrom<PricingRepr> for Pricing {
                 "min_storage_days",
                 default_min_storage_days(),
                 r.min_storage_days,
+            )?,
+            put_requests_per_1000: merge_per_class(
+                "put_requests_per_1000",
+                default_put_request_prices(),
+                r.put_requests_per_1000,
             )?,
         };
         p.check()?;
@@ -323,11 +353,16 @@ impl Pricing {
                 return Err(format!("pricing.{name} must be a non-negative number, got {v}"));
             }
         }
-        for (class, v) in &self.storage_per_gb_month {
-            if !v.is_finite() || *v < 0.0 {
-                return Err(format!(
-                    "pricing.storage_per_gb_month.{class} must be a non-negative number, got {v}"
-                ));
+        for (table, prices) in [
+            ("storage_per_gb_month", &self.storage_per_gb_month),
+            ("put_requests_per_1000", &self.put_requests_per_1000),
+        ] {
+            for (class, v) in prices {
+                if !v.is_finite() || *v < 0.0 {
+                    return Err(format!(
+                        "pricing.{table}.{class} must be a non-negative number, got {v}"
+                    ));
+                }
             }
         }
         if self.bulk_hours == 0 || self.standard_hours == 0 {

@@ -12,6 +12,7 @@ use zib_core::{
         cost_ledger::{ClassLine, CostLedger},
     },
     pricing::{Pricing, RestoreTier, format_money},
+    request_ledger::{RequestCost, RequestCounts, RequestLedger},
 };
 
 use crate::restore::{RestoreError, load_catalog_and_listing};
@@ -29,8 +30,46 @@ pub struct CostReport {
     /// Only this dataset's objects were listed.
     pub dataset: Option<DatasetName>,
     pub ledger: CostLedger,
-    /// Requests made so far are not counted: zib keeps no request log yet.
+    /// The requests made so far were counted (`requests` holds them): false without a state
+    /// directory (`zibd cost --bucket` with no config), or when its ledger is unreadable.
     pub requests_counted: bool,
+    /// The requests every zib process of this state directory has made (to any bucket), and
+    /// their cost at the price table's list prices.
+    pub requests: Option<RequestsMade>,
+    /// Why the requests are not counted, when the ledger could not be read.
+    pub requests_error: Option<String>,
+}
+
+/// The request ledger as the report shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RequestsMade {
+    pub since: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+    pub counts: RequestCounts,
+    pub cost: RequestCost,
+}
+
+impl CostReport {
+    /// The same report with the requests of `ledger` (or why there are none), priced with
+    /// `pricing`.
+    pub fn with_requests(self, ledger: Result<RequestLedger, String>, pricing: &Pricing) -> Self {
+        match ledger {
+            Ok(l) => Self {
+                requests_counted: true,
+                requests: Some(RequestsMade {
+                    since: l.since,
+                    updated: l.updated,
+                    cost: l.counts.cost(pricing),
+                    counts: l.counts,
+                }),
+                requests_error: None,
+                ..self
+            },
+            Err(e) => {
+                Self { requests_counted: false, requests: None, requests_error: Some(e), ..self }
+            }
+        }
+    }
 }
 
 /// Lists `prefix` (only `dataset`'s root when given), reads its manifests and computes the
@@ -60,6 +99,8 @@ pub async fn cost_report(
         dataset: dataset.cloned(),
         ledger,
         requests_counted: false,
+        requests: None,
+        requests_error: None,
     })
 }
 
@@ -194,8 +235,57 @@ pub fn format_cost(r: &CostReport) -> String {
             (None, None) => {}
         }
     }
-    if !r.requests_counted {
-        let _ = writeln!(s, "requests made so far: not counted (zib keeps no request log yet)");
+    match (&r.requests, &r.requests_error) {
+        (Some(m), _) => requests_line(&mut s, m, cur),
+        (None, Some(e)) => {
+            let _ = writeln!(s, "requests made so far: not counted: {e}");
+        }
+        (None, None) => {
+            let _ = writeln!(
+                s,
+                "requests made so far: not counted (no state directory: the request ledger lives in the config's daemon.state_dir)"
+            );
+        }
     }
     s
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn requests_line(s: &mut String, m: &RequestsMade, currency: &str) {
+    let c = &m.counts;
+    let classes: Vec<String> = c.put.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let mut parts = vec![format!(
+        "{}{}",
+        plural(c.puts(), "PUT", "PUTs"),
+        if classes.is_empty() { String::new() } else { format!(" ({})", classes.join(", ")) }
+    )];
+    parts.push(plural(c.get, "GET", "GETs"));
+    parts.push(plural(c.head, "HEAD", "HEADs"));
+    parts.push(plural(c.list, "LIST", "LISTs"));
+    parts.push(plural(c.delete, "DELETE", "DELETEs"));
+    if c.restores() > 0 {
+        let tiers: Vec<String> = c.restore.iter().map(|(t, n)| format!("{n} {t}")).collect();
+        parts.push(format!(
+            "{} ({})",
+            plural(c.restores(), "restore request", "restore requests"),
+            tiers.join(", ")
+        ));
+    }
+    if c.other > 0 {
+        parts.push(plural(c.other, "other", "others"));
+    }
+    let _ = writeln!(
+        s,
+        "requests made since {} (by zib with this state directory, to any bucket): {}: {} (PUTs {}, GET/HEAD {}, LIST {}, restore {}; DELETE is free)",
+        m.since.format("%Y-%m-%d %H:%M UTC"),
+        parts.join(", "),
+        format_money(m.cost.total, currency),
+        format_money(m.cost.put, currency),
+        format_money(m.cost.get_head, currency),
+        format_money(m.cost.list, currency),
+        format_money(m.cost.restore, currency),
+    );
 }

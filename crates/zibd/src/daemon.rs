@@ -234,6 +234,14 @@ impl Daemon {
             env!("CARGO_PKG_VERSION")
         );
         daemon.core.resume_restores().await;
+        {
+            let (dir, stop) = (d.state_dir.clone(), daemon.core.ctx.shutdown.clone());
+            daemon
+                .core
+                .ctx
+                .tracker
+                .spawn(async move { crate::request_ledger::keep(&dir, stop).await });
+        }
         daemon.spawn_metrics(metrics_listener);
         // Always watching: a reload may set daemon.notify_command.
         crate::alerts::spawn(daemon.core.clone());
@@ -343,6 +351,10 @@ impl Daemon {
                 timeout_secs = timeout.as_secs(),
                 "jobs still running at the shutdown deadline; abandoning them (their state is saved after every stored chunk)"
             );
+        }
+        let state_dir = self.core.config().daemon.state_dir.clone();
+        if let Err(e) = crate::request_ledger::record_async(&state_dir, chrono::Utc::now()).await {
+            tracing::warn!(error = %e, "cannot add the last requests made to the request ledger");
         }
         // The server stops accepting at once and gives open connections a short grace.
         let _ = tokio::time::timeout(Duration::from_secs(6), self.server).await;
@@ -712,8 +724,16 @@ impl DaemonCore {
         let s3 = locked(&self.engine).s3.clone();
         let now = chrono::Utc::now();
         let days = crate::cost::RESTORE_QUOTE_DAYS;
-        let r =
-            crate::cost::cost_report(&s3, &prefix, name.as_ref(), &cfg.pricing, now, days).await;
+        let r = match crate::cost::cost_report(&s3, &prefix, name.as_ref(), &cfg.pricing, now, days)
+            .await
+        {
+            Ok(r) => {
+                // The report's own listing and reads are in the ledger it shows.
+                let ledger = crate::request_ledger::record_async(&cfg.daemon.state_dir, now).await;
+                Ok(r.with_requests(ledger.map_err(|e| e.to_string()), &cfg.pricing))
+            }
+            Err(e) => Err(e),
+        };
         report_reply(r, crate::cost::format_cost)
     }
 

@@ -18,6 +18,7 @@ pub mod now;
 pub mod outside;
 pub mod path_error;
 pub mod process;
+pub mod request_ledger;
 pub mod restore;
 pub mod s3;
 pub mod spool;

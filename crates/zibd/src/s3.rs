@@ -10,6 +10,8 @@
 
 use std::{path::Path, time::Duration};
 
+pub mod request_count;
+
 use crate::{bandwidth::Bandwidth, outside::S3Credentials};
 use aws_sdk_s3::{
     Client,
@@ -325,6 +327,7 @@ impl S3Store {
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(path_style)
             .retry_classifier(ConcurrentWriteRetry)
+            .interceptor(request_count::CountRequests)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if let Some(ep) = endpoint {
@@ -340,10 +343,11 @@ impl S3Store {
     }
 
     /// Wraps a client built elsewhere (tests, or callers with their own credential setup);
-    /// GET bodies get the default request timeout.
+    /// GET bodies get the default request timeout. Its requests are counted like every other.
     pub fn from_client(client: Client, bucket: &str) -> Self {
+        let conf = client.config().to_builder().interceptor(request_count::CountRequests).build();
         Self {
-            client,
+            client: Client::from_conf(conf),
             bucket: bucket.to_owned(),
             request_timeout: Duration::from_secs(zib_core::config::DEFAULT_REQUEST_TIMEOUT_SECS),
             upload_limit: None,

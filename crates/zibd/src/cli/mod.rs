@@ -149,26 +149,32 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            report(runtime().block_on(backup_once(
-                cfg,
-                &dataset,
-                BackupOptions { force_full: full },
-            )))
+            let dir = cfg.daemon.state_dir.clone();
+            let r =
+                runtime().block_on(backup_once(cfg, &dataset, BackupOptions { force_full: full }));
+            record_requests(Some(&dir));
+            report(r)
         }
         Command::Prune { dataset, dry_run, allow_early_deletion, json } => {
             let cfg = match load_config(&cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            let dir = cfg.daemon.state_dir.clone();
             let opts = crate::lifecycle::PruneOptions { dry_run, allow_early_deletion };
-            report(runtime().block_on(prune_once(cfg, &dataset, opts, json)))
+            let r = runtime().block_on(prune_once(cfg, &dataset, opts, json));
+            record_requests(Some(&dir));
+            report(r)
         }
         Command::ImportLegacy { state_file, dry_run } => {
             let cfg = match load_config(&cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            report(runtime().block_on(import_legacy(cfg, &state_file, dry_run)))
+            let dir = cfg.daemon.state_dir.clone();
+            let r = runtime().block_on(import_legacy(cfg, &state_file, dry_run));
+            record_requests(Some(&dir));
+            report(r)
         }
         Command::Cost { bucket, dataset, days, json } => {
             let cfg = match restore::optional_config(&bucket, &cli.config) {
@@ -182,10 +188,21 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            report(runtime().block_on(verify_once(bucket, cfg, dataset, json)))
+            let dir = cfg.as_ref().map(|c| c.daemon.state_dir.clone());
+            let r = runtime().block_on(verify_once(bucket, cfg, dataset, json));
+            record_requests(dir.as_deref());
+            report(r)
         }
         Command::Restore(cmd) => restore::main(*cmd, &cli.config),
         Command::Run => crate::daemon::main(cli.config),
+    }
+}
+
+/// Adds the requests this command made to the request ledger of `state_dir` (none without a
+/// config: there is no state directory to keep it in).
+fn record_requests(state_dir: Option<&std::path::Path>) {
+    if let Some(dir) = state_dir {
+        crate::request_ledger::record_best_effort(dir);
     }
 }
 
@@ -299,6 +316,14 @@ async fn cost_once(
         days,
     )
     .await?;
+    // The report's own listing and reads are in the ledger it shows.
+    let r = match &cfg {
+        Some(c) => {
+            let ledger = crate::request_ledger::record(&c.daemon.state_dir, crate::now::utc());
+            r.with_requests(ledger.map_err(|e| e.to_string()), &pricing)
+        }
+        None => r,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

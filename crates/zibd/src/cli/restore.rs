@@ -190,7 +190,10 @@ pub fn main(cmd: RestoreCommand, config: &Path) -> std::process::ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    report(runtime().block_on(restore_cmd(cmd, cfg)))
+    let dir = cfg.as_ref().map(|c| c.daemon.state_dir.clone());
+    let r = runtime().block_on(restore_cmd(cmd, cfg));
+    super::record_requests(dir.as_deref());
+    report(r)
 }
 
 /// The config, loaded when it exists or when no --bucket is given (then it must load).
