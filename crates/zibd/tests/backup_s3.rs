@@ -634,15 +634,39 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// spooled chunks of tank/vm.old (whose upload may be running: the daemon runs both at once).
 #[tokio::test(flavor = "multi_thread")]
 async fn starting_one_dataset_leaves_the_spool_of_a_similarly_named_one_alone() {
-    let (_s, _p, bed) = s3s_bed(false).await;
+    let (_s, proxy, bed) = s3s_bed(true).await;
+    let proxy = proxy.unwrap();
     bed.set_datasets(&["tank/vm", "tank/vm.old"]);
     let spool = bed.root.join("spool");
-    // tank/vm.old stops right after its first PUT: its spooled chunks stay on disk, as they
-    // are while its upload runs.
-    let env = [("ZIB_FAILPOINT", "after-put:1".to_string())];
-    failed(&bed.zibd(&["backup", "tank/vm.old"], &env));
+    // tank/vm.old dies while a PUT is held at the proxy: that chunk's spool file stays on disk,
+    // as it is while its upload runs (a chunk's file goes only when its PUT has returned, so
+    // this holds however fast the reader or the other PUTs are).
+    proxy.add_fault(Fault::new(
+        Matcher::put(),
+        FaultAction::Delay(std::time::Duration::from_secs(120)),
+    ));
+    let mut run = support::zibd_command(&bed.endpoint, &FakeZfs::at(bed.root.join("zfs")))
+        .arg("--config")
+        .arg(&bed.config)
+        .args(["backup", "tank/vm.old"])
+        .env("FAKE_ZFS_SIZE", "300000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = std::time::Instant::now();
+    while proxy.peak_in_flight("PUT") == 0 {
+        assert!(run.try_wait().unwrap().is_none(), "tank/vm.old's backup ended before a PUT");
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(60),
+            "no PUT reached the proxy in 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    run.kill().unwrap();
+    run.wait().unwrap();
     let spooled = files_under(&spool);
-    assert!(!spooled.is_empty());
+    assert!(!spooled.is_empty(), "the held PUT's chunk is still spooled");
     ok(&bed.zibd(&["backup", "tank/vm"], &[]));
     let left = files_under(&spool);
     for f in &spooled {
