@@ -345,3 +345,104 @@ async fn a_base_destroyed_with_its_bookmark_starts_a_new_chain_that_restores() {
     let mp = load_key_and_mount(&target, &ds.key_location());
     assert_eq!(checksum_tree(&mp), checksum_tree(&ds.mountpoint));
 }
+
+/// Issue 12 with real ZFS, the long life in small: a run that finds less than `min_change`
+/// in the dataset's `written` takes no snapshot and makes no PUT; `max_chain = 2` starts a
+/// new chain every two backups; `keep_chains = 2` then deletes the oldest chain as a whole
+/// (the dry run first, which deletes nothing), and both kept chains restore from the bucket
+/// alone: the oldest kept one to its last snapshot, the newest to the files as they are now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_run_is_skipped_and_after_a_prune_both_kept_chains_restore() {
+    let s3 = S3sFsServer::start();
+    let bucket = s3.create_bucket("glife").await;
+    let client = s3.client();
+    let src = TestPool::create("zglife");
+    let ds = create_encrypted_dataset(&src, "data", PASSPHRASE);
+    let zibd = Zibd::new(s3.endpoint(), &bucket, &ds.name, "STANDARD");
+    let mut config = std::fs::read_to_string(&zibd.config).unwrap();
+    config.push_str(
+        "max_chain = 2\nrebaseline_ratio = \"off\"\nfull_every = \"off\"\nkeep_chains = 2\n",
+    );
+    std::fs::write(&zibd.config, config).unwrap();
+
+    write_files(&ds.mountpoint, 61, 4, 50_000);
+    assert!(zibd.backup_ok(&ds.name).contains("full backup #1"));
+    write_files(&ds.mountpoint.join("b2"), 62, 3, 50_000);
+    assert!(zibd.backup_ok(&ds.name).contains("incremental backup #2"));
+
+    // Nothing written since #2: no snapshot, no object.
+    let (snaps, keys) = (short_names(&ds.name, "snapshot"), list(&client, &bucket).await);
+    let out = zibd.backup_ok(&ds.name);
+    assert!(out.contains("skipped (no change)"), "{out}");
+    assert_eq!(short_names(&ds.name, "snapshot"), snaps, "an idle run takes no snapshot");
+    assert_eq!(list(&client, &bucket).await, keys, "an idle run stores nothing");
+
+    write_files(&ds.mountpoint.join("b3"), 63, 3, 50_000);
+    assert!(zibd.backup_ok(&ds.name).contains("full backup #3"), "max_chain = 2: a new chain");
+    write_files(&ds.mountpoint.join("b4"), 64, 3, 50_000);
+    assert!(zibd.backup_ok(&ds.name).contains("incremental backup #4"));
+    let (b4, at_b4) = (newest_zib_snapshot(&ds.name), checksum_tree(&ds.mountpoint));
+    write_files(&ds.mountpoint.join("b5"), 65, 3, 50_000);
+    assert!(zibd.backup_ok(&ds.name).contains("full backup #5"));
+    let b5 = newest_zib_snapshot(&ds.name);
+
+    // The dry run names chain #1..#2 and deletes nothing.
+    let before = list(&client, &bucket).await;
+    let o = zibd.run(&["prune", &ds.name, "--dry-run"], &[]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("chain #1..#2 (2 backups") && out.contains("would delete"), "{out}");
+    assert!(out.contains("chain #3..#4 (2 backups") && out.contains("chain #5..#5"), "{out}");
+    assert_eq!(list(&client, &bucket).await, before, "a dry run deletes nothing");
+
+    let o = zibd.run(&["prune", &ds.name], &[]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let after = list(&client, &bucket).await;
+    let gone: Vec<&String> = before.iter().filter(|k| !after.contains(k)).collect();
+    assert!(!gone.is_empty(), "the prune deleted nothing: {out}");
+    let manifests_left: Vec<Manifest> = {
+        let mut v = Vec::new();
+        for k in after.iter().filter(|k| k.ends_with(".manifest.json")) {
+            v.push(Manifest::from_json(k, &get_bytes(&client, &bucket, k).await).unwrap());
+        }
+        v
+    };
+    let seqs: Vec<u64> = manifests_left.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [3, 4, 5], "exactly chain #1..#2 went: {gone:?}");
+    // Everything left is named by a kept manifest: no chunk of the deleted chain stays.
+    let named: usize = manifests_left.iter().map(|m| m.chunks.len() + 1).sum();
+    assert_eq!(after.len(), named, "objects left {after:?}");
+
+    // Both kept chains restore from the bucket alone.
+    for (snap, want, name) in [(&b4, &at_b4, "old"), (&b5, &checksum_tree(&ds.mountpoint), "new")] {
+        let dst = TestPool::create("zglifed");
+        let target = dst.dataset(name);
+        let work = work_dir("glife").join("restore");
+        let o = zibd.run(
+            &[
+                "restore",
+                "run",
+                "--dataset",
+                &ds.name,
+                "--snapshot",
+                snap,
+                "--to",
+                &target,
+                "--no-mount",
+                "--work-dir",
+                work.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(
+            o.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(short_names(&target, "snapshot").last(), Some(snap));
+        let mp = load_key_and_mount(&target, &ds.key_location());
+        assert_eq!(&checksum_tree(&mp), want, "chain of {snap} restores its files");
+    }
+}
