@@ -7,6 +7,7 @@ pub mod backup_plan;
 pub mod catalog;
 pub mod chunk_journal;
 pub mod config;
+pub mod drill;
 pub mod human;
 pub mod legacy;
 pub mod lifecycle;

@@ -20,6 +20,9 @@ pub enum ZfsError {
     NotFound { cmd: String, status: String, stderr: String },
     #[error("`{cmd}` printed output zib cannot parse: {output:?}")]
     Parse { cmd: String, output: String },
+    /// zib refused to run a destructive command on a dataset that is not its own to destroy.
+    #[error("refusing to run `{cmd}`: {reason}")]
+    Refused { cmd: String, reason: String },
 }
 
 /// What `zfs send` sends: always raw (`-w`: an encrypted dataset leaves the host encrypted,
@@ -519,6 +522,22 @@ impl Zfs {
 
     pub async fn mount(&self, ds: &DatasetName) -> Result<(), ZfsError> {
         self.run(&["mount", ds.as_str()]).await.map(drop)
+    }
+
+    /// `zfs destroy -r` of a restore drill's throwaway dataset, and of nothing else: a name
+    /// that is not `<parent>/zib-drill-<id>` is refused before any command runs.
+    pub async fn destroy_drill_dataset(&self, ds: &DatasetName) -> Result<(), ZfsError> {
+        let args = ["destroy", "-r", ds.as_str()];
+        if !zib_core::drill::is_drill_target(ds) {
+            return Err(ZfsError::Refused {
+                cmd: render(&args),
+                reason: format!(
+                    "{ds} is not a restore drill's dataset (<parent>/{}<id>)",
+                    zib_core::drill::DRILL_PREFIX
+                ),
+            });
+        }
+        self.run(&args).await.map(drop)
     }
 }
 

@@ -929,3 +929,40 @@ async fn expired_thaws_are_asked_for_again_all_at_once() {
     let out = text(&o).0;
     assert!(out.contains("kept 3 days") && out.contains("expected to take about"), "{out}");
 }
+
+/// Issue 16: a drill of archived backups shows what it would thaw and cost and stops unless
+/// given --yes: no RestoreObject is sent and zfs is never asked to receive or destroy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_of_archived_chunks_quotes_first_and_thaws_nothing_without_yes() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rdrill").await;
+    let ms = seed(&client, &bucket, "tank/photos", &chain3(), StorageClass::DeepArchive).await;
+    let chunks: usize = ms.iter().map(|m| m.chunks.len()).sum();
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let ep = proxy.endpoint();
+    let zfs = FakeZfs::new();
+    let work = tempfile::tempdir().unwrap();
+    let b = bucket_args(&bucket, &ep);
+    let args = ["drill", "--dataset", "tank/photos", "--work-dir", work.path().to_str().unwrap()];
+    let o = zibd(&ep, &zfs, &[&args[..], &b[..]].concat());
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        err.contains(&format!("must thaw {chunks} archived chunks"))
+            && err.contains("for the bulk tier")
+            && err.contains("run it again with --yes"),
+        "{err}"
+    );
+    assert_eq!(thaw_requests(&proxy).len(), 0, "no thaw without --yes");
+    let calls = zfs.calls();
+    assert!(!calls.contains("receive") && !calls.contains("destroy"), "{calls}");
+
+    // Without --dataset the drill does not guess.
+    let o = zibd(&ep, &zfs, &[&["drill"][..], &b[..]].concat());
+    assert!(
+        !o.status.success() && text(&o).1.contains("a drill needs --dataset"),
+        "{}",
+        text(&o).1
+    );
+}

@@ -1,4 +1,4 @@
-//! `zibd restore list|plan|run`: foreground, needs no config file and no local state.
+//! `zibd restore list|plan|run|drill`: foreground, needs no config file and no local state.
 
 use std::{
     path::{Path, PathBuf},
@@ -12,8 +12,9 @@ use crate::{
     outside::Outside,
     process::{EXIT_CONFIG, cancel_on_ctrl_c, report, runtime},
     restore::{
-        PollBackoff, RestoreEngine, RestoreOptions, RestoreProgress, RestoreProgressFile,
-        format_catalog, format_plan, load_catalog, plan, run,
+        DrillOptions, PollBackoff, RestoreEngine, RestoreOptions, RestoreProgress,
+        RestoreProgressFile, drill, format_catalog, format_drill, format_plan, load_catalog, plan,
+        run,
     },
     s3::S3Store,
 };
@@ -93,9 +94,8 @@ pub enum RestoreCommand {
         to: String,
         #[command(flatten)]
         what: RestoreArgs,
-        /// Thaw tier for archived chunks: bulk (within 48 h, cheapest) or standard (within 12 h).
-        #[arg(long, default_value = "bulk")]
-        tier: RestoreTier,
+        #[command(flatten)]
+        how: HowArgs,
         /// Mountpoint of the restored dataset (`zfs receive -o mountpoint=...`); it is mounted
         /// at the end when its key is available.
         #[arg(long)]
@@ -106,19 +106,79 @@ pub enum RestoreCommand {
         /// Key of an encrypted dataset, loaded at the end: file:///path or a path.
         #[arg(long)]
         key_location: Option<String>,
-        /// Directory for the progress file and spooled chunks (default: <state_dir>/restore).
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-        /// Chunks downloaded ahead of zfs receive (each spooled to disk).
-        #[arg(long, default_value_t = 2)]
-        parallel: usize,
-        /// First wait between thaw polls, in seconds (doubles up to --poll-max-secs).
-        #[arg(long, default_value_t = 60.0)]
-        poll_initial_secs: f64,
-        /// Longest wait between thaw polls, in seconds.
-        #[arg(long, default_value_t = 900.0)]
-        poll_max_secs: f64,
     },
+    /// Restore drill: restore the newest (or --snapshot) backup of --dataset into a throwaway
+    /// <pool>/zib-drill-<id> (never mounted, key never loaded), check the received snapshot's
+    /// GUID against the manifest and the source, report time and cost, destroy it. Exits 1
+    /// when the drill fails. Archived chunks are thawed (and paid for) only with --yes.
+    Drill {
+        #[command(flatten)]
+        bucket: BucketArgs,
+        #[command(flatten)]
+        what: RestoreArgs,
+        #[command(flatten)]
+        how: HowArgs,
+        /// Where the throwaway dataset goes (a pool or a dataset; default: the source's pool).
+        #[arg(long)]
+        parent: Option<String>,
+        /// Thaw archived chunks and pay for it (the drill shows the quote without it).
+        #[arg(long)]
+        yes: bool,
+        /// Keep the drill dataset afterwards, to look at it by hand.
+        #[arg(long)]
+        keep: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How a restore runs, for `run` and `drill`: the thaw tier, the work directory, the
+/// downloads ahead and the thaw polling.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HowArgs {
+    /// Thaw tier for archived chunks: bulk (within 48 h, cheapest) or standard (within 12 h).
+    #[arg(long, default_value = "bulk")]
+    pub tier: RestoreTier,
+    /// Directory for the progress file and spooled chunks (default: <state_dir>/restore).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Chunks downloaded ahead of zfs receive (each spooled to disk).
+    #[arg(long, default_value_t = 2)]
+    pub parallel: usize,
+    /// First wait between thaw polls, in seconds (doubles up to --poll-max-secs).
+    #[arg(long, default_value_t = 60.0)]
+    pub poll_initial_secs: f64,
+    /// Longest wait between thaw polls, in seconds.
+    #[arg(long, default_value_t = 900.0)]
+    pub poll_max_secs: f64,
+}
+
+impl HowArgs {
+    /// Sets `opts`'s tier, parallelism and polling; returns the work directory.
+    fn apply(
+        &self,
+        opts: &mut RestoreOptions,
+        cfg: Option<&zib_core::Config>,
+    ) -> anyhow::Result<PathBuf> {
+        opts.tier = self.tier;
+        opts.parallel = self.parallel;
+        anyhow::ensure!(
+            self.poll_initial_secs > 0.0 && self.poll_max_secs >= self.poll_initial_secs,
+            "--poll-initial-secs must be > 0 and at most --poll-max-secs"
+        );
+        opts.poll = PollBackoff {
+            initial: Duration::from_secs_f64(self.poll_initial_secs),
+            max: Duration::from_secs_f64(self.poll_max_secs),
+        };
+        Ok(self.work_dir.clone().unwrap_or_else(|| {
+            cfg.map_or_else(
+                || zib_core::config::DaemonConfig::default().state_dir,
+                |c| c.daemon.state_dir.clone(),
+            )
+            .join("restore")
+        }))
+    }
 }
 
 /// Resolves the bucket flags against an optional config.
@@ -184,7 +244,8 @@ pub fn main(cmd: RestoreCommand, config: &Path) -> std::process::ExitCode {
     let bucket_args = match &cmd {
         RestoreCommand::List { bucket, .. }
         | RestoreCommand::Plan { bucket, .. }
-        | RestoreCommand::Run { bucket, .. } => bucket.clone(),
+        | RestoreCommand::Run { bucket, .. }
+        | RestoreCommand::Drill { bucket, .. } => bucket.clone(),
     };
     let cfg = match optional_config(&bucket_args, config) {
         Ok(c) => c,
@@ -265,45 +326,49 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
             }
             Ok(())
         }
-        RestoreCommand::Run {
-            bucket,
-            to,
-            what,
-            tier,
-            mountpoint,
-            no_mount,
-            key_location,
-            work_dir,
-            parallel,
-            poll_initial_secs,
-            poll_max_secs,
-        } => {
+        RestoreCommand::Drill { bucket, what, how, parent, yes, keep, json } => {
+            let engine = connect(&bucket, cfg.as_ref()).await?;
+            let (dataset, snapshot) = what.names()?;
+            let dataset = dataset.ok_or_else(|| anyhow::anyhow!("a drill needs --dataset"))?;
+            let mut restore = RestoreOptions::new(dataset.clone());
+            restore.days = what.days;
+            restore.pricing = pricing;
+            let work_dir = how.apply(&mut restore, cfg.as_ref())?;
+            let opts = DrillOptions {
+                dataset,
+                snapshot,
+                parent,
+                id: format!(
+                    "{}-{}",
+                    chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+                    std::process::id()
+                ),
+                yes,
+                keep,
+                work_dir,
+                restore,
+            };
+            let cancel =
+                cancel_on_ctrl_c("interrupted: stopping the drill and destroying its dataset");
+            let r = drill(&engine, &opts, &cancel).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", format_drill(&r));
+            }
+            anyhow::ensure!(r.passed(), "the restore drill of {}@{} failed", r.dataset, r.snapshot);
+            Ok(())
+        }
+        RestoreCommand::Run { bucket, to, what, how, mountpoint, no_mount, key_location } => {
             let engine = connect(&bucket, cfg.as_ref()).await?;
             let mut opts = RestoreOptions::new(DatasetName::new(&to)?);
             (opts.dataset, opts.snapshot) = what.names()?;
-            opts.tier = tier;
             opts.days = what.days;
             opts.pricing = pricing;
             opts.mountpoint = mountpoint;
             opts.no_mount = no_mount;
             opts.key_location = key_location;
-            opts.parallel = parallel;
-            anyhow::ensure!(
-                poll_initial_secs > 0.0 && poll_max_secs >= poll_initial_secs,
-                "--poll-initial-secs must be > 0 and at most --poll-max-secs"
-            );
-            opts.poll = PollBackoff {
-                initial: Duration::from_secs_f64(poll_initial_secs),
-                max: Duration::from_secs_f64(poll_max_secs),
-            };
-            let work_dir = work_dir.unwrap_or_else(|| {
-                cfg.as_ref()
-                    .map_or_else(
-                        || zib_core::config::DaemonConfig::default().state_dir,
-                        |c| c.daemon.state_dir.clone(),
-                    )
-                    .join("restore")
-            });
+            let work_dir = how.apply(&mut opts, cfg.as_ref())?;
             let mut file = RestoreProgressFile::open(&work_dir, &opts.target)?;
             eprintln!(
                 "zibd: restore progress is recorded in {} (run the same command again to continue after an interruption)",

@@ -36,6 +36,7 @@
 //! daemon. Test hook: `ZIB_FAILPOINT=restore-after-chunk:N` (and `restore-after-thaw-request`).
 
 mod catalog;
+mod drill;
 mod fetch;
 mod jobs;
 mod receive;
@@ -53,6 +54,7 @@ use zib_core::{
 };
 
 pub use catalog::{BucketCatalog, SkippedManifest, load_catalog, load_catalog_and_listing, plan};
+pub use drill::{DrillError, DrillOptions, DrillReport, drill, format_drill};
 pub use jobs::{RestoreJobs, options_from_request};
 pub use record::{
     ChunkProgress, RECORD_VERSION, RestorePhase, RestoreProgress, RestoreProgressFile,

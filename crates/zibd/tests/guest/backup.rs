@@ -189,7 +189,7 @@ fn short_names(ds: &str, kind: &str) -> Vec<String> {
     out.lines().map(|l| l.split_once(['@', '#']).unwrap().1.to_owned()).collect()
 }
 
-fn newest_zib_snapshot(ds: &str) -> String {
+pub fn newest_zib_snapshot(ds: &str) -> String {
     short_names(ds, "snapshot").into_iter().rfind(|s| s.starts_with("zib-")).unwrap()
 }
 

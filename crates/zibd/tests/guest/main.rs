@@ -23,5 +23,6 @@ mod backup;
 mod bed;
 mod common;
 mod daemon;
+mod drill;
 mod legacy;
 mod restore;
