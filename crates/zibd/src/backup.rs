@@ -1064,6 +1064,10 @@ impl Backup<'_> {
         self.save().await?;
         tracing::info!(dataset = %self.ds.name, seq = p.seq, snapshot = %p.to, bytes = stream_size, chunks = p.chunks.len(), "backup committed: {key}");
         release_send_hold(&self.engine.zfs, &self.ds.name, &p.to).await;
+        // Committed: no spooled chunk of this dataset is needed any more (we hold its lock).
+        // A chunk read ahead but never taken by the uploader (the reader stopped with chunks
+        // still queued) would otherwise stay until the next run.
+        self.spool().clean().await;
 
         self.set_progress(|pr| pr.phase = Phase::Pruning);
         let pruned = self.bookmark_and_prune(&to).await;
