@@ -16,6 +16,11 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// A count with its noun: `1 chunk`, `0 chunks`, `3 PUTs`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// A duration, at most two units, rounded down: `45s`, `2m 23s`, `3h`, `3h 20m`, `2d 4h`.
 pub fn human_duration(secs: u64) -> String {
     const MIN: u64 = 60;
@@ -38,6 +43,15 @@ pub fn human_duration(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_take_the_singular_only_for_one() {
+        assert_eq!(count(0, "chunk", "chunks"), "0 chunks");
+        assert_eq!(count(1, "chunk", "chunks"), "1 chunk");
+        assert_eq!(count(2, "PUT", "PUTs"), "2 PUTs");
+    }
+
     use super::*;
 
     #[test]

@@ -250,32 +250,28 @@ pub fn format_cost(r: &CostReport) -> String {
     s
 }
 
-fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
 fn requests_line(s: &mut String, m: &RequestsMade, currency: &str) {
     let c = &m.counts;
     let classes: Vec<String> = c.put.iter().map(|(k, n)| format!("{n} {k}")).collect();
     let mut parts = vec![format!(
         "{}{}",
-        plural(c.puts(), "PUT", "PUTs"),
+        zib_core::human::count(c.puts(), "PUT", "PUTs"),
         if classes.is_empty() { String::new() } else { format!(" ({})", classes.join(", ")) }
     )];
-    parts.push(plural(c.get, "GET", "GETs"));
-    parts.push(plural(c.head, "HEAD", "HEADs"));
-    parts.push(plural(c.list, "LIST", "LISTs"));
-    parts.push(plural(c.delete, "DELETE", "DELETEs"));
+    parts.push(zib_core::human::count(c.get, "GET", "GETs"));
+    parts.push(zib_core::human::count(c.head, "HEAD", "HEADs"));
+    parts.push(zib_core::human::count(c.list, "LIST", "LISTs"));
+    parts.push(zib_core::human::count(c.delete, "DELETE", "DELETEs"));
     if c.restores() > 0 {
         let tiers: Vec<String> = c.restore.iter().map(|(t, n)| format!("{n} {t}")).collect();
         parts.push(format!(
             "{} ({})",
-            plural(c.restores(), "restore request", "restore requests"),
+            zib_core::human::count(c.restores(), "restore request", "restore requests"),
             tiers.join(", ")
         ));
     }
     if c.other > 0 {
-        parts.push(plural(c.other, "other", "others"));
+        parts.push(zib_core::human::count(c.other, "other", "others"));
     }
     let _ = writeln!(
         s,

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use zib_core::{
     DatasetName, SnapName,
     drill::{DrillVerdict, SourceGuid, drill_target, judge},
-    pricing::TierQuote,
+    human::{count, human_bytes},
+    pricing::{RestoreTier, TierQuote},
 };
 
 use super::{
@@ -80,7 +81,7 @@ pub enum DrillError {
         bytes: u64,
         cost: f64,
         currency: String,
-        tier: String,
+        tier: RestoreTier,
         hours: u32,
     },
     #[error("{0}")]
@@ -109,7 +110,7 @@ pub async fn drill(
             bytes: p.thaw_bytes(),
             cost: tq.total,
             currency: quote.currency.clone(),
-            tier: format!("{tier:?}").to_lowercase(),
+            tier,
             hours: tq.ready_within_hours,
         });
     }
@@ -126,10 +127,8 @@ pub async fn drill(
 
     let started = Instant::now();
     let mut file = RestoreProgressFile::open(&opts.work_dir, &target)?;
-    let (record, spool) = (file.path().to_owned(), file.spool.dir().to_owned());
     let (tx, _rx) = watch::channel(RestoreProgress::default());
     let restored = run(engine, &ropts, &mut file, &tx, cancel).await;
-    drop(file);
     let seconds = started.elapsed().as_secs_f64();
 
     let received = match engine.zfs.snapshot_info(&target, &p.snapshot.name).await {
@@ -147,13 +146,10 @@ pub async fn drill(
     };
 
     let kept = if opts.keep { true } else { !discard(engine, &target).await };
-    if !kept {
-        for f in [record.clone(), record.with_extension("lock")] {
-            let _ = std::fs::remove_file(f);
-        }
-        let _ = std::fs::remove_dir_all(&spool);
-        // The spool root too, when no other restore uses it (remove_dir fails if not empty).
-        let _ = spool.parent().map(std::fs::remove_dir);
+    if kept {
+        drop(file);
+    } else {
+        file.remove().await;
     }
     let (streams, chunks, bytes) = match &restored {
         Ok(r) => (r.streams, r.chunks, r.bytes),
@@ -236,13 +232,11 @@ pub fn format_drill(r: &DrillReport) -> String {
             format!("restore drill of {}@{} FAILED: {reason}", r.dataset, r.snapshot)
         }
     };
-    let plural =
-        |n: u64, one: &str| if n == 1 { format!("1 {one}") } else { format!("{n} {one}s") };
     format!(
         "{head}\n  {}, {}, {} in {:.1} s into {}; quoted cost {:.4} {}; {}\n",
-        plural(r.streams as u64, "stream"),
-        plural(r.chunks, "chunk"),
-        zib_core::human::human_bytes(r.bytes),
+        count(r.streams as u64, "stream", "streams"),
+        count(r.chunks, "chunk", "chunks"),
+        human_bytes(r.bytes),
         r.seconds,
         r.target,
         r.cost,

@@ -177,6 +177,18 @@ impl RestoreProgressFile {
         &self.path
     }
 
+    /// Removes the record, its spool and its lock file, for a restore whose target is gone
+    /// (a drill's, destroyed): nothing of it is left to continue. The spool root goes too when
+    /// no other restore uses it.
+    pub(super) async fn remove(self) {
+        let _ = tokio::fs::remove_file(&self.path).await;
+        self.spool.clean().await;
+        if let Some(root) = self.spool.dir().parent() {
+            let _ = tokio::fs::remove_dir(root).await; // fails while another restore's spool is there
+        }
+        let _ = tokio::fs::remove_file(self.path.with_extension("lock")).await;
+    }
+
     pub(super) async fn save(&mut self) -> Result<(), RestoreError> {
         let rec = self.record.as_mut().expect("a record to save");
         rec.updated_at = Utc::now();
