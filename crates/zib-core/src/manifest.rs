@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::names::{DatasetName, SnapName};
+use crate::names::{DatasetName, KeyLayout, SnapName};
 use crate::storage_class::StorageClass;
 
 pub const FORMAT: &str = "zib-manifest";
@@ -122,9 +122,36 @@ pub enum ManifestError {
     Invalid { key: String, message: String },
 }
 
+/// An object a manifest names: the one thing verify, the cost ledger and pruning mean by
+/// "named" (every other object under the prefix is unnamed: an abandoned attempt or a file of
+/// another tool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedObject {
+    pub key: String,
+    /// None for the manifest itself (the catalog does not record its own size).
+    pub size: Option<u64>,
+    /// The class it was written in: STANDARD for the manifest, the manifest's for its chunks.
+    pub storage_class: StorageClass,
+}
+
 impl Manifest {
     pub fn is_full(&self) -> bool {
         self.from.is_none()
+    }
+
+    /// The manifest's own key (in `layout`) and its chunks' keys, in that order.
+    pub fn named_objects(&self, layout: &KeyLayout) -> Vec<NamedObject> {
+        let own = NamedObject {
+            key: layout.manifest_key(self.seq, &self.to.name),
+            size: None,
+            storage_class: StorageClass::Standard,
+        };
+        let chunks = self.chunks.iter().map(|c| NamedObject {
+            key: c.key.clone(),
+            size: Some(c.size),
+            storage_class: self.storage_class,
+        });
+        std::iter::once(own).chain(chunks).collect()
     }
 
     pub fn to_json(&self) -> Vec<u8> {

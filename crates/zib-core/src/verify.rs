@@ -213,17 +213,17 @@ impl VerifyRequest<'_> {
             let mut unsound: HashSet<u64> = HashSet::new();
             for m in &cat.manifests {
                 manifests += 1;
-                let mkey = layout.manifest_key(m.seq, &m.to.name);
-                if let Some((k, _)) = by_key.get_key_value(mkey.as_str()) {
-                    named.insert(k);
+                // Named by key whatever its size: a chunk of another size is reported as
+                // replaced (below), not a second time as unnamed.
+                for o in m.named_objects(&layout) {
+                    if let Some((k, _)) = by_key.get_key_value(o.key.as_str()) {
+                        named.insert(k);
+                    }
                 }
                 for c in &m.chunks {
                     chunks_total += 1;
                     line.chunks += 1;
                     line.bytes += c.size;
-                    if let Some((k, _)) = by_key.get_key_value(c.key.as_str()) {
-                        named.insert(k);
-                    }
                     let findings = self.check_chunk(m, c, by_key.get(c.key.as_str()).copied());
                     let sound = findings.iter().all(|f| f.severity() == Severity::Warning);
                     if sound {

@@ -35,8 +35,8 @@ use zib_core::{
 use crate::{
     failpoint,
     outside::Outside,
-    s3::{PutOutcome, S3Error, S3Store},
-    spool::Spool,
+    s3::{ManifestGetError, PutOutcome, S3Error, S3Store},
+    spool::{Spool, SpoolFile},
     state_store::{LockedState, StateStoreError},
     zfs::{SendArgs, SendBase, SendStream, SnapInfo, Zfs, ZfsError},
 };
@@ -180,6 +180,15 @@ pub enum BackupError {
     TooLarge { dataset: String, seen: String, chunk_size: u64, max: u64, advice: String },
 }
 
+impl From<ManifestGetError> for BackupError {
+    fn from(e: ManifestGetError) -> Self {
+        match e {
+            ManifestGetError::S3(e) => Self::S3(e),
+            ManifestGetError::Invalid(e) => Self::Catalog(e.to_string()),
+        }
+    }
+}
+
 enum Spooled {
     /// A chunk stored by an earlier run whose bytes matched again.
     Reused {
@@ -191,10 +200,11 @@ enum Spooled {
 /// A chunk spooled for its PUT. It holds its spool permit until its PUT is done.
 struct NewChunk {
     index: u64,
-    path: PathBuf,
     size: u64,
     sha256: String,
     class: StorageClass,
+    /// Removed on drop, before the permit goes: at most `max_spooled_chunks` files exist.
+    file: SpoolFile,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -530,9 +540,7 @@ impl Backup<'_> {
             .collect();
         match backup_plan::choose_base(self.locked.state.last.as_ref(), listed.iter().copied()) {
             Base::Catalog { seq, key } => {
-                let bytes = self.engine.s3.get_bytes(key, manifest::MAX_MANIFEST_BYTES).await?;
-                let m = Manifest::from_json(key, &bytes)
-                    .map_err(|e| BackupError::Catalog(e.to_string()))?;
+                let m = self.engine.s3.get_manifest(key).await?;
                 tracing::info!(dataset = %self.ds.name, seq, "local state is behind the catalog; continuing from {key}");
                 self.locked.state.last = Some(Committed {
                     seq,
@@ -685,13 +693,9 @@ impl Backup<'_> {
     async fn already_committed(&self) -> Result<Option<Manifest>, BackupError> {
         let p = self.locked.state.pending.as_ref().expect("pending");
         let key = self.layout().manifest_key(p.seq, &p.to);
-        match self.engine.s3.get_bytes(&key, manifest::MAX_MANIFEST_BYTES).await {
-            Ok(bytes) => {
-                let m = Manifest::from_json(&key, &bytes)
-                    .map_err(|e| BackupError::Catalog(e.to_string()))?;
-                Ok((Some(&m.to.guid) == p.to_guid.as_ref()).then_some(m))
-            }
-            Err(e) if e.is_not_found() => Ok(None),
+        match self.engine.s3.get_manifest(&key).await {
+            Ok(m) => Ok((Some(&m.to.guid) == p.to_guid.as_ref()).then_some(m)),
+            Err(ManifestGetError::S3(e)) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -884,10 +888,10 @@ impl Backup<'_> {
         let probe_end = p.recorded_end() + MAX_PARALLEL_PUTS as u64;
         let put = |s3: S3Store, key: String, chunk: NewChunk, probe: bool| async move {
             let r = if probe {
-                s3.put_chunk_probing(&key, &chunk.path, chunk.size, &chunk.sha256, chunk.class)
-                    .await
+                let path = chunk.file.path();
+                s3.put_chunk_probing(&key, path, chunk.size, &chunk.sha256, chunk.class).await
             } else {
-                s3.put_chunk(&key, &chunk.path, chunk.size, &chunk.sha256, chunk.class).await
+                s3.put_chunk(&key, chunk.file.path(), chunk.size, &chunk.sha256, chunk.class).await
             };
             (key, chunk, r)
         };
@@ -902,8 +906,8 @@ impl Backup<'_> {
                 // A pause or SIGTERM must not wait for the next chunk to be read (up to 5 GB).
                 () = self.cancel.cancelled() => return Err(BackupError::Cancelled { dataset: self.ds.name.to_string() }),
                 Some((key, chunk, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                    let NewChunk { index, path, size, sha256, .. } = chunk;
-                    let _ = tokio::fs::remove_file(&path).await;
+                    let NewChunk { index, size, sha256, file, .. } = chunk;
+                    drop(file);
                     match outcome {
                         Ok(o) => {
                             if o == PutOutcome::AlreadyPresent {
@@ -1064,10 +1068,6 @@ impl Backup<'_> {
         self.save().await?;
         tracing::info!(dataset = %self.ds.name, seq = p.seq, snapshot = %p.to, bytes = stream_size, chunks = p.chunks.len(), "backup committed: {key}");
         release_send_hold(&self.engine.zfs, &self.ds.name, &p.to).await;
-        // Committed: no spooled chunk of this dataset is needed any more (we hold its lock).
-        // A chunk read ahead but never taken by the uploader (the reader stopped with chunks
-        // still queued) would otherwise stay until the next run.
-        self.spool().clean().await;
 
         self.set_progress(|pr| pr.phase = Phase::Pruning);
         let pruned = self.bookmark_and_prune(&to).await;
@@ -1286,12 +1286,14 @@ async fn read_stream(
         let reuse = recorded.recorded(index);
         let path = spool.spool.chunk_path(&spool.run, index);
         let spool_err = |source| BackupError::Spool { path: path.clone(), source };
-        let mut file = match reuse {
-            Some(_) => None,
+        // The file and the guard that removes it whenever this chunk is not handed on.
+        let (mut file, mut guard) = match reuse {
+            Some(_) => (None, None),
             None => {
                 crate::state_store::remove_stale(&path).map_err(spool_err)?;
+                let guard = SpoolFile::new(path.clone());
                 let new = tokio::fs::OpenOptions::from(crate::state_store::new_private_file());
-                Some(new.open(&path).await.map_err(spool_err)?)
+                (Some(new.open(&path).await.map_err(spool_err)?), Some(guard))
             }
         };
         let mut hasher = Sha256::new();
@@ -1313,7 +1315,6 @@ async fn read_stream(
                 break;
             }
             if index >= manifest::MAX_CHUNKS {
-                let _ = tokio::fs::remove_file(&path).await;
                 return Err(BackupError::TooLarge {
                     dataset: spool.dataset.clone(),
                     seen: format!("longer than {} bytes", total + n),
@@ -1339,7 +1340,7 @@ async fn read_stream(
             // Only now is the stream known to be complete and good.
             send.take().expect("finished once").finish().await?;
             if n == 0 {
-                let _ = tokio::fs::remove_file(&path).await;
+                drop(guard.take());
                 if index < recorded.recorded_end() {
                     return Ok(Streamed::Diverged { index, why: Divergence::Resent });
                 }
@@ -1365,7 +1366,8 @@ async fn read_stream(
             Some(_) => return Ok(Streamed::Diverged { index, why: Divergence::Resent }),
             None => {
                 let class = recorded.storage_class;
-                let chunk = NewChunk { index, path, size: n, sha256, class, _permit: permit };
+                let file = guard.take().expect("a new chunk has its file");
+                let chunk = NewChunk { index, size: n, sha256, class, file, _permit: permit };
                 if tx.send(Spooled::New(chunk)).is_err() {
                     // The uploader stopped; its error is what try_join reports.
                     return Ok(Streamed::Done { size: total, sha256: String::new() });

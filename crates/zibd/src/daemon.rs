@@ -36,7 +36,6 @@ use crate::{
     job::{self, Clock, JobContext, JobHandle, JobSettings, SystemClock},
     outside::Outside,
     restore::{self, RestoreEngine, RestoreJobs},
-    s3::S3Store,
     state_store::{StateStore, StateStoreError},
     sync::locked,
     systemd::{Notifier, StatusSummary, status_line},
@@ -595,20 +594,10 @@ impl DaemonCore {
     async fn restore_engine(&self, bucket: Option<&str>, prefix: Option<&str>) -> RestoreEngine {
         let cfg = self.config();
         let t = &cfg.target;
+        let configured = locked(&self.engine).s3.clone();
         let s3 = match bucket.filter(|b| *b != t.bucket.0) {
-            None => locked(&self.engine).s3.clone(),
-            Some(b) => {
-                S3Store::connect(
-                    &t.region,
-                    t.endpoint.as_ref().map(|e| e.0.as_str()),
-                    cfg.force_path_style(),
-                    t.max_attempts,
-                    Duration::from_secs(t.request_timeout_secs),
-                    b,
-                    self.outside.s3_credentials.as_ref(),
-                )
-                .await
-            }
+            None => configured,
+            Some(b) => configured.with_bucket(b),
         };
         RestoreEngine {
             zfs: self.outside.zfs.clone(),

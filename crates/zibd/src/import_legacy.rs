@@ -18,7 +18,7 @@ use zib_core::legacy::{
     ResumeTarget, SaveFile,
 };
 use zib_core::state::Committed;
-use zib_core::{Config, KeyLayout, Manifest, StorageClass, manifest};
+use zib_core::{Config, KeyLayout, StorageClass};
 
 use crate::backup::{self, BackupOptions, BackupReport, Engine};
 use crate::s3::{PutOutcome, S3ErrorKind};
@@ -198,8 +198,7 @@ pub async fn import(
                 "the catalog of {name} already holds {key}, which this import would not write: import only into an empty catalog"
             );
         };
-        let stored =
-            Manifest::from_json(key, &s3.get_bytes(key, manifest::MAX_MANIFEST_BYTES).await?)?;
+        let stored = s3.get_manifest(key).await?;
         if stored.chunks != planned.chunks || stored.to != planned.to || stored.from != planned.from
         {
             bail!(
@@ -304,10 +303,7 @@ async fn finish(
         backup::Outcome::Committed(r) => r,
         backup::Outcome::Skipped(_) => bail!("a resumed backup is never skipped"),
     };
-    let m = Manifest::from_json(
-        &backup.manifest_key,
-        &engine.s3.get_bytes(&backup.manifest_key, manifest::MAX_MANIFEST_BYTES).await?,
-    )?;
+    let m = engine.s3.get_manifest(&backup.manifest_key).await?;
     let used = |k: &str| stream_key.as_deref().is_some_and(|p| k.starts_with(p));
     let legacy_used = m.chunks.iter().filter(|c| used(&c.key)).count();
     let listed = match &stream_key {

@@ -13,11 +13,10 @@ use zib_core::{
         RebaselineReason, RetentionPolicy, StoredObject,
         retention::{ChainFate, KeepReason, PruneRequest},
     },
-    manifest,
     pricing::format_money,
 };
 
-use crate::s3::{ListedObject, S3Error, S3Store};
+use crate::s3::{ListedObject, ManifestGetError, S3Error, S3Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -25,6 +24,15 @@ pub enum LifecycleError {
     S3(#[from] S3Error),
     #[error("the catalog in the bucket is unreadable: {0}")]
     Catalog(String),
+}
+
+impl From<ManifestGetError> for LifecycleError {
+    fn from(e: ManifestGetError) -> Self {
+        match e {
+            ManifestGetError::S3(e) => Self::S3(e),
+            ManifestGetError::Invalid(e) => Self::Catalog(e.to_string()),
+        }
+    }
 }
 
 /// The chain the newest backup (`newest_key`) belongs to, read back link by link from the
@@ -37,14 +45,11 @@ pub async fn current_chain(
     newest_key: &str,
 ) -> Result<Result<Vec<Manifest>, String>, LifecycleError> {
     let read = |key: String| async move {
-        let bytes = match s3.get_bytes(&key, manifest::MAX_MANIFEST_BYTES).await {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(LifecycleError::S3(e)),
-        };
-        Manifest::from_json(&key, &bytes)
-            .map(Some)
-            .map_err(|e| LifecycleError::Catalog(e.to_string()))
+        match s3.get_manifest(&key).await {
+            Ok(m) => Ok(Some(m)),
+            Err(ManifestGetError::S3(e)) if e.is_not_found() => Ok(None),
+            Err(e) => Err(LifecycleError::from(e)),
+        }
     };
     let mut manifests: Vec<(u64, &str)> = listing
         .iter()
@@ -180,9 +185,7 @@ pub async fn prune(
         if layout.parse_manifest_key(&o.key).is_none() {
             continue;
         }
-        let bytes = s3.get_bytes(&o.key, manifest::MAX_MANIFEST_BYTES).await?;
-        let m = Manifest::from_json(&o.key, &bytes)
-            .map_err(|e| LifecycleError::Catalog(e.to_string()))?;
+        let m = s3.get_manifest(&o.key).await?;
         if m.dataset != ds.name {
             return Err(LifecycleError::Catalog(format!(
                 "{} describes dataset {}, not {}",

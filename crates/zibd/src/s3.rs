@@ -27,7 +27,12 @@ use aws_sdk_s3::{
     types::{ChecksumAlgorithm, ChecksumMode, GlacierJobParameters, RestoreRequest, Tier},
 };
 use base64::Engine as _;
-use zib_core::{StorageClass, config::Config, pricing::RestoreTier};
+use zib_core::{
+    StorageClass,
+    config::Config,
+    manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError},
+    pricing::RestoreTier,
+};
 
 /// User metadata key carrying the chunk's SHA-256 (hex), readable by HEAD even on archived
 /// objects and on servers that do not keep additional checksums.
@@ -197,6 +202,16 @@ pub struct ObjectHead {
 }
 
 /// Result of a conditional chunk PUT.
+/// A manifest that could not be read back: the request failed (or the key is missing), or what
+/// is stored there is not a manifest zib can use.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestGetError {
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error(transparent)]
+    Invalid(#[from] ManifestError),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
     Stored,
@@ -269,23 +284,41 @@ pub fn thaw_state(head: &ObjectHead) -> ThawState {
     }
 }
 
-impl S3Store {
-    /// Builds a client from the config's `[target]`; credentials come from the standard AWS
-    /// chain (environment, profile, instance role) unless given, never from the config file.
-    pub async fn from_config(cfg: &Config, credentials: Option<&S3Credentials>) -> Self {
+/// Where and how to reach a bucket: the config's `[target]`, or a restore's flags over it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Settings {
+    pub region: String,
+    /// A non-AWS server (or a test's) instead of the region's AWS endpoint.
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+    /// Attempts per request, the first included (the SDK's standard retry with backoff).
+    pub max_attempts: u32,
+    /// Per attempt of a request (a chunk PUT gets more: [`put_attempt_timeout`]).
+    pub request_timeout: Duration,
+    pub bucket: String,
+}
+
+impl S3Settings {
+    pub fn from_config(cfg: &Config) -> Self {
         let t = &cfg.target;
+        Self {
+            region: t.region.clone(),
+            endpoint: t.endpoint.as_ref().map(|e| e.0.clone()),
+            path_style: cfg.force_path_style(),
+            max_attempts: t.max_attempts,
+            request_timeout: Duration::from_secs(t.request_timeout_secs),
+            bucket: t.bucket.0.clone(),
+        }
+    }
+}
+
+impl S3Store {
+    /// Builds a client from the config's `[target]` with `[daemon]`'s bandwidth limits;
+    /// credentials come from the standard AWS chain (environment, profile, instance role)
+    /// unless given, never from the config file.
+    pub async fn from_config(cfg: &Config, credentials: Option<&S3Credentials>) -> Self {
         let d = &cfg.daemon;
-        Self::connect(
-            &t.region,
-            t.endpoint.as_ref().map(|e| e.0.as_str()),
-            cfg.force_path_style(),
-            t.max_attempts,
-            Duration::from_secs(t.request_timeout_secs),
-            &t.bucket.0,
-            credentials,
-        )
-        .await
-        .with_limits(
+        Self::connect(&S3Settings::from_config(cfg), credentials).await.with_limits(
             d.max_upload_rate.map(|r| Bandwidth::new(r.0)),
             d.max_download_rate.map(|r| Bandwidth::new(r.0)),
         )
@@ -296,15 +329,17 @@ impl S3Store {
         Self { upload_limit: upload, download_limit: download, ..self }
     }
 
-    pub async fn connect(
-        region: &str,
-        endpoint: Option<&str>,
-        path_style: bool,
-        max_attempts: u32,
-        request_timeout: Duration,
-        bucket: &str,
-        credentials: Option<&S3Credentials>,
-    ) -> Self {
+    /// The same client, limits and timeouts, on another bucket (a restore from a bucket that is
+    /// not the configured one: same endpoint and credentials).
+    pub fn with_bucket(&self, bucket: &str) -> Self {
+        Self { bucket: bucket.to_owned(), ..self.clone() }
+    }
+
+    pub async fn connect(settings: &S3Settings, credentials: Option<&S3Credentials>) -> Self {
+        let S3Settings { region, endpoint, path_style, max_attempts, request_timeout, bucket } =
+            settings;
+        let (max_attempts, request_timeout, path_style) =
+            (*max_attempts, *request_timeout, *path_style);
         let retry = RetryConfig::standard()
             .with_max_attempts(max_attempts)
             .with_initial_backoff(Duration::from_millis(200))
@@ -314,7 +349,7 @@ impl S3Store {
             loader = loader.credentials_provider(c.clone());
         }
         let sdk = loader
-            .region(Region::new(region.to_owned()))
+            .region(Region::new(region.clone()))
             .retry_config(retry)
             .timeout_config(
                 TimeoutConfig::builder()
@@ -335,7 +370,7 @@ impl S3Store {
         }
         Self {
             client: Client::from_conf(b.build()),
-            bucket: bucket.to_owned(),
+            bucket: bucket.clone(),
             request_timeout,
             upload_limit: None,
             download_limit: None,
@@ -571,6 +606,12 @@ impl S3Store {
             key: key.into(),
             limit,
         })
+    }
+
+    /// Reads and parses the manifest stored under `key` (at most [`MAX_MANIFEST_BYTES`]).
+    pub async fn get_manifest(&self, key: &str) -> Result<Manifest, ManifestGetError> {
+        let bytes = self.get_bytes(key, MAX_MANIFEST_BYTES).await?;
+        Ok(Manifest::from_json(key, &bytes)?)
     }
 
     /// A whole object of at most `limit` bytes; None if it is larger.

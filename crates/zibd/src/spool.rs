@@ -58,6 +58,33 @@ impl Spool {
     }
 }
 
+/// One chunk file of a run, removed when this is dropped: a chunk read ahead and then not
+/// used (a failed, cancelled or diverged run; a chunk still queued for an uploader that
+/// stopped; a download dropped half-way) never outlives the run that wrote it. Only a crash
+/// leaves files, which [`Spool::clean`] and the next run's stale-file removal take.
+#[derive(Debug)]
+pub struct SpoolFile {
+    path: PathBuf,
+}
+
+impl SpoolFile {
+    /// Owns `path` from now on, whether or not the file exists yet.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        // Synchronous: an unlink is quick, and a Drop cannot await.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 async fn remove_chunks(dir: &Path, wanted: impl Fn(&str) -> bool) {
     let Ok(mut d) = tokio::fs::read_dir(dir).await else { return };
     while let Ok(Some(e)) = d.next_entry().await {
@@ -104,6 +131,21 @@ mod tests {
             if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
         }
         out
+    }
+
+    #[test]
+    fn a_spool_file_goes_with_its_owner_and_never_takes_another_path() {
+        let root = tempfile::tempdir().unwrap();
+        let (mine, other) = (root.path().join("1.a0.00000000.chunk"), root.path().join("x"));
+        std::fs::write(&other, b"y").unwrap();
+        let f = SpoolFile::new(mine.clone());
+        std::fs::write(f.path(), b"x").unwrap();
+        drop(f);
+        assert!(!mine.exists(), "dropped, the chunk file is gone");
+        assert!(other.exists());
+        // Never written (a run stopped before): dropping it is harmless.
+        drop(SpoolFile::new(root.path().join("never")));
+        assert_eq!(files(root.path()), ["x"]);
     }
 
     #[tokio::test]

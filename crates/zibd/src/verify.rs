@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use futures::StreamExt as _;
 use zib_core::{
     DatasetName,
-    human::human_bytes,
+    human::{count, human_bytes},
     pricing::{Pricing, format_money},
     verify::{
         Finding, HeadFacts, ListedFacts, RequestBill, Severity, SkippedFacts, VerifyReport,
@@ -163,12 +163,10 @@ pub fn format_verify(o: &VerifyOutcome) -> String {
         };
         let _ = writeln!(
             s,
-            "  {}: {} {} in {} {}, {}/{} chunks sound ({}); {newest}",
+            "  {}: {} in {}, {}/{} chunks sound ({}); {newest}",
             d.dataset,
-            d.backups,
-            plural(d.backups, "backup", "backups"),
-            d.chains,
-            plural(d.chains, "chain", "chains"),
+            count(d.backups, "backup", "backups"),
+            count(d.chains, "chain", "chains"),
             d.chunks_sound,
             d.chunks,
             human_bytes(d.bytes),
@@ -191,9 +189,8 @@ pub fn format_verify(o: &VerifyOutcome) -> String {
     if !r.unnamed.is_empty() {
         let _ = writeln!(
             s,
-            "{} {} under the prefix no manifest names ({}; abandoned attempts or other tools' files; `zibd prune --dry-run` shows which may go):",
-            r.unnamed.len(),
-            plural(r.unnamed.len() as u64, "object", "objects"),
+            "{} under the prefix no manifest names ({}; abandoned attempts or other tools' files; `zibd prune --dry-run` shows which may go):",
+            count(r.unnamed.len() as u64, "object", "objects"),
             human_bytes(r.unnamed_bytes)
         );
         for u in r.unnamed.iter().take(20) {
@@ -213,8 +210,4 @@ pub fn format_verify(o: &VerifyOutcome) -> String {
         format_money(q.cost, &q.currency)
     );
     s
-}
-
-fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
-    if n == 1 { one } else { many }
 }

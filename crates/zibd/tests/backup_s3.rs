@@ -677,6 +677,58 @@ async fn starting_one_dataset_leaves_the_spool_of_a_similarly_named_one_alone() 
     assert!(files_under(&spool).is_empty(), "{:?}", files_under(&spool));
 }
 
+/// A run that stops leaves no chunk file behind, neither the one whose PUT was in flight nor
+/// those read ahead and still queued for the uploader (dropped with it): each spooled chunk's
+/// file goes with the chunk, so only a crash leaves files for the next run to clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_run_leaves_no_spooled_chunk_behind() {
+    let (_s, proxy, bed) = s3s_bed(true).await;
+    let proxy = proxy.unwrap();
+    bed.set_target("max_parallel_puts", "1");
+    bed.set_target("max_spooled_chunks", "3");
+    let spool = bed.root.join("spool");
+    // The first PUT is held: one chunk in flight, two read ahead and queued, the reader
+    // waiting for room.
+    proxy.add_fault(Fault::new(
+        Matcher::put(),
+        FaultAction::Delay(std::time::Duration::from_secs(120)),
+    ));
+    let mut run = support::zibd_command(&bed.endpoint, &FakeZfs::at(bed.root.join("zfs")))
+        .arg("--config")
+        .arg(&bed.config)
+        .args(["backup", "tank/photos"])
+        .env("FAKE_ZFS_SIZE", "300000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited = std::time::Instant::now();
+    while proxy.peak_in_flight("PUT") == 0 || files_under(&spool).len() < 3 {
+        assert!(run.try_wait().unwrap().is_none(), "the backup ended before it was stopped");
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(60),
+            "not 3 chunks spooled with a PUT in flight within 60 s: {:?}",
+            files_under(&spool)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(files_under(&spool).len(), 3, "max_spooled_chunks holds");
+    // Ctrl-C, as a user at the terminal would.
+    let int =
+        std::process::Command::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap();
+    assert!(int.success());
+    let out = run.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a stopped backup does not report success: {err}");
+    assert!(files_under(&spool).is_empty(), "left in the spool: {:?}", files_under(&spool));
+    assert!(bed.manifests().await.is_empty(), "nothing committed");
+    // And the next run goes on from what was stored.
+    proxy.clear_faults();
+    ok(&bed.backup(&[]));
+    let ms = bed.manifests().await;
+    assert_eq!(bed.cat_chunks(&ms[0]).await, bed.stream_of(&ms[0].to.name));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn full_abandons_an_unfinished_full() {
     // An unfinished full that cannot go on (whatever the cause): `--full` is the user's way out.

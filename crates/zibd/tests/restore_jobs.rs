@@ -11,7 +11,7 @@ use zib_protocol::RestoreState;
 use zib_testkit::{FaultProxy, Matcher, MotoServer, test_credentials};
 use zibd::{
     restore::{PollBackoff, RestoreEngine, RestoreJobs, RestoreOptions},
-    s3::S3Store,
+    s3::{S3Settings, S3Store},
     zfs::Zfs,
 };
 
@@ -22,12 +22,14 @@ async fn engine(endpoint: &str, bucket: &str, zfs: &Zfs) -> RestoreEngine {
     RestoreEngine {
         zfs: zfs.clone(),
         s3: S3Store::connect(
-            "us-east-1",
-            Some(endpoint),
-            true,
-            3,
-            Duration::from_secs(120),
-            bucket,
+            &S3Settings {
+                region: "us-east-1".into(),
+                endpoint: Some(endpoint.into()),
+                path_style: true,
+                max_attempts: 3,
+                request_timeout: Duration::from_secs(120),
+                bucket: bucket.into(),
+            },
             Some(&test_credentials()),
         )
         .await,

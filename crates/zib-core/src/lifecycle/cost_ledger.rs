@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::retention::StoredObject;
 use crate::catalog::Catalog;
-use crate::manifest::Manifest;
+use crate::manifest::NamedObject;
 use crate::names::{DatasetName, KeyLayout};
 use crate::pricing::{
     ARCHIVE_OVERHEAD_ARCHIVE_BYTES, ARCHIVE_OVERHEAD_STANDARD_BYTES, GB, Pricing, Quote,
@@ -188,7 +188,9 @@ impl LedgerRequest<'_> {
                     deletable_from: links[0].committed_at,
                 };
                 for m in &links {
-                    for (key, size, fallback) in objects_of(&layout, m) {
+                    for NamedObject { key, size, storage_class: fallback } in
+                        m.named_objects(&layout)
+                    {
                         // A key of another size is not the object the manifest names: it
                         // is missing, and what is there is counted as unnamed.
                         let Some((k, o)) = by_key
@@ -255,12 +257,4 @@ impl LedgerRequest<'_> {
             monthly_total: monthly + unnamed_monthly,
         }
     }
-}
-
-/// The keys a manifest names: itself (size unknown to the catalog, STANDARD unless the listing
-/// says) and its chunks (size and class from the manifest).
-fn objects_of(layout: &KeyLayout, m: &Manifest) -> Vec<(String, Option<u64>, StorageClass)> {
-    let mut v = vec![(layout.manifest_key(m.seq, &m.to.name), None, StorageClass::Standard)];
-    v.extend(m.chunks.iter().map(|c| (c.key.clone(), Some(c.size), m.storage_class)));
-    v
 }

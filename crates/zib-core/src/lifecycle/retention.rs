@@ -351,11 +351,12 @@ impl PruneRequest<'_> {
 
     /// Appends the abandoned chunks that may go to `out`; returns those held.
     fn abandoned(&self, out: &mut Vec<Deletion>) -> Vec<HeldObject> {
-        let named: HashSet<&str> = self
+        let named: HashSet<String> = self
             .catalog
             .manifests
             .iter()
-            .flat_map(|m| m.chunks.iter().map(|c| c.key.as_str()))
+            .flat_map(|m| m.named_objects(self.layout))
+            .map(|o| o.key)
             .collect();
         let newest_seq = self.catalog.manifests.iter().map(|m| m.seq).max().unwrap_or(0);
         let mut held = Vec::new();

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use zib_core::{DatasetName, SnapName, pricing::RestoreTier};
 
 use crate::{
+    bandwidth::Bandwidth,
     outside::Outside,
     process::{EXIT_CONFIG, cancel_on_ctrl_c, report, runtime},
     restore::{
@@ -16,7 +17,7 @@ use crate::{
         RestoreProgressFile, drill, format_catalog, format_drill, format_plan, load_catalog, plan,
         run,
     },
-    s3::S3Store,
+    s3::{S3Settings, S3Store},
 };
 
 /// Where the bucket is: flags, else the config's `[target]`.
@@ -194,41 +195,39 @@ pub(super) async fn connect(
             "no bucket: give --bucket (and --prefix, --region/--endpoint), or a config file with --config"
         ),
     };
-    let region = args
-        .region
-        .clone()
-        .or_else(|| t.map(|t| t.region.clone()))
-        .unwrap_or_else(|| "us-east-1".into());
     let endpoint =
         args.endpoint.clone().or_else(|| t.and_then(|t| t.endpoint.as_ref().map(|e| e.0.clone())));
     if let Some(e) = &endpoint {
         zib_core::config::Endpoint::try_from(e.clone()).map_err(anyhow::Error::msg)?;
     }
-    let path_style = match (&args.endpoint, cfg) {
-        (None, Some(c)) => c.force_path_style(),
-        _ => endpoint.is_some(),
+    let settings = S3Settings {
+        region: args
+            .region
+            .clone()
+            .or_else(|| t.map(|t| t.region.clone()))
+            .unwrap_or_else(|| "us-east-1".into()),
+        path_style: match (&args.endpoint, cfg) {
+            (None, Some(c)) => c.force_path_style(),
+            _ => endpoint.is_some(),
+        },
+        endpoint,
+        max_attempts: t.map_or(8, |t| t.max_attempts),
+        request_timeout: std::time::Duration::from_secs(
+            t.map_or(zib_core::config::DEFAULT_REQUEST_TIMEOUT_SECS, |t| t.request_timeout_secs),
+        ),
+        bucket,
     };
     let prefix = args
         .prefix
         .clone()
         .or_else(|| t.map(|t| t.prefix.clone()))
         .unwrap_or_else(|| "zib/".into());
-    let attempts = t.map_or(8, |t| t.max_attempts);
-    let timeout = std::time::Duration::from_secs(
-        t.map_or(zib_core::config::DEFAULT_REQUEST_TIMEOUT_SECS, |t| t.request_timeout_secs),
-    );
     let outside = Outside::from_env();
-    let creds = outside.s3_credentials.as_ref();
-    let s3 = S3Store::connect(
-        &region,
-        endpoint.as_deref(),
-        path_style,
-        attempts,
-        timeout,
-        &bucket,
-        creds,
-    )
-    .await;
+    // A config's `max_download_rate` holds for a restore run by hand too.
+    let download_limit = cfg.and_then(|c| c.daemon.max_download_rate).map(|r| Bandwidth::new(r.0));
+    let s3 = S3Store::connect(&settings, outside.s3_credentials.as_ref())
+        .await
+        .with_limits(None, download_limit);
     Ok(RestoreEngine { zfs: outside.zfs, s3, prefix })
 }
 

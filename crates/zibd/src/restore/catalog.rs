@@ -11,7 +11,6 @@ use futures::{StreamExt, TryStreamExt};
 use zib_core::{
     DatasetName, Manifest, SnapName,
     catalog::Catalog,
-    manifest,
     names::{dataset_of_manifest_key, normalize_prefix},
     restore_plan::RestorePlan,
 };
@@ -20,7 +19,7 @@ use super::{
     RestoreEngine, RestoreError,
     thaw::{MAX_THAW_EXPIRIES, ManifestThaw, thaw_object},
 };
-use crate::s3::{ListedObject, S3ErrorKind, S3Store};
+use crate::s3::{ListedObject, ManifestGetError, S3ErrorKind, S3Store};
 
 /// Every dataset's catalog found under a prefix.
 #[derive(Debug, Clone)]
@@ -155,29 +154,27 @@ async fn read_manifest(
     let skip =
         |reason: String| Ok(Err(SkippedManifest { key: key.clone(), dataset: d.clone(), reason }));
     let mut thaws = 0;
-    let bytes = loop {
-        match s3.get_bytes(&key, manifest::MAX_MANIFEST_BYTES).await {
-            Ok(b) => break b,
-            Err(e) => match (e.kind(), thaw) {
-                (S3ErrorKind::NotThawed, Some(t)) if thaws < MAX_THAW_EXPIRIES => {
-                    thaws += 1;
-                    thaw_object(s3, &key, t).await?;
-                }
-                (S3ErrorKind::NotThawed, _) => {
-                    return skip(format!(
-                        "{e}: it is archived (a bucket lifecycle rule on the prefix?); `zibd restore run` thaws it first"
-                    ));
-                }
-                (S3ErrorKind::NotFound | S3ErrorKind::AccessDenied | S3ErrorKind::TooLarge, _) => {
-                    return skip(e.to_string());
-                }
-                _ => return Err(e.into()),
-            },
+    let m = loop {
+        let e = match s3.get_manifest(&key).await {
+            Ok(m) => break m,
+            Err(ManifestGetError::Invalid(e)) => return skip(e.to_string()),
+            Err(ManifestGetError::S3(e)) => e,
+        };
+        match (e.kind(), thaw) {
+            (S3ErrorKind::NotThawed, Some(t)) if thaws < MAX_THAW_EXPIRIES => {
+                thaws += 1;
+                thaw_object(s3, &key, t).await?;
+            }
+            (S3ErrorKind::NotThawed, _) => {
+                return skip(format!(
+                    "{e}: it is archived (a bucket lifecycle rule on the prefix?); `zibd restore run` thaws it first"
+                ));
+            }
+            (S3ErrorKind::NotFound | S3ErrorKind::AccessDenied | S3ErrorKind::TooLarge, _) => {
+                return skip(e.to_string());
+            }
+            _ => return Err(e.into()),
         }
-    };
-    let m = match Manifest::from_json(&key, &bytes) {
-        Ok(m) => m,
-        Err(e) => return skip(e.to_string()),
     };
     if m.dataset != d {
         return skip(format!("it describes dataset {}, but its key is under {d}", m.dataset));

@@ -16,7 +16,10 @@ use super::{
     PathError, PollBackoff, RestoreError, RestoreProgress, io_err,
     thaw::{ChunkThaw, Rethaw, not_thawed, wait_ready},
 };
-use crate::s3::{S3ErrorKind, S3Store};
+use crate::{
+    s3::{S3ErrorKind, S3Store},
+    spool::SpoolFile,
+};
 
 /// Everything a chunk download needs, shareable across concurrent downloads.
 #[derive(Clone, Copy)]
@@ -35,7 +38,8 @@ pub(super) struct FetchCtx<'a> {
 /// What a finished download reports back to the receiver.
 pub(super) struct Fetched {
     pub(super) index: usize,
-    pub(super) path: PathBuf,
+    /// The verified chunk, removed when dropped.
+    pub(super) file: SpoolFile,
     pub(super) thaw: ChunkThaw,
     /// Found archived although neither the manifest nor the record said so.
     pub(super) archived: bool,
@@ -43,7 +47,7 @@ pub(super) struct Fetched {
 
 /// Waits until chunk `c` is readable (asking for a thaw again if an earlier one expired),
 /// downloads it to `path` while hashing, and checks size and SHA-256. The file exists on Ok
-/// only; nothing unverified is ever returned.
+/// only (a fetch that fails or is dropped removes it); nothing unverified is ever returned.
 pub(super) async fn fetch_chunk(
     ctx: FetchCtx<'_>,
     index: usize,
@@ -56,6 +60,7 @@ pub(super) async fn fetch_chunk(
     let mut counted = !count_ready;
     let mut needs_thaw = needs_thaw;
     let mut found_archived = false;
+    let file = SpoolFile::new(path);
     loop {
         if needs_thaw {
             wait_ready(ctx, &c.key, &mut t).await?;
@@ -65,8 +70,8 @@ pub(super) async fn fetch_chunk(
                 ctx.progress.send_modify(|p| p.thaw_ready += 1);
             }
         }
-        match download(ctx, c, &path).await {
-            Ok(()) => return Ok(Fetched { index, path, thaw: t, archived: found_archived }),
+        match download(ctx, c, file.path()).await {
+            Ok(()) => return Ok(Fetched { index, file, thaw: t, archived: found_archived }),
             Err(DownloadError::NotThawed) => {
                 not_thawed(ctx, &c.key, needs_thaw, &mut t).await?;
                 if !needs_thaw {

@@ -142,7 +142,8 @@ impl Run<'_> {
                 () = self.cancel.cancelled() => return Err(RestoreError::Cancelled { target: self.opts.target.to_string() }.into()),
             };
             let Some(fetched) = next else { break };
-            let Fetched { index, path, thaw, archived } = fetched?;
+            let Fetched { index, file, thaw, archived } = fetched?;
+            let path = file.path();
             self.polls += thaw.polls;
             self.thaw_sent +=
                 u64::from(thaw.requests) + self.rethaw.sent.swap(0, Ordering::Relaxed);
@@ -160,25 +161,21 @@ impl Run<'_> {
                 c.thaw_requests += thaw.requests;
             }
             if index == 0
-                && let Err(e) = self.check_stream_header(step, &path).await
+                && let Err(e) = self.check_stream_header(step, path).await
             {
-                let _ = tokio::fs::remove_file(&path).await;
                 return Err(e);
             }
             let written = if Some(index) == last {
                 // Hash first, write after: the stream's end goes out only if it all matches.
-                copy_spool(&path, &mut buf, None, Some(&mut whole)).await?;
+                copy_spool(path, &mut buf, None, Some(&mut whole)).await?;
                 let hashed = std::mem::take(&mut whole);
-                if let Err(e) = self.check_stream_hash(step, hashed) {
-                    let _ = tokio::fs::remove_file(&path).await;
-                    return Err(e.into());
-                }
-                copy_spool(&path, &mut buf, Some(sink), None).await
+                self.check_stream_hash(step, hashed)?;
+                copy_spool(path, &mut buf, Some(sink), None).await
             } else {
                 // Verified: now, and only now, its bytes go to zfs receive.
-                copy_spool(&path, &mut buf, Some(sink), Some(&mut whole)).await
+                copy_spool(path, &mut buf, Some(sink), Some(&mut whole)).await
             };
-            let _ = tokio::fs::remove_file(&path).await;
+            drop(file);
             written?;
             self.file.rec().chunks[i][index].received = true;
             self.file.save().await?;

@@ -9,6 +9,7 @@ use zib_core::Manifest;
 use zib_testkit::{FaultProxy, S3sFsServer, get_bytes, test_env};
 
 use crate::common::*;
+use crate::config_toml::{ConfigToml, quoted};
 
 const PASSPHRASE: &str = "zib guest backup passphrase";
 const CHUNK: u64 = 64 * 1024;
@@ -25,16 +26,14 @@ impl Zibd {
     pub fn new(endpoint: &str, bucket: &str, dataset: &str, class: &str) -> Zibd {
         let dir = work_dir("zibd");
         let config = dir.join("zibd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[daemon]\nstate_dir = \"{d}/state\"\nspool_dir = \"{d}/spool\"\nsocket = \"{d}/zibd.sock\"\n\n\
-                 [target]\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\nprefix = \"guest\"\nstorage_class = \"{class}\"\nchunk_size = {CHUNK}\nmax_spooled_chunks = 2\n\n\
-                 [[dataset]]\nname = \"{dataset}\"\nschedule = \"0 3 * * *\"\nkeep_snapshots = 2\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
+        ConfigToml::new(&dir, bucket, endpoint)
+            .target("prefix", quoted("guest"))
+            .target("storage_class", quoted(class))
+            .target("chunk_size", CHUNK)
+            .target("max_spooled_chunks", 2)
+            .dataset(dataset, "0 3 * * *")
+            .dataset_key("keep_snapshots", 2)
+            .write(&config);
         Zibd { dir, config, endpoint: endpoint.into() }
     }
 

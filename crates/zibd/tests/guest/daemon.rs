@@ -14,6 +14,7 @@ use zib_testkit::{
 };
 
 use crate::common::*;
+use crate::config_toml::{ConfigToml, quoted};
 
 const PASSPHRASE: &str = "zib daemon test passphrase";
 /// Generous: the guest is emulated.
@@ -195,45 +196,20 @@ async fn zibd_with_zibctl_pause_resume_sigterm_restart_no_chunk_twice() {
     let state_dir = work.join("state");
     let socket = work.join("run/zibd.sock");
     let config = work.join("zibd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[daemon]
-state_dir = "{state}"
-spool_dir = "{work}/spool"
-socket = "{socket}"
-shutdown_timeout_secs = 30
-max_concurrent_jobs = 2
-
-[target]
-bucket = "{bucket}"
-endpoint = "{endpoint}"
-prefix = "zib"
-storage_class = "DEEP_ARCHIVE"
-chunk_size = "64KiB"
-max_attempts = 5
-# One PUT at a time: the proxy slows each PUT so that the upload is still running at the pause
-# and the SIGTERM; four at once finished the whole stream before the pause.
-max_parallel_puts = 1
-
-[[dataset]]
-name = "{a}"
-schedule = "0 * * * * *"
-
-[[dataset]]
-name = "{b}"
-schedule = "0 * * * * *"
-"#,
-            state = state_dir.display(),
-            work = work.display(),
-            socket = socket.display(),
-            endpoint = proxy.endpoint(),
-            a = a.name,
-            b = b.name,
-        ),
-    )
-    .expect("write config");
+    // One PUT at a time: the proxy slows each PUT so that the upload is still running at the
+    // pause and the SIGTERM; four at once finished the whole stream before the pause.
+    ConfigToml::new(&work, &bucket, &proxy.endpoint())
+        .daemon("socket", quoted(socket.display()))
+        .daemon("shutdown_timeout_secs", 30)
+        .daemon("max_concurrent_jobs", 2)
+        .target("prefix", quoted("zib"))
+        .target("storage_class", quoted("DEEP_ARCHIVE"))
+        .target("chunk_size", quoted("64KiB"))
+        .target("max_attempts", 5)
+        .target("max_parallel_puts", 1)
+        .dataset(&a.name, "0 * * * * *")
+        .dataset(&b.name, "0 * * * * *")
+        .write(&config);
     let ok = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"))
         .arg("check-config")
         .arg(&config)

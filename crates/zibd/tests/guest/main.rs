@@ -22,6 +22,11 @@
 mod backup;
 mod bed;
 mod common;
+/// The host tests' config writer (`tests/support/config.rs`), shared so the two suites write
+/// configs the same way.
+#[path = "../support/config.rs"]
+#[allow(dead_code)]
+mod config_toml;
 mod daemon;
 mod drill;
 mod legacy;

@@ -12,6 +12,7 @@ use zib_core::pricing::Pricing;
 use zib_testkit::{MotoServer, test_env};
 
 use crate::common::*;
+use crate::config_toml::{ConfigToml, quoted};
 
 const PASSPHRASE: &str = "zib restore test passphrase";
 const PREFIX: &str = "guest-restore";
@@ -52,17 +53,13 @@ impl Source {
         let ds = create_encrypted_dataset(&pool, "data", PASSPHRASE);
         let work = work_dir(&format!("restore-{tag}"));
         let config = work.join("zibd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[daemon]\nstate_dir = \"{w}/state\"\nspool_dir = \"{w}/spool\"\nsocket = \"{w}/zibd.sock\"\n\n\
-                 [target]\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\nprefix = \"{PREFIX}\"\nstorage_class = \"DEEP_ARCHIVE\"\nchunk_size = \"64KiB\"\n\n\
-                 [[dataset]]\nname = \"{name}\"\nschedule = \"@daily\"\nkeep_snapshots = 5\n",
-                w = work.display(),
-                name = ds.name
-            ),
-        )
-        .unwrap();
+        ConfigToml::new(&work, bucket, endpoint)
+            .target("prefix", quoted(PREFIX))
+            .target("storage_class", quoted("DEEP_ARCHIVE"))
+            .target("chunk_size", quoted("64KiB"))
+            .dataset(&ds.name, "@daily")
+            .dataset_key("keep_snapshots", 5)
+            .write(&config);
         Source {
             _pool: pool,
             ds,
@@ -601,16 +598,12 @@ async fn zibctl_restore_runs_as_a_daemon_job_that_survives_a_daemon_restart() {
     let socket = work.join("zibd.sock");
     let log = work.join("zibd.log");
     let config = work.join("daemon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nsocket = \"{s}\"\nstate_dir = \"{w}/dstate\"\nspool_dir = \"{w}/dspool\"\n\n[target]\nbucket = \"{bucket}\"\nendpoint = \"{ep}\"\nprefix = \"{PREFIX}\"\n",
-            s = socket.display(),
-            w = work.display(),
-            ep = proxy.endpoint
-        ),
-    )
-    .unwrap();
+    ConfigToml::new(&work, &bucket, &proxy.endpoint)
+        .daemon("socket", quoted(socket.display()))
+        .daemon("state_dir", quoted(work.join("dstate").display()))
+        .daemon("spool_dir", quoted(work.join("dspool").display()))
+        .target("prefix", quoted(PREFIX))
+        .write(&config);
     let dst = TestPool::create("zrdmn");
     let target = dst.dataset("fromdaemon");
 
