@@ -18,6 +18,12 @@
 //! # }
 //! ```
 //!
+//! Beyond answering in its stead, a fault can stall a body half-way
+//! ([`FaultAction::StallRequestBody`], [`FaultAction::StallResponseBody`]: the client must time
+//! out), or page a listing itself ([`FaultAction::PageListing`]: ListObjectsV2 cut into pages of
+//! a few keys, with continuation tokens the proxy answers from its copy of the listing, so the
+//! client's signed requests need no rewriting).
+//!
 //! It also measures how many requests of a method were in flight at once
 //! ([`FaultProxy::peak_in_flight`]: do parallel PUTs really overlap?), and
 //! [`FaultProxy::start_capped`] caps the rate at which it reads each client connection, the
@@ -119,6 +125,19 @@ pub enum FaultAction {
     DropResponse,
     /// Wait, then forward normally.
     Delay(Duration),
+    /// Read the first `after` bytes of the request body, then stop reading and never answer
+    /// (not forwarded): a server that stalls mid-upload. The client's remaining bytes wait in
+    /// the socket buffers (or in its write, once those are full) until it gives up.
+    StallRequestBody { after: u64 },
+    /// Forward the request, send the response's status and headers and the first `after`
+    /// bytes of its body, then send nothing more: a server that stalls mid-download.
+    StallResponseBody { after: u64 },
+    /// A ListObjectsV2 (`GET ?list-type=2`) answered in pages of at most `max_keys` keys: the
+    /// first request is forwarded and the server's whole listing kept; its first page goes to
+    /// the client with `IsTruncated` and a `NextContinuationToken` of the proxy's, and each
+    /// request carrying such a token is answered from the kept listing (not forwarded; its
+    /// outcome is `Injected(200)`). A listing the server itself truncated passes unchanged.
+    PageListing { max_keys: usize },
 }
 
 impl FaultAction {
@@ -183,6 +202,10 @@ pub enum Outcome {
     Injected(u16),
     /// Connection dropped by an injected fault (before or after forwarding).
     Dropped,
+    /// A body stalled by an injected fault after this many bytes (of the request body for
+    /// [`FaultAction::StallRequestBody`], of the response body for
+    /// [`FaultAction::StallResponseBody`]).
+    Stalled { body_bytes: u64 },
     /// The upstream server could not be reached or failed mid-request.
     UpstreamError(String),
 }
@@ -213,7 +236,20 @@ struct State {
     in_flight: BTreeMap<String, usize>,
     /// The most of `in_flight` ever seen per method.
     peak: BTreeMap<String, usize>,
+    /// Listings kept by [`FaultAction::PageListing`], by their number in its tokens.
+    listings: Vec<Listing>,
 }
+
+/// A server's whole ListObjectsV2 answer, cut into its `<Contents>` elements and the rest.
+#[derive(Debug, Clone)]
+struct Listing {
+    /// The answer without its `<Contents>` elements; `CONTENTS_AT` marks where they stood.
+    skeleton: String,
+    contents: Vec<String>,
+}
+
+const CONTENTS_AT: &str = "\u{0}zib-contents\u{0}";
+const PAGE_TOKEN: &str = "zib-proxy-page-";
 
 /// Counts a request as in flight until dropped.
 struct InFlight {
@@ -420,21 +456,8 @@ async fn handle(
         Some(FaultAction::Status { status, code, message }) => {
             drain(req.into_body()).await;
             set(Outcome::Injected(status));
-            let body = if method == "HEAD" {
-                String::new()
-            } else {
-                format!(
-                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
-                     <Message>{message}</Message><RequestId>zib-fault-proxy</RequestId></Error>"
-                )
-            };
-            let resp = Response::builder()
-                .status(StatusCode::from_u16(status).map_err(ProxyError::other)?)
-                .header("content-type", "application/xml")
-                .header("x-amz-request-id", "zib-fault-proxy")
-                .body(full(body))
-                .map_err(ProxyError::other)?;
-            return Ok(resp);
+            let body = if method == "HEAD" { String::new() } else { error_xml(&code, &message) };
+            return Ok(xml_response(status, body));
         }
         Some(FaultAction::DropConnection) => {
             drain(req.into_body()).await;
@@ -442,7 +465,28 @@ async fn handle(
             return Err(std::io::Error::other("fault: drop connection"));
         }
         Some(FaultAction::Delay(d)) => tokio::time::sleep(d).await,
-        Some(FaultAction::DropResponse) | None => {}
+        Some(FaultAction::StallRequestBody { after }) => {
+            let mut body = req.into_body();
+            let got = read_some(&mut body, after).await;
+            set(Outcome::Stalled { body_bytes: got });
+            // Never answer, and keep the body unread (a dropped body would be drained by
+            // hyper, letting the client finish its upload); the proxy's end drops this.
+            let _unread = body;
+            return std::future::pending().await;
+        }
+        Some(FaultAction::PageListing { max_keys }) => {
+            if let Some((n, offset)) = page_token(&query) {
+                let listing = lock(&st).listings.get(n).cloned();
+                drain(req.into_body()).await;
+                let Some(listing) = listing else {
+                    set(Outcome::Injected(400));
+                    return Ok(xml_response(400, error_xml("InvalidArgument", "unknown token")));
+                };
+                set(Outcome::Injected(200));
+                return Ok(xml_response(200, listing.page(n, offset, max_keys)));
+            }
+        }
+        Some(FaultAction::StallResponseBody { .. } | FaultAction::DropResponse) | None => {}
     }
     let drop_response = matches!(action, Some(FaultAction::DropResponse));
 
@@ -453,6 +497,28 @@ async fn handle(
                 let _ = resp.into_body().collect().await;
                 set(Outcome::Dropped);
                 return Err(std::io::Error::other("fault: drop response"));
+            }
+            if let Some(FaultAction::StallResponseBody { after }) = action {
+                set(Outcome::Stalled { body_bytes: after });
+                return Ok(resp.map(|b| StallAfter { inner: b, left: after }.boxed()));
+            }
+            if let Some(FaultAction::PageListing { max_keys }) = action
+                && resp.status() == StatusCode::OK
+            {
+                let (parts, body) = resp.into_parts();
+                let text = body.collect().await.map_err(ProxyError::other)?.to_bytes();
+                let text = String::from_utf8_lossy(&text).into_owned();
+                set(Outcome::Forwarded(200));
+                let Some(listing) = Listing::parse(&text).filter(|l| l.contents.len() > max_keys)
+                else {
+                    return Ok(Response::from_parts(parts, full(text)));
+                };
+                let n = {
+                    let mut s = lock(&st);
+                    s.listings.push(listing.clone());
+                    s.listings.len() - 1
+                };
+                return Ok(xml_response(200, listing.page(n, 0, max_keys)));
             }
             set(Outcome::Forwarded(resp.status().as_u16()));
             Ok(resp.map(|b| b.boxed()))
@@ -488,6 +554,150 @@ async fn forward(
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     parts.uri = pq.parse().map_err(ProxyError::other)?;
     s.send_request(Request::from_parts(parts, body)).await.map_err(ProxyError::other)
+}
+
+fn error_xml(code: &str, message: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>{message}</Message><RequestId>zib-fault-proxy</RequestId></Error>"
+    )
+}
+
+/// An answer of the proxy's own: `status`, an XML body.
+fn xml_response(status: u16, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert("content-type", hyper::header::HeaderValue::from_static("application/xml"));
+    h.insert("x-amz-request-id", hyper::header::HeaderValue::from_static("zib-fault-proxy"));
+    resp
+}
+
+/// Reads up to `limit` bytes of a body (at least what its frames hold up to there), and how
+/// many it read.
+async fn read_some(body: &mut Incoming, limit: u64) -> u64 {
+    let mut got = 0u64;
+    while got < limit {
+        match body.frame().await {
+            Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len() as u64),
+            _ => break,
+        }
+    }
+    got
+}
+
+/// A response body that ends its data after `left` bytes and then never finishes.
+struct StallAfter {
+    inner: Incoming,
+    left: u64,
+}
+
+impl hyper::body::Body for StallAfter {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        use std::task::Poll;
+        if self.left == 0 {
+            return Poll::Pending; // the stall: never woken, dropped with the connection
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) => {
+                    let n = (data.len() as u64).min(self.left);
+                    self.left -= n;
+                    data.truncate(n as usize);
+                    Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+                }
+                // Trailers: hold them back too.
+                Err(_) => {
+                    self.left = 0;
+                    Poll::Pending
+                }
+            },
+            Poll::Ready(None) => {
+                // The body was shorter than `after`: stall at its end instead.
+                self.left = 0;
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+/// `(listing number, offset)` of a continuation token the proxy made, from a query string.
+fn page_token(query: &str) -> Option<(usize, usize)> {
+    let v = query.split('&').find_map(|kv| kv.strip_prefix("continuation-token="))?;
+    let (n, offset) = percent_decode(v)
+        .strip_prefix(PAGE_TOKEN)?
+        .split_once('-')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))?;
+    Some((n.parse().ok()?, offset.parse().ok()?))
+}
+
+/// The text of one XML element's value, e.g. `tag_value(s, "IsTruncated")`.
+fn tag_value<'a>(s: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = s.find(&open)? + open.len();
+    let end = s[start..].find(&format!("</{tag}>"))? + start;
+    Some(&s[start..end])
+}
+
+/// `s` with the value of element `tag` replaced (unchanged if there is none).
+fn set_tag(s: &str, tag: &str, value: &str) -> String {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    match (s.find(&open), s.find(&close)) {
+        (Some(a), Some(b)) if a < b => format!("{}{open}{value}{}", &s[..a], &s[b..]),
+        _ => s.to_owned(),
+    }
+}
+
+impl Listing {
+    /// Cuts a complete (untruncated) ListObjectsV2 answer; None for anything else.
+    fn parse(text: &str) -> Option<Listing> {
+        if !text.contains("<ListBucketResult") || tag_value(text, "IsTruncated")? != "false" {
+            return None;
+        }
+        let (open, close) = ("<Contents>", "</Contents>");
+        let mut skeleton = String::new();
+        let mut contents = Vec::new();
+        let mut rest = text;
+        while let Some(a) = rest.find(open) {
+            let b = rest[a..].find(close)? + a + close.len();
+            skeleton.push_str(&rest[..a]);
+            if contents.is_empty() {
+                skeleton.push_str(CONTENTS_AT);
+            }
+            contents.push(rest[a..b].to_owned());
+            rest = &rest[b..];
+        }
+        skeleton.push_str(rest);
+        if contents.is_empty() {
+            return None;
+        }
+        Some(Listing { skeleton, contents })
+    }
+
+    /// The page of listing `n` from key `offset` on, at most `max_keys` keys.
+    fn page(&self, n: usize, offset: usize, max_keys: usize) -> String {
+        let end = (offset + max_keys.max(1)).min(self.contents.len());
+        let keys = self.contents.get(offset..end).unwrap_or_default().concat();
+        let truncated = end < self.contents.len();
+        let mut s = self.skeleton.replace(CONTENTS_AT, &keys);
+        s = set_tag(&s, "KeyCount", &(end.saturating_sub(offset)).to_string());
+        s = set_tag(&s, "MaxKeys", &max_keys.to_string());
+        s = set_tag(&s, "IsTruncated", if truncated { "true" } else { "false" });
+        if truncated {
+            let token =
+                format!("<NextContinuationToken>{PAGE_TOKEN}{n}-{end}</NextContinuationToken>");
+            s = s.replacen("</IsTruncated>", &format!("</IsTruncated>{token}"), 1);
+        }
+        s
+    }
 }
 
 async fn drain(mut body: Incoming) {
@@ -630,6 +840,33 @@ mod tests {
         assert_eq!(key_of("/b/x%2"), Some("x%2".to_string()));
         assert_eq!(key_of("/b/"), None);
         assert_eq!(key_of("/b"), None);
+    }
+
+    #[test]
+    fn listings_are_cut_into_pages_with_tokens() {
+        let xml = "<?xml version=\"1.0\"?><ListBucketResult><IsTruncated>false</IsTruncated>\
+            <Contents><Key>a</Key></Contents><Contents><Key>b</Key></Contents>\
+            <Contents><Key>c</Key></Contents><Name>bk</Name><MaxKeys>1000</MaxKeys>\
+            <KeyCount>3</KeyCount></ListBucketResult>";
+        let l = Listing::parse(xml).unwrap();
+        assert_eq!(l.contents.len(), 3);
+        let p0 = l.page(4, 0, 2);
+        assert!(p0.contains("<Key>a</Key></Contents><Contents><Key>b</Key>"), "{p0}");
+        assert!(!p0.contains("<Key>c</Key>"), "{p0}");
+        assert!(p0.contains("<IsTruncated>true</IsTruncated><NextContinuationToken>zib-proxy-page-4-2</NextContinuationToken>"), "{p0}");
+        assert!(p0.contains("<KeyCount>2</KeyCount>") && p0.contains("<MaxKeys>2</MaxKeys>"));
+        let p1 = l.page(4, 2, 2);
+        assert!(p1.contains("<Key>c</Key>") && !p1.contains("<Key>a</Key>"), "{p1}");
+        assert!(
+            p1.contains("<IsTruncated>false</IsTruncated>") && !p1.contains("NextContinuation")
+        );
+        assert_eq!(
+            page_token("list-type=2&continuation-token=zib-proxy-page-4-2&prefix=x"),
+            Some((4, 2))
+        );
+        assert_eq!(page_token("list-type=2&continuation-token=other"), None);
+        let truncated = xml.replace("<IsTruncated>false", "<IsTruncated>true");
+        assert!(Listing::parse(&truncated).is_none(), "a listing the server truncated passes");
     }
 
     #[test]

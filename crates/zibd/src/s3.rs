@@ -242,6 +242,10 @@ pub struct S3Store {
     download_limit: Option<Bandwidth>,
 }
 
+/// How many GETs an object's body is read with when it breaks off or stalls mid-way (each
+/// GET's request is retried by the SDK on its own).
+pub const BODY_ATTEMPTS: u32 = 3;
+
 /// The slowest upload rate a chunk PUT is given time for: a slow link that still moves bytes
 /// never times out.
 pub const MIN_PUT_RATE: u64 = 64 * 1024;
@@ -492,9 +496,25 @@ impl S3Store {
             .put_if_absent(key, body, size, sha256_hex, class, "application/octet-stream")
             .await?
         {
-            Ok(PutOutcome::Stored)
-        } else {
-            self.accept_existing(key, size, sha256_hex).await.map(|()| PutOutcome::AlreadyPresent)
+            return Ok(PutOutcome::Stored);
+        }
+        match self.accept_existing(key, size, sha256_hex).await {
+            Ok(()) => Ok(PutOutcome::AlreadyPresent),
+            Err(e) if e.is_not_found() => Err(self.refused_yet_absent(key)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A conditional PUT refused because the key exists (412), yet nothing is there (deleted
+    /// meanwhile, or a server that answers wrongly): nothing stored, nothing to accept.
+    fn refused_yet_absent(&self, key: &str) -> S3Error {
+        S3Error::Request {
+            op: "PutObject",
+            bucket: self.bucket.clone(),
+            key: key.into(),
+            message: "refused with 412 PreconditionFailed (If-None-Match: the key exists), yet no object is there; nothing was stored".into(),
+            code: Some("PreconditionFailed".into()),
+            status: Some(412),
         }
     }
 
@@ -588,7 +608,11 @@ impl S3Store {
             return Ok(PutOutcome::Stored);
         }
         // Anything longer than ours differs: read no more than one byte past it.
-        if self.read_at_most(key, bytes.len()).await?.as_ref() == Some(&bytes) {
+        let stored = match self.read_at_most(key, bytes.len()).await {
+            Err(e) if e.is_not_found() => return Err(self.refused_yet_absent(key)),
+            r => r?,
+        };
+        if stored.as_ref() == Some(&bytes) {
             Ok(PutOutcome::AlreadyPresent)
         } else {
             Err(S3Error::Conflict {
@@ -614,27 +638,45 @@ impl S3Store {
         Ok(Manifest::from_json(key, &bytes)?)
     }
 
-    /// A whole object of at most `limit` bytes; None if it is larger.
+    /// A whole object of at most `limit` bytes; None if it is larger. A body that breaks off
+    /// or stalls (nothing for the request timeout) is read again from a new GET, up to
+    /// [`BODY_ATTEMPTS`] in all: the SDK retries a request, not its streamed body.
     async fn read_at_most(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, S3Error> {
-        let out = self.get(key).await?;
-        let mut body = out.into_async_read();
-        let mut buf = Vec::new();
-        let mut part = vec![0u8; 64 * 1024];
-        while buf.len() <= limit {
-            let n = self.read_body(&mut body, &mut part).await.map_err(|e| S3Error::Request {
-                op: "GetObject",
-                bucket: self.bucket.clone(),
-                key: key.into(),
-                message: format!("reading body: {e}"),
-                code: None,
-                status: None,
-            })?;
-            if n == 0 {
-                break;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let out = self.get(key).await?;
+            let mut body = out.into_async_read();
+            let mut buf = Vec::new();
+            let mut part = vec![0u8; 64 * 1024];
+            let read: std::io::Result<()> = async {
+                while buf.len() <= limit {
+                    let n = self.read_body(&mut body, &mut part).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&part[..n]);
+                }
+                Ok(())
             }
-            buf.extend_from_slice(&part[..n]);
+            .await;
+            match read {
+                Ok(()) => return Ok((buf.len() <= limit).then_some(buf)),
+                Err(e) if attempt < BODY_ATTEMPTS => {
+                    tracing::warn!(%key, error = %e, attempt, "reading the body broke off; retrying");
+                }
+                Err(e) => {
+                    return Err(S3Error::Request {
+                        op: "GetObject",
+                        bucket: self.bucket.clone(),
+                        key: key.into(),
+                        message: format!("reading body ({BODY_ATTEMPTS} attempts): {e}"),
+                        code: None,
+                        status: None,
+                    });
+                }
+            }
         }
-        Ok((buf.len() <= limit).then_some(buf))
     }
 
     /// Starts a GET; the body streams.

@@ -159,7 +159,7 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
         .await;
         match res {
             Ok(()) => {}
-            Err(e) if attempt < 3 => {
+            Err(e) if attempt < crate::s3::BODY_ATTEMPTS => {
                 tracing::warn!(key = %c.key, error = %e, "download broke off; retrying");
                 continue;
             }
