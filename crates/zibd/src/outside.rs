@@ -5,15 +5,23 @@
 
 use crate::zfs::Zfs;
 
-/// S3 credentials given directly (their `Debug` redacts the secret).
+/// S3 credentials given directly (their `Debug` redacts the secret, not the access key ID).
 pub type S3Credentials = aws_sdk_s3::config::Credentials;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Outside {
     /// The `zfs` every engine runs.
     pub zfs: Zfs,
     /// None: the standard AWS chain (environment, profile, instance role), never the config.
     pub s3_credentials: Option<S3Credentials>,
+}
+
+/// Says whether credentials were given, never which (not even the access key ID).
+impl std::fmt::Debug for Outside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let creds = if self.s3_credentials.is_some() { "given" } else { "the AWS chain" };
+        f.debug_struct("Outside").field("zfs", &self.zfs).field("s3_credentials", &creds).finish()
+    }
 }
 
 impl Outside {

@@ -8,12 +8,13 @@ use tokio_util::sync::CancellationToken;
 /// sysexits.h EX_CONFIG: systemd and scripts can tell a bad config from a crash.
 pub const EXIT_CONFIG: u8 = 78;
 
-/// Logs to stderr, filtered by `ZIB_LOG` (default: info, the AWS SDK at warn); one JSON object
-/// a line with `ZIB_LOG_FORMAT=json` (for log shippers), text otherwise.
+/// Logs to stderr, filtered by `ZIB_LOG` (default: info, the AWS SDK at warn; see
+/// [`log_filter`]); one JSON object a line with `ZIB_LOG_FORMAT=json` (for log shippers), text
+/// otherwise.
 pub fn init_tracing() {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("ZIB_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+    let filter = EnvFilter::try_new(log_filter(std::env::var("ZIB_LOG").ok().as_deref()))
+        .unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
     let _ = match LogFormat::from_env() {
         Ok(LogFormat::Json) => {
@@ -29,6 +30,23 @@ pub fn init_tracing() {
             r
         }
     };
+}
+
+/// The AWS SDK's lines below warn print the access key ID (aws-config's info lines on the
+/// profile it loaded, the resolved identity, the endpoint parameters, the request being
+/// signed), so a `ZIB_LOG` that does not name an SDK crate (`info`, `debug`, `zibd=trace`)
+/// leaves the SDK at warn, as the default does.
+const SDK_AT_WARN: &str = "aws_config=warn,aws_runtime=warn,aws_sigv4=warn,aws_smithy_runtime=warn";
+
+/// The filter directives for a `ZIB_LOG` value: info (the SDK at warn) when unset or empty; the value
+/// itself when it names an SDK crate (`aws_...`: asking for those lines, key ID and all);
+/// otherwise the value with [`SDK_AT_WARN`] after it (a named target beats a bare level).
+pub fn log_filter(zib_log: Option<&str>) -> String {
+    match zib_log.map(str::trim) {
+        None | Some("") => format!("info,{SDK_AT_WARN}"),
+        Some(v) if v.contains("aws_") => v.to_owned(),
+        Some(v) => format!("{v},{SDK_AT_WARN}"),
+    }
 }
 
 /// `ZIB_LOG_FORMAT`: `text` (the default) or `json`.
@@ -79,4 +97,23 @@ pub fn cancel_on_ctrl_c(message: &'static str) -> CancellationToken {
         }
     });
     cancel
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sdk_stays_at_warn_unless_named() {
+        assert_eq!(log_filter(None), format!("info,{SDK_AT_WARN}"));
+        assert_eq!(log_filter(Some(" ")), log_filter(None));
+        assert_eq!(log_filter(Some("debug")), format!("debug,{SDK_AT_WARN}"));
+        assert_eq!(log_filter(Some("aws_smithy_runtime=trace")), "aws_smithy_runtime=trace");
+        // What the filter then lets through: a named target beats the bare level.
+        use tracing::level_filters::LevelFilter;
+        let f = tracing_subscriber::EnvFilter::try_new(log_filter(Some("trace"))).unwrap();
+        assert_eq!(f.max_level_hint(), Some(LevelFilter::TRACE));
+        let s = format!("{f}");
+        assert!(s.contains("aws_config=warn") && s.contains("aws_smithy_runtime=warn"), "{s}");
+    }
 }

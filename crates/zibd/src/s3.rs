@@ -229,7 +229,7 @@ pub struct ListedObject {
     pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3Store {
     client: Client,
     bucket: String,
@@ -245,6 +245,18 @@ pub struct S3Store {
 /// How many GETs an object's body is read with when it breaks off or stalls mid-way (each
 /// GET's request is retried by the SDK on its own).
 pub const BODY_ATTEMPTS: u32 = 3;
+
+/// Without the client: its config holds the credentials, whose `Debug` shows the access key ID.
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store")
+            .field("bucket", &self.bucket)
+            .field("request_timeout", &self.request_timeout)
+            .field("upload_limit", &self.upload_limit)
+            .field("download_limit", &self.download_limit)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The slowest upload rate a chunk PUT is given time for: a slow link that still moves bytes
 /// never times out.
