@@ -74,13 +74,19 @@ impl Bed {
         self.zibd(&["backup", "tank/photos"], &[])
     }
 
-    /// `zibd ARGS` given `limit` to finish (a run that hangs is killed and fails the test),
-    /// and how long it took.
-    async fn zibd_within(&self, args: &[&str], limit: Duration) -> (Output, Duration) {
+    /// `zibd ARGS` (with `env` on top) given `limit` to finish (a run that hangs is killed and
+    /// fails the test), and how long it took.
+    async fn zibd_within(
+        &self,
+        args: &[&str],
+        env: &[(&str, String)],
+        limit: Duration,
+    ) -> (Output, Duration) {
         let mut c =
             support::zibd_command(&self.proxy.endpoint(), &FakeZfs::at(self.root.join("zfs")));
         c.arg("--config").arg(&self.config).args(args);
         c.env("FAKE_ZFS_SIZE", STREAM).env("FAKE_ZFS_HEADER", "1");
+        c.envs(env.iter().map(|(k, v)| (k, v)));
         let mut c = tokio::process::Command::from(c);
         c.kill_on_drop(true);
         let started = Instant::now();
@@ -233,7 +239,7 @@ async fn a_put_whose_body_stalls_half_way_times_out_is_sent_again_and_a_lasting_
         .add_fault(Fault::new(stalled.clone(), FaultAction::StallRequestBody { after: 16384 }));
     // Far more than the run needs (one attempt given up after 6 s, then the rest).
     let limit = Duration::from_secs(120);
-    let (o, took) = bed.zibd_within(&["backup", "tank/photos"], limit).await;
+    let (o, took) = bed.zibd_within(&["backup", "tank/photos"], &[], limit).await;
     ok(&o);
     let ms = bed.manifests().await;
     assert_eq!(ms.len(), 1);
@@ -256,7 +262,7 @@ async fn a_put_whose_body_stalls_half_way_times_out_is_sent_again_and_a_lasting_
     // setting; nothing is committed; the next run finishes the same backup.
     let every = Matcher::put().path_prefix(&bed.seq_path(2));
     bed.proxy.add_fault(Fault::new(every, FaultAction::StallRequestBody { after: 16384 }).always());
-    let (o, failed_after) = bed.zibd_within(&["backup", "tank/photos"], limit).await;
+    let (o, failed_after) = bed.zibd_within(&["backup", "tank/photos"], &[], limit).await;
     let err = failed(&o);
     assert!(
         err.contains("PutObject")
@@ -297,7 +303,11 @@ async fn a_get_whose_body_stalls_half_way_is_read_again_and_the_restore_is_whole
     bed.proxy.add_fault(Fault::new(chunk.clone(), FaultAction::StallResponseBody { after: 4096 }));
     let zfs = FakeZfs::new();
     let work = tempfile::tempdir().unwrap();
-    let err = ok(&bed.restore(&zfs, work.path()));
+    let args = ["restore", "run", "--to", "pool/r", "--work-dir", work.path().to_str().unwrap()];
+    let (o, took) = bed.zibd_within(&args, &zfs.env(), Duration::from_secs(120)).await;
+    let err = ok(&o);
+    println!("figures: a chunk GET stalled after 4096 bytes: the restore took {took:.1?}");
+    assert!(took >= Duration::from_secs(2), "the stalled body was given up after {took:?}");
     assert!(
         err.contains("download broke off; retrying")
             && err.contains(key.as_str())
@@ -462,6 +472,7 @@ async fn every_key_of_a_listing_in_pages_is_seen_by_backup_restore_verify_and_pr
     assert_eq!(v["datasets"][0]["manifests"].as_array().unwrap().len(), 5, "{v:#}");
     // One listing of 30 keys in 8 pages (4 + ... + 2): one forwarded, 7 from the proxy's copy.
     assert_eq!((bed.proxy.count(&list), forwarded_lists(&bed.proxy, &list)), (8, 1));
+    println!("figures: restore list of 30 keys in pages of 4: 8 listing requests, 1 forwarded");
     let v = json(bed.zibd(&["restore", "plan", "--json"], &[]));
     let steps: Vec<u64> =
         v["plan"]["steps"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect();

@@ -1,11 +1,12 @@
 //! Secrets never leave the credential chain: zibd run with known fake credentials (the
-//! environment's key, secret and session token; a shared credentials file's profile for one
-//! run), then every output a person or a tool sees is searched for them: the logs of each
+//! environment's key, secret and session token; a shared credentials file's profile for three
+//! runs), then every output a person or a tool sees is searched for them: the logs of each
 //! command (text and JSON, up to `ZIB_LOG=trace`), the daemon's log, every control reply
 //! (status, version, cost, verify, prune dry run, a failed run's error), the metrics (HTTP and
 //! textfile), the notify command's environment, every state, record and spool file, every
 //! object in the bucket (manifests and chunks, keys and bytes), and the `Debug` rendering of
-//! the config and of the S3 store. None may hold any of them; the figures are printed.
+//! the config, of the credentials as zibd holds them and of the S3 store. None may hold any of
+//! them; the figures are printed.
 //!
 //! moto does not check signatures, so any credentials are accepted; the fault proxy in front
 //! makes one dataset's uploads fail (403), for an error reply and a notification. The test
@@ -232,16 +233,24 @@ async fn no_output_state_object_or_debug_rendering_holds_a_credential() {
         ),
     )
     .unwrap();
-    let mut c = bed.command(&["backup", "tank/photos"], &[]);
-    c.env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
-        .env("AWS_CONFIG_FILE", root.join("home/none"))
-        .env("AWS_PROFILE", "zib-test");
-    let o = c.output().unwrap();
-    ok(&o);
-    src.add_output("backup (credentials file)", &o);
+    // aws-config logs the profile it loaded, key ID and all, at info: once with ZIB_LOG unset,
+    // at info and at debug.
+    for log in [None, Some("info"), Some("debug")] {
+        let mut c = bed.command(&["backup", "tank/photos"], &[]);
+        c.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_CONFIG_FILE", root.join("home/none"))
+            .env("AWS_PROFILE", "zib-test");
+        match log {
+            Some(l) => c.env("ZIB_LOG", l),
+            None => c.env_remove("ZIB_LOG"),
+        };
+        let o = c.output().unwrap();
+        ok(&o);
+        src.add_output(&format!("backup (credentials file, ZIB_LOG={log:?})"), &o);
+    }
     for (name, args) in [
         ("prune --dry-run", &["prune", "tank/photos", "--dry-run"][..]),
         ("prune --dry-run --json", &["prune", "tank/photos", "--dry-run", "--json"][..]),
