@@ -163,3 +163,92 @@ async fn proxy_drops_connections_and_fails_without_retries() {
         b"survives a dropped connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_stalls_bodies_half_way_and_pages_listings() {
+    use aws_sdk_s3::config::{retry::RetryConfig, timeout::TimeoutConfig};
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    let s3s = S3sFsServer::start();
+    let bucket = s3s.create_bucket("stall").await;
+    let proxy = FaultProxy::start(s3s.endpoint()).await;
+    // One attempt of at most 2 s: a stalled request fails instead of hanging.
+    let impatient = aws_sdk_s3::Client::from_conf(
+        zib_testkit::s3_config(&proxy.endpoint())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder().operation_attempt_timeout(Duration::from_secs(2)).build(),
+            )
+            .build(),
+    );
+
+    // A PUT of 4 MiB whose body the proxy stops reading after 64 KiB: never forwarded.
+    let big = vec![7u8; 4 << 20];
+    proxy.add_fault(Fault::new(
+        Matcher::put().path_contains("/big"),
+        FaultAction::StallRequestBody { after: 64 * 1024 },
+    ));
+    let err = impatient
+        .put_object()
+        .bucket(&bucket)
+        .key("big")
+        .body(ByteStream::from(big.clone()))
+        .send()
+        .await
+        .expect_err("a stalled PUT times out");
+    assert!(matches!(err, aws_sdk_s3::error::SdkError::TimeoutError(_)), "{err:?}");
+    let r = proxy.requests().into_iter().find(|r| r.key.as_deref() == Some("big")).unwrap();
+    match r.outcome {
+        Some(Outcome::Stalled { body_bytes }) => {
+            assert!((64 * 1024..4 << 20).contains(&body_bytes), "{body_bytes} bytes read")
+        }
+        o => panic!("{o:?}"),
+    }
+    let head = s3s.client().head_object().bucket(&bucket).key("big").send().await;
+    assert!(head.is_err(), "a stalled PUT reached the server");
+
+    // A GET whose body stops after 1000 bytes: the headers arrive, then 1000 bytes, then
+    // nothing (the stall is an absence: nothing more within 2 s).
+    put(&s3s.client(), &bucket, "small", &big[..100_000]).await;
+    proxy.add_fault(Fault::new(
+        Matcher::get().path_contains("/small"),
+        FaultAction::StallResponseBody { after: 1000 },
+    ));
+    let out = impatient.get_object().bucket(&bucket).key("small").send().await.unwrap();
+    assert_eq!(out.content_length(), Some(100_000));
+    let mut body = out.body.into_inner();
+    let mut got = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), body.frame()).await {
+            Ok(Some(Ok(f))) => got += f.data_ref().map_or(0, |d| d.len()),
+            Ok(other) => panic!("the body ended: {other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(got, 1000);
+
+    // A listing of 5 keys in pages of 2: the SDK's paginator sees all 5 in 3 requests, the
+    // first forwarded, the others answered from the proxy's copy.
+    let list = Matcher::get().query_contains("list-type=2");
+    proxy.add_fault(Fault::new(list.clone(), FaultAction::PageListing { max_keys: 2 }).always());
+    for k in ["p/1", "p/2", "p/3", "p/4"] {
+        put(&s3s.client(), &bucket, k, b"x").await;
+    }
+    let client = zib_testkit::s3_client(&proxy.endpoint());
+    let mut pages = client.list_objects_v2().bucket(&bucket).into_paginator().send();
+    let mut keys = Vec::new();
+    while let Some(p) = pages.next().await {
+        keys.extend(p.unwrap().contents().iter().map(|o| o.key().unwrap().to_owned()));
+    }
+    assert_eq!(keys, ["p/1", "p/2", "p/3", "p/4", "small"]);
+    let outcomes: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| list.matches_request(r))
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [Some(Outcome::Forwarded(200)), Some(Outcome::Injected(200)), Some(Outcome::Injected(200))]
+    );
+}
