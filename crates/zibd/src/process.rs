@@ -38,9 +38,9 @@ pub fn init_tracing() {
 /// leaves the SDK at warn, as the default does.
 const SDK_AT_WARN: &str = "aws_config=warn,aws_runtime=warn,aws_sigv4=warn,aws_smithy_runtime=warn";
 
-/// The filter directives for a `ZIB_LOG` value: info (the SDK at warn) when unset or empty; the value
-/// itself when it names an SDK crate (`aws_...`: asking for those lines, key ID and all);
-/// otherwise the value with [`SDK_AT_WARN`] after it (a named target beats a bare level).
+/// The filter directives for a `ZIB_LOG` value: info (the SDK at warn) when unset or empty;
+/// the value itself when it names an SDK crate (`aws_...`: asking for those lines, key ID and
+/// all); otherwise the value with [`SDK_AT_WARN`] after it (a named target beats a bare level).
 pub fn log_filter(zib_log: Option<&str>) -> String {
     match zib_log.map(str::trim) {
         None | Some("") => format!("info,{SDK_AT_WARN}"),
