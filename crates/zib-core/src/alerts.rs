@@ -126,6 +126,17 @@ pub fn default_stale_after(
     Some(twice.max(Duration::from_secs(3600)))
 }
 
+/// A dataset's `stale_after` in force: the configured one, else [`default_stale_after`]. The
+/// alerts and the status reply (`zibctl status --watch` colours a stale dataset) both take it
+/// from here, so they agree.
+pub fn stale_after(
+    ds: &crate::config::DatasetConfig,
+    tz: TimeZone,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    ds.stale_after.map(|s| s.0).or_else(|| default_stale_after(&ds.schedule, tz, now))
+}
+
 /// A span the config writes with a unit: `"90m"`, `"26h"`, `"2d"`, `"1w"`, `"30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -366,7 +366,8 @@ pub struct DatasetStatus {
     /// The last successful run.
     #[serde(default)]
     pub last_success: Option<LastSuccess>,
-    /// The last failure (cleared by nothing: compare its time with `last_success`).
+    /// The last failure (cleared by nothing: compare its time with `last_success` and
+    /// `last_note`, the end of a later run that did not fail).
     #[serde(default)]
     pub last_error: Option<LastError>,
     /// When the schedule fires next (`None` when paused or unscheduled).
@@ -383,6 +384,12 @@ pub struct DatasetStatus {
     /// started; absent from older daemons).
     #[serde(default)]
     pub last_note: Option<RunNote>,
+    /// After how many seconds without a success the dataset counts as stale (its
+    /// `stale_after`, or the default from its schedule), the same span after which
+    /// `notify_command` hears of it; `None` when it never does (no next run). Added within v1:
+    /// absent from older daemons; left out of the JSON when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after_secs: Option<u64>,
 }
 
 /// A note on a dataset's last run.

@@ -134,6 +134,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                         chain_length: 4,
                         missed_ticks: 1,
                         last_note: None,
+                        stale_after_secs: None,
                     },
                     DatasetStatus {
                         dataset: "tank/docs".into(),
@@ -147,6 +148,7 @@ fn responses() -> Vec<(&'static str, Response)> {
                         chain_length: 0,
                         missed_ticks: 0,
                         last_note: None,
+                        stale_after_secs: None,
                     },
                 ],
             },
@@ -170,6 +172,31 @@ fn responses() -> Vec<(&'static str, Response)> {
                         at: t(1_767_236_400),
                         message: "skipped (no change): 0 bytes written since tank/photos@zib-20251231T030000Z, less than min_change (65536 bytes); no snapshot taken, nothing uploaded".into(),
                     }),
+                    stale_after_secs: None,
+                }],
+            },
+        ),
+        (
+            "response-status-stale-after",
+            Response::Status {
+                daemon: daemon_info(0),
+                datasets: vec![DatasetStatus {
+                    dataset: "tank/photos".into(),
+                    state: JobState::Scheduled,
+                    paused: false,
+                    schedule: Some("0 3 * * *".into()),
+                    progress: None,
+                    last_success: Some(LastSuccess {
+                        at: t(1_767_150_000),
+                        snapshot: Some("tank/photos@zib-20251231T030000Z".into()),
+                        bytes: 123_456_789,
+                    }),
+                    last_error: None,
+                    next_run: Some(t(1_767_322_800)),
+                    chain_length: 2,
+                    missed_ticks: 0,
+                    last_note: None,
+                    stale_after_secs: Some(172_800),
                 }],
             },
         ),
@@ -404,6 +431,27 @@ fn trigger_full_is_additive() {
     let written: serde_json::Value = serde_json::from_slice(&encode_request(&plain)).unwrap();
     let v1: serde_json::Value = serde_json::from_slice(&read_fixture("request-trigger")).unwrap();
     assert_eq!(written, v1, "written as v1 wrote it");
+}
+
+/// `stale_after_secs` was added to the status within v1: the older fixtures read as `None`, and
+/// a status without it is written as before.
+#[test]
+fn status_stale_after_is_additive() {
+    for name in ["response-status", "response-status-note"] {
+        let f = decode_response(&read_fixture(name)).unwrap();
+        let Response::Status { datasets, .. } = f.response else { panic!("{name}: {f:?}") };
+        assert!(datasets.iter().all(|d| d.stale_after_secs.is_none()), "{name}");
+        let written: serde_json::Value =
+            serde_json::from_slice(&encode_response(&Response::Status {
+                daemon: daemon_info(0),
+                datasets,
+            }))
+            .unwrap();
+        assert!(written["response"]["datasets"][0].get("stale_after_secs").is_none(), "{name}");
+    }
+    let f = decode_response(&read_fixture("response-status-stale-after")).unwrap();
+    let Response::Status { datasets, .. } = f.response else { panic!("{f:?}") };
+    assert_eq!(datasets[0].stale_after_secs, Some(172_800));
 }
 
 /// What a newer zibctl might send: an unknown request type gets `unsupported`, an unknown field

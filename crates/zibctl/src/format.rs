@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 pub use zib_core::human::{human_bytes, human_duration};
 use zib_protocol::{
-    DaemonInfo, DatasetStatus, JobState, ProgressUpdate, RestoreJobStatus, RunProgress,
+    DaemonInfo, DatasetStatus, JobState, LastError, ProgressUpdate, RestoreJobStatus, RunProgress,
 };
 
 /// A rate in bytes per second: `50.0 MiB/s`.
@@ -42,7 +42,7 @@ where
 }
 
 /// Percentage of `part` in `total`, floored, capped at 100 (estimates can be exceeded).
-fn percent(part: u64, total: u64) -> u64 {
+pub fn percent(part: u64, total: u64) -> u64 {
     if total == 0 { 100 } else { (u128::from(part) * 100 / u128::from(total)).min(100) as u64 }
 }
 
@@ -110,7 +110,7 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-const DASH: &str = "-";
+pub const DASH: &str = "-";
 
 /// The daemon line above the status table.
 pub fn daemon_line(d: &DaemonInfo) -> String {
@@ -130,8 +130,17 @@ pub fn daemon_line(d: &DaemonInfo) -> String {
     s
 }
 
-/// The `zibctl status` table, then one note line per dataset with an error or missed ticks.
-/// The `zibctl status` table; next runs are shown in the time zone `tz` too.
+/// The last error of a dataset while it still holds: no later run succeeded or was skipped
+/// (the daemon keeps the error in its reply; a later success or note says it is over).
+pub fn current_error(d: &DatasetStatus) -> Option<&LastError> {
+    let e = d.last_error.as_ref()?;
+    let later_success = d.last_success.as_ref().is_some_and(|s| s.at > e.at);
+    let later_run = d.last_note.as_ref().is_some_and(|n| n.at > e.at);
+    (!later_success && !later_run).then_some(e)
+}
+
+/// The `zibctl status` table, then one note line per dataset with an error, a note or missed
+/// ticks; next runs are shown in the time zone `tz` too.
 pub fn status_table<Tz: chrono::TimeZone>(
     daemon: &DaemonInfo,
     datasets: &[DatasetStatus],
@@ -183,43 +192,50 @@ where
     }
     out.push('\n');
     out.push_str(&render_table(&header, &rows));
-    let mut notes = String::new();
-    for d in datasets {
-        if let Some(e) = &d.last_error {
-            let newer_success = d.last_success.as_ref().is_some_and(|s| s.at > e.at);
-            if !newer_success {
-                notes.push_str(&format!(
-                    "{}: failed {}: {}\n",
-                    d.dataset,
-                    relative_time(e.at, now),
-                    e.message
-                ));
-            }
-        }
-        if let Some(n) = &d.last_note {
-            let newer_error = d.last_error.as_ref().is_some_and(|e| e.at > n.at);
-            if !newer_error {
-                notes.push_str(&format!(
-                    "{}: {} ({})\n",
-                    d.dataset,
-                    n.message,
-                    relative_time(n.at, now)
-                ));
-            }
-        }
-        if d.missed_ticks > 0 {
-            let s = if d.missed_ticks == 1 { "" } else { "s" };
-            notes.push_str(&format!(
-                "{}: {} scheduled run{s} skipped while a run was still going\n",
-                d.dataset, d.missed_ticks
-            ));
-        }
-    }
+    let notes: String = datasets
+        .iter()
+        .flat_map(|d| dataset_notes(d, now))
+        .map(|n| format!("{}\n", n.text))
+        .collect();
     if !notes.is_empty() {
         out.push('\n');
         out.push_str(&notes);
     }
     out
+}
+
+/// A line under the status table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub text: String,
+    /// The dataset's current error (the live view shows it in red).
+    pub error: bool,
+}
+
+/// The note lines of one dataset: its current error, the note of its last run unless a
+/// failure came after it, and the scheduled runs it missed.
+pub fn dataset_notes(d: &DatasetStatus, now: DateTime<Utc>) -> Vec<Note> {
+    let mut notes = Vec::new();
+    if let Some(e) = current_error(d) {
+        let text = format!("{}: failed {}: {}", d.dataset, relative_time(e.at, now), e.message);
+        notes.push(Note { text, error: true });
+    }
+    if let Some(n) = &d.last_note {
+        let newer_error = d.last_error.as_ref().is_some_and(|e| e.at > n.at);
+        if !newer_error {
+            let text = format!("{}: {} ({})", d.dataset, n.message, relative_time(n.at, now));
+            notes.push(Note { text, error: false });
+        }
+    }
+    if d.missed_ticks > 0 {
+        let s = if d.missed_ticks == 1 { "" } else { "s" };
+        let text = format!(
+            "{}: {} scheduled run{s} skipped while a run was still going",
+            d.dataset, d.missed_ticks
+        );
+        notes.push(Note { text, error: false });
+    }
+    notes
 }
 
 /// One line per progress frame of `trigger --wait`.
@@ -298,17 +314,19 @@ fn expected(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     if t >= now { relative_time(t, now) } else { format!("expected {}", relative_time(t, now)) }
 }
 
+/// The samples here are also those of `watch`'s tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::TimeZone;
-    use zib_protocol::{LastError, LastSuccess, RestoreState, RestoreTier};
+    use zib_protocol::{LastSuccess, RestoreState, RestoreTier, RunNote};
 
-    fn t(secs: i64) -> DateTime<Utc> {
+    pub(crate) fn t(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(secs, 0).unwrap()
     }
 
-    const NOW: i64 = 1_767_240_000;
+    /// Thursday 2026-01-01 04:00 UTC.
+    pub(crate) const NOW: i64 = 1_767_240_000;
 
     #[test]
     fn rates() {
@@ -329,7 +347,7 @@ mod tests {
         assert_eq!(relative_time(t(NOW + 3 * 3600 + 20 * 60 + 5), now), "in 3h 20m");
     }
 
-    fn run() -> RunProgress {
+    pub(crate) fn run() -> RunProgress {
         RunProgress {
             snapshot: "tank/photos@zib-20260101T030000Z".into(),
             incremental: true,
@@ -366,7 +384,8 @@ mod tests {
         assert_eq!(t, "A     LONG HEADER  C\nxxxx  y            z\n\n");
     }
 
-    fn daemon() -> DaemonInfo {
+    /// Up 3 hours, one of two jobs running.
+    pub(crate) fn daemon() -> DaemonInfo {
         DaemonInfo {
             version: "0.1.0".into(),
             protocol_version: 1,
@@ -378,7 +397,8 @@ mod tests {
         }
     }
 
-    fn idle(name: &str) -> DatasetStatus {
+    /// Never backed up, next run in 3 hours.
+    pub(crate) fn idle(name: &str) -> DatasetStatus {
         DatasetStatus {
             dataset: name.into(),
             state: JobState::Scheduled,
@@ -391,6 +411,7 @@ mod tests {
             chain_length: 0,
             missed_ticks: 0,
             last_note: None,
+            stale_after_secs: None,
         }
     }
 
@@ -424,7 +445,19 @@ mod tests {
             last_error: Some(LastError { at: t(NOW - 7200), message: "old".into() }),
             ..idle("tank/vm")
         };
-        let out = status_table(&daemon(), &[uploading, paused, fixed_error], t(NOW), &Utc);
+        let skipped_after_error = DatasetStatus {
+            last_success: Some(LastSuccess { at: t(NOW - 86_400), snapshot: None, bytes: 0 }),
+            last_error: Some(LastError { at: t(NOW - 7200), message: "old".into() }),
+            last_note: Some(RunNote { at: t(NOW - 3600), message: "skipped (no change)".into() }),
+            chain_length: 2,
+            ..idle("tank/idle")
+        };
+        let out = status_table(
+            &daemon(),
+            &[uploading, paused, fixed_error, skipped_after_error],
+            t(NOW),
+            &Utc,
+        );
         let expected = "\
 zibd 0.1.0 (protocol 1), up 3h, 1 of 2 jobs running
 
@@ -432,9 +465,11 @@ DATASET      STATE      PROGRESS                              RATE        ETA   
 tank/photos  uploading  3.0 GiB / 10.0 GiB (30%), chunk 4/10  50.0 MiB/s  2m 23s  1d ago (123.0 MiB)  in 17h (Thu 21:00)  4
 tank/docs    paused     -                                     -           -       never               paused              0
 tank/vm      scheduled  -                                     -           -       1m ago (0 B)        in 3h (Thu 07:00)   0
+tank/idle    scheduled  -                                     -           -       1d ago (0 B)        in 3h (Thu 07:00)   2
 
 tank/photos: failed 5m ago: S3 503 SlowDown after 8 attempts
 tank/photos: 2 scheduled runs skipped while a run was still going
+tank/idle: skipped (no change) (1h ago)
 ";
         assert_eq!(out, expected, "\n{out}");
     }

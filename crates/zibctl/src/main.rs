@@ -2,6 +2,7 @@
 
 mod client;
 mod format;
+mod watch;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,9 +43,19 @@ enum Command {
     Status {
         /// Only this dataset.
         dataset: Option<String>,
-        /// Print the status as JSON (the protocol's `status` reply) for scripts.
+        /// Print the status as JSON (the protocol's `status` reply) for scripts; with --watch,
+        /// one reply a line.
         #[arg(long)]
         json: bool,
+        /// A live view until Ctrl-C: a line per dataset, a progress bar per running backup
+        /// (bytes, rate, ETA), the time since the last success in red once it is stale (the
+        /// dataset's stale_after). Colour only on a terminal, and not with NO_COLOR set.
+        #[arg(long, short)]
+        watch: bool,
+        /// Seconds between two refreshes of --watch.
+        #[arg(long, default_value_t = 2, value_name = "SECS", requires = "watch",
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
     },
     /// Start a backup of a dataset now.
     Trigger {
@@ -250,7 +261,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
     }
     let mut client = Client::connect(&cli.socket).await?;
     match cli.command {
-        Command::Status { dataset, json } => {
+        Command::Status { dataset, json, watch: true, interval } => {
+            let every = std::time::Duration::from_secs(interval);
+            watch::run(client, &cli.socket, dataset, every, watch::Output::detect(json)).await
+        }
+        Command::Status { dataset, json, watch: false, .. } => {
             let request = Request::Status { dataset };
             let response = client.call(&request).await?;
             if json {
@@ -412,7 +427,14 @@ mod tests {
             matches!(cli.command, Command::Trigger { ref dataset, wait: true, full: false } if dataset == "tank/a")
         );
         let cli = Cli::try_parse_from(["zibctl", "status", "--json"]).unwrap();
-        assert!(matches!(cli.command, Command::Status { dataset: None, json: true }));
+        assert!(matches!(
+            cli.command,
+            Command::Status { dataset: None, json: true, watch: false, interval: 2 }
+        ));
+        let cli = Cli::try_parse_from(["zibctl", "status", "-w", "--interval", "5"]).unwrap();
+        assert!(matches!(cli.command, Command::Status { watch: true, interval: 5, .. }));
+        assert!(Cli::try_parse_from(["zibctl", "status", "--interval", "5"]).is_err());
+        assert!(Cli::try_parse_from(["zibctl", "status", "-w", "--interval", "0"]).is_err());
         let cli = Cli::try_parse_from([
             "zibctl", "restore", "start", "tank/a", "--to", "tank/r", "--tier", "standard",
         ])

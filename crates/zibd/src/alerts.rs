@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use zib_core::alerts::{AlertMemory, Observed, decide, default_stale_after};
+use zib_core::alerts::{AlertMemory, Observed, decide, stale_after};
 use zib_protocol::Response;
 
 use crate::{
@@ -70,10 +70,7 @@ fn look(core: &DaemonCore, memory: &mut BTreeMap<String, AlertMemory>) -> Vec<No
         };
         let obs = Observed { last_attempt: d.last_attempt, last_success_at: d.last_success_at };
         let mem = memory.entry(d.dataset.clone()).or_insert_with(|| AlertMemory::new(&obs, now));
-        let stale_after = ds
-            .stale_after
-            .map(|s| s.0)
-            .or_else(|| default_stale_after(&ds.schedule, cfg.daemon.timezone, now));
+        let stale_after = stale_after(ds, cfg.daemon.timezone, now);
         // No next tick: never stale.
         let events = decide(mem, &obs, stale_after.unwrap_or(Duration::MAX), now);
         for event in events {

@@ -412,7 +412,21 @@ impl DaemonCore {
             Ok(j) => j,
             Err(e) => return *e,
         };
-        let datasets: Vec<_> = jobs.iter().map(JobHandle::status).collect();
+        let cfg = self.config();
+        let now = self.ctx.clock.now();
+        let datasets: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                let mut st = j.status();
+                st.stale_after_secs = cfg
+                    .datasets
+                    .iter()
+                    .find(|c| c.name == *j.name())
+                    .and_then(|c| zib_core::alerts::stale_after(c, cfg.daemon.timezone, now))
+                    .map(|d| d.as_secs());
+                st
+            })
+            .collect();
         let all = self.jobs();
         let running = all.iter().filter(|j| j.is_running()).count();
         Response::Status {
@@ -422,7 +436,7 @@ impl DaemonCore {
                 started_at: self.started_at,
                 uptime_secs: (Utc::now() - self.started_at).num_seconds().max(0) as u64,
                 jobs_running: running as u32,
-                jobs_max: Some(self.config().daemon.max_concurrent_jobs as u32),
+                jobs_max: Some(cfg.daemon.max_concurrent_jobs as u32),
                 restores_running: self.restores.running() as u32,
             },
             datasets,

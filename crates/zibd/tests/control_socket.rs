@@ -53,6 +53,7 @@ fn dataset(name: &str) -> DatasetStatus {
         chain_length: 0,
         missed_ticks: 0,
         last_note: None,
+        stale_after_secs: None,
     }
 }
 

@@ -1054,7 +1054,8 @@ async fn verify_through_the_control_socket() {
 }
 
 /// Issue 12: a triggered run on an idle day is done without a snapshot, and status says
-/// `skipped (no change)` (zibctl prints the note).
+/// `skipped (no change)` (zibctl prints the note). Issue 15: the skip clears an earlier
+/// failure, also across a restart (the state file forgets the error as a success does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_run_shows_skipped_no_change_in_status() {
     let bed = Bed::new().await;
@@ -1068,15 +1069,39 @@ async fn an_idle_run_shows_skipped_no_change_in_status() {
     })
     .await;
     assert_eq!(snapshots_taken(ds), 1);
+    assert!(d.stop().await);
+    // A failure after it, as an earlier daemon recorded it in the state file.
+    let store = zibd::state_store::StateStore::new(bed.dir.path().join("state"));
+    let name = zib_core::DatasetName::new(ds).unwrap();
+    let mut l = store.lock(&name).unwrap();
+    l.state.stats.last_error = Some("S3 503 SlowDown after 8 attempts".into());
+    l.state.stats.last_error_at = Some(Utc::now());
+    l.save().unwrap();
+    drop(l);
+    let d = bed.start().await;
+    let core = d.core();
+    let s = status(&core, ds).await;
+    assert_eq!(s.state, JobState::Failed, "{s:#?}");
+    assert!(s.last_error.is_some(), "{s:#?}");
     let written = fake_zfs().dir.join("written");
     std::fs::create_dir_all(&written).unwrap();
     std::fs::write(written.join(ds.replace('/', "%2F")), "0\n").unwrap();
     expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
     let s = wait_for(&core, ds, "the idle run", |s| s.last_note.is_some()).await;
-    let note = s.last_note.unwrap().message;
+    let note = &s.last_note.as_ref().unwrap().message;
     assert!(note.starts_with("skipped (no change)"), "{note}");
     assert_eq!(s.state, JobState::Scheduled);
     assert_eq!(snapshots_taken(ds), 1, "no snapshot on an idle day");
+    // The error stays in the reply until a restart, older than the note (zibctl shows it no
+    // more); the state file no longer holds it.
+    assert!(s.last_error.as_ref().unwrap().at < s.last_note.as_ref().unwrap().at, "{s:#?}");
+    assert!(d.stop().await);
+    let st = store.read(&name).unwrap();
+    assert!(st.stats.last_error.is_none() && st.stats.last_error_at.is_none(), "{:?}", st.stats);
+    let d = bed.start().await;
+    let s = status(&d.core(), ds).await;
+    assert_eq!(s.state, JobState::Scheduled, "{s:#?}");
+    assert_eq!(s.last_error, None, "{s:#?}");
     assert!(d.stop().await);
 }
 

@@ -1,0 +1,564 @@
+//! `zibctl status --watch`: a live view of every dataset, redrawn until Ctrl-C (as `zrepl
+//! status`). [`screen`] renders one frame from a status reply: pure, with `now`, the time zone
+//! and colour as parameters, and one golden file per job state (`tests/golden/`). [`run`] asks
+//! zibd every interval and redraws in place on a terminal, in colour unless `NO_COLOR` is set;
+//! when stdout is not a terminal it prints one plain frame after the other (with `--json`, one
+//! status reply a line).
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use zib_protocol::{DaemonInfo, DatasetStatus, JobState, Request, Response, RunProgress};
+
+use crate::client::{CliError, Client, exit, unexpected};
+use crate::format::{
+    DASH, current_error, daemon_line, dataset_notes, human_bytes, human_duration, human_rate,
+    next_run_label, percent, relative_time, state_label,
+};
+
+/// Cells of a progress bar between its brackets.
+const BAR: usize = 20;
+
+/// The few colours the view uses (SGR codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Colour {
+    Bold,
+    Red,
+    Green,
+    Yellow,
+    Cyan,
+}
+
+impl Colour {
+    fn sgr(self) -> &'static str {
+        match self {
+            Colour::Bold => "1",
+            Colour::Red => "31",
+            Colour::Green => "32",
+            Colour::Yellow => "33",
+            Colour::Cyan => "36",
+        }
+    }
+}
+
+/// `text` in `colour` when colouring is on.
+fn paint(text: &str, colour: Option<Colour>, on: bool) -> String {
+    match colour {
+        Some(c) if on && !text.is_empty() => format!("\x1b[{}m{text}\x1b[0m", c.sgr()),
+        _ => text.to_owned(),
+    }
+}
+
+type Cell = (String, Option<Colour>);
+
+/// The bar of a running backup: `[######--------------]  30% 3.0 GiB / 10.0 GiB`, or the bytes
+/// sent alone while there is no estimate.
+pub fn progress_bar(p: &RunProgress) -> String {
+    match p.bytes_total_estimate {
+        Some(total) => {
+            let pct = percent(p.bytes_sent, total);
+            let filled = (pct as usize * BAR) / 100;
+            format!(
+                "[{}{}] {pct:>3}% {} / {}",
+                "#".repeat(filled),
+                "-".repeat(BAR - filled),
+                human_bytes(p.bytes_sent),
+                human_bytes(total)
+            )
+        }
+        None => format!("{} sent", human_bytes(p.bytes_sent)),
+    }
+}
+
+/// Whether the dataset has had no success for its `stale_after` (as zibd's alerts count it:
+/// from its last success or, never backed up, from the daemon's start). Never without a
+/// `stale_after` (an older daemon, or no next run).
+pub fn is_stale(d: &DatasetStatus, daemon: &DaemonInfo, now: DateTime<Utc>) -> bool {
+    let Some(secs) = d.stale_after_secs else { return false };
+    let since = d.last_success.as_ref().map_or(daemon.started_at, |s| s.at);
+    let age = (now - since).num_seconds();
+    age >= 0 && age.unsigned_abs() >= secs
+}
+
+/// How the last run ended: `ok 1d ago`, `failed 5m ago`, `skipped (no change) 1h ago`.
+fn last_run(d: &DatasetStatus, now: DateTime<Utc>) -> Cell {
+    let mut runs: Vec<(DateTime<Utc>, &str, Colour)> = Vec::new();
+    if let Some(s) = &d.last_success {
+        runs.push((s.at, "ok", Colour::Green));
+    }
+    if let Some(e) = current_error(d) {
+        runs.push((e.at, "failed", Colour::Red));
+    }
+    if let Some(n) = &d.last_note
+        && n.message.starts_with("skipped (no change)")
+    {
+        runs.push((n.at, "skipped (no change)", Colour::Green));
+    }
+    match runs.into_iter().max_by_key(|(at, ..)| *at) {
+        Some((at, what, colour)) => (format!("{what} {}", relative_time(at, now)), Some(colour)),
+        None => ("never run".into(), None),
+    }
+}
+
+fn state_colour(state: JobState, paused: bool) -> Option<Colour> {
+    match state {
+        JobState::Failed => Some(Colour::Red),
+        JobState::Snapshotting | JobState::Uploading | JobState::Finishing => {
+            Some(if paused { Colour::Yellow } else { Colour::Cyan })
+        }
+        JobState::Paused | JobState::Cancelling => Some(Colour::Yellow),
+        _ if paused => Some(Colour::Yellow),
+        _ => None,
+    }
+}
+
+/// One dataset's row.
+fn row<Tz: chrono::TimeZone>(
+    d: &DatasetStatus,
+    daemon: &DaemonInfo,
+    now: DateTime<Utc>,
+    tz: &Tz,
+) -> Vec<Cell>
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let dash = || (DASH.to_owned(), None);
+    let (progress, rate, eta) = match &d.progress {
+        Some(p) => (
+            (progress_bar(p), Some(Colour::Cyan)),
+            p.rate_bytes_per_sec.map_or_else(dash, |r| (human_rate(r), None)),
+            p.eta_secs.map_or_else(dash, |e| (human_duration(e), None)),
+        ),
+        None => (dash(), dash(), dash()),
+    };
+    let stale = is_stale(d, daemon, now);
+    let success = match (&d.last_success, stale) {
+        (Some(s), false) => {
+            (format!("{} ({})", relative_time(s.at, now), human_bytes(s.bytes)), None)
+        }
+        (Some(s), true) => (
+            format!("{} ({}, stale)", relative_time(s.at, now), human_bytes(s.bytes)),
+            Some(Colour::Red),
+        ),
+        (None, false) => ("never".to_owned(), Some(Colour::Yellow)),
+        (None, true) => ("never (stale)".to_owned(), Some(Colour::Red)),
+    };
+    let next = match (d.next_run, d.paused) {
+        (_, true) => ("paused".to_owned(), Some(Colour::Yellow)),
+        (Some(t), false) => (next_run_label(t, now, tz), None),
+        (None, false) => dash(),
+    };
+    vec![
+        (d.dataset.clone(), None),
+        (state_label(d.state, d.paused), state_colour(d.state, d.paused)),
+        progress,
+        rate,
+        eta,
+        last_run(d, now),
+        success,
+        next,
+    ]
+}
+
+/// Lays out coloured cells under a header: widths from the text alone, colour around it.
+fn table(header: &[&str], rows: &[Vec<Cell>], colour: bool) -> Vec<String> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, (text, _)) in widths.iter_mut().zip(r) {
+            *w = (*w).max(text.chars().count());
+        }
+    }
+    let line = |cells: Vec<Cell>| {
+        let last = cells.len() - 1;
+        let mut l = String::new();
+        for (i, (text, c)) in cells.into_iter().enumerate() {
+            l.push_str(&paint(&text, c, colour));
+            if i < last {
+                l.extend(std::iter::repeat_n(' ', widths[i] - text.chars().count() + 2));
+            }
+        }
+        l.trim_end().to_owned()
+    };
+    let mut out = vec![line(header.iter().map(|h| (h.to_string(), Some(Colour::Bold))).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out
+}
+
+/// One frame of the live view, a line per dataset, then the notes (an error in red).
+pub fn screen<Tz: chrono::TimeZone>(
+    daemon: &DaemonInfo,
+    datasets: &[DatasetStatus],
+    now: DateTime<Utc>,
+    tz: &Tz,
+    colour: bool,
+) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let mut lines = vec![format!(
+        "{}; updated {}",
+        daemon_line(daemon),
+        now.with_timezone(tz).format("%H:%M:%S")
+    )];
+    lines.push(String::new());
+    if datasets.is_empty() {
+        lines.push("no datasets configured".into());
+    } else {
+        let header =
+            ["DATASET", "STATE", "PROGRESS", "RATE", "ETA", "LAST RUN", "LAST SUCCESS", "NEXT RUN"];
+        let rows: Vec<Vec<Cell>> = datasets.iter().map(|d| row(d, daemon, now, tz)).collect();
+        lines.extend(table(&header, &rows, colour));
+        let notes: Vec<String> = datasets
+            .iter()
+            .flat_map(|d| dataset_notes(d, now))
+            .map(|n| paint(&n.text, n.error.then_some(Colour::Red), colour))
+            .collect();
+        if !notes.is_empty() {
+            lines.push(String::new());
+            lines.extend(notes);
+        }
+    }
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// How the frames go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Redrawn in place, in colour or not.
+    Terminal { colour: bool },
+    /// One frame after the other, plain.
+    Plain,
+    /// One status reply a line.
+    Json,
+}
+
+impl Output {
+    /// Colour and redrawing only on a terminal; `NO_COLOR` turns the colour off.
+    pub fn detect(json: bool) -> Output {
+        if json {
+            Output::Json
+        } else if std::io::stdout().is_terminal() {
+            Output::Terminal { colour: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) }
+        } else {
+            Output::Plain
+        }
+    }
+}
+
+/// Clears the screen from the cursor to its end; `ESC[K` at each line's end clears the rest of
+/// a longer line of the previous frame.
+const CLEAR_BELOW: &str = "\x1b[J";
+const HOME: &str = "\x1b[H";
+const CLEAR_SCREEN: &str = "\x1b[2J";
+const HIDE_CURSOR: &str = "\x1b[?25l";
+const SHOW_CURSOR: &str = "\x1b[?25h";
+
+/// Asks for the status every `every` and shows it until Ctrl-C (exit 0). A lost daemon is
+/// shown in the frame and asked again at the next tick; a refusal (permission, protocol) ends
+/// the view with its exit code.
+pub async fn run(
+    client: Client,
+    socket: &std::path::Path,
+    dataset: Option<String>,
+    every: Duration,
+    output: Output,
+) -> Result<u8, CliError> {
+    // Taken before the first frame: from here on Ctrl-C ends the loop (and shows the cursor
+    // again) instead of killing the process.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| CliError::Failed(format!("cannot watch for Ctrl-C: {e}")))?;
+    let mut stdout = std::io::stdout();
+    if let Output::Terminal { .. } = output {
+        let _ = write!(stdout, "{HIDE_CURSOR}{CLEAR_SCREEN}");
+    }
+    let mut client = Some(client);
+    let request = Request::Status { dataset };
+    let code = loop {
+        let ask = async {
+            let c = match client.take() {
+                Some(c) => c,
+                None => Client::connect(socket).await?,
+            };
+            let c = client.insert(c);
+            c.call(&request).await
+        };
+        let reply = tokio::select! {
+            _ = interrupt.recv() => break Ok(exit::OK),
+            r = ask => r,
+        };
+        let frame = match reply {
+            Ok(Response::Status { daemon, datasets }) => {
+                let now = Utc::now();
+                match output {
+                    Output::Json => {
+                        let r = Response::Status { daemon, datasets };
+                        serde_json::to_string(&r).map_err(|e| CliError::Failed(e.to_string()))?
+                            + "\n"
+                    }
+                    Output::Terminal { colour } => {
+                        screen(&daemon, &datasets, now, &chrono::Local, colour)
+                    }
+                    Output::Plain => screen(&daemon, &datasets, now, &chrono::Local, false),
+                }
+            }
+            Ok(other) => break Err(unexpected(&request, &other)),
+            Err(CliError::Unreachable(m)) => {
+                client = None;
+                if output == Output::Json {
+                    eprintln!("zibctl: {m}; trying again");
+                    String::new()
+                } else {
+                    format!("zibd is not reachable: {m}\n")
+                }
+            }
+            Err(e) => break Err(e),
+        };
+        let shown = match output {
+            Output::Terminal { .. } => {
+                let body: String = frame.lines().map(|l| format!("{l}\x1b[K\n")).collect();
+                format!(
+                    "{HOME}{body}\x1b[K\nevery {}; Ctrl-C to quit\x1b[K\n{CLEAR_BELOW}",
+                    human_duration(every.as_secs())
+                )
+            }
+            Output::Plain => format!("{frame}\n"),
+            Output::Json => frame,
+        };
+        if stdout.write_all(shown.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+            // stdout closed (e.g. `| head`): nothing more to show.
+            break Ok(exit::OK);
+        }
+        tokio::select! {
+            _ = interrupt.recv() => break Ok(exit::OK),
+            () = tokio::time::sleep(every) => {}
+        }
+    };
+    if let Output::Terminal { .. } = output {
+        let _ = write!(stdout, "{SHOW_CURSOR}");
+        let _ = stdout.flush();
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::tests::{NOW, daemon, idle, run as running, t};
+    use zib_protocol::{LastError, LastSuccess, RunNote};
+
+    const DAY: i64 = 86_400;
+
+    /// A daily dataset backed up 20 hours ago, next run in 23 hours, stale after 2 days.
+    fn dataset(name: &str) -> DatasetStatus {
+        DatasetStatus {
+            last_success: Some(LastSuccess {
+                at: t(NOW - 20 * 3600),
+                snapshot: Some(format!("{name}@zib-20251231T080000Z")),
+                bytes: 123 * 1024 * 1024,
+            }),
+            next_run: Some(t(NOW + 23 * 3600)),
+            chain_length: 3,
+            stale_after_secs: Some(2 * DAY as u64),
+            ..idle(name)
+        }
+    }
+
+    /// One sample per job state, named as its golden file.
+    fn states() -> Vec<(&'static str, DatasetStatus)> {
+        vec![
+            (
+                "running",
+                DatasetStatus {
+                    state: JobState::Uploading,
+                    progress: Some(running()),
+                    ..dataset("tank/photos")
+                },
+            ),
+            ("queued", DatasetStatus { state: JobState::Queued, ..dataset("tank/photos") }),
+            (
+                "paused",
+                DatasetStatus {
+                    state: JobState::Paused,
+                    paused: true,
+                    next_run: None,
+                    ..dataset("tank/photos")
+                },
+            ),
+            (
+                "failed",
+                DatasetStatus {
+                    state: JobState::Failed,
+                    last_error: Some(LastError {
+                        at: t(NOW - 300),
+                        message: "S3 503 SlowDown after 8 attempts".into(),
+                    }),
+                    ..dataset("tank/photos")
+                },
+            ),
+            (
+                "skipped",
+                DatasetStatus {
+                    last_note: Some(RunNote {
+                        at: t(NOW - 3600),
+                        message: "skipped (no change): 0 bytes written since tank/photos@zib-20251231T080000Z, less than min_change (65536 bytes); no snapshot taken, nothing uploaded".into(),
+                    }),
+                    // An error before the skip is over.
+                    last_error: Some(LastError { at: t(NOW - 7200), message: "old".into() }),
+                    ..dataset("tank/photos")
+                },
+            ),
+            (
+                "never-run",
+                DatasetStatus {
+                    last_success: None,
+                    chain_length: 0,
+                    next_run: Some(t(NOW + 3600)),
+                    ..dataset("tank/new")
+                },
+            ),
+            (
+                "stale",
+                DatasetStatus {
+                    state: JobState::Failed,
+                    last_success: Some(LastSuccess {
+                        at: t(NOW - 3 * DAY),
+                        snapshot: None,
+                        bytes: 4096,
+                    }),
+                    last_error: Some(LastError {
+                        at: t(NOW - 3600),
+                        message: "zfs send failed: exit 1".into(),
+                    }),
+                    missed_ticks: 1,
+                    ..dataset("tank/photos")
+                },
+            ),
+        ]
+    }
+
+    fn golden_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    }
+
+    /// Compares `actual` with the golden file `name`; `ZIB_BLESS_GOLDEN=1` writes it first.
+    fn golden(name: &str, actual: &str) {
+        let path = golden_dir().join(name);
+        if std::env::var_os("ZIB_BLESS_GOLDEN").is_some() {
+            std::fs::create_dir_all(golden_dir()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("missing golden file {} ({e}); write it with ZIB_BLESS_GOLDEN=1", path.display())
+        });
+        assert_eq!(actual, expected, "{name} differs from its golden file:\n{actual}");
+    }
+
+    fn strip_sgr(s: &str) -> String {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find("\x1b[") {
+            out.push_str(&rest[..i]);
+            let tail = &rest[i + 2..];
+            let end = tail.find('m').expect("an SGR sequence ends with m");
+            rest = &tail[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    #[test]
+    fn each_job_state_renders_as_its_golden_file() {
+        let cet = chrono::FixedOffset::east_opt(3600).unwrap();
+        for (name, d) in states() {
+            let plain = screen(&daemon(), std::slice::from_ref(&d), t(NOW), &cet, false);
+            assert!(!plain.contains('\x1b'), "{name}: no escape codes without colour");
+            golden(&format!("watch-{name}.txt"), &plain);
+            let coloured = screen(&daemon(), &[d], t(NOW), &cet, true);
+            golden(&format!("watch-{name}.color.txt"), &coloured);
+            assert_eq!(strip_sgr(&coloured), plain, "{name}: colour changes nothing but colour");
+        }
+    }
+
+    #[test]
+    fn every_golden_file_has_a_sample() {
+        let names: Vec<String> = states()
+            .iter()
+            .flat_map(|(n, _)| [format!("watch-{n}.txt"), format!("watch-{n}.color.txt")])
+            .collect();
+        for e in std::fs::read_dir(golden_dir()).unwrap() {
+            let f = e.unwrap().file_name().into_string().unwrap();
+            assert!(names.contains(&f), "golden file {f} has no sample");
+        }
+    }
+
+    #[test]
+    fn the_states_are_told_apart() {
+        let cet = chrono::FixedOffset::east_opt(3600).unwrap();
+        let frame = |d: DatasetStatus, colour| screen(&daemon(), &[d], t(NOW), &cet, colour);
+        let all: std::collections::BTreeMap<_, _> = states()
+            .into_iter()
+            .map(|(n, d)| (n, (frame(d.clone(), false), frame(d, true))))
+            .collect();
+        let row = |name: &str| all[name].0.lines().nth(3).unwrap().to_owned();
+        assert!(
+            row("running").contains("[######--------------]  30% 3.0 GiB / 10.0 GiB"),
+            "{}",
+            row("running")
+        );
+        assert!(row("running").contains("50.0 MiB/s") && row("running").contains("2m 23s"));
+        assert!(row("queued").contains("queued"));
+        assert!(row("paused").contains("paused") && !row("paused").contains("in 23h"));
+        assert!(row("failed").contains("failed 5m ago"), "{}", row("failed"));
+        assert!(all["failed"].0.contains("tank/photos: failed 5m ago: S3 503 SlowDown"));
+        assert!(row("skipped").contains("skipped (no change) 1h ago"), "{}", row("skipped"));
+        assert!(!all["skipped"].0.contains("old"), "the error before the skip is over");
+        assert!(row("never-run").contains("never run"), "{}", row("never-run"));
+        assert!(!row("never-run").contains("stale"), "up 3h, stale after 2d: {}", row("never-run"));
+        assert!(row("stale").contains("3d ago (4.0 KiB, stale)"), "{}", row("stale"));
+        // Stale in red; a fresh success is not.
+        assert!(
+            all["stale"].1.contains("\x1b[31m3d ago (4.0 KiB, stale)\x1b[0m"),
+            "{:?}",
+            all["stale"].1
+        );
+        assert!(
+            all["running"].1.contains("20h ago") && !all["running"].1.contains("\x1b[31m20h ago")
+        );
+        assert!(all["failed"].1.contains("\x1b[31mtank/photos: failed 5m ago"));
+        // Never backed up is stale too once the daemon ran for its stale_after (up 3h here).
+        let mut d = states().remove(5).1;
+        d.stale_after_secs = Some(3600);
+        assert!(frame(d.clone(), false).contains("never (stale)"));
+        d.stale_after_secs = None;
+        assert!(
+            !frame(d, false).contains("stale"),
+            "no stale_after (an older daemon): never stale"
+        );
+    }
+
+    #[test]
+    fn bars_fill_by_the_estimate_and_stop_at_full() {
+        let mut p = running();
+        p.bytes_sent = 0;
+        assert!(
+            progress_bar(&p).starts_with("[--------------------]   0%"),
+            "{}",
+            progress_bar(&p)
+        );
+        p.bytes_sent = 11 * 1024 * 1024 * 1024;
+        assert!(
+            progress_bar(&p).starts_with("[####################] 100%"),
+            "{}",
+            progress_bar(&p)
+        );
+        p.bytes_total_estimate = None;
+        assert_eq!(progress_bar(&p), "11.0 GiB sent");
+    }
+
+    #[test]
+    fn no_datasets() {
+        let out = screen(&daemon(), &[], t(NOW), &Utc, true);
+        assert!(out.ends_with("\n\nno datasets configured\n"), "{out}");
+    }
+}
