@@ -254,6 +254,65 @@ const CLEAR_SCREEN: &str = "\x1b[2J";
 const HIDE_CURSOR: &str = "\x1b[?25l";
 const SHOW_CURSOR: &str = "\x1b[?25h";
 
+/// The terminal's columns and rows, when stdout is one that knows its size.
+fn terminal_size() -> Option<(usize, usize)> {
+    let w = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (w.ws_col > 0 && w.ws_row > 0).then_some((usize::from(w.ws_col), usize::from(w.ws_row)))
+}
+
+/// `line` cut after `width` visible characters; its SGR sequences are kept (a colour's reset
+/// after the cut too).
+fn clip(line: &str, width: usize) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut shown = 0;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            out.push(c);
+            for c in chars.by_ref() {
+                out.push(c);
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else if shown < width {
+            out.push(c);
+            shown += 1;
+        }
+    }
+    out
+}
+
+/// A frame drawn over the last one on a terminal of `size` (columns, rows; `None`: unknown):
+/// from the top left, each line cut to the width (a wrapped line would push the frame off
+/// the screen) and cleared to its end, as many lines as fit above the footer (then how many
+/// more there are), and the rest of the screen cleared. Nothing is written after the footer,
+/// so the screen never scrolls.
+pub fn fit(frame: &str, footer: &str, size: Option<(usize, usize)>) -> String {
+    let (cols, rows) = size.unwrap_or((usize::MAX, usize::MAX));
+    // The last column stays empty: a character there leaves the cursor waiting to wrap.
+    let width = cols.saturating_sub(1);
+    let mut lines: Vec<&str> = frame.lines().collect();
+    // Room for the blank line and the footer below.
+    let room = rows.saturating_sub(2);
+    let mut more = None;
+    if lines.len() > room {
+        let keep = room.saturating_sub(1);
+        more = Some(format!("({} more lines: a taller terminal shows them)", lines.len() - keep));
+        lines.truncate(keep);
+    }
+    let mut out = String::from(HOME);
+    for l in lines.into_iter().chain(more.as_deref()) {
+        out.push_str(&clip(l, width));
+        out.push_str("\x1b[K\n");
+    }
+    out.push_str("\x1b[K\n");
+    out.push_str(&clip(footer, width));
+    out.push_str("\x1b[K");
+    out.push_str(CLEAR_BELOW);
+    out
+}
+
 /// Asks for the status every `every` and shows it until Ctrl-C (exit 0). A lost daemon is
 /// shown in the frame and asked again at the next tick; a refusal (permission, protocol) ends
 /// the view with its exit code.
@@ -316,11 +375,8 @@ pub async fn run(
         };
         let shown = match output {
             Output::Terminal { .. } => {
-                let body: String = frame.lines().map(|l| format!("{l}\x1b[K\n")).collect();
-                format!(
-                    "{HOME}{body}\x1b[K\nevery {}; Ctrl-C to quit\x1b[K\n{CLEAR_BELOW}",
-                    human_duration(every.as_secs())
-                )
+                let footer = format!("every {}; Ctrl-C to quit", human_duration(every.as_secs()));
+                fit(&frame, &footer, terminal_size())
             }
             Output::Plain => format!("{frame}\n"),
             Output::Json => frame,
@@ -554,6 +610,33 @@ mod tests {
         );
         p.bytes_total_estimate = None;
         assert_eq!(progress_bar(&p), "11.0 GiB sent");
+    }
+
+    #[test]
+    fn a_frame_fits_the_terminal() {
+        let frame = "\x1b[1mDATASET\x1b[0m  STATE\nabcdefghij\nthird\nfourth\n";
+        // Wide and tall enough: every line, cleared to its end, the footer last.
+        assert_eq!(
+            fit(frame, "every 2s", Some((80, 24))),
+            "\x1b[H\x1b[1mDATASET\x1b[0m  STATE\x1b[K\nabcdefghij\x1b[K\nthird\x1b[K\nfourth\x1b[K\n\x1b[K\nevery 2s\x1b[K\x1b[J"
+        );
+        assert_eq!(fit(frame, "f", None), fit(frame, "f", Some((usize::MAX, usize::MAX))));
+        // 6 columns: 5 characters a line, the colour's reset kept.
+        let narrow = fit(frame, "every 2s", Some((6, 24)));
+        assert!(narrow.starts_with("\x1b[H\x1b[1mDATAS\x1b[0m\x1b[K\nabcde\x1b[K\n"), "{narrow:?}");
+        assert!(narrow.ends_with("\nevery\x1b[K\x1b[J"), "{narrow:?}");
+        // 5 rows: 2 lines, the count of the others, the blank line, the footer.
+        let short = fit(frame, "f", Some((80, 5)));
+        assert_eq!(short.matches('\n').count(), 4, "{short:?}");
+        assert!(short.contains("abcdefghij\x1b[K\n(2 more lines: a taller terminal shows them)"));
+        assert!(!short.contains("third"));
+    }
+
+    #[test]
+    fn clipping_counts_visible_characters_only() {
+        assert_eq!(clip("\x1b[31mred\x1b[0m and more", 5), "\x1b[31mred\x1b[0m a");
+        assert_eq!(clip("ab", 5), "ab");
+        assert_eq!(clip("abc", 0), "");
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::{
     process::Output,
 };
 
-/// The script.
-pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake_zfs.sh");
+/// The script; named through `../zibd` so that zibctl's tests, which include this file, find
+/// it too.
+pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../zibd/tests/support/fake_zfs.sh");
 
 pub struct FakeZfs {
     _temp: Option<tempfile::TempDir>,

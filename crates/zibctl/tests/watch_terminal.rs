@@ -1,0 +1,172 @@
+//! `zibctl status --watch` in a real terminal (a tmux pane) against a real daemon: zibd
+//! in-process with its control socket, s3s-fs as the bucket and zibd's stand-in zfs
+//! (`crates/zibd/tests/support`). The pane shows a line per dataset, in colour, redrawn in
+//! place; a backup triggered with `zibctl trigger` shows its progress bar and then its success;
+//! a dataset never backed up turns stale (red) after its `stale_after`; Ctrl-C ends zibctl
+//! with exit 0 and the cursor shown again.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[path = "../../zibd/tests/support/config.rs"]
+mod config;
+#[path = "../../zibd/tests/support/fake_zfs.rs"]
+#[allow(dead_code)] // a part of it serves here
+mod fake_zfs;
+
+use config::{ConfigToml, quoted};
+use fake_zfs::FakeZfs;
+use zib_testkit::S3sFsServer;
+use zibd::{
+    daemon::{Daemon, DaemonOptions},
+    job::SystemClock,
+    outside::Outside,
+    systemd::Notifier,
+};
+
+/// The tmux server's name (`-L`); its socket is under the test's own `TMUX_TMPDIR`.
+const SERVER: &str = "zibctl-watch";
+
+/// `tmux -L SERVER ARGS`, its server's files in `dir`, no config.
+fn tmux(dir: &Path, args: &[&str]) -> Output {
+    std::process::Command::new("tmux")
+        .env("TMUX_TMPDIR", dir)
+        .env_remove("TMUX")
+        .arg("-L")
+        .arg(SERVER)
+        .args(["-f", "/dev/null"])
+        .args(args)
+        .output()
+        .expect("tmux is installed (scripts/testbed/setup's apt plan)")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Stops the test's tmux server (and zibctl in it), also when an assertion fails.
+struct TmuxServer(PathBuf);
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = tmux(&self.0, &["kill-server"]);
+    }
+}
+
+/// The pane's text, with `-e` its colours as SGR escape codes.
+fn capture(dir: &Path, escapes: bool) -> String {
+    let mut args = vec!["capture-pane", "-p", "-t", "watch"];
+    if escapes {
+        args.push("-e");
+    }
+    let out = tmux(dir, &args);
+    assert!(out.status.success(), "capture-pane: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Polls the pane every 100 ms until `pred` holds of it; fails after 60 s.
+async fn pane_until(dir: &Path, what: &str, escapes: bool, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pane = capture(dir, escapes);
+        if pred(&pane) {
+            return pane;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{pane}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The pane's line of `ds`.
+fn line<'a>(pane: &'a str, ds: &str) -> &'a str {
+    pane.lines().find(|l| l.starts_with(ds)).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_in_a_terminal_against_a_real_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s3 = S3sFsServer::start();
+    let bucket = s3.create_bucket("watch").await;
+    // Streams of 1 MiB in chunks of 64 KiB; `slow` holds the run in `uploading`.
+    let zfs = FakeZfs::at(root.join("zfs")).knob("FAKE_ZFS_SIZE", "1048576");
+    let (fresh, run) = ("watch/fresh", "watch/run");
+    zfs.slow(run, true);
+    let socket = root.join("run/zibd.sock");
+    let config = root.join("zibd.toml");
+    ConfigToml::new(root, &bucket, s3.endpoint())
+        .daemon("socket", quoted(socket.display()))
+        .daemon("shutdown_timeout_secs", 10)
+        .target("storage_class", quoted("STANDARD"))
+        .target("chunk_size", quoted("64KiB"))
+        .dataset(fresh, "0 0 3 * * *")
+        .dataset_key("stale_after", quoted("2s"))
+        .dataset(run, "0 0 3 * * *")
+        .write(&config);
+    let daemon = Daemon::start(DaemonOptions {
+        config_path: config,
+        clock: Arc::new(SystemClock),
+        notifier: Notifier::disabled(),
+        outside: Outside { zfs: zfs.zfs(), s3_credentials: Some(zib_testkit::test_credentials()) },
+    })
+    .await
+    .expect("daemon starts");
+
+    let _server = TmuxServer(root.to_owned());
+    let zibctl = env!("CARGO_BIN_EXE_zibctl");
+    let sock = socket.display().to_string();
+    // Ctrl-C reaches the pane's whole process group: the shell around zibctl traps it to live
+    // on, say how zibctl exited and keep the pane (a dead pane's cursor flag is reset).
+    let shell = r#"trap true INT; "$@"; echo "zibctl exited $?"; exec sleep 600"#;
+    #[rustfmt::skip]
+    let out = tmux(root, &[
+        "new-session", "-d", "-s", "watch", "-x", "120", "-y", "30", "sh", "-c", shell, "sh",
+        "env", "-u", "NO_COLOR", "-u", "ZIBCTL_SOCKET", "TZ=UTC",
+        zibctl, "--socket", &sock, "status", "--watch", "--interval", "1",
+    ]);
+    assert!(out.status.success(), "tmux new-session: {}", text(&out.stderr));
+
+    // A line per dataset; the header in bold (colour on a terminal).
+    let first = pane_until(root, "a line per dataset", false, |p| {
+        line(p, fresh).contains("scheduled") && line(p, run).contains("scheduled")
+    })
+    .await;
+    assert!(first.contains("DATASET") && first.contains("every 1s; Ctrl-C to quit"), "{first}");
+    assert!(capture(root, true).contains("\x1b[1mDATASET"), "bold header");
+    // Never backed up, up for longer than its stale_after of 2 s: stale, in red.
+    pane_until(root, "watch/fresh stale in red", true, |p| p.contains("\x1b[31mnever (stale)"))
+        .await;
+
+    // A backup through zibctl: its bar, then its success.
+    let out = std::process::Command::new(zibctl)
+        .args(["--socket", &sock, "trigger", run])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "zibctl trigger: {}", text(&out.stderr));
+    let busy = pane_until(root, "the running backup's bar", false, |p| {
+        let l = line(p, run);
+        l.contains("uploading") && l.contains("% ") && l.contains("/ 1.0 MiB")
+    })
+    .await;
+    assert!(line(&busy, run).contains('['), "{busy}");
+    zfs.slow(run, false);
+    let done = pane_until(root, "the backup's success", false, |p| {
+        let l = line(p, run);
+        l.contains("scheduled") && l.contains("ok ")
+    })
+    .await;
+    // Redrawn in place: one frame on the screen, without the bar any more.
+    assert_eq!(done.matches("DATASET").count(), 1, "{done}");
+    assert!(!line(&done, run).contains('['), "{done}");
+
+    let out = tmux(root, &["send-keys", "-t", "watch", "C-c"]);
+    assert!(out.status.success(), "send-keys: {}", text(&out.stderr));
+    let end = pane_until(root, "zibctl to exit", false, |p| p.contains("zibctl exited")).await;
+    assert!(end.contains("zibctl exited 0"), "zibctl exits 0 on Ctrl-C: {end}");
+    assert!(line(&end, run).contains("ok "), "the last frame stays: {end}");
+    let cursor = tmux(root, &["display-message", "-p", "-t", "watch", "#{cursor_flag}"]);
+    assert_eq!(text(&cursor.stdout).trim(), "1", "the cursor is shown again");
+    assert!(daemon.stop().await);
+}
