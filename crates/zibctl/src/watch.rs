@@ -236,12 +236,16 @@ pub enum Output {
 impl Output {
     /// Colour and redrawing only on a terminal; `NO_COLOR` turns the colour off.
     pub fn detect(json: bool) -> Output {
-        if json {
-            Output::Json
-        } else if std::io::stdout().is_terminal() {
-            Output::Terminal { colour: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) }
-        } else {
-            Output::Plain
+        Output::choose(json, std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR"))
+    }
+
+    /// The choice of [`Output::detect`]: `NO_COLOR` set to anything but the empty string means
+    /// no colour (no-color.org).
+    fn choose(json: bool, terminal: bool, no_color: Option<std::ffi::OsString>) -> Output {
+        match (json, terminal) {
+            (true, _) => Output::Json,
+            (false, true) => Output::Terminal { colour: no_color.is_none_or(|v| v.is_empty()) },
+            (false, false) => Output::Plain,
         }
     }
 }
@@ -637,6 +641,17 @@ mod tests {
         assert_eq!(clip("\x1b[31mred\x1b[0m and more", 5), "\x1b[31mred\x1b[0m a");
         assert_eq!(clip("ab", 5), "ab");
         assert_eq!(clip("abc", 0), "");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_and_not_with_no_color() {
+        let set = |v: &str| Some(std::ffi::OsString::from(v));
+        assert_eq!(Output::choose(false, true, None), Output::Terminal { colour: true });
+        assert_eq!(Output::choose(false, true, set("1")), Output::Terminal { colour: false });
+        assert_eq!(Output::choose(false, true, set("")), Output::Terminal { colour: true });
+        assert_eq!(Output::choose(false, false, None), Output::Plain);
+        assert_eq!(Output::choose(true, true, None), Output::Json);
+        assert_eq!(Output::choose(true, false, set("1")), Output::Json);
     }
 
     #[test]

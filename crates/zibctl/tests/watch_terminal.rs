@@ -2,8 +2,8 @@
 //! in-process with its control socket, s3s-fs as the bucket and zibd's stand-in zfs
 //! (`crates/zibd/tests/support`). The pane shows a line per dataset, in colour, redrawn in
 //! place; a backup triggered with `zibctl trigger` shows its progress bar and then its success;
-//! a dataset never backed up turns stale (red) after its `stale_after`; Ctrl-C ends zibctl
-//! with exit 0 and the cursor shown again.
+//! a dataset never backed up turns stale (red) after its `stale_after`; a daemon restart is
+//! shown and survived; Ctrl-C ends zibctl with exit 0 and the cursor shown again.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -105,14 +105,18 @@ async fn status_watch_in_a_terminal_against_a_real_daemon() {
         .dataset_key("stale_after", quoted("2s"))
         .dataset(run, "0 0 3 * * *")
         .write(&config);
-    let daemon = Daemon::start(DaemonOptions {
-        config_path: config,
-        clock: Arc::new(SystemClock),
-        notifier: Notifier::disabled(),
-        outside: Outside { zfs: zfs.zfs(), s3_credentials: Some(zib_testkit::test_credentials()) },
-    })
-    .await
-    .expect("daemon starts");
+    let start = || {
+        Daemon::start(DaemonOptions {
+            config_path: config.clone(),
+            clock: Arc::new(SystemClock),
+            notifier: Notifier::disabled(),
+            outside: Outside {
+                zfs: zfs.zfs(),
+                s3_credentials: Some(zib_testkit::test_credentials()),
+            },
+        })
+    };
+    let daemon = start().await.expect("daemon starts");
 
     let _server = TmuxServer(root.to_owned());
     let zibctl = env!("CARGO_BIN_EXE_zibctl");
@@ -160,6 +164,16 @@ async fn status_watch_in_a_terminal_against_a_real_daemon() {
     // Redrawn in place: one frame on the screen, without the bar any more.
     assert_eq!(done.matches("DATASET").count(), 1, "{done}");
     assert!(!line(&done, run).contains('['), "{done}");
+
+    // The daemon goes away: the view says so and goes on; it comes back: the view with it.
+    assert!(daemon.stop().await);
+    pane_until(root, "zibd is not reachable", false, |p| p.contains("zibd is not reachable")).await;
+    let daemon = start().await.expect("daemon starts again");
+    let back = pane_until(root, "the view after the restart", false, |p| {
+        line(p, run).contains("ok ") && !p.contains("not reachable")
+    })
+    .await;
+    assert_eq!(back.matches("DATASET").count(), 1, "{back}");
 
     let out = tmux(root, &["send-keys", "-t", "watch", "C-c"]);
     assert!(out.status.success(), "send-keys: {}", text(&out.stderr));
