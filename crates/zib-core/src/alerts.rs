@@ -335,6 +335,18 @@ mod tests {
     }
 
     #[test]
+    fn the_configured_stale_after_wins_over_the_default() {
+        let now = t("2026-12-01T00:30:00Z");
+        let ds = |extra: &str| -> crate::config::DatasetConfig {
+            toml::from_str(&format!("name = \"tank/a\"\nschedule = \"0 3 * * *\"\n{extra}"))
+                .unwrap()
+        };
+        assert_eq!(stale_after(&ds(""), TimeZone::Utc, now), Some(2 * DAY));
+        let set = ds("stale_after = \"26h\"");
+        assert_eq!(stale_after(&set, TimeZone::Utc, now), Some(Duration::from_secs(26 * 3600)));
+    }
+
+    #[test]
     fn spans_take_units_and_refuse_the_rest() {
         assert_eq!("26h".parse::<Span>().unwrap().0, Duration::from_secs(26 * 3600));
         assert_eq!("90m".parse::<Span>().unwrap().0, Duration::from_secs(5400));

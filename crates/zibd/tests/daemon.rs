@@ -1083,6 +1083,8 @@ async fn an_idle_run_shows_skipped_no_change_in_status() {
     let s = status(&core, ds).await;
     assert_eq!(s.state, JobState::Failed, "{s:#?}");
     assert!(s.last_error.is_some(), "{s:#?}");
+    // Issue 15: the reply carries the stale_after in force, the default for a daily run.
+    assert_eq!(s.stale_after_secs, Some(2 * 86_400), "{s:#?}");
     let written = fake_zfs().dir.join("written");
     std::fs::create_dir_all(&written).unwrap();
     std::fs::write(written.join(ds.replace('/', "%2F")), "0\n").unwrap();
