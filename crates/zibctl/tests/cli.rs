@@ -383,17 +383,14 @@ fn watched_daemon(dir: &Path) -> (PathBuf, tokio::task::JoinHandle<Vec<Request>>
     })
 }
 
-/// `status --watch` into a pipe: plain frames (no escape codes), one per interval, until
-/// SIGINT, which ends it with exit 0.
-#[tokio::test]
-async fn status_watch_in_a_pipe_prints_plain_frames_until_interrupted() {
+/// Runs `zibctl --socket SOCK ARGS` with its stdout into a pipe until `enough` holds of what
+/// it printed, then sends it SIGINT, which must end it with exit 0; returns what it printed.
+async fn watch_into_a_pipe(sock: &Path, args: &[&str], enough: impl Fn(&str) -> bool) -> String {
     use tokio::io::AsyncReadExt;
-    let dir = tempfile::tempdir().unwrap();
-    let (sock, task) = watched_daemon(dir.path());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_zibctl"))
         .arg("--socket")
-        .arg(&sock)
-        .args(["status", "--watch", "--interval", "1"])
+        .arg(sock)
+        .args(args)
         .env("TZ", "UTC")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -402,8 +399,8 @@ async fn status_watch_in_a_pipe_prints_plain_frames_until_interrupted() {
     let mut out = child.stdout.take().unwrap();
     let mut text = String::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while text.matches("zibd 0.1.0").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "fewer than 2 frames in 30 s: {text}");
+    while !enough(&text) {
+        assert!(std::time::Instant::now() < deadline, "not enough in 30 s: {text}");
         let mut buf = [0u8; 4096];
         let n = tokio::time::timeout(std::time::Duration::from_secs(30), out.read(&mut buf))
             .await
@@ -419,10 +416,43 @@ async fn status_watch_in_a_pipe_prints_plain_frames_until_interrupted() {
         .expect("zibctl ends on SIGINT")
         .unwrap();
     assert!(status.success(), "{status:?}");
+    text
+}
+
+/// `status --watch` into a pipe: plain frames (no escape codes), one per interval, until
+/// SIGINT, which ends it with exit 0.
+#[tokio::test]
+async fn status_watch_in_a_pipe_prints_plain_frames_until_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, task) = watched_daemon(dir.path());
+    let args = ["status", "--watch", "--interval", "1"];
+    // Until the second frame's bar (1 GiB more each refresh).
+    let text = watch_into_a_pipe(&sock, &args, |t| t.contains("50% 2.0 GiB / 4.0 GiB")).await;
     assert!(!text.contains('\x1b'), "escape codes in a pipe: {text:?}");
     assert!(text.contains("[#####---------------]  25% 1.0 GiB / 4.0 GiB"), "{text}");
     assert!(text.contains("[##########----------]  50% 2.0 GiB / 4.0 GiB"), "{text}");
     assert!(text.contains("5m ago (2.0 KiB, stale)"), "{text}");
     let seen = task.await.unwrap();
     assert!(seen.len() >= 2 && seen.iter().all(|r| *r == Request::Status { dataset: None }));
+}
+
+/// `status --watch --json`: one status reply a line, as `status --json` prints it, for each
+/// refresh.
+#[tokio::test]
+async fn status_watch_json_is_one_reply_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, task) = watched_daemon(dir.path());
+    let args = ["status", "tank/photos", "--watch", "--json", "--interval", "1"];
+    let text = watch_into_a_pipe(&sock, &args, |t| t.matches('\n').count() >= 2).await;
+    let lines: Vec<&str> = text.lines().collect();
+    for (k, l) in lines.iter().take(2).enumerate() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert_eq!(v["type"], "status", "{l}");
+        let sent = v["datasets"][0]["progress"]["bytes_sent"].as_u64().unwrap();
+        assert_eq!(sent, (k as u64 + 1) << 30, "the k-th reply: {l}");
+        assert_eq!(v["datasets"][0]["stale_after_secs"], 60, "{l}");
+    }
+    let seen = task.await.unwrap();
+    let ds = Some("tank/photos".to_owned());
+    assert!(seen.len() >= 2 && seen.iter().all(|r| *r == Request::Status { dataset: ds.clone() }));
 }
