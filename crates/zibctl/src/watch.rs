@@ -14,11 +14,11 @@ use zib_protocol::{DaemonInfo, DatasetStatus, JobState, Request, Response, RunPr
 use crate::client::{CliError, Client, exit, unexpected};
 use crate::format::{
     DASH, current_error, daemon_line, dataset_notes, human_bytes, human_duration, human_rate,
-    next_run_label, percent, relative_time, state_label,
+    percent, relative_time, state_label,
 };
 
 /// Cells of a progress bar between its brackets.
-const BAR: usize = 20;
+const BAR: usize = 10;
 
 /// The few colours the view uses (SGR codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ fn paint(text: &str, colour: Option<Colour>, on: bool) -> String {
 
 type Cell = (String, Option<Colour>);
 
-/// The bar of a running backup: `[######--------------]  30% 3.0 GiB / 10.0 GiB`, or the bytes
+/// The bar of a running backup: `[###-------]  30% 3.0 GiB / 10.0 GiB`, or the bytes
 /// sent alone while there is no estimate.
 pub fn progress_bar(p: &RunProgress) -> String {
     match p.bytes_total_estimate {
@@ -113,16 +113,9 @@ fn state_colour(state: JobState, paused: bool) -> Option<Colour> {
     }
 }
 
-/// One dataset's row.
-fn row<Tz: chrono::TimeZone>(
-    d: &DatasetStatus,
-    daemon: &DaemonInfo,
-    now: DateTime<Utc>,
-    tz: &Tz,
-) -> Vec<Cell>
-where
-    Tz::Offset: std::fmt::Display,
-{
+/// One dataset's row; narrower than `zibctl status`'s (no sizes of the last success, the next
+/// run relative only) so that a running backup's line fits 120 columns.
+fn row(d: &DatasetStatus, daemon: &DaemonInfo, now: DateTime<Utc>) -> Vec<Cell> {
     let dash = || (DASH.to_owned(), None);
     let (progress, rate, eta) = match &d.progress {
         Some(p) => (
@@ -134,19 +127,14 @@ where
     };
     let stale = is_stale(d, daemon, now);
     let success = match (&d.last_success, stale) {
-        (Some(s), false) => {
-            (format!("{} ({})", relative_time(s.at, now), human_bytes(s.bytes)), None)
-        }
-        (Some(s), true) => (
-            format!("{} ({}, stale)", relative_time(s.at, now), human_bytes(s.bytes)),
-            Some(Colour::Red),
-        ),
+        (Some(s), false) => (relative_time(s.at, now), None),
+        (Some(s), true) => (format!("{} (stale)", relative_time(s.at, now)), Some(Colour::Red)),
         (None, false) => ("never".to_owned(), Some(Colour::Yellow)),
         (None, true) => ("never (stale)".to_owned(), Some(Colour::Red)),
     };
     let next = match (d.next_run, d.paused) {
         (_, true) => ("paused".to_owned(), Some(Colour::Yellow)),
-        (Some(t), false) => (next_run_label(t, now, tz), None),
+        (Some(t), false) => (relative_time(t, now), None),
         (None, false) => dash(),
     };
     vec![
@@ -207,7 +195,7 @@ where
     } else {
         let header =
             ["DATASET", "STATE", "PROGRESS", "RATE", "ETA", "LAST RUN", "LAST SUCCESS", "NEXT RUN"];
-        let rows: Vec<Vec<Cell>> = datasets.iter().map(|d| row(d, daemon, now, tz)).collect();
+        let rows: Vec<Vec<Cell>> = datasets.iter().map(|d| row(d, daemon, now)).collect();
         lines.extend(table(&header, &rows, colour));
         let notes: Vec<String> = datasets
             .iter()
@@ -395,7 +383,8 @@ pub async fn run(
         }
     };
     if let Output::Terminal { .. } = output {
-        let _ = write!(stdout, "{SHOW_CURSOR}");
+        // The shell's prompt goes below the footer.
+        let _ = write!(stdout, "\n{SHOW_CURSOR}");
         let _ = stdout.flush();
     }
     code
@@ -562,7 +551,7 @@ mod tests {
             .collect();
         let row = |name: &str| all[name].0.lines().nth(3).unwrap().to_owned();
         assert!(
-            row("running").contains("[######--------------]  30% 3.0 GiB / 10.0 GiB"),
+            row("running").contains("[###-------]  30% 3.0 GiB / 10.0 GiB"),
             "{}",
             row("running")
         );
@@ -575,13 +564,9 @@ mod tests {
         assert!(!all["skipped"].0.contains("old"), "the error before the skip is over");
         assert!(row("never-run").contains("never run"), "{}", row("never-run"));
         assert!(!row("never-run").contains("stale"), "up 3h, stale after 2d: {}", row("never-run"));
-        assert!(row("stale").contains("3d ago (4.0 KiB, stale)"), "{}", row("stale"));
+        assert!(row("stale").contains("3d ago (stale)"), "{}", row("stale"));
         // Stale in red; a fresh success is not.
-        assert!(
-            all["stale"].1.contains("\x1b[31m3d ago (4.0 KiB, stale)\x1b[0m"),
-            "{:?}",
-            all["stale"].1
-        );
+        assert!(all["stale"].1.contains("\x1b[31m3d ago (stale)\x1b[0m"), "{:?}", all["stale"].1);
         assert!(
             all["running"].1.contains("20h ago") && !all["running"].1.contains("\x1b[31m20h ago")
         );
@@ -598,20 +583,22 @@ mod tests {
     }
 
     #[test]
+    fn a_dataset_line_fits_120_columns() {
+        let cet = chrono::FixedOffset::east_opt(3600).unwrap();
+        for (name, d) in states() {
+            let frame = screen(&daemon(), &[d], t(NOW), &cet, false);
+            let line = frame.lines().nth(3).unwrap();
+            assert!(line.chars().count() < 120, "{name}: {line}");
+        }
+    }
+
+    #[test]
     fn bars_fill_by_the_estimate_and_stop_at_full() {
         let mut p = running();
         p.bytes_sent = 0;
-        assert!(
-            progress_bar(&p).starts_with("[--------------------]   0%"),
-            "{}",
-            progress_bar(&p)
-        );
+        assert!(progress_bar(&p).starts_with("[----------]   0%"), "{}", progress_bar(&p));
         p.bytes_sent = 11 * 1024 * 1024 * 1024;
-        assert!(
-            progress_bar(&p).starts_with("[####################] 100%"),
-            "{}",
-            progress_bar(&p)
-        );
+        assert!(progress_bar(&p).starts_with("[##########] 100%"), "{}", progress_bar(&p));
         p.bytes_total_estimate = None;
         assert_eq!(progress_bar(&p), "11.0 GiB sent");
     }

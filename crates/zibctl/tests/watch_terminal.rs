@@ -178,7 +178,8 @@ async fn status_watch_in_a_terminal_against_a_real_daemon() {
     let out = tmux(root, &["send-keys", "-t", "watch", "C-c"]);
     assert!(out.status.success(), "send-keys: {}", text(&out.stderr));
     let end = pane_until(root, "zibctl to exit", false, |p| p.contains("zibctl exited")).await;
-    assert!(end.contains("zibctl exited 0"), "zibctl exits 0 on Ctrl-C: {end}");
+    // On a line of its own: zibctl ends its last frame's footer with a newline.
+    assert!(end.lines().any(|l| l.starts_with("zibctl exited 0")), "exit 0 on Ctrl-C: {end}");
     assert!(line(&end, run).contains("ok "), "the last frame stays: {end}");
     let cursor = tmux(root, &["display-message", "-p", "-t", "watch", "#{cursor_flag}"]);
     assert_eq!(text(&cursor.stdout).trim(), "1", "the cursor is shown again");
