@@ -30,6 +30,25 @@ fn progress() -> RunProgress {
     }
 }
 
+/// tank/photos, scheduled daily, never backed up, one backup in its chain: what the status
+/// fixtures with a note or a stale_after add to.
+fn scheduled_photos() -> DatasetStatus {
+    DatasetStatus {
+        dataset: "tank/photos".into(),
+        state: JobState::Scheduled,
+        paused: false,
+        schedule: Some("0 3 * * *".into()),
+        progress: None,
+        last_success: None,
+        last_error: None,
+        next_run: Some(t(1_767_322_800)),
+        chain_length: 1,
+        missed_ticks: 0,
+        last_note: None,
+        stale_after_secs: None,
+    }
+}
+
 fn daemon_info(jobs_running: u32) -> DaemonInfo {
     DaemonInfo {
         version: "0.1.0".into(),
@@ -158,21 +177,11 @@ fn responses() -> Vec<(&'static str, Response)> {
             Response::Status {
                 daemon: daemon_info(0),
                 datasets: vec![DatasetStatus {
-                    dataset: "tank/photos".into(),
-                    state: JobState::Scheduled,
-                    paused: false,
-                    schedule: Some("0 3 * * *".into()),
-                    progress: None,
-                    last_success: None,
-                    last_error: None,
-                    next_run: Some(t(1_767_322_800)),
-                    chain_length: 1,
-                    missed_ticks: 0,
                     last_note: Some(RunNote {
                         at: t(1_767_236_400),
                         message: "skipped (no change): 0 bytes written since tank/photos@zib-20251231T030000Z, less than min_change (65536 bytes); no snapshot taken, nothing uploaded".into(),
                     }),
-                    stale_after_secs: None,
+                    ..scheduled_photos()
                 }],
             },
         ),
@@ -181,22 +190,14 @@ fn responses() -> Vec<(&'static str, Response)> {
             Response::Status {
                 daemon: daemon_info(0),
                 datasets: vec![DatasetStatus {
-                    dataset: "tank/photos".into(),
-                    state: JobState::Scheduled,
-                    paused: false,
-                    schedule: Some("0 3 * * *".into()),
-                    progress: None,
                     last_success: Some(LastSuccess {
                         at: t(1_767_150_000),
                         snapshot: Some("tank/photos@zib-20251231T030000Z".into()),
                         bytes: 123_456_789,
                     }),
-                    last_error: None,
-                    next_run: Some(t(1_767_322_800)),
                     chain_length: 2,
-                    missed_ticks: 0,
-                    last_note: None,
                     stale_after_secs: Some(172_800),
+                    ..scheduled_photos()
                 }],
             },
         ),
