@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::Catalog;
 use crate::manifest::Manifest;
 use crate::names::{DatasetName, KeyLayout};
-use crate::pricing::Pricing;
+use crate::pricing::{Pricing, Quote, RestoreVolume};
 use crate::restore_plan::RestorePlan;
 use crate::storage_class::StorageClass;
 
@@ -52,6 +52,50 @@ pub enum HeadFacts {
     Failed(String),
 }
 
+/// What a deep check (`--deep`: download and hash) found for one chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeepFacts {
+    /// Downloaded whole and hashed: what the bytes are.
+    Hashed {
+        size: u64,
+        sha256: String,
+        /// For an adopted chunk (the manifest has its MD5).
+        md5: Option<String>,
+    },
+    /// In an archive class and not readable now: not downloaded.
+    Archived { thaw: ThawWait },
+    /// The download failed, as text.
+    Failed(String),
+}
+
+/// Where an archived chunk's thaw stands, for a deep check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThawWait {
+    /// No thaw asked for (a deep check asks only with `--allow-thaw`).
+    NotRequested,
+    /// Asked for by this check.
+    Requested,
+    /// Asked for earlier, not done yet.
+    InProgress,
+}
+
+/// What a deep check did, in sum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeepSummary {
+    /// Chunks downloaded and hashed, and their bytes.
+    pub hashed: u64,
+    pub hashed_bytes: u64,
+    /// Archived chunks not readable now, and their bytes; of those, thaws asked for now and
+    /// still running from before.
+    pub archived: u64,
+    pub archived_bytes: u64,
+    pub thaws_requested: u64,
+    pub thaws_in_progress: u64,
+    /// What thawing the archived chunks not yet asked for would cost (`--allow-thaw`).
+    pub thaw_quote: Quote,
+}
+
 /// A manifest the catalog left out (unreadable, foreign, misfiled), by key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedFacts {
@@ -70,6 +114,8 @@ pub struct VerifyRequest<'a> {
     pub listing: &'a [ListedFacts],
     /// One per chunk key the catalogs name (a key missing here counts as not checked).
     pub heads: &'a HashMap<String, HeadFacts>,
+    /// A deep check's downloads, per chunk key; None: no deep check.
+    pub deep: Option<&'a HashMap<String, DeepFacts>>,
     pub pricing: &'a Pricing,
 }
 
@@ -106,6 +152,8 @@ pub enum Finding {
     BrokenChain { base: Option<String> },
     /// The manifest could not be read and was left out of the catalog.
     UnreadableManifest { reason: String },
+    /// Downloaded and hashed (`--deep`), the bytes are not the manifest's.
+    BadContent { detail: String },
 }
 
 impl Finding {
@@ -174,6 +222,9 @@ pub struct VerifyReport {
     pub unnamed: Vec<UnnamedObject>,
     pub unnamed_bytes: u64,
     pub requests: RequestBill,
+    /// Present after a deep check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deep: Option<DeepSummary>,
 }
 
 /// The requests a verification of `listed` objects, `manifests` manifests and `chunks` chunks
@@ -324,6 +375,7 @@ impl VerifyRequest<'_> {
             problems,
             unnamed,
             unnamed_bytes,
+            deep: self.deep_summary(),
             requests: request_bill(
                 self.pricing,
                 self.listing.len() as u64,
@@ -377,7 +429,76 @@ impl VerifyRequest<'_> {
         if class != m.storage_class {
             out.push(Finding::OtherStorageClass { expected: m.storage_class, found: class });
         }
+        match self.deep.and_then(|d| d.get(&c.key)) {
+            Some(DeepFacts::Hashed { size, sha256, md5 }) => {
+                let detail = if *size != c.size {
+                    Some(format!("{size} bytes downloaded, the manifest says {}", c.size))
+                } else if let Some(want) = &c.md5 {
+                    let got = md5.as_deref().unwrap_or("none");
+                    (!got.eq_ignore_ascii_case(want))
+                        .then(|| format!("the bytes' MD5 is {got}, the manifest's {want}"))
+                } else {
+                    (!sha256.eq_ignore_ascii_case(&c.sha256)).then(|| {
+                        format!("the bytes' SHA-256 is {sha256}, the manifest's {}", c.sha256)
+                    })
+                };
+                out.extend(detail.map(|detail| Finding::BadContent { detail }));
+            }
+            Some(DeepFacts::Failed(reason)) => {
+                out.push(Finding::NotChecked { reason: format!("download: {reason}") })
+            }
+            Some(DeepFacts::Archived { .. }) | None => {}
+        }
         out
+    }
+
+    /// The deep check's sums, when there was one.
+    fn deep_summary(&self) -> Option<DeepSummary> {
+        let deep = self.deep?;
+        let sizes: HashMap<&str, u64> = self
+            .catalogs
+            .iter()
+            .flat_map(|c| &c.manifests)
+            .flat_map(|m| &m.chunks)
+            .map(|c| (c.key.as_str(), c.size))
+            .collect();
+        let (mut hashed, mut hashed_bytes, mut archived, mut archived_bytes) = (0, 0, 0, 0);
+        let (mut thaws_requested, mut thaws_in_progress) = (0, 0);
+        let mut unasked = RestoreVolume::default();
+        for (key, facts) in deep {
+            let size = sizes.get(key.as_str()).copied().unwrap_or(0);
+            match facts {
+                DeepFacts::Hashed { size, .. } => {
+                    hashed += 1;
+                    hashed_bytes += size;
+                }
+                DeepFacts::Archived { thaw } => {
+                    archived += 1;
+                    archived_bytes += size;
+                    match thaw {
+                        ThawWait::Requested => thaws_requested += 1,
+                        ThawWait::InProgress => thaws_in_progress += 1,
+                        ThawWait::NotRequested => {
+                            unasked.objects += 1;
+                            unasked.bytes += size;
+                            unasked.archived_objects += 1;
+                            unasked.archived_bytes += size;
+                        }
+                    }
+                }
+                DeepFacts::Failed(_) => {}
+            }
+        }
+        Some(DeepSummary {
+            hashed,
+            hashed_bytes,
+            archived,
+            archived_bytes,
+            thaws_requested,
+            thaws_in_progress,
+            // A thawed copy is read once, right away: one day of it is billed.
+            thaw_quote: self.pricing.quote(&unasked, 1),
+        })
     }
 }
 
@@ -395,6 +516,7 @@ pub fn finding_counts(problems: &[Problem]) -> BTreeMap<&'static str, u64> {
             Finding::OtherStorageClass { .. } => "other storage class",
             Finding::BrokenChain { .. } => "broken chain",
             Finding::UnreadableManifest { .. } => "unreadable manifest",
+            Finding::BadContent { .. } => "bad content",
         };
         *m.entry(name).or_insert(0) += 1;
     }

@@ -81,6 +81,10 @@ impl Bucket {
     }
 
     fn verify(&self) -> VerifyReport {
+        self.verify_deep(None)
+    }
+
+    fn verify_deep(&self, deep: Option<&HashMap<String, DeepFacts>>) -> VerifyReport {
         let catalogs = [Catalog::new(ds(), self.manifests.clone())];
         VerifyRequest {
             prefix: "zib/",
@@ -88,6 +92,7 @@ impl Bucket {
             skipped: &self.skipped,
             listing: &self.listing,
             heads: &self.heads,
+            deep,
             pricing: &Pricing::default(),
         }
         .verify()
@@ -315,4 +320,74 @@ fn a_head_that_failed_is_not_checked_and_counts_as_an_error() {
         kinds(&r),
         [(Severity::Error, Some(3), Finding::NotChecked { reason: "AccessDenied".into() })]
     );
+}
+
+#[test]
+fn a_deep_check_finds_bytes_that_no_stored_checksum_vouched_for() {
+    let mut b = Bucket::new();
+    let bad = b.chunk_key(2, 0);
+    // The server holds no checksum for it: the cheap check can only warn.
+    b.heads.insert(
+        bad.clone(),
+        HeadFacts::Found {
+            size: 1000,
+            sha256: None,
+            storage_class: Some(StorageClass::DeepArchive),
+        },
+    );
+    assert!(b.verify().clean, "without --deep it is only a warning");
+    let mut deep: HashMap<String, DeepFacts> = b
+        .manifests
+        .iter()
+        .flat_map(|m| &m.chunks)
+        .map(|c| {
+            let f = DeepFacts::Hashed { size: c.size, sha256: c.sha256.clone(), md5: None };
+            (c.key.clone(), f)
+        })
+        .collect();
+    deep.insert(bad.clone(), DeepFacts::Hashed { size: 1000, sha256: sha(9, 9), md5: None });
+    let r = b.verify_deep(Some(&deep));
+    assert!(!r.clean);
+    let bad_content: Vec<&Problem> =
+        r.problems.iter().filter(|p| matches!(p.finding, Finding::BadContent { .. })).collect();
+    assert_eq!(bad_content.len(), 1, "{:?}", r.problems);
+    assert_eq!((bad_content[0].key.as_str(), bad_content[0].seq), (bad.as_str(), Some(2)));
+    let Finding::BadContent { detail } = &bad_content[0].finding else { unreachable!() };
+    assert!(detail.contains(&sha(9, 9)) && detail.contains(&sha(2, 0)), "{detail}");
+    // Backups 2 and 3 lean on it: the newest restorable snapshot is s1.
+    assert_eq!(r.datasets[0].newest_restorable.as_deref(), Some("s1"));
+    let d = r.deep.as_ref().unwrap();
+    assert_eq!((d.hashed, d.hashed_bytes, d.archived), (4, 4000, 0));
+}
+
+#[test]
+fn a_deep_check_of_archived_chunks_quotes_their_thaw_and_counts_the_asked() {
+    let b = Bucket::new();
+    let keys: Vec<String> =
+        b.manifests.iter().flat_map(|m| &m.chunks).map(|c| c.key.clone()).collect();
+    let mut deep = HashMap::new();
+    deep.insert(keys[0].clone(), DeepFacts::Archived { thaw: ThawWait::NotRequested });
+    deep.insert(keys[1].clone(), DeepFacts::Archived { thaw: ThawWait::NotRequested });
+    deep.insert(keys[2].clone(), DeepFacts::Archived { thaw: ThawWait::Requested });
+    deep.insert(keys[3].clone(), DeepFacts::Archived { thaw: ThawWait::InProgress });
+    let r = b.verify_deep(Some(&deep));
+    assert!(r.clean, "not downloaded is not damage: {:?}", r.problems);
+    let d = r.deep.unwrap();
+    assert_eq!((d.hashed, d.archived, d.archived_bytes), (0, 4, 4000));
+    assert_eq!((d.thaws_requested, d.thaws_in_progress), (1, 1));
+    // Only the two not asked for are quoted.
+    assert_eq!(d.thaw_quote.volume.archived_objects, 2);
+    assert_eq!(d.thaw_quote.volume.archived_bytes, 2000);
+    assert!(d.thaw_quote.tier(crate::pricing::RestoreTier::Bulk).total > 0.0);
+}
+
+#[test]
+fn a_download_that_failed_is_not_checked_and_an_error() {
+    let b = Bucket::new();
+    let key = b.chunk_key(3, 0);
+    let deep = HashMap::from([(key.clone(), DeepFacts::Failed("connection reset".into()))]);
+    let r = b.verify_deep(Some(&deep));
+    assert!(!r.clean);
+    assert!(r.problems.iter().any(|p| p.key == key
+        && p.finding == Finding::NotChecked { reason: "download: connection reset".into() }));
 }

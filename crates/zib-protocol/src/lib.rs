@@ -233,7 +233,7 @@ mod tests {
             Request::RestoreCancel { id: "b".into() },
             Request::Cost { dataset: None },
             Request::PruneNow { dataset: None, dry_run: true },
-            Request::Verify { dataset: None },
+            Request::Verify { dataset: None, deep: true },
         ];
         assert_eq!(all.len(), Request::KNOWN_TYPES.len());
         for r in all {

@@ -88,6 +88,10 @@ pub enum Request {
     Verify {
         #[serde(default)]
         dataset: Option<String>,
+        /// Also download and hash every chunk readable without a thaw (`zibd verify --deep`;
+        /// archived chunks are quoted, never thawed through the daemon).
+        #[serde(default, skip_serializing_if = "is_false")]
+        deep: bool,
     },
 }
 

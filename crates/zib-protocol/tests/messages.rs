@@ -119,8 +119,15 @@ fn requests() -> Vec<(&'static str, Request)> {
             "request-prune-now-dry-run",
             Request::PruneNow { dataset: Some("tank/photos".into()), dry_run: true },
         ),
-        ("request-verify-all", Request::Verify { dataset: None }),
-        ("request-verify-one", Request::Verify { dataset: Some("tank/photos".into()) }),
+        ("request-verify-all", Request::Verify { dataset: None, deep: false }),
+        (
+            "request-verify-one",
+            Request::Verify { dataset: Some("tank/photos".into()), deep: false },
+        ),
+        (
+            "request-verify-deep",
+            Request::Verify { dataset: Some("tank/photos".into()), deep: true },
+        ),
     ]
 }
 

@@ -101,6 +101,11 @@ enum Command {
     /// DATASET: every backup under the configured prefix.
     Verify {
         dataset: Option<String>,
+        /// Also download and hash every chunk readable without a thaw (as `zibd verify
+        /// --deep`; archived chunks are quoted, never thawed: use `zibd verify --deep
+        /// --allow-thaw` for that).
+        #[arg(long)]
+        deep: bool,
         /// Print the report as JSON (as `zibd verify --json`).
         #[arg(long)]
         json: bool,
@@ -338,8 +343,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Cost { dataset, json } => {
             report(&mut client, Request::Cost { dataset }, json).await
         }
-        Command::Verify { dataset, json } => {
-            let clean = report_with(&mut client, Request::Verify { dataset }, json, |v| {
+        Command::Verify { dataset, deep, json } => {
+            let clean = report_with(&mut client, Request::Verify { dataset, deep }, json, |v| {
                 v["report"]["clean"].as_bool() == Some(true)
             })
             .await?;

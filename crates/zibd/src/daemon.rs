@@ -740,14 +740,16 @@ impl DaemonCore {
         report_reply(r, crate::cost::format_cost)
     }
 
-    async fn verify(&self, dataset: Option<&str>) -> Response {
+    async fn verify(&self, dataset: Option<&str>, deep: bool) -> Response {
         let (prefix, name) = match self.report_scope(dataset) {
             Ok(s) => s,
             Err(r) => return *r,
         };
         let cfg = self.config();
         let s3 = locked(&self.engine).s3.clone();
-        let r = crate::verify::verify(&s3, &prefix, name.as_ref(), &cfg.pricing).await;
+        // Through the daemon a deep check never thaws: that is billed, and asked for by hand.
+        let deep = deep.then_some(crate::verify::DeepOptions { allow_thaw: None, thaw_days: 1 });
+        let r = crate::verify::verify(&s3, &prefix, name.as_ref(), &cfg.pricing, deep).await;
         if let Ok(o) = &r {
             let errors = o.report.problems.len();
             if o.report.clean {
@@ -848,7 +850,7 @@ impl Handler for DaemonCore {
                 Err(e) => Response::error(e.kind(), e.to_string()).into(),
             },
             Request::Cost { dataset } => self.cost(dataset.as_deref()).await.into(),
-            Request::Verify { dataset } => self.verify(dataset.as_deref()).await.into(),
+            Request::Verify { dataset, deep } => self.verify(dataset.as_deref(), deep).await.into(),
             Request::PruneNow { dataset, dry_run } => {
                 self.prune(dataset.as_deref(), dry_run).await.into()
             }

@@ -201,7 +201,6 @@ pub struct ObjectHead {
     pub restore: Option<String>,
 }
 
-/// Result of a conditional chunk PUT.
 /// A manifest that could not be read back: the request failed (or the key is missing), or what
 /// is stored there is not a manifest zib can use.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +211,7 @@ pub enum ManifestGetError {
     Invalid(#[from] ManifestError),
 }
 
+/// Result of a conditional chunk PUT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
     Stored,

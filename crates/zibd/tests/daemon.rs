@@ -1020,7 +1020,7 @@ async fn verify_through_the_control_socket() {
     for _ in 0..2 {
         back_up(&core, ds, &mut last_snapshot).await;
     }
-    let req = Request::Verify { dataset: Some(ds.into()) };
+    let req = Request::Verify { dataset: Some(ds.into()), deep: false };
     let (text, json) = expect_report(over_socket(&bed, &req).await);
     assert_eq!(json["report"]["clean"], true, "{json:#}");
     assert_eq!(json["report"]["problems"].as_array().map(Vec::len), Some(0), "{json:#}");
@@ -1046,7 +1046,7 @@ async fn verify_through_the_control_socket() {
     assert!(!ok, "zibd verify exits non-zero on a damaged bucket");
     // An unknown dataset is named.
     let e = expect_err(
-        ask(&core, Request::Verify { dataset: Some("no/such".into()) }).await,
+        ask(&core, Request::Verify { dataset: Some("no/such".into()), deep: false }).await,
         ErrorKind::NotFound,
     );
     assert!(e.contains("no/such"), "{e}");

@@ -205,3 +205,78 @@ async fn verify_text_names_the_problem_and_the_key() {
     assert!(out.contains("NOTHING RESTORABLE"), "the full is damaged: {out}");
     assert!(out.contains("requests: 1 LIST, 3 GET, 7 HEAD"), "{out}");
 }
+
+/// `--deep` downloads and hashes what is readable, which finds a chunk whose bytes no stored
+/// checksum vouches for; archived chunks are quoted and not touched, thawed only with
+/// `--allow-thaw`, and hashed by a later run once readable. The requests are counted at the
+/// proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_verify_hashes_what_is_readable_and_thaws_archived_chunks_only_when_allowed() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("verify-deep").await;
+    let photos = seed(&client, &bucket, "tank/photos", &chain3(), StorageClass::DeepArchive).await;
+    let home = seed_home(&client, &bucket).await;
+    let proxy = FaultProxy::start(moto.endpoint()).await;
+    let ep = proxy.endpoint();
+    // tank/home's chunk: other bytes of the same size, stored with no checksum (as another
+    // tool, or a server without additional checksums, would): HEAD cannot tell.
+    let bad = home[0].chunks[0].key.clone();
+    let size = home[0].chunks[0].size as usize;
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key(&bad)
+        .body(vec![7u8; size].into())
+        .send()
+        .await
+        .unwrap();
+    let (code, v, err) = zibd_verify(&ep, &bucket, &[]).await;
+    assert_eq!(code, 0, "the cheap check can only warn: {err}");
+    assert_eq!(problems(&v), [("warning".into(), "checksum_unavailable".into(), bad.clone())]);
+
+    proxy.reset_counts();
+    let (code, v, err) = zibd_verify(&ep, &bucket, &["--deep"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        problems(&v),
+        [
+            ("error".into(), "bad_content".into(), bad.clone()),
+            ("warning".into(), "checksum_unavailable".into(), bad.clone()),
+        ]
+    );
+    let d = &v["report"]["deep"];
+    let n_photos = photos.iter().map(|m| m.chunks.len()).sum::<usize>() as u64;
+    assert_eq!((d["hashed"].as_u64(), d["archived"].as_u64()), (Some(1), Some(n_photos)), "{d:#}");
+    assert_eq!(d["thaws_requested"], 0);
+    let photo_bytes: u64 = photos.iter().flat_map(|m| &m.chunks).map(|c| c.size).sum();
+    assert_eq!(d["thaw_quote"]["volume"]["archived_bytes"].as_u64(), Some(photo_bytes));
+    let chunk_gets = |p: &FaultProxy| {
+        p.requests()
+            .iter()
+            .filter(|r| {
+                r.method == "GET"
+                    && !r.path.ends_with(".manifest.json")
+                    && !r.query.contains("list-type")
+            })
+            .count()
+    };
+    assert_eq!(chunk_gets(&proxy), 1, "only the readable chunk is downloaded");
+    assert_eq!(proxy.count(&Matcher::post().query_contains("restore")), 0, "nothing thawed");
+
+    proxy.reset_counts();
+    let (_, v, err) = zibd_verify(&ep, &bucket, &["--deep", "--allow-thaw"]).await;
+    let d = &v["report"]["deep"];
+    assert_eq!(d["thaws_requested"].as_u64(), Some(n_photos), "{err}");
+    assert_eq!(proxy.count(&Matcher::post().query_contains("restore")), n_photos as usize);
+
+    // Once thawed (moto thaws at once), the next deep check hashes them: all sound.
+    proxy.reset_counts();
+    let (code, v, _) = zibd_verify(&ep, &bucket, &["--deep"]).await;
+    assert_eq!(code, 1, "tank/home's chunk is still bad");
+    let d = &v["report"]["deep"];
+    assert_eq!((d["hashed"].as_u64(), d["archived"].as_u64()), (Some(n_photos + 1), Some(0)));
+    assert_eq!(chunk_gets(&proxy), n_photos as usize + 1);
+    assert_eq!(proxy.count(&Matcher::post().query_contains("restore")), 0);
+    assert_eq!(problems(&v)[0], ("error".into(), "bad_content".into(), bad));
+}

@@ -101,6 +101,17 @@ pub enum Command {
         /// Only this backed-up dataset.
         #[arg(long)]
         dataset: Option<String>,
+        /// Also download and hash every chunk readable without a thaw (GETs and transfer out
+        /// are billed); archived chunks are quoted, and thawed only with --allow-thaw.
+        #[arg(long)]
+        deep: bool,
+        /// With --deep: ask for the thaw of archived chunks (billed) and end; run again once
+        /// they are ready to hash them.
+        #[arg(long, requires = "deep", value_name = "TIER", num_args = 0..=1, default_missing_value = "bulk")]
+        allow_thaw: Option<zib_core::pricing::RestoreTier>,
+        /// Days a thawed copy stays readable.
+        #[arg(long, default_value_t = 2, requires = "allow_thaw")]
+        thaw_days: u32,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -183,13 +194,14 @@ pub fn main() -> ExitCode {
             };
             report(runtime().block_on(cost_once(bucket, cfg, dataset, days, json)))
         }
-        Command::Verify { bucket, dataset, json } => {
+        Command::Verify { bucket, dataset, deep, allow_thaw, thaw_days, json } => {
+            let deep = deep.then_some(crate::verify::DeepOptions { allow_thaw, thaw_days });
             let cfg = match restore::optional_config(&bucket, &cli.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             let dir = cfg.as_ref().map(|c| c.daemon.state_dir.clone());
-            let r = runtime().block_on(verify_once(bucket, cfg, dataset, json));
+            let r = runtime().block_on(verify_once(bucket, cfg, dataset, deep, json));
             record_requests(dir.as_deref());
             report(r)
         }
@@ -338,12 +350,13 @@ async fn verify_once(
     bucket: restore::BucketArgs,
     cfg: Option<Config>,
     dataset: Option<String>,
+    deep: Option<crate::verify::DeepOptions>,
     json: bool,
 ) -> anyhow::Result<()> {
     let pricing = cfg.as_ref().map(|c| c.pricing.clone()).unwrap_or_default();
     let engine = restore::connect(&bucket, cfg.as_ref()).await?;
     let ds = restore::parse_opt(dataset.as_deref(), DatasetName::new)?;
-    let o = crate::verify::verify(&engine.s3, &engine.prefix, ds.as_ref(), &pricing).await?;
+    let o = crate::verify::verify(&engine.s3, &engine.prefix, ds.as_ref(), &pricing, deep).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&o)?);
     } else {
