@@ -336,7 +336,7 @@ async fn no_output_state_object_or_debug_rendering_holds_a_credential() {
     for r in [
         Request::Status { dataset: Some("tank/denied".into()) },
         Request::Cost { dataset: None },
-        Request::Verify { dataset: None },
+        Request::Verify { dataset: None, deep: false },
         Request::PruneNow { dataset: None, dry_run: true },
         Request::RestoreStatus { id: None },
     ] {
