@@ -14,7 +14,7 @@ use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer, S3sFsServ
 
 mod support;
 
-use support::{ConfigToml, FakeZfs, config::quoted, fake_zfs::SCRIPT as FAKE_ZFS};
+use support::{ConfigToml, FakeZfs, config::quoted, failed, fake_zfs::SCRIPT as FAKE_ZFS, ok};
 const CHUNK: u64 = 64 * 1024;
 
 struct Bed {
@@ -147,26 +147,6 @@ impl Bed {
         let st = store.read(&DatasetName::new("tank/photos").unwrap()).unwrap();
         serde_json::to_value(st).unwrap()
     }
-}
-
-fn ok(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(
-        o.status.success(),
-        "zibd failed ({}):\nstdout: {}\nstderr: {err}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout)
-    );
-    err
-}
-
-fn failed(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "zibd should have failed:\n{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 async fn s3s_bed(proxy: bool) -> (S3sFsServer, Option<FaultProxy>, Bed) {
@@ -630,6 +610,23 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `zibd backup DATASET` started with every PUT held at the proxy for 120 s (stderr piped).
+fn backup_with_puts_held(bed: &Bed, proxy: &FaultProxy, dataset: &str) -> std::process::Child {
+    proxy.add_fault(Fault::new(
+        Matcher::put(),
+        FaultAction::Delay(std::time::Duration::from_secs(120)),
+    ));
+    support::zibd_command(&bed.endpoint, &FakeZfs::at(bed.root.join("zfs")))
+        .arg("--config")
+        .arg(&bed.config)
+        .args(["backup", dataset])
+        .env("FAKE_ZFS_SIZE", "300000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Issue 11 #10: a backup of tank/vm cleans up after its own earlier runs only, never the
 /// spooled chunks of tank/vm.old (whose upload may be running: the daemon runs both at once).
 #[tokio::test(flavor = "multi_thread")]
@@ -641,19 +638,7 @@ async fn starting_one_dataset_leaves_the_spool_of_a_similarly_named_one_alone() 
     // tank/vm.old dies while a PUT is held at the proxy: that chunk's spool file stays on disk,
     // as it is while its upload runs (a chunk's file goes only when its PUT has returned, so
     // this holds however fast the reader or the other PUTs are).
-    proxy.add_fault(Fault::new(
-        Matcher::put(),
-        FaultAction::Delay(std::time::Duration::from_secs(120)),
-    ));
-    let mut run = support::zibd_command(&bed.endpoint, &FakeZfs::at(bed.root.join("zfs")))
-        .arg("--config")
-        .arg(&bed.config)
-        .args(["backup", "tank/vm.old"])
-        .env("FAKE_ZFS_SIZE", "300000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = backup_with_puts_held(&bed, &proxy, "tank/vm.old");
     let waited = std::time::Instant::now();
     while proxy.peak_in_flight("PUT") == 0 {
         assert!(run.try_wait().unwrap().is_none(), "tank/vm.old's backup ended before a PUT");
@@ -689,19 +674,7 @@ async fn a_cancelled_run_leaves_no_spooled_chunk_behind() {
     let spool = bed.root.join("spool");
     // The first PUT is held: one chunk in flight, two read ahead and queued, the reader
     // waiting for room.
-    proxy.add_fault(Fault::new(
-        Matcher::put(),
-        FaultAction::Delay(std::time::Duration::from_secs(120)),
-    ));
-    let mut run = support::zibd_command(&bed.endpoint, &FakeZfs::at(bed.root.join("zfs")))
-        .arg("--config")
-        .arg(&bed.config)
-        .args(["backup", "tank/photos"])
-        .env("FAKE_ZFS_SIZE", "300000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = backup_with_puts_held(&bed, &proxy, "tank/photos");
     let waited = std::time::Instant::now();
     while proxy.peak_in_flight("PUT") == 0 || files_under(&spool).len() < 3 {
         assert!(run.try_wait().unwrap().is_none(), "the backup ended before it was stopped");

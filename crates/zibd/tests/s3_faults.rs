@@ -19,7 +19,7 @@ use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, Outcome, S3sFsServer}
 
 mod support;
 
-use support::{ConfigToml, FakeZfs, config::quoted};
+use support::{ConfigToml, FakeZfs, config::quoted, failed, ok};
 
 const CHUNK: u64 = 64 * 1024;
 /// The stand-in zfs's stream per snapshot: its begin record and 300000 bytes, 5 chunks of
@@ -171,27 +171,6 @@ impl Bed {
 
 fn sha(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
-}
-
-fn ok(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(
-        o.status.success(),
-        "zibd failed ({}):\nstdout: {}\nstderr: {err}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout)
-    );
-    err
-}
-
-fn failed(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "zibd should have failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// PUTs the server accepted (2xx), per key: a key written twice would show a 2 here.

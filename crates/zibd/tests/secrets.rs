@@ -23,7 +23,7 @@ use zib_testkit::{Fault, FaultAction, FaultProxy, Matcher, MotoServer};
 
 mod support;
 
-use support::{ConfigToml, FakeZfs, config::quoted, fake_zfs::SCRIPT as FAKE_ZFS};
+use support::{ConfigToml, FakeZfs, config::quoted, fake_zfs::SCRIPT as FAKE_ZFS, ok};
 
 const ACCESS_KEY_ID: &str = "AKIAZIBFAKE7KEY4TEST";
 const SECRET_ACCESS_KEY: &str = "zibFakeSecret/9f8e7d6c+5b4a3f2e1d0ZIBSECRETKEY";
@@ -118,16 +118,6 @@ impl Bed {
     fn zibd(&self, args: &[&str], env: &[(&str, String)]) -> Output {
         self.command(args, env).output().unwrap()
     }
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "zibd failed ({}):\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// A free loopback port (bound and released).

@@ -45,3 +45,26 @@ pub fn zibd_command(endpoint: &str, zfs: &FakeZfs) -> Command {
     c.env_remove("ZIB_FAILPOINT").env_remove("ZIBD_CONFIG");
     c
 }
+
+/// Asserts that a `zibd` run succeeded (else shows its output); its stderr.
+pub fn ok(o: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        o.status.success(),
+        "zibd failed ({}):\nstdout: {}\nstderr: {err}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout)
+    );
+    err
+}
+
+/// Asserts that a `zibd` run failed (else shows its output); its stderr.
+pub fn failed(o: &std::process::Output) -> String {
+    assert!(
+        !o.status.success(),
+        "zibd should have failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
