@@ -379,6 +379,14 @@ impl Backup<'_> {
         if !self.resumed {
             if let Some(skipped) = self.plan_new(opts).await? {
                 tracing::info!(dataset = %name, "{skipped}");
+                // Nothing to back up is not a failure: an earlier run's error no longer holds
+                // (else the next daemon would show the dataset as failed again).
+                let stats = &mut self.locked.state.stats;
+                if stats.last_error.is_some() || stats.last_error_at.is_some() {
+                    stats.last_error = None;
+                    stats.last_error_at = None;
+                    self.save().await?;
+                }
                 return Ok(Outcome::Skipped(skipped));
             }
         } else if let Some(m) = self.already_committed().await? {

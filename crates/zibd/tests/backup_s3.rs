@@ -1338,6 +1338,14 @@ async fn an_idle_day_is_skipped_with_zero_puts_and_no_snapshot() {
     let proxy = proxy.unwrap();
     ok(&bed.backup(&[]));
     let base = bed.state()["last"]["snapshot"]["name"].as_str().unwrap().to_owned();
+    // A failure after it, as a run recorded it: an idle day clears it (nothing is behind).
+    {
+        let store = zibd::state_store::StateStore::new(bed.root.join("state"));
+        let mut l = store.lock(&DatasetName::new("tank/photos").unwrap()).unwrap();
+        l.state.stats.last_error = Some("S3 503 SlowDown after 8 attempts".into());
+        l.state.stats.last_error_at = Some(chrono::Utc::now());
+        l.save().unwrap();
+    }
     // Someone else's snapshot, newer than zib's: the change is counted from zib's.
     std::fs::write(bed.root.join("zfs/snap/tank%2Fphotos@theirs"), "9 999 1700000000\n").unwrap();
     let snaps = || std::fs::read_dir(bed.root.join("zfs/snap")).unwrap().count();
@@ -1355,6 +1363,8 @@ async fn an_idle_day_is_skipped_with_zero_puts_and_no_snapshot() {
     let asked = std::fs::read_to_string(&log).unwrap();
     assert!(asked.contains(&format!("written@{base} tank/photos")), "{asked}");
     assert!(bed.state()["pending"].is_null());
+    let stats = &bed.state()["stats"];
+    assert!(stats["last_error"].is_null() && stats["last_error_at"].is_null(), "{stats:#}");
     assert_eq!(bed.manifests().await.len(), 1);
     // 64 KiB written (the default min_change): backed up.
     ok(&bed.backup(&[("FAKE_ZFS_WRITTEN", "65536".into())]));

@@ -777,16 +777,7 @@ impl Task {
                 let response = match result {
                     Ok(Outcome::Skipped(skipped)) => {
                         let message = skipped.to_string();
-                        // Nothing to back up is not a failure: an earlier run's error no longer
-                        // holds (else a restart would show the dataset as failed again).
-                        let stats = &mut locked.state.stats;
-                        if stats.last_error.is_some() || stats.last_error_at.is_some() {
-                            stats.last_error = None;
-                            stats.last_error_at = None;
-                            if let Err(e) = locked.save_async().await {
-                                tracing::warn!(dataset = %self.name, error = %e, "could not save the state after a skipped run");
-                            }
-                        }
+                        // backup.rs cleared an earlier error from the state file.
                         {
                             let mut s = self.shared();
                             s.last_note = Some(RunNote { at: now, message: message.clone() });
