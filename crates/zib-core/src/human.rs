@@ -16,6 +16,23 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// A rate in bytes per second: `50.0 MiB/s`.
+pub fn human_rate(bytes_per_sec: u64) -> String {
+    format!("{}/s", human_bytes(bytes_per_sec))
+}
+
+/// Percentage of `part` in `total`, floored, capped at 100 (estimates can be exceeded).
+pub fn percent(part: u64, total: u64) -> u64 {
+    if total == 0 { 100 } else { (u128::from(part) * 100 / u128::from(total)).min(100) as u64 }
+}
+
+/// A bar of `cells` cells and the percentage: `[###-------]  30%`.
+pub fn bar(part: u64, total: u64, cells: usize) -> String {
+    let pct = percent(part, total);
+    let filled = (pct as usize * cells) / 100;
+    format!("[{}{}] {pct:>3}%", "#".repeat(filled), "-".repeat(cells - filled))
+}
+
 /// A count with its noun: `1 chunk`, `0 chunks`, `3 PUTs`.
 pub fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -53,6 +70,15 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_bar_fills_by_percent_and_stops_at_full() {
+        assert_eq!(bar(0, 10, 10), "[----------]   0%");
+        assert_eq!(bar(3, 10, 10), "[###-------]  30%");
+        assert_eq!(bar(15, 10, 4), "[####] 100%", "an estimate exceeded");
+        assert_eq!(bar(0, 0, 4), "[####] 100%");
+        assert_eq!(human_rate(3 << 20), "3.0 MiB/s");
+    }
 
     #[test]
     fn sizes() {

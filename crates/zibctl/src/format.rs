@@ -2,15 +2,10 @@
 //! is always a parameter so everything here is unit-tested.
 
 use chrono::{DateTime, Utc};
-pub use zib_core::human::{human_bytes, human_duration};
+pub use zib_core::human::{human_bytes, human_duration, human_rate, percent};
 use zib_protocol::{
     DaemonInfo, DatasetStatus, JobState, LastError, ProgressUpdate, RestoreJobStatus, RunProgress,
 };
-
-/// A rate in bytes per second: `50.0 MiB/s`.
-pub fn human_rate(bytes_per_sec: u64) -> String {
-    format!("{}/s", human_bytes(bytes_per_sec))
-}
 
 /// `t` relative to `now`, coarsely: `in 3h`, `5m ago`, `in 30s`, `now` (seconds are shown only
 /// under a minute, minutes only under a day).
@@ -39,11 +34,6 @@ where
         local.format("%Y-%m-%d %H:%M")
     };
     format!("{} ({when})", relative_time(t, now))
-}
-
-/// Percentage of `part` in `total`, floored, capped at 100 (estimates can be exceeded).
-pub fn percent(part: u64, total: u64) -> u64 {
-    if total == 0 { 100 } else { (u128::from(part) * 100 / u128::from(total)).min(100) as u64 }
 }
 
 /// `3.0 GiB / 10.0 GiB (30%), chunk 4/10` (or `3.0 GiB sent, chunk 4` without estimates).

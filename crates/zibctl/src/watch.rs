@@ -14,7 +14,7 @@ use zib_protocol::{DaemonInfo, DatasetStatus, JobState, Request, Response, RunPr
 use crate::client::{CliError, Client, exit, unexpected};
 use crate::format::{
     DASH, current_error, daemon_line, dataset_notes, human_bytes, human_duration, human_rate,
-    percent, relative_time, state_label,
+    relative_time, state_label,
 };
 
 /// Cells of a progress bar between its brackets.
@@ -56,17 +56,12 @@ type Cell = (String, Option<Colour>);
 /// sent alone while there is no estimate.
 pub fn progress_bar(p: &RunProgress) -> String {
     match p.bytes_total_estimate {
-        Some(total) => {
-            let pct = percent(p.bytes_sent, total);
-            let filled = (pct as usize * BAR) / 100;
-            format!(
-                "[{}{}] {pct:>3}% {} / {}",
-                "#".repeat(filled),
-                "-".repeat(BAR - filled),
-                human_bytes(p.bytes_sent),
-                human_bytes(total)
-            )
-        }
+        Some(total) => format!(
+            "{} {} / {}",
+            zib_core::human::bar(p.bytes_sent, total, BAR),
+            human_bytes(p.bytes_sent),
+            human_bytes(total)
+        ),
         None => format!("{} sent", human_bytes(p.bytes_sent)),
     }
 }

@@ -12,6 +12,7 @@ pub mod failpoint;
 pub mod import_legacy;
 pub mod job;
 pub mod lifecycle;
+pub mod live_line;
 pub mod metrics;
 pub mod notify_command;
 pub mod now;

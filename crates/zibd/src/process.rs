@@ -1,5 +1,6 @@
-//! Process-level pieces every command shares: exit codes, the tokio runtime, tracing, and
-//! Ctrl-C as a cancellation. A leaf: it uses no other module of zibd, so any of them may use it.
+//! Process-level pieces every command shares: exit codes, the tokio runtime, tracing (and the
+//! stderr it shares with a foreground command's live line), and Ctrl-C as a cancellation. A
+//! leaf: it uses no other module of zibd, so any of them may use it.
 
 use std::process::ExitCode;
 
@@ -15,7 +16,7 @@ pub fn init_tracing() {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_new(log_filter(std::env::var("ZIB_LOG").ok().as_deref()))
         .unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = fmt().with_env_filter(filter).with_writer(|| LogStderr).with_target(false);
     let _ = match LogFormat::from_env() {
         Ok(LogFormat::Json) => {
             builder.json().flatten_event(true).with_current_span(false).try_init()
@@ -30,6 +31,62 @@ pub fn init_tracing() {
             r
         }
     };
+}
+
+/// Whether a live line ([`draw_live_line`]) is on the terminal now, under stderr's users' lock.
+static LIVE_LINE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+
+fn live_line_shown() -> std::sync::MutexGuard<'static, bool> {
+    LIVE_LINE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// "Carriage return, erase the line": where a live line was, the terminal's row is empty.
+const CLEAR_LINE: &[u8] = b"\r\x1b[2K";
+
+/// Stderr for log lines: a live line on the terminal is cleared first, so a log line never
+/// starts in the middle of it (the live line is drawn again below it at its next redraw).
+struct LogStderr;
+
+impl std::io::Write for LogStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut shown = live_line_shown();
+        let mut err = std::io::stderr().lock();
+        if *shown {
+            err.write_all(CLEAR_LINE)?;
+            *shown = false;
+        }
+        err.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Draws `line` in place of the live line (a terminal only: callers check [`stderr_is_live`]).
+pub fn draw_live_line(line: &str) {
+    use std::io::Write;
+    let mut shown = live_line_shown();
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(CLEAR_LINE);
+    let _ = err.write_all(line.as_bytes());
+    let _ = err.flush();
+    *shown = true;
+}
+
+/// Leaves the live line as it was last drawn and moves below it.
+pub fn end_live_line() {
+    use std::io::Write;
+    let mut shown = live_line_shown();
+    if *shown {
+        let _ = writeln!(std::io::stderr().lock());
+        *shown = false;
+    }
+}
+
+/// Whether a live line may be drawn: stderr is a terminal that is not `TERM=dumb`.
+pub fn stderr_is_live() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("TERM").is_some_and(|t| t != "dumb")
 }
 
 /// The AWS SDK's lines below warn print the access key ID (aws-config's info lines on the

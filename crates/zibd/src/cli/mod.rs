@@ -227,8 +227,14 @@ async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow:
     let mut locked = store.lock(&name)?;
     let engine = Engine::from_config(&cfg, &Outside::from_env()).await;
     let cancel = cancel_on_ctrl_c("interrupted: stopping at the next safe point");
-    let (progress, _rx) = tokio::sync::watch::channel(backup::Progress::default());
-    let r = match backup::run(&engine, &cfg, &ds, &mut locked, opts, &progress, &cancel).await? {
+    let (progress, rx) = tokio::sync::watch::channel(backup::Progress::default());
+    let live = crate::live_line::spawn(rx, crate::live_line::backup);
+    let r = backup::run(&engine, &cfg, &ds, &mut locked, opts, &progress, &cancel).await;
+    drop(progress);
+    if let Some(live) = live {
+        let _ = live.await;
+    }
+    let r = match r? {
         backup::Outcome::Committed(r) => r,
         backup::Outcome::Skipped(s) => {
             println!("{name}: {s} (min_change = 0 backs up every run)");

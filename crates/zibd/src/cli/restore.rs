@@ -375,28 +375,12 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
             );
             let cancel =
                 cancel_on_ctrl_c("interrupted: stopping; run the same command again to continue");
-            let (tx, mut rx) = watch::channel(RestoreProgress::default());
-            let printer = tokio::spawn(async move {
-                let mut last = String::new();
-                while rx.changed().await.is_ok() {
-                    let p = rx.borrow_and_update().clone();
-                    let line = format!(
-                        "{:?}: streams {}/{}, thaw ready {}/{}, chunks received {}/{}{}",
-                        p.phase,
-                        p.steps_received,
-                        p.steps_total,
-                        p.thaw_ready,
-                        p.thaw_needed,
-                        p.chunks_received,
-                        p.chunks_total,
-                        p.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
-                    );
-                    if line != last {
-                        tracing::info!("{line}");
-                        last = line;
-                    }
-                }
-            });
+            let (tx, rx) = watch::channel(RestoreProgress::default());
+            // On a terminal one live line; else a log line each time the summary changes.
+            let printer = match crate::live_line::spawn(rx.clone(), crate::live_line::restore) {
+                Some(live) => live,
+                None => tokio::spawn(log_restore_progress(rx)),
+            };
             let r = run(&engine, &opts, &mut file, &tx, &cancel).await;
             drop(tx);
             let _ = printer.await;
@@ -427,6 +411,30 @@ async fn restore_cmd(cmd: RestoreCommand, cfg: Option<zib_core::Config>) -> anyh
                 println!("next: {s}");
             }
             Ok(())
+        }
+    }
+}
+
+/// The foreground restore's progress as log lines (stderr not a terminal): one each time the
+/// summary changes.
+async fn log_restore_progress(mut rx: watch::Receiver<RestoreProgress>) {
+    let mut last = String::new();
+    while rx.changed().await.is_ok() {
+        let p = rx.borrow_and_update().clone();
+        let line = format!(
+            "{:?}: streams {}/{}, thaw ready {}/{}, chunks received {}/{}{}",
+            p.phase,
+            p.steps_received,
+            p.steps_total,
+            p.thaw_ready,
+            p.thaw_needed,
+            p.chunks_received,
+            p.chunks_total,
+            p.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+        );
+        if line != last {
+            tracing::info!("{line}");
+            last = line;
         }
     }
 }

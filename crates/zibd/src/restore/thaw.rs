@@ -111,7 +111,7 @@ pub(super) async fn request_thaw(
     tier: RestoreTier,
     days: u32,
 ) -> Result<(), RestoreError> {
-    tracing::info!(%key, %tier, days, "requesting thaw");
+    tracing::debug!(%key, %tier, days, "requesting thaw"); // per chunk: the progress line counts them
     match s3.request_thaw(key, tier, days as i32).await {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == S3ErrorKind::AccessDenied => Err(RestoreError::RestoreDenied {
