@@ -165,6 +165,17 @@ pub struct RestoreStart {
     /// Read under this key prefix instead of the configured one (root or the daemon's user only).
     #[serde(default)]
     pub prefix: Option<String>,
+    /// `zfs receive -o mountpoint=...` for the restored dataset (root or the daemon's user
+    /// only: the daemon mounts as root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mountpoint: Option<String>,
+    /// Leave the restored dataset unmounted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_mount: bool,
+    /// Key of an encrypted dataset, loaded at the end: `file:///path` or a path (root or the
+    /// daemon's user only: the daemon reads it as root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_location: Option<String>,
 }
 
 fn default_restore_days() -> u32 {

@@ -158,6 +158,16 @@ enum RestoreCommand {
         /// Read under this key prefix instead of the configured one (root only).
         #[arg(long)]
         prefix: Option<String>,
+        /// Mountpoint of the restored dataset (root only: the daemon mounts as root).
+        #[arg(long)]
+        mountpoint: Option<String>,
+        /// Leave the restored dataset unmounted.
+        #[arg(long)]
+        no_mount: bool,
+        /// Key of an encrypted dataset, loaded at the end: file:///path or a path (root only:
+        /// the daemon reads it as root).
+        #[arg(long)]
+        key_location: Option<String>,
     },
     /// Stop a restore job at its next safe point. A restart of zibd does not continue it;
     /// `zibctl restore start` with the same target does, from where it stopped.
@@ -361,7 +371,19 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             other => Err(unexpected(&Request::Version, &other)),
         },
         Command::Restore {
-            command: RestoreCommand::Start { dataset, to, snapshot, tier, days, bucket, prefix },
+            command:
+                RestoreCommand::Start {
+                    dataset,
+                    to,
+                    snapshot,
+                    tier,
+                    days,
+                    bucket,
+                    prefix,
+                    mountpoint,
+                    no_mount,
+                    key_location,
+                },
         } => {
             let request = Request::RestoreStart(RestoreStart {
                 dataset,
@@ -371,6 +393,9 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 days,
                 bucket,
                 prefix,
+                mountpoint,
+                no_mount,
+                key_location,
             });
             match client.call(&request).await? {
                 Response::RestoreStarted { id } => {

@@ -133,9 +133,23 @@ impl Access {
 /// The permission check: read-only requests (`status`, `version`, `restore_status`) are allowed
 /// for anyone who could connect; mutating ones need [`Access::may_mutate`]. A `restore_start`
 /// naming its own bucket or prefix needs root (or the daemon's user): the daemon, as root, would
-/// `zfs receive` a stream from a place its configuration does not vouch for. `Err` is the
+/// `zfs receive` a stream from a place its configuration does not vouch for; one naming a
+/// mountpoint or a key location too (the daemon would mount there, or read that file, as
+/// root). `Err` is the
 /// `permission_denied` error to send back (`Rejected::into_response`).
 pub fn authorize(request: &Request, peer: &Peer, access: &Access) -> Result<(), Rejected> {
+    if let Request::RestoreStart(r) = request
+        && (r.mountpoint.is_some() || r.key_location.is_some())
+        && !access.is_privileged(peer)
+    {
+        return Err(Rejected {
+            kind: ErrorKind::PermissionDenied,
+            message: format!(
+                "permission denied: 'restore_start' with a mountpoint or key location (--mountpoint/--key-location) needs root, since zibd would mount there or read that file as root; leave them out (the dataset keeps the mountpoint its stream names, under the target; load the key and mount by hand), or run `zibd restore run` as root; you are uid {}",
+                peer.uid
+            ),
+        });
+    }
     if let Request::RestoreStart(r) = request
         && (r.bucket.is_some() || r.prefix.is_some())
         && !access.is_privileged(peer)

@@ -617,6 +617,9 @@ fn restore_from(bucket: Option<&str>, prefix: Option<&str>) -> Request {
         days: 1,
         bucket: bucket.map(Into::into),
         prefix: prefix.map(Into::into),
+        mountpoint: None,
+        no_mount: false,
+        key_location: None,
     })
 }
 
@@ -647,6 +650,30 @@ fn a_restore_from_another_bucket_or_prefix_needs_root() {
         assert!(authorize(&req, &peer(0, 0, &[]), &access).is_ok(), "root may: {req:?}");
         let own = Access { group: None, daemon_uid: 500 };
         assert!(authorize(&req, &peer(500, 500, &[]), &own).is_ok(), "the daemon's user may");
+    }
+}
+
+/// Issue 15: a daemon restore may name a mountpoint and a key location, but only for root (or
+/// the daemon's user): a socket-group member must not have the root daemon mount over a path
+/// of their choosing or read a file of their choosing as the key. `no_mount` is anyone's.
+#[test]
+fn a_restore_with_a_mountpoint_or_key_location_needs_root() {
+    let access = Access { group: Some(("zib".into(), 990)), daemon_uid: 0 };
+    let member = peer(1000, 990, &[]);
+    let with = |mountpoint: Option<&str>, key: Option<&str>, no_mount: bool| {
+        let Request::RestoreStart(mut r) = restore_from(None, None) else { unreachable!() };
+        r.mountpoint = mountpoint.map(Into::into);
+        r.key_location = key.map(Into::into);
+        r.no_mount = no_mount;
+        Request::RestoreStart(r)
+    };
+    assert!(authorize(&with(None, None, true), &member, &access).is_ok());
+    for req in [with(Some("/etc"), None, false), with(None, Some("file:///etc/shadow"), false)] {
+        let zib_protocol::Rejected { kind, message } =
+            authorize(&req, &member, &access).expect_err("needs root");
+        assert_eq!(kind, ErrorKind::PermissionDenied);
+        assert!(message.contains("--mountpoint") && message.contains("uid 1000"), "{message}");
+        assert!(authorize(&req, &peer(0, 0, &[]), &access).is_ok(), "root may: {req:?}");
     }
 }
 

@@ -312,6 +312,9 @@ async fn restore_held_in_receiving(
         days: 1,
         bucket: None,
         prefix: None,
+        mountpoint: None,
+        no_mount: false,
+        key_location: None,
     };
     let r = over_the_socket(&bed.socket(), Request::RestoreStart(start.clone())).await;
     assert!(matches!(&r, Response::RestoreStarted { id } if id == ds), "{r:?}");
@@ -646,6 +649,9 @@ async fn trigger_wait_streams_progress_over_the_socket_then_done() {
         days: 1,
         bucket: None,
         prefix: None,
+        mountpoint: None,
+        no_mount: false,
+        key_location: None,
     };
     expect_err(ask(&core, Request::RestoreStart(bad)).await, ErrorKind::InvalidRequest);
     // The connection stays usable after the stream.

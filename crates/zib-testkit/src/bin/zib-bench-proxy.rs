@@ -25,9 +25,10 @@ async fn main() {
     }
     let upstream = upstream.expect("--upstream http://HOST:PORT");
     let proxy = FaultProxy::start_capped(&upstream, cap).await;
-    println!("endpoint {}", proxy.endpoint());
+    // The handler first: a SIGTERM right after the endpoint is announced still gets the report.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
+    println!("endpoint {}", proxy.endpoint());
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -30,6 +30,9 @@ pub fn options_from_request(
     o.snapshot = req.snapshot.as_deref().map(SnapName::new).transpose().map_err(bad)?;
     o.tier = req.tier;
     o.days = req.days;
+    o.mountpoint = req.mountpoint.clone();
+    o.no_mount = req.no_mount;
+    o.key_location = req.key_location.clone();
     Ok(o)
 }
 
