@@ -198,7 +198,13 @@ async fn zibd_with_zibctl_pause_resume_sigterm_restart_no_chunk_twice() {
     let config = work.join("zibd.toml");
     // One PUT at a time: the proxy slows each PUT so that the upload is still running at the
     // pause and the SIGTERM; four at once finished the whole stream before the pause.
+    // Issue 15: the metrics endpoint, scraped during the real backup and after it.
+    let metrics = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("its address")
+    };
     ConfigToml::new(&work, &bucket, &proxy.endpoint())
+        .daemon("metrics_listen", quoted(metrics))
         .daemon("socket", quoted(socket.display()))
         .daemon("shutdown_timeout_secs", 30)
         .daemon("max_concurrent_jobs", 2)
@@ -244,6 +250,15 @@ async fn zibd_with_zibctl_pause_resume_sigterm_restart_no_chunk_twice() {
     .await;
     let p = s.progress.as_ref().expect("progress");
     assert!(p.snapshot.starts_with(&format!("{}@zib-", a.name)), "{p:?}");
+    let m = scrape(metrics).await;
+    let la = [("dataset", a.name.as_str())];
+    assert_eq!(
+        m.get("zib_dataset_state", &[("dataset", a.name.as_str()), ("state", "running")]),
+        Some(1.0)
+    );
+    assert!(m.get("zib_dataset_puts_total", &la).is_some_and(|n| n >= 2.0), "{m:?}");
+    assert!(m.get("zib_dataset_uploaded_bytes_total", &la).is_some_and(|n| n >= 2.0 * 65536.0));
+    assert_eq!(m.get("zib_dataset_last_success_timestamp_seconds", &la), None);
     assert!(p.bytes_total_estimate.is_some_and(|n| n >= 4 << 20), "{p:?}");
     assert!(p.chunks_total_estimate.is_some_and(|n| n >= 64), "{p:?}");
     assert!(!p.incremental);
@@ -294,6 +309,11 @@ async fn zibd_with_zibctl_pause_resume_sigterm_restart_no_chunk_twice() {
     assert!(o.status.success(), "zibctl trigger --wait: {}\nzibd log:\n{}", text(&o), zibd.log());
     let s = wait_status(&socket, &a.name, &zibd, "committed", |s| s.last_success.is_some()).await;
     assert!(s.chain_length >= 1 && s.last_error.is_none(), "{s:?}");
+    let m = scrape(metrics).await;
+    let la = [("dataset", a.name.as_str())];
+    let last = m.get("zib_dataset_last_success_timestamp_seconds", &la).expect("a last success");
+    assert!((chrono::Utc::now().timestamp() as f64 - last).abs() < 600.0, "{last}");
+    assert!(m.get("zib_dataset_chain_length", &la).is_some_and(|n| n >= 1.0), "{m:?}");
     // b is backed up by its per-minute schedule alone.
     let sb = wait_status(&socket, &b.name, &zibd, "a scheduled backup of b", |s| {
         s.last_success.is_some()
@@ -372,4 +392,21 @@ async fn zibd_with_zibctl_pause_resume_sigterm_restart_no_chunk_twice() {
 
     let (st, _) = zibd.terminate(Duration::from_secs(60)).await;
     assert!(st.success(), "second zibd exited with {st}");
+}
+
+/// `GET /metrics` of the daemon at `addr`, parsed strictly.
+async fn scrape(addr: std::net::SocketAddr) -> crate::prom_text::Exposition {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("the metrics endpoint");
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf))
+        .await
+        .expect("the metrics endpoint answers")
+        .expect("read");
+    let (head, body) = buf.split_once("\r\n\r\n").expect("a header block");
+    assert!(head.contains(" 200"), "{head}");
+    crate::prom_text::parse(body)
 }

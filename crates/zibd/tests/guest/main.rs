@@ -27,6 +27,10 @@ mod common;
 #[path = "../support/config.rs"]
 #[allow(dead_code)]
 mod config_toml;
+/// The host tests' strict Prometheus text parser (`tests/support/prom_text.rs`).
+#[path = "../support/prom_text.rs"]
+#[allow(dead_code)]
+mod prom_text;
 mod daemon;
 mod drill;
 mod legacy;
