@@ -27,11 +27,11 @@ mod common;
 #[path = "../support/config.rs"]
 #[allow(dead_code)]
 mod config_toml;
+mod daemon;
+mod drill;
+mod legacy;
 /// The host tests' strict Prometheus text parser (`tests/support/prom_text.rs`).
 #[path = "../support/prom_text.rs"]
 #[allow(dead_code)]
 mod prom_text;
-mod daemon;
-mod drill;
-mod legacy;
 mod restore;
