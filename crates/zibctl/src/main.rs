@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use client::{CliError, Client, exit, unexpected};
 use zib_protocol::{
     DEFAULT_SOCKET_PATH, PROTOCOL_VERSION, Request, Response, RestoreStart, RestoreTier,
@@ -135,40 +135,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum RestoreCommand {
     /// Start restoring a backed-up dataset into a new local dataset.
-    Start {
-        /// The backed-up dataset (as named in the backup catalog).
-        dataset: String,
-        /// The local dataset to receive into.
-        #[arg(long)]
-        to: String,
-        /// Restore up to this snapshot (default: the newest).
-        #[arg(long)]
-        snapshot: Option<String>,
-        /// Retrieval tier for objects in cold storage: bulk (cheapest; up to 48 h from Deep
-        /// Archive) or standard (up to 12 h).
-        #[arg(long, default_value = "bulk")]
-        tier: RestoreTier,
-        /// Days the thawed copies stay readable.
-        #[arg(long, default_value_t = 7)]
-        days: u32,
-        /// Read from this bucket instead of the configured one (root only: the daemon would
-        /// receive a stream its configuration does not vouch for).
-        #[arg(long)]
-        bucket: Option<String>,
-        /// Read under this key prefix instead of the configured one (root only).
-        #[arg(long)]
-        prefix: Option<String>,
-        /// Mountpoint of the restored dataset (root only: the daemon mounts as root).
-        #[arg(long)]
-        mountpoint: Option<String>,
-        /// Leave the restored dataset unmounted.
-        #[arg(long)]
-        no_mount: bool,
-        /// Key of an encrypted dataset, loaded at the end: file:///path or a path (root only:
-        /// the daemon reads it as root).
-        #[arg(long)]
-        key_location: Option<String>,
-    },
+    Start(StartArgs),
     /// Stop a restore job at its next safe point. A restart of zibd does not continue it;
     /// `zibctl restore start` with the same target does, from where it stopped.
     Cancel {
@@ -183,6 +150,60 @@ enum RestoreCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `zibctl restore start`'s arguments: the request's fields, one for one.
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// The backed-up dataset (as named in the backup catalog).
+    dataset: String,
+    /// The local dataset to receive into.
+    #[arg(long)]
+    to: String,
+    /// Restore up to this snapshot (default: the newest).
+    #[arg(long)]
+    snapshot: Option<String>,
+    /// Retrieval tier for objects in cold storage: bulk (cheapest; up to 48 h from Deep
+    /// Archive) or standard (up to 12 h).
+    #[arg(long, default_value = "bulk")]
+    tier: RestoreTier,
+    /// Days the thawed copies stay readable.
+    #[arg(long, default_value_t = 7)]
+    days: u32,
+    /// Read from this bucket instead of the configured one (root only: the daemon would
+    /// receive a stream its configuration does not vouch for).
+    #[arg(long)]
+    bucket: Option<String>,
+    /// Read under this key prefix instead of the configured one (root only).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Mountpoint of the restored dataset (root only: the daemon mounts as root).
+    #[arg(long)]
+    mountpoint: Option<String>,
+    /// Leave the restored dataset unmounted.
+    #[arg(long)]
+    no_mount: bool,
+    /// Key of an encrypted dataset, loaded at the end: file:///path or a path (root only:
+    /// the daemon reads it as root).
+    #[arg(long)]
+    key_location: Option<String>,
+}
+
+impl From<StartArgs> for RestoreStart {
+    fn from(a: StartArgs) -> Self {
+        RestoreStart {
+            dataset: a.dataset,
+            snapshot: a.snapshot,
+            to: a.to,
+            tier: a.tier,
+            days: a.days,
+            bucket: a.bucket,
+            prefix: a.prefix,
+            mountpoint: a.mountpoint,
+            no_mount: a.no_mount,
+            key_location: a.key_location,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -370,33 +391,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             other => Err(unexpected(&Request::Version, &other)),
         },
-        Command::Restore {
-            command:
-                RestoreCommand::Start {
-                    dataset,
-                    to,
-                    snapshot,
-                    tier,
-                    days,
-                    bucket,
-                    prefix,
-                    mountpoint,
-                    no_mount,
-                    key_location,
-                },
-        } => {
-            let request = Request::RestoreStart(RestoreStart {
-                dataset,
-                snapshot,
-                to,
-                tier,
-                days,
-                bucket,
-                prefix,
-                mountpoint,
-                no_mount,
-                key_location,
-            });
+        Command::Restore { command: RestoreCommand::Start(args) } => {
+            let request = Request::RestoreStart(args.into());
             match client.call(&request).await? {
                 Response::RestoreStarted { id } => {
                     println!(
@@ -472,7 +468,11 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Restore {
-                command: RestoreCommand::Start { tier: RestoreTier::Standard, days: 7, .. }
+                command: RestoreCommand::Start(StartArgs {
+                    tier: RestoreTier::Standard,
+                    days: 7,
+                    ..
+                })
             }
         ));
         let e = Cli::try_parse_from([
