@@ -9,6 +9,7 @@
 //!   the fixed test credentials, and [`create_bucket`] with a unique name.
 //! - [`FaultProxy`]: a counting, fault-injecting HTTP/1.1 loopback proxy (503 SlowDown,
 //!   500, dropped connections, delays on the Nth matching request).
+//! - [`Tmux`]: a private tmux server and pane, for tests of what a command draws on a terminal.
 //!
 //! The server binaries come from `scripts/testbed/setup` (in `/opt/zib-testbed/bin`, or
 //! `$ZIB_TESTBED_PREFIX/bin`); a missing binary is a loud panic, never a skip.
@@ -16,6 +17,7 @@
 mod client;
 mod proxy;
 mod servers;
+mod tmux;
 
 pub use client::{
     TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY, create_bucket, get_bytes,
@@ -23,3 +25,4 @@ pub use client::{
 };
 pub use proxy::{Fault, FaultAction, FaultProxy, Matcher, Outcome, RecordedRequest};
 pub use servers::{MotoServer, S3sFsServer, testbed_bin};
+pub use tmux::Tmux;

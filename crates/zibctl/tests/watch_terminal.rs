@@ -5,8 +5,6 @@
 //! a dataset never backed up turns stale (red) after its `stale_after`; a daemon restart is
 //! shown and survived; Ctrl-C ends zibctl with exit 0 and the cursor shown again.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +16,7 @@ mod fake_zfs;
 
 use config::{ConfigToml, quoted};
 use fake_zfs::FakeZfs;
-use zib_testkit::S3sFsServer;
+use zib_testkit::{S3sFsServer, Tmux};
 use zibd::{
     daemon::{Daemon, DaemonOptions},
     job::SystemClock,
@@ -29,48 +27,15 @@ use zibd::{
 /// The tmux server's name (`-L`); its socket is under the test's own `TMUX_TMPDIR`.
 const SERVER: &str = "zibctl-watch";
 
-/// `tmux -L SERVER ARGS`, its server's files in `dir`, no config.
-fn tmux(dir: &Path, args: &[&str]) -> Output {
-    std::process::Command::new("tmux")
-        .env("TMUX_TMPDIR", dir)
-        .env_remove("TMUX")
-        .arg("-L")
-        .arg(SERVER)
-        .args(["-f", "/dev/null"])
-        .args(args)
-        .output()
-        .expect("tmux is installed (scripts/testbed/setup's apt plan)")
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Stops the test's tmux server (and zibctl in it), also when an assertion fails.
-struct TmuxServer(PathBuf);
-
-impl Drop for TmuxServer {
-    fn drop(&mut self) {
-        let _ = tmux(&self.0, &["kill-server"]);
-    }
-}
-
-/// The pane's text, with `-e` its colours as SGR escape codes.
-fn capture(dir: &Path, escapes: bool) -> String {
-    let mut args = vec!["capture-pane", "-p", "-t", "watch"];
-    if escapes {
-        args.push("-e");
-    }
-    let out = tmux(dir, &args);
-    assert!(out.status.success(), "capture-pane: {}", text(&out.stderr));
-    text(&out.stdout)
-}
-
 /// Polls the pane every 100 ms until `pred` holds of it; fails after 60 s.
-async fn pane_until(dir: &Path, what: &str, escapes: bool, pred: impl Fn(&str) -> bool) -> String {
+async fn pane_until(tmux: &Tmux, what: &str, escapes: bool, pred: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let pane = capture(dir, escapes);
+        let pane = tmux.capture(escapes);
         if pred(&pane) {
             return pane;
         }
@@ -118,29 +83,27 @@ async fn status_watch_in_a_terminal_against_a_real_daemon() {
     };
     let daemon = start().await.expect("daemon starts");
 
-    let _server = TmuxServer(root.to_owned());
     let zibctl = env!("CARGO_BIN_EXE_zibctl");
     let sock = socket.display().to_string();
     // Ctrl-C reaches the pane's whole process group: the shell around zibctl traps it to live
     // on, say how zibctl exited and keep the pane (a dead pane's cursor flag is reset).
     let shell = r#"trap true INT; "$@"; echo "zibctl exited $?"; exec sleep 600"#;
     #[rustfmt::skip]
-    let out = tmux(root, &[
-        "new-session", "-d", "-s", "watch", "-x", "120", "-y", "30", "sh", "-c", shell, "sh",
+    let tmux = Tmux::start(root, SERVER, "watch", (120, 30), &[
+        "sh", "-c", shell, "sh",
         "env", "-u", "NO_COLOR", "-u", "ZIBCTL_SOCKET", "TZ=UTC",
         zibctl, "--socket", &sock, "status", "--watch", "--interval", "1",
     ]);
-    assert!(out.status.success(), "tmux new-session: {}", text(&out.stderr));
 
     // A line per dataset; the header in bold (colour on a terminal).
-    let first = pane_until(root, "a line per dataset", false, |p| {
+    let first = pane_until(&tmux, "a line per dataset", false, |p| {
         line(p, fresh).contains("scheduled") && line(p, run).contains("scheduled")
     })
     .await;
     assert!(first.contains("DATASET") && first.contains("every 1s; Ctrl-C to quit"), "{first}");
-    assert!(capture(root, true).contains("\x1b[1mDATASET"), "bold header");
+    assert!(tmux.capture(true).contains("\x1b[1mDATASET"), "bold header");
     // Never backed up, up for longer than its stale_after of 2 s: stale, in red.
-    pane_until(root, "watch/fresh stale in red", true, |p| p.contains("\x1b[31mnever (stale)"))
+    pane_until(&tmux, "watch/fresh stale in red", true, |p| p.contains("\x1b[31mnever (stale)"))
         .await;
 
     // A backup through zibctl: its bar, then its success.
@@ -149,14 +112,14 @@ async fn status_watch_in_a_terminal_against_a_real_daemon() {
         .output()
         .unwrap();
     assert!(out.status.success(), "zibctl trigger: {}", text(&out.stderr));
-    let busy = pane_until(root, "the running backup's bar", false, |p| {
+    let busy = pane_until(&tmux, "the running backup's bar", false, |p| {
         let l = line(p, run);
         l.contains("uploading") && l.contains("% ") && l.contains("/ 1.0 MiB")
     })
     .await;
     assert!(line(&busy, run).contains('['), "{busy}");
     zfs.slow(run, false);
-    let done = pane_until(root, "the backup's success", false, |p| {
+    let done = pane_until(&tmux, "the backup's success", false, |p| {
         let l = line(p, run);
         l.contains("scheduled") && l.contains("ok ")
     })
@@ -167,21 +130,20 @@ async fn status_watch_in_a_terminal_against_a_real_daemon() {
 
     // The daemon goes away: the view says so and goes on; it comes back: the view with it.
     assert!(daemon.stop().await);
-    pane_until(root, "zibd is not reachable", false, |p| p.contains("zibd is not reachable")).await;
+    pane_until(&tmux, "zibd is not reachable", false, |p| p.contains("zibd is not reachable"))
+        .await;
     let daemon = start().await.expect("daemon starts again");
-    let back = pane_until(root, "the view after the restart", false, |p| {
+    let back = pane_until(&tmux, "the view after the restart", false, |p| {
         line(p, run).contains("ok ") && !p.contains("not reachable")
     })
     .await;
     assert_eq!(back.matches("DATASET").count(), 1, "{back}");
 
-    let out = tmux(root, &["send-keys", "-t", "watch", "C-c"]);
-    assert!(out.status.success(), "send-keys: {}", text(&out.stderr));
-    let end = pane_until(root, "zibctl to exit", false, |p| p.contains("zibctl exited")).await;
+    tmux.send_keys("C-c");
+    let end = pane_until(&tmux, "zibctl to exit", false, |p| p.contains("zibctl exited")).await;
     // On a line of its own: zibctl ends its last frame's footer with a newline.
     assert!(end.lines().any(|l| l.starts_with("zibctl exited 0")), "exit 0 on Ctrl-C: {end}");
     assert!(line(&end, run).contains("ok "), "the last frame stays: {end}");
-    let cursor = tmux(root, &["display-message", "-p", "-t", "watch", "#{cursor_flag}"]);
-    assert_eq!(text(&cursor.stdout).trim(), "1", "the cursor is shown again");
+    assert_eq!(tmux.display("#{cursor_flag}"), "1", "the cursor is shown again");
     assert!(daemon.stop().await);
 }

@@ -3,46 +3,15 @@
 //! draws nothing (no escape codes, no bar). s3s-fs as the bucket, the stand-in zfs sending
 //! slowly so the line is there to see.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Output,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use zib_testkit::S3sFsServer;
+use zib_testkit::{S3sFsServer, Tmux};
 
 mod support;
 use support::{ConfigToml, FakeZfs, ok};
 
 /// The tmux server's name (`-L`); its socket is under the test's own `TMUX_TMPDIR`.
 const SERVER: &str = "zibd-live-line";
-
-fn tmux(dir: &Path, args: &[&str]) -> Output {
-    std::process::Command::new("tmux")
-        .env("TMUX_TMPDIR", dir)
-        .env_remove("TMUX")
-        .arg("-L")
-        .arg(SERVER)
-        .args(["-f", "/dev/null"])
-        .args(args)
-        .output()
-        .expect("tmux is installed (scripts/testbed/setup's apt plan)")
-}
-
-/// Stops the test's tmux server, also when an assertion fails.
-struct TmuxServer(PathBuf);
-
-impl Drop for TmuxServer {
-    fn drop(&mut self) {
-        let _ = tmux(&self.0, &["kill-server"]);
-    }
-}
-
-fn capture(dir: &Path) -> String {
-    let out = tmux(dir, &["capture-pane", "-p", "-t", "live"]);
-    assert!(out.status.success(), "capture-pane: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -95,16 +64,13 @@ async fn a_foreground_backup_draws_one_live_line_on_a_terminal_and_none_on_a_pip
     std::fs::write(&sh, script).unwrap();
     let tmp = root.join("tmux");
     std::fs::create_dir_all(&tmp).unwrap();
-    let _server = TmuxServer(tmp.clone());
     let sh = sh.display().to_string();
-    let out =
-        tmux(&tmp, &["new-session", "-d", "-s", "live", "-x", "120", "-y", "30", "bash", &sh]);
-    assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
+    let tmux = Tmux::start(&tmp, SERVER, "live", (120, 30), &["bash", &sh]);
 
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut bars_seen = 0;
     let pane = loop {
-        let pane = capture(&tmp);
+        let pane = tmux.capture(false);
         let live: Vec<&str> = pane.lines().filter(|l| l.starts_with("uploading")).collect();
         // Redrawn in place: never two progress lines on the screen.
         assert!(live.len() <= 1, "the live line scrolled:\n{pane}");
