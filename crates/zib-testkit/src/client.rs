@@ -122,6 +122,29 @@ pub async fn legacy_upload(
     }
 }
 
+/// Every object in `bucket`, all pages of the listing, in key order; panics on failure.
+pub async fn list_all(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<aws_sdk_s3::types::Object> {
+    let mut objects = Vec::new();
+    let mut token = None;
+    loop {
+        let out = match client
+            .list_objects_v2()
+            .bucket(bucket)
+            .set_continuation_token(token)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => panic!("LIST {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)),
+        };
+        objects.extend(out.contents().iter().cloned());
+        token = out.next_continuation_token().map(str::to_owned);
+        if token.is_none() {
+            return objects;
+        }
+    }
+}
+
 /// GETs `bucket/key` whole; panics on failure.
 pub async fn get_bytes(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
     let out = match client.get_object().bucket(bucket).key(key).send().await {

@@ -21,7 +21,8 @@ mod tmux;
 
 pub use client::{
     TEST_ACCESS_KEY_ID, TEST_REGION, TEST_SECRET_ACCESS_KEY, create_bucket, get_bytes,
-    legacy_upload, put_bytes, s3_client, s3_config, test_credentials, test_env, unique_bucket_name,
+    legacy_upload, list_all, put_bytes, s3_client, s3_config, test_credentials, test_env,
+    unique_bucket_name,
 };
 pub use proxy::{Fault, FaultAction, FaultProxy, Matcher, Outcome, RecordedRequest};
 pub use servers::{MotoServer, S3sFsServer, testbed_bin};

@@ -105,23 +105,8 @@ impl Bed {
 
     /// Every key in the bucket, straight from the server (all pages).
     async fn keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        let mut token = None;
-        loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .set_continuation_token(token)
-                .send()
-                .await
-                .unwrap();
-            keys.extend(out.contents().iter().map(|o| o.key().unwrap().to_owned()));
-            token = out.next_continuation_token().map(str::to_owned);
-            if token.is_none() {
-                return keys;
-            }
-        }
+        let objects = zib_testkit::list_all(&self.client, &self.bucket).await;
+        objects.iter().map(|o| o.key().unwrap().to_owned()).collect()
     }
 
     async fn get(&self, key: &str) -> Vec<u8> {

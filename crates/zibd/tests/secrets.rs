@@ -358,26 +358,12 @@ async fn no_output_state_object_or_debug_rendering_holds_a_credential() {
     // Every object in the bucket, its key and its bytes.
     let client = moto.client();
     let mut objects = 0;
-    let mut token = None;
-    loop {
-        let out = client
-            .list_objects_v2()
-            .bucket(&bucket)
-            .set_continuation_token(token)
-            .send()
-            .await
-            .unwrap();
-        for o in out.contents() {
-            let key = o.key().unwrap();
-            src.add(format!("object key {key}"), key);
-            let body = zib_testkit::get_bytes(&client, &bucket, key).await;
-            src.add(format!("object {key}"), body);
-            objects += 1;
-        }
-        token = out.next_continuation_token().map(str::to_owned);
-        if token.is_none() {
-            break;
-        }
+    for o in zib_testkit::list_all(&client, &bucket).await {
+        let key = o.key().unwrap();
+        src.add(format!("object key {key}"), key);
+        let body = zib_testkit::get_bytes(&client, &bucket, key).await;
+        src.add(format!("object {key}"), body);
+        objects += 1;
     }
     assert!(objects > 10, "{objects} objects");
 

@@ -179,28 +179,17 @@ async fn a_simulated_year_of_daily_backups_stays_bounded_restorable_and_costed()
 
     // What is stored: exactly the chains retention must keep, whole.
     let client = moto.client();
-    let mut listing = Vec::new();
-    let mut token = None;
-    loop {
-        let out = client
-            .list_objects_v2()
-            .bucket(&bucket)
-            .set_continuation_token(token)
-            .send()
-            .await
-            .unwrap();
-        listing.extend(out.contents().iter().map(|o| {
+    let listing: Vec<_> = zib_testkit::list_all(&client, &bucket)
+        .await
+        .iter()
+        .map(|o| {
             (
                 o.key().unwrap().to_owned(),
                 o.size().unwrap() as u64,
                 o.storage_class().map(|c| c.as_str().to_owned()),
             )
-        }));
-        token = out.next_continuation_token().map(str::to_owned);
-        if token.is_none() {
-            break;
-        }
-    }
+        })
+        .collect();
     let mut manifests: BTreeMap<u64, (String, Manifest)> = BTreeMap::new();
     for (k, _, _) in listing.iter().filter(|(k, _, _)| k.ends_with(".manifest.json")) {
         let bytes = zib_testkit::get_bytes(&client, &bucket, k).await;
