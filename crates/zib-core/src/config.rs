@@ -82,6 +82,13 @@ pub struct DaemonConfig {
     pub notify_command: Option<Vec<String>>,
     /// How long one notify command may run before it is killed.
     pub notify_timeout_secs: u64,
+    /// Verify the whole prefix on this cron schedule (`zibd verify`: one LIST per 1,000 keys
+    /// and one HEAD per chunk, nothing downloaded); its result shows in `zibctl status` and the
+    /// metrics. Off when unset.
+    pub verify_schedule: Option<CronSchedule>,
+    /// The scheduled check also downloads and hashes every chunk readable without a thaw
+    /// (`--deep`; archived chunks are never thawed by it).
+    pub verify_deep: bool,
 }
 
 impl Default for DaemonConfig {
@@ -100,6 +107,8 @@ impl Default for DaemonConfig {
             metrics_textfile: None,
             notify_command: None,
             notify_timeout_secs: 30,
+            verify_schedule: None,
+            verify_deep: false,
         }
     }
 }
@@ -219,6 +228,16 @@ pub struct DatasetConfig {
     /// twice the schedule's interval, at least an hour, when unset.
     #[serde(default)]
     pub stale_after: Option<crate::alerts::Span>,
+    /// Back up every descendant too (filesystems and volumes), each as a dataset of its own
+    /// with these settings: its own chain, lock and state, never one `zfs send -R` stream (see
+    /// [`crate::tree`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recursive: bool,
+    /// With `recursive`: descendants left out, by glob patterns on their full names (`*` and
+    /// `?` within one name component, `**` across them); a dataset left out leaves out its
+    /// own descendants too. The span is the key's place in the file, for messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<toml::Spanned<Vec<crate::tree::ExcludePattern>>>,
 }
 
 /// `min_change` when the config does not say: 64 KiB. Far less than a day of real use, far
@@ -250,6 +269,10 @@ impl DatasetConfig {
     }
     pub fn retention_policy(&self) -> RetentionPolicy {
         RetentionPolicy { keep_chains: self.keep_chains, keep_within: self.keep_within }
+    }
+    /// The exclude patterns (none when unset).
+    pub fn exclude_patterns(&self) -> &[crate::tree::ExcludePattern] {
+        self.exclude.as_ref().map_or(&[], |s| s.get_ref().as_slice())
     }
 }
 
@@ -317,6 +340,7 @@ impl Config {
         let cfg: Config = toml::from_str(text)
             .map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
         cfg.validate()
+            .and_then(|()| crate::tree::check_entries(&cfg.datasets, text))
             .map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
         Ok(cfg)
     }
@@ -442,7 +466,7 @@ impl Config {
     /// A manifest lists every chunk's key: with keys within S3's 1024 bytes, a manifest of
     /// [`MAX_CHUNKS`](crate::manifest::MAX_CHUNKS) chunks stays within the size every reader
     /// accepts. The longest key a dataset's backups can have must fit.
-    fn check_key_length(&self, ds: &DatasetConfig) -> Result<(), String> {
+    pub fn check_key_length(&self, ds: &DatasetConfig) -> Result<(), String> {
         let t = self.resolve(ds);
         let snap = SnapName::for_backup(&ds.snapshot_prefix, chrono::DateTime::UNIX_EPOCH);
         let key = KeyLayout::new(&t.prefix, &ds.name).chunk_key(

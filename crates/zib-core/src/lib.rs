@@ -22,7 +22,9 @@ pub mod schedule;
 pub mod state;
 pub mod storage_class;
 pub mod token_bucket;
+pub mod tree;
 pub mod verify;
+pub mod verify_summary;
 
 pub use config::{Config, DatasetConfig};
 pub use manifest::{ChunkRecord, Manifest, SnapRef};

@@ -108,6 +108,8 @@ pub struct MetricsSnapshot {
     pub jobs_max: u32,
     pub datasets: Vec<DatasetMetrics>,
     pub restores: Vec<RestoreMetrics>,
+    /// The last whole-prefix verification, if any.
+    pub verify: Option<crate::verify_summary::VerifySummary>,
 }
 
 /// The `Content-Type` of [`render`]'s text.
@@ -272,6 +274,44 @@ pub fn render(m: &MetricsSnapshot) -> String {
         "Bytes an unfinished restore receives in all.",
         &|r| r.bytes_total,
     );
+
+    let v = m.verify.as_ref();
+    let per_verify = |out: &mut Out, name: &str, help: &str, value: Option<f64>| {
+        out.family(name, "gauge", help);
+        if let Some(value) = value {
+            out.series(name, &[], value);
+        }
+    };
+    per_verify(
+        &mut out,
+        "zib_verify_last_timestamp_seconds",
+        "When the last verification of the bucket (scheduled or zibctl verify) ended, in Unix seconds.",
+        v.map(|v| secs(v.at)),
+    );
+    per_verify(
+        &mut out,
+        "zib_verify_last_clean",
+        "1 if the last verification of the bucket found nothing a restore would miss, 0 if it found problems or did not finish.",
+        v.map(|v| if v.clean { 1.0 } else { 0.0 }),
+    );
+    per_verify(
+        &mut out,
+        "zib_verify_last_errors",
+        "Errors the last verification found (missing or changed chunks, broken chains).",
+        v.map(|v| v.errors as f64),
+    );
+    per_verify(
+        &mut out,
+        "zib_verify_last_warnings",
+        "Warnings the last verification found.",
+        v.map(|v| v.warnings as f64),
+    );
+    per_verify(
+        &mut out,
+        "zib_verify_last_unnamed_objects",
+        "Objects under the prefix that no manifest names, at the last verification.",
+        v.map(|v| v.unnamed as f64),
+    );
     out.0
 }
 
@@ -376,6 +416,7 @@ mod tests {
                     bytes_total: Some(10),
                 },
             ],
+            verify: None,
         }
     }
 
@@ -413,6 +454,38 @@ mod tests {
             let s = format!("zib_dataset_state{{dataset=\"tank/home\",state=\"{other}\"}}");
             assert_eq!(value_of(&text, &s).as_deref(), Some("0"), "{other}");
         }
+    }
+
+    #[test]
+    fn the_last_verification_is_shown_and_absent_before_the_first() {
+        use crate::verify_summary::{VerifySummary, VerifyTrigger};
+        let text = render(&snapshot());
+        assert!(text.contains("# TYPE zib_verify_last_clean gauge"));
+        assert_eq!(value_of(&text, "zib_verify_last_clean"), None);
+        let mut m = snapshot();
+        let mut v = VerifySummary::failed(
+            "x".into(),
+            t("2026-12-01T05:00:00Z"),
+            VerifyTrigger::Schedule,
+            false,
+        );
+        v.failure = None;
+        v.errors = 2;
+        v.warnings = 1;
+        v.unnamed = 3;
+        m.verify = Some(v);
+        let text = render(&m);
+        for (name, want) in [
+            ("zib_verify_last_timestamp_seconds", "1796101200"),
+            ("zib_verify_last_clean", "0"),
+            ("zib_verify_last_errors", "2"),
+            ("zib_verify_last_warnings", "1"),
+            ("zib_verify_last_unnamed_objects", "3"),
+        ] {
+            assert_eq!(value_of(&text, name).as_deref(), Some(want), "{name}");
+        }
+        m.verify.as_mut().unwrap().clean = true;
+        assert_eq!(value_of(&render(&m), "zib_verify_last_clean").as_deref(), Some("1"));
     }
 
     #[test]

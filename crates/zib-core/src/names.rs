@@ -91,6 +91,25 @@ impl DatasetName {
     pub fn file_stem(&self) -> String {
         self.0.replace('%', "%25").replace('/', "%2F").replace(' ', "%20")
     }
+    /// The dataset a [`file_stem`](Self::file_stem) stands for; None if it stands for none.
+    pub fn from_file_stem(stem: &str) -> Option<Self> {
+        let mut out = String::with_capacity(stem.len());
+        let mut rest = stem;
+        while let Some(i) = rest.find('%') {
+            out.push_str(&rest[..i]);
+            let c = match rest.get(i..i + 3)? {
+                "%25" => '%',
+                "%2F" => '/',
+                "%20" => ' ',
+                _ => return None,
+            };
+            out.push(c);
+            rest = &rest[i + 3..];
+        }
+        out.push_str(rest);
+        let name = Self::new(&out).ok()?;
+        (name.file_stem() == stem).then_some(name)
+    }
 }
 
 impl TryFrom<String> for DatasetName {
@@ -416,5 +435,12 @@ mod tests {
         let b = DatasetName::new("tank%2Fa");
         assert_eq!(a, "tank%2Fa");
         assert!(b.is_err()); // '%' is not a valid dataset char, so no collision either way
+        for n in ["tank/a", "tank/a b/c", "p"] {
+            let d = DatasetName::new(n).unwrap();
+            assert_eq!(DatasetName::from_file_stem(&d.file_stem()), Some(d));
+        }
+        for bad in ["tank%2", "tank%41", "requests.tmp%", "tank/a", "1tank"] {
+            assert_eq!(DatasetName::from_file_stem(bad), None, "{bad}");
+        }
     }
 }

@@ -18,10 +18,13 @@ pub enum TimeZone {
     Local,
 }
 
+/// A parsed schedule. Clones share the parsed form: the `cron` crate keeps each field as a
+/// set of every allowed value (years 1970-2100 included), a few KB a schedule, and every job
+/// and config copy held one of its own (1,000 datasets: megabytes of idle daemon).
 #[derive(Clone)]
 pub struct CronSchedule {
     text: String,
-    schedule: cron::Schedule,
+    schedule: std::sync::Arc<cron::Schedule>,
 }
 
 impl CronSchedule {
@@ -75,7 +78,7 @@ impl FromStr for CronSchedule {
         if schedule.upcoming(chrono::Utc).next().is_none() {
             return Err(format!("cron schedule {text:?} never fires"));
         }
-        Ok(Self { text: text.to_owned(), schedule })
+        Ok(Self { text: text.to_owned(), schedule: std::sync::Arc::new(schedule) })
     }
 }
 

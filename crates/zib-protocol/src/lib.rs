@@ -46,7 +46,7 @@ pub use frame::{
 pub use message::{
     DaemonInfo, DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate,
     Request, Response, RestoreJobStatus, RestoreStart, RestoreState, RestoreTier, RunNote,
-    RunProgress,
+    RunProgress, VerifySummary, VerifyTrigger,
 };
 
 use serde::{Deserialize, Serialize};
@@ -170,7 +170,15 @@ pub fn encode_request(request: &Request) -> Vec<u8> {
 
 /// Serializes a response frame body.
 pub fn encode_response(response: &Response) -> Vec<u8> {
-    serde_json::to_vec(&ResponseFrame::new(response.clone())).expect("a Response always serializes")
+    /// [`ResponseFrame`]'s wire form over a borrowed response: a status reply of 1,000 datasets
+    /// is not copied to be sent.
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        protocol: u32,
+        response: &'a Response,
+    }
+    serde_json::to_vec(&Borrowed { protocol: PROTOCOL_VERSION, response })
+        .expect("a Response always serializes")
 }
 
 #[cfg(test)]

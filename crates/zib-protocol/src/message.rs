@@ -186,6 +186,7 @@ fn default_restore_days() -> u32 {
 /// another tier is refused as `invalid_request`; a status reply naming a tier this build does not
 /// know reads it as `None` (see [`RestoreJobStatus::tier`]).
 pub use zib_core::pricing::RestoreTier;
+pub use zib_core::verify_summary::{VerifySummary, VerifyTrigger};
 
 /// A reply from the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,7 +291,7 @@ impl std::fmt::Display for ErrorKind {
 }
 
 /// Daemon-wide part of a status reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DaemonInfo {
     /// zibd's version (`CARGO_PKG_VERSION`).
     pub version: String,
@@ -308,6 +309,13 @@ pub struct DaemonInfo {
     /// Restore jobs not yet finished.
     #[serde(default)]
     pub restores_running: u32,
+    /// The last verification of the whole prefix (scheduled or `zibctl verify`), kept across
+    /// restarts; None before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verify: Option<Box<VerifySummary>>,
+    /// The next scheduled verification (`daemon.verify_schedule`); None when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_verify: Option<DateTime<Utc>>,
 }
 
 /// State of one dataset's task.

@@ -58,6 +58,8 @@ fn daemon_info(jobs_running: u32) -> DaemonInfo {
         jobs_running,
         jobs_max: Some(2),
         restores_running: 0,
+        last_verify: None,
+        next_verify: None,
     }
 }
 
@@ -227,6 +229,31 @@ fn responses() -> Vec<(&'static str, Response)> {
                     stale_after_secs: Some(172_800),
                     ..scheduled_photos()
                 }],
+            },
+        ),
+        (
+            "response-status-verify",
+            Response::Status {
+                daemon: DaemonInfo {
+                    last_verify: Some(Box::new(VerifySummary {
+                        at: t(1_767_243_600),
+                        trigger: VerifyTrigger::Schedule,
+                        deep: false,
+                        clean: false,
+                        errors: 1,
+                        warnings: 0,
+                        datasets: 2,
+                        chunks: 40,
+                        unnamed: 1,
+                        requests: 45,
+                        cost: 0.000018,
+                        currency: "USD".into(),
+                        failure: None,
+                    })),
+                    next_verify: Some(t(1_767_848_400)),
+                    ..daemon_info(0)
+                },
+                datasets: vec![scheduled_photos()],
             },
         ),
         (

@@ -125,6 +125,10 @@ pub enum FaultAction {
     DropResponse,
     /// Wait, then forward normally.
     Delay(Duration),
+    /// Forward normally, then wait before answering: the server has done the request (a PUT
+    /// stored its object) while the client still waits, the window a crash of the client
+    /// must survive.
+    DelayResponse(Duration),
     /// Read the first `after` bytes of the request body, then stop reading and never answer
     /// (not forwarded): a server that stalls mid-upload. The client's remaining bytes wait in
     /// the socket buffers (or in its write, once those are full) until it gives up.
@@ -364,8 +368,9 @@ impl FaultProxy {
     }
 
     /// Number of PUT requests per object key that the server answered with a 2xx: how often
-    /// each key was actually written. A PUT cut off by a crashed client, or answered 412
-    /// (the key exists), does not count.
+    /// each key was actually written. A PUT whose client was killed after sending the whole
+    /// body still counts when the server stored it (the answer is recorded even though nobody
+    /// reads it); one cut off mid-body, or answered 412 (the key exists), does not.
     pub fn successful_puts_per_key(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
         for r in self.lock().requests.iter() {
@@ -446,11 +451,7 @@ async fn handle(
         }
         (id, action)
     };
-    let set = |o: Outcome| {
-        if let Some(r) = lock(&st).requests.iter_mut().rev().find(|r| r.id == id) {
-            r.outcome = Some(o);
-        }
-    };
+    let set = |o: Outcome| record(&st, id, o);
 
     match action {
         Some(FaultAction::Status { status, code, message }) => {
@@ -486,12 +487,35 @@ async fn handle(
                 return Ok(xml_response(200, listing.page(n, offset, max_keys)));
             }
         }
-        Some(FaultAction::StallResponseBody { .. } | FaultAction::DropResponse) | None => {}
+        Some(
+            FaultAction::StallResponseBody { .. }
+            | FaultAction::DropResponse
+            | FaultAction::DelayResponse(_),
+        )
+        | None => {}
     }
     let drop_response = matches!(action, Some(FaultAction::DropResponse));
 
-    match forward(req, &upstream, &sender).await {
+    // The exchange with the server is a task of its own, so that its outcome is recorded even
+    // when the client goes away first: a killed client whose PUT the server still completed
+    // has written that object, and it counts.
+    let exchange = {
+        let (st, sender) = (st.clone(), sender.clone());
+        tokio::spawn(async move {
+            let r = forward(req, &upstream, &sender).await;
+            let o = match &r {
+                Ok(resp) => Outcome::Forwarded(resp.status().as_u16()),
+                Err(e) => Outcome::UpstreamError(e.to_string()),
+            };
+            record(&st, id, o);
+            r
+        })
+    };
+    match exchange.await.map_err(ProxyError::other)? {
         Ok(resp) => {
+            if let Some(FaultAction::DelayResponse(d)) = action {
+                tokio::time::sleep(d).await;
+            }
             if drop_response {
                 // Let the server finish, then hang up on the client.
                 let _ = resp.into_body().collect().await;
@@ -520,13 +544,16 @@ async fn handle(
                 };
                 return Ok(xml_response(200, listing.page(n, 0, max_keys)));
             }
-            set(Outcome::Forwarded(resp.status().as_u16()));
             Ok(resp.map(|b| b.boxed()))
         }
-        Err(e) => {
-            set(Outcome::UpstreamError(e.to_string()));
-            Err(e)
-        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets the outcome of request `id`.
+fn record(st: &Mutex<State>, id: u64, o: Outcome) {
+    if let Some(r) = lock(st).requests.iter_mut().rev().find(|r| r.id == id) {
+        r.outcome = Some(o);
     }
 }
 

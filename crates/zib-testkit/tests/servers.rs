@@ -164,6 +164,29 @@ async fn proxy_drops_connections_and_fails_without_retries() {
     );
 }
 
+/// A client that gives up while the answer is held back (as a killed one would): the server
+/// stored the object, and the proxy counts that PUT as stored all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_counts_a_put_the_server_stored_after_its_client_gave_up() {
+    let s3 = S3sFsServer::start();
+    let bucket = s3.create_bucket("late").await;
+    let proxy = FaultProxy::start(s3.endpoint()).await;
+    let delay = std::time::Duration::from_secs(30);
+    proxy.add_fault(Fault::new(Matcher::put(), FaultAction::DelayResponse(delay)).always());
+    let client = zib_testkit::s3_client(&proxy.endpoint());
+    let put = client
+        .put_object()
+        .bucket(&bucket)
+        .key("k")
+        .body(ByteStream::from_static(b"stored before the answer"))
+        .send();
+    let gave_up = tokio::time::timeout(std::time::Duration::from_secs(2), put).await;
+    assert!(gave_up.is_err(), "the answer was held back");
+    assert_eq!(proxy.successful_puts_per_key().get("k"), Some(&1), "{:?}", proxy.requests());
+    let direct = s3.client();
+    assert_eq!(zib_testkit::get_bytes(&direct, &bucket, "k").await, b"stored before the answer");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_stalls_bodies_half_way_and_pages_listings() {
     use aws_sdk_s3::config::{retry::RetryConfig, timeout::TimeoutConfig};

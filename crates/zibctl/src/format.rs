@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 pub use zib_core::human::{human_bytes, human_duration, human_rate, percent};
 use zib_protocol::{
     DaemonInfo, DatasetStatus, JobState, LastError, ProgressUpdate, RestoreJobStatus, RunProgress,
+    VerifyTrigger,
 };
 
 /// `t` relative to `now`, coarsely: `in 3h`, `5m ago`, `in 30s`, `now` (seconds are shown only
@@ -120,6 +121,27 @@ pub fn daemon_line(d: &DaemonInfo) -> String {
     s
 }
 
+/// The line of the daemon's last verification of the bucket (`daemon.verify_schedule` or
+/// `zibctl verify`), and of the next one when scheduled; an error when it was not clean.
+pub fn verify_note(d: &DaemonInfo, now: DateTime<Utc>) -> Option<Note> {
+    let next = d.next_verify.map(|t| format!("next {}", relative_time(t, now)));
+    let Some(v) = &d.last_verify else {
+        return next.map(|n| Note { text: format!("verify: never run; {n}"), error: false });
+    };
+    let how = match v.trigger {
+        VerifyTrigger::Schedule => "scheduled",
+        VerifyTrigger::Request => "asked for",
+    };
+    let mut text = format!("verify: {} ({how}, {})", v.line(), relative_time(v.at, now));
+    if let Some(n) = next {
+        text.push_str(&format!("; {n}"));
+    }
+    if !v.clean {
+        text.push_str("; see `zibctl verify`");
+    }
+    Some(Note { text, error: !v.clean })
+}
+
 /// The last error of a dataset while it still holds: no later run succeeded or was skipped
 /// (the daemon keeps the error in its reply; a later success or note says it is over).
 pub fn current_error(d: &DatasetStatus) -> Option<&LastError> {
@@ -176,6 +198,10 @@ where
         .collect();
     let mut out = daemon_line(daemon);
     out.push('\n');
+    if let Some(v) = verify_note(daemon, now) {
+        out.push_str(&v.text);
+        out.push('\n');
+    }
     if datasets.is_empty() {
         out.push_str("no datasets configured\n");
         return out;
@@ -324,6 +350,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_verify_line_says_when_and_what_and_is_red_when_not_clean() {
+        use zib_protocol::VerifySummary;
+        let mut d = daemon();
+        assert_eq!(verify_note(&d, t(NOW)), None);
+        d.next_verify = Some(t(NOW + 3 * 3600));
+        assert_eq!(verify_note(&d, t(NOW)).unwrap().text, "verify: never run; next in 3h");
+        let mut v =
+            VerifySummary::failed("x".into(), t(NOW - 7200), VerifyTrigger::Schedule, false);
+        v.failure = None;
+        v.clean = true;
+        v.datasets = 2;
+        v.chunks = 40;
+        d.last_verify = Some(Box::new(v.clone()));
+        let n = verify_note(&d, t(NOW)).unwrap();
+        assert_eq!(n.text, "verify: clean: 2 datasets, 40 chunks (scheduled, 2h ago); next in 3h");
+        assert!(!n.error);
+        v.clean = false;
+        v.errors = 1;
+        d.last_verify = Some(Box::new(v));
+        let n = verify_note(&d, t(NOW)).unwrap();
+        assert!(n.error);
+        assert!(n.text.starts_with("verify: 1 error: 2 datasets"), "{}", n.text);
+        assert!(n.text.ends_with("see `zibctl verify`"), "{}", n.text);
+    }
+
+    #[test]
     fn relative_times() {
         let now = t(NOW);
         assert_eq!(relative_time(t(NOW + 3 * 3600), now), "in 3h");
@@ -384,6 +436,8 @@ pub(crate) mod tests {
             jobs_running: 1,
             jobs_max: Some(2),
             restores_running: 0,
+            last_verify: None,
+            next_verify: None,
         }
     }
 

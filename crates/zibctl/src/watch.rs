@@ -14,7 +14,7 @@ use zib_protocol::{DaemonInfo, DatasetStatus, JobState, Request, Response, RunPr
 use crate::client::{CliError, Client, exit, unexpected};
 use crate::format::{
     DASH, current_error, daemon_line, dataset_notes, human_bytes, human_duration, human_rate,
-    relative_time, state_label,
+    relative_time, state_label, verify_note,
 };
 
 /// Cells of a progress bar between its brackets.
@@ -192,9 +192,9 @@ where
             ["DATASET", "STATE", "PROGRESS", "RATE", "ETA", "LAST RUN", "LAST SUCCESS", "NEXT RUN"];
         let rows: Vec<Vec<Cell>> = datasets.iter().map(|d| row(d, daemon, now)).collect();
         lines.extend(table(&header, &rows, colour));
-        let notes: Vec<String> = datasets
-            .iter()
-            .flat_map(|d| dataset_notes(d, now))
+        let notes: Vec<String> = verify_note(daemon, now)
+            .into_iter()
+            .chain(datasets.iter().flat_map(|d| dataset_notes(d, now)))
             .map(|n| paint(&n.text, n.error.then_some(Colour::Red), colour))
             .collect();
         if !notes.is_empty() {

@@ -59,6 +59,8 @@ fn status_reply() -> Response {
             jobs_running: 1,
             jobs_max: Some(2),
             restores_running: 0,
+            last_verify: None,
+            next_verify: None,
         },
         datasets: vec![DatasetStatus {
             dataset: "tank/photos".into(),

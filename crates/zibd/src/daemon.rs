@@ -7,7 +7,10 @@
 //! 3. create the state and spool directories;
 //! 4. bind the control socket (a stale socket file is replaced only now that we hold the
 //!    locks, and never one that still answers);
-//! 5. start one task per dataset ([`crate::job`]), then serve the socket;
+//! 5. start one task per dataset ([`crate::job`]), then serve the socket; a recursive entry
+//!    stands for its tree's datasets, listed before step 2 ([`crate::tree`]) and again at each
+//!    tick of its schedule and at reload (a child created later gets its task then; one
+//!    destroyed keeps its task, idle, and its chains);
 //! 6. check that the socket answers a request, then READY=1.
 //!
 //! Shutdown (SIGTERM/SIGINT): STOPPING=1, stop accepting requests, cancel every job
@@ -25,9 +28,17 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::{
+    sync::{Notify, mpsc},
+    task::JoinHandle,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use zib_core::{Config, DatasetName, config::ConfigError};
+use zib_core::{
+    Config, DatasetConfig, DatasetName,
+    config::ConfigError,
+    tree::{Expansion, Listings},
+    verify_summary::{VerifySummary, VerifyTrigger},
+};
 use zib_protocol::{Client, DaemonInfo, ErrorKind, JobState, PROTOCOL_VERSION, Request, Response};
 
 use crate::{
@@ -127,7 +138,16 @@ impl ReloadError {
 pub struct DaemonCore {
     config_path: PathBuf,
     started_at: DateTime<Utc>,
+    /// The config in force, its trees expanded: one entry per concrete dataset.
     config: Mutex<Arc<Config>>,
+    /// The same as the file has it (recursive entries not expanded).
+    declared: Mutex<Arc<Config>>,
+    /// The last listing of each tree.
+    listings: Mutex<Listings>,
+    /// Stops the tree tickers of the config in force (a reload starts new ones).
+    tickers: Mutex<CancellationToken>,
+    /// Where the tree tickers send a root to list again.
+    refresh_tx: mpsc::UnboundedSender<DatasetName>,
     engine: Mutex<Engine>,
     outside: Outside,
     jobs: Mutex<BTreeMap<DatasetName, JobHandle>>,
@@ -138,6 +158,10 @@ pub struct DaemonCore {
     reload_lock: tokio::sync::Mutex<()>,
     /// Restore jobs (`restore_start` / `restore_status`), records under `<state_dir>/restore`.
     restores: RestoreJobs,
+    /// The last whole-prefix verification (kept in `<state_dir>/verify.json`), and the next
+    /// scheduled one.
+    last_verify: Mutex<Option<VerifySummary>>,
+    next_verify: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// A running daemon.
@@ -154,10 +178,14 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon (see the module docs for the order) and returns once READY=1 is sent.
     pub async fn start(opts: DaemonOptions) -> Result<Daemon, StartError> {
-        let cfg = Arc::new(Config::load(&opts.config_path)?);
+        let declared = Arc::new(Config::load(&opts.config_path)?);
+        let store = StateStore::new(&declared.daemon.state_dir);
+        let view =
+            crate::tree::expand(&declared, &opts.outside.zfs, &store, &Listings::new(), [], None)
+                .await;
+        let cfg = Arc::new(view.expansion.config(&declared));
         let d = &cfg.daemon;
 
-        let store = StateStore::new(&d.state_dir);
         let mut locks = Vec::with_capacity(cfg.datasets.len());
         for ds in &cfg.datasets {
             locks.push(store.lock(&ds.name)?);
@@ -195,14 +223,19 @@ impl Daemon {
         };
         let mut jobs = BTreeMap::new();
         for (ds, lock) in cfg.datasets.iter().zip(locks) {
-            let settings = JobSettings { cfg: cfg.clone(), ds: ds.clone(), engine: engine.clone() };
+            let settings = job_settings(&cfg, &view.expansion, ds, &engine);
             jobs.insert(ds.name.clone(), job::spawn(ctx.clone(), settings, lock));
         }
+        let (refresh_tx, mut refresh_rx) = mpsc::unbounded_channel();
         let core = Arc::new(DaemonCore {
             config_path: opts.config_path.clone(),
             started_at: Utc::now(),
             slots_max: Mutex::new(d.max_concurrent_jobs),
             config: Mutex::new(cfg.clone()),
+            declared: Mutex::new(declared.clone()),
+            listings: Mutex::new(view.listings),
+            tickers: Mutex::new(CancellationToken::new()),
+            refresh_tx,
             engine: Mutex::new(engine),
             outside: opts.outside.clone(),
             jobs: Mutex::new(jobs),
@@ -211,6 +244,8 @@ impl Daemon {
             restores: RestoreJobs::new(d.state_dir.join("restore"), ctx.shutdown.clone())
                 .with_tracker(ctx.tracker.clone())
                 .with_pricing(cfg.pricing.clone()),
+            last_verify: Mutex::new(crate::scheduled_verify::load(&d.state_dir)),
+            next_verify: Mutex::new(None),
         });
         let socket_path = socket.path().to_owned();
         let server = tokio::spawn(control::serve(
@@ -234,6 +269,21 @@ impl Daemon {
         );
         daemon.core.resume_restores().await;
         {
+            let (core, stop) = (daemon.core.clone(), daemon.core.ctx.shutdown.clone());
+            daemon.core.ctx.tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        root = refresh_rx.recv() => match root {
+                            Some(root) => core.refresh_tree(&root).await,
+                            None => return,
+                        },
+                    }
+                }
+            });
+            daemon.core.start_tickers(&declared);
+        }
+        {
             let (dir, stop) = (d.state_dir.clone(), daemon.core.ctx.shutdown.clone());
             daemon
                 .core
@@ -244,6 +294,7 @@ impl Daemon {
         daemon.spawn_metrics(metrics_listener);
         // Always watching: a reload may set daemon.notify_command.
         crate::alerts::spawn(daemon.core.clone());
+        crate::scheduled_verify::spawn(daemon.core.clone());
         daemon.notifier.ready(&daemon.core.status_line());
         daemon.spawn_notifier_tasks();
         Ok(daemon)
@@ -361,6 +412,22 @@ impl Daemon {
     }
 }
 
+/// The settings of the task of `ds`, a dataset of the concrete config `cfg`.
+fn job_settings(
+    cfg: &Arc<Config>,
+    x: &Expansion,
+    ds: &DatasetConfig,
+    engine: &Engine,
+) -> JobSettings {
+    JobSettings {
+        cfg: cfg.clone(),
+        ds: ds.clone(),
+        engine: engine.clone(),
+        tree: x.tree_of.get(&ds.name).cloned(),
+        source_gone: x.gone.contains(&ds.name),
+    }
+}
+
 /// Connects to our own socket and asks for the version: READY=1 only once this works.
 async fn self_check(path: &Path) -> Result<(), String> {
     let attempt = async {
@@ -413,22 +480,12 @@ impl DaemonCore {
             Err(e) => return *e,
         };
         let cfg = self.config();
-        let now = self.ctx.clock.now();
-        let datasets: Vec<_> = jobs
-            .iter()
-            .map(|j| {
-                let mut st = j.status();
-                st.stale_after_secs = cfg
-                    .datasets
-                    .iter()
-                    .find(|c| c.name == *j.name())
-                    .and_then(|c| zib_core::alerts::stale_after(c, cfg.daemon.timezone, now))
-                    .map(|d| d.as_secs());
-                st
-            })
-            .collect();
-        let all = self.jobs();
-        let running = all.iter().filter(|j| j.is_running()).count();
+        let datasets: Vec<_> = jobs.iter().map(JobHandle::status).collect();
+        let is_running = |js: &[JobHandle]| js.iter().filter(|j| j.is_running()).count();
+        let running = match dataset {
+            None => is_running(&jobs),
+            Some(_) => is_running(&self.jobs()),
+        };
         Response::Status {
             daemon: DaemonInfo {
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -438,6 +495,8 @@ impl DaemonCore {
                 jobs_running: running as u32,
                 jobs_max: Some(cfg.daemon.max_concurrent_jobs as u32),
                 restores_running: self.restores.running() as u32,
+                last_verify: locked(&self.last_verify).clone().map(Box::new),
+                next_verify: *locked(&self.next_verify),
             },
             datasets,
         }
@@ -465,6 +524,7 @@ impl DaemonCore {
                 .iter()
                 .map(crate::metrics::restore_metrics)
                 .collect(),
+            verify: locked(&self.last_verify).clone(),
         }
     }
 
@@ -520,64 +580,29 @@ impl DaemonCore {
             d.state_dir = old.daemon.state_dir.clone();
             d.spool_dir = old.daemon.spool_dir.clone();
         }
-        let new = Arc::new(new);
-        let old_names: BTreeSet<DatasetName> = locked(&self.jobs).keys().cloned().collect();
-        let new_names: BTreeSet<DatasetName> =
-            new.datasets.iter().map(|d| d.name.clone()).collect();
-        let added: Vec<&DatasetName> = new_names.difference(&old_names).collect();
-        let removed: Vec<&DatasetName> = old_names.difference(&new_names).collect();
-
-        // Take the new datasets' locks before changing anything.
-        let store = StateStore::new(&new.daemon.state_dir);
-        let mut locks = BTreeMap::new();
-        for name in &added {
-            match store.lock(name) {
-                Ok(l) => {
-                    locks.insert((*name).clone(), l);
-                }
-                Err(StateStoreError::Locked { pid, .. })
-                    if pid.trim() == std::process::id().to_string() =>
-                {
-                    let e = ReloadError::StillFinishing((*name).clone());
-                    tracing::error!("reload refused: {e}");
-                    return Err(e);
-                }
-                Err(source) => {
-                    let e = ReloadError::Lock { name: (*name).clone(), source };
-                    tracing::error!("reload refused: {e}");
-                    return Err(e);
-                }
-            }
-        }
-
-        let engine = if new.target != old.target {
-            let e = Engine::from_config(&new, &self.outside).await;
-            *locked(&self.engine) = e.clone();
-            e
+        let declared = Arc::new(new);
+        let previous = locked(&self.listings).clone();
+        let known: Vec<DatasetName> = locked(&self.jobs).keys().cloned().collect();
+        let store = StateStore::new(&declared.daemon.state_dir);
+        let view =
+            crate::tree::expand(&declared, &self.outside.zfs, &store, &previous, known, None).await;
+        let new = Arc::new(view.expansion.config(&declared));
+        let target_changed = new.target != old.target;
+        let engine = if target_changed {
+            Engine::from_config(&new, &self.outside).await
         } else {
             locked(&self.engine).clone()
         };
-        self.resize_slots(new.daemon.max_concurrent_jobs);
-        *locked(&self.config) = new.clone();
-        {
-            let mut jobs = locked(&self.jobs);
-            for name in &removed {
-                if let Some(j) = jobs.remove(*name) {
-                    j.retire();
-                }
-            }
-            for ds in &new.datasets {
-                let settings =
-                    JobSettings { cfg: new.clone(), ds: ds.clone(), engine: engine.clone() };
-                match jobs.get(&ds.name) {
-                    Some(j) => j.update(settings),
-                    None => {
-                        let lock = locks.remove(&ds.name).expect("locked above");
-                        jobs.insert(ds.name.clone(), job::spawn(self.ctx.clone(), settings, lock));
-                    }
-                }
-            }
+        let (added, removed) = self.apply(new.clone(), &view.expansion, &engine)?;
+        if target_changed {
+            *locked(&self.engine) = engine;
         }
+        self.resize_slots(new.daemon.max_concurrent_jobs);
+        *locked(&self.declared) = declared.clone();
+        *locked(&self.listings) = view.listings;
+        self.start_tickers(&declared);
+        let added: Vec<&DatasetName> = added.iter().collect();
+        let removed: Vec<&DatasetName> = removed.iter().collect();
         self.ctx.changed.notify_one();
         let list = |v: &[&DatasetName]| {
             if v.is_empty() {
@@ -596,12 +621,115 @@ impl DaemonCore {
         if !removed.is_empty() {
             msg.push_str(" (a running backup of a removed dataset finishes first)");
         }
-        for n in notes {
+        for n in notes.iter().copied().chain(view.notes.iter().map(String::as_str)) {
             msg.push_str("; ");
             msg.push_str(n);
         }
         tracing::info!("{msg}");
         Ok(msg)
+    }
+
+    /// Puts the concrete config `new` in force: takes the new datasets' locks first (any
+    /// failure changes nothing), then retires the tasks of datasets it no longer has, updates
+    /// the others and starts the new ones. Returns the names added and removed.
+    fn apply(
+        &self,
+        new: Arc<Config>,
+        x: &Expansion,
+        engine: &Engine,
+    ) -> Result<(Vec<DatasetName>, Vec<DatasetName>), ReloadError> {
+        let old_names: BTreeSet<DatasetName> = locked(&self.jobs).keys().cloned().collect();
+        let new_names: BTreeSet<DatasetName> =
+            new.datasets.iter().map(|d| d.name.clone()).collect();
+        let added: Vec<DatasetName> = new_names.difference(&old_names).cloned().collect();
+        let removed: Vec<DatasetName> = old_names.difference(&new_names).cloned().collect();
+
+        // Take the new datasets' locks before changing anything.
+        let store = StateStore::new(&new.daemon.state_dir);
+        let mut locks = BTreeMap::new();
+        for name in &added {
+            match store.lock(name) {
+                Ok(l) => {
+                    locks.insert(name.clone(), l);
+                }
+                Err(StateStoreError::Locked { pid, .. })
+                    if pid.trim() == std::process::id().to_string() =>
+                {
+                    let e = ReloadError::StillFinishing(name.clone());
+                    tracing::error!("reload refused: {e}");
+                    return Err(e);
+                }
+                Err(source) => {
+                    let e = ReloadError::Lock { name: name.clone(), source };
+                    tracing::error!("reload refused: {e}");
+                    return Err(e);
+                }
+            }
+        }
+        *locked(&self.config) = new.clone();
+        {
+            let mut jobs = locked(&self.jobs);
+            for name in &removed {
+                if let Some(j) = jobs.remove(name) {
+                    j.retire();
+                }
+            }
+            for ds in &new.datasets {
+                let settings = job_settings(&new, x, ds, engine);
+                match jobs.get(&ds.name) {
+                    Some(j) => j.update(settings),
+                    None => {
+                        let lock = locks.remove(&ds.name).expect("locked above");
+                        jobs.insert(ds.name.clone(), job::spawn(self.ctx.clone(), settings, lock));
+                    }
+                }
+            }
+        }
+        self.ctx.changed.notify_one();
+        Ok((added, removed))
+    }
+
+    /// One tick of a tree's schedule: lists that tree again and applies what changed; a child
+    /// created since gets its task and its first backup now (this tick is its scheduled run).
+    pub async fn refresh_tree(&self, root: &DatasetName) {
+        let _one = self.reload_lock.lock().await;
+        if self.ctx.shutdown.is_cancelled() {
+            return;
+        }
+        let declared = locked(&self.declared).clone();
+        let previous = locked(&self.listings).clone();
+        let known: Vec<DatasetName> = locked(&self.jobs).keys().cloned().collect();
+        let store = StateStore::new(&declared.daemon.state_dir);
+        let view =
+            crate::tree::expand(&declared, &self.outside.zfs, &store, &previous, known, Some(root))
+                .await;
+        let new = Arc::new(view.expansion.config(&declared));
+        let engine = locked(&self.engine).clone();
+        match self.apply(new, &view.expansion, &engine) {
+            Ok((added, removed)) => {
+                *locked(&self.listings) = view.listings;
+                if !added.is_empty() || !removed.is_empty() {
+                    tracing::info!(tree = %root, added = ?added, removed = ?removed, "tree listed again");
+                }
+                for name in &added {
+                    let job = locked(&self.jobs).get(name).cloned();
+                    if let Some(j) = job
+                        && !view.expansion.gone.contains(name)
+                    {
+                        let _ = j.trigger(false, false).await;
+                    }
+                }
+            }
+            Err(e) => tracing::error!(tree = %root, "the tree's new listing is not applied: {e}"),
+        }
+    }
+
+    /// Starts the tickers of `declared`'s trees, stopping those of the config before.
+    fn start_tickers(&self, declared: &Config) {
+        let stop = CancellationToken::new();
+        let old = std::mem::replace(&mut *locked(&self.tickers), stop.clone());
+        old.cancel();
+        crate::tree::spawn_tickers(declared, &self.ctx, &self.refresh_tx, &stop);
     }
 
     /// The S3 side of a restore from `bucket` under `prefix` (the configured ones by default).
@@ -741,24 +869,66 @@ impl DaemonCore {
     }
 
     async fn verify(&self, dataset: Option<&str>, deep: bool) -> Response {
-        let (prefix, name) = match self.report_scope(dataset) {
-            Ok(s) => s,
-            Err(r) => return *r,
+        let r = match dataset {
+            None => self.verify_prefix(VerifyTrigger::Request, deep).await,
+            Some(_) => {
+                let (prefix, name) = match self.report_scope(dataset) {
+                    Ok(s) => s,
+                    Err(r) => return *r,
+                };
+                self.run_verify(&prefix, name.as_ref(), deep).await
+            }
         };
+        report_reply(r, crate::verify::format_verify)
+    }
+
+    /// Verifies the whole prefix (scheduled, or `zibctl verify` without a dataset) and keeps
+    /// the result for status and the metrics.
+    pub async fn verify_prefix(
+        &self,
+        trigger: VerifyTrigger,
+        deep: bool,
+    ) -> Result<crate::verify::VerifyOutcome, crate::restore::RestoreError> {
+        let prefix = self.config().target.prefix.clone();
+        let r = self.run_verify(&prefix, None, deep).await;
+        let at = self.ctx.clock.now();
+        let summary = match &r {
+            Ok(o) => VerifySummary::of_report(&o.report, at, trigger, deep),
+            Err(e) => VerifySummary::failed(e.to_string(), at, trigger, deep),
+        };
+        crate::scheduled_verify::save(&self.config().daemon.state_dir, &summary);
+        *locked(&self.last_verify) = Some(summary);
+        // The metrics textfile and the alerts look again.
+        self.ctx.run_ended.send_modify(|n| *n += 1);
+        r
+    }
+
+    async fn run_verify(
+        &self,
+        prefix: &str,
+        name: Option<&DatasetName>,
+        deep: bool,
+    ) -> Result<crate::verify::VerifyOutcome, crate::restore::RestoreError> {
         let cfg = self.config();
         let s3 = locked(&self.engine).s3.clone();
         // Through the daemon a deep check never thaws: that is billed, and asked for by hand.
         let deep = deep.then_some(crate::verify::DeepOptions { allow_thaw: None, thaw_days: 1 });
-        let r = crate::verify::verify(&s3, &prefix, name.as_ref(), &cfg.pricing, deep).await;
-        if let Ok(o) = &r {
-            let errors = o.report.problems.len();
-            if o.report.clean {
-                tracing::info!(prefix = %prefix, "verify: clean");
-            } else {
-                tracing::warn!(prefix = %prefix, problems = errors, "verify found problems");
-            }
+        let r = crate::verify::verify(&s3, prefix, name, &cfg.pricing, deep).await;
+        match &r {
+            Ok(o) if o.report.clean => tracing::info!(prefix = %prefix, "verify: clean"),
+            Ok(o) => tracing::warn!(
+                prefix = %prefix,
+                problems = o.report.problems.len(),
+                "verify found problems"
+            ),
+            Err(e) => tracing::warn!(prefix = %prefix, error = %e, "verify did not finish"),
         }
-        report_reply(r, crate::verify::format_verify)
+        r
+    }
+
+    /// The next scheduled verification, for status.
+    pub fn set_next_verify(&self, at: Option<DateTime<Utc>>) {
+        *locked(&self.next_verify) = at;
     }
 
     /// Prunes one dataset or each in turn; several reports are joined (text) and listed (JSON).

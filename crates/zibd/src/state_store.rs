@@ -64,6 +64,19 @@ impl StateStore {
         self.dir.join(format!("{}.chunks", ds.file_stem()))
     }
 
+    /// The datasets that have a state file here (none when the directory does not exist).
+    pub fn datasets(&self) -> Vec<DatasetName> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let stem = name.to_str()?.strip_suffix(".json")?;
+                DatasetName::from_file_stem(stem)
+            })
+            .collect()
+    }
+
     /// The dataset's state as on disk (its journal folded in), without taking the lock: for
     /// reading only, e.g. while the daemon holds it.
     pub fn read(&self, ds: &DatasetName) -> Result<DatasetState, StateStoreError> {

@@ -353,6 +353,17 @@ impl Zfs {
         }
     }
 
+    /// The filesystems and volumes of the tree at `root` (itself included, never snapshots):
+    /// `zfs list -H -p -r -t filesystem,volume -o name`. Each name passes [`DatasetName`]
+    /// first: one that does not (or is not inside `root`) is never run with, and is returned
+    /// in [`Descendants::refused`] with the reason. `NotFound` when `root` does not exist.
+    pub async fn list_descendants(&self, root: &DatasetName) -> Result<Descendants, ZfsError> {
+        let args =
+            ["list", "-H", "-p", "-r", "-t", "filesystem,volume", "-o", "name", root.as_str()];
+        let out = self.run(&args).await?;
+        Ok(parse_descendants(&out, root))
+    }
+
     /// Snapshots (`kind = "snapshot"`) or bookmarks (`"bookmark"`) of exactly this dataset,
     /// oldest first.
     pub async fn list(&self, ds: &DatasetName, kind: &str) -> Result<Vec<SnapInfo>, ZfsError> {
@@ -541,6 +552,28 @@ impl Zfs {
     }
 }
 
+/// The datasets of a tree, as [`Zfs::list_descendants`] found them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Descendants {
+    /// The root and its descendants, in zfs's order.
+    pub names: Vec<DatasetName>,
+    /// Lines that are no dataset name zib accepts (or not inside the root), and why.
+    pub refused: Vec<String>,
+}
+
+fn parse_descendants(out: &str, root: &DatasetName) -> Descendants {
+    let mut d = Descendants::default();
+    let inside = format!("{root}/");
+    for line in out.lines().filter(|l| !l.is_empty()) {
+        match DatasetName::new(line) {
+            Ok(n) if n == *root || n.as_str().starts_with(&inside) => d.names.push(n),
+            Ok(n) => d.refused.push(format!("{n} is not inside {root}")),
+            Err(e) => d.refused.push(e.to_string()),
+        }
+    }
+    d
+}
+
 /// A failed command's error: [`ZfsError::NotFound`] when zfs says the thing named does not exist.
 fn failed(cmd: String, status: String, stderr: String) -> ZfsError {
     if stderr.contains("does not exist") {
@@ -676,6 +709,19 @@ fn parse_list(out: &str, sep: char) -> Option<Vec<SnapInfo>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descendants_are_checked_names_inside_the_root() {
+        let root = DatasetName::new("tank/docker").unwrap();
+        let out =
+            "tank/docker\ntank/docker/web\ntank/docker/we$b\ntank/dockerx\ntank/docker/a b\n\n";
+        let d = parse_descendants(out, &root);
+        let names: Vec<&str> = d.names.iter().map(DatasetName::as_str).collect();
+        assert_eq!(names, ["tank/docker", "tank/docker/web", "tank/docker/a b"]);
+        assert_eq!(d.refused.len(), 2, "{:?}", d.refused);
+        assert!(d.refused[0].contains("tank/docker/we$b") && d.refused[0].contains("'$'"));
+        assert!(d.refused[1].contains("tank/dockerx is not inside tank/docker"));
+    }
 
     #[test]
     fn parses_zfs_list() {

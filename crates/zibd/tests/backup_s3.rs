@@ -552,6 +552,9 @@ async fn a_failing_send_lets_the_put_in_flight_finish() {
     let proxy = proxy.unwrap();
     // 200000 bytes are 3 chunks and a tail. With 2 chunks spooled at most, the reader reaches
     // the end (and the failure) while the third chunk's PUT is on its way: delay that one.
+    // (The default spools 5: the reader could then fail before the uploader took any chunk,
+    // which a loaded machine showed: no PUT at all.)
+    bed.set_target("max_spooled_chunks", "2");
     let delay = std::time::Duration::from_secs(3);
     proxy.add_fault(Fault::new(Matcher::put(), FaultAction::Delay(delay)).nth(3));
     let err = failed(&bed.backup(&[("FAKE_ZFS_FAIL_AFTER", "200000".into())]));

@@ -37,6 +37,8 @@ fn daemon_info() -> DaemonInfo {
         jobs_running: 0,
         jobs_max: Some(2),
         restores_running: 0,
+        last_verify: None,
+        next_verify: None,
     }
 }
 

@@ -100,16 +100,21 @@ impl Bed {
         self.write_config_jobs(datasets, 2);
     }
 
-    /// The same, with `daemon.max_concurrent_jobs = max_jobs`.
-    fn write_config_jobs(&self, datasets: &[(&str, &str)], max_jobs: usize) {
+    /// The config of these tests, without datasets.
+    fn config_toml(&self, max_jobs: usize) -> ConfigToml {
         let root = self.dir.path();
-        let mut c = ConfigToml::new(root, &self.bucket, &self.endpoint)
+        ConfigToml::new(root, &self.bucket, &self.endpoint)
             .daemon("socket", quoted(root.join("run/zibd.sock").display()))
             .daemon("shutdown_timeout_secs", 10)
             .daemon("max_concurrent_jobs", max_jobs)
             .target("storage_class", quoted("STANDARD"))
             .target("chunk_size", quoted("64KiB"))
-            .target("max_attempts", 3);
+            .target("max_attempts", 3)
+    }
+
+    /// The same, with `daemon.max_concurrent_jobs = max_jobs`.
+    fn write_config_jobs(&self, datasets: &[(&str, &str)], max_jobs: usize) {
+        let mut c = self.config_toml(max_jobs);
         for (ds, schedule) in datasets {
             c = c.dataset(ds, schedule);
         }
@@ -1574,4 +1579,224 @@ fn man_pages_come_from_the_command_line_definition() {
     let help =
         std::process::Command::new(env!("CARGO_BIN_EXE_zibd")).arg("--help").output().unwrap();
     assert!(!String::from_utf8_lossy(&help.stdout).contains("man "), "listed in --help");
+}
+
+/// The bucket's keys of `ds`'s own prefix.
+async fn keys_of(bed: &Bed, ds: &str) -> Vec<String> {
+    let own = format!("backups/{ds}@zib/");
+    bed.keys().await.into_iter().filter(|k| k.starts_with(&own)).collect()
+}
+
+/// A tree (issue 16): every descendant not excluded is a dataset of its own (own task, chain,
+/// state and key prefix), a child created later is picked up at reload and at the tree's next
+/// tick, and one destroyed keeps its objects and its task, idle, reported once as gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_backs_up_each_child_and_follows_children_created_and_destroyed() {
+    let bed = Bed::new().await;
+    let zfs = fake_zfs();
+    let root = "tree/docker";
+    let child = |c: &str| format!("{root}/{c}");
+    zfs.create(root);
+    for c in ["a", "b", "c", "cache", "cache/x", "cachefoo"] {
+        zfs.create(&child(c));
+    }
+    bed.config_toml(4)
+        .dataset(root, "0 * * * * *")
+        .dataset_key("recursive", true)
+        .dataset_key("exclude", format!("[{}]", quoted(format!("{root}/cache*"))))
+        .write(&bed.config);
+    let d = bed.start().await;
+    let core = d.core();
+    let members = |v: &[&str]| -> Vec<String> {
+        std::iter::once(root.to_owned()).chain(v.iter().map(|c| child(c))).collect()
+    };
+    assert_eq!(names(&core).await, members(&["a", "b", "c"]), "excluded: cache, cache/x, cachefoo");
+
+    // The first tick backs up each of them, each under its own prefix.
+    bed.clock.set(t("2026-01-01T00:01:00Z"));
+    for ds in members(&["a", "b", "c"]) {
+        let s = wait_for(&core, &ds, "its first backup", |s| s.last_success.is_some()).await;
+        assert_eq!(s.chain_length, 1, "{ds}");
+        assert_eq!(
+            keys_of(&bed, &ds).await.iter().filter(|k| k.ends_with(".manifest.json")).count(),
+            1,
+            "{ds}"
+        );
+    }
+    assert!(
+        !bed.keys().await.iter().any(|k| k.contains("cache")),
+        "excluded children are not backed up"
+    );
+    let store = zibd::state_store::StateStore::new(bed.dir.path().join("state"));
+    for ds in members(&["a", "b", "c"]) {
+        assert!(store.state_path(&zib_core::DatasetName::new(&ds).unwrap()).exists(), "{ds}");
+    }
+
+    // A child created later: picked up at reload, scheduled like the others.
+    zfs.create(&child("d"));
+    let msg = expect_ok(ask(&core, Request::Reload).await);
+    assert!(msg.contains(&format!("added {}", child("d"))), "{msg}");
+    assert_eq!(names(&core).await, members(&["a", "b", "c", "d"]));
+    assert_eq!(status(&core, &child("d")).await.next_run, Some(t("2026-01-01T00:02:00Z")));
+
+    // Another one, created without a reload: picked up and backed up at the tree's next tick.
+    zfs.create(&child("e"));
+    let before_b = keys_of(&bed, &child("b")).await;
+    bed.clock.set(t("2026-01-01T00:02:00Z"));
+    for ds in members(&["a", "b", "c", "d"]) {
+        wait_for(&core, &ds, "the second tick's backup", |s| {
+            s.state == JobState::Scheduled
+                && s.last_success.as_ref().is_some_and(|l| l.at > t("2026-01-01T00:00:00Z"))
+                && s.next_run == Some(t("2026-01-01T00:03:00Z"))
+        })
+        .await;
+    }
+    wait_for(&core, &child("e"), "e's first backup at the tick", |s| s.last_success.is_some())
+        .await;
+    assert_eq!(names(&core).await, members(&["a", "b", "c", "d", "e"]));
+    let b_keys = keys_of(&bed, &child("b")).await;
+    assert!(b_keys.len() > before_b.len(), "b's second backup");
+
+    // b is destroyed on the host: its objects stay, its task stays, idle, never failing.
+    zfs.destroy(&child("b"));
+    let snapshots_of_b = || snapshots_taken(&child("b"));
+    bed.clock.set(t("2026-01-01T00:03:00Z"));
+    let s = wait_for(&core, &child("b"), "b reported gone", |s| {
+        s.last_note.as_ref().is_some_and(|n| n.message.contains("source gone"))
+            && s.state == JobState::Idle
+    })
+    .await;
+    assert_eq!(s.last_note.as_ref().unwrap().message, "source gone; 1 chains kept in bucket");
+    assert_eq!(s.state, JobState::Idle, "{s:#?}");
+    assert_eq!(s.next_run, None);
+    assert!(s.last_error.is_none(), "{s:#?}");
+    wait_for(&core, &child("a"), "a's third backup", |s| {
+        s.next_run == Some(t("2026-01-01T00:04:00Z")) && s.state == JobState::Scheduled
+    })
+    .await;
+    let tried = snapshots_of_b();
+    bed.clock.set(t("2026-01-01T00:04:00Z"));
+    wait_for(&core, &child("a"), "a's fourth backup", |s| {
+        s.next_run == Some(t("2026-01-01T00:05:00Z")) && s.state == JobState::Scheduled
+    })
+    .await;
+    assert_eq!(snapshots_of_b(), tried, "no run of a gone dataset");
+    assert_eq!(keys_of(&bed, &child("b")).await, b_keys, "b's objects untouched");
+    let m = core.metrics();
+    let bm = m.datasets.iter().find(|d| d.dataset == child("b")).unwrap();
+    assert_eq!(bm.failures, 0);
+    let e = expect_err(
+        ask(&core, Request::Trigger { dataset: child("b"), wait: false, full: false }).await,
+        ErrorKind::Conflict,
+    );
+    assert!(e.contains("source gone"), "{e}");
+
+    // After a restart it is known from its state file, and still reported.
+    assert!(d.stop().await);
+    let d = bed.start().await;
+    let core = d.core();
+    assert_eq!(names(&core).await, members(&["a", "b", "c", "d", "e"]));
+    let s =
+        wait_for(&core, &child("b"), "b reported gone after a restart", |s| s.last_note.is_some())
+            .await;
+    assert_eq!(s.last_note.as_ref().unwrap().message, "source gone; 1 chains kept in bucket");
+    assert_eq!(keys_of(&bed, &child("b")).await, b_keys);
+    assert!(d.stop().await);
+}
+
+/// The daemon's whole-prefix status reply: its daemon part.
+async fn daemon_info(core: &DaemonCore) -> zib_protocol::DaemonInfo {
+    match ask(core, Request::Status { dataset: None }).await {
+        Response::Status { daemon, .. } => daemon,
+        other => panic!("status: {other:?}"),
+    }
+}
+
+/// Polls the daemon part of the status until `pred` holds (real time, 30 s at most).
+async fn wait_for_daemon(
+    core: &DaemonCore,
+    what: &str,
+    pred: impl Fn(&zib_protocol::DaemonInfo) -> bool,
+) -> zib_protocol::DaemonInfo {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = daemon_info(core).await;
+        if pred(&d) {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last {d:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 16: `daemon.verify_schedule` verifies the whole prefix on its own; the result and the
+/// next tick show in status and the metrics, a damaged bucket turns it red, the result outlives
+/// a restart, and `zibctl verify` of the whole prefix replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_verify_shows_in_status_and_metrics_and_outlives_a_restart() {
+    use zib_protocol::VerifyTrigger;
+    let bed = Bed::new().await;
+    let ds = "verifysched/data";
+    bed.write_config(&[(ds, "0 0 3 * * *")]);
+    daemon_settings(&bed, "metrics_listen = \"127.0.0.1:0\"\nverify_schedule = \"0 4 * * *\"");
+    let d = bed.start().await;
+    let core = d.core();
+    let mut last_snapshot = None;
+    back_up(&core, ds, &mut last_snapshot).await;
+    // The clock stands at 00:00:30 on 1 January: the first check is due at 04:00.
+    let info = daemon_info(&core).await;
+    assert_eq!(info.next_verify, Some(t("2026-01-01T04:00:00Z")), "{info:#?}");
+    assert_eq!(info.last_verify, None);
+    let m = scrape(d.metrics_addr().unwrap()).await;
+    assert_eq!(m.get("zib_verify_last_clean", &[]), None);
+
+    // 04:00: the scheduled check runs, clean, and the next is the day after.
+    bed.clock.set(t("2026-01-01T04:00:01Z"));
+    let info = wait_for_daemon(&core, "the first scheduled verify", |i| {
+        i.last_verify.is_some() && i.next_verify == Some(t("2026-01-02T04:00:00Z"))
+    })
+    .await;
+    let v = info.last_verify.unwrap();
+    assert!(v.clean, "{v:#?}");
+    assert_eq!(v.trigger, VerifyTrigger::Schedule);
+    assert_eq!(v.datasets, 1);
+    assert!(v.chunks >= 1, "{v:#?}");
+    assert_eq!(v.requests, 1 + 1 + v.chunks, "one LIST, one manifest GET, a HEAD per chunk");
+    let m = scrape(d.metrics_addr().unwrap()).await;
+    assert_eq!(m.get("zib_verify_last_clean", &[]), Some(1.0));
+    assert_eq!(m.get("zib_verify_last_errors", &[]), Some(0.0));
+    let at = m.get("zib_verify_last_timestamp_seconds", &[]).unwrap();
+    assert_eq!(at, t("2026-01-01T04:00:01Z").timestamp() as f64);
+
+    // A chunk deleted behind zib's back: the next day's check finds it.
+    let gone = bed.keys().await.into_iter().find(|k| k.ends_with("/a00/00000000")).unwrap();
+    bed._s3.client().delete_object().bucket(&bed.bucket).key(&gone).send().await.unwrap();
+    bed.clock.set(t("2026-01-02T04:00:01Z"));
+    let info = wait_for_daemon(&core, "the second scheduled verify", |i| {
+        i.last_verify.as_ref().is_some_and(|v| !v.clean)
+    })
+    .await;
+    let v = info.last_verify.unwrap();
+    assert_eq!(v.errors, 1, "{v:#?}");
+    assert!(v.line().starts_with("1 error: 1 dataset"), "{}", v.line());
+    let m = scrape(d.metrics_addr().unwrap()).await;
+    assert_eq!(m.get("zib_verify_last_clean", &[]), Some(0.0));
+    assert_eq!(m.get("zib_verify_last_errors", &[]), Some(1.0));
+    assert!(d.stop().await);
+
+    // After a restart the red result still shows until a check replaces it.
+    let d = bed.start().await;
+    let core = d.core();
+    let info = daemon_info(&core).await;
+    assert_eq!(info.last_verify.as_ref().map(|v| v.errors), Some(1), "{info:#?}");
+    // `zibctl verify` of the whole prefix replaces it (asked for, still red: the chunk is gone).
+    let (_, json) =
+        expect_report(over_socket(&bed, &Request::Verify { dataset: None, deep: false }).await);
+    assert_eq!(json["report"]["clean"], false);
+    let info = daemon_info(&core).await;
+    let v = info.last_verify.unwrap();
+    assert_eq!(v.trigger, VerifyTrigger::Request);
+    assert_eq!(v.at, zibd::job::Clock::now(&bed.clock));
+    assert_eq!(v.errors, 1);
+    assert!(d.stop().await);
 }

@@ -42,7 +42,8 @@ pub enum Command {
         /// The file to check (defaults to --config).
         file: Option<PathBuf>,
     },
-    /// Run one backup of DATASET in the foreground, then exit.
+    /// Run one backup of DATASET in the foreground, then exit. For a tree (an entry with
+    /// recursive = true): one backup of each of its datasets in turn.
     Backup {
         dataset: String,
         /// Start a new chain with a full stream.
@@ -218,18 +219,100 @@ fn record_requests(state_dir: Option<&std::path::Path>) {
     }
 }
 
-/// `zibd backup`: one backup in the foreground, Ctrl-C stops it at a safe point.
+/// The datasets `zibd backup NAME` backs up, in the config they are concrete in: NAME alone
+/// when it has its own entry; every dataset of the tree when NAME is a tree's root; NAME as a
+/// tree's member when a tree holds it.
+async fn backup_targets(
+    cfg: Config,
+    name: &DatasetName,
+    zfs: &crate::zfs::Zfs,
+) -> anyhow::Result<(Config, Vec<DatasetName>)> {
+    let entry = cfg.dataset(name);
+    let root = entry.is_some_and(|d| d.recursive);
+    if entry.is_some() && !root {
+        return Ok((cfg, vec![name.clone()]));
+    }
+    if entry.is_none() && zib_core::tree::listed_root_of(&cfg, name).is_none() {
+        anyhow::bail!("dataset {name} is not in the config");
+    }
+    let store = StateStore::new(&cfg.daemon.state_dir);
+    let view =
+        crate::tree::expand(&cfg, zfs, &store, &zib_core::tree::Listings::new(), [], Some(name))
+            .await;
+    let x = &view.expansion;
+    if x.excluded.contains(name) {
+        anyhow::bail!("dataset {name} is left out of its tree by an exclude pattern");
+    }
+    if x.gone.contains(name) {
+        anyhow::bail!(
+            "dataset {name} no longer exists on this host (source gone); its chains stay in the bucket"
+        );
+    }
+    let inside = format!("{name}/");
+    let names: Vec<DatasetName> = x
+        .datasets
+        .iter()
+        .map(|d| &d.name)
+        .filter(|n| *n == name || (root && n.as_str().starts_with(&inside)))
+        .filter(|n| !x.gone.contains(*n))
+        .cloned()
+        .collect();
+    if names.is_empty() {
+        anyhow::bail!("dataset {name} does not exist on this host");
+    }
+    Ok((x.config(&cfg), names))
+}
+
+/// `zibd backup`: one backup in the foreground (of each dataset of a tree in turn), Ctrl-C
+/// stops it at a safe point.
 async fn backup_once(cfg: Config, dataset: &str, opts: BackupOptions) -> anyhow::Result<()> {
     let name = DatasetName::new(dataset)?;
-    let ds =
-        cfg.dataset(&name).with_context(|| format!("dataset {name} is not in the config"))?.clone();
-    let store = StateStore::new(&cfg.daemon.state_dir);
-    let mut locked = store.lock(&name)?;
-    let engine = Engine::from_config(&cfg, &Outside::from_env()).await;
+    let outside = Outside::from_env();
+    let (cfg, names) = backup_targets(cfg, &name, &outside.zfs).await?;
+    let engine = Engine::from_config(&cfg, &outside).await;
     let cancel = cancel_on_ctrl_c("interrupted: stopping at the next safe point");
+    if names.len() == 1 {
+        return backup_one(&engine, &cfg, &names[0], opts, &cancel).await;
+    }
+    let mut failed = Vec::new();
+    for n in &names {
+        if cancel.is_cancelled() {
+            break;
+        }
+        if let Err(e) = backup_one(&engine, &cfg, n, opts, &cancel).await {
+            eprintln!("zibd: backup of {n} failed: {e:#}");
+            failed.push(n.to_string());
+        }
+    }
+    println!("tree {name}: {} datasets, {} failed", names.len(), failed.len());
+    if cancel.is_cancelled() {
+        anyhow::bail!("interrupted");
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "the backup of {} of the tree's datasets failed: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// One backup of `name` (a dataset of `cfg`) under its own lock.
+async fn backup_one(
+    engine: &Engine,
+    cfg: &Config,
+    name: &DatasetName,
+    opts: BackupOptions,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let ds =
+        cfg.dataset(name).with_context(|| format!("dataset {name} is not in the config"))?.clone();
+    let store = StateStore::new(&cfg.daemon.state_dir);
+    let mut locked = store.lock(name)?;
     let (progress, rx) = tokio::sync::watch::channel(backup::Progress::default());
     let live = crate::live_line::spawn(rx, crate::live_line::backup);
-    let r = backup::run(&engine, &cfg, &ds, &mut locked, opts, &progress, &cancel).await;
+    let r = backup::run(engine, cfg, &ds, &mut locked, opts, &progress, cancel).await;
     drop(progress);
     if let Some(live) = live {
         let _ = live.await;

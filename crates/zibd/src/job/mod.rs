@@ -15,6 +15,9 @@
 //!   the state lock and gives it back when it ends; its `CancellationToken` is a child of the
 //!   daemon's shutdown token, so SIGTERM stops it at the engine's next safe point.
 //! - Status is read from [`Shared`] under a std `Mutex` that is never held across an await.
+//! - A tree's member destroyed on the host ("source gone", from the tree's listing or found by
+//!   a run that failed) arms no timer and refuses triggers; it is logged once and its status
+//!   note says how many chains the bucket keeps of it. Nothing is deleted.
 
 pub mod clock;
 
@@ -75,6 +78,11 @@ pub struct JobSettings {
     pub cfg: Arc<Config>,
     pub ds: DatasetConfig,
     pub engine: Engine,
+    /// The root of the tree whose entry brought this dataset in (None: its own entry).
+    pub tree: Option<DatasetName>,
+    /// A tree's member that no longer exists on the host: no runs, no failures; its chains
+    /// stay in the bucket (see [`Task::enter_source_gone`]).
+    pub source_gone: bool,
 }
 
 /// Commands to a job task.
@@ -116,6 +124,10 @@ struct Shared {
     chain_length: u32,
     missed_ticks: u64,
     last_note: Option<RunNote>,
+    /// The `stale_after` in force (zib-core's alerts rule), worked out when the schedule or
+    /// the settings change rather than at every status request: with 1,000 datasets the cron
+    /// arithmetic was most of a status reply's time.
+    stale_after_secs: Option<u64>,
     /// For the metrics: the last run's end and result (runs stopped on request not counted),
     /// objects of the last backup committed by this daemon, and counters since the start.
     last_attempt: Option<(DateTime<Utc>, AttemptResult)>,
@@ -217,7 +229,7 @@ impl JobHandle {
             chain_length: s.chain_length,
             missed_ticks: s.missed_ticks,
             last_note: s.last_note.clone(),
-            stale_after_secs: None,
+            stale_after_secs: s.stale_after_secs,
         }
     }
 
@@ -346,6 +358,7 @@ pub fn spawn(ctx: JobContext, settings: JobSettings, locked: LockedState) -> Job
         chain_length: chain_length(&locked),
         missed_ticks: 0,
         last_note: None,
+        stale_after_secs: None,
         last_attempt: match (st.stats.last_success_at, st.stats.last_error_at) {
             (Some(ok), Some(err)) if err > ok => Some((err, AttemptResult::Failure)),
             (Some(ok), _) => Some((ok, AttemptResult::Success)),
@@ -372,6 +385,7 @@ pub fn spawn(ctx: JobContext, settings: JobSettings, locked: LockedState) -> Job
         last_base: now,
         next_fire: None,
         resume_interrupted: false,
+        source_gone: false,
     };
     // Armed before the handle is returned, so a status right after start shows the next run.
     task.reschedule();
@@ -420,6 +434,8 @@ struct Task {
     next_fire: Option<DateTime<Utc>>,
     /// The run was stopped by a pause: resume continues it at once.
     resume_interrupted: bool,
+    /// The dataset is gone from the host (a tree's member): see the module docs.
+    source_gone: bool,
 }
 
 async fn wait_run(run: &mut Option<Run>) -> Result<RunResult, JoinError> {
@@ -446,21 +462,27 @@ impl Task {
     }
 
     async fn run(mut self) {
+        if self.settings.source_gone {
+            self.enter_source_gone().await;
+        }
         loop {
             let fire = if self.paused || self.retiring { None } else { self.next_fire };
             let sleep = fire.map(|t| self.ctx.clock.sleep_until(t));
             tokio::select! {
                 () = self.ctx.shutdown.cancelled() => break,
                 cmd = self.rx.recv() => match cmd {
-                    // Awaited here: commands and ticks that come meanwhile wait for it.
+                    // Awaited here: commands and ticks that come meanwhile wait for it. Boxed,
+                    // as is a run's end below: an idle task's future is only as large as its
+                    // biggest inline await, and 1,000 idle datasets each carried a prune's.
                     Some(Command::Prune { dry_run, reply }) => {
-                        let r = self.prune(dry_run).await;
+                        let r = Box::pin(self.prune(dry_run)).await;
                         let _ = reply.send(r);
                     }
+                    Some(Command::Update(settings)) => Box::pin(self.update(*settings)).await,
                     Some(cmd) => self.on_command(cmd),
                     None => self.retiring = true,
                 },
-                res = wait_run(&mut self.run) => self.on_run_done(res).await,
+                res = wait_run(&mut self.run) => Box::pin(self.on_run_done(res)).await,
                 () = sleep_opt(sleep) => self.on_tick(),
             }
             if self.retiring && self.run.is_none() {
@@ -472,7 +494,7 @@ impl Task {
         // next safe point already; wait for it so the state is saved before the lock goes.
         if self.run.is_some() {
             let res = wait_run(&mut self.run).await;
-            self.on_run_done(res).await;
+            Box::pin(self.on_run_done(res)).await;
         }
         // Refuse whatever is still queued.
         self.rx.close();
@@ -501,9 +523,19 @@ impl Task {
             let jitter = if ds.jitter_secs > 0 { fastrand::u64(0..=ds.jitter_secs) } else { 0 };
             t + chrono::Duration::seconds(jitter as i64)
         });
+        if self.source_gone {
+            self.next_fire = None;
+        }
         let next = if self.paused || self.retiring { None } else { self.next_fire };
         self.shared().next_run = next;
+        self.refresh_stale_after();
         self.changed();
+    }
+
+    fn refresh_stale_after(&mut self) {
+        let (ds, tz) = (&self.settings.ds, self.settings.cfg.daemon.timezone);
+        let secs = zib_core::alerts::stale_after(ds, tz, self.ctx.clock.now()).map(|d| d.as_secs());
+        self.shared().stale_after_secs = secs;
     }
 
     fn on_tick(&mut self) {
@@ -559,23 +591,74 @@ impl Task {
                 // Run from the task's loop (it awaits); not reached.
                 let _ = reply.send(Response::error(ErrorKind::Internal, "prune not run"));
             }
-            Command::Update(settings) => {
-                let old = &self.settings;
-                let reschedule = old.ds.schedule != settings.ds.schedule
-                    || old.ds.jitter_secs != settings.ds.jitter_secs
-                    || old.cfg.daemon.timezone != settings.cfg.daemon.timezone;
-                self.shared().schedule = settings.ds.schedule.as_str().to_owned();
-                self.settings = *settings;
-                if reschedule {
-                    self.last_base = self.ctx.clock.now();
-                    self.reschedule();
-                }
+            Command::Update(_) => {
+                // Awaited in the task's loop (it may count chains); not reached.
             }
             Command::Retire => {
                 self.retiring = true;
                 self.shared().next_run = None;
             }
         }
+    }
+
+    /// New settings from the daemon (a reload, or a tree's listing).
+    async fn update(&mut self, settings: JobSettings) {
+        let gone = settings.source_gone;
+        {
+            let old = &self.settings;
+            let reschedule = old.ds.schedule != settings.ds.schedule
+                || old.ds.jitter_secs != settings.ds.jitter_secs
+                || old.cfg.daemon.timezone != settings.cfg.daemon.timezone;
+            self.shared().schedule = settings.ds.schedule.as_str().to_owned();
+            self.settings = settings;
+            if reschedule {
+                self.last_base = self.ctx.clock.now();
+                self.reschedule();
+            } else {
+                self.refresh_stale_after();
+            }
+        }
+        if gone && !self.source_gone {
+            self.enter_source_gone().await;
+        } else if !gone && self.source_gone {
+            self.source_gone = false;
+            tracing::info!(dataset = %self.name, "the dataset exists again; its backups continue (a broken chain starts anew as on_broken_chain says)");
+            self.shared().last_note = None;
+            self.last_base = self.ctx.clock.now();
+            self.reschedule();
+        }
+    }
+
+    /// The dataset is gone from the host: no timer, no failure; logged once, with the chains
+    /// the bucket keeps of it (one listing of its prefix), which the status note shows too.
+    async fn enter_source_gone(&mut self) {
+        self.source_gone = true;
+        self.reschedule();
+        let s = &self.settings;
+        let prefix = s.cfg.resolve(&s.ds).prefix;
+        let chains =
+            crate::restore::load_catalog(&s.engine.s3, &prefix, Some(&self.name), None).await;
+        let kept = match chains {
+            Ok(c) => {
+                let n = c
+                    .datasets
+                    .iter()
+                    .find(|c| c.dataset == self.name)
+                    .map_or(0, |c| c.chains().0.len());
+                format!("{n} chains kept in bucket")
+            }
+            Err(crate::restore::RestoreError::NoCatalog { .. }) => {
+                "0 chains kept in bucket".to_owned()
+            }
+            Err(e) => format!("its chains stay in the bucket (not counted: {e})"),
+        };
+        let message = format!("source gone; {kept}");
+        tracing::warn!(dataset = %self.name, tree = ?s.tree, "{} no longer exists on this host: no more backups of it; {kept} (nothing is deleted)", self.name);
+        let mut sh = self.shared();
+        sh.last_note = Some(RunNote { at: Utc::now(), message });
+        sh.failed = false;
+        drop(sh);
+        self.changed();
     }
 
     fn trigger(&mut self, wait: bool, full: bool) -> Reply {
@@ -591,6 +674,16 @@ impl Task {
         }
         if let Some(why) = self.restore_in_progress() {
             return Response::error(ErrorKind::Conflict, why).into();
+        }
+        if self.source_gone {
+            return Response::error(
+                ErrorKind::Conflict,
+                format!(
+                    "{} no longer exists on this host (source gone); its chains stay in the bucket",
+                    self.name
+                ),
+            )
+            .into();
         }
         if let Some(run) = &self.run {
             if wait && !full && run.stop.is_none() {
@@ -852,6 +945,32 @@ impl Task {
                             bytes: None,
                         }
                     }
+                    Err(e) if self.settings.tree.is_some() && self.is_gone().await => {
+                        // A tree's member destroyed since the last listing: not a failure.
+                        let (msg, at) = run.prev_error.clone();
+                        locked.state.stats.last_error = msg;
+                        locked.state.stats.last_error_at = at;
+                        if let Err(e) = locked.save_async().await {
+                            tracing::warn!(dataset = %self.name, error = %e, "could not save the state after finding the dataset gone");
+                        }
+                        self.locked = Some(locked);
+                        if !self.source_gone {
+                            // Else the tree's listing said so first (and it is logged).
+                            self.enter_source_gone().await;
+                        }
+                        return self.run_finished(
+                            run,
+                            Response::Done {
+                                ok: false,
+                                message: format!(
+                                    "{} no longer exists on this host ({e})",
+                                    self.name
+                                ),
+                                snapshot: None,
+                                bytes: None,
+                            },
+                        );
+                    }
                     Err(e) => {
                         let message = e.to_string();
                         tracing::error!(dataset = %self.name, error = %message, "backup failed");
@@ -890,6 +1009,17 @@ impl Task {
                 Response::Done { ok: false, message, snapshot: None, bytes: None }
             }
         };
+        self.run_finished(run, final_response);
+    }
+
+    /// Whether zfs says the dataset does not exist (an error of zfs's own: it may).
+    async fn is_gone(&self) -> bool {
+        matches!(self.settings.engine.zfs.dataset_exists(self.name.as_str()).await, Ok(false))
+    }
+
+    /// The end of a run: counters, idle, its result to the waiters, and a run the pause
+    /// interrupted continued if resumed meanwhile.
+    fn run_finished(&mut self, run: Run, final_response: Response) {
         {
             let mut s = self.shared();
             if let Some(p) = s.progress.take() {

@@ -27,9 +27,11 @@ mod common;
 #[path = "../support/config.rs"]
 #[allow(dead_code)]
 mod config_toml;
+mod crash_rounds;
 mod daemon;
 mod drill;
 mod legacy;
+mod local_faults;
 /// The host tests' strict Prometheus text parser (`tests/support/prom_text.rs`).
 #[path = "../support/prom_text.rs"]
 #[allow(dead_code)]

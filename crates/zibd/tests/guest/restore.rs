@@ -119,7 +119,7 @@ impl Source {
 
 /// The `zfs receive` of a killed zibd sees EOF and exits on its own (saving its partial
 /// state); wait for that before the next run, as a user would.
-fn wait_receive_gone(target: &str) {
+pub(crate) fn wait_receive_gone(target: &str) {
     for _ in 0..600 {
         if try_run("pgrep", &["-f", &format!("zfs receive -s -u.* {target}$")]).is_err() {
             return;
@@ -129,7 +129,7 @@ fn wait_receive_gone(target: &str) {
     panic!("zfs receive into {target} still running 60 s after zibd was killed");
 }
 
-fn snapshots(ds: &str) -> Vec<String> {
+pub(crate) fn snapshots(ds: &str) -> Vec<String> {
     zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg", ds])
         .lines()
         .map(|l| l.rsplit_once('@').unwrap().1.to_owned())

@@ -115,6 +115,31 @@ impl FakeZfs {
         self.dir.join(kind).join(encode(name))
     }
 
+    /// Creates filesystem `ds` (for `list -r`); a destroyed one comes back.
+    pub fn create(&self, ds: &str) {
+        std::fs::create_dir_all(self.dir.join("fs")).unwrap();
+        std::fs::write(self.file("fs", ds), b"").unwrap();
+        let _ = std::fs::remove_file(self.file("gone", ds));
+    }
+
+    /// Destroys filesystem `ds` with its snapshots and bookmarks (`zfs destroy -r` of a
+    /// dataset without children): gone from `list -r`, and `snapshot` of it fails.
+    pub fn destroy(&self, ds: &str) {
+        let _ = std::fs::remove_file(self.file("fs", ds));
+        std::fs::create_dir_all(self.dir.join("gone")).unwrap();
+        std::fs::write(self.file("gone", ds), b"").unwrap();
+        let stem = encode(ds);
+        for kind in ["snap", "book", "data", "hold", "full"] {
+            let Ok(entries) = std::fs::read_dir(self.dir.join(kind)) else { continue };
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&format!("{stem}@")) || n.starts_with(&format!("{stem}#")) {
+                    std::fs::remove_file(e.path()).unwrap();
+                }
+            }
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }

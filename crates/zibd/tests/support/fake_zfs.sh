@@ -21,9 +21,12 @@
 # `receive -A` succeeds; `mount` succeeds on a dataset that exists; `get` of
 # receive_resume_token, encryption or keystatus prints "-".
 # `list -H -o name DS` (no -t): a dataset exists while it has a snapshot or was received.
+# Trees: fs/<dataset> (an empty file) makes a filesystem that `list -r -t filesystem,volume
+# -o name ROOT` shows (the root and what is below it, by name; a missing root "does not
+# exist"); gone/<dataset> marks one destroyed: `snapshot` of it fails as zfs's does.
 set -euo pipefail
 D=${FAKE_ZFS_DIR:?FAKE_ZFS_DIR not set}
-mkdir -p "$D/snap" "$D/book" "$D/data" "$D/hold" "$D/full" "$D/slow" "$D/received"
+mkdir -p "$D/snap" "$D/book" "$D/data" "$D/hold" "$D/full" "$D/slow" "$D/received" "$D/fs" "$D/gone"
 [ -n "${FAKE_ZFS_LOG:-}" ] && echo "$*" >> "$FAKE_ZFS_LOG"
 enc() { printf '%s' "$1" | sed 's#/#%2F#g'; }
 txg() { local n; n=$(cat "$D/txg" 2>/dev/null || echo 100); n=$((n+1)); echo $n > "$D/txg"; echo $n; }
@@ -32,6 +35,7 @@ cmd=$1; shift
 case "$cmd" in
   snapshot)
     full=$1; f="$D/snap/$(enc "$full")"
+    [ -e "$D/gone/$(enc "${full%%@*}")" ] && { echo "cannot open '${full%%@*}': dataset does not exist" >&2; exit 1; }
     [ -e "$f" ] && { echo "cannot create snapshot '$full': dataset already exists" >&2; exit 1; }
     echo "$(guid) $(txg) ${ZIB_TEST_NOW:-$(date +%s)}" > "$f"
     if [ -n "${FAKE_ZFS_INPUT:-}" ]; then ln -s "$FAKE_ZFS_INPUT" "$D/data/$(enc "$full")"
@@ -54,8 +58,16 @@ case "$cmd" in
     esac ;;
   list)
     kind=""; ds=""
-    while [ $# -gt 0 ]; do case "$1" in -t) kind=$2; shift 2;; -o|-s|-d) shift 2;; -H|-p) shift;; *) ds=$1; shift;; esac; done
+    while [ $# -gt 0 ]; do case "$1" in -t) kind=$2; shift 2;; -o|-s|-d) shift 2;; -H|-p|-r) shift;; *) ds=$1; shift;; esac; done
+    if [ "$kind" = filesystem,volume ]; then
+      [ -e "$D/fs/$(enc "$ds")" ] || { echo "cannot open '$ds': dataset does not exist" >&2; exit 1; }
+      ls "$D/fs" | sed 's#%2F#/#g' | while IFS= read -r n; do
+        case "$n" in "$ds"|"$ds"/*) echo "$n";; esac
+      done
+      exit 0
+    fi
     if [ -z "$kind" ]; then
+      [ -e "$D/fs/$(enc "$ds")" ] && { echo "$ds"; exit 0; }
       compgen -G "$D/snap/$(enc "$ds")@*" > /dev/null && { echo "$ds"; exit 0; }
       [ -e "$D/received/$(enc "$ds")" ] && { echo "$ds"; exit 0; }
       echo "cannot open '$ds': dataset does not exist" >&2; exit 1
