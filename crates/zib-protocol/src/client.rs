@@ -2,8 +2,9 @@
 //! its stream of progress frames and final reply (`stream`). Used by zibctl, by zibd's own
 //! READY self-check and by the tests, so that no one writes the round trip by hand.
 //!
-//! Replies are read with the same cap as the daemon's requests ([`MAX_FRAME_LEN`]): a garbage
-//! length prefix from the peer allocates nothing. An `error` reply is a reply, not a
+//! Replies are read with a cap ([`MAX_REPLY_FRAME_LEN`], larger than the daemon's for requests:
+//! a status reply grows with the datasets): a garbage length prefix from the peer allocates
+//! nothing. An `error` reply is a reply, not a
 //! [`ClientError`]: what it means for the user is the caller's to say.
 
 use std::io;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use tokio::net::UnixStream;
 
-use crate::frame::{FrameError, MAX_FRAME_LEN, read_frame_capped, write_frame};
+use crate::frame::{FrameError, MAX_REPLY_FRAME_LEN, read_frame_capped, write_frame};
 use crate::{ProgressUpdate, Request, Response, ResponseFrame, decode_response, encode_request};
 
 /// How long [`Client::call`] waits for a reply unless told otherwise.
@@ -96,7 +97,7 @@ impl Client {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<ResponseFrame, ClientError> {
-        let read = read_frame_capped(&mut self.stream, MAX_FRAME_LEN);
+        let read = read_frame_capped(&mut self.stream, MAX_REPLY_FRAME_LEN);
         let body = match timeout {
             Some(t) => tokio::time::timeout(t, read).await.map_err(|_| ClientError::Timeout(t))?,
             None => read.await,

@@ -3,7 +3,7 @@
 //! # Wire format
 //!
 //! A connection carries frames in both directions: a `u32` big-endian length, then that many
-//! bytes of UTF-8 JSON; at most [`MAX_FRAME_LEN`] (1 MiB) per frame. See [`frame`];
+//! bytes of UTF-8 JSON; at most [`MAX_FRAME_LEN`] (1 MiB) per request frame and [`MAX_REPLY_FRAME_LEN`] (16 MiB) per reply. See [`frame`];
 //! [`Client`] is the one client side (connect, call, stream) that zibctl, zibd's self-check and
 //! the tests use.
 //!
@@ -41,7 +41,8 @@ pub mod message;
 
 pub use client::{Client, ClientError, REPLY_TIMEOUT};
 pub use frame::{
-    FrameError, MAX_FRAME_LEN, read_frame, read_frame_capped, read_json, write_frame, write_json,
+    FrameError, MAX_FRAME_LEN, MAX_REPLY_FRAME_LEN, read_frame, read_frame_capped, read_json,
+    write_frame, write_json,
 };
 pub use message::{
     DaemonInfo, DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate,

@@ -18,7 +18,7 @@
 //!
 //! Guarantees: a frame that is not a valid request gets `Error { invalid_request }` (or
 //! `unsupported` for an unknown request type or protocol version) and the connection stays
-//! usable; a length prefix above [`MAX_FRAME_LEN`] gets `Error { frame_too_large }` and the
+//! usable; a length prefix above [`zib_protocol::MAX_FRAME_LEN`] gets `Error { frame_too_large }` and the
 //! connection is closed; a half frame then EOF, or a client idle longer than
 //! [`ControlConfig::read_timeout`], just closes the connection. None of these affect other
 //! connections or the daemon. At most [`ControlConfig::max_connections`] connections are served
@@ -36,7 +36,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use zib_protocol::{
-    ErrorKind, FrameError, MAX_FRAME_LEN, Rejected, Request, Response, decode_request,
+    ErrorKind, FrameError, MAX_REPLY_FRAME_LEN, Rejected, Request, Response, decode_request,
     encode_response, read_frame, write_frame,
 };
 
@@ -76,6 +76,8 @@ impl std::fmt::Display for Peer {
 pub enum Reply {
     /// One response frame.
     One(Response),
+    /// One response frame, already encoded (one reply sent to many connections).
+    Frame(std::sync::Arc<[u8]>),
     /// Frames forwarded to the client as they come: any number of [`Response::Progress`], then
     /// one final frame ([`Response::Done`] or [`Response::Error`]); the server stops reading the
     /// receiver after the first final frame. If the sender is dropped without a final frame the
@@ -498,6 +500,9 @@ impl<H: Handler> Connection<H> {
                             Reply::One(response) => {
                                 send(&mut wr, self.config.write_timeout, &response).await
                             }
+                            Reply::Frame(body) => {
+                                send_body(&mut wr, self.config.write_timeout, &body).await
+                            }
                             Reply::Stream(rx) => self.forward(&mut rd, &mut wr, rx).await,
                         }
                     }
@@ -560,18 +565,25 @@ impl<H: Handler> Connection<H> {
 
 /// Writes one response frame, within `timeout`.
 async fn send(wr: &mut OwnedWriteHalf, timeout: Duration, response: &Response) -> Next {
-    let mut body = encode_response(response);
-    if body.len() > MAX_FRAME_LEN as usize {
+    send_body(wr, timeout, &encode_response(response)).await
+}
+
+/// Writes one encoded response frame, within `timeout`.
+async fn send_body(wr: &mut OwnedWriteHalf, timeout: Duration, body: &[u8]) -> Next {
+    let too_large;
+    let mut body = body;
+    if body.len() > MAX_REPLY_FRAME_LEN as usize {
         tracing::error!(len = body.len(), "control reply larger than a frame");
-        body = encode_response(&Response::error(
+        too_large = encode_response(&Response::error(
             ErrorKind::Internal,
             format!(
                 "the reply ({} bytes) is larger than the frame limit; ask for one dataset",
                 body.len()
             ),
         ));
+        body = &too_large;
     }
-    match tokio::time::timeout(timeout, write_frame(wr, &body)).await {
+    match tokio::time::timeout(timeout, write_frame(wr, body)).await {
         Ok(Ok(())) => Next::Continue,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "control reply could not be written");

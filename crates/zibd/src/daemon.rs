@@ -48,6 +48,7 @@ use crate::{
     outside::Outside,
     restore::{self, RestoreEngine, RestoreJobs},
     state_store::{StateStore, StateStoreError},
+    status_reply::StatusReplyCache,
     sync::locked,
     systemd::{Notifier, StatusSummary, status_line},
 };
@@ -162,6 +163,8 @@ pub struct DaemonCore {
     /// scheduled one.
     last_verify: Mutex<Option<VerifySummary>>,
     next_verify: Mutex<Option<DateTime<Utc>>>,
+    /// The all-datasets status reply, shared by requests that come together.
+    status_reply: StatusReplyCache,
 }
 
 /// A running daemon.
@@ -246,6 +249,7 @@ impl Daemon {
                 .with_pricing(cfg.pricing.clone()),
             last_verify: Mutex::new(crate::scheduled_verify::load(&d.state_dir)),
             next_verify: Mutex::new(None),
+            status_reply: StatusReplyCache::default(),
         });
         let socket_path = socket.path().to_owned();
         let server = tokio::spawn(control::serve(
@@ -336,7 +340,9 @@ impl Daemon {
 
     /// Re-reads the config (as SIGHUP).
     pub async fn reload(&self) -> Result<String, ReloadError> {
-        self.core.reload().await
+        let r = self.core.reload().await;
+        self.core.status_reply.invalidate();
+        r
     }
 
     /// Keeps STATUS= current and pings the watchdog (only with a service manager).
@@ -990,9 +996,29 @@ impl DaemonCore {
 
 impl Handler for DaemonCore {
     async fn handle(&self, request: Request, peer: Peer) -> Reply {
-        if request.is_mutating() {
+        let mutating = request.is_mutating();
+        if mutating {
             tracing::info!(%peer, request = request.type_name(), "control request");
         }
+        if let Request::Status { dataset: None } = request {
+            let epoch = *self.ctx.run_ended.borrow();
+            let body = self
+                .status_reply
+                .get_or_build(epoch, || zib_protocol::encode_response(&self.status(None)))
+                .await;
+            return Reply::Frame(body);
+        }
+        let reply = self.carry_out(request).await;
+        if mutating {
+            // After it took effect: the asker's next status shows it.
+            self.status_reply.invalidate();
+        }
+        reply
+    }
+}
+
+impl DaemonCore {
+    async fn carry_out(&self, request: Request) -> Reply {
         match request {
             Request::Status { dataset } => self.status(dataset.as_deref()).into(),
             Request::Version => Response::Version {
@@ -1064,6 +1090,8 @@ async fn run(config_path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let open_files = crate::process::raise_open_file_limit();
+    tracing::debug!(?open_files, "open file limit");
     let daemon = match Daemon::start(DaemonOptions::new(&config_path)).await {
         Ok(d) => d,
         Err(e) => {

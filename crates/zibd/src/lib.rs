@@ -25,6 +25,7 @@ pub mod s3;
 pub mod scheduled_verify;
 pub mod spool;
 pub mod state_store;
+pub mod status_reply;
 pub mod sync;
 pub mod systemd;
 pub mod tree;

@@ -9,6 +9,21 @@ use tokio_util::sync::CancellationToken;
 /// sysexits.h EX_CONFIG: systemd and scripts can tell a bad config from a crash.
 pub const EXIT_CONFIG: u8 = 78;
 
+/// Raises the soft limit of open files to the hard one (as Go programs do since 1.19): the
+/// daemon holds one state lock a dataset, and systemd gives services a soft limit of 1,024
+/// (hard 524,288), which a tree of 1,000 datasets would exceed at start. Returns the limit
+/// in force; on an error the old one stays (and is what the caller sees fail, if anything).
+pub fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    // An unlimited hard limit still stops at the kernel's nr_open (1,048,576 by default).
+    let want = hard.min(1 << 20);
+    if soft < want && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+        return Some(want);
+    }
+    Some(soft)
+}
+
 /// Logs to stderr, filtered by `ZIB_LOG` (default: info, the AWS SDK at warn; see
 /// [`log_filter`]); one JSON object a line with `ZIB_LOG_FORMAT=json` (for log shippers), text
 /// otherwise.

@@ -14,8 +14,8 @@
 //! abandoned attempt of a committed link; no `zib-send` hold, no pending backup and no spool
 //! or restore chunk file is left behind. The figures (rounds, kills, PUTs) are printed.
 //!
-//! Knobs: `ZIB_CRASH_SEED` replays a run (the seed is always printed),
-//! `ZIB_CRASH_GENERATIONS` (default 3) makes it a soak.
+//! Knobs: `ZIB_TEST_CRASH_SEED` replays a run (the seed is always printed),
+//! `ZIB_TEST_CRASH_GENERATIONS` (default 3) makes it a soak.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,20 +36,22 @@ const PASSPHRASE: &str = "zib guest crash rounds passphrase";
 /// printed), so the test always ends; the window grows after every kill, so this is rare.
 const MAX_ROUNDS: u32 = 40;
 
-/// The seed: `ZIB_CRASH_SEED`, else a random one; printed either way so a failure replays.
+/// The seed: `ZIB_TEST_CRASH_SEED`, else a random one; printed either way so a failure replays.
 pub(crate) fn seed(test: &str) -> u64 {
-    let seed = match std::env::var("ZIB_CRASH_SEED") {
-        Ok(s) => s.trim().parse().unwrap_or_else(|_| panic!("ZIB_CRASH_SEED={s:?}: not a u64")),
+    let seed = match std::env::var("ZIB_TEST_CRASH_SEED") {
+        Ok(s) => {
+            s.trim().parse().unwrap_or_else(|_| panic!("ZIB_TEST_CRASH_SEED={s:?}: not a u64"))
+        }
         Err(_) => fastrand::u64(..),
     };
-    eprintln!("{test}: seed {seed} (replay with ZIB_CRASH_SEED={seed})");
+    eprintln!("{test}: seed {seed} (replay with ZIB_TEST_CRASH_SEED={seed})");
     seed
 }
 
-/// `ZIB_CRASH_GENERATIONS`, default 3.
+/// `ZIB_TEST_CRASH_GENERATIONS`, default 3.
 pub(crate) fn generations() -> usize {
-    match std::env::var("ZIB_CRASH_GENERATIONS") {
-        Ok(s) => s.trim().parse().unwrap_or_else(|_| panic!("ZIB_CRASH_GENERATIONS={s:?}")),
+    match std::env::var("ZIB_TEST_CRASH_GENERATIONS") {
+        Ok(s) => s.trim().parse().unwrap_or_else(|_| panic!("ZIB_TEST_CRASH_GENERATIONS={s:?}")),
         Err(_) => 3,
     }
 }

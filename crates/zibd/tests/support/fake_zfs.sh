@@ -73,10 +73,12 @@ case "$cmd" in
       echo "cannot open '$ds': dataset does not exist" >&2; exit 1
     fi
     dir=snap; sep=@; [ "$kind" = bookmark ] && { dir=book; sep='#'; }
-    for f in "$D/$dir"/*; do
+    # Only this dataset's files, and no fork per file: with 500 datasets a scan of the whole
+    # directory was most of a benchmark's time.
+    for f in "$D/$dir/$(enc "$ds")$sep"*; do
       [ -e "$f" ] || continue
-      name=$(basename "$f" | sed 's#%2F#/#g')
-      case "$name" in "$ds$sep"*) read -r g t c < "$f"; printf '%s\t%s\t%s\t%s\n' "$name" "$g" "$t" "$c";; esac
+      name=${f##*/}; name=${name//%2F//}
+      read -r g t c < "$f"; printf '%s\t%s\t%s\t%s\n' "$name" "$g" "$t" "$c"
     done | sort -t$'\t' -k3 -n ;;
   send)
     est=0; last=""; from=""; prev=""
