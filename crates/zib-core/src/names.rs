@@ -253,6 +253,11 @@ impl KeyLayout {
     pub fn new(prefix: &str, dataset: &DatasetName) -> Self {
         Self { root: format!("{}{}@zib/", normalize_prefix(prefix), dataset) }
     }
+    /// The key prefix every object of `dataset` and of its descendants starts with (and of
+    /// datasets whose names merely start with its name: filter by [`KeyLayout::root`]).
+    pub fn tree_prefix(prefix: &str, dataset: &DatasetName) -> String {
+        format!("{}{}", normalize_prefix(prefix), dataset)
+    }
     /// The prefix under which every object of this dataset lives.
     pub fn root(&self) -> &str {
         &self.root

@@ -180,6 +180,49 @@ fn parent(name: &str) -> Option<&str> {
     name.rsplit_once('/').map(|(p, _)| p)
 }
 
+/// Whether one listing of a tree's key prefix costs fewer requests than a listing of each
+/// member's root: a LIST answers up to 1,000 keys, so the shared one costs ceil(keys / 1,000)
+/// requests (at least one) against one a member. `keys_last` is what the last shared listing
+/// had; never taken, it pays from two members.
+pub fn one_listing_pays(members: usize, keys_last: Option<usize>) -> bool {
+    match keys_last {
+        None => members >= 2,
+        Some(keys) => keys.div_ceil(1000).max(1) < members,
+    }
+}
+
+/// The listing groups of a concrete config and its expansion: for each tree, the key prefix
+/// its members' roots share ([`crate::KeyLayout::tree_prefix`]) and how many datasets of the
+/// config have their root under it (the tree's root and members, and any other dataset whose
+/// name starts with the root's).
+pub fn listing_groups(cfg: &Config, x: &Expansion) -> Vec<(String, usize)> {
+    let trees: BTreeSet<&DatasetName> = x.tree_of.values().collect();
+    let roots: Vec<crate::KeyLayout> = cfg
+        .datasets
+        .iter()
+        .map(|d| crate::KeyLayout::new(&cfg.resolve(d).prefix, &d.name))
+        .collect();
+    let mut prefixes: Vec<String> = trees
+        .into_iter()
+        .filter_map(|root| {
+            // The prefix of the tree's members (they share their entry's settings).
+            let member = cfg.datasets.iter().find(|d| x.tree_of.get(&d.name) == Some(root))?;
+            Some(crate::KeyLayout::tree_prefix(&cfg.resolve(member).prefix, root))
+        })
+        .collect();
+    // A tree inside another with the same prefix is in the outer one's listing.
+    prefixes.sort();
+    let mut groups: Vec<(String, usize)> = Vec::new();
+    for p in prefixes {
+        if groups.last().is_some_and(|(outer, _)| p.starts_with(outer.as_str())) {
+            continue;
+        }
+        let members = roots.iter().filter(|l| l.root().starts_with(&p)).count();
+        groups.push((p, members));
+    }
+    groups
+}
+
 /// The roots to list: the recursive entries not inside another recursive entry (a listing of
 /// the outer root shows the inner tree too).
 pub fn roots(cfg: &Config) -> Vec<DatasetName> {
@@ -377,6 +420,30 @@ mod tests {
 
     fn listing(names: &[&str]) -> Vec<DatasetName> {
         names.iter().map(|s| n(s)).collect()
+    }
+
+    #[test]
+    fn one_listing_pays_when_it_takes_fewer_requests_than_a_listing_a_member() {
+        assert!(!one_listing_pays(1, None));
+        assert!(one_listing_pays(2, None));
+        assert!(one_listing_pays(500, Some(5_000)), "5 requests instead of 500");
+        assert!(one_listing_pays(2, Some(0)));
+        assert!(!one_listing_pays(5, Some(5_000)), "5 requests either way");
+        assert!(!one_listing_pays(500, Some(750_000)));
+    }
+
+    #[test]
+    fn listing_groups_are_the_trees_key_prefixes_with_their_datasets() {
+        let cfg = tree_config();
+        let listings = Listings::from([(
+            n("tank/docker"),
+            listing(&["tank/docker", "tank/docker/web", "tank/docker/web/data", "tank/docker/db"]),
+        )]);
+        let x = expand(&cfg, &listings, &BTreeSet::new());
+        let concrete = Config { datasets: x.datasets.clone(), ..cfg.clone() };
+        // tank/docker/db has an entry of its own (its own prefix: the target's), so it is not
+        // under the tree's "boxes/" prefix.
+        assert_eq!(listing_groups(&concrete, &x), [("boxes/tank/docker".to_owned(), 3)]);
     }
 
     #[test]

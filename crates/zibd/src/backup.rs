@@ -541,7 +541,7 @@ impl Backup<'_> {
     async fn plan_new(&mut self, opts: BackupOptions) -> Result<Option<Skipped>, BackupError> {
         let layout = self.layout();
         let here = self.target.destination();
-        let listing = self.engine.s3.list(layout.root()).await?;
+        let listing = self.engine.s3.list_root(layout.root()).await?;
         let listed: Vec<(u64, &str)> = listing
             .iter()
             .filter_map(|o| layout.parse_manifest_key(&o.key).map(|(seq, _)| (seq, o.key.as_str())))

@@ -216,6 +216,7 @@ impl Daemon {
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let engine = Engine::from_config(&cfg, &opts.outside).await;
+        engine.s3.set_listing_groups(zib_core::tree::listing_groups(&cfg, &view.expansion));
         let ctx = JobContext {
             clock: opts.clock.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(d.max_concurrent_jobs)),
@@ -644,6 +645,7 @@ impl DaemonCore {
         x: &Expansion,
         engine: &Engine,
     ) -> Result<(Vec<DatasetName>, Vec<DatasetName>), ReloadError> {
+        engine.s3.set_listing_groups(zib_core::tree::listing_groups(&new, x));
         let old_names: BTreeSet<DatasetName> = locked(&self.jobs).keys().cloned().collect();
         let new_names: BTreeSet<DatasetName> =
             new.datasets.iter().map(|d| d.name.clone()).collect();

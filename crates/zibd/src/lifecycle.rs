@@ -179,7 +179,7 @@ pub async fn prune(
     cancel: &CancellationToken,
 ) -> Result<PruneReport, LifecycleError> {
     let layout = KeyLayout::new(&cfg.resolve(ds).prefix, &ds.name);
-    let listing = s3.list(layout.root()).await?;
+    let listing = s3.list_root(layout.root()).await?;
     let mut manifests = Vec::new();
     for o in &listing {
         if layout.parse_manifest_key(&o.key).is_none() {

@@ -10,6 +10,7 @@
 
 use std::{path::Path, time::Duration};
 
+pub mod listing_groups;
 pub mod request_count;
 
 use crate::{bandwidth::Bandwidth, outside::S3Credentials};
@@ -240,6 +241,8 @@ pub struct S3Store {
     upload_limit: Option<Bandwidth>,
     /// `[daemon] max_download_rate`: GET bodies are read within it.
     download_limit: Option<Bandwidth>,
+    /// Trees' shared listings; every PUT and DELETE is recorded in it.
+    listing_groups: std::sync::Arc<listing_groups::ListingGroups>,
 }
 
 /// How many GETs an object's body is read with when it breaks off or stalls mid-way (each
@@ -348,7 +351,7 @@ impl S3Store {
     /// The same client, limits and timeouts, on another bucket (a restore from a bucket that is
     /// not the configured one: same endpoint and credentials).
     pub fn with_bucket(&self, bucket: &str) -> Self {
-        Self { bucket: bucket.to_owned(), ..self.clone() }
+        Self { bucket: bucket.to_owned(), listing_groups: Default::default(), ..self.clone() }
     }
 
     pub async fn connect(settings: &S3Settings, credentials: Option<&S3Credentials>) -> Self {
@@ -390,6 +393,7 @@ impl S3Store {
             request_timeout,
             upload_limit: None,
             download_limit: None,
+            listing_groups: Default::default(),
         }
     }
 
@@ -403,6 +407,7 @@ impl S3Store {
             request_timeout: Duration::from_secs(zib_core::config::DEFAULT_REQUEST_TIMEOUT_SECS),
             upload_limit: None,
             download_limit: None,
+            listing_groups: Default::default(),
         }
     }
 
@@ -451,6 +456,7 @@ impl S3Store {
         class: StorageClass,
         content_type: &str,
     ) -> Result<bool, S3Error> {
+        self.listing_groups.wrote(key);
         let res = self
             .client
             .put_object()
@@ -704,6 +710,17 @@ impl S3Store {
         Ok(out.body)
     }
 
+    /// Every object under a dataset's key `root`: from its tree's shared listing where that
+    /// is good and saves requests ([`listing_groups`]), else [`S3Store::list`].
+    pub async fn list_root(&self, root: &str) -> Result<Vec<ListedObject>, S3Error> {
+        self.listing_groups.list_root(self, root).await
+    }
+
+    /// The trees' listing groups: (key prefix, members); see [`listing_groups`].
+    pub fn set_listing_groups(&self, groups: Vec<(String, usize)>) {
+        self.listing_groups.set(groups);
+    }
+
     /// Every object under `prefix`, in key order (all pages).
     pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>, S3Error> {
         let mut pages = self
@@ -748,6 +765,7 @@ impl S3Store {
     /// Deletes an object. Deleting a key that is already gone succeeds (S3 answers 204 either
     /// way), so a deletion that is repeated after an interruption is harmless.
     pub async fn delete(&self, key: &str) -> Result<(), S3Error> {
+        self.listing_groups.wrote(key);
         match self.client.delete_object().bucket(&self.bucket).key(key).send().await {
             Ok(_) => Ok(()),
             Err(e) => {

@@ -177,3 +177,102 @@ async fn five_hundred_datasets_run_within_max_concurrent_jobs_while_fifty_client
         per_run.join(", ")
     );
 }
+
+/// LISTs the proxy saw (ListObjectsV2).
+fn lists(proxy: &FaultProxy) -> usize {
+    proxy.requests().iter().filter(|r| r.method == "GET" && r.query.contains("list-type")).count()
+}
+
+/// A tree's members all run at the tree's tick, and each backup checks its key root in the
+/// bucket first: one listing of the tree's prefix answers them all (s3/listing_groups.rs), a
+/// listing a tick instead of one a member. The second tick's backups are incrementals on the
+/// first ones (the shared listing showed each member what it had), and a member that has
+/// written since the listing lists its own root: nothing is answered from a stale listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_of_fifty_lists_the_bucket_once_a_tick_not_once_a_member() {
+    const MEMBERS: usize = 50;
+    let s3 = S3sFsServer::start();
+    let bucket = s3.create_bucket("tree-list").await;
+    let proxy = FaultProxy::start(s3.endpoint()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Every run has changes (written above min_change): no idle skips.
+    let zfs = FakeZfs::at(root.join("zfs"))
+        .knob("FAKE_ZFS_SIZE", "5000")
+        .knob("FAKE_ZFS_WRITTEN", "1000000");
+    zfs.create("big/tree");
+    for i in 1..MEMBERS {
+        zfs.create(&format!("big/tree/m{i:02}"));
+    }
+    let path = root.join("zibd.toml");
+    ConfigToml::new(root, &bucket, &proxy.endpoint())
+        .daemon("socket", quoted(root.join("run/zibd.sock").display()))
+        .daemon("max_concurrent_jobs", MAX_JOBS)
+        .target("storage_class", quoted("STANDARD"))
+        .dataset("big/tree", "0 * * * * *")
+        .dataset_key("recursive", true)
+        .write(&path);
+    let clock = ManualClock::new("2026-01-01T00:00:30Z".parse().unwrap());
+    let daemon = Daemon::start(DaemonOptions {
+        config_path: path,
+        clock: Arc::new(clock.clone()),
+        notifier: Notifier::disabled(),
+        outside: Outside { zfs: zfs.zfs(), s3_credentials: Some(zib_testkit::test_credentials()) },
+    })
+    .await
+    .expect("the daemon starts");
+    let socket = root.join("run/zibd.sock");
+    // Waits until every member has a backup newer than `before` (its snapshot then), done at
+    // the tick of `minute`; returns the chain lengths and the snapshots.
+    let tick = async |minute: u32, before: &BTreeMap<String, String>| {
+        let next: chrono::DateTime<chrono::Utc> =
+            format!("2026-01-01T00:{:02}:00Z", minute + 1).parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let mut c = Client::connect(&socket).await.unwrap();
+            let Response::Status { datasets, .. } =
+                c.call(&Request::Status { dataset: None }).await.unwrap()
+            else {
+                panic!("status")
+            };
+            assert_eq!(datasets.len(), MEMBERS);
+            let snaps: BTreeMap<String, String> = datasets
+                .iter()
+                .filter(|d| d.state == JobState::Scheduled && d.next_run == Some(next))
+                .filter_map(|d| {
+                    let snap = d.last_success.as_ref()?.snapshot.clone()?;
+                    (before.get(&d.dataset) != Some(&snap)).then(|| (d.dataset.clone(), snap))
+                })
+                .collect();
+            if snaps.len() == MEMBERS {
+                return (datasets.iter().map(|d| d.chain_length).collect::<Vec<_>>(), snaps);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {MEMBERS} done at minute {minute}",
+                snaps.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+
+    clock.set("2026-01-01T00:01:00Z".parse().unwrap());
+    let (lengths, snaps) = tick(1, &BTreeMap::new()).await;
+    assert_eq!(lengths, vec![1; MEMBERS], "the first tick: a full each");
+    let first = lists(&proxy);
+    assert!(first <= 2, "{first} listings for {MEMBERS} members at the first tick");
+
+    clock.set("2026-01-01T00:02:00Z".parse().unwrap());
+    let (lengths, _) = tick(2, &snaps).await;
+    assert_eq!(lengths, vec![2; MEMBERS], "the second tick: an incremental each");
+    let second = lists(&proxy) - first;
+    assert!(second <= 2, "{second} listings for {MEMBERS} members at the second tick");
+    let twice: Vec<_> =
+        proxy.successful_puts_per_key().into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "keys stored twice: {twice:?}");
+    assert!(daemon.stop().await);
+    eprintln!(
+        "tree of {MEMBERS}: listings {first} at the first tick, {second} at the second \
+         (one a member before)"
+    );
+}
