@@ -37,9 +37,15 @@ struct Bed {
     _server: S3sFsServer,
 }
 
+/// The request timeout of the stall tests: a stalled body is given up after it.
+const STALL_TIMEOUT: (&str, &str) = ("request_timeout_secs", "2");
+
 impl Bed {
-    /// A config for tank/photos on s3s-fs behind the proxy, `chunk` bytes a chunk,
-    /// `request_timeout_secs = 2`, then `target` and `dataset` keys (TOML values) on top.
+    /// A config for tank/photos on s3s-fs behind the proxy, `chunk` bytes a chunk, then
+    /// `target` and `dataset` keys (TOML values) on top. The request timeout is 60 s: only the
+    /// stall tests set a short one ([`STALL_TIMEOUT`]); with 2 s for all, an attempt that
+    /// was merely slow on a busy machine timed out, and a test that counts attempts saw one
+    /// more (a 412 test: dropped, cut off by the timeout, 412).
     async fn new(chunk: u64, target: &[(&str, &str)], dataset: &[(&str, &str)]) -> Bed {
         let server = S3sFsServer::start();
         let bucket = server.create_bucket("faults").await;
@@ -50,7 +56,7 @@ impl Bed {
         let mut c = ConfigToml::new(&root, &bucket, &proxy.endpoint())
             .target("storage_class", quoted("STANDARD"))
             .target("chunk_size", chunk)
-            .target("request_timeout_secs", 2);
+            .target("request_timeout_secs", 60);
         for (k, v) in target {
             c = c.target(k, v);
         }
@@ -197,7 +203,7 @@ fn is_manifest(k: &str) -> bool {
 async fn a_put_whose_body_stalls_half_way_times_out_is_sent_again_and_a_lasting_stall_fails() {
     // 256 KiB chunks: a 16 KiB head of the body is well inside the first chunk; its PUT
     // attempt gets 2 s + 4 s (one per 64 KiB) before it is given up.
-    let bed = Bed::new(4 * CHUNK, &[("max_attempts", "3")], &[]).await;
+    let bed = Bed::new(4 * CHUNK, &[("max_attempts", "3"), STALL_TIMEOUT], &[]).await;
     let stalled = Matcher::put().path_prefix(&bed.seq_path(1)).path_contains("/a00/00000000");
     bed.proxy
         .add_fault(Fault::new(stalled.clone(), FaultAction::StallRequestBody { after: 16384 }));
@@ -257,7 +263,7 @@ async fn a_put_whose_body_stalls_half_way_times_out_is_sent_again_and_a_lasting_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_get_whose_body_stalls_half_way_is_read_again_and_the_restore_is_whole() {
-    let bed = Bed::new(CHUNK, &[], &[]).await;
+    let bed = Bed::new(CHUNK, &[STALL_TIMEOUT], &[]).await;
     ok(&bed.backup());
     let m = bed.manifests().await.remove(0);
     // Chunk 2's body stops after 4 KiB; the restore gives it up after request_timeout_secs
@@ -289,7 +295,7 @@ async fn a_get_whose_body_stalls_half_way_is_read_again_and_the_restore_is_whole
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listing_or_manifest_whose_body_stalls_is_read_again() {
-    let bed = Bed::new(CHUNK, &[], &[]).await;
+    let bed = Bed::new(CHUNK, &[STALL_TIMEOUT], &[]).await;
     ok(&bed.backup());
     ok(&bed.backup());
     bed.proxy.reset_counts();
