@@ -26,8 +26,8 @@
 //!
 //! It also measures how many requests of a method were in flight at once
 //! ([`FaultProxy::peak_in_flight`]: do parallel PUTs really overlap?), and
-//! [`FaultProxy::start_capped`] caps the rate at which it reads each client connection, the
-//! regime of real S3 where one connection, not the server, is the limit.
+//! [`FaultProxy::start_capped`] caps the rate at which it reads and writes each client
+//! connection, the regime of real S3 where one connection, not the server, is the limit.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -302,8 +302,9 @@ impl FaultProxy {
         Self::start_capped(upstream, None).await
     }
 
-    /// Like [`FaultProxy::start`], reading each client connection at most at `cap` bytes per
-    /// second (request bodies: uploads), when given.
+    /// Like [`FaultProxy::start`], reading and writing each client connection at most at `cap`
+    /// bytes per second each way (request bodies: uploads; response bodies: downloads), when
+    /// given.
     pub async fn start_capped(upstream: &str, cap: Option<u64>) -> FaultProxy {
         let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_string();
         assert!(!upstream.contains('/'), "upstream must be http://HOST:PORT, got {upstream}");
@@ -739,16 +740,13 @@ fn full(s: String) -> ProxyBody {
     Full::new(Bytes::from(s)).map_err(|e: Infallible| match e {}).boxed()
 }
 
-/// A client connection, read at most at `cap` bytes per second (a token bucket holding up to
-/// a tenth of a second of bytes, so the rate holds over any stretch longer than that).
+/// A client connection, read and written at most at `cap` bytes per second each way.
 #[derive(Debug)]
 struct Capped {
     inner: TcpStream,
-    cap: Option<u64>,
-    /// Bytes that may be read now, and when that was last refilled.
-    tokens: f64,
-    refilled: tokio::time::Instant,
-    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Uploads (request bodies) and downloads (response bodies).
+    read: Option<Rate>,
+    write: Option<Rate>,
     scratch: Vec<u8>,
 }
 
@@ -756,12 +754,55 @@ impl Capped {
     fn new(inner: TcpStream, cap: Option<u64>) -> Capped {
         Capped {
             inner,
-            cap,
-            tokens: 0.0,
-            refilled: tokio::time::Instant::now(),
-            sleep: None,
+            read: cap.map(Rate::new),
+            write: cap.map(Rate::new),
             scratch: if cap.is_some() { vec![0; 64 * 1024] } else { Vec::new() },
         }
+    }
+}
+
+/// A token bucket of `cap` bytes per second holding up to a tenth of a second of bytes, so
+/// the rate holds over any stretch longer than that.
+#[derive(Debug)]
+struct Rate {
+    cap: u64,
+    /// Bytes that may go now, and when that was last refilled.
+    tokens: f64,
+    refilled: tokio::time::Instant,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Rate {
+    fn new(cap: u64) -> Rate {
+        Rate { cap, tokens: 0.0, refilled: tokio::time::Instant::now(), sleep: None }
+    }
+
+    /// How many bytes (at least 1) may go now, or Pending until one may.
+    fn poll_allowed(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<usize> {
+        use std::task::Poll;
+        let burst = (self.cap as f64 / 10.0).max(1.0);
+        loop {
+            if let Some(sleep) = self.sleep.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.sleep = None;
+            }
+            let now = tokio::time::Instant::now();
+            let elapsed = now.duration_since(self.refilled).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.cap as f64).min(burst);
+            self.refilled = now;
+            if self.tokens >= 1.0 {
+                return Poll::Ready(self.tokens as usize);
+            }
+            let wait = (1.0 - self.tokens) / self.cap as f64;
+            self.sleep =
+                Some(Box::pin(tokio::time::sleep(Duration::from_secs_f64(wait.max(0.001)))));
+        }
+    }
+
+    fn spent(&mut self, n: usize) {
+        self.tokens -= n as f64;
     }
 }
 
@@ -773,35 +814,17 @@ impl tokio::io::AsyncRead for Capped {
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         let this = &mut *self;
-        let Some(cap) = this.cap else {
+        let Some(rate) = this.read.as_mut() else {
             return std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
         };
-        let burst = (cap as f64 / 10.0).max(1.0);
-        loop {
-            if let Some(sleep) = this.sleep.as_mut() {
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                this.sleep = None;
-            }
-            let now = tokio::time::Instant::now();
-            let elapsed = now.duration_since(this.refilled).as_secs_f64();
-            this.tokens = (this.tokens + elapsed * cap as f64).min(burst);
-            this.refilled = now;
-            if this.tokens >= 1.0 {
-                break;
-            }
-            let wait = (1.0 - this.tokens) / cap as f64;
-            this.sleep =
-                Some(Box::pin(tokio::time::sleep(Duration::from_secs_f64(wait.max(0.001)))));
-        }
-        let allowed = (this.tokens as usize).min(buf.remaining()).min(this.scratch.len());
+        let Poll::Ready(allowed) = rate.poll_allowed(cx) else { return Poll::Pending };
+        let allowed = allowed.min(buf.remaining()).min(this.scratch.len());
         let mut limited = tokio::io::ReadBuf::new(&mut this.scratch[..allowed]);
         let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut limited);
         if let Poll::Ready(Ok(())) = &r {
             let n = limited.filled().len();
             buf.put_slice(limited.filled());
-            this.tokens -= n as f64;
+            rate.spent(n);
         }
         r
     }
@@ -813,7 +836,17 @@ impl tokio::io::AsyncWrite for Capped {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        use std::task::Poll;
+        let this = &mut *self;
+        let Some(rate) = this.write.as_mut() else {
+            return std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        };
+        let Poll::Ready(allowed) = rate.poll_allowed(cx) else { return Poll::Pending };
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, &buf[..allowed.min(buf.len())]);
+        if let Poll::Ready(Ok(n)) = &r {
+            rate.spent(*n);
+        }
+        r
     }
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,

@@ -28,6 +28,7 @@ use aws_sdk_s3::{
     types::{ChecksumAlgorithm, ChecksumMode, GlacierJobParameters, RestoreRequest, Tier},
 };
 use base64::Engine as _;
+use bytes::Bytes;
 use zib_core::{
     StorageClass,
     config::Config,
@@ -427,14 +428,35 @@ impl S3Store {
                 Ok(n)
             }
             Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "no data for {} s (target.request_timeout_secs)",
-                    self.request_timeout.as_secs()
-                ),
-            )),
+            Err(_) => Err(self.body_stalled()),
         }
+    }
+
+    /// The next piece of a GET body as the connection delivered it (None at its end), without
+    /// copying it; like [`S3Store::read_body`], `TimedOut` when nothing arrives within the
+    /// request timeout, and within the download limit.
+    pub async fn next_body_piece(&self, body: &mut ByteStream) -> std::io::Result<Option<Bytes>> {
+        match tokio::time::timeout(self.request_timeout, body.next()).await {
+            Ok(Some(Ok(piece))) => {
+                if let Some(limit) = &self.download_limit {
+                    limit.take(piece.len() as u64).await;
+                }
+                Ok(Some(piece))
+            }
+            Ok(Some(Err(e))) => Err(std::io::Error::other(e)),
+            Ok(None) => Ok(None),
+            Err(_) => Err(self.body_stalled()),
+        }
+    }
+
+    fn body_stalled(&self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no data for {} s (target.request_timeout_secs)",
+                self.request_timeout.as_secs()
+            ),
+        )
     }
 
     pub fn bucket(&self) -> &str {

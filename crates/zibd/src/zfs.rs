@@ -451,6 +451,13 @@ impl Zfs {
             .spawn()
             .map_err(|source| ZfsError::Spawn { cmd: cmd.clone(), source })?;
         let stdin = child.stdin.take().expect("piped");
+        // A larger pipe than the default 64 KiB: the restore writes its verified chunks in
+        // pieces of a MiB, and each fill of a small pipe is a switch to the receive and back.
+        // Best effort (the kernel's pipe-max-size may be lower).
+        let _ = nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&stdin),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(RECEIVE_PIPE_BYTES),
+        );
         let stderr = collect_stderr(&mut child);
         Ok(ReceiveSink { cmd, child, stdin: Some(stdin), stderr })
     }
@@ -639,6 +646,9 @@ impl SendStream {
         finish_child(&self.cmd, &mut self.child, &mut self.stderr).await
     }
 }
+
+/// The pipe to a `zfs receive`: the kernel's default pipe-max-size.
+const RECEIVE_PIPE_BYTES: i32 = 1 << 20;
 
 /// A running `zfs receive`. Dropping it kills the process.
 #[derive(Debug)]

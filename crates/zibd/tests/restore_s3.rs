@@ -350,6 +350,97 @@ async fn a_stream_hash_mismatch_holds_back_the_last_chunk() {
     assert!(spool.is_empty(), "{spool:?}");
 }
 
+/// The chunk files in a restore's spool (under `work`), with their sizes.
+fn spooled(work: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(work.join("restore-spool")) else { return out };
+    for d in dirs.flatten() {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".chunk") {
+                out.push((name, f.metadata().map(|m| m.len()).unwrap_or(0)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 14: while a chunk is being fed to a `zfs receive` that does not read, the next
+/// chunks still download (the link is not idle while the receive works), and the spool holds
+/// at most `--parallel` + 1 chunk files all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_go_on_while_a_chunk_is_fed_within_the_spool_bound() {
+    // Chunks larger than the pipe and the sockets' buffers together: a download that is not
+    // driven while chunk 0 is fed cannot finish.
+    const BIG: u64 = 16 << 20;
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("roverlap").await;
+    let chain = [Backup {
+        snap: "zib-20261101T000000Z",
+        guid: "111",
+        data: send_stream(9, 4 * BIG as usize, 111, 0),
+    }];
+    seed_chunked(&client, &bucket, "tank/photos", &chain, StorageClass::Standard, BIG).await;
+    let ep = moto.endpoint();
+    let zfs = FakeZfs::new();
+    zfs.pause_receive(true);
+    let work = tempfile::tempdir().unwrap();
+    let wd = work.path().to_str().unwrap();
+    let mut c = support::zibd_command(ep, &zfs);
+    c.arg("--config").arg("/nonexistent/zibd.toml").arg("restore");
+    c.args(
+        [
+            &["run", "--to", "pool/r", "--work-dir", wd, "--parallel", "2"],
+            &bucket_args(&bucket, ep)[..],
+        ]
+        .concat(),
+    );
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+
+    // Chunk 0 goes to the paused receive; chunks 1 and 2 must arrive whole meanwhile.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut most = 0;
+    let ahead = loop {
+        let files = spooled(work.path());
+        most = most.max(files.len());
+        let whole: Vec<&String> = files.iter().filter(|(_, n)| *n == BIG).map(|(f, _)| f).collect();
+        if whole.iter().any(|f| f.ends_with("00000001.chunk"))
+            && whole.iter().any(|f| f.ends_with("00000002.chunk"))
+        {
+            break files;
+        }
+        if std::time::Instant::now() > deadline {
+            zfs.pause_receive(false);
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "chunks 1 and 2 did not download while chunk 0 was fed: {files:?}\n{}",
+                text(&o).1
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Held there (the receive still reads nothing): chunk 3 waits for a free place.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let files = spooled(work.path());
+    most = most.max(files.len());
+    assert!(!files.iter().any(|(f, _)| f.ends_with("00000003.chunk")), "{files:?} (was {ahead:?})");
+
+    zfs.pause_receive(false);
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        most = most.max(spooled(work.path()).len());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    support::ok(&o);
+    assert!(most <= 3, "{most} chunk files at once with --parallel 2");
+    assert_eq!(zfs.received(), [chain[0].data.clone()]);
+    assert!(spooled(work.path()).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clear_errors_broken_chain_and_restore_object_denied() {
     let moto = MotoServer::start();

@@ -1,5 +1,5 @@
 //! The counting proxy as a program, for `scripts/bench` (not a test): forwards to an S3
-//! server, optionally capping each client connection's upload rate, and on SIGTERM or SIGINT
+//! server, optionally capping each client connection's rate each way (uploads and downloads), and on SIGTERM or SIGINT
 //! prints what it saw: requests per method, the most in flight at once, bytes of request
 //! bodies are not counted (the tools' inputs are known).
 //!

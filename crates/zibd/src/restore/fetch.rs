@@ -1,14 +1,16 @@
 //! Fetching a chunk: wait until it is readable (asking for a thaw again if an earlier one
-//! expired), download it to a spool file while hashing, and check its size and SHA-256 (or an
-//! adopted chunk's MD5) against the manifest. Nothing unverified is ever handed on.
+//! expired), download it to a spool file while hashing (in one pass, a blocking thread hashing
+//! and writing beside the network), and check its size and SHA-256 (or an adopted chunk's MD5)
+//! against the manifest. Nothing unverified is ever handed on.
 
 use std::{
     path::{Path, PathBuf},
     sync::atomic::Ordering,
 };
 
+use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use tokio::{io::AsyncWriteExt, sync::watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use zib_core::{DatasetName, manifest::ChunkRecord, pricing::RestoreTier};
 
@@ -105,13 +107,16 @@ impl From<PathError> for DownloadError {
 }
 
 /// GET into `path`, hashing; verifies size and SHA-256 against the manifest. Retries a body
-/// that breaks off mid-way (the SDK retries only the request itself).
+/// that breaks off mid-way (the SDK retries only the request itself). This task reads the body
+/// and gathers it into pieces of [`PIECE`] bytes; a blocking thread hashes each piece and
+/// writes it to the spool file (one pass over the bytes, the hash beside the network), at most
+/// [`PIECES_QUEUED`] pieces behind: memory stays bounded whatever the chunk size.
 async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(), DownloadError> {
     let bucket = ctx.s3.bucket();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let body = match ctx.s3.get(&c.key).await {
+        let mut body = match ctx.s3.get(&c.key).await {
             Ok(b) => b,
             Err(e) if e.kind() == S3ErrorKind::NotThawed => {
                 return Err(DownloadError::NotThawed);
@@ -127,36 +132,46 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
         };
         crate::state_store::remove_stale(path)
             .map_err(io_err("cannot remove stale spool file", path))?;
-        let mut file = tokio::fs::OpenOptions::from(crate::state_store::new_private_file())
+        let file = crate::state_store::new_private_file()
             .open(path)
-            .await
             .map_err(io_err("cannot create spool file", path))?;
-        let mut hasher = Sha256::new();
+        let (pieces, queue) = mpsc::channel::<Bytes>(PIECES_QUEUED);
         // An adopted chunk (another tool's) is known by its MD5, checked as its SHA-256 would be.
-        let mut md5 = c.md5.as_ref().map(|_| <md5::Md5 as md5::Digest>::new());
+        let with_md5 = c.md5.is_some();
+        let writer = tokio::task::spawn_blocking(move || write_spool(file, queue, with_md5));
         let mut size = 0u64;
-        let mut reader = body.into_async_read();
-        let mut buf = vec![0u8; 256 * 1024];
         let res: Result<(), std::io::Error> = async {
+            let mut gathered = BytesMut::new();
             loop {
-                let n = ctx.s3.read_body(&mut reader, &mut buf).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                size += n as u64;
+                let Some(piece) = ctx.s3.next_body_piece(&mut body).await? else { break };
+                size += piece.len() as u64;
                 if size > c.size {
                     return Ok(()); // too long: reported below, no need to read further
                 }
-                hasher.update(&buf[..n]);
-                if let Some(m) = md5.as_mut() {
-                    md5::Digest::update(m, &buf[..n]);
+                let full = if gathered.is_empty() && piece.len() >= PIECE {
+                    piece
+                } else {
+                    if gathered.is_empty() {
+                        gathered.reserve(PIECE);
+                    }
+                    gathered.extend_from_slice(&piece);
+                    if gathered.len() < PIECE {
+                        continue;
+                    }
+                    std::mem::take(&mut gathered).freeze()
+                };
+                if pieces.send(full).await.is_err() {
+                    return Ok(()); // the writer failed: its error is reported below
                 }
-                file.write_all(&buf[..n]).await.map_err(|e| {
-                    std::io::Error::other(format!("writing {}: {e}", path.display()))
-                })?;
             }
+            if !gathered.is_empty() {
+                let _ = pieces.send(gathered.freeze()).await;
+            }
+            Ok(())
         }
         .await;
+        drop(pieces);
+        let written = writer.await.map_err(std::io::Error::other).and_then(|w| w);
         match res {
             Ok(()) => {}
             Err(e) if attempt < crate::s3::BODY_ATTEMPTS => {
@@ -167,8 +182,7 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
                 return Err(io_err("downloading", Path::new(&c.key))(e).into());
             }
         }
-        file.flush().await.map_err(io_err("cannot write spool file", path))?;
-        drop(file);
+        let (hasher, md5) = written.map_err(io_err("cannot write spool file", path))?;
         let sha = hex::encode(hasher.finalize());
         let detail = if size != c.size {
             Some(format!(
@@ -197,4 +211,29 @@ async fn download(ctx: FetchCtx<'_>, c: &ChunkRecord, path: &Path) -> Result<(),
         ctx.progress.send_modify(|p| p.chunks_downloaded += 1);
         return Ok(());
     }
+}
+
+/// Bytes handed to the spool writer at once (a download gathers the body's pieces to this).
+const PIECE: usize = 1 << 20;
+/// Pieces a download may be ahead of its spool writer.
+const PIECES_QUEUED: usize = 2;
+
+/// The blocking half of a download: hashes each piece (SHA-256, and MD5 for an adopted chunk)
+/// and writes it to `file`, until the download closes the queue.
+fn write_spool(
+    mut file: std::fs::File,
+    mut queue: mpsc::Receiver<Bytes>,
+    with_md5: bool,
+) -> std::io::Result<(Sha256, Option<md5::Md5>)> {
+    use std::io::Write;
+    let mut sha = Sha256::new();
+    let mut md5 = with_md5.then(<md5::Md5 as md5::Digest>::new);
+    while let Some(piece) = queue.blocking_recv() {
+        sha.update(&piece);
+        if let Some(m) = md5.as_mut() {
+            md5::Digest::update(m, &piece);
+        }
+        file.write_all(&piece)?;
+    }
+    Ok((sha, md5))
 }

@@ -1,13 +1,14 @@
 //! The receive of one stream: one `zfs receive -s -u` (an interrupted one aborted first), its
-//! chunks fetched ahead (at most `parallel`, see `fetch`) and passed to it in order only after
-//! their size and SHA-256 matched the manifest; the stream's begin record checked before its
-//! first byte, its last chunk held back until the whole stream's SHA-256 matched.
+//! chunks fetched ahead (at most `parallel`, see `fetch`, downloading on while one is fed) and
+//! passed to it in order only after their size and SHA-256 matched the manifest; the stream's
+//! begin record checked before its first byte, its last chunk held back until the whole
+//! stream's SHA-256 matched.
 
-use std::{path::Path, sync::atomic::Ordering};
+use std::{collections::VecDeque, path::Path, sync::atomic::Ordering};
 
-use futures::StreamExt;
+use futures::{StreamExt, stream::FuturesOrdered};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::{io::AsyncWriteExt, sync::mpsc};
 use zib_core::{DatasetName, SnapName, restore_plan::PlanStep};
 
 use super::{
@@ -131,17 +132,33 @@ impl Run<'_> {
                 )
             })
             .collect();
-        let mut fetches = futures::stream::iter(futs).buffered(self.parallel);
+        // At most `parallel` chunks downloading or downloaded and waiting, plus the one being
+        // written to the receive: `parallel + 1` spool files. Downloads go on while a chunk is
+        // written (`alongside`), so the link is never idle while the receive is fed.
+        let mut queued = futs.into_iter();
+        let mut fetches = FuturesOrdered::new();
+        let mut waiting = VecDeque::new();
+        let parallel = self.parallel;
+        let mut refill = |fetches: &mut FuturesOrdered<_>, waiting: &VecDeque<_>| {
+            while fetches.len() + waiting.len() < parallel {
+                let Some(f) = queued.next() else { break };
+                fetches.push_back(f);
+            }
+        };
 
         let last = step.chunks.len().checked_sub(1);
         let mut whole = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
         loop {
-            let next = tokio::select! {
-                n = fetches.next() => n,
-                () = self.cancel.cancelled() => return Err(RestoreError::Cancelled { target: self.opts.target.to_string() }.into()),
+            refill(&mut fetches, &waiting);
+            let next = match waiting.pop_front() {
+                Some(f) => Some(f),
+                None => tokio::select! {
+                    n = fetches.next() => n,
+                    () = self.cancel.cancelled() => return Err(RestoreError::Cancelled { target: self.opts.target.to_string() }.into()),
+                },
             };
             let Some(fetched) = next else { break };
+            refill(&mut fetches, &waiting);
             let Fetched { index, file, thaw, archived } = fetched?;
             let path = file.path();
             self.polls += thaw.polls;
@@ -165,20 +182,23 @@ impl Run<'_> {
             {
                 return Err(e);
             }
-            let written = if Some(index) == last {
-                // Hash first, write after: the stream's end goes out only if it all matches.
-                copy_spool(path, &mut buf, None, Some(&mut whole)).await?;
-                let hashed = std::mem::take(&mut whole);
-                self.check_stream_hash(step, hashed)?;
-                copy_spool(path, &mut buf, Some(sink), None).await
-            } else {
-                // Verified: now, and only now, its bytes go to zfs receive.
-                copy_spool(path, &mut buf, Some(sink), Some(&mut whole)).await
+            let copy = async {
+                if Some(index) == last {
+                    // Hash first, write after: the stream's end goes out only if it all matches.
+                    copy_spool(path, None, Some(&mut whole)).await?;
+                    let hashed = std::mem::take(&mut whole);
+                    self.check_stream_hash(step, hashed)?;
+                    copy_spool(path, Some(&mut *sink), None).await
+                } else {
+                    // Verified: now, and only now, its bytes go to zfs receive.
+                    copy_spool(path, Some(&mut *sink), Some(&mut whole)).await
+                }
             };
+            let written = alongside(copy, &mut fetches, &mut waiting).await;
             drop(file);
             written?;
             self.file.rec().chunks[i][index].received = true;
-            self.file.save().await?;
+            alongside(self.file.save(), &mut fetches, &mut waiting).await?;
             self.publish(RestorePhase::Receiving, None);
             failpoint::hit("restore-after-chunk");
         }
@@ -272,28 +292,84 @@ impl From<PathError> for Feed {
     }
 }
 
-/// Reads spool file `path` in `buf`-sized pieces into `hash` and/or `sink`.
-async fn copy_spool(
-    path: &Path,
-    buf: &mut [u8],
-    mut sink: Option<&mut ReceiveSink>,
-    mut hash: Option<&mut Sha256>,
-) -> Result<(), Feed> {
-    use tokio::io::AsyncReadExt;
-    let mut f =
-        tokio::fs::File::open(path).await.map_err(io_err("cannot open spool file", path))?;
+/// Runs `work` while the downloads in `fetches` go on, keeping each that finishes (in order)
+/// in `waiting`.
+async fn alongside<T, F: Future>(
+    work: impl Future<Output = T>,
+    fetches: &mut FuturesOrdered<F>,
+    waiting: &mut VecDeque<F::Output>,
+) -> T {
+    let mut work = std::pin::pin!(work);
     loop {
-        let n = f.read(buf).await.map_err(io_err("cannot read spool file", path))?;
-        if n == 0 {
-            return Ok(());
-        }
-        if let Some(h) = hash.as_deref_mut() {
-            h.update(&buf[..n]);
-        }
-        if let Some(s) = sink.as_deref_mut() {
-            s.stdin().write_all(&buf[..n]).await.map_err(Feed::ReceiveStopped)?;
+        tokio::select! {
+            biased;
+            t = &mut work => return t,
+            Some(f) = fetches.next(), if !fetches.is_empty() => waiting.push_back(f),
         }
     }
+}
+
+/// Bytes read from a spool file at once.
+const READ_PIECE: usize = 1 << 20;
+
+/// Reads spool file `path` into `hash` and/or `sink`: a blocking thread reads and hashes it in
+/// pieces of [`READ_PIECE`] bytes (two of them, passed back and forth), this task writes each
+/// to the receive, so that reading and hashing overlap the receive's work.
+async fn copy_spool(
+    path: &Path,
+    mut sink: Option<&mut ReceiveSink>,
+    hash: Option<&mut Sha256>,
+) -> Result<(), Feed> {
+    let (full, mut filled) = mpsc::channel::<Vec<u8>>(2);
+    let (empty, emptied) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..2 {
+        let _ = empty.send(vec![0; READ_PIECE]);
+    }
+    let mut hasher = hash.as_deref().cloned();
+    let file = path.to_owned();
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Sha256>> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&file)?;
+        while let Ok(mut buf) = emptied.recv() {
+            buf.resize(READ_PIECE, 0);
+            let mut n = 0;
+            while n < buf.len() {
+                match f.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf);
+            }
+            if full.blocking_send(buf).is_err() {
+                break; // the writer stopped: its error is reported
+            }
+        }
+        Ok(hasher)
+    });
+    while let Some(buf) = filled.recv().await {
+        if let Some(s) = sink.as_deref_mut() {
+            s.stdin().write_all(&buf).await.map_err(Feed::ReceiveStopped)?;
+        }
+        let _ = empty.send(buf);
+    }
+    drop(empty);
+    let hashed = reader
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(io_err("cannot read spool file", path))?;
+    if let (Some(to), Some(h)) = (hash, hashed) {
+        *to = h;
+    }
+    Ok(())
 }
 
 /// The GUID of `target@snap`, None if the dataset or snapshot does not exist.

@@ -109,6 +109,16 @@ impl FakeZfs {
         }
     }
 
+    /// While on, a `receive` reads nothing (it waits before its `cat`).
+    pub fn pause_receive(&self, on: bool) {
+        let f = self.dir.join("paused-receive");
+        if on {
+            std::fs::write(f, b"").unwrap();
+        } else {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
     /// The file of `name` (`ds@snap`, `ds#book`, `ds`) in its state directory `kind`
     /// (`snap`, `book`, `data`, `hold`, `written`, ...).
     pub fn file(&self, kind: &str, name: &str) -> PathBuf {

@@ -18,7 +18,8 @@
 # 16 KiB every 0.2 s (a test keeps a run busy, and it still stops at a safe point when cancelled).
 # Restore: `receive ... TARGET` marks TARGET received and becomes (exec) a `cat` of its stdin
 # to recv.N (N = the receive's number, from 1), so killing it stops the reader itself;
-# `receive -A` succeeds; `mount` succeeds on a dataset that exists; `get` of
+# while the file paused-receive exists, a receive waits before it reads anything (its input
+# backs up into zibd); `receive -A` succeeds; `mount` succeeds on a dataset that exists; `get` of
 # receive_resume_token, encryption or keystatus prints "-".
 # `list -H -o name DS` (no -t): a dataset exists while it has a snapshot or was received.
 # Trees: fs/<dataset> (an empty file) makes a filesystem that `list -r -t filesystem,volume
@@ -147,6 +148,7 @@ case "$cmd" in
     for a in "$@"; do last=$a; done
     : > "$D/received/$(enc "${last%%@*}")"
     n=$(ls "$D" | grep -c '^recv\.' || true)
+    while [ -e "$D/paused-receive" ]; do sleep 0.05; done
     exec cat > "$D/recv.$((n + 1))" ;;
   mount)
     ds=$1
