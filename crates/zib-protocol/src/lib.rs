@@ -44,9 +44,9 @@ pub use frame::{
     FrameError, MAX_FRAME_LEN, read_frame, read_frame_capped, read_json, write_frame, write_json,
 };
 pub use message::{
-    DaemonInfo, DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate,
-    Request, Response, RestoreJobStatus, RestoreStart, RestoreState, RestoreTier, RunNote,
-    RunProgress, VerifySummary, VerifyTrigger,
+    DaemonInfo, DatasetStatus, DrillStatus, DrillSummary, DrillTrigger, ErrorKind, JobState,
+    LastError, LastSuccess, ProgressUpdate, Request, Response, RestoreJobStatus, RestoreStart,
+    RestoreState, RestoreTier, RunNote, RunProgress, VerifySummary, VerifyTrigger,
 };
 
 use serde::{Deserialize, Serialize};
@@ -245,6 +245,12 @@ mod tests {
             Request::Cost { dataset: None },
             Request::PruneNow { dataset: None, dry_run: true },
             Request::Verify { dataset: None, deep: true },
+            Request::RestoreDrill {
+                dataset: "a".into(),
+                snapshot: None,
+                yes: false,
+                tier: RestoreTier::Bulk,
+            },
         ];
         assert_eq!(all.len(), Request::KNOWN_TYPES.len());
         for r in all {
@@ -268,5 +274,13 @@ mod tests {
         // Both make paid S3 requests; a prune (not a dry run) deletes.
         assert!(Request::Cost { dataset: None }.is_mutating());
         assert!(Request::PruneNow { dataset: None, dry_run: true }.is_mutating());
+        // A drill restores (and may thaw, which is billed).
+        let drill = Request::RestoreDrill {
+            dataset: "a".into(),
+            snapshot: None,
+            yes: false,
+            tier: RestoreTier::Bulk,
+        };
+        assert!(drill.is_mutating());
     }
 }

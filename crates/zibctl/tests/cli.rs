@@ -61,6 +61,7 @@ fn status_reply() -> Response {
             restores_running: 0,
             last_verify: None,
             next_verify: None,
+            drills: vec![],
         },
         datasets: vec![DatasetStatus {
             dataset: "tank/photos".into(),

@@ -20,33 +20,12 @@ const LOOK_EVERY: Duration = Duration::from_secs(60);
 /// The kept result, if any. A damaged file is reported and treated as none: the next check
 /// writes a good one.
 pub fn load(state_dir: &Path) -> Option<VerifySummary> {
-    let path = state_dir.join(RECORD_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the last verify result");
-            return None;
-        }
-    };
-    match serde_json::from_slice(&bytes) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "the last verify result is damaged; ignored");
-            None
-        }
-    }
+    crate::state_store::load_json(&state_dir.join(RECORD_FILE), "the last verify result")
 }
 
 /// Keeps `s` as the last result (atomically replaced).
 pub fn save(state_dir: &Path, s: &VerifySummary) {
-    let path = state_dir.join(RECORD_FILE);
-    let r = serde_json::to_vec_pretty(s)
-        .map_err(|e| e.to_string())
-        .and_then(|b| crate::state_store::write_atomic(&path, &b).map_err(|e| e.to_string()));
-    if let Err(e) = r {
-        tracing::warn!(path = %path.display(), error = %e, "cannot keep the verify result");
-    }
+    crate::state_store::save_json(&state_dir.join(RECORD_FILE), s, "the verify result");
 }
 
 /// The next tick of the schedule in force after `now`, if one is configured.
