@@ -1852,7 +1852,7 @@ async fn restore_drills_through_the_daemon_and_on_schedule_show_in_status_metric
     let d = bed.start_with(drill_outside()).await;
     let core = d.core();
     // The clock stands at 00:00:30 on 1 January: the first drill is due at 05:00.
-    let info = drills(&core).await;
+    let info = wait_for_daemon(&core, "the next drill", |i| !i.drills.is_empty()).await.drills;
     assert_eq!(info.len(), 1, "{info:#?}");
     assert_eq!((info[0].next, &info[0].last), (Some(t("2026-01-01T05:00:00Z")), &None));
     let done = trigger_and_wait(&core, ds, false).await;
