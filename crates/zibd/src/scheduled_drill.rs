@@ -38,9 +38,6 @@ pub const RECORD_FILE: &str = "drill.json";
 /// a crash is not a restore job to continue).
 pub const WORK_DIR: &str = "drill";
 
-/// How often the schedule task looks at the config between ticks (a reload may change it).
-const LOOK_EVERY: Duration = Duration::from_secs(60);
-
 /// How long a scheduled drill waits at most before asking again for a lock a backup holds.
 const BUSY_RETRY: Duration = Duration::from_secs(30);
 
@@ -301,36 +298,23 @@ fn next_ticks(core: &DaemonCore, after: DateTime<Utc>) -> BTreeMap<String, DateT
         .collect()
 }
 
-/// Starts the schedule task on the daemon's tracker; it runs whether or not a dataset has a
-/// `drill_schedule` now, since a reload may set one. As the scheduled verify: each look asks
-/// the schedules in force for their first tick after the previous look; the drills due run one
-/// after the other; ticks that pass while drills run are skipped. A drill whose dataset is
-/// being backed up waits for the backup to end.
+/// Starts the schedule task on the daemon's tracker ([`crate::job::clock::spawn_looks`], as
+/// the scheduled verify); it runs whether or not a dataset has a `drill_schedule` now, since a
+/// reload may set one. The drills due run one after the other; ticks that pass meanwhile are
+/// skipped. A drill whose dataset is being backed up waits for the backup to end.
 pub fn spawn(core: Arc<DaemonCore>) {
     let ctx = core.job_context().clone();
-    ctx.tracker.clone().spawn(async move {
-        let mut since = ctx.clock.now();
-        loop {
-            let now = ctx.clock.now();
-            let next = next_ticks(&core, since);
-            core.drills().set_next(next.clone());
-            let due: Vec<String> =
-                next.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
-            if !due.is_empty() {
-                for dataset in due {
-                    tokio::select! {
-                        () = ctx.shutdown.cancelled() => return,
-                        () = scheduled(&core, dataset) => {}
-                    }
-                }
-                since = ctx.clock.now();
-                continue;
-            }
-            since = now;
-            let wake = next.values().fold(now + LOOK_EVERY, |w, t| w.min(*t));
-            tokio::select! {
-                () = ctx.shutdown.cancelled() => return,
-                () = ctx.clock.sleep_until(wake) => {}
+    let c = core.clone();
+    let next = move |since| {
+        let next = next_ticks(&c, since);
+        c.drills().set_next(next.clone());
+        next.into_iter().collect()
+    };
+    crate::job::clock::spawn_looks(&ctx, next, move |due| {
+        let core = core.clone();
+        async move {
+            for dataset in due {
+                scheduled(&core, dataset).await;
             }
         }
     });

@@ -4,7 +4,7 @@
 //! scheduled or asked for, is kept in `<state_dir>/verify.json` so `zibctl status` and the
 //! metrics still show a failed check after a restart, until a clean one replaces it.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use zib_core::verify_summary::{VerifySummary, VerifyTrigger};
@@ -13,9 +13,6 @@ use crate::daemon::DaemonCore;
 
 /// The file of the last result, under the state directory.
 pub const RECORD_FILE: &str = "verify.json";
-
-/// How often the task looks at the config between ticks (a reload may change the schedule).
-const LOOK_EVERY: Duration = Duration::from_secs(60);
 
 /// The kept result, if any. A damaged file is reported and treated as none: the next check
 /// writes a good one.
@@ -34,34 +31,23 @@ pub fn next_tick(core: &DaemonCore, now: DateTime<Utc>) -> Option<DateTime<Utc>>
     cfg.daemon.verify_schedule.as_ref()?.next_after(now, cfg.daemon.timezone)
 }
 
-/// Starts the task on the daemon's tracker; it runs whether or not a schedule is configured
-/// now, since a reload may set one. Each look asks the schedule in force for its first tick
-/// after the previous look, so a schedule changed by a reload takes effect within a minute; a
-/// check that outlasts its interval skips the ticks it overran.
+/// Starts the task on the daemon's tracker ([`crate::job::clock::spawn_looks`]); it runs
+/// whether or not a schedule is configured now, since a reload may set one; a check that
+/// outlasts its interval skips the ticks it overran.
 pub fn spawn(core: Arc<DaemonCore>) {
     let ctx = core.job_context().clone();
-    ctx.tracker.clone().spawn(async move {
-        let mut since = ctx.clock.now();
-        loop {
-            let now = ctx.clock.now();
-            let due = next_tick(&core, since);
-            core.set_next_verify(due);
-            if due.is_some_and(|t| t <= now) {
-                let deep = core.config().daemon.verify_deep;
-                tracing::info!(deep, "scheduled verify of the bucket starting");
-                tokio::select! {
-                    () = ctx.shutdown.cancelled() => return,
-                    _ = core.verify_prefix(VerifyTrigger::Schedule, deep) => {}
-                }
-                since = ctx.clock.now();
-                continue;
-            }
-            since = now;
-            let wake = due.map_or(now + LOOK_EVERY, |t| t.min(now + LOOK_EVERY));
-            tokio::select! {
-                () = ctx.shutdown.cancelled() => return,
-                () = ctx.clock.sleep_until(wake) => {}
-            }
+    let c = core.clone();
+    let next = move |since| {
+        let due = next_tick(&c, since);
+        c.set_next_verify(due);
+        due.map(|t| ((), t)).into_iter().collect()
+    };
+    crate::job::clock::spawn_looks(&ctx, next, move |_| {
+        let core = core.clone();
+        async move {
+            let deep = core.config().daemon.verify_deep;
+            tracing::info!(deep, "scheduled verify of the bucket starting");
+            let _ = core.verify_prefix(VerifyTrigger::Schedule, deep).await;
         }
     });
 }
