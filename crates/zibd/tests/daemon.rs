@@ -1892,8 +1892,8 @@ async fn restore_drills_through_the_daemon_and_on_schedule_show_in_status_metric
     );
     assert_eq!(m.get("zib_drill_last_bytes", &[("dataset", ds)]), Some(last.bytes as f64));
 
-    // Never beside a backup of the same dataset: refused while one runs, and a trigger while
-    // a drill holds the lock would be refused the same way (see the job's tests).
+    // Never beside a backup of the same dataset: refused while one runs (and the other way
+    // round: see a_backup_waits_for_a_running_drill_and_a_trigger_meanwhile_is_busy).
     zfs.slow(ds, true);
     expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
     wait_for(&core, ds, "the backup runs", |s| s.state == JobState::Uploading).await;
@@ -1939,7 +1939,8 @@ async fn restore_drills_through_the_daemon_and_on_schedule_show_in_status_metric
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("zib-drill-"))
+        // This test's pool only: other tests drill in the same stand-in at the same time.
+        .filter(|n| n.starts_with("drilld%2Fzib-drill-"))
         .collect();
     assert!(leftovers.is_empty(), "a failed drill destroys its dataset too: {leftovers:?}");
     assert!(d.stop().await);
@@ -1956,5 +1957,62 @@ async fn restore_drills_through_the_daemon_and_on_schedule_show_in_status_metric
     assert_eq!(one.len(), 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(notifications(&events).len(), 1, "announced once");
+    assert!(d.stop().await);
+}
+
+/// Issue 16: a drill holds its dataset's lock: a trigger while it runs is refused as busy,
+/// and a scheduled backup that comes due meanwhile waits and starts when the drill has ended.
+/// The drill is held by a proxy that delays its first chunk's download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_waits_for_a_running_drill_and_a_trigger_meanwhile_is_busy() {
+    let zfs = drill_zfs();
+    let mut bed = Bed::new().await;
+    let proxy = zib_testkit::FaultProxy::start(&bed.endpoint).await;
+    bed.endpoint = proxy.endpoint();
+    let ds = "drillheld/data";
+    bed.write_config(&[(ds, "0 0 6 * * *")]);
+    let outside = Outside { zfs: zfs.zfs(), s3_credentials: Some(zib_testkit::test_credentials()) };
+    let d = bed.start_with(outside).await;
+    let core = d.core();
+    let done = trigger_and_wait(&core, ds, false).await;
+    let Response::Done { ok: true, snapshot: Some(first), .. } = done else { panic!("{done:?}") };
+    let hold = zib_testkit::FaultAction::Delay(Duration::from_secs(4));
+    proxy.add_fault(zib_testkit::Fault::new(
+        zib_testkit::Matcher::get().path_contains("/a00/00000000"),
+        hold,
+    ));
+    let socket = bed.socket();
+    let drill = tokio::spawn(async move {
+        let r = Request::RestoreDrill {
+            dataset: ds.into(),
+            snapshot: None,
+            yes: false,
+            tier: zib_protocol::RestoreTier::Bulk,
+        };
+        let c = Client::connect(&socket).await.unwrap();
+        c.with_reply_timeout(Duration::from_secs(60)).call(&r).await.unwrap()
+    });
+    wait_for_daemon(&core, "the drill runs", |i| i.drills.first().is_some_and(|d| d.running)).await;
+    let e = expect_err(
+        ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await,
+        ErrorKind::Busy,
+    );
+    assert!(e.contains(&format!("a restore drill of {ds} is running")), "{e}");
+    // 06:00: the scheduled backup comes due while the drill runs; it waits, not missed.
+    bed.clock.set(t("2026-01-01T06:00:01Z"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = status(&core, ds).await;
+    assert!(s.progress.is_none() && s.missed_ticks == 0, "{s:#?}");
+    assert_eq!(s.last_success.as_ref().and_then(|l| l.snapshot.as_ref()), Some(&first));
+    let (_, json) = expect_report(drill.await.unwrap());
+    assert_eq!(json["result"], "passed", "{json:#}");
+    // The lock is back: the backup that came due runs now.
+    let s = wait_for(&core, ds, "the waiting backup ran", |s| {
+        s.state == JobState::Scheduled
+            && s.last_success.as_ref().and_then(|l| l.snapshot.as_ref()) != Some(&first)
+    })
+    .await;
+    assert_eq!(s.missed_ticks, 0, "{s:#?}");
+    assert!(!drills(&core).await[0].running);
     assert!(d.stop().await);
 }
