@@ -2016,3 +2016,50 @@ async fn a_backup_waits_for_a_running_drill_and_a_trigger_meanwhile_is_busy() {
     assert!(!drills(&core).await[0].running);
     assert!(d.stop().await);
 }
+
+/// Issue 16: a `drill_schedule` on a dataset whose chunks need a thaw is refused at start (exit
+/// 78, the file, the line and the key named) and at reload (the running config stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_schedule_on_archived_chunks_is_refused_at_start_and_at_reload() {
+    let bed = Bed::new().await;
+    let ds = "drillcfg/data";
+    let archived = bed
+        .config_toml(2)
+        .dataset(ds, "0 0 6 * * *")
+        .dataset_key("storage_class", quoted("DEEP_ARCHIVE"))
+        .dataset_key("drill_schedule", quoted("0 5 * * SUN"));
+    archived.write(&bed.config);
+    let line = std::fs::read_to_string(&bed.config)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("drill_schedule"))
+        .unwrap()
+        + 1;
+    let opts = DaemonOptions {
+        config_path: bed.config.clone(),
+        clock: Arc::new(bed.clock.clone()),
+        notifier: Notifier::disabled(),
+        outside: outside(),
+    };
+    let e = Daemon::start(opts).await.expect_err("an archived dataset's drill_schedule");
+    assert_eq!(e.exit_code(), 78);
+    let e = e.to_string();
+    assert!(
+        e.contains(&bed.config.display().to_string())
+            && e.contains(&format!("dataset {ds}: drill_schedule (line {line})"))
+            && e.contains("DEEP_ARCHIVE"),
+        "{e}"
+    );
+    // A running daemon keeps its config when a reload brings the same mistake.
+    bed.write_config(&[(ds, "0 0 6 * * *")]);
+    let d = bed.start().await;
+    let core = d.core();
+    archived.write(&bed.config);
+    let e = expect_err(ask(&core, Request::Reload).await, ErrorKind::Conflict);
+    assert!(
+        e.contains("drill_schedule (line") && e.contains("keeping the running configuration"),
+        "{e}"
+    );
+    assert!(drills(&core).await.is_empty(), "no drill was scheduled");
+    assert!(d.stop().await);
+}
