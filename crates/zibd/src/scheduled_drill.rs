@@ -46,13 +46,13 @@ const BUSY_RETRY: Duration = Duration::from_secs(30);
 const THAW_DAYS: u32 = 7;
 
 /// The daemon's drills: the last of each dataset (kept), the next scheduled ones, those
-/// running now.
-#[derive(Debug)]
+/// running now. A clone is a handle on the same (a drill's task records into it).
+#[derive(Debug, Clone)]
 pub struct Drills {
     path: PathBuf,
-    board: Mutex<Board>,
+    board: Arc<Mutex<Board>>,
     /// Makes two drills started within one second get distinct datasets.
-    started: AtomicU64,
+    started: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -71,8 +71,8 @@ impl Drills {
             crate::state_store::load_json(&path, "the last restore drills").unwrap_or_default();
         Self {
             path,
-            board: Mutex::new(Board { last, ..Board::default() }),
-            started: AtomicU64::new(0),
+            board: Arc::new(Mutex::new(Board { last, ..Board::default() })),
+            started: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -117,9 +117,16 @@ impl Drills {
 }
 
 /// Marks a dataset's drill as running while alive.
-struct Running<'a>(&'a Drills, String);
+struct Running(Drills, String);
 
-impl Drop for Running<'_> {
+impl Running {
+    fn new(drills: &Drills, dataset: &DatasetName) -> Self {
+        locked(&drills.board).running.insert(dataset.to_string());
+        Running(drills.clone(), dataset.to_string())
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
         locked(&self.0.board).running.remove(&self.1);
     }
@@ -164,9 +171,8 @@ pub async fn run(core: &DaemonCore, req: &DrillRequest) -> Response {
         Ok(l) => l,
         Err(r) => return *r,
     };
-    let drills = core.drills();
-    locked(&drills.board).running.insert(name.to_string());
-    let _running = Running(drills, name.to_string());
+    let drills = core.drills().clone();
+    let running = Running::new(&drills, &name);
     ctx.changed.notify_one();
     let slot = tokio::select! {
         () = ctx.shutdown.cancelled() => None,
@@ -193,28 +199,39 @@ pub async fn run(core: &DaemonCore, req: &DrillRequest) -> Response {
         restore,
     };
     tracing::info!(dataset = %name, trigger = ?req.trigger, yes = req.yes, "restore drill starting");
-    // On the tracker, so a shutdown waits for the drill to stop and destroy its dataset.
+    // On the tracker, so a shutdown waits for the drill to stop and destroy its dataset, and
+    // recorded there, so a caller that goes away loses nothing.
     let cancel = ctx.shutdown.child_token();
-    let task = ctx.tracker.spawn(async move {
+    let (ctx, trigger) = (ctx.clone(), req.trigger);
+    let task = ctx.tracker.clone().spawn(async move {
         let r = drill(&engine, &opts, &cancel).await;
         drop((lent, slot));
-        r
+        let reply = conclude(&ctx, &drills, &name, trigger, r);
+        drop(running);
+        reply
     });
-    let r = match task.await {
-        Ok(r) => r,
-        Err(e) => {
-            return Response::error(ErrorKind::Internal, format!("the drill task failed: {e}"));
-        }
-    };
+    task.await.unwrap_or_else(|e| {
+        Response::error(ErrorKind::Internal, format!("the drill task failed: {e}"))
+    })
+}
+
+/// Keeps what a drill came to and says it: the report, the quote, or why it could not run.
+fn conclude(
+    ctx: &crate::job::JobContext,
+    drills: &Drills,
+    name: &DatasetName,
+    trigger: DrillTrigger,
+    r: Result<DrillReport, DrillError>,
+) -> Response {
     let at = ctx.clock.now();
     let (summary, reply) = match r {
-        Ok(report) => (Some(summary_of(&report, at, req.trigger)), report_reply(&report)),
+        Ok(report) => (Some(summary_of(&report, at, trigger)), report_reply(&report)),
         Err(e @ DrillError::NeedsConsent { .. }) => {
             let reply = consent_reply(&e);
             // Asked for by hand, the quote is the answer; on the schedule, a drill that cannot
             // run is a failed one (someone must look).
-            let kept = (req.trigger == DrillTrigger::Schedule)
-                .then(|| DrillSummary::not_run(format!("not run: {e}"), at, req.trigger));
+            let kept = (trigger == DrillTrigger::Schedule)
+                .then(|| DrillSummary::not_run(format!("not run: {e}"), at, trigger));
             (kept, reply)
         }
         Err(e) => {
@@ -227,13 +244,13 @@ pub async fn run(core: &DaemonCore, req: &DrillRequest) -> Response {
                 _ => ErrorKind::Internal,
             };
             (
-                Some(DrillSummary::not_run(e.to_string(), at, req.trigger)),
+                Some(DrillSummary::not_run(e.to_string(), at, trigger)),
                 Response::error(kind, message),
             )
         }
     };
     if let Some(s) = summary {
-        drills.record(&name, s);
+        drills.record(name, s);
         // The metrics textfile and the alerts look again.
         ctx.run_ended.send_modify(|n| *n += 1);
     }
