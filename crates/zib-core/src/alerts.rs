@@ -22,6 +22,8 @@ pub enum AlertEvent {
     Recovery,
     /// No success for `stale_after` (once until the next success).
     Stale,
+    /// A restore drill failed or could not run (every such drill; see [`drill_event`]).
+    DrillFailed,
 }
 
 impl AlertEvent {
@@ -31,6 +33,7 @@ impl AlertEvent {
             AlertEvent::Failure => "failure",
             AlertEvent::Recovery => "recovery",
             AlertEvent::Stale => "stale",
+            AlertEvent::DrillFailed => "drill_failed",
         }
     }
 }
@@ -110,6 +113,22 @@ pub fn decide(
         events.push(AlertEvent::Stale);
     }
     events
+}
+
+/// The event of a dataset's last drill at a look: [`AlertEvent::DrillFailed`] for a failed
+/// drill not dealt with before. `seen` is when the last drill dealt with ended; a look with
+/// `seen` unset (the first, at start) only remembers, so a failure from before a restart is
+/// not announced twice.
+pub fn drill_event(
+    seen: &mut Option<Option<DateTime<Utc>>>,
+    last: Option<&crate::drill_summary::DrillSummary>,
+) -> Option<AlertEvent> {
+    let at = last.map(|d| d.at);
+    let before = seen.replace(at)?;
+    match last {
+        Some(d) if before != at && !d.passed => Some(AlertEvent::DrillFailed),
+        _ => None,
+    }
 }
 
 /// `stale_after` when a dataset does not set it: twice the schedule's interval (the gap
@@ -197,6 +216,29 @@ impl fmt::Display for Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_drill_is_announced_once_and_one_from_before_the_start_not_at_all() {
+        use crate::drill_summary::{DrillSummary, DrillTrigger};
+        let drill = |at: &str, passed: bool| DrillSummary {
+            passed,
+            ..DrillSummary::not_run("x".into(), at.parse().unwrap(), DrillTrigger::Schedule)
+        };
+        let old = drill("2026-12-01T05:00:00Z", false);
+        let mut seen = None;
+        // First look: a failure from before the start is only remembered.
+        assert_eq!(drill_event(&mut seen, Some(&old)), None);
+        assert_eq!(drill_event(&mut seen, Some(&old)), None);
+        let new = drill("2026-12-02T05:00:00Z", false);
+        assert_eq!(drill_event(&mut seen, Some(&new)), Some(AlertEvent::DrillFailed));
+        assert_eq!(drill_event(&mut seen, Some(&new)), None, "once");
+        assert_eq!(drill_event(&mut seen, Some(&drill("2026-12-03T05:00:00Z", true))), None);
+        // A dataset with no drill at the first look: its first failed drill is announced.
+        let mut seen = None;
+        assert_eq!(drill_event(&mut seen, None), None);
+        assert_eq!(drill_event(&mut seen, Some(&new)), Some(AlertEvent::DrillFailed));
+        assert_eq!(AlertEvent::DrillFailed.as_str(), "drill_failed");
+    }
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().to_utc()

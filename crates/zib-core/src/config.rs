@@ -228,6 +228,12 @@ pub struct DatasetConfig {
     /// twice the schedule's interval, at least an hour, when unset.
     #[serde(default)]
     pub stale_after: Option<crate::alerts::Span>,
+    /// A restore drill of the newest backup on this cron schedule (see [`crate::drill`]): a
+    /// real restore into a throwaway dataset, judged by GUID, then destroyed. Only where the
+    /// chunks are readable without a thaw: a scheduled drill never thaws (checked at load).
+    /// The span is the key's place in the file, for messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_schedule: Option<toml::Spanned<CronSchedule>>,
     /// Back up every descendant too (filesystems and volumes), each as a dataset of its own
     /// with these settings: its own chain, lock and state, never one `zfs send -R` stream (see
     /// [`crate::tree`]).
@@ -273,6 +279,15 @@ impl DatasetConfig {
     /// The exclude patterns (none when unset).
     pub fn exclude_patterns(&self) -> &[crate::tree::ExcludePattern] {
         self.exclude.as_ref().map_or(&[], |s| s.get_ref().as_slice())
+    }
+}
+
+/// " (line N)" of the key at byte offset `span.start` of the file's `text`, for a message about
+/// a key a check after parsing refuses; empty when the offset is not in the text.
+pub fn at_line(text: &str, span: std::ops::Range<usize>) -> String {
+    match text.get(..span.start) {
+        Some(t) => format!(" (line {})", t.matches('\n').count() + 1),
+        None => String::new(),
     }
 }
 
@@ -341,6 +356,7 @@ impl Config {
             .map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
         cfg.validate()
             .and_then(|()| crate::tree::check_entries(&cfg.datasets, text))
+            .and_then(|()| cfg.check_drill_schedules(text))
             .map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
         Ok(cfg)
     }
@@ -459,6 +475,25 @@ impl Config {
         }
         if t.region.trim().is_empty() {
             return Err("target.region must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// `drill_schedule` only where the chunks are readable without a thaw: a scheduled drill
+    /// never thaws (a thaw is billed and takes hours; `zibctl restore drill --yes` asks for one
+    /// by hand).
+    fn check_drill_schedules(&self, text: &str) -> Result<(), String> {
+        for ds in &self.datasets {
+            let Some(s) = &ds.drill_schedule else { continue };
+            let class = self.resolve(ds).storage_class;
+            if class.needs_thaw() {
+                return Err(format!(
+                    "dataset {}: drill_schedule{} needs chunks readable without a thaw, but the dataset's storage class is {class}: a scheduled drill never thaws (a thaw is billed and takes hours); drill it by hand with `zibctl restore drill {} --yes`, or store it in a class such as STANDARD, STANDARD_IA or GLACIER_IR",
+                    ds.name,
+                    at_line(text, s.span()),
+                    ds.name
+                ));
+            }
         }
         Ok(())
     }
@@ -824,6 +859,34 @@ mod tests {
         assert!(e.contains("invalid endpoint"), "{e}");
         let e = err(&format!("[daemon]\nstate_dir = \"relative\"\n{MIN}"));
         assert!(e.contains("daemon.state_dir must be an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn a_drill_schedule_needs_chunks_readable_without_a_thaw() {
+        let c = parse(MIN).unwrap();
+        assert!(c.datasets[0].drill_schedule.is_none());
+        let standard = MIN.replace("[target]", "[target]\nstorage_class = \"STANDARD\"");
+        let c = parse(&format!("{standard}drill_schedule = \"0 5 * * SUN\"\n")).unwrap();
+        let s = c.datasets[0].drill_schedule.as_ref().unwrap().get_ref();
+        assert_eq!(s.as_str(), "0 5 * * SUN");
+        // A dataset's own class counts: STANDARD_IA under a DEEP_ARCHIVE target is fine...
+        let own = "storage_class = \"STANDARD_IA\"\ndrill_schedule = \"@weekly\"\n";
+        assert!(parse(&format!("{MIN}{own}")).is_ok());
+        // ...the target's DEEP_ARCHIVE is not: the file, the line and the key are named.
+        let e = err(&format!("{MIN}drill_schedule = \"0 5 * * SUN\"\n"));
+        assert!(
+            e.contains("/etc/zib/zibd.toml")
+                && e.contains("dataset tank/photos: drill_schedule (line 7)")
+                && e.contains("storage class is DEEP_ARCHIVE")
+                && e.contains("zibctl restore drill tank/photos --yes"),
+            "{e}"
+        );
+        let glacier = MIN.replace("[target]", "[target]\nstorage_class = \"GLACIER\"");
+        let e = err(&format!("{glacier}keep_snapshots = 3\ndrill_schedule = \"@daily\"\n"));
+        assert!(e.contains("drill_schedule (line 9)") && e.contains("is GLACIER"), "{e}");
+        // A bad cron expression is the parser's error, with its line.
+        let e = err(&format!("{standard}drill_schedule = \"61 5 * * *\"\n"));
+        assert!(e.contains("line 8") && e.contains("drill_schedule"), "{e}");
     }
 
     #[test]

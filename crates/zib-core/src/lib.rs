@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod chunk_journal;
 pub mod config;
 pub mod drill;
+pub mod drill_summary;
 pub mod human;
 pub mod legacy;
 pub mod lifecycle;

@@ -110,6 +110,8 @@ pub struct MetricsSnapshot {
     pub restores: Vec<RestoreMetrics>,
     /// The last whole-prefix verification, if any.
     pub verify: Option<crate::verify_summary::VerifySummary>,
+    /// The last restore drill of each dataset that had one, by dataset name.
+    pub drills: Vec<(String, crate::drill_summary::DrillSummary)>,
 }
 
 /// The `Content-Type` of [`render`]'s text.
@@ -312,6 +314,38 @@ pub fn render(m: &MetricsSnapshot) -> String {
         "Objects under the prefix that no manifest names, at the last verification.",
         v.map(|v| v.unnamed as f64),
     );
+
+    type Drill = crate::drill_summary::DrillSummary;
+    let per_drill = |out: &mut Out, name: &str, help: &str, value: &dyn Fn(&Drill) -> f64| {
+        out.family(name, "gauge", help);
+        for (dataset, d) in &m.drills {
+            out.series(name, &[("dataset", dataset)], value(d));
+        }
+    };
+    per_drill(
+        &mut out,
+        "zib_drill_last_timestamp_seconds",
+        "When the dataset's last restore drill (drill_schedule or zibctl restore drill) ended, in Unix seconds.",
+        &|d| secs(d.at),
+    );
+    per_drill(
+        &mut out,
+        "zib_drill_last_passed",
+        "1 if the dataset's last restore drill received the backed-up snapshot (same GUID), 0 if it failed or could not run.",
+        &|d| if d.passed { 1.0 } else { 0.0 },
+    );
+    per_drill(
+        &mut out,
+        "zib_drill_last_duration_seconds",
+        "How long the dataset's last restore drill took to restore.",
+        &|d| d.seconds,
+    );
+    per_drill(
+        &mut out,
+        "zib_drill_last_bytes",
+        "Bytes the dataset's last restore drill restored.",
+        &|d| d.bytes as f64,
+    );
     out.0
 }
 
@@ -417,6 +451,7 @@ mod tests {
                 },
             ],
             verify: None,
+            drills: vec![],
         }
     }
 
@@ -486,6 +521,35 @@ mod tests {
         }
         m.verify.as_mut().unwrap().clean = true;
         assert_eq!(value_of(&render(&m), "zib_verify_last_clean").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn the_last_drill_of_each_dataset_is_shown_under_its_name() {
+        use crate::drill_summary::{DrillSummary, DrillTrigger};
+        let text = render(&snapshot());
+        assert!(text.contains("# TYPE zib_drill_last_passed gauge"));
+        assert!(!text.contains("zib_drill_last_passed{"), "{text}");
+        let mut m = snapshot();
+        let mut passed =
+            DrillSummary::not_run("x".into(), t("2026-12-01T05:00:00Z"), DrillTrigger::Schedule);
+        (passed.passed, passed.reason, passed.seconds, passed.bytes) = (true, None, 12.5, 4096);
+        let failed = DrillSummary::not_run(
+            "corrupt".into(),
+            t("2026-12-02T05:00:00Z"),
+            DrillTrigger::Request,
+        );
+        m.drills = vec![("tank/home".into(), passed), ("tank/b".into(), failed)];
+        let text = render(&m);
+        for (name, want) in [
+            ("zib_drill_last_timestamp_seconds{dataset=\"tank/home\"}", "1796101200"),
+            ("zib_drill_last_passed{dataset=\"tank/home\"}", "1"),
+            ("zib_drill_last_duration_seconds{dataset=\"tank/home\"}", "12.5"),
+            ("zib_drill_last_bytes{dataset=\"tank/home\"}", "4096"),
+            ("zib_drill_last_timestamp_seconds{dataset=\"tank/b\"}", "1796187600"),
+            ("zib_drill_last_passed{dataset=\"tank/b\"}", "0"),
+        ] {
+            assert_eq!(value_of(&text, name).as_deref(), Some(want), "{name}");
+        }
     }
 
     #[test]

@@ -128,8 +128,7 @@ impl From<ExcludePattern> for String {
 pub fn check_entries(datasets: &[DatasetConfig], text: &str) -> Result<(), String> {
     for ds in datasets {
         let Some(ex) = &ds.exclude else { continue };
-        let line = text.get(..ex.span().start).map_or(0, |t| t.matches('\n').count() + 1);
-        let at = if line > 0 { format!(" (line {line})") } else { String::new() };
+        let at = crate::config::at_line(text, ex.span());
         if !ds.recursive {
             return Err(format!(
                 "dataset {}: exclude{at} needs recursive = true (its patterns choose which descendants of a recursive entry are left out)",

@@ -45,9 +45,9 @@ pub use frame::{
     write_frame, write_json,
 };
 pub use message::{
-    DaemonInfo, DatasetStatus, ErrorKind, JobState, LastError, LastSuccess, ProgressUpdate,
-    Request, Response, RestoreJobStatus, RestoreStart, RestoreState, RestoreTier, RunNote,
-    RunProgress, VerifySummary, VerifyTrigger,
+    DaemonInfo, DatasetStatus, DrillStatus, DrillSummary, DrillTrigger, ErrorKind, JobState,
+    LastError, LastSuccess, ProgressUpdate, Request, Response, RestoreJobStatus, RestoreStart,
+    RestoreState, RestoreTier, RunNote, RunProgress, VerifySummary, VerifyTrigger,
 };
 
 use serde::{Deserialize, Serialize};
@@ -246,6 +246,12 @@ mod tests {
             Request::Cost { dataset: None },
             Request::PruneNow { dataset: None, dry_run: true },
             Request::Verify { dataset: None, deep: true },
+            Request::RestoreDrill {
+                dataset: "a".into(),
+                snapshot: None,
+                yes: false,
+                tier: RestoreTier::Bulk,
+            },
         ];
         assert_eq!(all.len(), Request::KNOWN_TYPES.len());
         for r in all {
@@ -269,5 +275,13 @@ mod tests {
         // Both make paid S3 requests; a prune (not a dry run) deletes.
         assert!(Request::Cost { dataset: None }.is_mutating());
         assert!(Request::PruneNow { dataset: None, dry_run: true }.is_mutating());
+        // A drill restores (and may thaw, which is billed).
+        let drill = Request::RestoreDrill {
+            dataset: "a".into(),
+            snapshot: None,
+            yes: false,
+            tier: RestoreTier::Bulk,
+        };
+        assert!(drill.is_mutating());
     }
 }

@@ -93,6 +93,26 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "is_false")]
         deep: bool,
     },
+    /// A restore drill of `dataset` (a configured one), as `zibd restore drill` runs it, as a
+    /// task of the daemon under the dataset's job lock (refused while its backup runs; its
+    /// backups wait for the drill): the newest backup (or `snapshot`) restored into a throwaway
+    /// `<pool>/zib-drill-<id>`, never mounted, the received snapshot's GUID checked against the
+    /// manifest's and the source's, the drill dataset destroyed. Archived chunks are thawed
+    /// (and paid for) only with `yes`; without it nothing is restored and the reply is the
+    /// quote. Reply: [`Response::Report`], its JSON's `result` one of `passed`, `failed` or
+    /// `needs_consent`. Added within v1: an older daemon answers `unsupported`.
+    RestoreDrill {
+        dataset: String,
+        /// The snapshot to drill (its name, without the dataset); the newest when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot: Option<String>,
+        /// Thaw archived chunks, paying for it.
+        #[serde(default, skip_serializing_if = "is_false")]
+        yes: bool,
+        /// The thaw tier for archived chunks.
+        #[serde(default)]
+        tier: RestoreTier,
+    },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -116,6 +136,7 @@ impl Request {
         "cost",
         "prune_now",
         "verify",
+        "restore_drill",
     ];
 
     /// Whether this request changes anything (and so needs root or the socket group).
@@ -139,6 +160,7 @@ impl Request {
             Request::Cost { .. } => "cost",
             Request::PruneNow { .. } => "prune_now",
             Request::Verify { .. } => "verify",
+            Request::RestoreDrill { .. } => "restore_drill",
         }
     }
 }
@@ -182,6 +204,7 @@ fn default_restore_days() -> u32 {
     7
 }
 
+pub use zib_core::drill_summary::{DrillSummary, DrillTrigger};
 /// The retrieval tier: zib-core's one type, `"bulk"` or `"standard"` on the wire. A request with
 /// another tier is refused as `invalid_request`; a status reply naming a tier this build does not
 /// know reads it as `None` (see [`RestoreJobStatus::tier`]).
@@ -221,7 +244,8 @@ pub enum Response {
     RestoreStarted { id: String },
     /// Reply to [`Request::RestoreStatus`].
     RestoreStatus { jobs: Vec<RestoreJobStatus> },
-    /// Reply to [`Request::Cost`], [`Request::PruneNow`] and [`Request::Verify`]: the report of the matching zibd
+    /// Reply to [`Request::Cost`], [`Request::PruneNow`], [`Request::Verify`] and
+    /// [`Request::RestoreDrill`]: the report of the matching zibd
     /// foreground command, `text` as it prints it and `json` as its `--json` prints it.
     Report { text: String, json: serde_json::Value },
     /// A reply this build does not know (from a newer daemon).
@@ -316,6 +340,27 @@ pub struct DaemonInfo {
     /// The next scheduled verification (`daemon.verify_schedule`); None when off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_verify: Option<DateTime<Utc>>,
+    /// The restore drills of the datasets that have one scheduled (`drill_schedule`), running
+    /// or kept (the last of each, kept across restarts); of the one dataset asked about, when
+    /// the request named one. Added within v1: absent from older daemons, and left out of the
+    /// JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drills: Vec<DrillStatus>,
+}
+
+/// One dataset's restore drills, in [`DaemonInfo::drills`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillStatus {
+    pub dataset: String,
+    /// Its last drill, scheduled or `zibctl restore drill`; None before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<DrillSummary>,
+    /// Its next scheduled drill (`drill_schedule`); None when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<DateTime<Utc>>,
+    /// A drill of it is running now.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub running: bool,
 }
 
 /// State of one dataset's task.

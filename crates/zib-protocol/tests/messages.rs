@@ -60,6 +60,7 @@ fn daemon_info(jobs_running: u32) -> DaemonInfo {
         restores_running: 0,
         last_verify: None,
         next_verify: None,
+        drills: vec![],
     }
 }
 
@@ -150,6 +151,24 @@ fn requests() -> Vec<(&'static str, Request)> {
         (
             "request-verify-deep",
             Request::Verify { dataset: Some("tank/photos".into()), deep: true },
+        ),
+        (
+            "request-restore-drill",
+            Request::RestoreDrill {
+                dataset: "tank/photos".into(),
+                snapshot: None,
+                yes: false,
+                tier: RestoreTier::Bulk,
+            },
+        ),
+        (
+            "request-restore-drill-yes",
+            Request::RestoreDrill {
+                dataset: "tank/photos".into(),
+                snapshot: Some("zib-20260101T030000Z".into()),
+                yes: true,
+                tier: RestoreTier::Standard,
+            },
         ),
     ]
 }
@@ -254,6 +273,73 @@ fn responses() -> Vec<(&'static str, Response)> {
                     ..daemon_info(0)
                 },
                 datasets: vec![scheduled_photos()],
+            },
+        ),
+        (
+            "response-status-drill",
+            Response::Status {
+                daemon: DaemonInfo {
+                    drills: vec![
+                        DrillStatus {
+                            dataset: "tank/photos".into(),
+                            last: Some(DrillSummary {
+                                at: t(1_767_243_600),
+                                trigger: DrillTrigger::Schedule,
+                                passed: true,
+                                snapshot: Some("zib-20260101T030000Z".into()),
+                                seconds: 42.5,
+                                bytes: 10_737_418_240,
+                                chunks: 11,
+                                cost: 0.0,
+                                currency: "USD".into(),
+                                reason: None,
+                            }),
+                            next: Some(t(1_767_848_400)),
+                            running: false,
+                        },
+                        DrillStatus {
+                            dataset: "tank/docs".into(),
+                            last: Some(DrillSummary {
+                                at: t(1_767_240_000),
+                                trigger: DrillTrigger::Request,
+                                passed: false,
+                                snapshot: Some("zib-20260101T030000Z".into()),
+                                seconds: 3.0,
+                                bytes: 65_536,
+                                chunks: 2,
+                                cost: 0.0,
+                                currency: "USD".into(),
+                                reason: Some("the restore failed: chunk s3://b/k is corrupt".into()),
+                            }),
+                            next: None,
+                            running: true,
+                        },
+                    ],
+                    ..daemon_info(0)
+                },
+                datasets: vec![scheduled_photos()],
+            },
+        ),
+        (
+            "response-report-drill",
+            Response::Report {
+                text: "restore drill of tank/photos@zib-20260101T030000Z PASSED: received GUID 7 = the manifest's = the source snapshot's 7\n".into(),
+                json: serde_json::json!({
+                    "dataset": "tank/photos",
+                    "snapshot": "zib-20260101T030000Z",
+                    "target": "tank/zib-drill-20260101T040000-1",
+                    "result": "passed",
+                    "manifest_guid": "7",
+                    "received_guid": "7",
+                    "source_guid": { "snapshot": "7" },
+                    "streams": 1,
+                    "chunks": 11,
+                    "bytes": 10_737_418_240u64,
+                    "seconds": 42.5,
+                    "cost": 0.0,
+                    "currency": "USD",
+                    "kept": false,
+                }),
             },
         ),
         (
@@ -508,6 +594,43 @@ fn status_stale_after_is_additive() {
     let f = decode_response(&read_fixture("response-status-stale-after")).unwrap();
     let Response::Status { datasets, .. } = f.response else { panic!("{f:?}") };
     assert_eq!(datasets[0].stale_after_secs, Some(172_800));
+}
+
+/// `drills` was added to the status within v1: the older fixtures read as none, and a status
+/// without drills is written as before (no `drills` key), so an older zibctl reads it
+/// unchanged.
+#[test]
+fn status_drills_are_additive() {
+    for name in ["response-status", "response-status-verify"] {
+        let f = decode_response(&read_fixture(name)).unwrap();
+        let Response::Status { daemon, datasets } = f.response else { panic!("{name}: {f:?}") };
+        assert!(daemon.drills.is_empty(), "{name}");
+        let written: serde_json::Value =
+            serde_json::from_slice(&encode_response(&Response::Status { daemon, datasets }))
+                .unwrap();
+        let v1: serde_json::Value = serde_json::from_slice(&read_fixture(name)).unwrap();
+        let daemon = |v: &serde_json::Value| v["response"]["daemon"].clone();
+        assert_eq!(daemon(&written), daemon(&v1), "{name}: written as v1 wrote it");
+    }
+    let f = decode_response(&read_fixture("response-status-drill")).unwrap();
+    let Response::Status { daemon, .. } = f.response else { panic!("{f:?}") };
+    assert_eq!(daemon.drills.len(), 2);
+    assert!(daemon.drills[0].last.as_ref().is_some_and(|d| d.passed));
+    assert!(daemon.drills[1].running);
+    // A drill request without its optional fields is the minimal one.
+    let f = decode_request(
+        br#"{"protocol":1,"request":{"type":"restore_drill","dataset":"tank/photos"}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        f.request,
+        Request::RestoreDrill {
+            dataset: "tank/photos".into(),
+            snapshot: None,
+            yes: false,
+            tier: RestoreTier::Bulk
+        }
+    );
 }
 
 /// What a newer zibctl might send: an unknown request type gets `unsupported`, an unknown field

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 pub use zib_core::human::{human_bytes, human_duration, human_rate, percent};
 use zib_protocol::{
-    DaemonInfo, DatasetStatus, JobState, LastError, ProgressUpdate, RestoreJobStatus, RunProgress,
-    VerifyTrigger,
+    DaemonInfo, DatasetStatus, DrillTrigger, JobState, LastError, ProgressUpdate, RestoreJobStatus,
+    RunProgress, VerifyTrigger,
 };
 
 /// `t` relative to `now`, coarsely: `in 3h`, `5m ago`, `in 30s`, `now` (seconds are shown only
@@ -142,6 +142,42 @@ pub fn verify_note(d: &DaemonInfo, now: DateTime<Utc>) -> Option<Note> {
     Some(Note { text, error: !v.clean })
 }
 
+/// A line per dataset with a restore drill: the last (red when it failed), the next scheduled
+/// one, or that one is running.
+pub fn drill_notes(d: &DaemonInfo, now: DateTime<Utc>) -> Vec<Note> {
+    d.drills
+        .iter()
+        .map(|s| {
+            let mut text = match &s.last {
+                Some(l) => {
+                    let how = match l.trigger {
+                        DrillTrigger::Schedule => "scheduled",
+                        DrillTrigger::Request => "asked for",
+                    };
+                    format!(
+                        "{}: drill {} ({how}, {})",
+                        s.dataset,
+                        l.line(),
+                        relative_time(l.at, now)
+                    )
+                }
+                None => format!("{}: drill: never run", s.dataset),
+            };
+            if s.running {
+                text.push_str("; a drill is running");
+            }
+            if let Some(t) = s.next {
+                text.push_str(&format!("; next {}", relative_time(t, now)));
+            }
+            let failed = s.last.as_ref().is_some_and(|l| !l.passed);
+            if failed {
+                text.push_str(&format!("; see `zibctl restore drill {}`", s.dataset));
+            }
+            Note { text, error: failed }
+        })
+        .collect()
+}
+
 /// The last error of a dataset while it still holds: no later run succeeded or was skipped
 /// (the daemon keeps the error in its reply; a later success or note says it is over).
 pub fn current_error(d: &DatasetStatus) -> Option<&LastError> {
@@ -198,8 +234,8 @@ where
         .collect();
     let mut out = daemon_line(daemon);
     out.push('\n');
-    if let Some(v) = verify_note(daemon, now) {
-        out.push_str(&v.text);
+    for n in verify_note(daemon, now).into_iter().chain(drill_notes(daemon, now)) {
+        out.push_str(&n.text);
         out.push('\n');
     }
     if datasets.is_empty() {
@@ -350,6 +386,63 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_drill_lines_say_when_and_what_and_are_red_when_failed() {
+        use zib_protocol::{DrillStatus, DrillSummary};
+        let mut d = daemon();
+        assert!(drill_notes(&d, t(NOW)).is_empty());
+        let passed = DrillSummary {
+            passed: true,
+            snapshot: Some("zib-1".into()),
+            seconds: 4.2,
+            bytes: 1024 * 1024,
+            chunks: 3,
+            reason: None,
+            ..DrillSummary::not_run(String::new(), t(NOW - 7200), DrillTrigger::Schedule)
+        };
+        let failed = DrillSummary {
+            passed: false,
+            reason: Some("the restore failed: chunk k is corrupt".into()),
+            trigger: DrillTrigger::Request,
+            ..passed.clone()
+        };
+        d.drills = vec![
+            DrillStatus {
+                dataset: "tank/a".into(),
+                last: Some(passed),
+                next: Some(t(NOW + 3 * 3600)),
+                running: false,
+            },
+            DrillStatus { dataset: "tank/b".into(), last: Some(failed), next: None, running: true },
+            DrillStatus {
+                dataset: "tank/c".into(),
+                last: None,
+                next: Some(t(NOW + 60)),
+                running: false,
+            },
+        ];
+        let n = drill_notes(&d, t(NOW));
+        assert_eq!(
+            n[0],
+            Note {
+                text: "tank/a: drill passed@zib-1: 1.0 MiB, 3 chunks in 4.2 s (scheduled, 2h ago); next in 3h".into(),
+                error: false
+            }
+        );
+        assert_eq!(
+            n[1].text,
+            "tank/b: drill FAILED@zib-1: the restore failed: chunk k is corrupt (asked for, 2h ago); a drill is running; see `zibctl restore drill tank/b`"
+        );
+        assert!(n[1].error);
+        assert_eq!(
+            n[2],
+            Note { text: "tank/c: drill: never run; next in 1m".into(), error: false }
+        );
+        // They follow the verify line above the table.
+        let table = status_table(&d, &[], t(NOW), &chrono::Utc);
+        assert!(table.contains("\ntank/a: drill passed@zib-1"), "{table}");
+    }
+
+    #[test]
     fn the_verify_line_says_when_and_what_and_is_red_when_not_clean() {
         use zib_protocol::VerifySummary;
         let mut d = daemon();
@@ -438,6 +531,7 @@ pub(crate) mod tests {
             restores_running: 0,
             last_verify: None,
             next_verify: None,
+            drills: vec![],
         }
     }
 

@@ -150,6 +150,30 @@ enum RestoreCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Restore drill, run by zibd under the dataset's lock (as `zibd restore drill`; refused
+    /// while its backup runs): restore the newest (or --snapshot) backup of DATASET into a
+    /// throwaway <pool>/zib-drill-<id> (never mounted), check the received snapshot's GUID
+    /// against the manifest and the source, report time and cost, destroy it. Waits for the
+    /// end; exits 1 when the drill fails. Archived chunks are thawed (and paid for) only with
+    /// --yes: without it the drill shows the quote and restores nothing. The result shows in
+    /// `zibctl status`.
+    Drill {
+        /// The configured dataset to drill.
+        dataset: String,
+        /// Drill this snapshot (default: the newest backed up).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Thaw archived chunks and pay for it.
+        #[arg(long)]
+        yes: bool,
+        /// Thaw tier for archived chunks: bulk (cheapest; up to 48 h from Deep Archive) or
+        /// standard (up to 12 h).
+        #[arg(long, default_value = "bulk")]
+        tier: RestoreTier,
+        /// Print the report as JSON (as `zibd restore drill --json`).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `zibctl restore start`'s arguments: the request's fields, one for one.
@@ -409,6 +433,14 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             let response = client.call(&request).await?;
             ok_message(response, &request, default)
         }
+        Command::Restore {
+            command: RestoreCommand::Drill { dataset, snapshot, yes, tier, json },
+        } => {
+            let request = Request::RestoreDrill { dataset, snapshot, yes, tier };
+            let passed =
+                report_with(&mut client, request, json, |v| v["result"] == "passed").await?;
+            Ok(if passed { exit::OK } else { exit::FAILED })
+        }
         Command::Restore { command: RestoreCommand::Status { id, json } } => {
             let request = Request::RestoreStatus { id };
             let response = client.call(&request).await?;
@@ -488,6 +520,19 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("Expedited tier does not exist"), "{e}");
         assert!(Cli::try_parse_from(["zibctl", "cancel"]).is_err());
+        let cli = Cli::try_parse_from(["zibctl", "restore", "drill", "tank/a", "--yes"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Restore {
+                command: RestoreCommand::Drill {
+                    ref dataset,
+                    snapshot: None,
+                    yes: true,
+                    tier: RestoreTier::Bulk,
+                    json: false
+                }
+            } if dataset == "tank/a"
+        ));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use zib_protocol::{DaemonInfo, DatasetStatus, JobState, Request, Response, RunPr
 
 use crate::client::{CliError, Client, exit, unexpected};
 use crate::format::{
-    DASH, current_error, daemon_line, dataset_notes, human_bytes, human_duration, human_rate,
-    relative_time, state_label, verify_note,
+    DASH, current_error, daemon_line, dataset_notes, drill_notes, human_bytes, human_duration,
+    human_rate, relative_time, state_label, verify_note,
 };
 
 /// Cells of a progress bar between its brackets.
@@ -194,6 +194,7 @@ where
         lines.extend(table(&header, &rows, colour));
         let notes: Vec<String> = verify_note(daemon, now)
             .into_iter()
+            .chain(drill_notes(daemon, now))
             .chain(datasets.iter().flat_map(|d| dataset_notes(d, now)))
             .map(|n| paint(&n.text, n.error.then_some(Colour::Red), colour))
             .collect();

@@ -61,6 +61,7 @@ fn status_reply() -> Response {
             restores_running: 0,
             last_verify: None,
             next_verify: None,
+            drills: vec![],
         },
         datasets: vec![DatasetStatus {
             dataset: "tank/photos".into(),
@@ -249,6 +250,45 @@ async fn trigger_full_asks_for_a_new_chain() {
         task.await.unwrap(),
         [Request::Trigger { dataset: "tank/a".into(), wait: false, full: true }]
     );
+}
+
+/// `zibctl restore drill` sends the drill request and prints the daemon's report; it exits 0
+/// only when the drill passed (a failed drill, or the quote of one that must thaw, is 1).
+#[tokio::test]
+async fn restore_drill_prints_the_report_and_exits_by_its_result() {
+    for (result, code) in [("passed", 0), ("failed", 1), ("needs_consent", 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, task) = fake_daemon(dir.path(), move |_| {
+            vec![Response::Report {
+                text: format!("restore drill of tank/a@zib-1 {result}\n"),
+                json: serde_json::json!({ "result": result, "dataset": "tank/a" }),
+            }]
+        });
+        let out =
+            zibctl(&sock, &["restore", "drill", "tank/a", "--yes", "--tier", "standard"]).await;
+        assert_eq!(out.status.code(), Some(code), "{result}: {}", stderr(&out));
+        assert_eq!(stdout(&out), format!("restore drill of tank/a@zib-1 {result}\n"));
+        assert_eq!(
+            task.await.unwrap(),
+            [Request::RestoreDrill {
+                dataset: "tank/a".into(),
+                snapshot: None,
+                yes: true,
+                tier: zib_protocol::RestoreTier::Standard
+            }]
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, _task) = fake_daemon(dir.path(), |_| {
+        vec![Response::Report {
+            text: String::new(),
+            json: serde_json::json!({ "result": "passed" }),
+        }]
+    });
+    let out = zibctl(&sock, &["restore", "drill", "tank/a", "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["result"], "passed");
 }
 
 #[tokio::test]

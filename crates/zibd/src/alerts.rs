@@ -1,11 +1,12 @@
-//! Carries out zib-core's [`zib_core::alerts`] decisions: looks at every dataset at start,
-//! after every run and once a minute (by the daemon's clock), and runs `daemon.notify_command`
+//! Carries out zib-core's [`zib_core::alerts`] decisions: looks at every dataset (its backups
+//! and its last restore drill) at start, after every run and drill and once a minute (by the daemon's clock), and runs `daemon.notify_command`
 //! for each event, one at a time. A failing notify command is logged, never retried (the next
 //! event gets its own run).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use zib_core::alerts::{AlertMemory, Observed, decide, stale_after};
+use chrono::{DateTime, Utc};
+use zib_core::alerts::{AlertEvent, AlertMemory, Observed, decide, drill_event, stale_after};
 use zib_protocol::Response;
 
 use crate::{
@@ -23,8 +24,9 @@ pub fn spawn(core: Arc<DaemonCore>) {
     let mut run_ended = ctx.run_ended.subscribe();
     ctx.tracker.clone().spawn(async move {
         let mut memory: BTreeMap<String, AlertMemory> = BTreeMap::new();
+        let mut drills = BTreeMap::new();
         loop {
-            for n in look(&core, &mut memory) {
+            for n in look(&core, &mut memory).into_iter().chain(look_at_drills(&core, &mut drills)) {
                 let cfg = core.config();
                 let Some(argv) = cfg.daemon.notify_command.as_ref() else {
                     tracing::info!(dataset = %n.dataset, event = n.event.as_str(), "{} (no daemon.notify_command)", n.message(&notify_command::host_name()));
@@ -48,6 +50,35 @@ pub fn spawn(core: Arc<DaemonCore>) {
             }
         }
     });
+}
+
+/// When the last drill dealt with of each dataset ended (see [`drill_event`]).
+type DrillMemory = BTreeMap<String, Option<Option<DateTime<Utc>>>>;
+
+/// One look at every configured dataset's last drill: a failed drill not seen before.
+fn look_at_drills(core: &DaemonCore, memory: &mut DrillMemory) -> Vec<Notification> {
+    let cfg = core.config();
+    let last: BTreeMap<String, zib_core::drill_summary::DrillSummary> =
+        core.drills().last().into_iter().collect();
+    memory.retain(|name, _| cfg.datasets.iter().any(|d| d.name.as_str() == name));
+    let mut out = Vec::new();
+    for ds in &cfg.datasets {
+        let name = ds.name.to_string();
+        let d = last.get(&name);
+        let seen = memory.entry(name.clone()).or_default();
+        if let (Some(event), Some(d)) = (drill_event(seen, d), d) {
+            out.push(Notification {
+                event,
+                dataset: name,
+                error: d.reason.clone(),
+                last_success: None,
+                last_attempt: Some(d.at),
+                stale_after: None,
+                age: None,
+            });
+        }
+    }
+    out
 }
 
 /// One look at every dataset: the notifications due.
@@ -79,9 +110,9 @@ fn look(core: &DaemonCore, memory: &mut BTreeMap<String, AlertMemory>) -> Vec<No
                 event,
                 dataset: d.dataset.clone(),
                 error: match event {
-                    zib_core::alerts::AlertEvent::Recovery => None,
+                    AlertEvent::Recovery => None,
                     _ if d.activity == zib_core::metrics::DatasetActivity::Failed
-                        || event == zib_core::alerts::AlertEvent::Failure =>
+                        || event == AlertEvent::Failure =>
                     {
                         errors.get(&d.dataset).cloned()
                     }

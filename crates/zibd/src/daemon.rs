@@ -163,6 +163,9 @@ pub struct DaemonCore {
     /// scheduled one.
     last_verify: Mutex<Option<VerifySummary>>,
     next_verify: Mutex<Option<DateTime<Utc>>>,
+    /// Restore drills: the last of each dataset (kept in `<state_dir>/drill.json`), the next
+    /// scheduled ones, those running.
+    drills: crate::scheduled_drill::Drills,
     /// The all-datasets status reply, shared by requests that come together.
     status_reply: StatusReplyCache,
 }
@@ -250,6 +253,7 @@ impl Daemon {
                 .with_pricing(cfg.pricing.clone()),
             last_verify: Mutex::new(crate::scheduled_verify::load(&d.state_dir)),
             next_verify: Mutex::new(None),
+            drills: crate::scheduled_drill::Drills::load(&d.state_dir),
             status_reply: StatusReplyCache::default(),
         });
         let socket_path = socket.path().to_owned();
@@ -300,6 +304,7 @@ impl Daemon {
         // Always watching: a reload may set daemon.notify_command.
         crate::alerts::spawn(daemon.core.clone());
         crate::scheduled_verify::spawn(daemon.core.clone());
+        crate::scheduled_drill::spawn(daemon.core.clone());
         daemon.notifier.ready(&daemon.core.status_line());
         daemon.spawn_notifier_tasks();
         Ok(daemon)
@@ -460,7 +465,7 @@ impl DaemonCore {
     }
 
     /// The job of dataset `name`, or the `not_found` reply naming the configured ones.
-    fn job(&self, name: &str) -> Result<JobHandle, Box<Response>> {
+    pub(crate) fn job(&self, name: &str) -> Result<JobHandle, Box<Response>> {
         let jobs = locked(&self.jobs);
         jobs.iter().find(|(n, _)| n.as_str() == name).map(|(_, j)| j.clone()).ok_or_else(|| {
             let known: Vec<&str> = jobs.keys().map(DatasetName::as_str).collect();
@@ -504,6 +509,7 @@ impl DaemonCore {
                 restores_running: self.restores.running() as u32,
                 last_verify: locked(&self.last_verify).clone().map(Box::new),
                 next_verify: *locked(&self.next_verify),
+                drills: self.drills.status(dataset),
             },
             datasets,
         }
@@ -532,6 +538,7 @@ impl DaemonCore {
                 .map(crate::metrics::restore_metrics)
                 .collect(),
             verify: locked(&self.last_verify).clone(),
+            drills: self.drills.last(),
         }
     }
 
@@ -740,8 +747,17 @@ impl DaemonCore {
         crate::tree::spawn_tickers(declared, &self.ctx, &self.refresh_tx, &stop);
     }
 
+    /// The restore drills (`zibctl restore drill`, `drill_schedule`).
+    pub fn drills(&self) -> &crate::scheduled_drill::Drills {
+        &self.drills
+    }
+
     /// The S3 side of a restore from `bucket` under `prefix` (the configured ones by default).
-    async fn restore_engine(&self, bucket: Option<&str>, prefix: Option<&str>) -> RestoreEngine {
+    pub(crate) async fn restore_engine(
+        &self,
+        bucket: Option<&str>,
+        prefix: Option<&str>,
+    ) -> RestoreEngine {
         let cfg = self.config();
         let t = &cfg.target;
         let configured = locked(&self.engine).s3.clone();
@@ -1053,6 +1069,16 @@ impl DaemonCore {
                 self.prune(dataset.as_deref(), dry_run).await.into()
             }
             Request::RestoreStart(req) => self.restore_start(&req).await.into(),
+            Request::RestoreDrill { dataset, snapshot, yes, tier } => {
+                let req = crate::scheduled_drill::DrillRequest {
+                    dataset,
+                    snapshot,
+                    yes,
+                    tier,
+                    trigger: zib_core::drill_summary::DrillTrigger::Request,
+                };
+                crate::scheduled_drill::run(self, &req).await.into()
+            }
             Request::RestoreCancel { id } => self.restores.cancel_request(&id).into(),
             Request::RestoreStatus { id } => {
                 let jobs = self.restores.status(id.as_deref());

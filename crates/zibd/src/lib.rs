@@ -22,6 +22,7 @@ pub mod process;
 pub mod request_ledger;
 pub mod restore;
 pub mod s3;
+pub mod scheduled_drill;
 pub mod scheduled_verify;
 pub mod spool;
 pub mod state_store;

@@ -21,7 +21,8 @@ const OUTPUT_KEPT: usize = 2000;
 pub struct Notification {
     pub event: AlertEvent,
     pub dataset: String,
-    /// The failure's message (failure), or the last error (stale, when the last run failed).
+    /// The failure's message (failure; drill_failed: why the drill failed), or the last error
+    /// (stale, when the last run failed).
     pub error: Option<String>,
     pub last_success: Option<DateTime<Utc>>,
     pub last_attempt: Option<DateTime<Utc>>,
@@ -59,6 +60,10 @@ impl Notification {
                     when(self.last_success)
                 )
             }
+            AlertEvent::DrillFailed => format!(
+                "zib on {host}: restore drill of {ds} failed: {}",
+                self.error.as_deref().unwrap_or("unknown error")
+            ),
             AlertEvent::Stale => format!(
                 "zib on {host}: no successful backup of {ds} for {} (last success: {})",
                 zib_core::human::human_duration(self.age.unwrap_or_default().as_secs()),

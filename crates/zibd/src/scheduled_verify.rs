@@ -4,7 +4,7 @@
 //! scheduled or asked for, is kept in `<state_dir>/verify.json` so `zibctl status` and the
 //! metrics still show a failed check after a restart, until a clean one replaces it.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use zib_core::verify_summary::{VerifySummary, VerifyTrigger};
@@ -14,39 +14,15 @@ use crate::daemon::DaemonCore;
 /// The file of the last result, under the state directory.
 pub const RECORD_FILE: &str = "verify.json";
 
-/// How often the task looks at the config between ticks (a reload may change the schedule).
-const LOOK_EVERY: Duration = Duration::from_secs(60);
-
 /// The kept result, if any. A damaged file is reported and treated as none: the next check
 /// writes a good one.
 pub fn load(state_dir: &Path) -> Option<VerifySummary> {
-    let path = state_dir.join(RECORD_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the last verify result");
-            return None;
-        }
-    };
-    match serde_json::from_slice(&bytes) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "the last verify result is damaged; ignored");
-            None
-        }
-    }
+    crate::state_store::load_json(&state_dir.join(RECORD_FILE), "the last verify result")
 }
 
 /// Keeps `s` as the last result (atomically replaced).
 pub fn save(state_dir: &Path, s: &VerifySummary) {
-    let path = state_dir.join(RECORD_FILE);
-    let r = serde_json::to_vec_pretty(s)
-        .map_err(|e| e.to_string())
-        .and_then(|b| crate::state_store::write_atomic(&path, &b).map_err(|e| e.to_string()));
-    if let Err(e) = r {
-        tracing::warn!(path = %path.display(), error = %e, "cannot keep the verify result");
-    }
+    crate::state_store::save_json(&state_dir.join(RECORD_FILE), s, "the verify result");
 }
 
 /// The next tick of the schedule in force after `now`, if one is configured.
@@ -55,34 +31,23 @@ pub fn next_tick(core: &DaemonCore, now: DateTime<Utc>) -> Option<DateTime<Utc>>
     cfg.daemon.verify_schedule.as_ref()?.next_after(now, cfg.daemon.timezone)
 }
 
-/// Starts the task on the daemon's tracker; it runs whether or not a schedule is configured
-/// now, since a reload may set one. Each look asks the schedule in force for its first tick
-/// after the previous look, so a schedule changed by a reload takes effect within a minute; a
-/// check that outlasts its interval skips the ticks it overran.
+/// Starts the task on the daemon's tracker ([`crate::job::clock::spawn_looks`]); it runs
+/// whether or not a schedule is configured now, since a reload may set one; a check that
+/// outlasts its interval skips the ticks it overran.
 pub fn spawn(core: Arc<DaemonCore>) {
     let ctx = core.job_context().clone();
-    ctx.tracker.clone().spawn(async move {
-        let mut since = ctx.clock.now();
-        loop {
-            let now = ctx.clock.now();
-            let due = next_tick(&core, since);
-            core.set_next_verify(due);
-            if due.is_some_and(|t| t <= now) {
-                let deep = core.config().daemon.verify_deep;
-                tracing::info!(deep, "scheduled verify of the bucket starting");
-                tokio::select! {
-                    () = ctx.shutdown.cancelled() => return,
-                    _ = core.verify_prefix(VerifyTrigger::Schedule, deep) => {}
-                }
-                since = ctx.clock.now();
-                continue;
-            }
-            since = now;
-            let wake = due.map_or(now + LOOK_EVERY, |t| t.min(now + LOOK_EVERY));
-            tokio::select! {
-                () = ctx.shutdown.cancelled() => return,
-                () = ctx.clock.sleep_until(wake) => {}
-            }
+    let c = core.clone();
+    let next = move |since| {
+        let due = next_tick(&c, since);
+        c.set_next_verify(due);
+        due.map(|t| ((), t)).into_iter().collect()
+    };
+    crate::job::clock::spawn_looks(&ctx, next, move |_| {
+        let core = core.clone();
+        async move {
+            let deep = core.config().daemon.verify_deep;
+            tracing::info!(deep, "scheduled verify of the bucket starting");
+            let _ = core.verify_prefix(VerifyTrigger::Schedule, deep).await;
         }
     });
 }

@@ -325,6 +325,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateStoreError> {
     Ok(())
 }
 
+/// A record the daemon keeps for status (the last verify, the last drills), `what` naming it
+/// in the log: None when missing; a damaged or unreadable one is reported and treated as
+/// none (the next result writes a good one).
+pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Option<T> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read {what}");
+            return None;
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "{what} is damaged; ignored");
+            None
+        }
+    }
+}
+
+/// Keeps `value` at `path` (atomically replaced) for [`load_json`]; a failure is logged.
+pub fn save_json<T: serde::Serialize>(path: &Path, value: &T, what: &str) {
+    let r = serde_json::to_vec_pretty(value)
+        .map_err(|e| e.to_string())
+        .and_then(|b| write_atomic(path, &b).map_err(|e| e.to_string()));
+    if let Err(e) = r {
+        tracing::warn!(path = %path.display(), error = %e, "cannot keep {what}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

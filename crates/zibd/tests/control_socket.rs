@@ -39,6 +39,7 @@ fn daemon_info() -> DaemonInfo {
         restores_running: 0,
         last_verify: None,
         next_verify: None,
+        drills: vec![],
     }
 }
 

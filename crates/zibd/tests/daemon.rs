@@ -122,11 +122,16 @@ impl Bed {
     }
 
     async fn start(&self) -> Daemon {
+        self.start_with(outside()).await
+    }
+
+    /// The same, reaching the outside with `outside` (another stand-in zfs).
+    async fn start_with(&self, outside: Outside) -> Daemon {
         let opts = DaemonOptions {
             config_path: self.config.clone(),
             clock: Arc::new(self.clock.clone()),
             notifier: Notifier::disabled(),
-            outside: outside(),
+            outside,
         };
         Daemon::start(opts).await.expect("daemon starts")
     }
@@ -1862,5 +1867,263 @@ async fn scheduled_verify_shows_in_status_and_metrics_and_outlives_a_restart() {
     assert_eq!(v.trigger, VerifyTrigger::Request);
     assert_eq!(v.at, zibd::job::Clock::now(&bed.clock));
     assert_eq!(v.errors, 1);
+    assert!(d.stop().await);
+}
+
+/// The stand-in zfs of the drill test: streams with a begin record, and receives that make the
+/// snapshot the record names (a drill checks its GUID); its own state, as [`fake_zfs`]'s.
+fn drill_zfs() -> &'static FakeZfs {
+    static ZFS: OnceLock<FakeZfs> = OnceLock::new();
+    ZFS.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("daemon-test");
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::Builder::new().prefix("drill-zfs").tempdir_in(&base).unwrap().keep();
+        FakeZfs::at(dir)
+            .knob("FAKE_ZFS_SIZE", "200000")
+            .knob("FAKE_ZFS_HEADER", "1")
+            .knob("FAKE_ZFS_RECEIVE_SNAPSHOTS", "1")
+    })
+}
+
+/// The drills of the status reply.
+async fn drills(core: &DaemonCore) -> Vec<zib_protocol::DrillStatus> {
+    daemon_info(core).await.drills
+}
+
+/// Issue 16: `zibctl restore drill` through the daemon restores the newest backup into a
+/// throwaway dataset, passes on the GUID and destroys it; it is refused while the dataset's
+/// backup runs; `drill_schedule` drills on its own, a damaged chunk fails it; the last drill
+/// shows in status and the metrics, a failed one is announced through notify_command, and it
+/// outlives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_drills_through_the_daemon_and_on_schedule_show_in_status_metrics_and_alerts() {
+    use zib_protocol::DrillTrigger;
+    let zfs = drill_zfs();
+    let drill_outside =
+        || Outside { zfs: zfs.zfs(), s3_credentials: Some(zib_testkit::test_credentials()) };
+    let bed = Bed::new().await;
+    let ds = "drilld/data";
+    let events = bed.dir.path().join("events");
+    bed.config_toml(2)
+        // Backups at 06:00: none falls before the drill's 05:00 below.
+        .dataset(ds, "0 0 6 * * *")
+        .dataset_key("drill_schedule", quoted("0 5 * * *"))
+        .write(&bed.config);
+    daemon_settings(
+        &bed,
+        &format!("metrics_listen = \"127.0.0.1:0\"\n{}", notify_settings(&events)),
+    );
+    let d = bed.start_with(drill_outside()).await;
+    let core = d.core();
+    // The clock stands at 00:00:30 on 1 January: the first drill is due at 05:00.
+    let info = wait_for_daemon(&core, "the next drill", |i| !i.drills.is_empty()).await.drills;
+    assert_eq!(info.len(), 1, "{info:#?}");
+    assert_eq!((info[0].next, &info[0].last), (Some(t("2026-01-01T05:00:00Z")), &None));
+    let done = trigger_and_wait(&core, ds, false).await;
+    let Response::Done { ok: true, snapshot: Some(first), .. } = done else { panic!("{done:?}") };
+
+    // Asked for: it passes, by GUID, and leaves no drill dataset.
+    let drill = |yes| Request::RestoreDrill {
+        dataset: ds.into(),
+        snapshot: None,
+        yes,
+        tier: zib_protocol::RestoreTier::Bulk,
+    };
+    let (text, json) = expect_report(over_socket(&bed, &drill(false)).await);
+    assert_eq!(json["result"], "passed", "{json:#}");
+    assert_eq!(json["dataset"], ds);
+    assert_eq!(format!("{ds}@{}", json["snapshot"].as_str().unwrap()), first);
+    assert_eq!(json["received_guid"], json["manifest_guid"]);
+    assert_eq!(json["source_guid"]["snapshot"], json["manifest_guid"]);
+    assert_eq!(json["kept"], false);
+    let target = json["target"].as_str().unwrap().to_owned();
+    assert!(target.starts_with("drilld/zib-drill-"), "{target}");
+    assert!(text.contains("PASSED") && text.contains("the drill dataset is destroyed"), "{text}");
+    let calls = zfs.calls();
+    assert!(calls.contains(&format!("destroy -r {target}")), "{calls}");
+    assert!(!zfs.file("received", &target).exists(), "the drill dataset is gone");
+    let info = drills(&core).await;
+    let last = info[0].last.clone().unwrap();
+    assert!(last.passed && last.reason.is_none(), "{last:#?}");
+    assert_eq!(last.trigger, DrillTrigger::Request);
+    assert_eq!(last.bytes, json["bytes"].as_u64().unwrap());
+    assert!(last.bytes >= 200_000 && last.chunks >= 4, "{last:#?}");
+    let m = scrape(d.metrics_addr().unwrap()).await;
+    assert_eq!(m.get("zib_drill_last_passed", &[("dataset", ds)]), Some(1.0));
+    assert_eq!(
+        m.get("zib_drill_last_timestamp_seconds", &[("dataset", ds)]),
+        Some(t("2026-01-01T00:00:30Z").timestamp() as f64)
+    );
+    assert_eq!(m.get("zib_drill_last_bytes", &[("dataset", ds)]), Some(last.bytes as f64));
+
+    // Never beside a backup of the same dataset: refused while one runs (and the other way
+    // round: see a_backup_waits_for_a_running_drill_and_a_trigger_meanwhile_is_busy).
+    zfs.slow(ds, true);
+    expect_ok(ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await);
+    wait_for(&core, ds, "the backup runs", |s| s.state == JobState::Uploading).await;
+    let e = expect_err(over_socket(&bed, &drill(false)).await, ErrorKind::Busy);
+    assert!(e.contains(&format!("a backup of {ds} is running")), "{e}");
+    zfs.slow(ds, false);
+    wait_for(&core, ds, "the second backup is done", |s| {
+        s.state == JobState::Scheduled
+            && s.last_success.as_ref().and_then(|l| l.snapshot.as_ref()) != Some(&first)
+    })
+    .await;
+
+    // A chunk of the full replaced behind zib's back: the scheduled drill at 05:00 fails on
+    // it, shows red, and is announced.
+    let chunk = bed.keys().await.into_iter().find(|k| k.ends_with("/a00/00000000")).unwrap();
+    let s3 = bed._s3.client();
+    let junk = aws_sdk_s3::primitives::ByteStream::from(vec![7u8; 65_536]);
+    s3.put_object().bucket(&bed.bucket).key(&chunk).body(junk).send().await.unwrap();
+    bed.clock.set(t("2026-01-01T05:00:01Z"));
+    let info = wait_for_daemon(&core, "the scheduled drill", |i| {
+        i.drills
+            .first()
+            .and_then(|d| d.last.as_ref())
+            .is_some_and(|l| l.trigger == DrillTrigger::Schedule)
+    })
+    .await;
+    let status = &info.drills[0];
+    let last = status.last.clone().unwrap();
+    assert!(!last.passed, "{last:#?}");
+    let reason = last.reason.clone().unwrap();
+    assert!(reason.contains("the restore failed") && reason.contains("corrupt"), "{reason}");
+    assert_eq!(status.next, Some(t("2026-01-02T05:00:00Z")));
+    assert!(!status.running);
+    let m = scrape(d.metrics_addr().unwrap()).await;
+    assert_eq!(m.get("zib_drill_last_passed", &[("dataset", ds)]), Some(0.0));
+    let got = wait_notifications(&events, 1).await;
+    let (event, env) = &got[0];
+    assert_eq!(event, "drill_failed", "{got:#?}");
+    assert_eq!(env["ZIB_DATASET"], ds);
+    assert!(env["ZIB_ERROR"].contains("corrupt"), "{env:?}");
+    assert!(env["ZIB_MESSAGE"].contains(&format!("restore drill of {ds} failed")), "{env:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(zfs.dir.join("received"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        // This test's pool only: other tests drill in the same stand-in at the same time.
+        .filter(|n| n.starts_with("drilld%2Fzib-drill-"))
+        .collect();
+    assert!(leftovers.is_empty(), "a failed drill destroys its dataset too: {leftovers:?}");
+    assert!(d.stop().await);
+
+    // After a restart the failed drill still shows (and is not announced again).
+    let d = bed.start_with(drill_outside()).await;
+    let core = d.core();
+    let info = drills(&core).await;
+    assert_eq!(info[0].last.as_ref().map(|l| l.passed), Some(false), "{info:#?}");
+    let one = match ask(&core, Request::Status { dataset: Some(ds.into()) }).await {
+        Response::Status { daemon, .. } => daemon.drills,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(one.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(notifications(&events).len(), 1, "announced once");
+    assert!(d.stop().await);
+}
+
+/// Issue 16: a drill holds its dataset's lock: a trigger while it runs is refused as busy,
+/// and a scheduled backup that comes due meanwhile waits and starts when the drill has ended.
+/// The drill is held by a proxy that delays its first chunk's download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_waits_for_a_running_drill_and_a_trigger_meanwhile_is_busy() {
+    let zfs = drill_zfs();
+    let mut bed = Bed::new().await;
+    let proxy = zib_testkit::FaultProxy::start(&bed.endpoint).await;
+    bed.endpoint = proxy.endpoint();
+    let ds = "drillheld/data";
+    bed.write_config(&[(ds, "0 0 6 * * *")]);
+    let outside = Outside { zfs: zfs.zfs(), s3_credentials: Some(zib_testkit::test_credentials()) };
+    let d = bed.start_with(outside).await;
+    let core = d.core();
+    let done = trigger_and_wait(&core, ds, false).await;
+    let Response::Done { ok: true, snapshot: Some(first), .. } = done else { panic!("{done:?}") };
+    let hold = zib_testkit::FaultAction::Delay(Duration::from_secs(4));
+    proxy.add_fault(zib_testkit::Fault::new(
+        zib_testkit::Matcher::get().path_contains("/a00/00000000"),
+        hold,
+    ));
+    let socket = bed.socket();
+    let drill = tokio::spawn(async move {
+        let r = Request::RestoreDrill {
+            dataset: ds.into(),
+            snapshot: None,
+            yes: false,
+            tier: zib_protocol::RestoreTier::Bulk,
+        };
+        let c = Client::connect(&socket).await.unwrap();
+        c.with_reply_timeout(Duration::from_secs(60)).call(&r).await.unwrap()
+    });
+    wait_for_daemon(&core, "the drill runs", |i| i.drills.first().is_some_and(|d| d.running)).await;
+    let e = expect_err(
+        ask(&core, Request::Trigger { dataset: ds.into(), wait: false, full: false }).await,
+        ErrorKind::Busy,
+    );
+    assert!(e.contains(&format!("a restore drill of {ds} is running")), "{e}");
+    // 06:00: the scheduled backup comes due while the drill runs; it waits, not missed.
+    bed.clock.set(t("2026-01-01T06:00:01Z"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = status(&core, ds).await;
+    assert!(s.progress.is_none() && s.missed_ticks == 0, "{s:#?}");
+    assert_eq!(s.last_success.as_ref().and_then(|l| l.snapshot.as_ref()), Some(&first));
+    let (_, json) = expect_report(drill.await.unwrap());
+    assert_eq!(json["result"], "passed", "{json:#}");
+    // The lock is back: the backup that came due runs now.
+    let s = wait_for(&core, ds, "the waiting backup ran", |s| {
+        s.state == JobState::Scheduled
+            && s.last_success.as_ref().and_then(|l| l.snapshot.as_ref()) != Some(&first)
+    })
+    .await;
+    assert_eq!(s.missed_ticks, 0, "{s:#?}");
+    assert!(!drills(&core).await[0].running);
+    assert!(d.stop().await);
+}
+
+/// Issue 16: a `drill_schedule` on a dataset whose chunks need a thaw is refused at start (exit
+/// 78, the file, the line and the key named) and at reload (the running config stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_schedule_on_archived_chunks_is_refused_at_start_and_at_reload() {
+    let bed = Bed::new().await;
+    let ds = "drillcfg/data";
+    let archived = bed
+        .config_toml(2)
+        .dataset(ds, "0 0 6 * * *")
+        .dataset_key("storage_class", quoted("DEEP_ARCHIVE"))
+        .dataset_key("drill_schedule", quoted("0 5 * * SUN"));
+    archived.write(&bed.config);
+    let line = std::fs::read_to_string(&bed.config)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("drill_schedule"))
+        .unwrap()
+        + 1;
+    let opts = DaemonOptions {
+        config_path: bed.config.clone(),
+        clock: Arc::new(bed.clock.clone()),
+        notifier: Notifier::disabled(),
+        outside: outside(),
+    };
+    let e = Daemon::start(opts).await.expect_err("an archived dataset's drill_schedule");
+    assert_eq!(e.exit_code(), 78);
+    let e = e.to_string();
+    assert!(
+        e.contains(&bed.config.display().to_string())
+            && e.contains(&format!("dataset {ds}: drill_schedule (line {line})"))
+            && e.contains("DEEP_ARCHIVE"),
+        "{e}"
+    );
+    // A running daemon keeps its config when a reload brings the same mistake.
+    bed.write_config(&[(ds, "0 0 6 * * *")]);
+    let d = bed.start().await;
+    let core = d.core();
+    archived.write(&bed.config);
+    let e = expect_err(ask(&core, Request::Reload).await, ErrorKind::Conflict);
+    assert!(
+        e.contains("drill_schedule (line") && e.contains("keeping the running configuration"),
+        "{e}"
+    );
+    assert!(drills(&core).await.is_empty(), "no drill was scheduled");
     assert!(d.stop().await);
 }

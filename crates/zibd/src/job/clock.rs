@@ -4,12 +4,15 @@
 //! [`Clock::sleep_until`]. [`SystemClock`] re-reads the system time at least every minute while
 //! it waits, so a clock step (NTP, suspend/resume) delays a run by at most that much.
 //! [`ManualClock`] only moves when a test moves it; everything else (S3, `zfs`, timeouts) keeps
-//! running on real time.
+//! running on real time. [`spawn_looks`] is the loop of the daemon-wide schedules (the
+//! scheduled verify, the datasets' drills) on such a clock.
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
+
+use super::JobContext;
 
 /// A boxed, sendable future (what [`Clock::sleep_until`] returns).
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -93,6 +96,46 @@ impl Clock for ManualClock {
             }
         })
     }
+}
+
+/// How often [`spawn_looks`] looks at the schedules between their ticks.
+pub const LOOK_EVERY: Duration = Duration::from_secs(60);
+
+/// A daemon-wide schedule (`daemon.verify_schedule`, the datasets' `drill_schedule`s) as a task
+/// on `ctx`'s tracker, until shutdown: each look asks `next` for the first tick after the
+/// previous look of each schedule in force, keyed (so a schedule changed by a reload takes
+/// effect within a minute), and awaits `run` with the keys of those due; ticks that pass while
+/// it runs are skipped.
+pub fn spawn_looks<K, N, R, F>(ctx: &JobContext, next: N, run: R)
+where
+    K: Send + 'static,
+    N: Fn(DateTime<Utc>) -> Vec<(K, DateTime<Utc>)> + Send + 'static,
+    R: Fn(Vec<K>) -> F + Send + 'static,
+    F: Future<Output = ()> + Send,
+{
+    let ctx = ctx.clone();
+    ctx.tracker.clone().spawn(async move {
+        let mut since = ctx.clock.now();
+        loop {
+            let now = ctx.clock.now();
+            let (due, later): (Vec<_>, Vec<_>) =
+                next(since).into_iter().partition(|(_, t)| *t <= now);
+            if !due.is_empty() {
+                tokio::select! {
+                    () = ctx.shutdown.cancelled() => return,
+                    () = run(due.into_iter().map(|(k, _)| k).collect()) => {}
+                }
+                since = ctx.clock.now();
+                continue;
+            }
+            since = now;
+            let wake = later.iter().fold(now + LOOK_EVERY, |w, (_, t)| w.min(*t));
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return,
+                () = ctx.clock.sleep_until(wake) => {}
+            }
+        }
+    });
 }
 
 #[cfg(test)]

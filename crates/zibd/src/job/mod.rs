@@ -15,6 +15,9 @@
 //!   the state lock and gives it back when it ends; its `CancellationToken` is a child of the
 //!   daemon's shutdown token, so SIGTERM stops it at the engine's next safe point.
 //! - Status is read from [`Shared`] under a std `Mutex` that is never held across an await.
+//! - A restore drill of the dataset borrows the state lock from the task ([`JobHandle::lend`]):
+//!   refused while a backup runs; while it is out, triggers are refused as busy and a tick
+//!   waits for it (the backup starts when the lock comes back).
 //! - A tree's member destroyed on the host ("source gone", from the tree's listing or found by
 //!   a run that failed) arms no timer and refuses triggers; it is logged once and its status
 //!   note says how many chains the bucket keeps of it. Nothing is deleted.
@@ -88,13 +91,50 @@ pub struct JobSettings {
 /// Commands to a job task.
 #[derive(Debug)]
 enum Command {
-    Trigger { wait: bool, full: bool, reply: oneshot::Sender<Reply> },
-    Pause { reply: oneshot::Sender<Response> },
-    Resume { reply: oneshot::Sender<Response> },
-    Cancel { reply: oneshot::Sender<Response> },
-    Prune { dry_run: bool, reply: oneshot::Sender<Response> },
+    Trigger {
+        wait: bool,
+        full: bool,
+        reply: oneshot::Sender<Reply>,
+    },
+    Pause {
+        reply: oneshot::Sender<Response>,
+    },
+    Resume {
+        reply: oneshot::Sender<Response>,
+    },
+    Cancel {
+        reply: oneshot::Sender<Response>,
+    },
+    Prune {
+        dry_run: bool,
+        reply: oneshot::Sender<Response>,
+    },
+    /// Lend the state lock (a restore drill): `why` is what a refused trigger is told.
+    Lend {
+        why: String,
+        reply: oneshot::Sender<Result<Lent, Box<Response>>>,
+    },
+    /// The lent lock, given back.
+    Return(Box<LockedState>),
     Update(Box<JobSettings>),
     Retire,
+}
+
+/// A dataset's state lock lent by its task ([`JobHandle::lend`]): no backup of the dataset
+/// runs while it is out. Dropping it gives the lock back (or, the task gone, releases it).
+#[derive(Debug)]
+pub struct Lent {
+    locked: Option<LockedState>,
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(l) = self.locked.take() {
+            // A task that has ended drops it with the error: the lock is released.
+            let _ = self.tx.send(Command::Return(Box::new(l)));
+        }
+    }
 }
 
 /// What the task's current run is doing.
@@ -196,6 +236,18 @@ impl JobHandle {
     /// reply is the report of `zibd prune`.
     pub async fn prune(&self, dry_run: bool) -> Response {
         self.ask(|reply| Command::Prune { dry_run, reply }).await
+    }
+
+    /// Borrows the dataset's state lock (for a restore drill, `why` saying so to a refused
+    /// trigger): no backup of it starts until the [`Lent`] is dropped; a scheduled tick that
+    /// comes meanwhile runs then. Refused, with the reply to send, while a backup runs (or
+    /// waits for a slot) or the lock is lent already.
+    pub async fn lend(&self, why: String) -> Result<Lent, Box<Response>> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Lend { why, reply: tx }).is_err() {
+            return Err(Box::new(gone(&self.name)));
+        }
+        rx.await.unwrap_or_else(|_| Err(Box::new(gone(&self.name))))
     }
 
     /// New settings from a reloaded config (applies from the next run).
@@ -377,6 +429,7 @@ pub fn spawn(ctx: JobContext, settings: JobSettings, locked: LockedState) -> Job
         ctx: ctx.clone(),
         settings,
         shared: shared.clone(),
+        self_tx: tx.downgrade(),
         rx,
         locked: Some(locked),
         run: None,
@@ -386,6 +439,8 @@ pub fn spawn(ctx: JobContext, settings: JobSettings, locked: LockedState) -> Job
         next_fire: None,
         resume_interrupted: false,
         source_gone: false,
+        lent: None,
+        after_lend: false,
     };
     // Armed before the handle is returned, so a status right after start shows the next run.
     task.reschedule();
@@ -423,6 +478,9 @@ struct Task {
     settings: JobSettings,
     shared: Arc<Mutex<Shared>>,
     rx: mpsc::UnboundedReceiver<Command>,
+    /// Its own queue, for a lent lock to come back by (weak: the handles' going still ends
+    /// the task).
+    self_tx: mpsc::WeakUnboundedSender<Command>,
     /// The state lock; `None` while a run has it.
     locked: Option<LockedState>,
     run: Option<Run>,
@@ -436,6 +494,10 @@ struct Task {
     resume_interrupted: bool,
     /// The dataset is gone from the host (a tree's member): see the module docs.
     source_gone: bool,
+    /// The state lock is lent (a restore drill), and why: see [`JobHandle::lend`].
+    lent: Option<String>,
+    /// A backup is due when the lent lock comes back (a tick came while it was out).
+    after_lend: bool,
 }
 
 async fn wait_run(run: &mut Option<Run>) -> Result<RunResult, JoinError> {
@@ -511,7 +573,8 @@ impl Task {
             | Command::Resume { reply }
             | Command::Cancel { reply }
             | Command::Prune { reply, .. } => drop(reply.send(r)),
-            Command::Update(_) | Command::Retire => {}
+            Command::Lend { reply, .. } => drop(reply.send(Err(Box::new(r)))),
+            Command::Update(_) | Command::Retire | Command::Return(_) => {}
         }
     }
 
@@ -554,6 +617,9 @@ impl Task {
             }
             if self.ctx.shutdown.is_cancelled() {
                 // Stopping: start nothing new.
+            } else if let Some(why) = &self.lent {
+                tracing::info!(dataset = %self.name, "scheduled run waits: {why}");
+                self.after_lend = true;
             } else if let Some(why) = self.restore_in_progress() {
                 self.shared().missed_ticks += 1;
                 tracing::warn!(dataset = %self.name, "scheduled run skipped: {why}");
@@ -591,6 +657,11 @@ impl Task {
                 // Run from the task's loop (it awaits); not reached.
                 let _ = reply.send(Response::error(ErrorKind::Internal, "prune not run"));
             }
+            Command::Lend { why, reply } => {
+                // Unsent (the borrower is gone), the lock comes straight back.
+                let _ = reply.send(self.lend(why));
+            }
+            Command::Return(locked) => self.take_back(*locked),
             Command::Update(_) => {
                 // Awaited in the task's loop (it may count chains); not reached.
             }
@@ -675,6 +746,13 @@ impl Task {
         if let Some(why) = self.restore_in_progress() {
             return Response::error(ErrorKind::Conflict, why).into();
         }
+        if let Some(why) = &self.lent {
+            return Response::error(
+                ErrorKind::Busy,
+                format!("{why}; back {} up when it has ended", self.name),
+            )
+            .into();
+        }
         if self.source_gone {
             return Response::error(
                 ErrorKind::Conflict,
@@ -708,6 +786,58 @@ impl Task {
         }
     }
 
+    /// Lends the state lock ([`JobHandle::lend`]).
+    fn lend(&mut self, why: String) -> Result<Lent, Box<Response>> {
+        if self.ctx.shutdown.is_cancelled() {
+            return Err(Box::new(Response::error(
+                ErrorKind::ShuttingDown,
+                "zibd is shutting down",
+            )));
+        }
+        if self.run.is_some() {
+            return Err(Box::new(Response::error(
+                ErrorKind::Busy,
+                format!(
+                    "a backup of {} is running; drill it when that has ended (see `zibctl status {}`)",
+                    self.name, self.name
+                ),
+            )));
+        }
+        if let Some(other) = &self.lent {
+            return Err(Box::new(Response::error(ErrorKind::Busy, other.clone())));
+        }
+        let Some(locked) = self.locked.take() else {
+            return Err(Box::new(Response::error(
+                ErrorKind::Internal,
+                format!("the state lock of {} is lost (see the log); restart zibd", self.name),
+            )));
+        };
+        let Some(tx) = self.self_tx.upgrade() else {
+            self.locked = Some(locked);
+            return Err(Box::new(gone(&self.name)));
+        };
+        self.lent = Some(why);
+        Ok(Lent { locked: Some(locked), tx })
+    }
+
+    /// The lent lock is back: a backup that came due meanwhile starts now.
+    fn take_back(&mut self, locked: LockedState) {
+        self.locked = Some(locked);
+        self.lent = None;
+        if std::mem::take(&mut self.after_lend)
+            && !self.paused
+            && !self.retiring
+            && !self.source_gone
+            && !self.ctx.shutdown.is_cancelled()
+        {
+            if let Some(why) = self.restore_in_progress() {
+                tracing::warn!(dataset = %self.name, "scheduled run skipped: {why}");
+            } else if let Err(e) = self.start_run(BackupOptions::default()) {
+                tracing::error!(dataset = %self.name, error = %e, "scheduled run could not start");
+            }
+        }
+    }
+
     /// Why no backup may start now: a restore into this dataset is unfinished (its job is
     /// held for the restore's life; the engine checks again before it snapshots).
     fn restore_in_progress(&self) -> Option<String> {
@@ -730,6 +860,9 @@ impl Task {
                     self.name, self.name
                 ),
             );
+        }
+        if let Some(why) = &self.lent {
+            return Response::error(ErrorKind::Busy, format!("{why}; prune when it has ended"));
         }
         let Some(locked) = self.locked.as_ref() else {
             return Response::error(
@@ -793,6 +926,10 @@ impl Task {
         self.last_base = self.ctx.clock.now();
         self.reschedule();
         tracing::info!(dataset = %self.name, "resumed");
+        if self.resume_interrupted && self.run.is_none() && self.lent.is_some() {
+            self.resume_interrupted = false;
+            self.after_lend = true;
+        }
         if self.resume_interrupted && self.run.is_none() {
             self.resume_interrupted = false;
             if let Err(e) = self.start_run(BackupOptions::default()) {

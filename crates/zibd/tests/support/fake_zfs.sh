@@ -20,7 +20,10 @@
 # to recv.N (N = the receive's number, from 1), so killing it stops the reader itself;
 # while the file paused-receive exists, a receive waits before it reads anything (its input
 # backs up into zibd); `receive -A` succeeds; `mount` succeeds on a dataset that exists; `get` of
-# receive_resume_token, encryption or keystatus prints "-".
+# receive_resume_token, encryption or keystatus prints "-". FAKE_ZFS_RECEIVE_SNAPSHOTS=1: the
+# receive reads the whole stream first (not exec), then, as zfs does, makes TARGET@<snapshot>
+# with the GUID its begin record names (FAKE_ZFS_HEADER's streams), the name that of the source
+# snapshot of that GUID. `destroy -r DS` removes a received DS and its snapshots (a drill's).
 # `list -H -o name DS` (no -t): a dataset exists while it has a snapshot or was received.
 # Trees: fs/<dataset> (an empty file) makes a filesystem that `list -r -t filesystem,volume
 # -o name ROOT` shows (the root and what is below it, by name; a missing root "does not
@@ -47,6 +50,12 @@ case "$cmd" in
     src=$1; dst=$2; [ -e "$D/snap/$(enc "$src")" ] || { echo "no such snapshot $src" >&2; exit 1; }
     read -r g t c < "$D/snap/$(enc "$src")"; echo "$g $t $c" > "$D/book/$(enc "$dst")" ;;
   destroy)
+    if [ "$1" = -r ]; then
+      ds=$2; r="$D/received/$(enc "$ds")"
+      [ -e "$r" ] || { echo "cannot open '$ds': dataset does not exist" >&2; exit 1; }
+      rm -f "$r" "$D/snap/$(enc "$ds")@"*
+      exit 0
+    fi
     full=$1
     case "$full" in
       *#*) f="$D/book/$(enc "$full")"
@@ -146,10 +155,24 @@ case "$cmd" in
     [ "${1:-}" = -A ] && exit 0
     [ $# -gt 0 ] || { echo "fake zfs: receive needs a target" >&2; exit 2; }
     for a in "$@"; do last=$a; done
-    : > "$D/received/$(enc "${last%%@*}")"
+    target=${last%%@*}
+    : > "$D/received/$(enc "$target")"
     n=$(ls "$D" | grep -c '^recv\.' || true)
     while [ -e "$D/paused-receive" ]; do sleep 0.05; done
-    exec cat > "$D/recv.$((n + 1))" ;;
+    out="$D/recv.$((n + 1))"
+    [ "${FAKE_ZFS_RECEIVE_SNAPSHOTS:-0}" = 1 ] || exec cat > "$out"
+    cat > "$out"
+    # DRR_BEGIN's toguid: 8 bytes, little-endian, at offset 40.
+    tog=$(od -An -j40 -N8 -tu8 "$out" | tr -d ' ')
+    [ -n "$tog" ] || exit 0
+    for f in "$D/snap"/*; do
+      [ -e "$f" ] || continue
+      read -r g _ c < "$f"
+      [ "$g" = "$tog" ] || continue
+      name=$(basename "$f" | sed 's#%2F#/#g')
+      echo "$g $(txg) $c" > "$D/snap/$(enc "$target@${name#*@}")"
+      break
+    done ;;
   mount)
     ds=$1
     compgen -G "$D/snap/$(enc "$ds")@*" > /dev/null || [ -e "$D/received/$(enc "$ds")" ] \
