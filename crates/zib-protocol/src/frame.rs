@@ -81,14 +81,14 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,
     body: &[u8],
 ) -> Result<(), FrameError> {
+    // The larger cap: a reader enforces its own (a daemon reads requests up to MAX_FRAME_LEN).
     let len = u32::try_from(body.len())
         .ok()
-        .filter(|&l| l <= MAX_FRAME_LEN)
-        .ok_or(FrameError::TooLarge { len: body.len() as u64, max: MAX_FRAME_LEN })?;
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(body);
-    writer.write_all(&buf).await?;
+        .filter(|&l| l <= MAX_REPLY_FRAME_LEN)
+        .ok_or(FrameError::TooLarge { len: body.len() as u64, max: MAX_REPLY_FRAME_LEN })?;
+    // Prefix and body apart: a status reply shared by many connections is not copied for each.
+    writer.write_all(&len.to_be_bytes()).await?;
+    writer.write_all(body).await?;
     writer.flush().await?;
     Ok(())
 }
@@ -167,10 +167,18 @@ mod tests {
 
     #[tokio::test]
     async fn write_refuses_oversized_body() {
-        let body = vec![b' '; MAX_FRAME_LEN as usize + 1];
+        let body = vec![b' '; MAX_REPLY_FRAME_LEN as usize + 1];
         let mut sink = Vec::new();
         assert!(matches!(write_frame(&mut sink, &body).await, Err(FrameError::TooLarge { .. })));
         assert!(sink.is_empty());
+        // A reply above the request cap is written (and read with the reply cap).
+        let body = vec![b' '; MAX_FRAME_LEN as usize + 1];
+        write_frame(&mut sink, &body).await.unwrap();
+        let mut r = sink.as_slice();
+        assert!(matches!(read_frame(&mut r).await, Err(FrameError::TooLarge { .. })));
+        let mut r = sink.as_slice();
+        let back = read_frame_capped(&mut r, MAX_REPLY_FRAME_LEN).await.unwrap().unwrap();
+        assert_eq!(back.len(), body.len());
     }
 
     #[tokio::test]

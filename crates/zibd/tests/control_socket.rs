@@ -25,7 +25,8 @@ use zibd::control::{
 struct FakeHandler {
     calls: AtomicUsize,
     peers: std::sync::Mutex<Vec<Peer>>,
-    huge_status: bool,
+    /// Datasets in an all-datasets status reply (0: the usual two).
+    huge_status: usize,
 }
 
 fn daemon_info() -> DaemonInfo {
@@ -92,8 +93,8 @@ impl Handler for FakeHandler {
             Request::Status { dataset: Some(d) } if d == "missing" => {
                 Response::error(ErrorKind::NotFound, "no dataset 'missing' is configured").into()
             }
-            Request::Status { dataset: _ } if self.huge_status => {
-                let datasets = (0..20_000)
+            Request::Status { dataset: None } if self.huge_status > 0 => {
+                let datasets = (0..self.huge_status)
                     .map(|i| dataset(&format!("tank/dataset-with-a-long-name-{i}")))
                     .collect();
                 Response::Status { daemon: daemon_info(), datasets }.into()
@@ -447,11 +448,27 @@ async fn shutdown_ends_streams_and_removes_the_socket() {
 
 #[tokio::test]
 async fn oversized_reply_becomes_an_internal_error() {
+    // ~27 MB of JSON: above the 16 MiB reply cap.
     let server =
-        Server::start_with(FakeHandler { huge_status: true, ..Default::default() }, |_| {}).await;
+        Server::start_with(FakeHandler { huge_status: 100_000, ..Default::default() }, |_| {})
+            .await;
     let r = call(&server.path, Request::Status { dataset: None }).await;
     assert_eq!(error_kind(&r[0]), ErrorKind::Internal);
     assert_still_serves(&server.path).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_status_of_twenty_thousand_datasets_is_one_reply() {
+    // ~5 MB of JSON: above the 1 MiB request cap, which replies once had too (a status of
+    // about 4,000 datasets became an error); the client reads up to MAX_REPLY_FRAME_LEN.
+    let server =
+        Server::start_with(FakeHandler { huge_status: 20_000, ..Default::default() }, |_| {}).await;
+    let mut c = Client::connect(&server.path).await.unwrap();
+    match c.call(&Request::Status { dataset: None }).await.unwrap() {
+        Response::Status { datasets, .. } => assert_eq!(datasets.len(), 20_000),
+        other => panic!("{other:?}"),
+    }
     server.shutdown().await;
 }
 
