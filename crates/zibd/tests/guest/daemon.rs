@@ -29,13 +29,13 @@ fn zibctl_bin() -> PathBuf {
 }
 
 /// A zibd process, killed on drop, its log in a file.
-struct Zibd {
+pub(crate) struct Zibd {
     child: tokio::process::Child,
     log: PathBuf,
 }
 
 impl Zibd {
-    fn spawn(config: &Path, endpoint: &str, log: PathBuf) -> Zibd {
+    pub(crate) fn spawn(config: &Path, endpoint: &str, log: PathBuf) -> Zibd {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -54,12 +54,15 @@ impl Zibd {
         Zibd { child: c.spawn().expect("spawn zibd"), log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGTERM, then the exit status (within `within`).
-    async fn terminate(mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+    pub(crate) async fn terminate(
+        mut self,
+        within: Duration,
+    ) -> (std::process::ExitStatus, Duration) {
         let pid = self.child.id().expect("running") as i32;
         let t0 = Instant::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
@@ -130,7 +133,7 @@ async fn wait_status(
 }
 
 /// Waits until the daemon answers `zibctl version`.
-async fn wait_ready(socket: &Path, zibd: &Zibd) {
+pub(crate) async fn wait_ready(socket: &Path, zibd: &Zibd) {
     let deadline = Instant::now() + WAIT;
     loop {
         let o = zibctl(socket, &["version"]).await;

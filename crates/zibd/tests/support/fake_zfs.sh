@@ -19,7 +19,9 @@
 # Restore: `receive ... TARGET` marks TARGET received and becomes (exec) a `cat` of its stdin
 # to recv.N (N = the receive's number, from 1), so killing it stops the reader itself;
 # `receive -A` succeeds; `mount` succeeds on a dataset that exists; `get` of
-# receive_resume_token, encryption or keystatus prints "-".
+# receive_resume_token, encryption or keystatus prints "-", of type "filesystem" (or "volume"
+# for a target that received a volume's stream: such a receive refuses the filesystem-only
+# -o/-x properties and its target does not mount, as with real zfs).
 # `list -H -o name DS` (no -t): a dataset exists while it has a snapshot or was received.
 # Trees: fs/<dataset> (an empty file) makes a filesystem that `list -r -t filesystem,volume
 # -o name ROOT` shows (the root and what is below it, by name; a missing root "does not
@@ -137,6 +139,7 @@ case "$cmd" in
         w="$D/written/$(enc "$ds")"
         if [ -e "$w" ]; then cat "$w"; else echo "${FAKE_ZFS_WRITTEN:-${FAKE_ZFS_SIZE:-300000}}"; fi ;;
       receive_resume_token|encryption|keystatus) echo "-" ;;
+      type) if [ -e "$D/vol/$(enc "$ds")" ]; then echo volume; else echo filesystem; fi ;;
       *) echo "fake zfs: unsupported property $prop" >&2; exit 2 ;;
     esac ;;
   receive)
@@ -145,9 +148,19 @@ case "$cmd" in
     for a in "$@"; do last=$a; done
     : > "$D/received/$(enc "${last%%@*}")"
     n=$(ls "$D" | grep -c '^recv\.' || true)
-    exec cat > "$D/recv.$((n + 1))" ;;
+    out="$D/recv.$((n + 1))"
+    # The begin record first (exactly its bytes): a volume's stream (DMU_OST_ZVOL) refuses the
+    # filesystem-only properties, as a zfs receive of one dataset's stream does.
+    dd bs=56 count=1 iflag=fullblock status=none > "$out"
+    if [ "$(od -An -t u4 -j 32 -N 4 "$out" | tr -d ' ')" = 3 ]; then
+      mkdir -p "$D/vol"; : > "$D/vol/$(enc "${last%%@*}")"
+      for a in "$@"; do case "$a" in sharenfs|sharesmb|mountpoint|mountpoint=*|canmount|canmount=*)
+        echo "cannot receive: property '${a%%=*}' does not apply to datasets of this type" >&2; exit 1;; esac; done
+    fi
+    exec cat >> "$out" ;;
   mount)
     ds=$1
+    [ -e "$D/vol/$(enc "$ds")" ] && { echo "cannot mount '$ds': operation not applicable to datasets of this type" >&2; exit 1; }
     compgen -G "$D/snap/$(enc "$ds")@*" > /dev/null || [ -e "$D/received/$(enc "$ds")" ] \
       || { echo "cannot open '$ds': dataset does not exist" >&2; exit 1; }
     ;;
