@@ -256,26 +256,12 @@ async fn wait_all(
     }
 }
 
-/// Waits until no backup runs or waits and the next tick (every minute at :00) is at least
-/// 15 s away, so that what the test changes now lands wholly before the next run.
-async fn wait_quiet(socket: &Path, zibd: &Zibd) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let sec = Utc::now().second();
-        if (3..45).contains(&sec) {
-            let (_, all) = all_status(socket).await;
-            if all.iter().all(|s| !running(s) && s.state != JobState::Queued)
-                && (3..45).contains(&Utc::now().second())
-            {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon never went quiet\nzibd log:\n{}",
-            zibd.log()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+/// The daemon's answer to `request`, which must be an Ok; its message.
+async fn ask_ok(socket: &Path, zibd: &Zibd, request: &Request) -> String {
+    let mut c = Client::connect(socket).await.expect("connect to zibd");
+    match c.call(request).await.expect("an answer") {
+        Response::Ok { message } => message.unwrap_or_default(),
+        other => panic!("{request:?}: {other:?}\nzibd log:\n{}", zibd.log()),
     }
 }
 
@@ -287,6 +273,61 @@ struct Concurrency {
     max_jobs_running: u32,
     queued_seen: bool,
     samples: u64,
+}
+
+/// Polls the status every 100 ms into `seen` until the daemon goes away.
+fn watch_concurrency(
+    socket: PathBuf,
+    seen: Arc<Mutex<Concurrency>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut c) = Client::connect(&socket).await else { return };
+            while let Ok(Response::Status { daemon, datasets }) =
+                c.call(&Request::Status { dataset: None }).await
+            {
+                {
+                    let mut s = seen.lock().unwrap();
+                    let now = datasets.iter().filter(|d| running(d)).count();
+                    s.max_states = s.max_states.max(now);
+                    s.max_jobs_running = s.max_jobs_running.max(daemon.jobs_running);
+                    s.queued_seen |= datasets.iter().any(|d| d.state == JobState::Queued);
+                    s.samples += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    })
+}
+
+/// The config: the tree on an hourly schedule at `minute`.
+fn write_config(work: &Path, bucket: &str, endpoint: &str, root: &str, minute: u32) {
+    ConfigToml::new(work, bucket, endpoint)
+        .daemon("max_concurrent_jobs", JOBS)
+        .daemon("shutdown_timeout_secs", 30)
+        .target("prefix", quoted(PREFIX))
+        .target("storage_class", quoted("STANDARD"))
+        .target("chunk_size", quoted("64KiB"))
+        .dataset(root, &format!("0 {minute} * * * *"))
+        .dataset_key("recursive", true)
+        .dataset_key("exclude", format!("[{}]", quoted(format!("{root}/cache*"))))
+        .dataset_key("min_change", 0)
+        .dataset_key("keep_snapshots", 10)
+        .write(&work.join("zibd.toml"));
+}
+
+/// Restores `src`'s newest snapshot (its whole chain) from the bucket alone into `target`,
+/// keys not loaded, not mounted.
+async fn restore(endpoint: &str, bucket: &str, src: &str, target: &str, work: &Path) {
+    let o = tokio::process::Command::from(crate::restore::zibd(endpoint))
+        .args(["--config", "/nonexistent/zibd.toml", "restore", "run", "--no-mount"])
+        .args(["--dataset", src, "--to", target, "--work-dir"])
+        .arg(work)
+        .args(["--bucket", bucket, "--prefix", PREFIX, "--endpoint", endpoint])
+        .output()
+        .await
+        .expect("spawn zibd restore");
+    assert!(o.status.success(), "restore of {src}: {}", crate::restore::out(&o));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -318,24 +359,14 @@ async fn a_tree_of_twenty_datasets_backs_up_each_follows_children_and_restores_a
     assert_eq!(zfs_get(&tree.name("enc/e1/deep"), "encryptionroot"), tree.name("enc"));
     assert_eq!(zfs_get(&tree.name("enc/other/o1"), "encryptionroot"), tree.name("enc/other"));
     let t_built = t_start.elapsed();
+    eprintln!("tree: {} datasets made in {t_built:?}", TREE.len() + EXCLUDED.len());
 
+    // No tick during the first run: it is triggered.
     let work = work_dir("tree");
     let socket = work.join("zibd.sock");
-    let config = work.join("zibd.toml");
-    ConfigToml::new(&work, &bucket, &proxy.endpoint())
-        .daemon("max_concurrent_jobs", JOBS)
-        .daemon("shutdown_timeout_secs", 30)
-        .target("prefix", quoted(PREFIX))
-        .target("storage_class", quoted("STANDARD"))
-        .target("chunk_size", quoted("64KiB"))
-        .dataset(&root, "0 * * * * *")
-        .dataset_key("recursive", true)
-        .dataset_key("exclude", format!("[{}]", quoted(format!("{root}/cache*"))))
-        .dataset_key("min_change", 0)
-        .dataset_key("keep_snapshots", 10)
-        .write(&config);
-
-    let zibd = Zibd::spawn(&config, &proxy.endpoint(), work.join("zibd.log"));
+    let ep = proxy.endpoint();
+    write_config(&work, &bucket, &ep, &root, (Utc::now().minute() + 40) % 60);
+    let zibd = Zibd::spawn(&work.join("zibd.toml"), &ep, work.join("zibd.log"));
     wait_ready(&socket, &zibd).await;
     let (daemon, all) = all_status(&socket).await;
     assert_eq!(daemon.jobs_max, Some(JOBS as u32));
@@ -343,40 +374,23 @@ async fn a_tree_of_twenty_datasets_backs_up_each_follows_children_and_restores_a
     want.sort();
     let names: Vec<String> = all.iter().map(|s| s.dataset.clone()).collect();
     assert_eq!(names, want, "the tree's 20 datasets, the excluded subtree left out");
-
-    // Watch how many run at once, for the whole test.
     let seen = Arc::new(Mutex::new(Concurrency::default()));
-    let watcher = {
-        let (seen, socket) = (seen.clone(), socket.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok(mut c) = Client::connect(&socket).await else { return };
-                while let Ok(Response::Status { daemon, datasets }) =
-                    c.call(&Request::Status { dataset: None }).await
-                {
-                    {
-                        let mut s = seen.lock().unwrap();
-                        let now = datasets.iter().filter(|d| running(d)).count();
-                        s.max_states = s.max_states.max(now);
-                        s.max_jobs_running = s.max_jobs_running.max(daemon.jobs_running);
-                        s.queued_seen |= datasets.iter().any(|d| d.state == JobState::Queued);
-                        s.samples += 1;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        })
-    };
+    let watcher = watch_concurrency(socket.clone(), seen.clone());
 
-    // --- run 1: the first tick backs up every member, each a full stream of its own.
+    // --- run 1: every member at once, each a full stream of its own, JOBS at a time.
     let t1 = Instant::now();
+    for ds in &want {
+        let trigger = Request::Trigger { dataset: ds.clone(), wait: false, full: false };
+        ask_ok(&socket, &zibd, &trigger).await;
+    }
     let all = wait_all(&socket, &zibd, "every member's first backup", |all| {
-        all.iter().all(|s| s.last_success.is_some())
+        all.iter().all(|s| s.last_success.is_some() && !running(s))
     })
     .await;
     let run1 = t1.elapsed();
+    eprintln!("tree: run 1 took {run1:?}");
     for s in &all {
-        assert!(s.chain_length >= 1 && s.last_error.is_none(), "{s:#?}");
+        assert!(s.chain_length == 1 && s.last_error.is_none(), "{s:#?}");
     }
     let keys = list_all(&client, &bucket).await;
     let key_names: Vec<String> = keys.iter().map(|o| o.key().unwrap().to_owned()).collect();
@@ -388,9 +402,21 @@ async fn a_tree_of_twenty_datasets_backs_up_each_follows_children_and_restores_a
         );
     }
 
-    // --- between the runs: a child created, one destroyed, new data everywhere.
-    wait_quiet(&socket, &zibd).await;
+    // --- between the runs: new data everywhere; the tree's schedule set to the next minute
+    // but one (a reload); then one child destroyed and one created, which only the tick sees.
     let gone = tree.name(GONE);
+    let survivors: Vec<&str> =
+        TREE.iter().map(|t| t.0).filter(|r| *r != GONE).chain([NEW]).collect();
+    for (i, rel) in survivors.iter().filter(|r| **r != NEW).enumerate() {
+        tree.change(rel, 200 + i as u64);
+    }
+    let tick = {
+        let t = Utc::now() + chrono::Duration::seconds(40);
+        t.with_second(0).unwrap().with_nanosecond(0).unwrap() + chrono::Duration::minutes(1)
+    };
+    write_config(&work, &bucket, &ep, &root, tick.minute());
+    let msg = ask_ok(&socket, &zibd, &Request::Reload).await;
+    assert!(msg.contains("added none; removed none"), "{msg}");
     let gone_record = record(&tree, GONE);
     let gone_prefix = format!("{PREFIX}/{gone}@zib/");
     let gone_keys: Vec<String> =
@@ -398,28 +424,29 @@ async fn a_tree_of_twenty_datasets_backs_up_each_follows_children_and_restores_a
     zfs(&["destroy", "-r", &gone]);
     tree.kinds.remove(GONE);
     tree.create(NEW, Kind::Fs, None);
-    let survivors: Vec<&str> =
-        TREE.iter().map(|t| t.0).filter(|r| *r != GONE).chain([NEW]).collect();
-    for (i, rel) in survivors.iter().enumerate() {
-        tree.change(rel, 200 + i as u64);
-    }
-    let changed_at = Utc::now();
+    tree.change(NEW, 300);
+    assert!(
+        Utc::now() < tick,
+        "the changes took longer than the 40 s given before the tick at {tick}: give them more"
+    );
 
-    // --- run 2: the next tick lists the tree again: the new child joins and is backed up, the
+    // --- run 2, the tick: the tree is listed again, the new child joins and is backed up, the
     // destroyed one is reported and left alone, the others take an incremental each.
     let t2 = Instant::now();
     let new = tree.name(NEW);
     let all = wait_all(&socket, &zibd, "the second run", |all| {
-        all.iter().all(|s| {
-            if s.dataset == gone {
-                s.last_note.as_ref().is_some_and(|n| n.message.contains("source gone"))
-            } else {
-                s.last_success.as_ref().is_some_and(|l| l.at > changed_at) && !running(s)
-            }
-        }) && all.iter().any(|s| s.dataset == new)
+        all.iter().any(|s| s.dataset == new)
+            && all.iter().all(|s| {
+                if s.dataset == gone {
+                    s.last_note.as_ref().is_some_and(|n| n.message.contains("source gone"))
+                } else {
+                    s.last_success.as_ref().is_some_and(|l| l.at > tick) && !running(s)
+                }
+            })
     })
     .await;
     let run2 = t2.elapsed();
+    eprintln!("tree: run 2 took {run2:?} after the tick");
     for s in &all {
         assert!(s.last_error.is_none(), "{s:#?}");
         if s.dataset == gone {
@@ -428,13 +455,19 @@ async fn a_tree_of_twenty_datasets_backs_up_each_follows_children_and_restores_a
                 "source gone; 1 chains kept in bucket"
             );
             assert_eq!((s.state, s.next_run), (JobState::Idle, None), "{s:#?}");
-        } else if s.dataset == new {
-            assert!(s.chain_length >= 1, "{s:#?}");
         } else {
-            assert!(s.chain_length >= 2, "an incremental after the change: {s:#?}");
+            let chain = if s.dataset == new { 1 } else { 2 };
+            assert_eq!(s.chain_length, chain, "{s:#?}");
         }
     }
-    wait_quiet(&socket, &zibd).await;
+    let mut c = Client::connect(&socket).await.unwrap();
+    let refused =
+        c.call(&Request::Trigger { dataset: gone.clone(), wait: false, full: false }).await;
+    assert!(
+        matches!(&refused, Ok(Response::Error { message, .. }) if message.contains("source gone")),
+        "{refused:?}"
+    );
+    drop(c);
     let (st, _) = zibd.terminate(Duration::from_secs(60)).await;
     assert!(st.success(), "zibd exited with {st}");
     watcher.abort();
@@ -462,38 +495,43 @@ async fn a_tree_of_twenty_datasets_backs_up_each_follows_children_and_restores_a
     let count = |m: &str| requests.iter().filter(|r| r.method.eq_ignore_ascii_case(m)).count();
     let manifests = key_names.iter().filter(|k| k.ends_with(".manifest.json")).count();
 
-    // --- restore every member from the bucket alone into another pool, and compare.
+    // --- restore every member from the bucket alone into another pool: parents first, the
+    // datasets of one depth at once.
     let mut records: BTreeMap<String, Record> = BTreeMap::new();
     for rel in &survivors {
         records.insert((*rel).to_owned(), record(&tree, rel));
     }
     records.insert(GONE.to_owned(), gone_record);
     let dst = TestPool::with_size("zgtreer", "768M");
-    let rwork = work_dir("tree-restore");
-    let t3 = Instant::now();
-    // Parents first (a name sorts before its children's).
-    for (rel, want) in &records {
-        let src = tree.name(rel);
-        let target =
-            if rel.is_empty() { dst.dataset("t") } else { dst.dataset(&format!("t/{rel}")) };
-        let o = crate::restore::zibd(s3.endpoint())
-            .args(["--config", "/nonexistent/zibd.toml", "restore", "run", "--no-mount"])
-            .args(["--dataset", &src, "--to", &target, "--work-dir"])
-            .arg(rwork.join(rel.replace('/', "_") + "_"))
-            .args(["--bucket", &bucket, "--prefix", PREFIX, "--endpoint", s3.endpoint()])
-            .output()
-            .expect("spawn zibd restore");
-        assert!(o.status.success(), "restore of {src}: {}", crate::restore::out(&o));
-        assert_eq!(snapshot_guids(&target), want.snaps, "{target}: snapshots and GUIDs of {src}");
-        assert_eq!(zfs_get(&target, "receive_resume_token"), "-");
-        let kind = if want.volume.is_some() { "volume" } else { "filesystem" };
-        assert_eq!(zfs_get(&target, "type"), kind, "{target}");
-    }
-    let restore_time = t3.elapsed();
-    // Encryption kept by the raw sends: received encrypted, keys not loaded.
     let target_of = |rel: &str| {
         if rel.is_empty() { dst.dataset("t") } else { dst.dataset(&format!("t/{rel}")) }
     };
+    let depth = |rel: &str| if rel.is_empty() { 0 } else { rel.matches('/').count() + 1 };
+    let rwork = work_dir("tree-restore");
+    let t3 = Instant::now();
+    for d in 0..=records.keys().map(|r| depth(r)).max().unwrap() {
+        let level: Vec<_> = records
+            .keys()
+            .filter(|r| depth(r) == d)
+            .map(|rel| {
+                let (src, target) = (tree.name(rel), target_of(rel));
+                let w = rwork.join(format!("d{}", rel.replace('/', "_")));
+                let (ep, bucket) = (s3.endpoint().to_owned(), bucket.clone());
+                async move { restore(&ep, &bucket, &src, &target, &w).await }
+            })
+            .collect();
+        futures::future::join_all(level).await;
+    }
+    let restore_time = t3.elapsed();
+    eprintln!("tree: {} restores took {restore_time:?}", records.len());
+    for (rel, want) in &records {
+        let t = target_of(rel);
+        assert_eq!(snapshot_guids(&t), want.snaps, "{t}: snapshots and GUIDs of {rel:?}");
+        assert_eq!(zfs_get(&t, "receive_resume_token"), "-");
+        let kind = if want.volume.is_some() { "volume" } else { "filesystem" };
+        assert_eq!(zfs_get(&t, "type"), kind, "{t}");
+    }
+    // Encryption kept by the raw sends: received encrypted, keys not loaded.
     let mut roots_seen = Vec::new();
     for rel in records.keys() {
         let t = target_of(rel);
@@ -502,7 +540,9 @@ async fn a_tree_of_twenty_datasets_backs_up_each_follows_children_and_restores_a
             Some(_) => {
                 assert_eq!(zfs_get(&t, "encryption"), "aes-256-gcm", "{t}");
                 assert_eq!(zfs_get(&t, "keystatus"), "unavailable", "{t}: raw received");
-                roots_seen.push(format!("{t} -> {}", zfs_get(&t, "encryptionroot")));
+                let er = zfs_get(&t, "encryptionroot");
+                roots_seen
+                    .push(format!("{rel} -> {}", er.strip_prefix(&target_of("")).unwrap_or(&er)));
             }
         }
     }
@@ -521,6 +561,9 @@ async fn a_tree_of_twenty_datasets_backs_up_each_follows_children_and_restores_a
         }
         match &want.volume {
             Some(sha) => {
+                // A volume received without its key gets its device only when it changes: a
+                // new volmode (no partition scan either) makes it.
+                zfs(&["set", "volmode=dev", &t]);
                 assert_eq!(&sha256_file(&zvol_dev(&t)), sha, "{t}: the volume's bytes");
             }
             None => {
@@ -541,10 +584,10 @@ async fn a_tree_of_twenty_datasets_backs_up_each_follows_children_and_restores_a
         }
     }
     eprintln!(
-        "tree: {} datasets restored ({} snapshots); built in {t_built:?}, run 1 {run1:?}, run 2 \
+        "tree: {} datasets restored ({} snapshots); made in {t_built:?}, run 1 {run1:?}, run 2 \
          {run2:?}, restores {restore_time:?}, total {:?}; bucket: {} objects ({manifests} \
-         manifests, {bytes} bytes); requests: {} PUT, {} GET, {} HEAD, {} LIST/GET-bucket of {} \
-         in all; concurrency {seen:?}; encryption roots after raw receive: {}",
+         manifests, {bytes} bytes); requests: {} PUT, {} GET, {} HEAD, {} LIST, {} in all; \
+         concurrency {seen:?}; encryption roots after the raw receives: {}",
         records.len(),
         records.values().map(|r| r.snaps.len()).sum::<usize>(),
         t_start.elapsed(),
