@@ -64,6 +64,11 @@ impl SendArgs {
 /// on the incrementals, which keep that local value) and `-x canmount`. zib's own streams
 /// carry no properties at all (`zfs send -w` without `-p`/`-R`; [`StreamHeader`] checks that),
 /// so these options are the second line, not the first.
+///
+/// A volume's stream gets none of them: mounts and shares do not apply to volumes, and a
+/// `zfs receive` of one dataset's stream refuses `-o`/`-x` of a property that does not apply to
+/// its type ("property 'sharenfs' does not apply to datasets of this type"), so with them no
+/// volume could be restored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiveOptions {
     pub target: DatasetName,
@@ -71,11 +76,17 @@ pub struct ReceiveOptions {
     pub mountpoint: Option<String>,
     /// Whether this is the chain's full stream (the one that creates `target`).
     pub full: bool,
+    /// Whether the stream is a volume's ([`StreamHeader::volume`]).
+    pub volume: bool,
 }
 
 impl ReceiveOptions {
-    /// `-s -u -x sharenfs -x sharesmb`, then the mountpoint/canmount pair, then the target.
+    /// `-s -u -x sharenfs -x sharesmb`, then the mountpoint/canmount pair, then the target; a
+    /// volume's: `-s -u` and the target.
     fn argv(&self) -> Vec<String> {
+        if self.volume {
+            return vec!["-s".into(), "-u".into(), self.target.to_string()];
+        }
         let mut args: Vec<String> =
             ["-s", "-u", "-x", "sharenfs", "-x", "sharesmb"].map(Into::into).into();
         match &self.mountpoint {
@@ -106,6 +117,8 @@ pub struct StreamHeader {
     pub to_guid: u64,
     /// 0 for a full stream.
     pub from_guid: u64,
+    /// Whether it is a volume's stream (`drr_type` `DMU_OST_ZVOL`), else a filesystem's.
+    pub volume: bool,
 }
 
 impl StreamHeader {
@@ -114,6 +127,9 @@ impl StreamHeader {
     pub const LEN: usize = 56;
     const MAGIC: u64 = 0x2F5B_ACBAC;
     const SUBSTREAM: u8 = 1;
+    /// `DMU_OST_ZVOL`, the begin record's object set type of a volume (a filesystem's is
+    /// `DMU_OST_ZFS`, 2).
+    const OST_ZVOL: u32 = 3;
     /// `zfs send -c`, implied by `-w`.
     const FEATURE_COMPRESSED: u32 = 1 << 22;
     /// `zfs send -w` of an encrypted dataset.
@@ -133,11 +149,11 @@ impl StreamHeader {
             m if m.swap_bytes() == Self::MAGIC => true,
             _ => return Err("it does not start with a zfs send stream header".into()),
         };
-        let drr_type = if big {
-            u32::from_be_bytes(b[..4].try_into().unwrap())
-        } else {
-            u32::from_le_bytes(b[..4].try_into().unwrap())
+        let word32 = |at: usize| {
+            let w: [u8; 4] = b[at..at + 4].try_into().expect("4 bytes");
+            if big { u32::from_be_bytes(w) } else { u32::from_le_bytes(w) }
         };
+        let drr_type = word32(0);
         if drr_type != 0 {
             return Err(format!("its first record is of type {drr_type}, not a begin record"));
         }
@@ -147,6 +163,7 @@ impl StreamHeader {
             features: ((version_info >> 2) & 0x3FFF_FFFF) as u32,
             to_guid: word(40, big),
             from_guid: word(48, big),
+            volume: word32(32) == Self::OST_ZVOL,
         })
     }
 
@@ -836,6 +853,7 @@ mod tests {
             target: target.clone(),
             mountpoint: mountpoint.map(Into::into),
             full,
+            volume: false,
         };
         for full in [true, false] {
             assert_eq!(
@@ -851,10 +869,22 @@ mod tests {
             r(Some("/mnt/r"), false).argv(),
             [&base[..], &["-x", "mountpoint", "-x", "canmount", "pool/r"]].concat()
         );
+        // A volume: none of them apply, and zfs receive refuses them for one dataset's stream.
+        for (mp, full) in [(None, true), (Some("/mnt/r"), true), (None, false)] {
+            assert_eq!(
+                ReceiveOptions { volume: true, ..r(mp, full) }.argv(),
+                ["-s", "-u", "pool/r"]
+            );
+        }
     }
 
     /// A begin record as `zfs send` writes it (little- or big-endian).
     fn header(big: bool, hdrtype: u64, features: u64, to: u64, from: u64) -> Vec<u8> {
+        header_of(big, hdrtype, features, to, from, 2)
+    }
+
+    /// [`header`] of a stream of object set type `ost` (2 a filesystem's, 3 a volume's).
+    fn header_of(big: bool, hdrtype: u64, features: u64, to: u64, from: u64, ost: u32) -> Vec<u8> {
         let w32 = |v: u32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
         let w64 = |v: u64| if big { v.to_be_bytes() } else { v.to_le_bytes() };
         let mut b = Vec::new();
@@ -863,7 +893,7 @@ mod tests {
         b.extend(w64(0x2F5B_ACBAC));
         b.extend(w64(hdrtype | (features << 2)));
         b.extend(w64(1_700_000_000)); // creation time
-        b.extend(w32(2)); // DMU_OST_ZFS
+        b.extend(w32(ost)); // DMU_OST_ZFS or DMU_OST_ZVOL
         b.extend(w32(0)); // flags
         b.extend(w64(to));
         b.extend(w64(from));
@@ -880,6 +910,10 @@ mod tests {
         for big in [false, true] {
             let h = StreamHeader::parse(&header(big, 1, raw, 7, 0)).unwrap();
             assert_eq!((h.header_type, h.features, h.to_guid, h.from_guid), (1, raw as u32, 7, 0));
+            assert!(!h.volume);
+            let v = StreamHeader::parse(&header_of(big, 1, raw, 7, 0, 3)).unwrap();
+            assert!(v.volume, "a volume's stream");
+            v.check("7", None, true).unwrap();
             h.check("7", None, true).unwrap();
             let inc = StreamHeader::parse(&header(big, 1, compressed, u64::MAX, 5)).unwrap();
             inc.check("18446744073709551615", Some("5"), true).unwrap();

@@ -803,6 +803,47 @@ async fn receive_keeps_a_streams_mountpoint_canmount_and_shares_off_the_host() {
     );
 }
 
+/// Issue 16: a volume's streams (their begin record says so) are received with none of the
+/// mount and share options, which do not apply to volumes and which a `zfs receive` of one
+/// dataset's stream refuses ("property 'sharenfs' does not apply to datasets of this type"):
+/// with them no volume could be restored. Nothing to mount afterwards, and the report says
+/// where its device is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_is_received_without_the_filesystem_options_and_not_mounted() {
+    let moto = MotoServer::start();
+    let client = moto.client();
+    let bucket = moto.create_bucket("rvolume").await;
+    let vol = |seed, len, to, from| {
+        with_header(volume_begin_record(1, FEATURE_COMPRESSED, to, from), seed, len)
+    };
+    let chain = [
+        Backup { snap: "zib-20261101T000000Z", guid: "111", data: vol(1, 3500, 111, 0) },
+        Backup { snap: "zib-20261102T000000Z", guid: "222", data: vol(2, 1200, 222, 111) },
+    ];
+    seed(&client, &bucket, "tank/vol", &chain, StorageClass::Standard).await;
+    let ep = moto.endpoint();
+    let b = bucket_args(&bucket, ep);
+    let work = tempfile::tempdir().unwrap();
+    let zfs = FakeZfs::new();
+    let run = [
+        "run",
+        "--to",
+        "pool/v",
+        "--work-dir",
+        work.path().to_str().unwrap(),
+        "--mountpoint",
+        "/mnt/v",
+    ];
+    let o = zibd(ep, &zfs, &[&run[..], &b[..]].concat());
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert_eq!(receives(&zfs), vec!["receive -s -u pool/v"; 2]);
+    let received = zfs.received();
+    assert_eq!(received, [chain[0].data.clone(), chain[1].data.clone()]);
+    assert!(!zfs.calls().lines().any(|l| l.starts_with("mount ")), "{}", zfs.calls());
+    assert!(out.contains("pool/v is a volume: its device is /dev/zvol/pool/v"), "{out}");
+}
+
 /// Issue 11 #11: a stream is checked against its manifest before any of it reaches `zfs
 /// receive`: a `zfs send -R`/`-p` package (which carries properties), a stream that was not
 /// sent raw although its manifest says `-w`, or one of another snapshot is refused by name.

@@ -454,7 +454,10 @@ fn chain_length(locked: &LockedState) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-type RunResult = (LockedState, Result<Outcome, BackupError>);
+/// What a run hands back: the state lock, its result and its job slot (None if it never got
+/// one). The slot goes back only once the task has recorded the run's end, so that no status
+/// shows more backups running than `max_concurrent_jobs`.
+type RunResult = (LockedState, Result<Outcome, BackupError>, Option<OwnedSemaphorePermit>);
 
 /// Why a run was asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1002,8 +1005,10 @@ impl Task {
     async fn on_run_done(&mut self, res: Result<RunResult, JoinError>) {
         let Some(run) = self.run.take() else { return };
         let now = Utc::now();
+        let mut slot = None;
         let final_response = match res {
-            Ok((mut locked, result)) => {
+            Ok((mut locked, result, permit)) => {
+                slot = permit;
                 let response = match result {
                     Ok(Outcome::Skipped(skipped)) => {
                         let message = skipped.to_string();
@@ -1147,6 +1152,7 @@ impl Task {
             }
         };
         self.run_finished(run, final_response);
+        drop(slot);
     }
 
     /// Whether zfs says the dataset does not exist (an error of zfs's own: it may).
@@ -1239,9 +1245,9 @@ async fn run_backup(
         p = ctx.slots.clone().acquire_owned() => p.ok(),
         () = cancel.cancelled() => None,
     };
-    let Some(_permit) = permit else {
+    let Some(permit) = permit else {
         let dataset = settings.ds.name.to_string();
-        return (locked, Err(BackupError::Cancelled { dataset }));
+        return (locked, Err(BackupError::Cancelled { dataset }), None);
     };
     {
         let mut s = lock(&shared);
@@ -1270,7 +1276,7 @@ async fn run_backup(
     {
         apply_retention(&settings, &locked, &progress, &cancel).await;
     }
-    (locked, result)
+    (locked, result, Some(permit))
 }
 
 /// Remote retention after a successful backup: never early deletion; a failure is logged and

@@ -56,10 +56,12 @@ impl Run<'_> {
         }
         self.file.save().await?;
 
+        // The stream's type comes from its begin record: the receive starts at its first chunk.
         let receive = ReceiveOptions {
             target: target.clone(),
             mountpoint: self.opts.mountpoint.clone(),
             full: step.is_full(),
+            volume: false,
         };
         let n_steps = self.file.rec().plan.steps.len();
         self.publish(
@@ -71,36 +73,49 @@ impl Run<'_> {
                 step.chunks.len()
             )),
         );
-        let mut sink = zfs.receive(&receive)?;
-        match self.feed(i, &step, &mut sink).await {
-            Ok(()) => {
+        let mut sink = None;
+        let fed = self.feed(i, &step, &receive, &mut sink).await;
+        match (fed, sink) {
+            (Ok(()), sink) => {
+                // A stream of no chunks started no receive: it gets one with nothing to read.
+                let sink = match sink {
+                    Some(s) => s,
+                    None => zfs.receive(&receive)?,
+                };
                 sink.finish().await?;
                 self.step_done(i).await
             }
-            Err(Feed::ReceiveStopped(source)) => {
+            (Err(Feed::ReceiveStopped(source)), sink) => {
                 // zfs receive stopped reading: its exit status and stderr say why.
-                sink.finish().await?;
+                if let Some(sink) = sink {
+                    sink.finish().await?;
+                }
                 let target = Path::new(target.as_str());
                 Err(io_err("zfs receive stopped reading its input", target)(source).into())
             }
-            Err(Feed::Failed(e)) => {
+            (Err(Feed::Failed(e)), sink) => {
                 // Nothing unverified was written and the stream's last chunk was held back, so
                 // this receive cannot commit; it has exited when the error is reported.
-                sink.abort().await;
+                if let Some(sink) = sink {
+                    sink.abort().await;
+                }
                 Err(e)
             }
         }
     }
 
-    /// Downloads step `i`'s chunks (at most `parallel` ahead) and writes each to `sink` once it
-    /// is verified, in order. The last chunk is written only after the SHA-256 over the whole
-    /// stream matched the manifest: until then the stream lacks its end, so a receive that is
-    /// stopped can never have committed a stream the manifest does not describe.
+    /// Downloads step `i`'s chunks (at most `parallel` ahead) and writes each to the receive
+    /// once it is verified, in order. The receive (`receive`, for a volume if the begin record
+    /// says so) starts into `sink` when the first chunk has passed the header check. The last
+    /// chunk is written only after the SHA-256 over the whole stream matched the manifest:
+    /// until then the stream lacks its end, so a receive that is stopped can never have
+    /// committed a stream the manifest does not describe.
     async fn feed(
         &mut self,
         i: usize,
         step: &PlanStep,
-        sink: &mut ReceiveSink,
+        receive: &ReceiveOptions,
+        sink: &mut Option<ReceiveSink>,
     ) -> Result<(), Feed> {
         let spool = self.file.spool.clone();
         spool.create().await.map_err(io_err("cannot create spool directory", spool.dir()))?;
@@ -177,11 +192,14 @@ impl Run<'_> {
                 c.downloaded = true;
                 c.thaw_requests += thaw.requests;
             }
-            if index == 0
-                && let Err(e) = self.check_stream_header(step, path).await
-            {
-                return Err(e);
+            if index == 0 {
+                let header = self.check_stream_header(step, path).await?;
+                let opts = ReceiveOptions { volume: header.volume, ..receive.clone() };
+                *sink = Some(self.engine.zfs.receive(&opts).map_err(RestoreError::from)?);
             }
+            let Some(sink) = sink.as_mut() else {
+                unreachable!("the receive starts at the first chunk, which comes first")
+            };
             let copy = async {
                 if Some(index) == last {
                     // Hash first, write after: the stream's end goes out only if it all matches.
@@ -213,7 +231,11 @@ impl Run<'_> {
     /// receive`: its begin record (at the start of its first chunk) names the manifest's
     /// snapshots, is one dataset's stream (not a `zfs send -R`/`-p` package, which carries
     /// properties), and was sent raw when the manifest says `-w`.
-    async fn check_stream_header(&self, step: &PlanStep, first: &Path) -> Result<(), Feed> {
+    async fn check_stream_header(
+        &self,
+        step: &PlanStep,
+        first: &Path,
+    ) -> Result<StreamHeader, Feed> {
         use tokio::io::AsyncReadExt;
         let mut head = Vec::with_capacity(StreamHeader::LEN);
         let f =
@@ -223,7 +245,8 @@ impl Run<'_> {
             .await
             .map_err(io_err("cannot read spool file", first))?;
         let from = step.from.as_ref().map(|f| f.guid.as_str());
-        StreamHeader::parse(&head).and_then(|h| h.check(&step.to.guid, from, step.raw)).map_err(
+        let header = StreamHeader::parse(&head);
+        header.and_then(|h| h.check(&step.to.guid, from, step.raw).map(|()| h)).map_err(
             |detail| {
                 tracing::error!(manifest = %step.manifest_key, %detail, "the stream is not the one its manifest describes");
                 Feed::Failed(RestoreError::ForeignStream {

@@ -216,7 +216,12 @@ impl<'a> Run<'a> {
             }
         }
         let mut mounted = false;
-        if key_loaded && !self.opts.no_mount {
+        // A volume mounts nowhere: its device appears once its key is loaded.
+        let volume = zfs.get_property(t, "type").await?.as_deref() == Some("volume");
+        if volume {
+            let when = if key_loaded { "" } else { " once its key is loaded" };
+            next_steps.push(format!("{t} is a volume: its device is /dev/zvol/{t}{when}"));
+        } else if key_loaded && !self.opts.no_mount {
             if self.opts.mountpoint.is_some() {
                 zfs.mount(&target).await?;
                 mounted = true;

@@ -37,3 +37,4 @@ mod local_faults;
 #[allow(dead_code)]
 mod prom_text;
 mod restore;
+mod tree;

@@ -767,6 +767,7 @@ async fn a_stream_carrying_mountpoint_and_canmount_takes_neither_into_effect() {
             target: zib_core::DatasetName::new(&target).unwrap(),
             mountpoint: None,
             full: true,
+            volume: false,
         })
         .unwrap();
     let bytes = std::fs::read(&file).unwrap();

@@ -30,13 +30,20 @@ pub const FEATURE_COMPRESSED: u64 = 1 << 22;
 /// The begin record a `zfs send` stream starts with (little-endian): `hdrtype` 1 for a single
 /// stream, 2 for a `-R`/`-p` package; snapshot GUID `to`, from GUID `from` (0: full).
 pub fn begin_record(hdrtype: u64, features: u64, to: u64, from: u64) -> Vec<u8> {
+    let mut v = volume_begin_record(hdrtype, features, to, from);
+    v[32..36].copy_from_slice(&2u32.to_le_bytes()); // DMU_OST_ZFS
+    v
+}
+
+/// [`begin_record`] of a volume's stream (object set type `DMU_OST_ZVOL`).
+pub fn volume_begin_record(hdrtype: u64, features: u64, to: u64, from: u64) -> Vec<u8> {
     let mut v = Vec::new();
     v.extend(0u32.to_le_bytes()); // DRR_BEGIN
     v.extend(0u32.to_le_bytes()); // payload length
     v.extend(0x2F5B_ACBAC_u64.to_le_bytes());
     v.extend((hdrtype | (features << 2)).to_le_bytes());
     v.extend(1_700_000_000u64.to_le_bytes());
-    v.extend(2u32.to_le_bytes()); // DMU_OST_ZFS
+    v.extend(3u32.to_le_bytes()); // DMU_OST_ZVOL
     v.extend(0u32.to_le_bytes());
     v.extend(to.to_le_bytes());
     v.extend(from.to_le_bytes());

@@ -20,10 +20,13 @@
 # to recv.N (N = the receive's number, from 1), so killing it stops the reader itself;
 # while the file paused-receive exists, a receive waits before it reads anything (its input
 # backs up into zibd); `receive -A` succeeds; `mount` succeeds on a dataset that exists; `get` of
-# receive_resume_token, encryption or keystatus prints "-". FAKE_ZFS_RECEIVE_SNAPSHOTS=1: the
-# receive reads the whole stream first (not exec), then, as zfs does, makes TARGET@<snapshot>
-# with the GUID its begin record names (FAKE_ZFS_HEADER's streams), the name that of the source
-# snapshot of that GUID. `destroy -r DS` removes a received DS and its snapshots (a drill's).
+# receive_resume_token, encryption or keystatus prints "-", of type "filesystem" (or "volume"
+# for a target that received a volume's stream: such a receive refuses the filesystem-only
+# -o/-x properties and its target does not mount, as with real zfs).
+# FAKE_ZFS_RECEIVE_SNAPSHOTS=1: the receive reads the whole stream first (not exec), then, as
+# zfs does, makes TARGET@<snapshot> with the GUID its begin record names (FAKE_ZFS_HEADER's
+# streams), the name that of the source snapshot of that GUID. `destroy -r DS` removes a
+# received DS and its snapshots (a drill's).
 # `list -H -o name DS` (no -t): a dataset exists while it has a snapshot or was received.
 # Trees: fs/<dataset> (an empty file) makes a filesystem that `list -r -t filesystem,volume
 # -o name ROOT` shows (the root and what is below it, by name; a missing root "does not
@@ -149,6 +152,7 @@ case "$cmd" in
         w="$D/written/$(enc "$ds")"
         if [ -e "$w" ]; then cat "$w"; else echo "${FAKE_ZFS_WRITTEN:-${FAKE_ZFS_SIZE:-300000}}"; fi ;;
       receive_resume_token|encryption|keystatus) echo "-" ;;
+      type) if [ -e "$D/vol/$(enc "$ds")" ]; then echo volume; else echo filesystem; fi ;;
       *) echo "fake zfs: unsupported property $prop" >&2; exit 2 ;;
     esac ;;
   receive)
@@ -160,8 +164,16 @@ case "$cmd" in
     n=$(ls "$D" | grep -c '^recv\.' || true)
     while [ -e "$D/paused-receive" ]; do sleep 0.05; done
     out="$D/recv.$((n + 1))"
-    [ "${FAKE_ZFS_RECEIVE_SNAPSHOTS:-0}" = 1 ] || exec cat > "$out"
-    cat > "$out"
+    # The begin record first (exactly its bytes): a volume's stream (DMU_OST_ZVOL) refuses the
+    # filesystem-only properties, as a zfs receive of one dataset's stream does.
+    dd bs=56 count=1 iflag=fullblock status=none > "$out"
+    if [ "$(od -An -t u4 -j 32 -N 4 "$out" | tr -d ' ')" = 3 ]; then
+      mkdir -p "$D/vol"; : > "$D/vol/$(enc "${last%%@*}")"
+      for a in "$@"; do case "$a" in sharenfs|sharesmb|mountpoint|mountpoint=*|canmount|canmount=*)
+        echo "cannot receive: property '${a%%=*}' does not apply to datasets of this type" >&2; exit 1;; esac; done
+    fi
+    [ "${FAKE_ZFS_RECEIVE_SNAPSHOTS:-0}" = 1 ] || exec cat >> "$out"
+    cat >> "$out"
     # DRR_BEGIN's toguid: 8 bytes, little-endian, at offset 40.
     tog=$(od -An -j40 -N8 -tu8 "$out" | tr -d ' ')
     [ -n "$tog" ] || exit 0
@@ -175,6 +187,7 @@ case "$cmd" in
     done ;;
   mount)
     ds=$1
+    [ -e "$D/vol/$(enc "$ds")" ] && { echo "cannot mount '$ds': operation not applicable to datasets of this type" >&2; exit 1; }
     compgen -G "$D/snap/$(enc "$ds")@*" > /dev/null || [ -e "$D/received/$(enc "$ds")" ] \
       || { echo "cannot open '$ds': dataset does not exist" >&2; exit 1; }
     ;;
