@@ -2,7 +2,11 @@
 //!
 //! Every call is a no-op when the notifier is disabled or `NOTIFY_SOCKET` is unset, so zibd runs
 //! the same without systemd. Send errors are logged at debug level and otherwise ignored: a
-//! missing supervisor must never stop the daemon.
+//! missing supervisor must never stop the daemon. Sends never block: a manager that does not
+//! read (its queue holds 512 datagrams by default, `net.unix.max_dgram_qlen`) once held a
+//! runtime thread and the shutdown of a daemon that had sent a STATUS= for each of 500 runs;
+//! now a STATUS= or WATCHDOG=1 that would block is dropped, and READY=1 / STOPPING=1 are tried
+//! for up to 200 ms.
 
 use std::time::Duration;
 
@@ -31,33 +35,65 @@ impl Notifier {
         self.enabled
     }
 
-    fn send(&self, state: &[NotifyState]) {
+    fn send(&self, state: &[NotifyState], tries: u32) {
         if !self.enabled {
             return;
         }
-        if let Err(e) = sd_notify::notify(false, state) {
-            tracing::debug!(error = %e, "sd_notify failed");
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+        let msg: String = state.iter().map(|s| format!("{s}\n")).collect();
+        let mut tries = tries.max(1);
+        loop {
+            match Self::send_datagram(&path, msg.as_bytes()) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries > 1 => {
+                    tries -= 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "sd_notify failed");
+                    return;
+                }
+            }
         }
     }
 
     /// READY=1 with a first STATUS=. Call only once the control socket answers.
     pub fn ready(&self, status: &str) {
-        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+        self.send(&[NotifyState::Ready, NotifyState::Status(status)], 20);
     }
 
     /// STATUS=<line>.
     pub fn status(&self, line: &str) {
-        self.send(&[NotifyState::Status(line)]);
+        self.send(&[NotifyState::Status(line)], 1);
     }
 
     /// STOPPING=1 with a last STATUS=.
     pub fn stopping(&self, status: &str) {
-        self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
+        self.send(&[NotifyState::Stopping, NotifyState::Status(status)], 20);
     }
 
     /// WATCHDOG=1.
     pub fn watchdog(&self) {
-        self.send(&[NotifyState::Watchdog]);
+        self.send(&[NotifyState::Watchdog], 1);
+    }
+
+    /// One datagram to the manager's socket (a path, or `@name` in the abstract namespace), without
+    /// blocking.
+    fn send_datagram(path: &std::ffi::OsStr, msg: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::{ffi::OsStrExt, net::UnixDatagram};
+        let sock = UnixDatagram::unbound()?;
+        sock.set_nonblocking(true)?;
+        match path.as_bytes().strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(msg, &addr)?;
+            }
+            None => {
+                sock.send_to(msg, path)?;
+            }
+        }
+        Ok(())
     }
 
     /// How often to send WATCHDOG=1: half of `WATCHDOG_USEC`, if the watchdog is on for this

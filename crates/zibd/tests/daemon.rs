@@ -764,6 +764,64 @@ fn more_datasets_than_the_soft_open_file_limit_start() {
     assert_eq!(datasets, 100);
 }
 
+/// A service manager that does not read its notifications (systemd under load; its queue
+/// holds 512 datagrams by default): the daemon must not block on them. 700 status changes
+/// (pause/resume) fill the queue, the daemon still answers, and SIGTERM still stops it
+/// promptly; before, a full queue held a runtime thread and the shutdown.
+#[test]
+fn a_manager_that_does_not_read_its_notifications_blocks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("zibd.toml");
+    let socket = dir.path().join("run/zibd.sock");
+    ConfigToml::new(dir.path(), "notify-full", "http://127.0.0.1:9")
+        .daemon("socket", quoted(socket.display()))
+        .dataset("tank/photos", "0 3 * * *")
+        .write(&config);
+    let notify_path = dir.path().join("notify.sock");
+    let _notify = UnixDatagram::bind(&notify_path).unwrap(); // never read
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("WATCHDOG_USEC")
+        .env("ZIB_ZFS_BIN", "/bin/false")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut c = loop {
+            if let Ok(c) = Client::connect(&socket).await {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "zibd did not bind its socket");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        for i in 0..350 {
+            for r in [Request::Pause { dataset: None }, Request::Resume { dataset: None }] {
+                let answer = tokio::time::timeout(Duration::from_secs(10), c.call(&r)).await;
+                assert!(
+                    matches!(answer, Ok(Ok(Response::Ok { .. }))),
+                    "request {i}: {answer:?} (blocked on a full notify queue?)"
+                );
+            }
+        }
+    });
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "zibd did not stop within 20 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A fake service manager: READY=1 must come only once the control socket answers; STATUS=
 /// is set; WATCHDOG=1 pings come at half WATCHDOG_USEC; SIGHUP reloads; SIGTERM gives
 /// STOPPING=1 and exit 0.
