@@ -36,7 +36,10 @@ D=${FAKE_ZFS_DIR:?FAKE_ZFS_DIR not set}
 mkdir -p "$D/snap" "$D/book" "$D/data" "$D/hold" "$D/full" "$D/slow" "$D/received" "$D/fs" "$D/gone"
 [ -n "${FAKE_ZFS_LOG:-}" ] && echo "$*" >> "$FAKE_ZFS_LOG"
 enc() { printf '%s' "$1" | sed 's#/#%2F#g'; }
-txg() { local n; n=$(cat "$D/txg" 2>/dev/null || echo 100); n=$((n+1)); echo $n > "$D/txg"; echo $n; }
+# Under a lock: concurrent runs (the daemon runs several jobs at once) read and wrote the
+# counter unlocked, so it could go back, and two snapshots of one dataset could share a
+# createtxg (real ZFS never does), which leaves "the newest snapshot" undefined.
+txg() { local n; { flock 9; n=$(cat "$D/txg" 2>/dev/null || echo 100); n=$((n+1)); echo $n > "$D/txg"; } 9>"$D/txg.lock"; echo $n; }
 guid() { od -An -N7 -tu8 /dev/urandom | tr -d ' '; }
 cmd=$1; shift
 case "$cmd" in
