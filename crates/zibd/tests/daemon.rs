@@ -716,6 +716,17 @@ async fn shutdown_stops_a_running_backup_at_a_safe_point_and_a_restart_resumes()
     assert!(d.stop().await);
 }
 
+/// The `zibd` binary on `config`, reaching neither zfs (`/bin/false`) nor a cloud metadata
+/// service: for the tests of the daemon process itself (start, notify, signals).
+fn offline_zibd(config: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"));
+    c.arg("--config")
+        .arg(config)
+        .env("ZIB_ZFS_BIN", "/bin/false")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    c
+}
+
 /// systemd gives a service a soft limit of 1,024 open files (hard 524,288), and the daemon
 /// holds one state lock a dataset: a tree of 1,000 datasets would not start. Here the same at a
 /// smaller scale: 100 datasets under a soft limit of 64 (hard 4,096), through `prlimit`. The
@@ -779,13 +790,9 @@ fn a_manager_that_does_not_read_its_notifications_blocks_nothing() {
         .write(&config);
     let notify_path = dir.path().join("notify.sock");
     let _notify = UnixDatagram::bind(&notify_path).unwrap(); // never read
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"))
-        .arg("--config")
-        .arg(&config)
+    let child = offline_zibd(&config)
         .env("NOTIFY_SOCKET", &notify_path)
         .env_remove("WATCHDOG_USEC")
-        .env("ZIB_ZFS_BIN", "/bin/false")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .spawn()
         .unwrap();
     let mut child = Killed(child);
@@ -837,14 +844,10 @@ fn sd_notify_ready_only_after_the_control_socket_answers() {
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let socket = dir.path().join("run/zibd.sock");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_zibd"))
-        .arg("--config")
-        .arg(&config)
+    let child = offline_zibd(&config)
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "400000")
         .env_remove("WATCHDOG_PID")
-        .env("ZIB_ZFS_BIN", "/bin/false")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .spawn()
         .unwrap();
     let mut child = Killed(child);
