@@ -448,9 +448,9 @@ async fn shutdown_ends_streams_and_removes_the_socket() {
 
 #[tokio::test]
 async fn oversized_reply_becomes_an_internal_error() {
-    // ~27 MB of JSON: above the 16 MiB reply cap.
+    // ~22 MB of JSON (about 87 bytes a dataset): above the 16 MiB reply cap.
     let server =
-        Server::start_with(FakeHandler { huge_status: 100_000, ..Default::default() }, |_| {})
+        Server::start_with(FakeHandler { huge_status: 250_000, ..Default::default() }, |_| {})
             .await;
     let r = call(&server.path, Request::Status { dataset: None }).await;
     assert_eq!(error_kind(&r[0]), ErrorKind::Internal);
@@ -460,7 +460,7 @@ async fn oversized_reply_becomes_an_internal_error() {
 
 #[tokio::test]
 async fn a_status_of_twenty_thousand_datasets_is_one_reply() {
-    // ~5 MB of JSON: above the 1 MiB request cap, which replies once had too (a status of
+    // ~1.7 MB of JSON: above the 1 MiB request cap, which replies once had too (a status of
     // about 4,000 datasets became an error); the client reads up to MAX_REPLY_FRAME_LEN.
     let server =
         Server::start_with(FakeHandler { huge_status: 20_000, ..Default::default() }, |_| {}).await;
