@@ -23,6 +23,7 @@
 //!   note says how many chains the bucket keeps of it. Nothing is deleted.
 
 pub mod clock;
+mod mailbox;
 
 use std::{
     collections::VecDeque,
@@ -125,7 +126,7 @@ enum Command {
 #[derive(Debug)]
 pub struct Lent {
     locked: Option<LockedState>,
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mailbox::Sender<Command>,
 }
 
 impl Drop for Lent {
@@ -184,7 +185,7 @@ const RATE_WINDOW: usize = 11;
 #[derive(Debug, Clone)]
 pub struct JobHandle {
     name: DatasetName,
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mailbox::Sender<Command>,
     shared: Arc<Mutex<Shared>>,
 }
 
@@ -422,7 +423,7 @@ pub fn spawn(ctx: JobContext, settings: JobSettings, locked: LockedState) -> Job
         puts: 0,
         failures: 0,
     }));
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mailbox::mailbox();
     let now = ctx.clock.now();
     let mut task = Task {
         name: name.clone(),
@@ -480,10 +481,10 @@ struct Task {
     ctx: JobContext,
     settings: JobSettings,
     shared: Arc<Mutex<Shared>>,
-    rx: mpsc::UnboundedReceiver<Command>,
+    rx: mailbox::Receiver<Command>,
     /// Its own queue, for a lent lock to come back by (weak: the handles' going still ends
     /// the task).
-    self_tx: mpsc::WeakUnboundedSender<Command>,
+    self_tx: mailbox::WeakSender<Command>,
     /// The state lock; `None` while a run has it.
     locked: Option<LockedState>,
     run: Option<Run>,
@@ -568,7 +569,7 @@ impl Task {
         }
         // Refuse whatever is still queued.
         self.rx.close();
-        while let Ok(cmd) = self.rx.try_recv() {
+        while let Some(cmd) = self.rx.try_recv() {
             self.refuse(cmd);
         }
     }
