@@ -1281,7 +1281,7 @@ async fn read_stream(
         .create()
         .await
         .map_err(|source| BackupError::SpoolDir { path: spool.spool.dir().to_owned(), source })?;
-    let mut whole = Sha256::new();
+    let mut whole = crate::stream_hash::StreamHasher::start();
     let mut total = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     let mut index = 0u64;
@@ -1331,8 +1331,8 @@ async fn read_stream(
                     advice: "raise chunk_size for this dataset".into(),
                 });
             }
+            whole.update(&buf[..r]).await;
             hasher.update(&buf[..r]);
-            whole.update(&buf[..r]);
             if let Some(m) = md5.as_mut() {
                 md5::Digest::update(m, &buf[..r]);
             }
@@ -1391,5 +1391,5 @@ async fn read_stream(
         return Ok(Streamed::Diverged { index, why: Divergence::Resent });
     }
     drop(tx);
-    Ok(Streamed::Done { size: total, sha256: hex::encode(whole.finalize()) })
+    Ok(Streamed::Done { size: total, sha256: whole.finish().await })
 }

@@ -27,6 +27,7 @@ pub mod scheduled_verify;
 pub mod spool;
 pub mod state_store;
 pub mod status_reply;
+pub mod stream_hash;
 pub mod sync;
 pub mod systemd;
 pub mod tree;
