@@ -520,6 +520,11 @@ impl DaemonCore {
         &self.ctx
     }
 
+    /// The `zfs` every engine runs.
+    pub fn zfs(&self) -> &crate::zfs::Zfs {
+        &self.outside.zfs
+    }
+
     /// What the metrics show now.
     pub fn metrics(&self) -> zib_core::metrics::MetricsSnapshot {
         let all = self.jobs();

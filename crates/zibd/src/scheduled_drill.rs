@@ -318,9 +318,15 @@ fn next_ticks(core: &DaemonCore, after: DateTime<Utc>) -> BTreeMap<String, DateT
 /// Starts the schedule task on the daemon's tracker ([`crate::job::clock::spawn_looks`], as
 /// the scheduled verify); it runs whether or not a dataset has a `drill_schedule` now, since a
 /// reload may set one. The drills due run one after the other; ticks that pass meanwhile are
-/// skipped. A drill whose dataset is being backed up waits for the backup to end.
+/// skipped. A drill whose dataset is being backed up waits for the backup to end. Before
+/// anything, the drills the last zibd left cut short are cleared
+/// ([`crate::restore::clear_cut_short`]).
 pub fn spawn(core: Arc<DaemonCore>) {
     let ctx = core.job_context().clone();
+    // A drill cut short by the last zibd's death left its dataset: destroy it now. A drill
+    // asked for meanwhile holds its own target's lock and so is never taken for one.
+    let (zfs, dir) = (core.zfs().clone(), core.config().daemon.state_dir.join(WORK_DIR));
+    ctx.tracker.spawn(async move { crate::restore::clear_cut_short(&zfs, &dir).await });
     let c = core.clone();
     let next = move |since| {
         let next = next_ticks(&c, since);

@@ -2085,6 +2085,64 @@ async fn restore_drills_through_the_daemon_and_on_schedule_show_in_status_metric
     assert!(d.stop().await);
 }
 
+/// A drill cut short by the daemon's death (SIGKILL, power loss) leaves its throwaway dataset
+/// and its lock file, a record (here damaged) and spool files under `<state_dir>/drill/`. The
+/// next start destroys that dataset and removes its files, and touches nothing else: not a
+/// dataset whose lock file is there but whose name is no drill's, nor a drill's whose lock is
+/// held (one running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_cut_short_is_cleared_at_the_next_start_and_nothing_else() {
+    use std::os::unix::fs::DirBuilderExt;
+    let zfs = FakeZfs::new();
+    let bed = Bed::new().await;
+    bed.config_toml(2).dataset("drilld/data", "0 0 6 * * *").write(&bed.config);
+    let work = bed.dir.path().join("state/drill");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&work).unwrap();
+    let (left, foreign, running) =
+        ("drilld/zib-drill-20260101T000000-7-0", "drilld/kept-by-hand", "drilld/zib-drill-now");
+    let stem = |ds: &str| format!("restore-{}", ds.replace('/', "%2F"));
+    for ds in [left, foreign, running] {
+        std::fs::create_dir_all(zfs.file("received", ds).parent().unwrap()).unwrap();
+        std::fs::write(zfs.file("received", ds), b"").unwrap();
+        std::fs::write(work.join(format!("{}.lock", stem(ds))), b"").unwrap();
+    }
+    std::fs::write(work.join(format!("{}.json", stem(left))), b"{ damaged").unwrap();
+    let spool = work.join("restore-spool").join(left.replace('/', "%2F"));
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(spool.join("0.00000003.chunk"), vec![1u8; 4096]).unwrap();
+    // A drill of this daemon's own that runs now holds its target's lock.
+    let held = std::fs::File::open(work.join(format!("{}.lock", stem(running)))).unwrap();
+    let held = nix::fcntl::Flock::lock(held, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+
+    let d = bed
+        .start_with(Outside {
+            zfs: zfs.zfs(),
+            s3_credentials: Some(zib_testkit::test_credentials()),
+        })
+        .await;
+    let lock = work.join(format!("{}.lock", stem(left)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lock.exists() {
+        assert!(Instant::now() < deadline, "the drill cut short was not cleared: {}", zfs.calls());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Stopping waits for the clearing task: whatever it did is done.
+    assert!(d.stop().await);
+    drop(held);
+    let calls = zfs.calls();
+    assert!(calls.contains(&format!("destroy -r {left}")), "{calls}");
+    assert!(!zfs.file("received", left).exists(), "the drill dataset is gone");
+    assert!(!work.join(format!("{}.json", stem(left))).exists(), "its record is gone");
+    assert!(!spool.exists(), "its spool is gone");
+    for ds in [foreign, running] {
+        assert!(!calls.contains(&format!("destroy -r {ds}")), "{ds} was destroyed: {calls}");
+        assert!(zfs.file("received", ds).exists(), "{ds} is still there");
+        assert!(work.join(format!("{}.lock", stem(ds))).exists(), "{ds}'s lock file is kept");
+    }
+}
+
 /// Issue 16: a drill holds its dataset's lock: a trigger while it runs is refused as busy,
 /// and a scheduled backup that comes due meanwhile waits and starts when the drill has ended.
 /// The drill is held by a proxy that delays its first chunk's download.

@@ -4,17 +4,19 @@
 //! whatever the outcome, with its progress record. The quote comes first; a drill that must
 //! thaw archived chunks runs only when the caller said yes.
 
-use std::time::Instant;
+use std::{path::Path, time::Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zib_core::{
     DatasetName, SnapName,
-    drill::{DrillVerdict, SourceGuid, drill_target, judge},
+    drill::{DrillVerdict, SourceGuid, drill_target, is_drill_target, judge},
     human::{count, human_bytes},
     pricing::{RestoreTier, TierQuote},
 };
+
+use crate::zfs::Zfs;
 
 use super::{
     RestoreEngine, RestoreError, RestoreOptions, RestoreProgress, RestoreProgressFile, plan, run,
@@ -145,7 +147,7 @@ pub async fn drill(
         Ok(_) => judge(&p.snapshot.guid, received.as_deref(), &source),
     };
 
-    let kept = if opts.keep { true } else { !discard(engine, &target).await };
+    let kept = if opts.keep { true } else { !discard(&engine.zfs, &target).await };
     if kept {
         drop(file);
     } else {
@@ -193,12 +195,51 @@ async fn source_guid(engine: &RestoreEngine, ds: &DatasetName, snap: &SnapName) 
     SourceGuid::Gone
 }
 
+/// A drill cut short (zibd killed, the power lost) leaves its throwaway dataset and, under the
+/// drill's work directory, the lock file `restore-<target>.lock` (with perhaps a record and
+/// spool files), which a drill's end always removes. The daemon calls this once at start: each
+/// such target that no running drill holds and whose name is a drill's
+/// (`<parent>/zib-drill-<id>`) is destroyed and its files removed; nothing else is touched.
+/// Returns the targets cleared.
+pub async fn clear_cut_short(zfs: &Zfs, work_dir: &Path) -> Vec<DatasetName> {
+    let Ok(entries) = std::fs::read_dir(work_dir) else { return Vec::new() };
+    let mut left: Vec<DatasetName> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let stem = name.to_str()?.strip_prefix("restore-")?.strip_suffix(".lock")?;
+            DatasetName::from_file_stem(stem)
+        })
+        .collect();
+    left.sort();
+    let mut cleared = Vec::new();
+    for target in left {
+        if !is_drill_target(&target) {
+            tracing::warn!(%target, dir = %work_dir.display(), "a lock file in the drill work directory names no drill dataset; left alone");
+            continue;
+        }
+        let file = match RestoreProgressFile::lock(work_dir, &target) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(%target, error = %e, "not a drill cut short");
+                continue;
+            }
+        };
+        if discard(zfs, &target).await {
+            file.remove().await;
+            tracing::warn!(%target, "a restore drill cut short (zibd stopped mid-drill) left its dataset: destroyed");
+            cleared.push(target);
+        }
+    }
+    cleared
+}
+
 /// Removes the drill dataset and any partial receive state; true when nothing is left.
-async fn discard(engine: &RestoreEngine, target: &DatasetName) -> bool {
-    let _ = engine.zfs.abort_partial_receive(target).await;
-    match engine.zfs.dataset_exists(target.as_str()).await {
+async fn discard(zfs: &Zfs, target: &DatasetName) -> bool {
+    let _ = zfs.abort_partial_receive(target).await;
+    match zfs.dataset_exists(target.as_str()).await {
         Ok(false) => true,
-        Ok(true) => match engine.zfs.destroy_drill_dataset(target).await {
+        Ok(true) => match zfs.destroy_drill_dataset(target).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(%target, error = %e, "the drill dataset could not be destroyed; destroy it by hand");

@@ -54,7 +54,7 @@ use zib_core::{
 };
 
 pub use catalog::{BucketCatalog, SkippedManifest, load_catalog, load_catalog_and_listing, plan};
-pub use drill::{DrillError, DrillOptions, DrillReport, drill, format_drill};
+pub use drill::{DrillError, DrillOptions, DrillReport, clear_cut_short, drill, format_drill};
 pub use jobs::{RestoreJobs, options_from_request};
 pub use record::{
     ChunkProgress, RECORD_VERSION, RestorePhase, RestoreProgress, RestoreProgressFile,

@@ -130,18 +130,9 @@ impl RestoreProgressFile {
     /// The work directory is private ([`crate::state_store::private_dir`]): one owned by
     /// another user, or writable by group or others, is refused (the spool too, when made).
     pub fn open(work_dir: &Path, target: &DatasetName) -> Result<Self, RestoreError> {
-        crate::state_store::private_dir(work_dir)
-            .map_err(io_err("cannot use work directory", work_dir))?;
-        let stem = format!("restore-{}", target.file_stem());
-        let lock_path = work_dir.join(format!("{stem}.lock"));
-        let lock = crate::state_store::lock_exclusive(&lock_path).map_err(|e| match e {
-            crate::state_store::LockError::Held { .. } => {
-                RestoreError::Locked { target: target.to_string(), path: lock_path.clone() }
-            }
-            crate::state_store::LockError::Io(e) => e.into(),
-        })?;
-        let path = work_dir.join(format!("{stem}.json"));
-        let record = match std::fs::File::open(&path) {
+        let mut file = Self::lock(work_dir, target)?;
+        let path = file.path.clone();
+        file.record = match std::fs::File::open(&path) {
             Ok(mut f) => {
                 let mut bytes = Vec::new();
                 f.read_to_end(&mut bytes).map_err(io_err("cannot read", &path))?;
@@ -169,8 +160,25 @@ impl RestoreProgressFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_err("cannot read", &path)(e).into()),
         };
+        Ok(file)
+    }
+
+    /// Takes the target's restore lock (without waiting), its record not read: for
+    /// [`remove`](Self::remove), which needs no record and must work on a damaged one.
+    pub(super) fn lock(work_dir: &Path, target: &DatasetName) -> Result<Self, RestoreError> {
+        crate::state_store::private_dir(work_dir)
+            .map_err(io_err("cannot use work directory", work_dir))?;
+        let stem = format!("restore-{}", target.file_stem());
+        let lock_path = work_dir.join(format!("{stem}.lock"));
+        let lock = crate::state_store::lock_exclusive(&lock_path).map_err(|e| match e {
+            crate::state_store::LockError::Held { .. } => {
+                RestoreError::Locked { target: target.to_string(), path: lock_path.clone() }
+            }
+            crate::state_store::LockError::Io(e) => e.into(),
+        })?;
+        let path = work_dir.join(format!("{stem}.json"));
         let spool = crate::spool::Spool::new(&work_dir.join("restore-spool"), target);
-        Ok(Self { _lock: lock, path, spool, record })
+        Ok(Self { _lock: lock, path, spool, record: None })
     }
 
     pub fn path(&self) -> &Path {
