@@ -501,8 +501,16 @@ impl Config {
     /// A manifest lists every chunk's key: with keys within S3's 1024 bytes, a manifest of
     /// [`MAX_CHUNKS`](crate::manifest::MAX_CHUNKS) chunks stays within the size every reader
     /// accepts. The longest key a dataset's backups can have must fit.
+    /// The prefix must also be one a manifest is accepted under ([`crate::names::prefix_problem`]).
     pub fn check_key_length(&self, ds: &DatasetConfig) -> Result<(), String> {
         let t = self.resolve(ds);
+        if let Some(why) = crate::names::prefix_problem(&crate::names::normalize_prefix(&t.prefix))
+        {
+            return Err(format!(
+                "dataset {}: prefix {:?} cannot hold zib's keys: {why}",
+                ds.name, t.prefix
+            ));
+        }
         let snap = SnapName::for_backup(&ds.snapshot_prefix, chrono::DateTime::UNIX_EPOCH);
         let key = KeyLayout::new(&t.prefix, &ds.name).chunk_key(
             999_999,
@@ -1032,6 +1040,11 @@ mod tests {
             "{e}"
         );
         parse(&format!("{MIN}prefix = \"{}\"\n", "p".repeat(MAX_KEY_LEN - 200))).unwrap();
+        for bad in ["a/../b", "./x", "..", "tank/photos@zib/x", "x@zib"] {
+            let e = err(&format!("{MIN}prefix = \"{bad}\"\n"));
+            assert!(e.contains("cannot hold zib's keys"), "{bad}: {e}");
+        }
+        parse(&format!("{MIN}prefix = \"a.b/..c/zib\"\n")).unwrap();
     }
 
     #[test]

@@ -204,6 +204,51 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Whether this manifest is zib's manifest stored under `key`, as read from a bucket: zib
+    /// writes it at `<prefix><dataset>@zib/<seq>-<snapshot>.manifest.json`, its own chunks
+    /// under `<prefix><dataset>@zib/<seq>-<snapshot>/a<attempt>/<index>`, and an adopted chunk
+    /// keeps the other tool's key `<stream_key>/<i>`, never one of zib's (`@zib/`). A manifest
+    /// anywhere else (copied, renamed, or written by someone else), or one naming objects of
+    /// another backup as its chunks, is not acted upon: a restore would read, and a prune
+    /// delete, objects it has no claim to, and a copy would pass for a newer backup than the
+    /// newest.
+    pub fn check_key(&self, key: &str) -> Result<(), ManifestError> {
+        let invalid = |message: String| ManifestError::Invalid { key: key.into(), message };
+        let own = KeyLayout::new("", &self.dataset).manifest_key(self.seq, &self.to.name);
+        let prefix = key
+            .strip_suffix(&own)
+            .filter(|p| {
+                crate::names::normalize_prefix(p) == *p && crate::names::prefix_problem(p).is_none()
+            })
+            .ok_or_else(|| {
+                invalid(format!(
+                    "it describes backup {} of {}@{}, which zib stores under .../{own}: not this key",
+                    self.seq, self.dataset, self.to.name
+                ))
+            })?;
+        let layout = KeyLayout::new(prefix, &self.dataset);
+        for c in &self.chunks {
+            let fits = match (&c.md5, &self.legacy) {
+                (Some(_), Some(origin)) => {
+                    !origin.stream_key.contains("@zib/")
+                        && c.key
+                            .strip_prefix(&origin.stream_key)
+                            .is_some_and(|r| r.starts_with('/'))
+                }
+                _ => layout
+                    .parse_chunk_key(&c.key)
+                    .is_some_and(|k| k.seq == self.seq && k.snapshot == self.to.name),
+            };
+            if !fits {
+                return Err(invalid(format!(
+                    "it names {} as a chunk of backup {} of {}@{}, where no chunk of it is stored",
+                    c.key, self.seq, self.dataset, self.to.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Internal consistency: sizes add up, hashes look like hashes, chunk sizes fit the split.
     pub fn check(&self) -> Result<(), String> {
         let total: u64 = self.chunks.iter().map(|c| c.size).sum();
@@ -366,6 +411,63 @@ mod tests {
         assert_eq!(m.seq, 1);
         assert!(m.is_full());
         assert_eq!(m.chunks.len(), 2);
+    }
+
+    /// Released manifests pass at the keys zib stores them under; a copy at any other key, or
+    /// one naming another backup's objects as its chunks, does not.
+    #[test]
+    fn a_manifest_is_zib_s_only_at_its_own_key_with_its_own_chunks() {
+        let v1 =
+            Manifest::from_json("f", include_bytes!("../tests/fixtures/manifest-v1.json")).unwrap();
+        let key = "zib/tank/photos@zib/000001-zib-20261126T070000Z.manifest.json";
+        v1.check_key(key).unwrap();
+        let adopted =
+            Manifest::from_json("f", include_bytes!("../tests/fixtures/manifest-v2-adopted.json"))
+                .unwrap();
+        let layout = KeyLayout::new("zib", &adopted.dataset);
+        adopted.check_key(&layout.manifest_key(2, &adopted.to.name)).unwrap();
+        // No prefix at all is a prefix too.
+        let mut bare = v1.clone();
+        for c in &mut bare.chunks {
+            c.key = c.key.strip_prefix("zib/").unwrap().into();
+        }
+        bare.check_key("tank/photos@zib/000001-zib-20261126T070000Z.manifest.json").unwrap();
+
+        let refused = |m: &Manifest, key: &str, what: &str| {
+            let e = m.check_key(key).unwrap_err().to_string();
+            assert!(e.contains(what) && e.contains(key), "{key}: {e}");
+        };
+        for other in [
+            "zib/tank/photos@zib/000009-zib-20261126T070000Z.manifest.json",
+            "zib/tank/photos@zib/000001-zib-20261127T070000Z.manifest.json",
+            "zib/tank/home@zib/000001-zib-20261126T070000Z.manifest.json",
+            "zib/tank/photos@zib/../tank/photos@zib/000001-zib-20261126T070000Z.manifest.json",
+            "zibtank/photos@zib/000001-zib-20261126T070000Z.manifest.json",
+            "/zib/tank/photos@zib/000001-zib-20261126T070000Z.manifest.json",
+        ] {
+            refused(&v1, other, "which zib stores under");
+        }
+        for chunk in [
+            "zib/tank/home@zib/000001-zib-20261126T070000Z/a00/00000000",
+            "zib/tank/photos@zib/000002-zib-20261126T070000Z/a00/00000000",
+            "zib/tank/photos@zib/000001-zib-20261125T070000Z/a00/00000000",
+            "other/photos.tar",
+            "zib/tank/photos@zib/000001-zib-20261126T070000Z/../../x",
+        ] {
+            let mut m = v1.clone();
+            m.chunks[0].key = chunk.into();
+            refused(&m, key, chunk);
+        }
+        let akey = layout.manifest_key(2, &adopted.to.name);
+        let mut m = adopted.clone();
+        m.chunks[1].key = "immich/other_stream/1".into();
+        refused(&m, &akey, "immich/other_stream/1");
+        let mut m = adopted.clone();
+        m.legacy.as_mut().unwrap().stream_key = "zib/tank/home@zib/000001-x/a00".into();
+        for c in &mut m.chunks {
+            c.key = c.key.replace("immich/backup0_backup1", "zib/tank/home@zib/000001-x/a00");
+        }
+        refused(&m, &akey, "zib/tank/home@zib/");
     }
 
     fn adopted_sample() -> Manifest {

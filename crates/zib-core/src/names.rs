@@ -278,11 +278,19 @@ impl KeyLayout {
             return None;
         }
         let (seq, snap) = rest.split_once('-')?;
-        if seq.len() != SEQ_WIDTH || !seq.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        Some((seq.parse().ok()?, SnapName::new(snap).ok()?))
+        Some((parse_seq(seq)?, SnapName::new(snap).ok()?))
     }
+}
+
+/// A seq as keys render it: zero-padded to [`SEQ_WIDTH`] digits, and wider past 999999 (a
+/// backup a minute reaches that in two years; its keys must still be found), never padded
+/// more than that.
+fn parse_seq(s: &str) -> Option<u64> {
+    if s.len() < SEQ_WIDTH || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = s.parse().ok()?;
+    (format!("{n:0SEQ_WIDTH$}") == s).then_some(n)
 }
 
 /// A chunk key of a layout, parsed back.
@@ -306,7 +314,7 @@ impl KeyLayout {
         let (seq, snap) = link.split_once('-')?;
         let digits = |s: &str, min: usize| s.len() >= min && s.bytes().all(|b| b.is_ascii_digit());
         let attempt = attempt.strip_prefix('a')?;
-        if seq.len() != SEQ_WIDTH || !digits(seq, SEQ_WIDTH) || !digits(attempt, 2) {
+        if parse_seq(seq).is_none() || !digits(attempt, 2) {
             return None;
         }
         if index.len() != CHUNK_WIDTH || !digits(index, CHUNK_WIDTH) {
@@ -324,6 +332,19 @@ impl KeyLayout {
     }
 }
 
+/// Why `prefix` cannot hold zib's keys, if it cannot: a component `.` or `..` (S3 keeps them
+/// literally, but a key that seems to climb is how a foreign object passes for one of zib's),
+/// or `@zib/`, which marks a dataset's own keys.
+pub fn prefix_problem(prefix: &str) -> Option<&'static str> {
+    if prefix.contains("@zib/") || prefix.ends_with("@zib") {
+        return Some("it contains \"@zib/\", which marks a dataset's own keys");
+    }
+    if prefix.split('/').any(|c| c == ".." || c == ".") {
+        return Some("it has a \".\" or \"..\" component");
+    }
+    None
+}
+
 /// Object prefixes are used as directories: `backups` becomes `backups/`; empty stays empty.
 pub fn normalize_prefix(prefix: &str) -> String {
     let p = prefix.trim_start_matches('/');
@@ -338,7 +359,10 @@ pub fn dataset_of_manifest_key(prefix: &str, key: &str) -> Option<DatasetName> {
         return None;
     }
     let (ds, _) = rest.split_once("@zib/")?;
-    DatasetName::new(ds).ok()
+    let ds = DatasetName::new(ds).ok()?;
+    // Only a key zib writes: `<seq>-<snapshot>.manifest.json` right under the dataset's root
+    // (not `notes.manifest.json`, nor `../x.manifest.json`).
+    KeyLayout::new(prefix, &ds).parse_manifest_key(key).map(|_| ds)
 }
 
 #[cfg(test)]
@@ -422,6 +446,25 @@ mod tests {
             assert_eq!(l.parse_chunk_key(&bad), None, "{bad}");
         }
         assert_eq!(dataset_of_manifest_key("backups/", &l.manifest_key(3, &s)), Some(ds.clone()));
+        // Past 999999 the seq grows a digit, and its keys are still found.
+        for seq in [999_999, 1_000_000, 12_345_678_901] {
+            assert_eq!(l.parse_manifest_key(&l.manifest_key(seq, &s)), Some((seq, s.clone())));
+            assert_eq!(l.parse_chunk_key(&l.chunk_key(seq, &s, 0, 1)).unwrap().seq, seq);
+        }
+        for padded in ["0000001", "00001", "01000000"] {
+            let key = format!("{}{padded}-{s}{MANIFEST_SUFFIX}", l.root());
+            assert_eq!(l.parse_manifest_key(&key), None, "{key}");
+        }
+        // Keys zib never writes, though they end like a manifest: not taken for one.
+        for foreign in [
+            format!("{}notes.manifest.json", l.root()),
+            format!("{}../../tank/home@zib/000001-{s}.manifest.json", l.root()),
+            format!("{}000001-{s}/a00/000001-{s}.manifest.json", l.root()),
+            format!("{}1-{s}.manifest.json", l.root()),
+            format!("backups/tank/../photos@zib/000001-{s}.manifest.json"),
+        ] {
+            assert_eq!(dataset_of_manifest_key("backups/", &foreign), None, "{foreign}");
+        }
         // a child dataset's keys never fall under the parent's root
         let child = KeyLayout::new("backups", &DatasetName::new("tank/photos/2024").unwrap());
         assert!(!child.root().starts_with(l.root()));

@@ -546,9 +546,24 @@ impl Backup<'_> {
             .iter()
             .filter_map(|o| layout.parse_manifest_key(&o.key).map(|(seq, _)| (seq, o.key.as_str())))
             .collect();
-        match backup_plan::choose_base(self.locked.state.last.as_ref(), listed.iter().copied()) {
-            Base::Catalog { seq, key } => {
-                let m = self.engine.s3.get_manifest(key).await?;
+        // A base from the catalog is a manifest that reads as zib's at its key: an object
+        // there that does not (junk, a copy, another backup's chunks named) is passed over.
+        let mut bases = listed.clone();
+        let base = loop {
+            let base =
+                backup_plan::choose_base(self.locked.state.last.as_ref(), bases.iter().copied());
+            let Base::Catalog { seq, key } = base else { break (base, None) };
+            match self.engine.s3.get_manifest(key).await {
+                Ok(m) => break (base, Some(m)),
+                Err(ManifestGetError::Invalid(e)) => {
+                    tracing::warn!(dataset = %self.ds.name, seq, %key, "not a manifest of zib's, passed over: {e}");
+                    bases.retain(|(_, k)| *k != key);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        match base {
+            (Base::Catalog { seq, key }, Some(m)) => {
                 tracing::info!(dataset = %self.ds.name, seq, "local state is behind the catalog; continuing from {key}");
                 self.locked.state.last = Some(Committed {
                     seq,
@@ -560,7 +575,7 @@ impl Backup<'_> {
                 });
                 self.locked.state.destination = Some(here.clone());
             }
-            Base::NotListed => {
+            (Base::NotListed, _) => {
                 let last = self.locked.state.last.take().expect("a local base");
                 self.locked.state.destination = None;
                 tracing::warn!(
@@ -569,7 +584,7 @@ impl Backup<'_> {
                     last.manifest_key
                 );
             }
-            Base::Local | Base::Nothing => {}
+            _ => {}
         }
         let seq = backup_plan::next_seq(self.locked.state.last.as_ref(), listed.iter().copied());
         let last_key = self.locked.state.last.as_ref().map(|c| c.manifest_key.as_str());

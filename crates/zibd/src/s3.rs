@@ -672,10 +672,13 @@ impl S3Store {
         })
     }
 
-    /// Reads and parses the manifest stored under `key` (at most [`MAX_MANIFEST_BYTES`]).
+    /// Reads and parses the manifest stored under `key` (at most [`MAX_MANIFEST_BYTES`]); one
+    /// that is not zib's manifest of that key ([`Manifest::check_key`]) is invalid.
     pub async fn get_manifest(&self, key: &str) -> Result<Manifest, ManifestGetError> {
         let bytes = self.get_bytes(key, MAX_MANIFEST_BYTES).await?;
-        Ok(Manifest::from_json(key, &bytes)?)
+        let m = Manifest::from_json(key, &bytes)?;
+        m.check_key(key)?;
+        Ok(m)
     }
 
     /// A whole object of at most `limit` bytes; None if it is larger. A body that breaks off

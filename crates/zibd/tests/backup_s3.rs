@@ -1547,3 +1547,122 @@ async fn the_rebaseline_decision_reads_the_chain_from_the_local_cache() {
     assert_eq!(manifest_gets(), 0);
     assert_eq!(bed.state()["chain"]["keys"].as_array().unwrap().len(), 1);
 }
+
+/// Issue 17: a bucket holding keys zib did not write (another tool's file, a junk
+/// `.manifest.json`, a real manifest copied under a key with `..` and under another seq, and a
+/// well-formed manifest at a zib key that names another tool's object as its chunk) is never
+/// acted upon: restore lists and plans the real backups only, prune deletes nothing and names
+/// the object it cannot account for, the next backup continues the real chain, and every
+/// foreign object keeps its bytes. Before `Manifest::check_key`, the last one passed for the
+/// newest backup: restore planned it, and prune (keep_chains = 1) would have deleted the real
+/// newest chain.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_zib_did_not_write_are_never_acted_upon() {
+    let server = MotoServer::start();
+    let bucket = server.create_bucket("hostile").await;
+    let bed = Bed::new(server.endpoint(), server.client(), bucket, "STANDARD").await;
+    let mut cfg = std::fs::read_to_string(&bed.config).unwrap();
+    cfg.push_str("max_chain = 2\nrebaseline_ratio = \"off\"\nkeep_chains = 1\n");
+    std::fs::write(&bed.config, cfg).unwrap();
+    for _ in 0..3 {
+        ok(&bed.backup(&[]));
+    }
+    // Chains #1..#2 and #3.
+    let ms = bed.manifests().await;
+    assert_eq!(
+        ms.iter().map(|m| (m.seq, m.is_full())).collect::<Vec<_>>(),
+        [(1, true), (2, false), (3, true)]
+    );
+    let layout = KeyLayout::new("backups", &ms[0].dataset);
+    let real_newest = layout.manifest_key(3, &ms[2].to.name);
+    let newest_bytes = bed.get(&real_newest).await;
+
+    let other = format!("{}rclone/photos.tar", layout.root());
+    let other_bytes = vec![7u8; 300];
+    let mut hostile = ms[0].clone();
+    hostile.seq = 4;
+    hostile.to = zib_core::manifest::SnapRef {
+        name: SnapName::new("zib-20991231T000000Z").unwrap(),
+        guid: "4242".into(),
+    };
+    hostile.committed_at = ms[2].committed_at + chrono::Duration::days(1);
+    hostile.stream_size = 300;
+    hostile.stream_sha256 = support::catalog::sha(&other_bytes);
+    hostile.chunks = vec![zib_core::manifest::ChunkRecord::new(
+        other.clone(),
+        300,
+        support::catalog::sha(&other_bytes),
+    )];
+    let foreign: Vec<(String, Vec<u8>)> = vec![
+        (other.clone(), other_bytes.clone()),
+        (format!("{}notes.manifest.json", layout.root()), b"not a manifest".to_vec()),
+        (
+            format!(
+                "{}../tank/photos@zib/{}",
+                layout.root(),
+                real_newest.rsplit('/').next().unwrap()
+            ),
+            newest_bytes.clone(),
+        ),
+        (layout.manifest_key(9, &ms[2].to.name), newest_bytes.clone()),
+        (layout.manifest_key(4, &hostile.to.name), hostile.to_json()),
+    ];
+    for (k, b) in &foreign {
+        zib_testkit::put_bytes(&bed.client, &bed.bucket, k, b.clone()).await;
+    }
+    let before = bed.keys().await;
+    for (k, _) in &foreign {
+        assert!(before.iter().any(|(l, _)| l == k), "the server keeps {k} as it is");
+    }
+    let json = |o: &Output| -> serde_json::Value {
+        ok(o);
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+
+    // Restore sees the three real backups; the newest is #3.
+    let v = json(&bed.zibd(&["restore", "list", "--json"], &[]));
+    let listed: Vec<u64> = v["datasets"][0]["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [1, 2, 3], "{v:#}");
+    let v = json(&bed.zibd(&["restore", "plan", "--json"], &[]));
+    let steps: Vec<u64> =
+        v["plan"]["steps"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [3], "{v:#}");
+
+    // Prune cannot account for what is at zib's keys: it deletes nothing and says which.
+    for args in [&["--dry-run"][..], &[]] {
+        let err = failed(&bed.zibd(&[&["prune", "tank/photos"], args].concat(), &[]));
+        assert!(err.contains("backups/tank/photos@zib/000004-zib-20991231T000000Z"), "{err}");
+        assert_eq!(bed.keys().await, before, "prune {args:?} deleted something");
+    }
+
+    // The next backup continues the real chain #3 (max_chain 2), after every listed seq.
+    let log = ok(&bed.backup(&[]));
+    assert!(log.contains("not a manifest of zib's, passed over"), "{log}");
+    assert!(!log.contains("behind the catalog"), "{log}");
+    let fourth = bed
+        .keys()
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            k.ends_with(".manifest.json")
+                && !before.iter().any(|(b, _)| b == k)
+                && layout.parse_manifest_key(k).is_some()
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(fourth.len(), 1, "{fourth:?}");
+    let m = Manifest::from_json(&fourth[0], &bed.get(&fourth[0]).await).unwrap();
+    assert_eq!((m.seq, m.from.as_ref()), (10, Some(&ms[2].to)), "{m:#?}");
+    let v = json(&bed.zibd(&["restore", "plan", "--json"], &[]));
+    let steps: Vec<u64> =
+        v["plan"]["steps"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [3, 10], "{v:#}");
+    for (k, b) in &foreign {
+        assert_eq!(&bed.get(k).await, b, "{k} changed");
+    }
+}
