@@ -241,7 +241,33 @@ async fn a_slow_thaw_is_requested_once_per_chunk_polled_and_received_in_order() 
         .unwrap();
     assert!(h.restore().unwrap().contains("ongoing-request=\"false\""), "{:?}", h.restore());
 
-    // Running it again: the target exists now.
+    // The same command again (as after a run killed once it had recorded the end): while the
+    // target does not hold the snapshot by GUID it is not this restore's, and is refused;
+    // once it does, the restore is reported done and nothing is downloaded or received again.
+    let again =
+        || zibd(&ep, &zfs, &[&["run", "--to", "pool/restored", "--work-dir", wd], &b[..]].concat());
+    let o = again();
+    assert!(text(&o).1.contains("pool/restored already exists"), "{}", text(&o).1);
+    let snap_file = zfs.file("snap", &format!("pool/restored@{}", chain[2].snap));
+    std::fs::write(&snap_file, "999 500 1700000000\n").unwrap();
+    let o = again();
+    assert!(text(&o).1.contains("pool/restored already exists"), "other GUID: {}", text(&o).1);
+    std::fs::write(&snap_file, format!("{} 500 1700000000\n", chain[2].guid)).unwrap();
+    let gets = proxy.requests().len();
+    let o = again();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("nothing was done again"), "{out}");
+    assert_eq!(zfs.received().len(), 3, "no receive again: {}", zfs.calls());
+    let chunk_gets = proxy
+        .requests()
+        .iter()
+        .skip(gets)
+        .filter(|r| r.method == "GET" && r.path.contains("/a00/"))
+        .count();
+    assert_eq!(chunk_gets, 0, "no chunk downloaded again");
+
+    // Without the record: the target exists, and is not known to be this restore's.
     std::fs::remove_file(work.path().join("restore-pool%2Frestored.json")).unwrap();
     let o =
         zibd(&ep, &zfs, &[&["run", "--to", "pool/restored", "--work-dir", wd], &b[..]].concat());

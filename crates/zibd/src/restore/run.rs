@@ -1,5 +1,6 @@
 //! The run: resume the recorded restore or plan afresh (once the target is known not to
-//! exist), ask for the thaws, receive the streams in chain order (`receive`), and finish: the
+//! exist; one that does and holds the snapshot of this very restore, finished, is reported
+//! done), ask for the thaws, receive the streams in chain order (`receive`), and finish: the
 //! key loaded and the dataset mounted when asked for, else the report says how.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::Utc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use zib_core::restore_plan::RestorePlan;
 
 use super::{
     RestoreEngine, RestoreError, RestoreOptions, RestorePhase, RestoreProgress,
@@ -69,6 +71,13 @@ pub async fn run(
             let plan =
                 plan(engine, opts.dataset.as_ref(), opts.snapshot.as_ref(), Some(thaw)).await?;
             if engine.zfs.dataset_exists(opts.target.as_str()).await? {
+                // The same restore, finished (a run killed after it recorded the end, or the
+                // command run again): done already, when the target holds that snapshot.
+                if let Some(report) =
+                    already_done(engine, opts, file.record.as_ref(), &plan).await?
+                {
+                    return Ok(report);
+                }
                 return Err(RestoreError::TargetExists { target: opts.target.to_string() });
             }
             let ready_within = zib_core::pricing::Pricing::default().tier_prices(opts.tier).2;
@@ -115,6 +124,54 @@ pub async fn run(
         }
     }
     run.finish(resumed).await
+}
+
+/// The report of a restore the record says finished, when it is this one (bucket, dataset,
+/// snapshot and target) and the target holds the snapshot by GUID; nothing is done again.
+async fn already_done(
+    engine: &RestoreEngine,
+    opts: &RestoreOptions,
+    record: Option<&RestoreRecord>,
+    plan: &RestorePlan,
+) -> Result<Option<RestoreReport>, RestoreError> {
+    let Some(r) = record.filter(|r| r.finished_at.is_some()) else { return Ok(None) };
+    let same = r.bucket == engine.s3.bucket()
+        && r.target == opts.target
+        && r.plan.dataset == plan.dataset
+        && r.plan.snapshot == plan.snapshot;
+    if !same {
+        return Ok(None);
+    }
+    let zfs = &engine.zfs;
+    let here = zfs.snapshot_info(&opts.target, &plan.snapshot.name).await?;
+    if here.map(|s| s.guid).as_ref() != Some(&plan.snapshot.guid) {
+        return Ok(None);
+    }
+    let t = opts.target.as_str();
+    let encrypted = zfs.get_property(t, "encryption").await?.is_some_and(|e| e != "off");
+    let key_loaded =
+        !encrypted || zfs.get_property(t, "keystatus").await?.as_deref() == Some("available");
+    let mounted = zfs.get_property(t, "mounted").await?.as_deref() == Some("yes");
+    let at = r.finished_at.expect("finished").to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    tracing::info!(target = %opts.target, finished_at = %at, "this restore finished before; nothing to do");
+    Ok(Some(RestoreReport {
+        dataset: plan.dataset.clone(),
+        snapshot: plan.snapshot.name.clone(),
+        target: opts.target.clone(),
+        streams: plan.steps.len(),
+        chunks: plan.total_objects(),
+        bytes: plan.total_bytes(),
+        thaw_requests_sent: 0,
+        polls: 0,
+        resumed: true,
+        encrypted,
+        key_loaded,
+        mounted,
+        next_steps: vec![format!(
+            "this restore finished at {at} (the target holds {}@{} by GUID): nothing was done again",
+            t, plan.snapshot.name
+        )],
+    }))
 }
 
 pub(super) struct Run<'a> {
@@ -223,7 +280,10 @@ impl<'a> Run<'a> {
             next_steps.push(format!("{t} is a volume: its device is /dev/zvol/{t}{when}"));
         } else if key_loaded && !self.opts.no_mount {
             if self.opts.mountpoint.is_some() {
-                zfs.mount(&target).await?;
+                // A run killed after the mount and resumed finds it mounted.
+                if zfs.get_property(t, "mounted").await?.as_deref() != Some("yes") {
+                    zfs.mount(&target).await?;
+                }
                 mounted = true;
             } else {
                 next_steps.push(format!("not mounted: it was received with canmount=noauto, so nothing in the stream mounts it; give it a mountpoint, which mounts it: `zfs set canmount=on {t} && zfs set mountpoint=/path {t}`"));

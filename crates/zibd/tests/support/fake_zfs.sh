@@ -19,7 +19,8 @@
 # Restore: `receive ... TARGET` marks TARGET received and becomes (exec) a `cat` of its stdin
 # to recv.N (N = the receive's number, from 1), so killing it stops the reader itself;
 # while the file paused-receive exists, a receive waits before it reads anything (its input
-# backs up into zibd); `receive -A` succeeds; `mount` succeeds on a dataset that exists; `get` of
+# backs up into zibd); `receive -A` succeeds; `mount` succeeds on a dataset that exists and is
+# not mounted yet (as zfs, it fails on one that is; `get mounted` tells which); `get` of
 # receive_resume_token, encryption or keystatus prints "-", of type "filesystem" (or "volume"
 # for a target that received a volume's stream: such a receive refuses the filesystem-only
 # -o/-x properties and its target does not mount, as with real zfs).
@@ -59,7 +60,7 @@ case "$cmd" in
     if [ "$1" = -r ]; then
       ds=$2; r="$D/received/$(enc "$ds")"
       [ -e "$r" ] || { echo "cannot open '$ds': dataset does not exist" >&2; exit 1; }
-      rm -f "$r" "$D/snap/$(enc "$ds")@"*
+      rm -f "$r" "$D/snap/$(enc "$ds")@"* "$D/mounted/$(enc "$ds")"
       exit 0
     fi
     full=$1
@@ -155,6 +156,7 @@ case "$cmd" in
         w="$D/written/$(enc "$ds")"
         if [ -e "$w" ]; then cat "$w"; else echo "${FAKE_ZFS_WRITTEN:-${FAKE_ZFS_SIZE:-300000}}"; fi ;;
       receive_resume_token|encryption|keystatus) echo "-" ;;
+      mounted) if [ -e "$D/mounted/$(enc "$ds")" ]; then echo yes; else echo no; fi ;;
       type) if [ -e "$D/vol/$(enc "$ds")" ]; then echo volume; else echo filesystem; fi ;;
       *) echo "fake zfs: unsupported property $prop" >&2; exit 2 ;;
     esac ;;
@@ -193,6 +195,8 @@ case "$cmd" in
     [ -e "$D/vol/$(enc "$ds")" ] && { echo "cannot mount '$ds': operation not applicable to datasets of this type" >&2; exit 1; }
     compgen -G "$D/snap/$(enc "$ds")@*" > /dev/null || [ -e "$D/received/$(enc "$ds")" ] \
       || { echo "cannot open '$ds': dataset does not exist" >&2; exit 1; }
+    [ -e "$D/mounted/$(enc "$ds")" ] && { echo "cannot mount '$ds': filesystem already mounted" >&2; exit 1; }
+    mkdir -p "$D/mounted"; : > "$D/mounted/$(enc "$ds")"
     ;;
   *) echo "fake zfs: unsupported command $cmd" >&2; exit 2 ;;
 esac
