@@ -7,7 +7,7 @@
 #![allow(unsafe_code)] // the counting allocator below
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -16,21 +16,30 @@ use zib_protocol::{
     frame::{FrameError, read_frame_capped},
 };
 
-/// Bytes currently allocated and the peak since the last [`reset_peak`].
+/// Bytes currently allocated by this thread and its peak since the last [`reset_peak`]. Per
+/// thread: the tests of this binary run at once, and a global count charged one test with
+/// another's allocations (a refused frame "allocated 5280 bytes" while a proptest ran beside
+/// it). Each test reads frames on its own thread (a current-thread runtime).
 struct Counting;
-static NOW: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static NOW: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+}
 
 // SAFETY: forwards to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let now = NOW.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-        PEAK.fetch_max(now, Ordering::Relaxed);
+        let _ = NOW.try_with(|n| {
+            let now = n.get() + l.size();
+            n.set(now);
+            let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+        });
         // SAFETY: same layout, as the caller requires.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        NOW.fetch_sub(l.size(), Ordering::Relaxed);
+        // Memory another thread allocated may be freed here: never below zero.
+        let _ = NOW.try_with(|n| n.set(n.get().saturating_sub(l.size())));
         // SAFETY: `p` came from `alloc` with this layout.
         unsafe { System.dealloc(p, l) }
     }
@@ -40,9 +49,13 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 fn reset_peak() -> usize {
-    let now = NOW.load(Ordering::Relaxed);
-    PEAK.store(now, Ordering::Relaxed);
+    let now = NOW.with(Cell::get);
+    PEAK.with(|p| p.set(now));
     now
+}
+
+fn peak() -> usize {
+    PEAK.with(Cell::get)
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -92,7 +105,7 @@ fn a_huge_declared_length_allocates_nothing_for_its_body() {
         let mut r: &[u8] = &input;
         let before = reset_peak();
         let e = rt.block_on(zib_protocol::frame::read_frame(&mut r)).unwrap_err();
-        let grew = PEAK.load(Ordering::Relaxed) - before;
+        let grew = peak() - before;
         assert!(matches!(e, FrameError::TooLarge { .. }), "{e}");
         assert!(grew < 4096, "a refused {declared}-byte frame allocated {grew} bytes");
     }
@@ -102,7 +115,7 @@ fn a_huge_declared_length_allocates_nothing_for_its_body() {
     let mut r: &[u8] = &input;
     let before = reset_peak();
     let body = rt.block_on(zib_protocol::frame::read_frame(&mut r)).unwrap().unwrap();
-    let grew = PEAK.load(Ordering::Relaxed) - before;
+    let grew = peak() - before;
     assert_eq!(body.len(), MAX_FRAME_LEN as usize);
     assert!(grew <= 2 * MAX_FRAME_LEN as usize, "a 1 MiB frame peaked at {grew} bytes");
 }
