@@ -162,8 +162,9 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let dir = cfg.daemon.state_dir.clone();
-            let r =
-                runtime().block_on(backup_once(cfg, &dataset, BackupOptions { force_full: full }));
+            let r = crate::process::run_to_end(async move {
+                backup_once(cfg, &dataset, BackupOptions { force_full: full }).await
+            });
             record_requests(Some(&dir));
             report(r)
         }
