@@ -148,9 +148,9 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Runs a foreground command's future to its end as a task on the runtime's workers, not on
 /// the calling thread: `block_on` polls its future on the caller's thread, so every socket
-/// event of the downloads or uploads inside it had to wake that thread from a worker (a futex
-/// round trip per read: a capped restore of 4 GiB spent 26 s in the kernel for it). A panic
-/// in the task is resumed here.
+/// event of the downloads or uploads inside it had to wake that thread from a worker (25 s of
+/// a capped restore made 296,765 futex calls that way, 21,363 as a task). A panic in the task
+/// is resumed here.
 pub fn run_to_end<F>(fut: F) -> F::Output
 where
     F: std::future::Future + Send + 'static,

@@ -12,7 +12,7 @@ mod restore;
 use crate::{
     backup::{self, BackupOptions, Engine},
     outside::Outside,
-    process::{EXIT_CONFIG, cancel_on_ctrl_c, init_tracing, report, runtime},
+    process::{EXIT_CONFIG, cancel_on_ctrl_c, init_tracing, report, run_to_end},
     s3::S3Store,
     state_store::StateStore,
 };
@@ -162,7 +162,7 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let dir = cfg.daemon.state_dir.clone();
-            let r = crate::process::run_to_end(async move {
+            let r = run_to_end(async move {
                 backup_once(cfg, &dataset, BackupOptions { force_full: full }).await
             });
             record_requests(Some(&dir));
@@ -175,7 +175,7 @@ pub fn main() -> ExitCode {
             };
             let dir = cfg.daemon.state_dir.clone();
             let opts = crate::lifecycle::PruneOptions { dry_run, allow_early_deletion };
-            let r = runtime().block_on(prune_once(cfg, &dataset, opts, json));
+            let r = run_to_end(async move { prune_once(cfg, &dataset, opts, json).await });
             record_requests(Some(&dir));
             report(r)
         }
@@ -185,7 +185,7 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let dir = cfg.daemon.state_dir.clone();
-            let r = runtime().block_on(import_legacy(cfg, &state_file, dry_run));
+            let r = run_to_end(async move { import_legacy(cfg, &state_file, dry_run).await });
             record_requests(Some(&dir));
             report(r)
         }
@@ -194,7 +194,7 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            report(runtime().block_on(cost_once(bucket, cfg, dataset, days, json)))
+            report(run_to_end(cost_once(bucket, cfg, dataset, days, json)))
         }
         Command::Verify { bucket, dataset, deep, allow_thaw, thaw_days, json } => {
             let deep = deep.then_some(crate::verify::DeepOptions { allow_thaw, thaw_days });
@@ -203,7 +203,7 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let dir = cfg.as_ref().map(|c| c.daemon.state_dir.clone());
-            let r = runtime().block_on(verify_once(bucket, cfg, dataset, deep, json));
+            let r = run_to_end(verify_once(bucket, cfg, dataset, deep, json));
             record_requests(dir.as_deref());
             report(r)
         }

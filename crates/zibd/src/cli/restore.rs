@@ -11,7 +11,7 @@ use zib_core::{DatasetName, SnapName, pricing::RestoreTier};
 use crate::{
     bandwidth::Bandwidth,
     outside::Outside,
-    process::{EXIT_CONFIG, cancel_on_ctrl_c, report},
+    process::{EXIT_CONFIG, cancel_on_ctrl_c, report, run_to_end},
     restore::{
         DrillOptions, PollBackoff, RestoreEngine, RestoreOptions, RestoreProgress,
         RestoreProgressFile, drill, format_catalog, format_drill, format_plan, load_catalog, plan,
@@ -251,7 +251,7 @@ pub fn main(cmd: RestoreCommand, config: &Path) -> std::process::ExitCode {
         Err(code) => return code,
     };
     let dir = cfg.as_ref().map(|c| c.daemon.state_dir.clone());
-    let r = crate::process::run_to_end(restore_cmd(cmd, cfg));
+    let r = run_to_end(restore_cmd(cmd, cfg));
     super::record_requests(dir.as_deref());
     report(r)
 }
