@@ -264,7 +264,14 @@ impl<'a> Run<'a> {
                 } else {
                     format!("file://{loc}")
                 };
-                zfs.load_key(&target, &loc).await?;
+                if let Err(e) = zfs.load_key(&target, &loc).await {
+                    // A run killed while its `zfs load-key` ran leaves that command running,
+                    // and it may load the key after the check above: then the key is loaded
+                    // and this one failed for that alone (found by the guest crash rounds).
+                    if zfs.get_property(t, "keystatus").await?.as_deref() != Some("available") {
+                        return Err(e.into());
+                    }
+                }
                 key_loaded = true;
             } else {
                 next_steps.push(format!(
